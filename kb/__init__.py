@@ -1,0 +1,1 @@
+"""The symbolic side of NeSy Studio: entries, their store, interchange, index and graph (no torch here)."""

@@ -1,0 +1,35 @@
+"""Shared test fixtures: every test gets its own empty workspace; converted models are shared.
+
+Environment for every test: offline model hub, a fresh $NESY_HOME per test, and $NESY_MODELS
+pointing at one cache under the repo (.cache/models) so the student GGUF->HF conversion and the
+teacher assembly happen once per machine, not once per test.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("NESY_MODELS", str(REPO / ".cache" / "models"))
+
+
+@pytest.fixture(autouse=True)
+def workspace(tmp_path, monkeypatch) -> Path:
+    """A fresh, empty $NESY_HOME for each test."""
+    home = tmp_path / "workspace"
+    monkeypatch.setenv("NESY_HOME", str(home))
+    monkeypatch.delenv("NESY_JOB_DIR", raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    """Where tests leave files worth looking at (screenshots, reports)."""
+    path = REPO / "test-artifacts"
+    path.mkdir(exist_ok=True)
+    return path
