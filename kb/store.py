@@ -1,0 +1,531 @@
+"""KBStore: the knowledge base in one SQLite file (WAL), safe to share between processes.
+
+Guarantees a curator relies on:
+- every change writes a revision (who, when, field diffs, snapshot), so history is complete and any
+  revision can be restored; deletes are soft (the row stays, marked deleted) so nothing is lost;
+- edits carry the version the editor started from; the version check and the write happen inside
+  one `BEGIN IMMEDIATE` transaction, so two processes racing on the same version cannot both win;
+- every write bumps a global change sequence stored on the row, so the embedding index can ask
+  "what changed since seq N" and re-embed only that (changes_since).
+"""
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from kb.schema import EDITABLE_FIELDS, STATUSES, Entry, Revision, now_iso, validate_entry
+from kb.workspace import home
+
+SORTABLE = ("updated_at", "created_at", "id", "task", "status", "title", "version")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    pk INTEGER PRIMARY KEY,            -- stable rowid, also the FTS rowid
+    id TEXT NOT NULL UNIQUE,
+    task TEXT NOT NULL, status TEXT NOT NULL, title TEXT, source_kind TEXT,
+    version INTEGER NOT NULL, created_at TEXT, updated_at TEXT, updated_by TEXT,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    seq INTEGER NOT NULL,              -- change sequence of the last write (for index sync)
+    data TEXT NOT NULL                 -- the entry as canonical JSON
+);
+CREATE INDEX IF NOT EXISTS entries_status ON entries(deleted, status, updated_at);
+CREATE INDEX IF NOT EXISTS entries_task ON entries(deleted, task, updated_at);
+CREATE INDEX IF NOT EXISTS entries_updated ON entries(deleted, updated_at);
+CREATE INDEX IF NOT EXISTS entries_seq ON entries(seq);
+CREATE TABLE IF NOT EXISTS entry_concepts (
+    entry_pk INTEGER NOT NULL, concept TEXT NOT NULL COLLATE NOCASE);
+CREATE INDEX IF NOT EXISTS concepts_by_name ON entry_concepts(concept, entry_pk);
+CREATE INDEX IF NOT EXISTS concepts_by_entry ON entry_concepts(entry_pk);
+CREATE TABLE IF NOT EXISTS revisions (
+    revision_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    entry_id TEXT NOT NULL, version INTEGER NOT NULL, action TEXT NOT NULL,
+    by TEXT NOT NULL, at TEXT NOT NULL, changes TEXT NOT NULL, snapshot TEXT);
+CREATE INDEX IF NOT EXISTS revisions_by_entry ON revisions(entry_id, revision_id);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta VALUES ('seq', 0);
+"""
+FTS_SCHEMA = """CREATE VIRTUAL TABLE IF NOT EXISTS entries_fts USING fts5(
+    id, title, learning_summary, supplementary_knowledge, concepts, question,
+    tokenize = 'unicode61 remove_diacritics 2')"""
+
+
+class ConflictError(Exception):
+    """The entry changed since the editor loaded it; .current is what is stored now."""
+
+    def __init__(self, entry_id: str, expected_version: int, current: Entry):
+        self.entry_id, self.expected_version, self.current = entry_id, expected_version, current
+        super().__init__(
+            f"entry '{entry_id}' was changed by {current.updated_by or 'someone'} at "
+            f"{current.updated_at} (now version {current.version}); you edited version "
+            f"{expected_version}. Reload it and apply your change again.")
+
+
+class EntryNotFound(KeyError):
+    def __str__(self) -> str:
+        return f"no entry with id {self.args[0]!r}"
+
+
+class DuplicateEntry(ValueError):
+    """Ids that already exist, when adding or importing with on_duplicate='fail'."""
+
+    def __init__(self, ids: list[str]):
+        self.ids = ids
+        shown = ", ".join(repr(i) for i in ids[:5]) + (" …" if len(ids) > 5 else "")
+        super().__init__(f"{len(ids)} entr{'y' if len(ids) == 1 else 'ies'} already exist: {shown}")
+
+
+@dataclass
+class Page:
+    entries: list[Entry]
+    total: int  # matches of the whole query, not just this page
+    offset: int
+    limit: int
+
+
+@dataclass
+class _Row:
+    pk: int
+    entry: Entry
+    deleted: bool
+
+
+class KBStore:
+    def __init__(self, path: Path | str | None = None):
+        self.path = Path(path) if path else home() / "kb.sqlite"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()  # one connection per thread (Streamlit runs threads)
+        con = self._con
+        con.executescript(SCHEMA)
+        self.fts = _try_create_fts(con)
+
+    # -- connection and transactions -------------------------------------------------------
+    @property
+    def _con(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so the write lock is taken
+            # before the version check, not at the first write.
+            con = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+                                  check_same_thread=False)
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=NORMAL")
+            con.execute("PRAGMA busy_timeout=30000")
+            self._local.con = con
+        return con
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        con = self._con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            yield con
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            con.close()
+            self._local.con = None
+
+    # -- single entries ----------------------------------------------------------------------
+    def add(self, entry: Entry, by: str) -> Entry:
+        """Create an entry (version 1, timestamps now). ValueError if the id exists."""
+        with self._write() as con:
+            row = self._row(con, entry.id)
+            if row and not row.deleted:
+                raise DuplicateEntry([entry.id])
+            return self._create(con, entry, by, row, action="create")
+
+    def upsert(self, entry: Entry, by: str) -> Entry:
+        """Create, or replace the content of an existing entry (re-runs of generated knowledge)."""
+        with self._write() as con:
+            row = self._row(con, entry.id)
+            if row is None or row.deleted:
+                return self._create(con, entry, by, row, action="create")
+            return self._change(con, row, entry.content(), by, action="update")
+
+    def get(self, entry_id: str) -> Entry:
+        row = self._row(self._con, entry_id)
+        if row is None or row.deleted:
+            raise EntryNotFound(entry_id)
+        return row.entry
+
+    def get_many(self, ids: Iterable[str]) -> dict[str, Entry]:
+        """Live entries by id (missing and deleted ids are absent from the result)."""
+        ids, found = list(ids), {}
+        for chunk in _chunks(ids, 500):
+            marks = ",".join("?" * len(chunk))
+            for (data,) in self._con.execute(
+                    f"SELECT data FROM entries WHERE deleted = 0 AND id IN ({marks})", chunk):
+                entry = Entry.model_validate_json(data)
+                found[entry.id] = entry
+        return found
+
+    def update(self, entry_id: str, changes: dict, expected_version: int, by: str) -> Entry:
+        """Apply field changes if the entry is still at expected_version, else ConflictError."""
+        unknown = sorted(set(changes) - set(EDITABLE_FIELDS))
+        if unknown:
+            raise ValueError(f"cannot change field(s) {', '.join(unknown)}; "
+                             f"editable: {', '.join(EDITABLE_FIELDS)}")
+        with self._write() as con:
+            row = self._live_row(con, entry_id)
+            _check_version(row, expected_version)
+            action = "status" if set(changes) == {"status"} else "update"
+            return self._change(con, row, changes, by, action=action)
+
+    def delete(self, entry_id: str, expected_version: int | None, by: str) -> None:
+        """Soft delete (history stays); expected_version None skips the conflict check."""
+        with self._write() as con:
+            row = self._live_row(con, entry_id)
+            if expected_version is not None:
+                _check_version(row, expected_version)
+            self._retire(con, row, by, action="delete", changes={"deleted": [False, True]})
+
+    def set_status(self, ids: list[str], status: str, by: str) -> int:
+        """Set the status of many entries in one transaction; returns how many changed.
+        An unknown id refuses the whole batch."""
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {', '.join(STATUSES)} (got {status!r})")
+        with self._write() as con:
+            rows = [self._row(con, i) for i in ids]
+            missing = [i for i, r in zip(ids, rows) if r is None or r.deleted]
+            if missing:
+                raise EntryNotFound(missing[0] if len(missing) == 1 else missing)
+            changed = [r for r in rows if r.entry.status != status]
+            for row in changed:
+                self._change(con, row, {"status": status}, by, action="status")
+            return len(changed)
+
+    # -- history -----------------------------------------------------------------------------
+    def history(self, entry_id: str) -> list[Revision]:
+        """All revisions of the entry, plus those of entries merged into it, oldest first."""
+        ids = [entry_id, *self._merged_sources(self._con, entry_id)]
+        marks = ",".join("?" * len(ids))
+        rows = self._con.execute(
+            f"SELECT revision_id, entry_id, version, action, by, at, changes, snapshot "
+            f"FROM revisions WHERE entry_id IN ({marks}) ORDER BY revision_id", ids)
+        return [_revision(r) for r in rows]
+
+    def restore(self, entry_id: str, revision_id: int, expected_version: int, by: str) -> Entry:
+        """Bring back the content of a revision (also undeletes); a new revision records it."""
+        with self._write() as con:
+            rev = self._revision(con, revision_id)
+            allowed = {entry_id, *self._merged_sources(con, entry_id)}
+            if rev is None or rev.entry_id not in allowed or rev.snapshot is None:
+                raise ValueError(f"revision {revision_id} is not a restorable revision of "
+                                 f"entry '{entry_id}'")
+            row = self._row(con, entry_id)
+            if row is None:
+                raise EntryNotFound(entry_id)
+            _check_version(row, expected_version)
+            content = {k: rev.snapshot[k] for k in EDITABLE_FIELDS if k in rev.snapshot}
+            return self._change(con, row, content, by, action="restore",
+                                extra={"revision": [None, revision_id]}, force=True)
+
+    def merge(self, keep_id: str, drop_id: str, by: str,
+              expected_versions: tuple[int, int] | None = None) -> Entry:
+        """Fold drop into keep: concepts and links unioned, drop marked deleted with a 'merge'
+        revision pointing at keep; history(keep) then includes drop's revisions."""
+        if keep_id == drop_id:
+            raise ValueError("cannot merge an entry with itself")
+        with self._write() as con:
+            keep, drop = self._live_row(con, keep_id), self._live_row(con, drop_id)
+            if expected_versions:
+                _check_version(keep, expected_versions[0])
+                _check_version(drop, expected_versions[1])
+            concepts = _union(keep.entry.concepts, drop.entry.concepts)
+            links = [i for i in _union(keep.entry.links, drop.entry.links)
+                     if i not in (keep_id, drop_id)]
+            merged = self._change(con, keep, {"concepts": concepts, "links": links}, by,
+                                  action="merge", extra={"merged_from": [None, drop_id]},
+                                  force=True)
+            self._retire(con, drop, by, action="merge",
+                         changes={"deleted": [False, True], "merged_into": [None, keep_id]})
+            return merged
+
+    # -- queries -----------------------------------------------------------------------------
+    def query(self, *, status=None, task=None, concept=None, text=None, source_kind=None,
+              sort="updated_at", descending=True, offset=0, limit=50) -> Page:
+        """One page of live entries matching every given filter; Page.total counts all matches.
+        status / task / source_kind accept one value or a list."""
+        if sort not in SORTABLE:
+            raise ValueError(f"cannot sort by {sort!r}; choose one of {', '.join(SORTABLE)}")
+        where, args = self._filters(status, task, concept, text, source_kind)
+        total = self._con.execute(f"SELECT COUNT(*) FROM entries WHERE {where}", args).fetchone()[0]
+        order = "DESC" if descending else "ASC"
+        rows = self._con.execute(
+            f"SELECT data FROM entries WHERE {where} ORDER BY {sort} {order}, id {order} "
+            f"LIMIT ? OFFSET ?", [*args, limit, offset])
+        return Page([Entry.model_validate_json(d) for (d,) in rows], total, offset, limit)
+
+    def iter_entries(self, *, status=None, task=None, concept=None, batch: int = 1000
+                     ) -> Iterator[Entry]:
+        """Every matching live entry in id order, streamed (export, index rebuild, graph)."""
+        where, args = self._filters(status, task, concept, None, None)
+        last = ""
+        while True:
+            rows = self._con.execute(
+                f"SELECT id, data FROM entries WHERE {where} AND id > ? ORDER BY id LIMIT ?",
+                [*args, last, batch]).fetchall()
+            for _, data in rows:
+                yield Entry.model_validate_json(data)
+            if len(rows) < batch:
+                return
+            last = rows[-1][0]
+
+    def stats(self) -> dict:
+        con = self._con
+        by_status = dict(con.execute(
+            "SELECT status, COUNT(*) FROM entries WHERE deleted = 0 GROUP BY status"))
+        by_task = dict(con.execute(
+            "SELECT task, COUNT(*) FROM entries WHERE deleted = 0 GROUP BY task ORDER BY task"))
+        return {"total": sum(by_status.values()),
+                "by_status": {s: by_status.get(s, 0) for s in STATUSES},
+                "by_task": by_task,
+                "deleted": con.execute("SELECT COUNT(*) FROM entries WHERE deleted = 1").fetchone()[0],
+                "revisions": con.execute("SELECT COUNT(*) FROM revisions").fetchone()[0],
+                "seq": self.current_seq()}
+
+    def facets(self) -> dict:
+        """Distinct values to offer as filters."""
+        con = self._con
+        return {
+            "tasks": [t for (t,) in con.execute(
+                "SELECT DISTINCT task FROM entries WHERE deleted = 0 ORDER BY task")],
+            "concepts": [c for (c,) in con.execute(
+                "SELECT DISTINCT concept FROM entry_concepts ORDER BY concept")],
+            "source_kinds": [k for (k,) in con.execute(
+                "SELECT DISTINCT source_kind FROM entries WHERE deleted = 0 "
+                "AND source_kind IS NOT NULL ORDER BY source_kind")]}
+
+    def current_seq(self) -> int:
+        return self._con.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()[0]
+
+    def changes_since(self, seq: int) -> tuple[int, list[str], list[str]]:
+        """(current seq, ids created/changed after seq, ids deleted after seq)."""
+        con = self._con
+        con.execute("BEGIN")  # one snapshot: the seq and the rows agree
+        try:
+            now = self.current_seq()
+            changed, deleted = [], []
+            for entry_id, is_deleted in con.execute(
+                    "SELECT id, deleted FROM entries WHERE seq > ? ORDER BY seq", (seq,)):
+                (deleted if is_deleted else changed).append(entry_id)
+        finally:
+            con.execute("COMMIT")
+        return now, changed, deleted
+
+    # -- bulk import (used by kb/jsonl.py) ------------------------------------------------------
+    def import_entries(self, entries: list[Entry], by: str, on_duplicate: str = "fail") -> dict:
+        """Write validated entries in ONE transaction, keeping their version and timestamps.
+        on_duplicate (id already live in the store): fail (nothing written) | skip | overwrite."""
+        counts = {"added": 0, "overwritten": 0, "skipped": 0, "unchanged": 0}
+        with self._write() as con:
+            rows = self._rows(con, [e.id for e in entries])
+            live = [e.id for e in entries if e.id in rows and not rows[e.id].deleted]
+            if live and on_duplicate == "fail":
+                raise DuplicateEntry(live)
+            for entry in entries:
+                row = rows.get(entry.id)
+                counts[self._import_one(con, entry, row, by, on_duplicate)] += 1
+        return counts
+
+    def _import_one(self, con, entry: Entry, row: _Row | None, by: str, on_duplicate: str) -> str:
+        at = now_iso()
+        if row is None or row.deleted:
+            version = entry.version if row is None else max(entry.version, row.entry.version + 1)
+            entry = entry.model_copy(update={
+                "version": version, "created_at": entry.created_at or at,
+                "updated_at": entry.updated_at or at, "updated_by": entry.updated_by or by})
+            self._save(con, entry, row)
+            self._log(con, entry, "import", by, at, _diff({}, entry.content()))
+            return "added"
+        if on_duplicate == "skip":
+            return "skipped"
+        current = row.entry
+        if entry.model_dump() == current.model_dump():
+            return "unchanged"
+        entry = entry.model_copy(update={
+            "version": max(entry.version, current.version + 1), "created_at": current.created_at,
+            "updated_at": entry.updated_at or at, "updated_by": entry.updated_by or by})
+        self._save(con, entry, row)
+        self._log(con, entry, "import", by, at, _diff(current.content(), entry.content()))
+        return "overwritten"
+
+    # -- internals ---------------------------------------------------------------------------
+    def _create(self, con, entry: Entry, by: str, row: _Row | None, action: str) -> Entry:
+        at = now_iso()
+        version = 1 if row is None else row.entry.version + 1  # re-adding a deleted id continues
+        entry = entry.model_copy(update={"version": version, "created_at": at, "updated_at": at,
+                                         "updated_by": by})
+        self._save(con, entry, row)
+        self._log(con, entry, action, by, at, _diff({}, entry.content()))
+        return entry
+
+    def _change(self, con, row: _Row, changes: dict, by: str, action: str,
+                extra: dict | None = None, force: bool = False) -> Entry:
+        """Validate and write new content; a no-op change writes nothing unless forced."""
+        current = row.entry
+        at = now_iso()
+        candidate = validate_entry({**current.model_dump(), **changes,
+                                    "version": current.version + 1, "updated_at": at,
+                                    "updated_by": by})
+        diff = _diff(current.content(), candidate.content())
+        if not diff and not force and not row.deleted:
+            return current
+        self._save(con, candidate, row)
+        self._log(con, candidate, action, by, at, {**diff, **(extra or {})})
+        return candidate
+
+    def _retire(self, con, row: _Row, by: str, action: str, changes: dict) -> None:
+        at = now_iso()
+        entry = row.entry.model_copy(update={"version": row.entry.version + 1, "updated_at": at,
+                                             "updated_by": by})
+        self._save(con, entry, row, deleted=True)
+        self._log(con, entry, action, by, at, changes)
+
+    def _save(self, con, entry: Entry, row: _Row | None, deleted: bool = False) -> None:
+        seq = con.execute(
+            "UPDATE meta SET value = value + 1 WHERE key = 'seq' RETURNING value").fetchone()[0]
+        values = (entry.task, entry.status, entry.title, entry.source.kind if entry.source else None,
+                  entry.version, entry.created_at, entry.updated_at, entry.updated_by,
+                  int(deleted), seq, entry.model_dump_json())
+        if row is None:
+            pk = con.execute(
+                "INSERT INTO entries (task, status, title, source_kind, version, created_at, "
+                "updated_at, updated_by, deleted, seq, data, id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (*values, entry.id)).lastrowid
+        else:
+            pk = row.pk
+            con.execute(
+                "UPDATE entries SET task=?, status=?, title=?, source_kind=?, version=?, "
+                "created_at=?, updated_at=?, updated_by=?, deleted=?, seq=?, data=? WHERE pk=?",
+                (*values, pk))
+            con.execute("DELETE FROM entry_concepts WHERE entry_pk = ?", (pk,))
+            if self.fts:
+                con.execute("DELETE FROM entries_fts WHERE rowid = ?", (pk,))
+        if deleted:
+            return  # a deleted entry is invisible to concept facets and text search
+        con.executemany("INSERT INTO entry_concepts VALUES (?, ?)",
+                        [(pk, c) for c in dict.fromkeys(entry.concepts)])
+        if self.fts:
+            question = entry.source.question if entry.source else None
+            con.execute("INSERT INTO entries_fts (rowid, id, title, learning_summary, "
+                        "supplementary_knowledge, concepts, question) VALUES (?,?,?,?,?,?,?)",
+                        (pk, entry.id, entry.title or "", entry.learning_summary,
+                         entry.supplementary_knowledge, " ".join(entry.concepts), question or ""))
+
+    def _log(self, con, entry: Entry, action: str, by: str, at: str, changes: dict) -> None:
+        con.execute("INSERT INTO revisions (entry_id, version, action, by, at, changes, snapshot) "
+                    "VALUES (?,?,?,?,?,?,?)",
+                    (entry.id, entry.version, action, by, at,
+                     json.dumps(changes, ensure_ascii=False), entry.model_dump_json()))
+
+    def _row(self, con, entry_id: str) -> _Row | None:
+        found = con.execute("SELECT pk, data, deleted FROM entries WHERE id = ?",
+                            (entry_id,)).fetchone()
+        return _Row(found[0], Entry.model_validate_json(found[1]), bool(found[2])) if found else None
+
+    def _rows(self, con, ids: list[str]) -> dict[str, _Row]:
+        rows = {}
+        for chunk in _chunks(ids, 500):
+            marks = ",".join("?" * len(chunk))
+            for pk, data, deleted in con.execute(
+                    f"SELECT pk, data, deleted FROM entries WHERE id IN ({marks})", chunk):
+                entry = Entry.model_validate_json(data)
+                rows[entry.id] = _Row(pk, entry, bool(deleted))
+        return rows
+
+    def _live_row(self, con, entry_id: str) -> _Row:
+        row = self._row(con, entry_id)
+        if row is None or row.deleted:
+            raise EntryNotFound(entry_id)
+        return row
+
+    def _revision(self, con, revision_id: int) -> Revision | None:
+        found = con.execute("SELECT revision_id, entry_id, version, action, by, at, changes, "
+                            "snapshot FROM revisions WHERE revision_id = ?",
+                            (revision_id,)).fetchone()
+        return _revision(found) if found else None
+
+    def _merged_sources(self, con, entry_id: str) -> list[str]:
+        """Ids merged into this entry, transitively (their histories belong to it now)."""
+        found, frontier = [], [entry_id]
+        while frontier:
+            current = frontier.pop()
+            for (changes,) in con.execute(
+                    "SELECT changes FROM revisions WHERE entry_id = ? AND action = 'merge'",
+                    (current,)):
+                source = json.loads(changes).get("merged_from", [None, None])[1]
+                if source and source not in found and source != entry_id:
+                    found.append(source)
+                    frontier.append(source)
+        return found
+
+    def _filters(self, status, task, concept, text, source_kind) -> tuple[str, list]:
+        clauses, args = ["deleted = 0"], []
+        for column, value in (("status", status), ("task", task), ("source_kind", source_kind)):
+            if value:
+                values = [value] if isinstance(value, str) else list(value)
+                clauses.append(f"{column} IN ({','.join('?' * len(values))})")
+                args += values
+        if concept:
+            clauses.append("pk IN (SELECT entry_pk FROM entry_concepts WHERE concept = ?)")
+            args.append(concept)
+        if text and text.strip():
+            if self.fts and (match := _fts_query(text)):
+                clauses.append("pk IN (SELECT rowid FROM entries_fts WHERE entries_fts MATCH ?)")
+                args.append(match)
+            else:
+                clauses.append("data LIKE ?")
+                args.append(f"%{text.strip()}%")
+        return " AND ".join(clauses), args
+
+
+def _try_create_fts(con) -> bool:
+    """FTS5 when this SQLite has it (text search by words, fast); else LIKE over the JSON."""
+    try:
+        con.execute(FTS_SCHEMA)
+        return True
+    except sqlite3.OperationalError:
+        return False
+
+
+def _fts_query(text: str) -> str:
+    # Every word must occur (prefix match); quoting keeps user punctuation out of FTS syntax.
+    words = re.findall(r"\w+", text)
+    return " AND ".join(f'"{w}"*' for w in words)
+
+
+def _check_version(row: _Row, expected_version: int) -> None:
+    if row.entry.version != expected_version:
+        raise ConflictError(row.entry.id, expected_version, row.entry)
+
+
+def _diff(old: dict, new: dict) -> dict[str, list]:
+    return {k: [old.get(k), new[k]] for k in new if old.get(k) != new[k]}
+
+
+def _union(first: list[str], second: list[str]) -> list[str]:
+    return list(dict.fromkeys([*first, *second]))
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _revision(row) -> Revision:
+    rid, entry_id, version, action, by, at, changes, snapshot = row
+    return Revision(revision_id=rid, entry_id=entry_id, version=version, action=action, by=by,
+                    at=at, changes=json.loads(changes),
+                    snapshot=json.loads(snapshot) if snapshot else None)

@@ -1,0 +1,130 @@
+"""Dataset registry: bundled splits, seeded BBH/StrategyQA splits, user JSONL registration, CLI."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from distill import data
+from distill.cli import app
+from distill.data import DatasetError, Example, format_question, get_dataset, register_dataset
+
+
+def test_bundled_datasets_load_with_answer_types():
+    gsm = get_dataset("gsm8k")
+    assert gsm.answer_type == "number" and set(gsm.splits) == {"train", "test"}
+    test = gsm.load("test")
+    assert len(test) == 1319 and test[0].answer == "18" and test[0].rationale
+    arc = get_dataset("arc_challenge").load("dev", limit=5)
+    assert len(arc) == 5 and all(e.choices and e.answer in dict(e.choices) for e in arc)
+    assert get_dataset("agieval").answer_type_for("math") == "text"
+    assert get_dataset("agieval").answer_type_for("lsat-ar") == "option"
+    with pytest.raises(DatasetError, match="no split"):
+        gsm.load("validation")
+    with pytest.raises(DatasetError, match="unknown dataset"):
+        get_dataset("nope")
+
+
+def test_bbh_split_is_seeded_per_task_disjoint_and_complete():
+    bbh = get_dataset("bbh")
+    train, test = bbh.load("train"), bbh.load("test")
+    assert len(train) + len(test) == 6511
+    assert not {e.id for e in train} & {e.id for e in test}
+    assert len(bbh.tasks()) == 27
+    # every task lands on both sides, ~30% in test
+    for task in bbh.tasks():
+        n_test = sum(e.task == task for e in test)
+        n_all = sum(e.task == task for e in train) + n_test
+        assert 0.25 < n_test / n_all < 0.35, task
+    # same seed -> same split (another call, fresh cache), different seed -> different split
+    rows = data._bundled("bbh", "test")
+    assert data.seeded_split(rows, "test", seed=0) == data.seeded_split(list(rows), "test", seed=0)
+    assert data.seeded_split(rows, "test", seed=1) != data.seeded_split(rows, "test", seed=0)
+    assert bbh.answer_type_for("object_counting") == "number"
+    assert bbh.answer_type_for("web_of_lies") == "text"
+    assert bbh.answer_type_for("date_understanding") == "option"
+    assert bbh.task_description("navigate").startswith("Given a series of navigation")
+
+
+def test_strategyqa_split_and_limit_sampling_is_deterministic():
+    sqa = get_dataset("strategyqa")
+    assert len(sqa.load("train")) + len(sqa.load("test")) == 2290
+    a, b = sqa.load("train", limit=10, seed=3), sqa.load("train", limit=10, seed=3)
+    assert [e.id for e in a] == [e.id for e in b]
+    assert [e.id for e in a] != [e.id for e in sqa.load("train", limit=10, seed=4)]
+    assert {e.answer for e in sqa.load("test")} == {"Yes", "No"}
+
+
+def test_format_question_adds_options_once():
+    ex = get_dataset("commonsenseqa").load("dev", limit=1)[0]
+    text = format_question(ex)
+    assert text.startswith(ex.question) and "Answer Choices: (A) " in text and "(E) " in text
+    bbh = get_dataset("bbh").load("test", task="date_understanding", limit=1)[0]
+    assert format_question(bbh).count("Options:") == 1 and "Answer Choices" not in format_question(bbh)
+    plain = Example("1", "gsm8k", "How many?", "3", "gsm8k")
+    assert format_question(plain) == "How many?"
+
+
+def test_register_user_dataset_roundtrip(tmp_path, workspace):
+    src = tmp_path / "mine.jsonl"
+    rows = [{"question": f"What is {i}+{i}?", "answer": str(2 * i), "task": "add"} for i in range(10)]
+    src.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    spec = register_dataset("mine", src)
+    assert spec.answer_type == "number"
+    assert (workspace / "datasets" / "user" / "mine.jsonl").exists()
+    again = get_dataset("mine")  # remembered through the workspace registry
+    assert len(again.load("all")) == 10 and again.load("all")[0].task == "add"
+    assert len(again.load("train")) + len(again.load("test")) == 10
+    assert "mine" in data.list_datasets()
+
+
+def test_register_bad_file_reports_line_numbers(tmp_path):
+    src = tmp_path / "bad.jsonl"
+    src.write_text('{"question": "ok?", "answer": "1"}\n'
+                   'not json\n'
+                   '{"question": "", "answer": "2"}\n'
+                   '{"question": "q", "answer": "Z", "choices": [{"label": "A", "text": "a"}]}\n')
+    with pytest.raises(DatasetError) as err:
+        register_dataset("bad", src)
+    message = str(err.value)
+    assert "line 2: not valid JSON" in message
+    assert "line 3: 'question'" in message
+    assert "line 4: 'answer' 'Z' is not one of the choice labels" in message
+    assert "line 1" not in message
+    assert "bad" not in data.list_datasets()
+
+
+def test_data_cli_list_show_register(tmp_path):
+    runner = CliRunner()
+    out = runner.invoke(app, ["data", "list"])
+    assert out.exit_code == 0 and "gsm8k" in out.output and "bbh" in out.output
+    out = runner.invoke(app, ["data", "show", "gsm8k", "--split", "test", "--limit", "1"])
+    assert out.exit_code == 0 and "answer:" in out.output
+    bad = tmp_path / "b.jsonl"
+    bad.write_text("[1,2]\n")
+    out = runner.invoke(app, ["data", "register", "b", str(bad)])
+    assert out.exit_code == 2 and "line 1: each line must be a JSON object" in out.output
+    out = runner.invoke(app, ["data", "show", "nope"])
+    assert out.exit_code == 2 and "unknown dataset" in out.output
+
+
+def test_rationale_set_roundtrip(workspace):
+    record = data.RationaleRecord(id="r1", example_id="gsm8k-train-00000", dataset="gsm8k", task="gsm8k",
+                                  question="q", answer="72", thought="eot", rationale="ans = x",
+                                  extracted="72", teacher_model="m")
+    (data.rationale_dir("set1") / "records.jsonl").write_text(record.to_json() + "\n")
+    assert data.load_rationales("set1") == [record]
+    assert data.list_rationale_sets() == ["set1"]
+    with pytest.raises(DatasetError):
+        data.load_rationales("missing")
+
+
+def test_arc_numeric_labels_become_letters():
+    raw = [r for r in data._bundled("arc_easy", "train") if r["choices"][0]["label"] == "1"]
+    assert raw, "the bundled ARC file has rows labelled 1-4"
+    by_id = {e.id: e for e in get_dataset("arc_easy").load("train")}
+    for row in raw[:20]:
+        ex = by_id[row["id"]]
+        assert [label for label, _ in ex.choices] == list("ABCDE"[: len(row["choices"])])
+        assert dict(ex.choices)[ex.answer] == row["choices"][int(row["answer"]) - 1]["text"]

@@ -1,0 +1,169 @@
+"""Jobs run real `nesy` processes: the counting `nesy jobs selftest` uses the real Progress, so
+cancel, kill, queue and resume are exercised against what teacher/training commands do."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from distill import jobs
+from distill.progress import STOPPED_EXIT_CODE
+
+
+def selftest(steps=400, per_step=0.05, *extra):
+    return ["jobs", "selftest", "--steps", str(steps), "--seconds-per-step", str(per_step), *extra]
+
+
+def wait_for(predicate, timeout=60.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def wait_for_step(job_id, step=2):
+    return wait_for(lambda: (p := jobs.progress(job_id)) and p["step"] >= step and p,
+                    what=f"step {step} of {job_id}")
+
+
+def test_job_runs_to_success_with_metrics_log_and_command():
+    job = jobs.submit(selftest(5, 0.02), "selftest", name="count")
+    assert job.command_line() == "nesy jobs selftest --steps 5 --seconds-per-step 0.02"
+    done = jobs.wait(job.id, timeout=60)
+    assert (done.status, done.exit_code) == ("succeeded", 0)
+    rows = jobs.metrics(job.id)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert rows[-1]["total"] == 5 and rows[-1]["loss"] == 0.4
+    assert jobs.progress(job.id)["step"] == 5
+    assert "done: 5 steps" in jobs.log_tail(job.id, 10)
+    assert (job.dir / "config.json").exists() and (job.dir / "exit_code").read_text() == "0"
+
+
+def test_cancel_stops_cleanly_at_next_step():
+    job = jobs.submit(selftest(), "selftest")
+    first = wait_for_step(job.id)
+    assert jobs.get(job.id).status == "running"
+    jobs.cancel(job.id, grace=30)
+    done = jobs.wait(job.id, timeout=30)
+    assert done.status == "cancelled" and done.exit_code == STOPPED_EXIT_CODE
+    assert done.reason == "stopped cleanly on request"
+    assert first["step"] <= jobs.progress(job.id)["step"] < 400
+    assert "stopped after step" in jobs.log_tail(job.id)
+
+
+def test_cancel_escalates_to_sigkill_when_the_step_does_not_end():
+    job = jobs.submit(selftest(3, 60), "selftest")  # one step sleeps 60 s: no step boundary soon
+    wait_for(lambda: jobs.get(job.id).pid, what="command pid")
+    time.sleep(1.0)  # let Progress install its stop handler
+    started = time.monotonic()
+    jobs.cancel(job.id, grace=1.0)
+    done = jobs.wait(job.id, timeout=30)
+    assert done.status == "cancelled" and done.exit_code == -signal.SIGKILL
+    assert "SIGKILL" in done.reason and time.monotonic() - started < 20
+
+
+def test_killed_command_is_marked_failed_with_reason():
+    job = jobs.submit(selftest(), "selftest")
+    wait_for_step(job.id)
+    os.kill(jobs.get(job.id).pid, signal.SIGKILL)
+    done = jobs.wait(job.id, timeout=30)
+    assert done.status == "failed" and done.reason == "killed by signal SIGKILL"
+
+
+def test_vanished_runner_and_command_are_detected_by_refresh():
+    job = jobs.submit(selftest(), "selftest")
+    wait_for_step(job.id)
+    running = jobs.get(job.id)
+    os.kill(running.runner_pid, signal.SIGKILL)  # runner first, so nobody records an exit code
+    os.kill(running.pid, signal.SIGKILL)
+    done = wait_for(lambda: (j := jobs.get(job.id)).status != "running" and j, what="refresh")
+    assert done.status == "failed" and "disappeared" in done.reason
+
+
+def test_failing_command_and_bad_command_are_failed_with_exit_codes():
+    failing = jobs.submit(selftest(5, 0.01, "--fail-at", "2"), "selftest")
+    bad = jobs.submit(["no-such-command"], "x")
+    assert jobs.wait(failing.id, timeout=60).exit_code == 1
+    done_bad = jobs.wait(bad.id, timeout=60)
+    assert (done_bad.status, done_bad.exit_code) == ("failed", 2)
+    assert jobs.get(failing.id).status == "failed"
+    assert "failing at step 2" in jobs.log_tail(failing.id)
+    with pytest.raises(ValueError):
+        jobs.submit([], "x")
+    with pytest.raises(KeyError):
+        jobs.get("nope")
+
+
+def test_queue_runs_one_at_a_time_and_starts_the_next_when_a_slot_frees():
+    first = jobs.submit(selftest(), "selftest")
+    second = jobs.submit(selftest(3, 0.01), "selftest")
+    third = jobs.submit(selftest(3, 0.01), "selftest")
+    assert jobs.get(second.id).status == "queued" and jobs.get(third.id).status == "queued"
+    wait_for_step(first.id)
+    assert jobs.get(second.id).status == "queued"  # still waiting: the limit is 1
+    jobs.cancel(third.id)
+    assert jobs.get(third.id).status == "cancelled" and jobs.get(third.id).started is None
+    jobs.cancel(first.id)
+    # nobody calls refresh here: the first job's runner starts the next one when it ends
+    done = wait_for(lambda: (j := jobs.get(second.id, refresh_first=False)).status == "succeeded" and j,
+                    what="second job to run")
+    assert done.started >= jobs.get(first.id).finished - 0.5
+    assert jobs.get(third.id).status == "cancelled"
+
+
+def test_resume_continues_from_checkpoint_as_a_new_job(tmp_path):
+    ckpt = tmp_path / "ckpt.txt"
+    job = jobs.submit(selftest(60, 0.05, "--checkpoint", str(ckpt)), "selftest")
+    wait_for_step(job.id, 3)
+    jobs.cancel(job.id)
+    stopped = jobs.wait(job.id, timeout=30)
+    assert stopped.status == "cancelled"
+    reached = int(ckpt.read_text())
+    with pytest.raises(ValueError):
+        jobs.resume(jobs.submit(selftest(), "selftest").id)  # running jobs cannot be resumed
+    jobs.cancel(jobs.list_jobs(status="running")[0].id)
+    resumed = jobs.resume(job.id)
+    assert resumed.id != job.id and resumed.resumed_from == job.id
+    assert resumed.argv[-1] == "--resume" and resumed.command_line().endswith("--resume")
+    done = jobs.wait(resumed.id, timeout=90)
+    assert done.status == "succeeded"
+    steps = [r["step"] for r in jobs.metrics(resumed.id)]
+    assert steps[0] == reached + 1 and steps[-1] == 60
+
+
+def test_resume_rule_per_command():
+    assert jobs.resume_argv(["train", "--method", "nesycd"])[-1] == "--resume"
+    assert jobs.resume_argv(["train", "--resume"]) == ["train", "--resume"]
+    assert jobs.resume_argv(["teach", "rationales", "--dataset", "gsm8k"]) == \
+        ["teach", "rationales", "--dataset", "gsm8k"]
+
+
+def test_state_is_reattached_by_other_processes_after_the_launcher_exits(workspace):
+    env = {**os.environ, "NESY_HOME": str(workspace)}
+    nesy = [sys.executable, "-m", "distill.cli"]
+    out = subprocess.run([*nesy, "jobs", "submit", "--", *selftest(400, 0.05)], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    job_id = out.split()[0]  # the launcher has exited; the job lives on
+    wait_for_step(job_id)
+    assert jobs.get(job_id).status == "running"  # a new process sees it running
+    listing = subprocess.run([*nesy, "jobs", "list"], env=env, capture_output=True, text=True).stdout
+    assert job_id in listing and "running" in listing
+    cancelled = subprocess.run([*nesy, "jobs", "cancel", job_id, "--wait"], env=env,
+                               capture_output=True, text=True)
+    assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
+    assert jobs.get(job_id).exit_code == STOPPED_EXIT_CODE
+
+
+def test_cli_reports_bad_input_in_one_line():
+    env = {**os.environ}
+    result = subprocess.run([sys.executable, "-m", "distill.cli", "jobs", "show", "nope"], env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.strip() == \
+        "error: no job 'nope' (see `nesy jobs list`)"
