@@ -108,6 +108,7 @@ def validate_jsonl(source: Path | str | bytes, *, on_duplicate: DuplicatePolicy 
         return report
     report.lines, parsed = _parse_lines(text, report.problems)
     report.entries = _dedupe_within_file(parsed, on_duplicate, report)
+    report.problems.sort(key=lambda p: p.line)
     return report
 
 
@@ -191,22 +192,21 @@ def _parse_lines(text: str, problems: list[Problem]) -> tuple[int, list[tuple[in
 
 
 def _dedupe_within_file(parsed, on_duplicate: str, report: ImportReport) -> list[Entry]:
-    first_line = report.lines_of
-    chosen: dict[str, Entry] = {}
+    chosen: dict[str, Entry] = {}  # id -> entry; dict order = first appearance
     for line, entry in parsed:
-        if entry.id in first_line:
-            report.duplicates.append((line, entry.id, "file"))
-            if on_duplicate == "fail":
-                report.problems.append(Problem(line, "id", f"duplicate id {entry.id!r} "
-                                                           f"(first on line {first_line[entry.id]})"))
-            elif on_duplicate == "skip":
-                report.skipped += 1
-                continue
-            chosen[entry.id] = entry  # overwrite: the last one wins, at the first one's place
-            first_line[entry.id] = line
-        else:
-            first_line[entry.id] = line
+        if entry.id not in chosen:
             chosen[entry.id] = entry
+            report.lines_of[entry.id] = line
+            continue
+        report.duplicates.append((line, entry.id, "file"))
+        if on_duplicate == "fail":
+            report.problems.append(Problem(line, "id", f"duplicate id {entry.id!r} "
+                                                       f"(first on line {report.lines_of[entry.id]})"))
+        elif on_duplicate == "skip":
+            report.skipped += 1
+        else:  # overwrite: the last one wins
+            chosen[entry.id] = entry
+            report.lines_of[entry.id] = line
     return list(chosen.values())
 
 

@@ -54,6 +54,9 @@ FTS_SCHEMA = """CREATE VIRTUAL TABLE IF NOT EXISTS entries_fts USING fts5(
     id, title, learning_summary, supplementary_knowledge, concepts, question,
     tokenize = 'unicode61 remove_diacritics 2')"""
 
+FTS_INSERT = ("INSERT INTO entries_fts (rowid, id, title, learning_summary, supplementary_knowledge, "
+              "concepts, question) VALUES (?,?,?,?,?,?,?)")
+
 
 class ConflictError(Exception):
     """The entry changed since the editor loaded it; .current is what is stored now."""
@@ -334,15 +337,45 @@ class KBStore:
             live = [e.id for e in entries if e.id in rows and not rows[e.id].deleted]
             if live and on_duplicate == "fail":
                 raise DuplicateEntry(live)
+            fresh = [e for e in entries if e.id not in rows]
+            self._insert_many(con, fresh, by)
+            counts["added"] = len(fresh)
             for entry in entries:
-                row = rows.get(entry.id)
-                counts[self._import_one(con, entry, row, by, on_duplicate)] += 1
+                if entry.id in rows:
+                    counts[self._import_one(con, entry, rows[entry.id], by, on_duplicate)] += 1
         return counts
 
-    def _import_one(self, con, entry: Entry, row: _Row | None, by: str, on_duplicate: str) -> str:
+    def _insert_many(self, con, entries: list[Entry], by: str) -> None:
+        """New ids in bulk (executemany, one change seq): the fast path of a large import."""
+        if not entries:
+            return
         at = now_iso()
-        if row is None or row.deleted:
-            version = entry.version if row is None else max(entry.version, row.entry.version + 1)
+        seq = con.execute(
+            "UPDATE meta SET value = value + 1 WHERE key = 'seq' RETURNING value").fetchone()[0]
+        first_pk = con.execute("SELECT COALESCE(MAX(pk), 0) + 1 FROM entries").fetchone()[0]
+        entries = [e.model_copy(update={"created_at": e.created_at or at,
+                                        "updated_at": e.updated_at or at,
+                                        "updated_by": e.updated_by or by}) for e in entries]
+        pks = range(first_pk, first_pk + len(entries))
+        data = [e.model_dump_json() for e in entries]  # stored row and revision snapshot
+        con.executemany(
+            "INSERT INTO entries (pk, id, task, status, title, source_kind, version, created_at, "
+            "updated_at, updated_by, deleted, seq, data) VALUES (?,?,?,?,?,?,?,?,?,?,0,?,?)",
+            [(pk, e.id, *_columns(e), seq, d) for pk, e, d in zip(pks, entries, data)])
+        con.executemany("INSERT INTO entry_concepts VALUES (?, ?)",
+                        [(pk, c) for pk, e in zip(pks, entries) for c in dict.fromkeys(e.concepts)])
+        if self.fts:
+            con.executemany(FTS_INSERT, [(pk, *_fts_values(e)) for pk, e in zip(pks, entries)])
+        con.executemany(
+            "INSERT INTO revisions (entry_id, version, action, by, at, changes, snapshot) "
+            "VALUES (?,?,'import',?,?,?,?)",
+            [(e.id, e.version, by, at, json.dumps(_diff({}, e.content()), ensure_ascii=False), d)
+             for e, d in zip(entries, data)])
+
+    def _import_one(self, con, entry: Entry, row: _Row, by: str, on_duplicate: str) -> str:
+        at = now_iso()
+        if row.deleted:
+            version = max(entry.version, row.entry.version + 1)
             entry = entry.model_copy(update={
                 "version": version, "created_at": entry.created_at or at,
                 "updated_at": entry.updated_at or at, "updated_by": entry.updated_by or by})
@@ -352,8 +385,8 @@ class KBStore:
         if on_duplicate == "skip":
             return "skipped"
         current = row.entry
-        if entry.model_dump() == current.model_dump():
-            return "unchanged"
+        if entry.content() == current.content():
+            return "unchanged"  # metadata alone is not worth a new version
         entry = entry.model_copy(update={
             "version": max(entry.version, current.version + 1), "created_at": current.created_at,
             "updated_at": entry.updated_at or at, "updated_by": entry.updated_by or by})
@@ -396,9 +429,7 @@ class KBStore:
     def _save(self, con, entry: Entry, row: _Row | None, deleted: bool = False) -> None:
         seq = con.execute(
             "UPDATE meta SET value = value + 1 WHERE key = 'seq' RETURNING value").fetchone()[0]
-        values = (entry.task, entry.status, entry.title, entry.source.kind if entry.source else None,
-                  entry.version, entry.created_at, entry.updated_at, entry.updated_by,
-                  int(deleted), seq, entry.model_dump_json())
+        values = (*_columns(entry), int(deleted), seq, entry.model_dump_json())
         if row is None:
             pk = con.execute(
                 "INSERT INTO entries (task, status, title, source_kind, version, created_at, "
@@ -418,11 +449,7 @@ class KBStore:
         con.executemany("INSERT INTO entry_concepts VALUES (?, ?)",
                         [(pk, c) for c in dict.fromkeys(entry.concepts)])
         if self.fts:
-            question = entry.source.question if entry.source else None
-            con.execute("INSERT INTO entries_fts (rowid, id, title, learning_summary, "
-                        "supplementary_knowledge, concepts, question) VALUES (?,?,?,?,?,?,?)",
-                        (pk, entry.id, entry.title or "", entry.learning_summary,
-                         entry.supplementary_knowledge, " ".join(entry.concepts), question or ""))
+            con.execute(FTS_INSERT, (pk, *_fts_values(entry)))
 
     def _log(self, con, entry: Entry, action: str, by: str, at: str, changes: dict) -> None:
         con.execute("INSERT INTO revisions (entry_id, version, action, by, at, changes, snapshot) "
@@ -504,6 +531,18 @@ def _fts_query(text: str) -> str:
     # Every word must occur (prefix match); quoting keeps user punctuation out of FTS syntax.
     words = re.findall(r"\w+", text)
     return " AND ".join(f'"{w}"*' for w in words)
+
+
+def _columns(entry: Entry) -> tuple:
+    """The entry fields mirrored as columns (for filters and sorting), in table order."""
+    return (entry.task, entry.status, entry.title, entry.source.kind if entry.source else None,
+            entry.version, entry.created_at, entry.updated_at, entry.updated_by)
+
+
+def _fts_values(entry: Entry) -> tuple:
+    question = entry.source.question if entry.source else None
+    return (entry.id, entry.title or "", entry.learning_summary, entry.supplementary_knowledge,
+            " ".join(entry.concepts), question or "")
 
 
 def _check_version(row: _Row, expected_version: int) -> None:

@@ -1,0 +1,133 @@
+"""Teacher jobs: generate rationales (CoT/PoT/EoT) or distil knowledge into pending KB entries.
+
+The page only builds a `nesy teach ...` argv, shows it, and submits it as a background job.
+API keys are never put on the command line or on disk: the job reads them from an environment
+variable (named here), which may be filled from Streamlit secrets for this server's processes.
+"""
+from __future__ import annotations
+
+import os
+
+import streamlit as st
+
+import ui
+from distill import data, models
+
+st.title("Teacher jobs")
+st.caption("Long work runs as a background job: you can leave this page, follow it on **Jobs**, "
+           "cancel it and resume it (finished teacher calls are cached, so nothing is paid twice).")
+
+
+def teacher_options(prefix: str) -> tuple[list[str], str | None]:
+    """Teacher arguments, and an error to show instead of starting when they are incomplete."""
+    kind = st.radio("Teacher", ["Embedded local teacher (llama.cpp)", "OpenAI-compatible server"],
+                    key=f"{prefix}:teacher", horizontal=True)
+    if kind.startswith("Embedded"):
+        model = st.selectbox("Model", list(models.TEACHERS), key=f"{prefix}:local-model",
+                             help="Packaged GGUF teachers; assembled once on first use.")
+        return ["--teacher", "local", "--model", model], None
+    c = st.columns([3, 2, 2])
+    url = c[0].text_input("Base URL", "http://127.0.0.1:8000/v1", key=f"{prefix}:url",
+                          help="OpenAI, vLLM, Ollama, llama.cpp, LM Studio or TGI.")
+    model = c[1].text_input("Model name", key=f"{prefix}:model")
+    key_env = c[2].text_input("API key environment variable", "OPENAI_API_KEY", key=f"{prefix}:env",
+                              help="The key itself is never stored or shown.")
+    st.caption(api_key_status(key_env))
+    problem = None
+    if not url.startswith(("http://", "https://")):
+        problem = "The base URL must start with http:// or https://."
+    elif not model.strip():
+        problem = "Name the model the server should use."
+    return ["--teacher", url, "--model", model.strip(), "--api-key-env", key_env], problem
+
+
+def api_key_status(name: str) -> str:
+    if os.environ.get(name):
+        return f"`{name}` is set in this server's environment."
+    try:
+        secret = st.secrets.get(name)
+    except Exception:  # noqa: BLE001 - no secrets file at all
+        secret = None
+    if secret:
+        os.environ[name] = str(secret)  # jobs inherit it; never written to disk
+        return f"`{name}` comes from Streamlit secrets (passed to jobs through the environment)."
+    return (f"`{name}` is not set: export it before starting the app, or add it to "
+            "`.streamlit/secrets.toml`. Local servers usually need no key.")
+
+
+def dataset_options(prefix: str) -> tuple[str, str, int | None]:
+    c = st.columns(3)
+    names = data.list_datasets()
+    dataset = c[0].selectbox("Dataset", names, index=names.index("gsm8k") if "gsm8k" in names else 0,
+                             key=f"{prefix}:dataset")
+    splits = list(data.get_dataset(dataset).splits)
+    split = c[1].selectbox("Split", splits, index=splits.index("train") if "train" in splits else 0,
+                           key=f"{prefix}:split")
+    limit = c[2].number_input("Limit (0 = all)", 0, 1_000_000, 20, key=f"{prefix}:limit",
+                              help="A seeded random sample of this many questions.")
+    return dataset, split, int(limit) or None
+
+
+def launch(argv: list[str], kind: str, problem: str | None, key: str) -> None:
+    ui.command_preview(argv)
+    if problem:
+        st.warning(problem)
+    if st.button("Start job", type="primary", disabled=bool(problem), key=key):
+        ui.submit_job(argv, kind)
+
+
+def rationales_tab() -> None:
+    dataset, split, limit = dataset_options("r")
+    c = st.columns(4)
+    thoughts = c[0].multiselect("Thought types", ["cot", "pot", "eot"], ["cot"], key="r:thoughts",
+                                help="CoT text, PoT programs, EoT equations (ETD uses all three).")
+    samples = c[1].number_input("Samples per question", 1, 16, 1, key="r:samples")
+    temperature = c[2].number_input("Temperature", 0.0, 2.0, 0.0 if samples == 1 else 0.7,
+                                    step=0.1, key="r:temperature")
+    max_tokens = c[3].number_input("Max tokens", 32, 8192, 512, key="r:max-tokens")
+    c = st.columns(2)
+    out = c[0].text_input("Rationale set name", key="r:out", placeholder=f"{dataset}-{split}",
+                          help="Saved under datasets/<name>; the Train page reads it.") or f"{dataset}-{split}"
+    concurrency = c[1].number_input("Concurrent requests", 1, 256, 4, key="r:concurrency")
+    teacher, problem = teacher_options("r")
+    argv = ["teach", "rationales", "--dataset", dataset, "--split", split,
+            *(["--limit", str(limit)] if limit else []), "--thoughts", ",".join(thoughts),
+            "--n-samples", str(samples), "--temperature", str(temperature),
+            "--max-tokens", str(max_tokens), "--out", out.strip(), *teacher,
+            "--concurrency", str(concurrency)]
+    if not thoughts:
+        problem = "Choose at least one thought type."
+    launch(argv, "teach-rationales", problem, "r:start")
+
+
+def knowledge_tab() -> None:
+    source = st.radio("Knowledge from", ["Student errors (NesyCD)", "Examples + gold answers (SKIntern)"],
+                      key="k:source", horizontal=True)
+    problem = None
+    if source.startswith("Student"):
+        errors = st.text_input("Student error file (JSONL)", key="k:errors",
+                               help="Written by the NesyCD error-collection pass of `nesy train "
+                                    "--method nesycd`, or your own file.")
+        head = ["--errors", errors.strip()]
+        if not errors.strip():
+            problem = "Give the path of a student error file."
+    else:
+        dataset, split, limit = dataset_options("k")
+        head = ["--dataset", dataset, "--split", split, *(["--limit", str(limit)] if limit else []),
+                "--with-answer"]
+    c = st.columns(3)
+    auto = c[0].checkbox("Accept entries automatically", key="k:auto",
+                         help="Off: entries arrive as pending for review on the Knowledge base page.")
+    max_tokens = c[1].number_input("Max tokens", 32, 8192, 400, key="k:max-tokens")
+    concurrency = c[2].number_input("Concurrent requests", 1, 256, 4, key="k:concurrency")
+    teacher, teacher_problem = teacher_options("k")
+    argv = ["teach", "knowledge", *head, *(["--auto-accept"] if auto else []),
+            "--max-tokens", str(max_tokens), *teacher, "--concurrency", str(concurrency)]
+    launch(argv, "teach-knowledge", problem or teacher_problem, "k:start")
+
+
+rationales, knowledge = st.tabs(["Rationales", "Knowledge"])
+with rationales:
+    rationales_tab()
+with knowledge:
+    knowledge_tab()

@@ -1,0 +1,263 @@
+"""Knowledge base: search, filter, page through, edit, review in bulk, merge near-duplicates."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import streamlit as st
+
+import ui
+from kb.schema import STATUSES, Entry, EntryInvalid, Source, validate_entry
+from kb.store import ConflictError, DuplicateEntry, EntryNotFound
+
+ANY = "(any)"
+PAGE_SIZES = (25, 50, 100)
+
+kb = ui.store()
+st.title("Knowledge base")
+stats = kb.stats()
+cols = st.columns(4)
+cols[0].metric("Entries", stats["total"])
+for col, status in zip(cols[1:], STATUSES):
+    col.metric(status.capitalize(), stats["by_status"][status])
+
+
+def empty_state_guide() -> None:
+    st.info("The knowledge base is empty. Three ways to fill it:\n"
+            "1. **Export / import** page: upload a KB JSONL file.\n"
+            "2. **Teacher jobs** page: run `teach knowledge` on a student's errors (NesyCD) or on "
+            "training examples (SKIntern); entries arrive as *pending* for you to review.\n"
+            "3. **Add an entry by hand** below.\n\n"
+            "Then accept the entries you trust: only *accepted* knowledge is retrieved for the student.")
+
+
+def filters() -> dict:
+    facets = kb.facets()
+    search, mode = st.columns([4, 1])
+    text = search.text_input("Search", key="kb:text", placeholder="words in title, summary, "
+                             "knowledge, concepts or source question")
+    semantic = mode.radio("Mode", ["Text", "Semantic"], key="kb:mode", horizontal=True) == "Semantic"
+    c = st.columns([2, 2, 2, 2, 2, 1])
+    status = c[0].multiselect("Status", STATUSES, key="kb:status")
+    task = c[1].selectbox("Task", [ANY, *facets["tasks"]], key="kb:task")
+    concept = c[2].selectbox("Concept", [ANY, *facets["concepts"]], key="kb:concept")
+    source_kind = c[3].selectbox("Source", [ANY, *facets["source_kinds"]], key="kb:source")
+    sort = c[4].selectbox("Sort by", ["updated_at", "created_at", "id", "task", "status", "title",
+                                      "version"], key="kb:sort")
+    descending = c[5].toggle("Desc", value=True, key="kb:desc")
+    pick = lambda v: None if v == ANY else v  # noqa: E731
+    return {"text": text.strip() or None, "semantic": semantic, "status": status or None,
+            "task": pick(task), "concept": pick(concept), "source_kind": pick(source_kind),
+            "sort": sort, "descending": descending}
+
+
+def load_page(f: dict) -> tuple[list[Entry], list[float] | None, int]:
+    """The entries to show now: one page of a store query, or the top hits of a semantic search."""
+    if f["semantic"] and f["text"]:
+        k = st.slider("Results", 5, 100, 25, key="kb:k")
+        try:
+            hits = ui.index().search(f["text"], k=k, statuses=tuple(f["status"] or STATUSES),
+                                     task=f["task"])
+        except Exception as e:  # noqa: BLE001 - index missing/unbuilt: say so, keep the page usable
+            st.error(f"Semantic search is unavailable: {e}")
+            return [], None, 0
+        return [h.entry for h in hits], [round(h.score, 3) for h in hits], len(hits)
+    size = st.session_state.get("kb:size", PAGE_SIZES[1])
+    query = {k: f[k] for k in ("status", "task", "concept", "text", "source_kind", "sort", "descending")}
+    page = st.session_state.get("kb:page", 1)
+    result = kb.query(**query, offset=(page - 1) * size, limit=size)
+    if page > 1 and not result.entries:  # the filters narrowed past this page: back to the first
+        st.session_state["kb:page"] = 1
+        result = kb.query(**query, offset=0, limit=size)
+    return result.entries, None, result.total
+
+
+def results_table(entries: list[Entry], scores: list[float] | None) -> list[str]:
+    """The table; returns the ids of the selected rows."""
+    rows = [ui.entry_row(e, **({"score": s} if scores else {})) for e, s in
+            zip(entries, scores or [None] * len(entries))]
+    table = st.dataframe(pd.DataFrame(rows), hide_index=True, on_select="rerun",
+                         selection_mode="multi-row", key="kb:table",
+                         column_config={"summary": st.column_config.TextColumn(width="large")})
+    selected = [entries[i].id for i in table.selection.rows if i < len(entries)]
+    if st.checkbox(f"Select all {len(entries)} on this page", key="kb:all"):
+        selected = [e.id for e in entries]
+    return selected
+
+
+def pager(total: int) -> None:
+    if st.session_state.get("kb:mode") == "Semantic" and st.session_state.get("kb:text"):
+        return
+    size = st.session_state.get("kb:size", PAGE_SIZES[1])
+    left, right = st.columns([4, 1])
+    with left:
+        page = st.pagination(max(1, math.ceil(total / size)), key="kb:page")
+    right.selectbox("Per page", PAGE_SIZES, index=1, key="kb:size")
+    first = (page - 1) * size + 1 if total else 0
+    st.caption(f"{first}–{min(page * size, total)} of {total} matching entries")
+
+
+def bulk_actions(selected: list[str], entries: list[Entry]) -> None:
+    pending = st.session_state.get("kb:bulk")
+    if pending:
+        action, ids = pending
+        st.warning(f"{action.capitalize()} {len(ids)} entr{'y' if len(ids) == 1 else 'ies'}: "
+                   f"{', '.join(ids[:8])}{' …' if len(ids) > 8 else ''}?")
+        yes, no = st.columns(2)
+        if yes.button(f"Confirm {action}", type="primary", key="kb:bulk-yes"):
+            apply_bulk(action, ids, {e.id: e.version for e in entries})
+        if no.button("Cancel", key="kb:bulk-no"):
+            del st.session_state["kb:bulk"]
+            st.rerun()
+        return
+    c = st.columns(4)
+    c[0].caption(f"{len(selected)} selected")
+    for col, action in zip(c[1:], ("accept", "reject", "delete")):
+        if col.button(f"{action.capitalize()} selected", disabled=not selected, key=f"kb:{action}"):
+            st.session_state["kb:bulk"] = (action, selected)
+            st.rerun()
+
+
+def apply_bulk(action: str, ids: list[str], versions: dict[str, int]) -> None:
+    del st.session_state["kb:bulk"]
+    if action == "delete":
+        skipped = []
+        for entry_id in ids:  # each delete checks the version shown, so a fresh edit is not lost
+            try:
+                kb.delete(entry_id, expected_version=versions.get(entry_id), by=ui.user())
+            except (ConflictError, EntryNotFound):
+                skipped.append(entry_id)
+        message = f"Deleted {len(ids) - len(skipped)}."
+        if skipped:
+            message += f" Skipped {len(skipped)} changed meanwhile: {', '.join(skipped)}"
+    else:
+        status = {"accept": "accepted", "reject": "rejected"}[action]
+        changed = kb.set_status(ids, status, by=ui.user())
+        message = f"Marked {changed} entr{'y' if changed == 1 else 'ies'} {status}."
+    st.session_state["kb:flash"] = message
+    st.session_state.pop("kb:table", None)
+    st.rerun()
+
+
+def editor_and_tools(entries: list[Entry], selected: list[str]) -> None:
+    if "entry" in st.query_params:  # a deep link: /?entry=<id>
+        ui.open_entry(st.query_params.pop("entry"))
+    requested = st.session_state.pop("open_entry", None)
+    ids = [e.id for e in entries]
+    if requested:
+        st.session_state["kb:edit"] = requested
+    elif len(selected) == 1:
+        st.session_state["kb:edit"] = selected[0]
+    options = list(dict.fromkeys([*([st.session_state["kb:edit"]] if st.session_state.get("kb:edit")
+                                    else []), *ids]))
+    if not options:
+        return
+    entry_id = st.selectbox("Edit entry", options, key="kb:edit")
+    left, right = st.columns([3, 2])
+    with left:
+        ui.entry_editor(kb, entry_id, key="kb-editor")
+    with right:
+        similar_entries(entry_id)
+
+
+def similar_entries(entry_id: str) -> None:
+    st.subheader("Similar entries")
+    if not st.button("Find similar", key="kb:similar"):
+        return
+    try:
+        hits = ui.index().similar(entry_id, k=5)
+    except Exception as e:  # noqa: BLE001
+        st.error(f"Similarity search is unavailable: {e}")
+        return
+    if not hits:
+        st.caption("Nothing similar.")
+    for hit in hits:
+        st.text(f"{hit.score:.3f}  {hit.entry.id}  [{hit.entry.status}]\n{ui.short(hit.entry.learning_summary, 160)}")
+        st.button(f"Open {hit.entry.id}", key=f"kb:open-{hit.entry.id}", on_click=ui.open_entry,
+                  args=(hit.entry.id,))
+
+
+def suggested_merges() -> None:
+    with st.expander("Suggested merges (near-duplicates)"):
+        threshold = st.slider("Similarity threshold", 0.70, 0.99, 0.90, 0.01, key="kb:dup-threshold")
+        if st.button("Find near-duplicates", key="kb:dups"):
+            try:
+                st.session_state["kb:dup-pairs"] = ui.index().near_duplicates(threshold=threshold)
+            except Exception as e:  # noqa: BLE001
+                st.error(f"Near-duplicate search is unavailable: {e}")
+        pairs = st.session_state.get("kb:dup-pairs")
+        if pairs is None:
+            return
+        if not pairs:
+            st.caption("No pairs above the threshold.")
+        live = kb.get_many([i for pair in pairs for i in pair[:2]])
+        for n, (a, b, score) in enumerate(pairs[:30]):
+            if a not in live or b not in live:
+                continue  # merged or deleted since the search
+            st.markdown(f"**{score:.3f}**")
+            left, right = st.columns(2)
+            for col, entry in ((left, live[a]), (right, live[b])):
+                col.text(f"{entry.id} [{entry.status}]\n{ui.short(entry.learning_summary, 200)}")
+            if left.button(f"Keep {a}, merge {b} into it", key=f"kb:merge-{n}-a"):
+                merge(a, b)
+            if right.button(f"Keep {b}, merge {a} into it", key=f"kb:merge-{n}-b"):
+                merge(b, a)
+
+
+def merge(keep: str, drop: str) -> None:
+    try:
+        kb.merge(keep, drop, by=ui.user())
+    except (ConflictError, EntryNotFound, ValueError) as e:
+        st.error(f"Not merged: {e}")
+        return
+    st.session_state["kb:flash"] = f"Merged {drop} into {keep}."
+    st.rerun()
+
+
+def add_entry_form() -> None:
+    with st.expander("Add an entry by hand", expanded=stats["total"] == 0):
+        problems = st.session_state.get("kb:add-problems", {})
+        with st.form("kb:add", clear_on_submit=False):
+            c = st.columns(3)
+            entry_id = c[0].text_input("Id", key="kb:add-id")
+            task = c[1].text_input("Task", key="kb:add-task")
+            status = c[2].selectbox("Status", STATUSES, key="kb:add-status")
+            title = st.text_input("Title", key="kb:add-title")
+            concepts = st.text_input("Concepts (comma-separated)", key="kb:add-concepts")
+            summary = st.text_area("Learning summary", key="kb:add-summary")
+            knowledge = st.text_area("Supplementary knowledge", key="kb:add-knowledge")
+            for field, message in problems.items():
+                st.error(f"{field}: {message}")
+            if not st.form_submit_button("Add entry"):
+                return
+        data = {"id": entry_id.strip(), "task": task.strip(), "status": status,
+                "title": title.strip() or None, "concepts": ui.split_list(concepts),
+                "learning_summary": summary, "supplementary_knowledge": knowledge,
+                "source": Source(kind="manual").model_dump()}
+        try:
+            entry = kb.add(validate_entry(data), by=ui.user())
+        except DuplicateEntry:
+            st.session_state["kb:add-problems"] = {"id": f"{entry_id!r} already exists"}
+        except EntryInvalid as e:
+            st.session_state["kb:add-problems"] = dict(e.problems)
+        else:
+            st.session_state.pop("kb:add-problems", None)
+            st.session_state["kb:flash"] = f"Added {entry.id}."
+            ui.open_entry(entry.id)
+        st.rerun()
+
+
+if flash := st.session_state.pop("kb:flash", None):
+    st.success(flash)
+if stats["total"] == 0:
+    empty_state_guide()
+else:
+    f = filters()
+    entries, scores, total = load_page(f)
+    selected = results_table(entries, scores)
+    pager(total)
+    bulk_actions(selected, entries)
+    st.divider()
+    editor_and_tools(entries, selected)
+    suggested_merges()
+add_entry_form()

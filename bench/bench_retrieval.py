@@ -1,0 +1,131 @@
+"""Retrieval: the index KBIndex ships (kb.index.build_faiss) vs exact FAISS flat search, side by side.
+
+Scale (synthetic 384-d unit vectors drawn around cluster centres, like sentence embeddings):
+for each --sizes N, top-10 latency per single query (p50/p95, one query at a time as the app
+asks) and recall@10 against exact inner-product search.
+Quality (real): --real-n GSM8K training questions embedded with the embedded MiniLM; the shipped
+index is forced to IVF (threshold lowered) and its recall@10 vs flat measured on held-out questions.
+
+    .venv/bin/python bench/bench_retrieval.py --sizes 100000,1000000     # full run
+    .venv/bin/python bench/bench_retrieval.py --sizes 1000000 --nprobe 32,16,64  # trade-off
+    .venv/bin/python bench/bench_retrieval.py --sizes 20000 --real-n 0    # quick run
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from kb.index import DIM, IndexConfig, build_faiss, ivf_lists  # noqa: E402
+
+
+def clustered_vectors(n: int, rng: np.random.Generator, clusters: int = 4096,
+                      spread: float = 0.9) -> np.ndarray:
+    """Unit vectors around random centres (a point's cosine to its centre is ~0.7)."""
+    centres = rng.standard_normal((clusters, DIM), dtype=np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    out = np.empty((n, DIM), dtype=np.float32)
+    for start in range(0, n, 100_000):  # chunks keep the temporaries small
+        m = min(100_000, n - start)
+        noise = rng.standard_normal((m, DIM), dtype=np.float32) * (spread / np.sqrt(DIM))
+        block = centres[rng.integers(0, clusters, m)] + noise
+        out[start:start + m] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return out
+
+
+def latencies_ms(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    times, found = [], []
+    for q in queries:
+        start = time.perf_counter()
+        _, labels = index.search(q.reshape(1, -1), k)
+        times.append((time.perf_counter() - start) * 1000)
+        found.append(labels[0])
+    return np.array(times), np.array(found)
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
+
+
+def compare(base: np.ndarray, queries: np.ndarray, config: IndexConfig, k: int,
+            flat_latency_queries: int, nprobes: list[int]) -> list[dict]:
+    """Build the shipped index once, then measure it at each nprobe against exact search."""
+    labels = np.arange(len(base), dtype=np.int64)
+    start = time.perf_counter()
+    ours, kind = build_faiss(base, labels, config)
+    build_s = time.perf_counter() - start
+    flat = faiss.IndexFlatIP(DIM)
+    flat.add(base)
+    _, truth = flat.search(queries, k)  # batched exact ground truth
+    flat_ms, _ = latencies_ms(flat, queries[:flat_latency_queries], k)
+    results = []
+    for nprobe in nprobes if kind == "ivf" else [0]:
+        if nprobe:
+            ours.nprobe = nprobe
+        our_ms, found = latencies_ms(ours, queries, k)
+        results.append({"kind": kind, "nprobe": nprobe, "build_s": build_s,
+                        "recall": recall_at_k(found, truth), "p50": np.percentile(our_ms, 50),
+                        "p95": np.percentile(our_ms, 95), "flat_p50": np.percentile(flat_ms, 50)})
+    return results
+
+
+def scale_run(sizes: list[int], n_queries: int, k: int, config: IndexConfig,
+              nprobes: list[int]) -> None:
+    rng = np.random.default_rng(0)
+    print(f"threads={faiss.omp_get_max_threads()} approx_threshold={config.approx_threshold} "
+          f"shipped nprobe={config.nprobe}")
+    for n in sizes:
+        vectors = clustered_vectors(n + n_queries, rng)
+        base, queries = vectors[:n], vectors[n:]
+        for r in compare(base, queries, config, k, min(n_queries, 30), nprobes):
+            print(f"N={n:>9,}  ours={r['kind']}(nprobe {r['nprobe']:>3}) build {r['build_s']:6.1f}s  "
+                  f"p50 {r['p50']:6.2f} ms  p95 {r['p95']:6.2f} ms  recall@{k} {r['recall']:.3f}  | "
+                  f"flat p50 {r['flat_p50']:7.2f} ms  -> {r['flat_p50'] / r['p50']:5.1f}x faster")
+        del vectors, base, queries
+
+
+def real_run(n: int, k: int, config: IndexConfig) -> None:
+    from kb.index import embed_texts
+
+    with gzip.open(REPO / "data" / "gsm8k" / "train.jsonl.gz", "rt", encoding="utf-8") as f:
+        questions = [json.loads(line)["question"] for _, line in zip(range(n), f)]
+    start = time.perf_counter()
+    vectors = embed_texts(questions)
+    embed_s = time.perf_counter() - start
+    held_out = max(20, len(questions) // 10)
+    base, queries = vectors[held_out:], vectors[:held_out]
+    forced = IndexConfig(approx_threshold=1, nprobe=config.nprobe)  # force IVF at small N
+    r = compare(base, queries, forced, k, held_out, [config.nprobe])[0]
+    print(f"real MiniLM, {len(base)} GSM8K questions ({len(questions) / embed_s:.0f} texts/s "
+          f"embedded): {r['kind']}(nlist {ivf_lists(len(base))}, nprobe {r['nprobe']}) "
+          f"recall@{k} {r['recall']:.3f}, p50 {r['p50']:.2f} ms vs flat {r['flat_p50']:.2f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="100000,1000000")
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--nprobe", default=str(IndexConfig().nprobe),
+                        help="comma list: the shipped default first, others for the trade-off")
+    parser.add_argument("--real-n", type=int, default=2000, help="0 skips the real-embedding run")
+    args = parser.parse_args()
+    nprobes = [int(p) for p in args.nprobe.split(",")]
+    config = IndexConfig(nprobe=nprobes[0])
+    scale_run([int(s) for s in args.sizes.split(",") if s], args.queries, args.k, config, nprobes)
+    if args.real_n:
+        real_run(args.real_n, args.k, config)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,591 @@
+"""Teacher jobs: verified rationales (CoT / PoT / EoT) and symbolic knowledge (NesyCD / SKIntern).
+
+`nesy teach rationales` asks the teacher for each question of a dataset split, per thought type
+and sample, with few-shot demonstrations and the ETD trigger, then verifies every sample —
+CoT by answer extraction, PoT by running the program in the sandbox, EoT by solving the
+equations with the restricted parser + sympy — and keeps only the ones whose answer equals the
+gold answer. Verified records go to $NESY_HOME/datasets/<out>/records.jsonl (format in
+docs/ARCHITECTURE.md), every teacher exchange (verified or not) to raw.jsonl beside it.
+
+`nesy teach knowledge` asks the teacher, as an educational teacher, for a Learning Summary and
+Supplementary Knowledge:
+- NesyCD (`--errors FILE`): from the student's prompt and its wrong response, cleaned of
+  degenerate repetition and cut to 256 words; the gold answer is not shown;
+- SKIntern (`--dataset ... --with-answer`): from a training question and its gold answer.
+Well-formed answers become `pending` KB entries (id `{dataset}-{example_id}-{kind}`) with full
+provenance and concepts; malformed answers are counted, kept in raw.jsonl and never stored.
+Concepts: the teacher is asked for a final `Concepts:` line; when it gives none, the terms it
+wrote in **bold** or `code` are used instead (at most 8, each at most 5 words).
+
+Both jobs go through the persistent teacher cache (distill/teacher.py): a stopped or killed job
+run again answers every finished call from the cache and repeats none. Progress (done/total,
+rate, ETA, tokens) goes to tqdm and the job's metrics.jsonl; SIGTERM stops at the next result.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+
+from distill.answers import answers_match, check, format_number
+from distill.data import (DatasetError, Example, RationaleRecord, format_question, get_dataset,
+                          rationale_dir)
+from distill.progress import STOPPED_EXIT_CODE, Progress, StopRequested
+from distill.prompts import TRIGGERS
+from distill.sandbox import extract_code, run_pot, solve_eot
+from distill.teacher import (TeacherCache, TeacherClient, TeacherConfig, local_teacher,
+                             stop_local_teacher)
+from kb.workspace import subdir
+
+THOUGHTS = ("cot", "pot", "eot")
+
+# ---------------------------------------------------------------- teacher prompts
+
+SYSTEM = {
+    "cot": "You are an expert problem solver. Explain your reasoning step by step first, then "
+           "conclude with one final line of the form 'Therefore, the answer is X.'",
+    "pot": "You are an expert Python programmer who solves math word problems with code. Write a "
+           "short Python program that computes the answer with descriptive variable names and "
+           "assigns the final number to a variable named ans. Use only arithmetic and the math "
+           "module: no input, no printing, no other imports. Reply with the code only.",
+    "eot": "You translate math word problems into systems of linear equations. Alternate a '%' "
+           "comment line restating one fact of the problem with an equation line 'lhs = rhs' "
+           "using descriptive snake_case variable names. Introduce each unknown as 'name = x' "
+           "(then y, z). Do not simplify and do not compute any result. The last line is "
+           "'ans = <variable>'. Reply with the equations only.",
+}
+
+# Hand-written demonstrations on GSM8K training questions (their gold answers in brackets);
+# tests/test_teach.py verifies each one with the same checks the teacher's samples go through.
+GSM8K_DEMOS = [
+    {"id": "gsm8k-train-00000",
+     "question": "Natalia sold clips to 48 of her friends in April, and then she sold half as many "
+                 "clips in May. How many clips did Natalia sell altogether in April and May?",
+     "answer": "72",
+     "cot": "Natalia sold 48 clips in April.\nIn May she sold half as many: 48 / 2 = 24 clips.\n"
+            "Altogether she sold 48 + 24 = 72 clips.\nTherefore, the answer is 72.",
+     "pot": "clips_april = 48\nclips_may = clips_april / 2\nans = clips_april + clips_may",
+     "eot": "% Natalia sold clips to 48 of her friends in April\nclips_april = 48\n"
+            "% She sold half as many clips in May\nclips_may = clips_april / 2\n"
+            "% How many clips did she sell altogether?\ntotal_clips = clips_april + clips_may\n"
+            "ans = total_clips"},
+    {"id": "gsm8k-train-00002",
+     "question": "Betty is saving money for a new wallet which costs $100. Betty has only half of the "
+                 "money she needs. Her parents decided to give her $15 for that purpose, and her "
+                 "grandparents twice as much as her parents. How much more money does Betty need "
+                 "to buy the wallet?",
+     "answer": "5",
+     "cot": "Betty has half of $100, which is 100 / 2 = $50.\nHer parents give her $15 and her "
+            "grandparents give twice as much: 15 * 2 = $30.\nShe still needs 100 - 50 - 15 - 30 = $5."
+            "\nTherefore, the answer is 5.",
+     "pot": "wallet_cost = 100\nbetty_savings = wallet_cost / 2\nparents_gift = 15\n"
+            "grandparents_gift = 2 * parents_gift\n"
+            "ans = wallet_cost - betty_savings - parents_gift - grandparents_gift",
+     "eot": "% The wallet costs $100\nwallet_cost = 100\n% Betty has only half of the money she needs\n"
+            "betty_savings = wallet_cost / 2\n% Her parents give her $15\nparents_gift = 15\n"
+            "% Her grandparents give twice as much as her parents\n"
+            "grandparents_gift = 2 * parents_gift\n% Let the money she still needs be x\n"
+            "money_needed = x\n% Together it pays for the wallet\n"
+            "betty_savings + parents_gift + grandparents_gift + money_needed = wallet_cost\n"
+            "ans = money_needed"},
+    {"id": "gsm8k-train-00003",
+     "question": "Julie is reading a 120-page book. Yesterday, she was able to read 12 pages and today, "
+                 "she read twice as many pages as yesterday. If she wants to read half of the "
+                 "remaining pages tomorrow, how many pages should she read?",
+     "answer": "42",
+     "cot": "Today Julie read 12 * 2 = 24 pages.\nSo far she has read 12 + 24 = 36 pages.\n"
+            "There are 120 - 36 = 84 pages left, and half of them is 84 / 2 = 42 pages.\n"
+            "Therefore, the answer is 42.",
+     "pot": "book_pages = 120\npages_yesterday = 12\npages_today = 2 * pages_yesterday\n"
+            "remaining_pages = book_pages - pages_yesterday - pages_today\nans = remaining_pages / 2",
+     "eot": "% The book has 120 pages\nbook_pages = 120\n% Yesterday she read 12 pages\n"
+            "pages_yesterday = 12\n% Today she read twice as many pages as yesterday\n"
+            "pages_today = 2 * pages_yesterday\n% The pages that remain\n"
+            "remaining_pages = book_pages - pages_yesterday - pages_today\n"
+            "% Tomorrow she reads half of the remaining pages\n"
+            "pages_tomorrow = remaining_pages / 2\nans = pages_tomorrow"},
+    {"id": "gsm8k-train-00005",
+     "question": "Mark has a garden with flowers. He planted plants of three different colors in it. "
+                 "Ten of them are yellow, and there are 80% more of those in purple. There are only "
+                 "25% as many green flowers as there are yellow and purple flowers. How many flowers "
+                 "does Mark have in his garden?",
+     "answer": "35",
+     "cot": "There are 10 yellow flowers.\nThere are 80% more purple ones: 10 + 10 * 80 / 100 = 18.\n"
+            "Yellow and purple together: 10 + 18 = 28, so green: 28 * 25 / 100 = 7.\n"
+            "In total 28 + 7 = 35 flowers.\nTherefore, the answer is 35.",
+     "pot": "yellow = 10\npurple = yellow + yellow * 80 / 100\ngreen = (yellow + purple) * 25 / 100\n"
+            "ans = yellow + purple + green",
+     "eot": "% Ten of the flowers are yellow\nyellow_flowers = 10\n"
+            "% There are 80% more purple flowers than yellow ones\n"
+            "purple_flowers = yellow_flowers + yellow_flowers * 80 / 100\n"
+            "% There are 25% as many green flowers as yellow and purple flowers\n"
+            "green_flowers = (yellow_flowers + purple_flowers) * 25 / 100\n"
+            "% How many flowers are in the garden?\n"
+            "total_flowers = yellow_flowers + purple_flowers + green_flowers\nans = total_flowers"},
+]
+
+
+def bbh_demos(task: str) -> list[tuple[str, str]]:
+    """The official 3-shot BBH CoT demos of a task as (question, rationale) pairs."""
+    import gzip
+
+    from distill.data import DATA_DIR
+
+    with gzip.open(DATA_DIR / "bbh" / "cot_prompts.jsonl.gz", "rt", encoding="utf-8") as f:
+        prompt = next((row["prompt"] for row in map(json.loads, f) if row["task"] == task), "")
+    demos = []
+    for block in prompt.split("\n\nQ: ")[1:]:
+        question, _, answer = block.partition("\nA: Let's think step by step.\n")
+        demos.append((question.strip(), answer.strip()))
+    return demos
+
+
+def demos_for(example: Example, thought: str) -> list[tuple[str, str]]:
+    if example.dataset == "gsm8k" or thought in ("pot", "eot"):
+        return [(d["question"], d[thought]) for d in GSM8K_DEMOS if d["id"] != example.id]
+    if example.dataset == "bbh":
+        return bbh_demos(example.task)
+    return []
+
+
+def rationale_messages(example: Example, thought: str) -> list[dict]:
+    """System instruction, few-shot turns, then `Question: {q}\\n{trigger}` (the ETD format)."""
+    spec = get_dataset(example.dataset)
+    system = f"{SYSTEM[thought]}\nTask: {spec.task_description(example.task)}"
+    messages = [{"role": "system", "content": system}]
+    for question, answer in demos_for(example, thought):
+        messages += [{"role": "user", "content": f"Question: {question}\n{TRIGGERS[thought]}"},
+                     {"role": "assistant", "content": answer}]
+    messages.append({"role": "user", "content": f"Question: {format_question(example)}\n{TRIGGERS[thought]}"})
+    return messages
+
+
+# ---------------------------------------------------------------- verification
+
+@dataclass
+class Verdict:
+    rationale: str          # what is stored: the CoT text, the program, or the equations
+    extracted: str | None
+    correct: bool
+    detail: str | None = None
+
+
+def strip_fences(text: str) -> str:
+    return extract_code(text) if "```" in text else text.strip()
+
+
+def verify(text: str, example: Example, thought: str, answer_type: str) -> Verdict:
+    """Check one teacher sample against the gold answer by the rule of its thought type."""
+    if thought == "cot":
+        extracted, correct = check(text, example, answer_type=answer_type)
+        return Verdict(text.strip(), extracted, correct)
+    program = strip_fences(text)
+    result = run_pot(program) if thought == "pot" else solve_eot(program)
+    if not result.ok:
+        return Verdict(program, None, False, result.error)
+    value = format_number(result.value) if isinstance(result.value, float) else str(result.value)
+    return Verdict(program, value, answers_match(value, example.answer, "number"))
+
+
+# ---------------------------------------------------------------- teacher selection
+
+def make_client(teacher: str, model: str | None, api_key_env: str, concurrency: int,
+                temperature: float, max_tokens: int, timeout: float) -> TeacherClient:
+    """`local` = the shared llama.cpp server (model: a GGUF path or a packaged teacher name);
+    anything else is the base URL of an OpenAI-compatible server (model: its model name)."""
+    sampling = dict(concurrency=concurrency, temperature=temperature, max_tokens=max_tokens,
+                    timeout=timeout)
+    if teacher == "local":
+        from distill.models import teacher_gguf_path
+
+        info = local_teacher(teacher_gguf_path(model), n_parallel=max(1, concurrency))
+        config = info.config(**sampling)
+    else:
+        if not model:
+            raise typer.BadParameter("--model is required with a teacher URL")
+        config = TeacherConfig(base_url=teacher, model=model, api_key_env=api_key_env, **sampling)
+    return TeacherClient(config, TeacherCache())
+
+
+def _append(path: Path, row: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _run_requests(client: TeacherClient, requests: list[list[dict]], samples: list[int],
+                  desc: str, handle) -> None:
+    """complete_many with progress (tokens, rate, ETA) and a cooperative stop between results."""
+    started = time.monotonic()
+    with Progress(len(requests), desc=desc, unit="call", stage=desc) as bar:
+        def on_done(i, result):
+            handle(i, result)
+            elapsed = max(time.monotonic() - started, 1e-6)
+            bar.update(1, tokens=client.usage.total_tokens, cached=client.usage.cached,
+                       tokens_per_s=round(client.usage.completion_tokens / elapsed, 2))
+            bar.check_stop()
+        client.complete_many(requests, on_done=on_done, samples=samples)
+
+
+# ---------------------------------------------------------------- rationales
+
+@dataclass
+class RationaleSummary:
+    out: Path
+    calls: int
+    kept: int
+    by_thought: dict
+    failed_calls: int
+    usage: dict
+
+
+def generate_rationales(client: TeacherClient, examples: list[Example], thoughts: list[str],
+                        n_samples: int, out: str) -> RationaleSummary:
+    folder = rationale_dir(out)
+    records_path, raw_path = folder / "records.jsonl", folder / "raw.jsonl"
+    records_path.write_text("")  # rebuilt on every run; finished calls come from the cache
+    raw_path.write_text("")
+    jobs = [(ex, thought, s) for ex in examples for thought in thoughts for s in range(n_samples)]
+    requests = [rationale_messages(ex, thought) for ex, thought, _ in jobs]
+    seen: set[tuple[str, str, str]] = set()
+    kept = {t: 0 for t in thoughts}
+    failed = 0
+
+    def handle(i, result):
+        nonlocal failed
+        ex, thought, sample = jobs[i]
+        if isinstance(result, Exception):
+            failed += 1
+            _append(raw_path, {"example_id": ex.id, "thought": thought, "sample": sample,
+                               "error": str(result)})
+            return
+        answer_type = get_dataset(ex.dataset).answer_type_for(ex.task)
+        verdict = verify(result.text, ex, thought, answer_type)
+        _append(raw_path, {"example_id": ex.id, "thought": thought, "sample": sample,
+                           "messages": requests[i], "response": result.text, "usage": result.usage,
+                           "cached": result.cached, "extracted": verdict.extracted,
+                           "verified": verdict.correct, "detail": verdict.detail})
+        if verdict.correct and (ex.id, thought, verdict.rationale) not in seen:
+            seen.add((ex.id, thought, verdict.rationale))
+            kept[thought] += 1
+            record = RationaleRecord(id=f"{ex.id}-{thought}-{sample}", example_id=ex.id, dataset=ex.dataset,
+                                     task=ex.task, question=format_question(ex), answer=ex.answer,
+                                     thought=thought, rationale=verdict.rationale,
+                                     extracted=verdict.extracted, choices=ex.choices,
+                                     teacher_model=client.config.model)
+            with open(records_path, "a", encoding="utf-8") as f:
+                f.write(record.to_json() + "\n")
+
+    _run_requests(client, requests, [s for _, _, s in jobs], f"rationales {out}", handle)
+    u = client.usage
+    return RationaleSummary(records_path, len(jobs), sum(kept.values()), kept, failed,
+                            {"requests": u.requests, "cached": u.cached, "retries": u.retries,
+                             "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens})
+
+
+# ---------------------------------------------------------------- knowledge
+
+KNOWLEDGE_SYSTEM = (
+    "You are an educational teacher. You analyse a student's solution to find the knowledge and "
+    "experience the student lacks, and you write it down so that it helps with every problem of "
+    "this kind, not only this one. Be general and concise.")
+
+KNOWLEDGE_FORMAT = (
+    "Write exactly three parts:\n"
+    "Learning Summary: the thought process and precautions for this kind of problem "
+    "(understanding the question, reasoning steps, calculation), as reusable experience.\n"
+    "Supplementary Knowledge: general background the student needs: formulas, definitions, "
+    "facts or techniques.\n"
+    "Concepts: a comma-separated list of the 2 to 6 key concepts.\n"
+    "Do not refer to the specific numbers or names of this problem.")
+
+
+def clean_response(text: str, max_words: int = 256) -> str:
+    """Remove degenerate repetition (`? ? ?`, `0000…`, `not not not`, repeated phrases), cut to max_words."""
+    text = re.sub(r"(\S)\1{5,}", r"\1\1\1", text)                          # 0000000 -> 000
+    text = re.sub(r"(\b.{1,80}?)(?:\s*\1){2,}", r"\1", text, flags=re.S)   # a phrase repeated 3+ times
+    text = re.sub(r"((?:\S+\s+){1,8}?)\1{2,}", r"\1", text + " ").strip()
+    words = text.split()
+    return " ".join(words[:max_words]) + (" ..." if len(words) > max_words else "")
+
+
+def error_messages(case: dict) -> list[dict]:
+    """NesyCD: the student's prompt and its (cleaned) wrong response; never the gold answer."""
+    user = (f"The student was given this prompt:\n<prompt>\n{case['prompt']}\n</prompt>\n\n"
+            f"The student's solution, which is wrong:\n<solution>\n{clean_response(case['response'])}\n"
+            f"</solution>\n\n{KNOWLEDGE_FORMAT}")
+    return [{"role": "system", "content": KNOWLEDGE_SYSTEM}, {"role": "user", "content": user}]
+
+
+def example_messages(example: Example) -> list[dict]:
+    """SKIntern: the question and its gold answer (and the reference solution when there is one)."""
+    spec = get_dataset(example.dataset)
+    solution = f"\nReference solution:\n{example.rationale}" if example.rationale else ""
+    user = (f"Task: {spec.task_description(example.task)}\nQuestion:\n{format_question(example)}\n"
+            f"Correct answer: {example.answer}{solution}\n\n"
+            f"Write the knowledge a student needs to solve problems like this one.\n{KNOWLEDGE_FORMAT}")
+    return [{"role": "system", "content": KNOWLEDGE_SYSTEM}, {"role": "user", "content": user}]
+
+
+@dataclass
+class Knowledge:
+    learning_summary: str
+    supplementary_knowledge: str
+    concepts: list[str]
+
+
+HEADING = r"(?:^|\n)[ \t]*(?:#+\s*|\d+[.)]\s*|[-*]\s*)?\**\s*{name}\s*\**\s*:?\s*\**[ \t]*:?"
+SECTIONS = {"summary": "learning\\s+summary", "knowledge": "supplementary\\s+knowledge",
+            "concepts": "(?:key\\s+)?concepts"}
+
+
+def parse_knowledge(text: str) -> Knowledge | None:
+    """The two sections (and concepts) of a teacher answer; None when malformed.
+
+    Malformed: a section missing or empty, a section under 5 words, or a section that is mostly
+    one repeated phrase (degenerate output).
+    """
+    marks = []
+    for key, name in SECTIONS.items():
+        match = re.search(HEADING.format(name=name), text, flags=re.IGNORECASE)
+        if match:
+            marks.append((match.start(), match.end(), key))
+    marks.sort()
+    parts = {}
+    for n, (_, end, key) in enumerate(marks):
+        stop = marks[n + 1][0] if n + 1 < len(marks) else len(text)
+        parts[key] = text[end:stop].strip().strip("*").strip()
+    summary, knowledge = parts.get("summary", ""), parts.get("knowledge", "")
+    if not _substantial(summary) or not _substantial(knowledge):
+        return None
+    concepts = _concepts(parts.get("concepts", ""), summary + "\n" + knowledge)
+    return Knowledge(_tidy(summary), _tidy(knowledge), concepts)
+
+
+def _substantial(section: str) -> bool:
+    words = section.split()
+    return len(words) >= 5 and len(set(w.lower() for w in words)) >= 0.3 * len(words)
+
+
+def _tidy(section: str) -> str:
+    return re.sub(r"\n{3,}", "\n\n", section).strip()
+
+
+def _concepts(line: str, body: str) -> list[str]:
+    if line.strip():
+        items = re.split(r"[,;\n]", line.split("\n\n")[0])
+    else:
+        items = re.findall(r"\*\*([^*\n]{2,60})\*\*|`([^`\n]{2,60})`", body)
+        items = [a or b for a, b in items]
+    concepts, seen = [], set()
+    for item in items:
+        item = re.sub(r"^[\s\-*\d.)]+|[\s.:*]+$", "", item).strip()
+        if item and len(item.split()) <= 5 and item.lower() not in seen:
+            seen.add(item.lower())
+            concepts.append(item)
+    return concepts[:8]
+
+
+@dataclass
+class KnowledgeSummary:
+    cases: int
+    created: int
+    skipped_existing: int
+    malformed: int
+    failed_calls: int
+    raw: Path
+    usage: dict
+
+
+def distil_knowledge(client: TeacherClient, cases: list[dict], kind: str, out: str,
+                     auto_accept: bool = False) -> KnowledgeSummary:
+    """One teacher call per case -> a pending (or accepted) KB entry, or a malformed count.
+
+    `cases` rows: example_id, dataset, task, question, and for error analysis prompt + response.
+    Entries already curated (accepted/rejected) are never overwritten by a re-run.
+    """
+    from kb.schema import Entry, Source
+    from kb.store import EntryNotFound, KBStore
+
+    store = KBStore()
+    raw_path = subdir("teach", "knowledge", out) / "raw.jsonl"
+    raw_path.write_text("")
+    requests = [error_messages(c) if kind == "error_analysis" else example_messages(c["example"])
+                for c in cases]
+    counts = {"created": 0, "skipped": 0, "malformed": 0, "failed": 0}
+
+    def handle(i, result):
+        case = cases[i]
+        entry_id = f"{case['dataset']}-{case['example_id']}-{kind}"
+        if isinstance(result, Exception):
+            counts["failed"] += 1
+            _append(raw_path, {"entry_id": entry_id, "error": str(result)})
+            return
+        parsed = parse_knowledge(result.text)
+        _append(raw_path, {"entry_id": entry_id, "messages": requests[i], "response": result.text,
+                           "usage": result.usage, "cached": result.cached, "malformed": parsed is None})
+        if parsed is None:
+            counts["malformed"] += 1
+            return
+        try:
+            if store.get(entry_id).status != "pending":
+                counts["skipped"] += 1
+                return
+        except EntryNotFound:
+            pass
+        source = Source(kind=kind, dataset=case["dataset"], example_id=case["example_id"],
+                        question=case["question"],
+                        student_response=clean_response(case["response"]) if case.get("response") else None,
+                        teacher_model=client.config.model, student_model=case.get("student_model"))
+        entry = Entry(id=entry_id, task=case["task"], learning_summary=parsed.learning_summary,
+                      supplementary_knowledge=parsed.supplementary_knowledge,
+                      status="accepted" if auto_accept else "pending",
+                      title=", ".join(parsed.concepts[:3]) or None, concepts=parsed.concepts, source=source)
+        store.upsert(entry, by=f"teacher:{client.config.model}")
+        counts["created"] += 1
+
+    _run_requests(client, requests, [0] * len(requests), f"knowledge {out}", handle)
+    u = client.usage
+    return KnowledgeSummary(len(cases), counts["created"], counts["skipped"], counts["malformed"],
+                            counts["failed"], raw_path,
+                            {"requests": u.requests, "cached": u.cached, "retries": u.retries,
+                             "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens})
+
+
+def read_error_cases(path: Path) -> list[dict]:
+    """Student error JSONL (docs/ARCHITECTURE.md); raises ValueError naming the bad line."""
+    required = ("example_id", "dataset", "task", "question", "prompt", "response")
+    cases = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {number}: not valid JSON ({e.msg})") from None
+        missing = [k for k in required if not isinstance(row.get(k), str)]
+        if missing:
+            raise ValueError(f"{path}: line {number}: missing {', '.join(missing)}")
+        cases.append(row)
+    return cases
+
+
+# ---------------------------------------------------------------- CLI: nesy teach ...
+
+cli = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None,
+                  help="Teacher jobs: verified rationales (CoT/PoT/EoT) and KB knowledge.")
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+TEACHER_HELP = "'local' (the packaged llama.cpp teacher) or the base URL of an OpenAI-compatible server"
+MODEL_HELP = "local: a GGUF path or packaged teacher name; URL: the model name"
+
+
+@cli.command("rationales")
+def rationales_cmd(
+    dataset: str = typer.Option(..., help="dataset name (nesy data list)"),
+    split: str = typer.Option("train"),
+    limit: int = typer.Option(None, help="a seeded sample of this many questions"),
+    seed: int = typer.Option(0),
+    thoughts: str = typer.Option("cot", help="comma-separated: cot,pot,eot"),
+    n_samples: int = typer.Option(1, help="samples per question and thought type"),
+    temperature: float = typer.Option(0.0, help="0 for one greedy sample; >0 with --n-samples > 1"),
+    max_tokens: int = typer.Option(512),
+    out: str = typer.Option(None, help="rationale set name (default: <dataset>-<split>)"),
+    teacher: str = typer.Option("local", help=TEACHER_HELP),
+    model: str = typer.Option(None, help=MODEL_HELP),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", help="environment variable holding the API key"),
+    concurrency: int = typer.Option(4),
+    timeout: float = typer.Option(300.0, help="seconds per request"),
+) -> None:
+    """Generate CoT/PoT/EoT rationales, verify each against the gold answer, keep the verified."""
+    chosen = [t.strip() for t in thoughts.split(",") if t.strip()]
+    if not chosen or any(t not in THOUGHTS for t in chosen):
+        _fail(f"--thoughts must be a comma-separated subset of {','.join(THOUGHTS)}")
+    if n_samples < 1 or concurrency < 1:
+        _fail("--n-samples and --concurrency must be at least 1")
+    try:
+        spec = get_dataset(dataset)
+        if any(t in ("pot", "eot") for t in chosen) and spec.answer_type != "number":
+            _fail(f"PoT/EoT need numeric answers; {dataset} answers are {spec.answer_type}")
+        examples = spec.load(split, limit=limit, seed=seed)
+        name = out or f"{dataset}-{split}"
+        rationale_dir(name)
+    except DatasetError as e:
+        _fail(str(e))
+    client = make_client(teacher, model, api_key_env, concurrency, temperature, max_tokens, timeout)
+    try:
+        summary = generate_rationales(client, examples, chosen, n_samples, name)
+    except StopRequested:
+        typer.echo("stopped; run the same command again to continue (finished calls are cached)")
+        raise typer.Exit(STOPPED_EXIT_CODE)
+    typer.echo(f"kept {summary.kept} verified of {summary.calls} samples {summary.by_thought} -> "
+               f"{summary.out}; failed calls {summary.failed_calls}; usage {summary.usage}")
+
+
+@cli.command("knowledge")
+def knowledge_cmd(
+    errors: Path = typer.Option(None, help="student error JSONL (NesyCD error analysis)"),
+    dataset: str = typer.Option(None, help="with --with-answer: training examples (SKIntern)"),
+    split: str = typer.Option("train"),
+    limit: int = typer.Option(None),
+    seed: int = typer.Option(0),
+    with_answer: bool = typer.Option(False, help="SKIntern: knowledge from question + gold answer"),
+    auto_accept: bool = typer.Option(False, help="store entries as accepted instead of pending"),
+    max_tokens: int = typer.Option(400),
+    temperature: float = typer.Option(0.0),
+    out: str = typer.Option(None, help="name of the run folder for raw teacher I/O"),
+    teacher: str = typer.Option("local", help=TEACHER_HELP),
+    model: str = typer.Option(None, help=MODEL_HELP),
+    api_key_env: str = typer.Option("OPENAI_API_KEY"),
+    concurrency: int = typer.Option(4),
+    timeout: float = typer.Option(300.0),
+) -> None:
+    """Distil knowledge into pending KB entries (from student errors, or examples + answers)."""
+    if (errors is None) == (dataset is None):
+        _fail("give either --errors FILE or --dataset NAME --with-answer")
+    if dataset is not None and not with_answer:
+        _fail("--dataset needs --with-answer (SKIntern knowledge from question + gold answer)")
+    try:
+        if errors is not None:
+            if not errors.is_file():
+                _fail(f"no such file: {errors}")
+            kind, cases = "error_analysis", read_error_cases(errors)
+            name = out or errors.stem
+        else:
+            kind = "example_knowledge"
+            examples = get_dataset(dataset).load(split, limit=limit, seed=seed)
+            cases = [{"example_id": e.id, "dataset": e.dataset, "task": e.task, "question": e.question,
+                      "example": e} for e in examples]
+            name = out or f"{dataset}-{split}"
+    except (ValueError, DatasetError) as e:
+        _fail(str(e))
+    client = make_client(teacher, model, api_key_env, concurrency, temperature, max_tokens, timeout)
+    try:
+        summary = distil_knowledge(client, cases, kind, name, auto_accept)
+    except StopRequested:
+        typer.echo("stopped; run the same command again to continue (finished calls are cached)")
+        raise typer.Exit(STOPPED_EXIT_CODE)
+    typer.echo(f"{summary.created} entries ({'accepted' if auto_accept else 'pending'}) from "
+               f"{summary.cases} cases; malformed {summary.malformed} (not stored); kept curated "
+               f"{summary.skipped_existing}; failed calls {summary.failed_calls}; raw {summary.raw}; "
+               f"usage {summary.usage}")
+
+
+@cli.command("server")
+def server_cmd(stop: bool = typer.Option(False, "--stop", help="stop the shared local teacher")) -> None:
+    """Show (or stop) the shared local llama.cpp teacher server."""
+    from distill.teacher import server_state
+
+    if stop:
+        typer.echo("stopped" if stop_local_teacher() else "no local teacher was running")
+        return
+    state = server_state()
+    typer.echo(json.dumps(state) if state else "no local teacher recorded")

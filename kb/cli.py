@@ -1,0 +1,262 @@
+"""`nesy kb ...`: browse, edit, search, import and export the knowledge base from a shell.
+
+Bad input ends with one line `error: ...` on stderr and exit code 2, never a traceback.
+Nothing heavy is imported at module level: search/similar/reindex load torch when they run.
+"""
+from __future__ import annotations
+
+import functools
+import getpass
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from kb.schema import STATUSES, EntryInvalid
+from kb.store import ConflictError, EntryNotFound, KBStore
+
+cli = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None,
+                  help="Browse, edit, search, import and export the knowledge base.")
+
+USER_ERRORS = (ValueError, KeyError, ConflictError, EntryInvalid, OSError)
+
+
+def _user() -> str:
+    try:
+        return os.environ.get("NESY_USER") or getpass.getuser()
+    except Exception:  # no passwd entry (containers)
+        return "cli"
+
+
+def _friendly(command):
+    """Turn expected failures into `error: ...` + exit 2."""
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        from kb.jsonl import ImportRejected
+
+        try:
+            return command(*args, **kwargs)
+        except (ImportRejected, *USER_ERRORS) as e:
+            typer.echo(f"error: {_one_line(e)}", err=True)
+            raise typer.Exit(2) from None
+    return run
+
+
+def _one_line(error: Exception) -> str:
+    plain_key_error = isinstance(error, KeyError) and not isinstance(error, EntryNotFound)
+    text = str(error.args[0]) if plain_key_error and error.args else str(error)
+    return " ".join(text.split())
+
+
+def _check_status(status: Optional[str]) -> None:
+    if status and status not in STATUSES:
+        raise ValueError(f"status must be one of {', '.join(STATUSES)} (got {status!r})")
+
+
+@cli.command("import")
+@_friendly
+def import_(path: Path = typer.Argument(..., help="JSONL file, one entry per line."),
+            on_duplicate: str = typer.Option("fail", help="Ids already present: fail | skip | overwrite."),
+            max_mb: float = typer.Option(50.0, help="Refuse files larger than this (MB)."),
+            by: str = typer.Option(None, help="Name recorded in the revisions (default: $USER).")):
+    """Validate the whole file, then import all of it or nothing."""
+    from kb.jsonl import import_jsonl
+
+    report = import_jsonl(KBStore(), path, on_duplicate=on_duplicate, by=by or _user(),
+                          max_bytes=int(max_mb * 1e6))
+    typer.echo(report.summary())
+
+
+@cli.command("export")
+@_friendly
+def export(out: str = typer.Argument("-", help="Output file, or - for stdout."),
+           status: Optional[str] = typer.Option(None, help="Only this status (e.g. accepted)."),
+           task: Optional[str] = typer.Option(None, help="Only this task.")):
+    """Write entries as canonical JSONL (id order; byte-stable across export/import)."""
+    from kb.jsonl import export_jsonl
+
+    _check_status(status)
+    if out == "-":
+        sys.stdout.reconfigure(encoding="utf-8")  # entries are UTF-8 whatever the locale says
+    target = sys.stdout if out == "-" else Path(out)
+    count = export_jsonl(KBStore(), target, status=status, task=task)
+    if out != "-":
+        typer.echo(f"exported {count} entries to {out}")
+
+
+@cli.command("list")
+@_friendly
+def list_(status: Optional[str] = typer.Option(None), task: Optional[str] = typer.Option(None),
+          concept: Optional[str] = typer.Option(None),
+          text: Optional[str] = typer.Option(None, help="Words that must all occur."),
+          sort: str = typer.Option("updated_at"), ascending: bool = typer.Option(False, "--asc"),
+          limit: int = typer.Option(50), offset: int = typer.Option(0),
+          as_json: bool = typer.Option(False, "--json", help="Canonical JSONL lines.")):
+    """List entries with filters, sorted and paged."""
+    from kb.jsonl import dumps_entry
+
+    _check_status(status)
+    page = KBStore().query(status=status, task=task, concept=concept, text=text, sort=sort,
+                           descending=not ascending, offset=offset, limit=limit)
+    for entry in page.entries:
+        typer.echo(dumps_entry(entry) if as_json else
+                   f"{entry.id}\t{entry.status}\t{entry.task}\tv{entry.version}\t{entry.title or ''}")
+    if not as_json:
+        typer.echo(f"-- {len(page.entries)} of {page.total} (offset {offset})", err=True)
+
+
+@cli.command()
+@_friendly
+def show(entry_id: str, as_json: bool = typer.Option(False, "--json")):
+    """Show one entry."""
+    from kb.jsonl import dumps_entry
+
+    entry = KBStore().get(entry_id)
+    if as_json:
+        typer.echo(dumps_entry(entry))
+        return
+    for name, value in entry.model_dump(exclude_none=True).items():
+        typer.echo(f"{name}: {json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else value}")
+
+
+@cli.command()
+@_friendly
+def search(query: str, k: int = typer.Option(5),
+           status: list[str] = typer.Option(["accepted"], help="Statuses to include (repeatable)."),
+           all_statuses: bool = typer.Option(False, "--all", help="Include every status."),
+           task: Optional[str] = typer.Option(None)):
+    """Semantic search (MiniLM + FAISS); syncs the index first."""
+    from kb.index import KBIndex
+
+    for s in status:
+        _check_status(s)
+    hits = KBIndex(KBStore()).search(query, k=k, statuses=None if all_statuses else status, task=task)
+    for hit in hits:
+        typer.echo(f"{hit.score:.3f}\t{hit.entry.id}\t{hit.entry.status}\t{hit.entry.title or ''}")
+
+
+@cli.command()
+@_friendly
+def similar(entry_id: str, k: int = typer.Option(5)):
+    """Entries most similar to one entry."""
+    from kb.index import KBIndex
+
+    for hit in KBIndex(KBStore()).similar(entry_id, k=k):
+        typer.echo(f"{hit.score:.3f}\t{hit.entry.id}\t{hit.entry.status}\t{hit.entry.title or ''}")
+
+
+@cli.command()
+@_friendly
+def duplicates(threshold: float = typer.Option(0.9, help="Cosine similarity, 0..1.")):
+    """Pairs of near-duplicate entries (merge proposals)."""
+    from kb.index import KBIndex
+
+    for a, b, score in KBIndex(KBStore()).near_duplicates(threshold):
+        typer.echo(f"{score:.3f}\t{a}\t{b}")
+
+
+@cli.command()
+@_friendly
+def reindex(rebuild: bool = typer.Option(False, help="Re-embed everything, not just changes.")):
+    """Bring the embedding index up to date with the KB."""
+    from tqdm import tqdm
+
+    from kb.index import KBIndex
+
+    index = KBIndex(KBStore())
+    with tqdm(desc="embedding", unit="entry") as bar:
+        report = (index.rebuild if rebuild else index.sync)(progress=bar.update)
+    typer.echo(f"embedded {report.embedded}, removed {report.removed}, "
+               f"{report.total} vectors ({report.kind}) in {report.seconds:.1f}s")
+
+
+@cli.command()
+@_friendly
+def stats(as_json: bool = typer.Option(False, "--json")):
+    """Counts by status and task."""
+    numbers = KBStore().stats()
+    if as_json:
+        typer.echo(json.dumps(numbers, ensure_ascii=False))
+        return
+    typer.echo(f"entries: {numbers['total']}  (deleted {numbers['deleted']}, "
+               f"revisions {numbers['revisions']})")
+    for name, count in numbers["by_status"].items():
+        typer.echo(f"  {name}: {count}")
+    for name, count in numbers["by_task"].items():
+        typer.echo(f"  task {name}: {count}")
+
+
+@cli.command()
+@_friendly
+def history(entry_id: str):
+    """Every revision of an entry (and of entries merged into it)."""
+    revisions = KBStore().history(entry_id)
+    if not revisions:
+        raise EntryNotFound(entry_id)
+    for rev in revisions:
+        fields = ", ".join(rev.changes)
+        typer.echo(f"#{rev.revision_id}\tv{rev.version}\t{rev.action}\t{rev.by}\t{rev.at}\t"
+                   f"{rev.entry_id}\t{fields}")
+
+
+@cli.command()
+@_friendly
+def restore(entry_id: str, revision_id: int,
+            expected_version: Optional[int] = typer.Option(
+                None, help="Refuse if the entry is no longer at this version (default: current).")):
+    """Bring back the content of a revision (a new revision records the restore)."""
+    store = KBStore()
+    if expected_version is None:
+        expected_version = _current_version(store, entry_id)
+    entry = store.restore(entry_id, revision_id, expected_version, by=_user())
+    typer.echo(f"restored {entry_id} from revision #{revision_id}: now version {entry.version}")
+
+
+@cli.command("set-status")
+@_friendly
+def set_status(status: str, entry_ids: list[str] = typer.Argument(...)):
+    """Set the status of one or more entries in one transaction."""
+    _check_status(status)
+    changed = KBStore().set_status(entry_ids, status, by=_user())
+    typer.echo(f"{changed} changed, {len(entry_ids) - changed} already {status}")
+
+
+@cli.command()
+@_friendly
+def merge(keep_id: str, drop_id: str):
+    """Merge drop into keep (concepts and links unioned; both histories kept)."""
+    entry = KBStore().merge(keep_id, drop_id, by=_user())
+    typer.echo(f"merged {drop_id} into {keep_id}: now version {entry.version}")
+
+
+@cli.command()
+@_friendly
+def graph(out: Path = typer.Argument(..., help="HTML file to write."),
+          status: Optional[str] = typer.Option(None), task: Optional[str] = typer.Option(None),
+          focus: Optional[str] = typer.Option(None, help="Entry id to centre on."),
+          depth: int = typer.Option(1), neighbours: bool = typer.Option(
+              False, help="Add semantic-neighbour edges (loads the embedder)."),
+          threshold: float = typer.Option(0.8)):
+    """Write the KB graph as a self-contained HTML page (works offline)."""
+    from kb.graph import build_graph, render_html
+
+    _check_status(status)
+    store = KBStore()
+    index = None
+    if neighbours:
+        from kb.index import KBIndex
+        index = KBIndex(store)
+    built = build_graph(store, index, neighbour_threshold=threshold, status=status, task=task)
+    out.write_text(render_html(built, focus=focus, depth=depth), encoding="utf-8")
+    typer.echo(f"wrote {out} ({built.number_of_nodes()} nodes, {built.number_of_edges()} edges)")
+
+
+def _current_version(store: KBStore, entry_id: str) -> int:
+    """The stored version, deleted entries included (restoring is how they come back)."""
+    revisions = [r for r in store.history(entry_id) if r.entry_id == entry_id]
+    if not revisions:
+        raise EntryNotFound(entry_id)
+    return revisions[-1].version

@@ -1,0 +1,148 @@
+"""The KB as a graph: entries, their tasks and concepts, explicit links and semantic neighbours.
+
+Nodes are named "entry:<id>", "task:<name>", "concept:<name>" and carry `type`, `label`,
+`tooltip` (plain text) and, for entries, `status`. Edges carry `kind`: task | concept | link |
+similar (with `score`).
+
+Rendering is a self-contained pyvis HTML page (vis-network inlined: works offline). User text is
+never written into the page as markup: node data goes through Jinja's `tojson`, which escapes
+< > & ' as \\u escapes, and vis-network shows labels on a canvas and tooltips via innerText, so
+an entry containing `<script>` is displayed as text. Our own legend/notes are html.escape'd.
+"""
+from __future__ import annotations
+
+import html
+import re
+
+import networkx as nx
+
+from kb.store import KBStore
+
+STATUS_COLOURS = {"accepted": "#2e7d32", "pending": "#f9a825", "rejected": "#c62828"}
+TYPE_STYLE = {  # type -> (colour, vis shape)
+    "entry": ("#2e7d32", "dot"),
+    "task": ("#6a1b9a", "box"),
+    "concept": ("#1565c0", "diamond"),
+}
+EDGE_COLOURS = {"task": "#b39ddb", "concept": "#90caf9", "link": "#37474f", "similar": "#ff7043"}
+LABEL_CHARS, TOOLTIP_CHARS = 40, 600
+
+
+def build_graph(store: KBStore, index=None, *, neighbour_threshold: float = 0.8, status=None,
+                task=None, concept=None) -> nx.Graph:
+    """Entries matching the filters with their tasks, concepts and links; with an index, also
+    'similar' edges between entries whose cosine similarity is >= neighbour_threshold."""
+    graph = nx.Graph()
+    entries = list(store.iter_entries(status=status, task=task, concept=concept))
+    for entry in entries:
+        node = f"entry:{entry.id}"
+        graph.add_node(node, type="entry", status=entry.status,
+                       label=_clip(entry.title or entry.id, LABEL_CHARS),
+                       tooltip=_entry_tooltip(entry))
+        _attach(graph, node, f"task:{entry.task}", "task", entry.task)
+        for name in entry.concepts:
+            _attach(graph, node, f"concept:{name.lower()}", "concept", name)
+    for entry in entries:
+        for target in entry.links:
+            if f"entry:{target}" in graph:  # links to filtered-out or deleted entries are dropped
+                graph.add_edge(f"entry:{entry.id}", f"entry:{target}", kind="link")
+    if index is not None:
+        _add_neighbours(graph, index, neighbour_threshold, status)
+    return graph
+
+
+def focus_subgraph(graph: nx.Graph, node: str, depth: int = 1) -> nx.Graph:
+    """The part of the graph within `depth` hops of a node ("entry:<id>" or a bare entry id)."""
+    name = node if node in graph else f"entry:{node}"
+    if name not in graph:
+        raise KeyError(f"no node {node!r} in the graph")
+    return nx.ego_graph(graph, name, radius=depth)
+
+
+def cap_graph(graph: nx.Graph, max_nodes: int) -> tuple[nx.Graph, str | None]:
+    """At most max_nodes nodes (the most connected ones), and a note saying what was cut."""
+    if graph.number_of_nodes() <= max_nodes:
+        return graph, None
+    ranked = sorted(graph.degree, key=lambda pair: (-pair[1], pair[0]))
+    kept = graph.subgraph(node for node, _ in ranked[:max_nodes]).copy()
+    note = (f"The graph has {graph.number_of_nodes()} nodes; showing the {max_nodes} most "
+            f"connected. Filter by status, task or concept, or focus on one entry, to see the rest.")
+    return kept, note
+
+
+def render_html(graph: nx.Graph, *, focus: str | None = None, depth: int = 1,
+                max_nodes: int = 2000, height: str = "720px") -> str:
+    """A self-contained interactive HTML page (offline) with a legend and tooltips."""
+    from pyvis.network import Network
+
+    if focus is not None:
+        graph = focus_subgraph(graph, focus, depth)
+    graph, note = cap_graph(graph, max_nodes)
+    net = Network(height=height, width="100%", cdn_resources="in_line")
+    for node, data in graph.nodes(data=True):
+        net.add_node(node, **_vis_node(data))
+    for a, b, data in graph.edges(data=True):
+        kind = data.get("kind", "")
+        title = f"similar ({data['score']:.2f})" if kind == "similar" else kind
+        net.add_edge(a, b, color=EDGE_COLOURS.get(kind, "#999999"), title=title,
+                     dashes=kind == "similar", width=2 if kind == "link" else 1)
+    page = _strip_remote(net.generate_html())
+    header = _legend() + (f'<p class="nesy-graph-note">{html.escape(note)}</p>' if note else "")
+    return page.replace("<body>", "<body>\n" + header, 1)
+
+
+def _attach(graph: nx.Graph, entry_node: str, node: str, kind: str, name: str) -> None:
+    if node not in graph:
+        graph.add_node(node, type=kind, label=_clip(name, LABEL_CHARS), tooltip=f"{kind}: {name}")
+    graph.add_edge(entry_node, node, kind=kind)
+
+
+def _add_neighbours(graph: nx.Graph, index, threshold: float, status) -> None:
+    statuses = [status] if isinstance(status, str) else status
+    for a, b, score in index.near_duplicates(threshold, statuses=statuses):
+        a, b = f"entry:{a}", f"entry:{b}"
+        if a not in graph or b not in graph:
+            continue
+        if graph.has_edge(a, b):  # an explicit link stays a link; it just learns its score
+            graph.edges[a, b]["score"] = round(score, 3)
+        else:
+            graph.add_edge(a, b, kind="similar", score=round(score, 3))
+
+
+def _entry_tooltip(entry) -> str:
+    parts = [entry.title or entry.id, f"id: {entry.id}", f"task: {entry.task}",
+             f"status: {entry.status}"]
+    if entry.concepts:
+        parts.append("concepts: " + ", ".join(entry.concepts))
+    parts.append(entry.knowledge_text())
+    return _clip("\n".join(parts), TOOLTIP_CHARS)
+
+
+def _vis_node(data: dict) -> dict:
+    colour, shape = TYPE_STYLE.get(data.get("type"), ("#999999", "dot"))
+    if data.get("type") == "entry":
+        colour = STATUS_COLOURS.get(data.get("status"), colour)
+    # label/title are plain text: vis-network draws labels on canvas and sets tooltips with
+    # innerText; the template's tojson escapes them inside the <script>.
+    return {"label": data.get("label", ""), "title": data.get("tooltip", ""), "color": colour,
+            "shape": shape, "size": 14 if data.get("type") == "entry" else 10}
+
+
+def _legend() -> str:
+    items = [(f"entry ({status})", colour, "●") for status, colour in STATUS_COLOURS.items()]
+    items += [("task", TYPE_STYLE["task"][0], "■"), ("concept", TYPE_STYLE["concept"][0], "◆")]
+    items += [(f"{kind} edge", colour, "—") for kind, colour in EDGE_COLOURS.items()]
+    spans = "".join(f'<span style="margin-right:14px"><span style="color:{colour}">{mark}</span> '
+                    f"{html.escape(name)}</span>" for name, colour, mark in items)
+    return f'<div class="nesy-graph-legend" style="font:13px sans-serif;padding:6px">{spans}</div>'
+
+
+def _strip_remote(page: str) -> str:
+    # pyvis's template always links Bootstrap from a CDN (cosmetic only); offline it would hang
+    # or fail, so the page keeps only what is inlined.
+    page = re.sub(r'<link[^>]*href="https?://[^"]*"[^>]*>', "", page)
+    return re.sub(r'<script[^>]*src="https?://[^"]*"[^>]*>\s*</script>', "", page)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"

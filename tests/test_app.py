@@ -1,0 +1,357 @@
+"""AppTest: every page renders against a real workspace, forms validate, actions change the store."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from distill import jobs
+from kb.schema import Entry, Source
+from kb.store import KBStore
+from student_fixtures import tiny_model  # noqa: F401
+
+MAIN = str(Path(__file__).resolve().parent.parent / "app" / "main.py")
+
+
+def entry(i: int, task="gsm8k", status="pending", **kw) -> Entry:
+    return Entry(id=f"e{i:03d}", task=task, status=status, title=f"Title {i}",
+                 learning_summary=kw.pop("summary", f"Check units before adding (case {i})."),
+                 supplementary_knowledge=f"Knowledge {i}: a fraction is part of a whole.",
+                 concepts=kw.pop("concepts", ["fractions"] if i % 2 else ["units"]),
+                 source=Source(kind="error_analysis", dataset=task, question=f"Q{i}?"), **kw)
+
+
+def seed(n: int, **kw) -> KBStore:
+    kb = KBStore()
+    for i in range(n):
+        kb.add(entry(i, **kw), by="seed")
+    return kb
+
+
+def run(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(MAIN, default_timeout=60).run()
+    if page:
+        at.switch_page(f"pages/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(at: AppTest) -> str:
+    """Everything shown as text, for 'is this message on screen' checks."""
+    parts = [e.value for kind in ("markdown", "text", "code", "caption", "success", "info",
+                                  "warning", "error") for e in getattr(at, kind)]
+    return "\n".join(str(p) for p in parts)
+
+
+def submit_form(at: AppTest, label: str = "Save") -> AppTest:
+    next(b for b in at.button if b.label == label).click()
+    return at.run()
+
+
+def editor_key(entry_id: str, version: int, field: str) -> str:
+    return f"kb-editor:{entry_id}:{version}:{field}"
+
+
+# ---------------------------------------------------------------------------------- KB page
+
+def test_empty_workspace_shows_the_guide_and_adds_an_entry_by_hand():
+    at = run()
+    assert "The knowledge base is empty" in texts(at)
+    at.text_input(key="kb:add-id").set_value("hand-1")
+    at.text_input(key="kb:add-task").set_value("gsm8k")
+    at.text_area(key="kb:add-summary").set_value("   ")  # blank: refused, field named
+    at.text_area(key="kb:add-knowledge").set_value("Percent means per hundred.")
+    submit_form(at, "Add entry")
+    assert "learning_summary: must not be empty" in texts(at)
+    assert KBStore().stats()["total"] == 0
+    at.text_area(key="kb:add-summary").set_value("Convert percent to a fraction first.")
+    at.text_input(key="kb:add-concepts").set_value("percent, fractions,")
+    submit_form(at, "Add entry")
+    saved = KBStore().get("hand-1")
+    assert saved.concepts == ["percent", "fractions"] and saved.source.kind == "manual"
+    assert "Added hand-1." in texts(at)
+    submit_form(at, "Add entry")  # same id again
+    assert "id: 'hand-1' already exists" in texts(at)
+
+
+def test_filters_search_and_paging_query_the_store():
+    kb = seed(60)
+    kb.add(entry(100, task="bbh", summary="Track the object swaps carefully."), by="seed")
+    at = run()
+    assert at.metric[0].value == "61"
+    assert len(at.dataframe[0].value) == 50  # one page, not everything
+    assert "1–50 of 61 matching entries" in texts(at)
+    at.pagination(key="kb:page").set_value(2).run()
+    assert len(at.dataframe[0].value) == 11
+    at.selectbox(key="kb:task").select("bbh").run()
+    table = at.dataframe[0].value
+    assert list(table["id"]) == ["e100"]  # the page resets to 1 when the filter narrows
+    at.selectbox(key="kb:task").select("(any)").run()
+    at.text_input(key="kb:text").set_value("swaps").run()
+    assert list(at.dataframe[0].value["id"]) == ["e100"]
+    at.text_input(key="kb:text").set_value("").run()
+    at.selectbox(key="kb:concept").select("fractions").run()
+    assert set(at.dataframe[0].value["id"]) == {f"e{i:03d}" for i in range(1, 60, 2)}
+
+
+def test_edit_saves_a_new_version_and_history_restores():
+    kb = seed(3)
+    at = run()
+    at.selectbox(key="kb:edit").select("e001").run()
+    at.text_input(key=editor_key("e001", 1, "title")).set_value("Units first")
+    submit_form(at)
+    assert kb.get("e001").title == "Units first" and kb.get("e001").version == 2
+    assert "Saved version 2." in texts(at)
+    revision = at.selectbox(key="kb-editor:e001:2:revision")
+    assert revision.options[0].startswith("v2 · update")
+    assert "+Units first" in texts(at)  # the diff of the newest revision
+    revision.select_index(1).run()
+    next(b for b in at.button if b.label == "Restore v1").click().run()
+    assert kb.get("e001").title == "Title 1" and kb.get("e001").version == 3
+
+
+def test_invalid_edit_is_refused_with_the_field_named():
+    kb = seed(2)
+    at = run()
+    at.selectbox(key="kb:edit").select("e000").run()
+    at.text_input(key=editor_key("e000", 1, "task")).set_value("  ")
+    submit_form(at)
+    assert "task: must not be empty" in texts(at)
+    assert kb.get("e000").version == 1 and kb.get("e000").task == "gsm8k"
+
+
+def test_conflict_is_shown_and_never_overwrites():
+    kb = seed(2)
+    at = run()
+    at.selectbox(key="kb:edit").select("e000").run()
+    kb.update("e000", {"title": "Bob's title"}, expected_version=1, by="bob")  # saved first
+    at.text_input(key=editor_key("e000", 1, "title")).set_value("Alice's title")
+    submit_form(at)
+    shown = texts(at)
+    assert "Not saved: bob saved this entry" in shown and "version 2" in shown
+    assert kb.get("e000").title == "Bob's title"
+    next(b for b in at.button if b.label == "Discard my edits and load their version").click().run()
+    assert at.text_input(key=editor_key("e000", 2, "title")).value == "Bob's title"
+    at.text_input(key=editor_key("e000", 2, "title")).set_value("Alice's title")
+    submit_form(at)
+    assert kb.get("e000").title == "Alice's title" and kb.get("e000").updated_by
+
+
+def test_bulk_accept_and_delete_need_confirmation():
+    kb = seed(4)
+    kb.add(entry(50, task="bbh"), by="seed")
+    at = run()
+    at.selectbox(key="kb:task").select("gsm8k").run()
+    at.checkbox(key="kb:all").check().run()
+    at.button(key="kb:accept").click().run()
+    assert kb.stats()["by_status"]["accepted"] == 0  # not before confirming
+    at.button(key="kb:bulk-yes").click().run()
+    assert kb.stats()["by_status"] == {"pending": 1, "accepted": 4, "rejected": 0}
+    assert "Marked 4 entries accepted." in texts(at)
+    at.checkbox(key="kb:all").check().run()
+    at.button(key="kb:delete").click().run()
+    at.button(key="kb:bulk-no").click().run()
+    assert kb.stats()["total"] == 5
+    at.button(key="kb:delete").click().run()
+    at.button(key="kb:bulk-yes").click().run()
+    assert kb.stats()["total"] == 1 and kb.get("e050")
+
+
+# -------------------------------------------------------------------------------- Jobs page
+
+def test_jobs_page_empty_state_and_selftest_launch():
+    at = run("jobs")
+    assert "No jobs yet" in texts(at)
+    assert "nesy jobs selftest --steps 60" in texts(at)
+    at.number_input(key="jobs:selftest-steps").set_value(2)
+    at.number_input(key="jobs:selftest-delay").set_value(0.0)
+    at.button(key="jobs:selftest").click().run()
+    [job] = jobs.list_jobs()
+    assert job.argv[:4] == ["jobs", "selftest", "--steps", "2"]
+    assert jobs.wait(job.id, timeout=60).status == "succeeded"
+
+
+def test_jobs_page_shows_progress_and_cancels_a_running_job():
+    job = jobs.submit(["jobs", "selftest", "--steps", "400", "--seconds-per-step", "0.05"], "selftest")
+    deadline = time.monotonic() + 60
+    while not jobs.progress(job.id) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    at = run("jobs")
+    shown = texts(at)
+    assert job.command_line() in shown and "Status: **running**" in shown
+    assert at.get("progress") and "/400" in at.get("progress")[0].proto.text
+    at.button(key=f"jobs:cancel-{job.id}").click().run()
+    assert jobs.wait(job.id, timeout=30).status == "cancelled"
+    at.run()
+    assert "Status: **cancelled** — stopped cleanly on request" in texts(at)
+    at.button(key=f"jobs:resume-{job.id}").click().run()
+    resumed = jobs.list_jobs()[0]
+    assert resumed.resumed_from == job.id
+    jobs.cancel(resumed.id)
+    jobs.wait(resumed.id, timeout=30)
+
+
+@pytest.mark.parametrize("page", ["graph", "transfer", "distill", "train", "compare", "evaluate"])
+def test_every_page_renders_on_an_empty_workspace(page):
+    run(page)
+
+
+# ------------------------------------------------------------------------- graph and transfer
+
+def test_graph_focuses_a_found_node_and_edits_it_beside_the_graph():
+    kb = seed(6)
+    kb.add(entry(7, task="bbh", summary="<script>alert(1)</script> is just text"), by="seed")
+    at = run("graph")
+    assert "Nothing to draw" not in texts(at)
+    html = at.get("iframe")[0].proto.srcdoc
+    assert "alert(1)</script>" not in html  # KB text is escaped in the page
+    at.text_input(key="graph:find").set_value("e007").run()
+    at.selectbox(key="graph:focus").select("entry:e007").run()
+    assert "3 nodes (1 entries)" in texts(at)  # e007 with its task and concept
+    assert at.selectbox(key="graph:node").value == "e007"
+    at.text_input(key="graph-editor:e007:1:title").set_value("Edited from the graph")
+    submit_form(at)
+    assert kb.get("e007").title == "Edited from the graph"
+
+
+def test_graph_size_cap_says_what_was_cut():
+    seed(30)
+    at = run("graph")
+    at.number_input(key="graph:max").set_value(50).run()
+    assert "showing the 50 most connected" not in texts(at)  # 30 entries + 2 tasks... fits
+    at.number_input(key="graph:max").set_value(50)
+    kb = KBStore()
+    for i in range(30, 80):
+        kb.add(entry(i), by="seed")
+    at.run()
+    assert "The graph has 83 nodes; showing the 50 most connected" in texts(at)
+
+
+def test_import_shows_the_report_before_applying_then_export_counts():
+    seed(2)
+    good = "\n".join(jsonl_line(i) for i in (10, 11)) + "\n"
+    at = run("transfer")
+    at.text_area(key="x:paste").set_value(good + '{"id": "bad", "task": "t"}\n').run()
+    shown = texts(at)
+    assert "The file has problems" in shown
+    problems = at.dataframe[0].value
+    assert set(problems["field"]) >= {"learning_summary", "supplementary_knowledge", "status"}
+    assert not [b for b in at.button if b.key == "x:apply"]
+    at.text_area(key="x:paste").set_value(good + jsonl_line(0)).run()  # e000 exists already
+    assert "1 ids already exist (e000)" in texts(at)
+    at.radio(key="x:policy").set_value("skip").run()
+    assert KBStore().stats()["total"] == 2  # nothing written yet
+    at.button(key="x:apply").click().run()
+    assert "Imported: 2 added, 0 overwritten, 1 skipped" in texts(at)
+    assert KBStore().stats()["total"] == 4
+    assert "0 entries will be exported" in texts(at)  # accepted only by default: none yet
+    at.multiselect(key="x:status").set_value(["pending"]).run()
+    assert "4 entries will be exported" in texts(at)
+
+
+def jsonl_line(i: int) -> str:
+    from kb.jsonl import dumps_entry
+    return dumps_entry(entry(i))
+
+
+# -------------------------------------------------------------- teacher / train job launchers
+
+def started_job(at: AppTest, button_key: str) -> jobs.Job:
+    at.button(key=button_key).click().run()
+    [job] = jobs.list_jobs()
+    jobs.cancel(job.id, grace=5)  # the argv is what we check; don't run a teacher here
+    jobs.wait(job.id, timeout=60)
+    return job
+
+
+def test_teacher_page_builds_the_command_and_never_stores_the_key(monkeypatch):
+    monkeypatch.setenv("MY_TEACHER_KEY", "sk-secret-value")
+    at = run("distill")
+    assert "nesy teach rationales --dataset gsm8k --split train --limit 20 --thoughts cot" in texts(at)
+    at.multiselect(key="r:thoughts").set_value(["cot", "eot"])
+    at.radio(key="r:teacher").set_value("OpenAI-compatible server").run()
+    assert "Name the model the server should use." in texts(at)
+    assert at.button(key="r:start").disabled
+    at.text_input(key="r:model").set_value("qwen-72b")
+    at.text_input(key="r:env").set_value("MY_TEACHER_KEY").run()
+    assert "`MY_TEACHER_KEY` is set in this server's environment." in texts(at)
+    job = started_job(at, "r:start")
+    assert job.argv[job.argv.index("--thoughts") + 1] == "cot,eot"
+    assert job.argv[job.argv.index("--teacher") + 1] == "http://127.0.0.1:8000/v1"
+    assert job.argv[job.argv.index("--api-key-env") + 1] == "MY_TEACHER_KEY"
+    stored = (job.dir / "config.json").read_text() + (job.dir / "log.txt").read_text()
+    assert "sk-secret-value" not in stored
+
+
+def test_knowledge_tab_requires_an_error_file_or_uses_examples():
+    at = run("distill")
+    at.radio(key="k:source").set_value("Student errors (NesyCD)").run()
+    assert at.button(key="k:start").disabled
+    at.radio(key="k:source").set_value("Examples + gold answers (SKIntern)").run()
+    assert "nesy teach knowledge --dataset gsm8k --split train --limit 20 --with-answer" in texts(at)
+
+
+def test_train_page_builds_a_skintern_command():
+    at = run("train")
+    assert "No rationale sets yet" in texts(at)
+    at.selectbox(key="t:data").select("(a records.jsonl path)").run()
+    assert at.button(key="t:start").disabled  # no data yet
+    at.text_input(key="t:data-path").set_value("/data/records.jsonl")
+    at.selectbox(key="t:method").select("skintern").run()
+    at.number_input(key="t:stages").set_value(3).run()
+    job = started_job(at, "t:start")
+    assert job.kind == "train"
+    cmd = job.command_line()
+    assert cmd.startswith("nesy train --method skintern --data /data/records.jsonl --output skintern-records.jsonl")
+    assert "--stages 3 --demos 6 --demo-selection similar" in cmd and "--lora-r 32" in cmd
+
+
+# ---------------------------------------------------------------------- compare and evaluate
+
+def test_compare_batch_command_and_evaluate_report_with_flips():
+    from distill.evaluate import EvalConfig, parse_config, summarise, table
+
+    kb = seed(2)
+    at = run("compare")
+    assert "nesy eval --dataset gsm8k --split test --limit 50" in texts(at)
+    assert "--config without=base,thought=cot --config with=base,kb,k=1,thought=cot" in texts(at)
+    # a report as `nesy eval` writes it (its own summarise), with one flip caused by e001
+    cfg = EvalConfig(configs=[parse_config("without=base"), parse_config("with=base,kb")], name="r1")
+    rows = [{"config": c, "example_id": "x1", "task": "gsm8k", "correct": ok, "correct_flexible": ok,
+             "extracted": ans, "gold": "4", "retrieved": [["e001", 0.8]] if c == "with" else [],
+             "used_knowledge": c == "with", "prompt_tokens": 10, "params": 100, "latency_s": 0.1}
+            for c, ok, ans in (("without", False, "5"), ("with", True, "4"))]
+    results = summarise(rows, cfg, ["x1"])
+    report = Path(jobs.home()) / "evals" / "r1"
+    report.mkdir(parents=True)
+    (report / "results.json").write_text(json.dumps(results))
+    assert "without → with: 1 fixed, 0 broken" in table(results)
+    at = run("evaluate")
+    assert list(at.dataframe[0].value["configuration"]) == ["without", "with"]
+    assert "without → with: 1 fixed, 0 broken" in [h.value for h in at.subheader]
+    at.button(key="ev:edit-with").click().run()
+    assert at.selectbox(key="kb:edit").value == "e001"  # the KB page opened the entry
+    assert kb.get("e001")
+
+
+@pytest.mark.slow
+def test_compare_answers_a_typed_question_both_ways(tiny_model):
+    kb = seed(1, status="accepted")
+    at = run("compare")
+    at.text_input(key="cmp:base").set_value(tiny_model)
+    at.number_input(key="cmp:max-new").set_value(16)
+    at.text_area(key="cmp:question").set_value("Tom has 3 apples and buys 2 more. How many?")
+    at.text_input(key="cmp:gold").set_value("5").run()
+    at.button(key="cmp:run").click().run(timeout=300)
+    assert not at.exception, [e.value for e in at.exception]
+    headers = [h.value for h in at.subheader]
+    assert "Without knowledge" in headers and "With knowledge" in headers
+    assert "Retrieved knowledge" in headers
+    assert "e000" in texts(at)  # the one accepted entry was retrieved, with its score
+    at.button(key="cmp:edit-e000").click().run()
+    at.text_input(key="cmp-editor:e000:1:title").set_value("Edited while comparing")
+    submit_form(at)
+    assert kb.get("e000").title == "Edited while comparing"

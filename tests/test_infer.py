@@ -1,0 +1,112 @@
+"""Answering: batched = one at a time, streaming, KB retrieval (real store + index), ETD, CLI."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from distill import prompts
+from distill.infer import Student, extract, majority
+from student_fixtures import tiny_model  # noqa: F401
+
+QUESTIONS = ["What is the area of a circle with radius 2?",
+             "A train travels 60 miles in 2 hours. What is its speed?",
+             "Tom has 3 apples and buys 4 more. How many apples does he have?"]
+
+
+@pytest.fixture(scope="module")
+def student(tiny_model):
+    return Student(tiny_model)
+
+
+def test_batched_generation_matches_one_at_a_time(student):
+    batched = student.answer(QUESTIONS, max_new_tokens=12, batch_size=3)
+    single = [student.answer([q], max_new_tokens=12)[0] for q in QUESTIONS]
+    assert [r.text for r in batched] == [r.text for r in single]  # left padding changes nothing
+    for q, r in zip(QUESTIONS, batched):
+        rendered = prompts.render(student.tokenizer, prompts.cot_prompt(q))[0]
+        assert r.prompt_tokens == len(student.tokenizer(rendered, add_special_tokens=False)["input_ids"])
+        assert r.prompt == prompts.cot_prompt(q) and not r.used_knowledge and r.retrieved == []
+
+
+def test_stream_yields_the_same_text(student):
+    pieces = list(student.stream(QUESTIONS[0], max_new_tokens=12))
+    assert len(pieces) > 1
+    assert "".join(pieces).strip() == student.answer([QUESTIONS[0]], max_new_tokens=12)[0].text
+
+
+@pytest.fixture
+def kb():
+    from kb.index import KBIndex
+    from kb.schema import Entry
+    from kb.store import KBStore
+
+    store = KBStore()
+    for id_, status, summary, fact in [
+        ("circle", "accepted", "For circle problems find the radius first.", "The area of a circle is pi times r squared."),
+        ("circle-draft", "pending", "Circles: square the radius before multiplying.", "A circle's area equals pi r^2."),
+        ("speed", "accepted", "Speed problems divide distance by time.", "Speed = distance / time, in miles per hour."),
+        ("bad", "rejected", "Circles have corners.", "The area of a circle is 2 r."),
+    ]:
+        store.add(Entry(id=id_, task="gsm8k", status=status, learning_summary=summary,
+                        supplementary_knowledge=fact), by="test")
+    index = KBIndex(store)
+    index.sync()
+    return index
+
+
+def test_retrieval_inserts_accepted_entries_only_by_default(student, kb):
+    res = student.answer([QUESTIONS[0]], kb_index=kb, k=2, max_new_tokens=4)[0]
+    ids = [i for i, _ in res.retrieved]
+    assert ids[0] == "circle" and set(ids) <= {"circle", "speed"} and len(ids) == 2
+    assert res.used_knowledge and res.prompt.startswith(prompts.KNOWLEDGE_INSTRUCTION)
+    assert "The area of a circle is pi times r squared." in res.prompt
+    assert "2 r." not in res.prompt and "square the radius" not in res.prompt
+    plain = student.answer([QUESTIONS[0]], max_new_tokens=4)[0]
+    assert res.prompt_tokens > plain.prompt_tokens
+    assert all(isinstance(s, float) for _, s in res.retrieved)
+    with_pending = student.answer([QUESTIONS[0]], kb_index=kb, k=2, statuses=("accepted", "pending"),
+                                  max_new_tokens=4)[0]
+    assert {i for i, _ in with_pending.retrieved} == {"circle", "circle-draft"}
+
+
+def test_adaptive_retrieval_skips_when_confident(student, kb):
+    # The probability gap is in [0, 1]: threshold -1 always counts as confident, 1 never does.
+    confident = student.answer(QUESTIONS[:2], kb_index=kb, k=1, adaptive_threshold=-1.0, max_new_tokens=4)
+    unsure = student.answer(QUESTIONS[:2], kb_index=kb, k=1, adaptive_threshold=1.0, max_new_tokens=4)
+    assert not any(r.used_knowledge for r in confident) and all(r.used_knowledge for r in unsure)
+    gaps = student.confidence([prompts.cot_prompt(q) for q in QUESTIONS])
+    assert len(gaps) == 3 and all(0.0 <= g <= 1.0 for g in gaps)
+
+
+def test_thought_types_execute_and_vote():
+    assert extract("```python\nboxes = 3\nans = boxes * 4\n```", "pot") == "12"
+    assert extract("% two of them\nx = 5\nans = x * 2", "eot") == "10"
+    assert extract("so 2 + 2 = 4. The answer is 4.", "cot") == "4"
+    assert extract("import os\nans = 1", "pot") is None  # refused by the sandbox
+    assert majority({"cot": "5", "pot": "6", "eot": "6"}) == "6"
+    assert majority({"cot": "5", "pot": "6", "eot": None}) == "5"  # tie -> CoT first
+    assert majority({"cot": None, "pot": None, "eot": None}) is None
+
+
+def test_etd_prompt_selected_by_trigger(student):
+    res = student.answer([QUESTIONS[2]], thought="eot", max_new_tokens=4)[0]
+    assert res.prompt == prompts.etd_prompt(QUESTIONS[2], "eot") and res.thought == "eot"
+    voted = student.answer([QUESTIONS[2]], thought="vote", max_new_tokens=4)[0]
+    assert set(voted.votes) == {"cot", "pot", "eot"} and voted.thought == "vote"
+
+
+def test_cli_answer_json_and_bad_input(tiny_model):
+    from distill.cli import app
+
+    runner = CliRunner()
+    out = runner.invoke(app, ["answer", QUESTIONS[2], "--base-model", tiny_model, "--json",
+                              "--max-new-tokens", "4"])
+    assert out.exit_code == 0, out.output
+    payload = json.loads(out.output[out.output.index("{"):])
+    assert {"text", "extracted", "retrieved", "prompt_tokens", "latency_s", "used_knowledge"} <= payload.keys()
+    bad = runner.invoke(app, ["answer", "q", "--base-model", tiny_model, "--thought", "tot"])
+    assert bad.exit_code == 2
+    missing = runner.invoke(app, ["answer", "q", "--adapter", "no-such-adapter"])
+    assert missing.exit_code == 2 and "no adapter" in missing.output

@@ -1,0 +1,92 @@
+"""`nesy kb ...` run as a real subprocess: exit codes, one-line errors, and the files it writes."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def nesy(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "distill.cli", "kb", *args], cwd=cwd or REPO,
+                          capture_output=True, text=True, env=os.environ.copy(), timeout=300)
+
+
+def line(entry_id: str, **fields) -> str:
+    base = {"id": entry_id, "task": "gsm8k", "learning_summary": f"summary {entry_id}",
+            "supplementary_knowledge": f"knowledge {entry_id}", "status": "pending"}
+    return json.dumps({**base, **fields})
+
+
+def test_help_lists_the_commands():
+    result = nesy("--help")
+    assert result.returncode == 0
+    for command in ("import", "export", "list", "show", "search", "stats", "history", "restore",
+                    "set-status"):
+        assert command in result.stdout
+
+
+def test_bad_import_is_one_error_line_and_changes_nothing(tmp_path):
+    (tmp_path / "kb.jsonl").write_text("\n".join([line("a"), line("b"), line("c", status="done")]) + "\n")
+    result = nesy("import", "kb.jsonl", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: kb.jsonl line 3, field 'status': Input should be 'pending', 'accepted' or "
+        "'rejected' (got 'done')"]
+    assert json.loads(nesy("stats", "--json").stdout)["total"] == 0
+
+
+def test_import_edit_history_restore_export(tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_text(line("a") + "\n" + line("b", status="accepted") + "\n", encoding="utf-8")
+    assert "2 added" in nesy("import", str(source)).stdout
+
+    assert nesy("set-status", "accepted", "a").returncode == 0
+    listed = nesy("list", "--status", "accepted", "--json").stdout.splitlines()
+    assert sorted(json.loads(x)["id"] for x in listed) == ["a", "b"]
+    assert json.loads(nesy("show", "a", "--json").stdout)["version"] == 2
+
+    history = nesy("history", "a").stdout.splitlines()
+    assert [row.split("\t")[2] for row in history] == ["import", "status"]
+    first_revision = history[0].split("\t")[0].lstrip("#")
+    assert nesy("restore", "a", first_revision).returncode == 0
+    assert json.loads(nesy("show", "a", "--json").stdout)["status"] == "pending"
+
+    out = tmp_path / "out.jsonl"
+    assert nesy("export", str(out), "--status", "accepted").returncode == 0
+    assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == ["b"]
+    stats = json.loads(nesy("stats", "--json").stdout)
+    assert stats["by_status"] == {"pending": 1, "accepted": 1, "rejected": 0}
+
+
+@pytest.mark.parametrize("args, message", [
+    (("show", "missing"), "error: no entry with id 'missing'"),
+    (("set-status", "done", "a"), "error: status must be one of"),
+    (("import", "no-such.jsonl"), "error: no-such.jsonl: no such file"),
+    (("restore", "missing", "1"), "error: no entry with id 'missing'"),
+    (("list", "--sort", "bogus"), "error: cannot sort by 'bogus'"),
+])
+def test_bad_input_exits_non_zero_with_one_line(args, message):
+    result = nesy(*args)
+    assert result.returncode != 0
+    assert result.stderr.strip().startswith(message) and len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow  # a fresh process loads torch + MiniLM (~20 s on shared cores)
+def test_search_syncs_and_finds(tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_text(
+        line("speed", status="accepted",
+             learning_summary="Average speed is the total distance divided by the total time.") + "\n"
+        + line("boil", status="accepted",
+               learning_summary="Water boils at 100 degrees Celsius at sea level.") + "\n")
+    nesy("import", str(source))
+    result = nesy("search", "How hot must water get before it boils?", "--k", "1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\t")[1] == "boil"

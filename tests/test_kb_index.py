@@ -1,0 +1,154 @@
+"""KBIndex with the real embedded MiniLM: incremental sync embeds only what changed, persistence,
+search quality on a small real set, filters, similar / near-duplicates, exact -> IVF switch."""
+from __future__ import annotations
+
+import pytest
+
+from kb.index import IndexConfig, KBIndex, indexed_text
+from kb.schema import Entry
+from kb.store import EntryNotFound, KBStore
+
+TOPICS = {  # id -> (knowledge, a question it should answer, worded differently)
+    "speed": ("Average speed is the total distance travelled divided by the total time taken.",
+              "A car travels 150 km in 3 hours. How fast was it going?"),
+    "circle-area": ("The area of a circle equals pi times the radius squared.",
+                    "How much floor does a round rug with a radius of 2 m cover?"),
+    "percent": ("To take p percent of a quantity, multiply the quantity by p and divide by 100.",
+                "What is 15% of 80 dollars?"),
+    "fractions": ("To add fractions, rewrite them over a common denominator, then add numerators.",
+                  "What is 1/4 + 1/6?"),
+    "pythagoras": ("In a right triangle the square of the hypotenuse equals the sum of the "
+                   "squares of the other two sides.",
+                   "A 5 m ladder leans on a wall with its foot 3 m from the wall. How high does it reach?"),
+    "interest": ("Simple interest is principal times yearly rate times the number of years.",
+                 "A bank pays 5% a year on a $200 deposit. How much interest after 3 years?"),
+    "photosynthesis": ("Plants use sunlight, water and carbon dioxide to make glucose and oxygen "
+                       "in photosynthesis.",
+                       "Why do the leaves of a plant need light?"),
+    "boiling": ("At sea level pure water boils at 100 degrees Celsius.",
+                "At what temperature does water turn into steam?"),
+    "primes": ("A prime number has exactly two divisors: 1 and itself.",
+               "Is 91 a prime number?"),
+    "gravity": ("Near the Earth's surface a falling object accelerates at about 9.8 m/s^2.",
+                "A stone is dropped from a bridge. How fast is it falling after 2 seconds?"),
+}
+
+
+def topic_entry(entry_id: str, status: str = "accepted", task: str = "science") -> Entry:
+    text, _ = TOPICS[entry_id]
+    return Entry(id=entry_id, task=task, title=entry_id.replace("-", " "), learning_summary=text,
+                 supplementary_knowledge=text, status=status)
+
+
+def filler(i: int) -> Entry:
+    return Entry(id=f"f{i:02d}", task="filler", learning_summary=f"Fact number {i} about item {i}.",
+                 supplementary_knowledge=f"Item {i} is filed under shelf {i % 7}.", status="pending")
+
+
+@pytest.fixture
+def store() -> KBStore:
+    return KBStore()
+
+
+def test_sync_embeds_only_what_changed(store):
+    for i in range(50):
+        store.add(filler(i), by="t")
+    index = KBIndex(store)
+    assert index.sync().embedded == 50
+    assert index.sync().embedded == 0  # nothing changed
+
+    store.update("f07", {"learning_summary": "Edited fact about comets."}, 1, by="t")
+    report = index.sync()
+    assert (report.embedded, report.removed, report.total) == (1, 0, 50)
+
+    store.set_status(["f01", "f02"], "accepted", by="t")  # status does not change the text
+    assert index.sync().embedded == 0
+    store.delete("f03", None, by="t")
+    store.add(filler(60), by="t")
+    report = index.sync()
+    assert (report.embedded, report.removed, report.total) == (1, 1, 50)
+    assert index.embedded_total == 52
+
+    hits = index.search("comets", k=1, statuses=None)  # the edit is searchable right away
+    assert hits[0].entry.id == "f07"
+
+
+def test_index_persists_and_reloads_without_re_embedding(store, workspace):
+    for entry_id in ("speed", "boiling", "primes"):
+        store.add(topic_entry(entry_id), by="t")
+    KBIndex(store).sync()
+    assert (workspace / "index" / "vectors.sqlite").exists()
+    store.update("boiling", {"title": "water boiling point"}, 1, by="t")
+
+    reopened = KBIndex(store)
+    report = reopened.sync()
+    assert report.embedded == 1 and report.total == 3  # only the edit since the last sync
+    assert reopened.search(TOPICS["primes"][1], k=1)[0].entry.id == "primes"
+    assert reopened.rebuild().embedded == 3
+
+
+def test_search_quality_on_a_small_real_set(store):
+    for entry_id in TOPICS:
+        store.add(topic_entry(entry_id), by="t")
+    for i in range(20):
+        store.add(filler(i), by="t")
+    index = KBIndex(store)
+    top1 = {entry_id: index.search(question, k=3, statuses=None)[0].entry.id
+            for entry_id, (_, question) in TOPICS.items()}
+    correct = sum(found == expected for expected, found in top1.items())
+    assert correct >= 9, f"top-1 hits {correct}/10: {top1}"
+    hits = index.search(TOPICS["speed"][1], k=3, statuses=None)
+    assert hits[0].score > hits[1].score and 0 < hits[0].score <= 1.0001
+
+
+def test_search_filters_by_status_and_task(store):
+    store.add(topic_entry("speed", status="rejected"), by="t")
+    store.add(topic_entry("boiling", task="physics"), by="t")
+    store.add(topic_entry("primes", task="math"), by="t")
+    index = KBIndex(store)
+    question = TOPICS["speed"][1]
+    assert "speed" not in [h.entry.id for h in index.search(question, k=3)]  # accepted only
+    assert index.search(question, k=1, statuses=None)[0].entry.id == "speed"
+    assert [h.entry.id for h in index.search(question, k=3, task="math")] == ["primes"]
+
+
+def test_similar_and_near_duplicates_find_the_paraphrase(store):
+    for entry_id in ("speed", "boiling", "primes", "interest"):
+        store.add(topic_entry(entry_id), by="t")
+    store.add(Entry(id="speed-2", task="science", title="speed",
+                    learning_summary="Speed on average is the whole distance covered divided by "
+                                     "the whole time it took.",
+                    supplementary_knowledge="Average speed = total distance / total time.",
+                    status="pending"), by="t")
+    index = KBIndex(store)
+    assert index.similar("speed", k=1)[0].entry.id == "speed-2"
+    pairs = index.near_duplicates(threshold=0.8)
+    assert [(a, b) for a, b, _ in pairs] in ([("speed", "speed-2")], [("speed-2", "speed")])
+    assert index.near_duplicates(threshold=0.8, statuses=["accepted"]) == []
+    with pytest.raises(EntryNotFound):
+        index.similar("nope")
+
+
+def test_large_index_switches_to_ivf_and_stays_correct(store):
+    for i in range(40):
+        store.add(filler(i), by="t")
+    for entry_id in TOPICS:
+        store.add(topic_entry(entry_id), by="t")
+    index = KBIndex(store, config=IndexConfig(approx_threshold=45, nprobe=8))
+    assert index.sync().kind == "ivf"
+    assert index.search(TOPICS["gravity"][1], k=1)[0].entry.id == "gravity"
+    store.update("gravity", {"title": "falling bodies"}, 1, by="t")  # incremental on IVF
+    assert index.sync().embedded == 1
+    assert index.search(TOPICS["gravity"][1], k=1)[0].entry.id == "gravity"
+    store.set_status([f"f{i:02d}" for i in range(40)], "rejected", by="t")
+    for i in range(30):
+        store.delete(f"f{i:02d}", None, by="t")
+    report = index.sync()
+    assert (report.kind, report.total) == ("flat", 20)  # back to exact below threshold / 2
+
+
+def test_indexed_text_mirrors_the_question():
+    entry = Entry.model_validate({**topic_entry("speed").model_dump(),
+                                  "source": {"question": "How fast?"}})
+    text = indexed_text(entry)
+    assert text.startswith("How fast?\nspeed\nLearning summary: Average speed")

@@ -1,0 +1,338 @@
+"""Student training: loss masking, padding, every recipe on a tiny model, resume and stop.
+
+Tiny randomly initialised Llama + the real SmolLM2 tokenizer (tests/student_fixtures.py); the
+real 135M student runs only in the `slow` smoke tests at the end.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from distill import prompts
+from distill.train import (LengthGroupedSampler, PadCollator, Sample, TrainConfig, encode,
+                           load_records, train)
+from student_fixtures import gsm8k_records, real_tokenizer, tiny_model, write_records  # noqa: F401
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return real_tokenizer()
+
+
+def tiny_cfg(model: str, data: Path, **kw) -> TrainConfig:
+    base = dict(data=str(data), base_model=model, lora_r=4, lora_alpha=8, max_steps=3, batch_size=4,
+                max_length=160, save_steps=50, output="t")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def adapter_weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / "adapter_model.safetensors"))
+
+
+# --- masking and padding ---------------------------------------------------------------------
+
+def test_loss_mask_covers_exactly_the_response_tokens(tokenizer):
+    sample = Sample(prompts.cot_prompt("Tom has 3 apples and buys 2. How many?"),
+                    "3 + 2 = 5. The answer is 5.")
+    enc = encode(tokenizer, sample, max_length=512)
+    prompt_text, response_text = prompts.render(tokenizer, sample.user, sample.response)
+    n_prompt = len(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
+    ids, labels = enc["input_ids"], enc["labels"]
+    assert len(ids) == len(labels)
+    for i, (tok, lab) in enumerate(zip(ids, labels)):  # token by token
+        if i < n_prompt:
+            assert lab == -100, f"prompt token {i} ({tokenizer.decode([tok])!r}) is trained on"
+        else:
+            assert lab == tok, f"response token {i} ({tokenizer.decode([tok])!r}) is masked"
+    assert tokenizer.decode(ids[:n_prompt]) == prompt_text
+    trained = tokenizer.decode([t for t, l in zip(ids, labels) if l != -100])
+    assert trained == response_text and trained.startswith("3 + 2 = 5.")
+    # The end-of-turn marker is trained (the student must learn to stop), though it is the pad id.
+    assert ids[-2] == tokenizer.convert_tokens_to_ids("<|im_end|>") and labels[-2] == ids[-2]
+
+
+def test_truncation_keeps_prompt_masked_and_drops_samples_without_response(tokenizer):
+    sample = Sample(prompts.cot_prompt("Q?"), "word " * 400)
+    enc = encode(tokenizer, sample, max_length=64)
+    assert len(enc["input_ids"]) == 64 and enc["labels"][0] == -100 and enc["labels"][-1] != -100
+    assert encode(tokenizer, Sample(prompts.cot_prompt("long " * 200), "x"), max_length=32) is None
+
+
+def test_collator_pads_to_batch_longest_with_ignored_labels():
+    collate = PadCollator(pad_id=2)
+    batch = collate([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]},
+                     {"input_ids": [8], "labels": [8]}])
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 2, 2]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert collate.padding_fraction == pytest.approx(2 / 6)
+
+
+def test_length_grouping_wastes_far_less_padding_than_random_batches(tokenizer, tmp_path):
+    records = load_records(str(write_records(tmp_path / "records.jsonl", n=256)))
+    feats = [encode(tokenizer, Sample(prompts.cot_prompt(r.question), r.rationale), 512) for r in records]
+    lengths = [len(f["input_ids"]) for f in feats]
+
+    def padding(order):
+        collate = PadCollator(2)
+        for i in range(0, len(order), 8):
+            collate([feats[j] for j in order[i:i + 8]])
+        return collate.padding_fraction
+
+    grouped = list(iter(LengthGroupedSampler(lengths, group=8 * 16, seed=0)))
+    shuffled = torch.randperm(len(feats), generator=torch.Generator().manual_seed(0)).tolist()
+    assert sorted(grouped) == list(range(len(feats)))  # every sample exactly once
+    assert padding(grouped) < 0.5 * padding(shuffled)
+    assert padding(grouped) < 0.1
+
+
+def test_sampler_order_depends_only_on_seed_and_epoch():
+    s = LengthGroupedSampler(list(range(50)), group=10, seed=3)
+    first = list(s)
+    s.set_epoch(1)
+    assert list(s) != first
+    s.set_epoch(0)
+    assert list(s) == first
+
+
+# --- recipes on a tiny model ------------------------------------------------------------------
+
+def test_std_cot_writes_metrics_card_and_a_plain_peft_loadable_adapter(tiny_model, gsm8k_records, tmp_path,
+                                                                       monkeypatch):
+    from peft import AutoPeftModelForCausalLM, PeftModel
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setenv("NESY_JOB_DIR", str(tmp_path))
+    root = train(tiny_cfg(tiny_model, gsm8k_records, method="std-cot", max_steps=3))
+    lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines] == [1, 2, 3] and all(l["total"] == 3 for l in lines)
+    assert all({"loss", "lr", "tokens_per_s", "elapsed", "eta"} <= l.keys() for l in lines)
+    assert all(l["tokens_per_s"] > 0 for l in lines[1:])
+    card = json.loads((root / "card.json").read_text())
+    assert card["method"] == "std-cot" and card["hyperparameters"]["lora_r"] == 4
+    assert card["stages"]["main"]["steps"] == 3 and card["stages"]["main"]["samples"] == 12
+    assert 0 <= card["stages"]["main"]["padding_fraction"] < 0.3
+    assert "AutoPeftModelForCausalLM" in (root / "README.md").read_text()
+    # LoRA B starts at zero: training must have moved it.
+    weights = adapter_weights(root)
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())
+    assert not any("lm_head" in k for k in weights)  # all linear layers except the head
+    # Plain transformers + peft load it, and it changes the model's output.
+    plain = AutoPeftModelForCausalLM.from_pretrained(str(root))
+    x = torch.tensor([[1, 2, 3, 4]])
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    with torch.no_grad():
+        assert not torch.allclose(plain(x).logits, base(x).logits)
+        again = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), str(root))
+        assert torch.allclose(plain(x).logits, again(x).logits)
+
+
+def test_etd_mixes_thoughts_with_triggers_and_eotd_keeps_eot(tiny_model, tmp_path):
+    data = write_records(tmp_path / "etd" / "records.jsonl", n=6, thoughts=("cot", "pot", "eot"))
+    etd = train(tiny_cfg(tiny_model, data, method="etd", output="etd", max_steps=1))
+    eotd = train(tiny_cfg(tiny_model, data, method="eotd", output="eotd", max_steps=1))
+    etd_card, eotd_card = (json.loads((p / "card.json").read_text()) for p in (etd, eotd))
+    assert etd_card["stages"]["main"]["samples"] == 18 and eotd_card["stages"]["main"]["samples"] == 6
+    assert etd_card["prompt_format"] == "etd" and eotd_card["thoughts"] == ["eot"]
+
+
+def _add_knowledge(records_path: Path, kind: str, status: str = "accepted") -> list[str]:
+    from kb.schema import Entry, Source
+    from kb.store import KBStore
+
+    store, ids = KBStore(), []
+    for r in load_records(str(records_path)):
+        e = Entry(id=f"gsm8k-{r.example_id}-{kind}", task="gsm8k", status=status,
+                  learning_summary="Read the quantities carefully, then combine them step by step in order.",
+                  supplementary_knowledge="Half of a number n is n / 2; a total is the sum of its parts.",
+                  source=Source(kind=kind, dataset="gsm8k", example_id=r.example_id, question=r.question))
+        store.upsert(e, by="test")
+        ids.append(e.id)
+    return ids
+
+
+def test_skintern_stages_shrink_prompts_and_continue_from_previous_adapter(tiny_model, tmp_path):
+    data = write_records(tmp_path / "sk" / "records.jsonl", n=8)
+    _add_knowledge(data, "example_knowledge")
+    # lr 0 keeps each stage's weights equal to what it started from, which exposes the chaining:
+    # a fresh LoRA would start from a new random A.
+    root = train(tiny_cfg(tiny_model, data, method="skintern", skintern_stages=3, skintern_demos=2,
+                          learning_rate=0.0, max_steps=1, max_length=1024))
+    state = json.loads((root / "state.json").read_text())["stages"]
+    assert list(state) == ["stage0", "stage1", "stage2"]
+    tokens = [state[s]["prompt_tokens_mean"] for s in state]
+    assert tokens[0] > tokens[1] > tokens[2]
+    tok = real_tokenizer()
+    records = load_records(str(data))
+    question_only = sum(len(tok(prompts.render(tok, prompts.cot_prompt(r.question))[0],
+                                add_special_tokens=False)["input_ids"]) for r in records) / len(records)
+    assert tokens[2] == pytest.approx(question_only)  # last stage: the question only
+    w = [adapter_weights(root / "stages" / s) for s in state]
+    for key in w[0]:
+        assert torch.equal(w[0][key], w[1][key]) and torch.equal(w[1][key], w[2][key])
+    assert torch.equal(adapter_weights(root)[key], w[2][key])
+
+
+class FakeTeacher(BaseHTTPRequestHandler):
+    """An OpenAI-compatible chat-completions endpoint standing in for the teacher LLM."""
+    calls: list = []
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        FakeTeacher.calls.append(body)
+        text = ("Learning Summary: Identify each quantity, write the operation it implies, and check "
+                "the units before answering.\nSupplementary Knowledge: Half of a quantity is the "
+                "quantity divided by two; totals add their parts.\nConcepts: halves, totals")
+        reply = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                 "choices": [{"index": 0, "finish_reason": "stop",
+                              "message": {"role": "assistant", "content": text}}],
+                 "usage": {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}}
+        data = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def fake_teacher():
+    server = HTTPServer(("127.0.0.1", 0), FakeTeacher)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    FakeTeacher.calls = []
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+
+
+def test_nesycd_full_pipeline_resumes_by_stage(tiny_model, tmp_path, fake_teacher):
+    from kb.store import KBStore
+
+    data = write_records(tmp_path / "ncd" / "records.jsonl", n=6)
+    cfg = tiny_cfg(tiny_model, data, method="nesycd", output="ncd", max_steps=1, error_max_new_tokens=8,
+                   teacher=fake_teacher, teacher_model="fake-teacher", auto_accept=True, max_length=512)
+    root = train(cfg)
+    errors = [json.loads(l) for l in (root / "errors.jsonl").read_text().splitlines()]
+    # A random tiny student gets every question wrong; each error row has the documented fields.
+    assert len(errors) == 6
+    assert all({"example_id", "dataset", "task", "question", "prompt", "response", "answer"} <= e.keys()
+               for e in errors)
+    assert "Question:" in errors[0]["prompt"]
+    assert len(FakeTeacher.calls) == 6
+    entries = KBStore().query(source_kind="error_analysis", limit=100).entries
+    assert len(entries) == 6 and {e.status for e in entries} == {"accepted"}
+    state = json.loads((root / "state.json").read_text())["stages"]
+    assert list(state) == ["sp", "knowledge", "se"]
+    assert state["se"]["prompt_tokens_mean"] > state["sp"]["prompt_tokens_mean"]  # knowledge in S_E prompts
+    # Rerun with --resume: every stage is done, nothing is trained or asked again.
+    before = adapter_weights(root)
+    train(TrainConfig(**{**cfg.__dict__, "resume": True}))
+    assert len(FakeTeacher.calls) == 6
+    assert all(torch.equal(before[k], v) for k, v in adapter_weights(root).items())
+
+
+# --- resume after a kill, stop on SIGTERM --------------------------------------------------------
+
+def _train_cmd(model: str, data: Path, output: str, max_steps: int, save_steps: int, *extra) -> list[str]:
+    return [sys.executable, "-m", "distill.cli", "train", "--method", "std-cot", "--data", str(data),
+            "--output", output, "--base-model", model, "--lora-r", "4", "--lora-alpha", "8",
+            "--max-steps", str(max_steps), "--batch-size", "2", "--max-length", "96",
+            "--save-steps", str(save_steps), *extra]
+
+
+def _wait_for(predicate, proc, timeout=240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.1)
+    return False
+
+
+def test_resume_after_kill_gives_the_same_adapter(tiny_model, gsm8k_records, workspace):
+    env = dict(os.environ, NESY_HOME=str(workspace))
+    proc = subprocess.Popen(_train_cmd(tiny_model, gsm8k_records, "killed", 8, 3), cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = workspace / "adapters" / "killed" / "stages" / "main" / "checkpoints" / "checkpoint-3"
+    reached = _wait_for(lambda: (ckpt / "trainer_state.json").exists(), proc)
+    proc.kill()  # SIGKILL: no chance to clean up
+    proc.wait()
+    assert reached, "training never wrote checkpoint-3"
+    assert not (workspace / "adapters" / "killed" / "adapter_model.safetensors").exists()
+    resumed = train(tiny_cfg(tiny_model, gsm8k_records, output="killed", max_steps=8, save_steps=3,
+                             batch_size=2, max_length=96, resume=True))
+    card = json.loads((resumed / "card.json").read_text())
+    assert card["stages"]["main"]["resumed_from"] in ("checkpoint-3", "checkpoint-6")
+    straight = train(tiny_cfg(tiny_model, gsm8k_records, output="straight", max_steps=8, save_steps=3,
+                              batch_size=2, max_length=96))
+    a, b = adapter_weights(resumed), adapter_weights(straight)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
+
+
+def test_sigterm_stops_at_next_step_with_a_checkpoint(tiny_model, gsm8k_records, workspace, tmp_path):
+    env = dict(os.environ, NESY_HOME=str(workspace), NESY_JOB_DIR=str(tmp_path))
+    proc = subprocess.Popen(_train_cmd(tiny_model, gsm8k_records, "stopped", 500, 1000), cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "metrics.jsonl"
+    assert _wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    stderr = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 3, stderr[-2000:]
+    checkpoints = list((workspace / "adapters" / "stopped" / "stages" / "main" / "checkpoints").glob("checkpoint-*"))
+    assert len(checkpoints) == 1  # save_steps=1000, so this one was written because of the stop
+    step = int(checkpoints[0].name.split("-")[1])
+    last_logged = json.loads(metrics.read_text().splitlines()[-1])["step"]
+    assert 2 <= step <= last_logged + 1 and step < 500
+    assert not (workspace / "adapters" / "stopped" / "adapter_model.safetensors").exists()
+
+
+# --- the real 135M student: a handful of steps per method ---------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["std-cot", "etd", "skintern"])
+def test_real_student_smoke(method, tmp_path):
+    from distill.models import student_path
+
+    data = write_records(tmp_path / "real" / "records.jsonl", n=4, thoughts=("cot", "pot", "eot"))
+    if method == "skintern":
+        _add_knowledge(data, "example_knowledge")
+    cfg = TrainConfig(method=method, data=str(data), output=f"real-{method}", max_steps=2, batch_size=2,
+                      max_length=128, lora_r=8, lora_alpha=16, skintern_stages=2, skintern_demos=1)
+    root = train(cfg)
+    card = json.loads((root / "card.json").read_text())
+    assert card["base_model"] == student_path()
+    assert all(m["train_loss"] < 20 for m in card["stages"].values() if "train_loss" in m)
+    assert (root / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_real_student_nesycd_smoke(tmp_path, fake_teacher):
+    data = write_records(tmp_path / "real" / "records.jsonl", n=2)
+    cfg = TrainConfig(method="nesycd", data=str(data), output="real-nesycd", max_steps=1, batch_size=2,
+                      max_length=128, lora_r=8, lora_alpha=16, error_max_new_tokens=48,
+                      teacher=fake_teacher, teacher_model="fake-teacher")
+    root = train(cfg)
+    state = json.loads((root / "state.json").read_text())["stages"]
+    assert list(state) == ["sp", "knowledge", "se"]
+    rows = (root / "sp_answers.jsonl").read_text().splitlines()
+    assert len(rows) == 2 and all(json.loads(r)["response"] for r in rows)
