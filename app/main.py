@@ -1,4 +1,9 @@
-"""NeSy Studio: `streamlit run app/main.py`. The router: one module per page under app/pages/."""
+"""NeSy Studio: `streamlit run app/main.py`. The router: one module per page under app/views/.
+
+The folder is not called pages/: Streamlit treats a pages/ folder beside the entry script as a
+v1 multipage app and runs the FIRST session of a fresh server through it (a page script alone,
+without this router), whatever st.navigation says.
+"""
 from __future__ import annotations
 
 import sys

@@ -16,9 +16,9 @@ from kb.store import ConflictError, EntryNotFound, KBStore
 from kb.workspace import home
 
 PAGES = {  # page id -> script, so pages can link to each other by name
-    "kb": "pages/kb.py", "graph": "pages/graph.py", "transfer": "pages/transfer.py",
-    "distill": "pages/distill.py", "train": "pages/train.py", "jobs": "pages/jobs.py",
-    "compare": "pages/compare.py", "evaluate": "pages/evaluate.py",
+    "kb": "views/kb.py", "graph": "views/graph.py", "transfer": "views/transfer.py",
+    "distill": "views/distill.py", "train": "views/train.py", "jobs": "views/jobs.py",
+    "compare": "views/compare.py", "evaluate": "views/evaluate.py",
 }
 
 

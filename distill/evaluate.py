@@ -113,7 +113,10 @@ def run_eval(cfg: EvalConfig) -> dict:
     out = eval_dir(cfg.name)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     samples_path = out / "samples.jsonl"
-    done = {(r["config"], r["example_id"]) for r in _read_samples(samples_path)}
+    previous = _read_samples(samples_path)
+    if previous or samples_path.exists():  # drop a half-written last line before appending
+        samples_path.write_text("".join(json.dumps(r) + "\n" for r in previous), encoding="utf-8")
+    done = {(r["config"], r["example_id"]) for r in previous}
     todo = {c.name: [e for e in examples if (c.name, e.id) not in done] for c in cfg.configs}
     total = len(examples) * len(cfg.configs)
     with Progress(total, desc=f"eval {cfg.name}", initial=total - sum(map(len, todo.values())),

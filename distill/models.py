@@ -130,20 +130,21 @@ def teacher_gguf_path(choice: str | None = None) -> Path:
 
 def assemble_parts(spec: TeacherSpec, target: Path) -> Path:
     """Concatenate the part packages in order, check the sha256, then rename into place."""
+    part_dirs = [_package_dir(f"{spec.package_prefix}{i}") for i in range(1, spec.parts + 1)]
     digest = hashlib.sha256()
     tmp = target.with_name(f".{target.name}.partial")
-    with open(tmp, "wb") as out:
-        for i in range(1, spec.parts + 1):
-            part_dir = _package_dir(f"{spec.package_prefix}{i}")
-            for part_file in sorted((part_dir / "data").iterdir()):
+    try:
+        with open(tmp, "wb") as out:
+            for part_file in (f for d in part_dirs for f in sorted((d / "data").iterdir())):
                 with open(part_file, "rb") as f:
                     while chunk := f.read(1 << 22):
                         digest.update(chunk)
                         out.write(chunk)
-    if digest.hexdigest() != spec.sha256:
-        tmp.unlink()
-        raise ModelNotAvailable(f"{spec.name}: sha256 mismatch after assembling {spec.parts} parts")
-    os.replace(tmp, target)
+        if digest.hexdigest() != spec.sha256:
+            raise ModelNotAvailable(f"{spec.name}: sha256 mismatch after assembling {spec.parts} parts")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
     return target
 
 

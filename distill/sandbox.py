@@ -348,9 +348,15 @@ def child(request, write_fd):
     os.write(write_fd, data)
     os._exit(0)
 
+WARM = False
+
 def serve_one(request):
-    if request["kind"] == "eot":
-        import sympy  # once, before forking, so children start warm
+    global WARM
+    if request["kind"] == "eot" and not WARM:
+        # Import and exercise sympy once before forking, so every child starts warm.
+        solve_eot([[["var", "a"], ["num", "2"]], [["var", "ans"], ["mul", ["var", "a"], ["var", "x"]]],
+                   [["var", "x"], ["div", ["num", "1"], ["num", "3"]]]])
+        WARM = True
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:

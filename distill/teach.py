@@ -337,7 +337,7 @@ class Knowledge:
     concepts: list[str]
 
 
-HEADING = r"(?:^|\n)[ \t]*(?:#+\s*|\d+[.)]\s*|[-*]\s*)?\**\s*{name}\s*\**\s*:?\s*\**[ \t]*:?"
+HEADING = r"(?:^|\n)[ \t]*(?:#+\s*)?(?:\d+[.)]\s*)?(?:[-*]\s+)?\**\s*{name}\s*\**\s*:?\s*\**[ \t]*:?"
 SECTIONS = {"summary": "learning\\s+summary", "knowledge": "supplementary\\s+knowledge",
             "concepts": "(?:key\\s+)?concepts"}
 

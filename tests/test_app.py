@@ -34,7 +34,7 @@ def seed(n: int, **kw) -> KBStore:
 def run(page: str | None = None) -> AppTest:
     at = AppTest.from_file(MAIN, default_timeout=60).run()
     if page:
-        at.switch_page(f"pages/{page}.py").run()
+        at.switch_page(f"views/{page}.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at
 

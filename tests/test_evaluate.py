@@ -84,7 +84,7 @@ def test_run_eval_side_by_side_and_resumable(tiny_model, knowledge, workspace):
     lines = samples_path.read_text().splitlines()
     samples_path.write_text("\n".join(lines[:4]) + "\n" + lines[4][:20])
     again = run_eval(cfg)
-    rows2 = [json.loads(l) for l in samples_path.read_text().splitlines()[:4] + samples_path.read_text().splitlines()[5:]]
+    rows2 = [json.loads(l) for l in samples_path.read_text().splitlines()]  # every line valid again
     assert sorted((r["config"], r["example_id"]) for r in rows2) == sorted((r["config"], r["example_id"]) for r in rows)
     assert again["configs"]["base"]["accuracy"] == results["configs"]["base"]["accuracy"]
 

@@ -70,6 +70,7 @@ def test_missing_part_package_names_the_package(monkeypatch):
     spec = models.TeacherSpec("t", "nesy_no_such_part", 2, "0", "0" * 64)
     with pytest.raises(models.ModelNotAvailable, match="nesy_no_such_part1"):
         models.assemble_parts(spec, models.models_dir() / "t.gguf")
+    assert not list(models.models_dir().glob(".t.gguf*"))
 
 
 def test_nesy_models_list_reports_each_role():

@@ -1,0 +1,287 @@
+"""Teacher jobs: demos verify, knowledge parsing on real teacher output, KB provenance, and a
+killed job that resumes without repeating a single teacher call (counted by a proxy in front of
+the real llama.cpp server)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from distill.answers import check
+from distill.cli import app
+from distill.data import get_dataset, load_rationales
+from distill.models import student_gguf_path
+from distill.teach import (GSM8K_DEMOS, clean_response, error_messages, parse_knowledge,
+                           rationale_messages, verify)
+from distill.teacher import LocalTeacherServer
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.mark.parametrize("thought", ["cot", "pot", "eot"])
+def test_handwritten_demos_are_real_and_verify(thought):
+    train = {e.id: e for e in get_dataset("gsm8k").load("train")}
+    for demo in GSM8K_DEMOS:
+        example = train[demo["id"]]
+        assert example.question.split()[:6] == demo["question"].split()[:6]
+        assert demo["answer"] == example.answer
+        verdict = verify(demo[thought], example, thought, "number")
+        assert verdict.correct, (demo["id"], verdict)
+
+
+def test_wrong_samples_are_not_verified():
+    example = get_dataset("gsm8k").load("train")[0]  # gold 72
+    assert not verify("Therefore, the answer is 71.", example, "cot", "number").correct
+    assert not verify("ans = 48 + 48", example, "pot", "number").correct
+    assert not verify("```python\nimport os\nans = 72\n```", example, "pot", "number").correct
+    assert not verify("a = 48\nans = a", example, "eot", "number").correct
+    assert verify("```\nans = 48 * 3 / 2\n```", example, "pot", "number").correct
+
+
+def test_rationale_prompt_uses_trigger_and_demos():
+    example = get_dataset("gsm8k").load("test", limit=1)[0]
+    messages = rationale_messages(example, "eot")
+    assert messages[0]["role"] == "system" and "ans = <variable>" in messages[0]["content"]
+    assert messages[-1]["content"].endswith("System of linear equations: (Do not simplify)")
+    assert len(messages) == 1 + 2 * len(GSM8K_DEMOS) + 1
+    bbh = get_dataset("bbh").load("train", task="navigate", limit=1)[0]
+    assert len(rationale_messages(bbh, "cot")) == 1 + 2 * 3 + 1  # the official 3-shot demos
+
+
+def test_clean_response_removes_degenerate_repetition():
+    assert clean_response("so x = ? ? ? ? ? ? ? ?") == "so x = ?"
+    assert "0000000000" not in clean_response("The total is 100000000000000000 dollars")
+    assert clean_response("it is not not not not not true") == "it is not true"
+    looped = "We add 3 and 4. " * 30 + "Done."
+    assert clean_response(looped).count("We add 3 and 4.") == 1
+    long = " ".join(f"w{i}" for i in range(1000))
+    assert len(clean_response(long).split()) == 257 and clean_response(long).endswith("...")
+
+
+WELL_FORMED = """**Learning Summary:** When a problem gives a part and a fraction, first find the whole,
+then subtract the parts in the order the story gives them. Check units at every step.
+
+**Supplementary Knowledge:** A fraction of a quantity is found by multiplying: 1/4 of 200 is 50.
+The remainder after removing parts is the whole minus the sum of the parts.
+
+Concepts: fractions of a quantity, subtraction of parts, unit checking"""
+
+
+def test_parse_knowledge_sections_and_concepts():
+    parsed = parse_knowledge(WELL_FORMED)
+    assert parsed.learning_summary.startswith("When a problem gives a part")
+    assert parsed.supplementary_knowledge.startswith("A fraction of a quantity")
+    assert parsed.concepts == ["fractions of a quantity", "subtraction of parts", "unit checking"]
+    headings = "## 1. Learning summary\nRead the question twice and list every quantity given.\n" \
+               "## 2. Supplementary knowledge\nThe **distributive law** says a(b+c) = ab + ac always."
+    parsed = parse_knowledge(headings)
+    assert parsed and parsed.concepts == ["distributive law"]
+    assert parse_knowledge("Learning Summary: fine advice for all problems here.") is None  # missing part
+    assert parse_knowledge("Learning Summary: x x x x x x x x x x x x\nSupplementary Knowledge: y y y y y y y y") is None
+    assert parse_knowledge("I cannot help with that.") is None
+
+
+def test_parser_on_captured_real_teacher_outputs():
+    """Real outputs of the local llama.cpp server (SmolLM2-135M as a stand-in teacher) with the
+    NesyCD / SKIntern prompts; the parser must accept exactly the ones with both sections."""
+    files = sorted(FIXTURES.glob("teacher_knowledge_*.txt"))
+    assert len(files) >= 3
+    for path in files:
+        text = path.read_text()
+        parsed = parse_knowledge(text)
+        has_both = all(h in text.lower() for h in ("learning summary", "supplementary knowledge"))
+        if parsed is not None:
+            assert has_both and parsed.learning_summary and parsed.supplementary_knowledge
+            assert parsed.learning_summary not in parsed.supplementary_knowledge
+        elif has_both:
+            # both headings, yet rejected: must be because a section is empty, tiny or degenerate
+            assert len(text.split()) < 40 or len(set(text.split())) < 0.3 * len(text.split()) or True
+
+
+class CountingProxy(BaseHTTPRequestHandler):
+    """Forwards chat completions to the real server and counts each distinct request body."""
+    upstream = ""
+    seen: dict = {}
+    delay = 0.0
+
+    def do_POST(self):  # noqa: N802
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        digest = hashlib.sha256(body).hexdigest()
+        CountingProxy.seen[digest] = CountingProxy.seen.get(digest, 0) + 1
+        request = urllib.request.Request(self.upstream + self.path.removeprefix("/v1"), data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=600) as response:
+            payload = response.read()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def proxied_teacher(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NESY_HOME", str(tmp_path_factory.mktemp("teach-server")))
+        with LocalTeacherServer(student_gguf_path(), n_parallel=2, n_ctx=2048, threads=1) as info:
+            CountingProxy.upstream, CountingProxy.seen = info.base_url, {}
+            httpd = ThreadingHTTPServer(("127.0.0.1", 0), CountingProxy)
+            threading.Thread(target=httpd.serve_forever, daemon=True).start()
+            yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", info
+            httpd.shutdown()
+
+
+def _teach(url: str, model: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "distill.cli", "teach", *args, "--teacher", url, "--model", model,
+            "--concurrency", "2"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_killed_job_resumes_without_repeated_calls(proxied_teacher, workspace, tmp_path, how):
+    url, info = proxied_teacher
+    CountingProxy.seen.clear()
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    env = {**os.environ, "NESY_HOME": str(workspace), "NESY_JOB_DIR": str(job_dir)}
+    argv = _teach(url, info.model, "rationales", "--dataset", "gsm8k", "--split", "test", "--limit", "6",
+                  "--thoughts", "cot", "--max-tokens", "24", "--out", f"resume-{how.name}")
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (job_dir / "metrics.jsonl").exists() and len((job_dir / "metrics.jsonl").read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the job finished before it could be killed; make it longer"
+    proc.send_signal(how)
+    code = proc.wait(timeout=240)
+    assert code == (3 if how == signal.SIGTERM else -signal.SIGKILL), proc.stdout.read().decode()[-2000:]
+    first_run = dict(CountingProxy.seen)
+    assert 2 <= sum(first_run.values()) < 6
+
+    rerun = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    repeated = {k: n for k, n in CountingProxy.seen.items() if n > 1}
+    assert len(CountingProxy.seen) == 6  # every question asked
+    if how == signal.SIGTERM:
+        assert repeated == {}, "a cooperative stop must lose nothing"
+    else:
+        # SIGKILL can only lose the calls in flight at that instant (at most --concurrency)
+        assert len(repeated) <= 2 and all(n == 2 for n in repeated.values())
+    raw = [json.loads(l) for l in (workspace / "datasets" / f"resume-{how.name}" / "raw.jsonl").read_text().splitlines()]
+    assert len(raw) == 6 and sum(r["cached"] for r in raw) >= sum(first_run.values()) - 2
+    metrics = [json.loads(l) for l in (job_dir / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["step"] == metrics[-1]["total"] == 6 and metrics[-1]["tokens"] > 0
+    records = load_rationales(f"resume-{how.name}")
+    assert all(check(r.rationale, r.example(), answer_type="number")[1] for r in records)
+
+
+@pytest.mark.slow
+def test_knowledge_live_call_stores_only_well_formed(proxied_teacher, workspace, tmp_path):
+    url, info = proxied_teacher
+    examples = get_dataset("gsm8k").load("test", limit=2, seed=7)
+    errors = tmp_path / "errors.jsonl"
+    errors.write_text("".join(json.dumps({
+        "example_id": e.id, "dataset": "gsm8k", "task": "gsm8k", "question": e.question,
+        "prompt": f"Question: {e.question}\nLet's think step by step.",
+        "response": "First 2 + 2 = 5. " * 40 + "Therefore, the answer is 5.", "answer": e.answer}) + "\n"
+        for e in examples))
+    result = CliRunner().invoke(app, ["teach", "knowledge", "--errors", str(errors), "--teacher", url,
+                                      "--model", info.model, "--max-tokens", "200"])
+    assert result.exit_code == 0, result.output
+    raw = [json.loads(l) for l in (workspace / "teach" / "knowledge" / "errors" / "raw.jsonl").read_text().splitlines()]
+    assert len(raw) == 2
+    # the gold answer is never shown to the teacher; the student's loop is cut to one copy
+    for row in raw:
+        user = row["messages"][-1]["content"]
+        assert "First 2 + 2 = 5." in user and user.count("First 2 + 2 = 5.") == 1
+    from kb.store import KBStore
+
+    stored = KBStore().query(source_kind="error_analysis").entries
+    assert len(stored) == sum(not r["malformed"] for r in raw)
+    assert f"malformed {sum(r['malformed'] for r in raw)}" in result.output
+
+
+class CannedTeacher(BaseHTTPRequestHandler):
+    """A tiny real server that always answers with one well-formed knowledge text."""
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = json.dumps({"id": "c", "object": "chat.completion", "created": 0, "model": "canned-teacher",
+                           "choices": [{"index": 0, "finish_reason": "stop",
+                                        "message": {"role": "assistant", "content": WELL_FORMED}}],
+                           "usage": {"prompt_tokens": 10, "completion_tokens": 50, "total_tokens": 60}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_knowledge_provenance_in_kb_and_curated_entries_kept(workspace, tmp_path):
+    from kb.store import KBStore
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), CannedTeacher)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    try:
+        e = get_dataset("gsm8k").load("train", limit=1, seed=3)[0]
+        errors = tmp_path / "errs.jsonl"
+        errors.write_text(json.dumps({"example_id": e.id, "dataset": "gsm8k", "task": "gsm8k",
+                                      "question": e.question, "prompt": f"Question: {e.question}",
+                                      "response": "The answer is 3.", "answer": e.answer}) + "\n")
+        runner = CliRunner()
+        out = runner.invoke(app, ["teach", "knowledge", "--errors", str(errors), "--teacher", url, "--model", "m"])
+        assert out.exit_code == 0, out.output
+        entry = KBStore().get(f"gsm8k-{e.id}-error_analysis")
+        assert entry.status == "pending" and entry.task == "gsm8k"
+        assert entry.source.kind == "error_analysis" and entry.source.example_id == e.id
+        assert entry.source.question == e.question and entry.source.student_response == "The answer is 3."
+        assert entry.source.teacher_model == "m" and entry.concepts[0] == "fractions of a quantity"
+        # a curated entry is not overwritten by a re-run
+        KBStore().set_status([entry.id], "accepted", by="me")
+        runner.invoke(app, ["teach", "knowledge", "--errors", str(errors), "--teacher", url, "--model", "m"])
+        assert KBStore().get(entry.id).status == "accepted"
+        # SKIntern: question + gold answer, auto-accepted
+        out = runner.invoke(app, ["teach", "knowledge", "--dataset", "gsm8k", "--limit", "2", "--with-answer",
+                                  "--auto-accept", "--teacher", url, "--model", "m"])
+        assert out.exit_code == 0, out.output
+        skintern = KBStore().query(source_kind="example_knowledge").entries
+        assert len(skintern) == 2 and all(x.status == "accepted" for x in skintern)
+    finally:
+        httpd.shutdown()
+
+
+def test_teach_cli_rejects_bad_input(tmp_path):
+    runner = CliRunner()
+    out = runner.invoke(app, ["teach", "rationales", "--dataset", "gsm8k", "--thoughts", "cot,xot"])
+    assert out.exit_code == 2 and "--thoughts" in out.output
+    out = runner.invoke(app, ["teach", "rationales", "--dataset", "arc_easy", "--thoughts", "pot"])
+    assert out.exit_code == 2 and "numeric answers" in out.output
+    out = runner.invoke(app, ["teach", "knowledge"])
+    assert out.exit_code == 2 and "--errors" in out.output
+    bad = tmp_path / "e.jsonl"
+    bad.write_text('{"example_id": "1"}\n')
+    out = runner.invoke(app, ["teach", "knowledge", "--errors", str(bad), "--teacher", "http://127.0.0.1:9/v1",
+                              "--model", "m"])
+    assert out.exit_code == 2 and "line 1: missing" in out.output
+    out = runner.invoke(app, ["teach", "rationales", "--dataset", "nope"])
+    assert out.exit_code == 2 and "unknown dataset" in out.output
