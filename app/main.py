@@ -17,7 +17,7 @@ if APP_DIR not in sys.path:  # `streamlit run` puts app/ on sys.path; other laun
 
 import ui  # noqa: E402
 
-st.set_page_config(page_title="NeSy Studio", page_icon=":material/hub:", layout="wide")
+st.set_page_config(page_title="NeSy Studio", layout="wide")  # no material page_icon: its favicon is fetched from a CDN
 
 pages = {
     "Knowledge": [

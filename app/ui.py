@@ -6,6 +6,7 @@ KB text is user/model written, so it is shown with st.text / st.code / st.datafr
 from __future__ import annotations
 
 import difflib
+import re
 import getpass
 import json
 
@@ -68,6 +69,12 @@ def open_entry(entry_id: str) -> None:
     st.session_state["open_entry"] = entry_id
 
 
+def md(text) -> str:
+    """Text safe to put in a markdown string (captions, alerts, labels): markup characters are
+    backslash-escaped, so an id like `![x](http://…)` shows as typed and loads nothing."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$:=])", r"\\\1", str(text))
+
+
 def short(text: str | None, n: int = 120) -> str:
     text = " ".join((text or "").split())
     return text if len(text) <= n else text[:n - 1] + "…"
@@ -100,14 +107,14 @@ def entry_editor(kb: KBStore, entry_id: str, *, key: str = "editor") -> None:
         try:
             loaded = kb.get(entry_id)
         except EntryNotFound:
-            st.warning(f"Entry {entry_id!r} does not exist (deleted or merged).")
+            st.warning(f"Entry {md(entry_id)} does not exist (deleted or merged).")
             return
         st.session_state[loaded_key] = loaded
         st.session_state.pop(problems_key, None)
         st.session_state.pop(conflict_key, None)
 
     if flash := st.session_state.pop(flash_key, None):
-        st.success(flash)
+        st.success(md(flash))
     conflict = st.session_state.get(conflict_key)
     if conflict is not None:
         _show_conflict(kb, loaded, conflict, key)
@@ -135,14 +142,14 @@ def _warn_if_stale(kb: KBStore, loaded, key: str) -> None:
         st.warning("This entry was deleted or merged by someone else; saving will fail.")
         return
     if latest.version != loaded.version:
-        st.info(f"{latest.updated_by} changed this entry at {latest.updated_at} (now version "
+        st.info(f"{md(latest.updated_by)} changed this entry at {md(latest.updated_at)} (now version "
                 f"{latest.version}; you opened version {loaded.version}).")
         st.button("Load the latest version", key=f"{key}:stale-reload",
                   on_click=_reload, args=(key,))
 
 
 def _show_conflict(kb: KBStore, loaded, current, key: str) -> None:
-    st.error(f"Not saved: {current.updated_by or 'someone'} saved this entry at {current.updated_at} "
+    st.error(f"Not saved: {md(current.updated_by or 'someone')} saved this entry at {md(current.updated_at)} "
              f"(version {current.version}) while you were editing version {loaded.version}. "
              "Your edits are still in the form; nothing was overwritten.")
     with st.expander(f"Their version {current.version}", expanded=True):
@@ -161,11 +168,11 @@ def _entry_form(entry, problems: dict, key: str) -> dict | None:
     def error_for(field: str) -> None:
         for name, message in problems.items():
             if name == field or name.startswith(field + "."):
-                st.error(f"{name}: {message}")
+                st.error(md(f"{name}: {message}"))
 
     with st.form(f"{k}:form"):
-        st.caption(f"{entry.id} · version {entry.version} · updated {entry.updated_at} "
-                   f"by {entry.updated_by}")
+        st.caption(md(f"{entry.id} · version {entry.version} · updated {entry.updated_at} "
+                      f"by {entry.updated_by}"))
         title = st.text_input("Title", entry.title or "", key=f"{k}:title")
         error_for("title")
         left, right = st.columns(2)
@@ -216,7 +223,7 @@ def _save(kb: KBStore, loaded, values: dict, key: str) -> None:
 def _entry_source(entry) -> None:
     if entry.source is None:
         return
-    with st.expander(f"Source ({entry.source.kind or 'unknown'})"):
+    with st.expander(f"Source ({md(entry.source.kind or 'unknown')})"):
         src = entry.source
         st.text(f"dataset: {src.dataset or '-'}   example: {src.example_id or '-'}\n"
                 f"teacher: {src.teacher_model or '-'}   student: {src.student_model or '-'}")
@@ -274,7 +281,7 @@ def _entry_delete(kb: KBStore, entry, key: str) -> None:
         st.button("Delete this entry…", key=f"{key}:delete", on_click=st.session_state.__setitem__,
                   args=(confirm_key, True))
         return
-    st.warning(f"Delete {entry.id!r}? It disappears from search and retrieval; history keeps it "
+    st.warning(f"Delete {md(entry.id)}? It disappears from search and retrieval; history keeps it "
                "and it can be restored.")
     yes, no = st.columns(2)
     if yes.button("Yes, delete", key=f"{key}:delete-yes", type="primary"):
@@ -285,7 +292,7 @@ def _entry_delete(kb: KBStore, entry, key: str) -> None:
         else:
             st.session_state.pop(f"{key}:loaded", None)
             st.session_state.pop("open_entry", None)
-            st.toast(f"Deleted {entry.id}")
+            st.toast(f"Deleted {md(entry.id)}")
         st.session_state[confirm_key] = False
         st.rerun()
     if no.button("Cancel", key=f"{key}:delete-no"):

@@ -130,16 +130,18 @@ def bench_kb_page(browser, home: Path, n: int) -> dict:
     try:
         timed_open(page, server.url, re.compile(r"matching entries"))  # warm: imports, caches
         first = timed_open(page, server.url, f"1–50 of {n} matching entries")
+        flip_button = page.get_by_role("button", name="Page 2", exact=True)
+        flip_button.wait_for()  # the pager's code loads lazily; time the rerun, not that
         start = time.perf_counter()
-        page.locator(".st-key-kb-page").get_by_role("button", name="2", exact=True).click()
+        flip_button.click()
         rendered(page, f"51–100 of {n} matching entries")
         flip = time.perf_counter() - start
         start = time.perf_counter()
         box = page.locator(".st-key-kb-text input")
         box.fill("ratio 4242")
         box.press("Enter")
-        rendered(page, re.compile(r"1–\d+ of \d+ matching entries|0–0 of 0 matching"))
-        rendered(page, "k004242")
+        rendered(page, re.compile(r"^1–(\d+) of \1 matching entries$"))  # one short page
+        page.get_by_text("k004242").first.wait_for(state="attached")  # grid cells are a canvas
         search = time.perf_counter() - start
         return {"open": first, "page flip": flip, "text search": search}
     finally:
@@ -148,6 +150,7 @@ def bench_kb_page(browser, home: Path, n: int) -> dict:
 
 
 def bench_graph(browser, home: Path) -> dict:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     server = Server(home)
     server.wait_healthy()
     page = browser.new_page(viewport={"width": 1500, "height": 1000})
@@ -161,10 +164,13 @@ def bench_graph(browser, home: Path) -> dict:
         first_draw = time.perf_counter() - start
         frame = next(f for f in page.frames if f != page.main_frame and "network" in f.evaluate(
             "() => Object.keys(window).join(' ')"))
-        frame.wait_for_function(
-            "() => !document.getElementById('loadingBar') || "
-            "document.getElementById('loadingBar').style.display === 'none'", timeout=600_000)
-        settled = time.perf_counter() - start
+        try:
+            frame.wait_for_function(
+                "() => !document.getElementById('loadingBar') || "
+                "document.getElementById('loadingBar').style.display === 'none'", timeout=300_000)
+            settled = time.perf_counter() - start
+        except PlaywrightTimeout:
+            settled = float("inf")  # reported as "> 300 s"
         redraw = frame.evaluate("() => { const t = performance.now(); network.redraw(); "
                                 "return performance.now() - t; }")
         zoom = frame.evaluate("() => { const t = performance.now(); network.moveTo({scale: 1.7}); "
@@ -245,7 +251,9 @@ def main() -> None:
             g = bench_graph(browser, home)
             label = f"graph {g['nodes']} nodes"
             rows.append((f"{label}: first draw", f"{g['first draw']:.2f} s", ""))
-            rows.append((f"{label}: layout settled", f"{g['layout settled']:.2f} s", ""))
+            settled = g["layout settled"]
+            rows.append((f"{label}: layout settled",
+                         f"{settled:.2f} s" if settled != float("inf") else "> 300 s", ""))
             rows.append((f"{label}: redraw / zoom", f"{g['redraw ms']:.0f} / {g['zoom ms']:.0f} ms",
                          "interactive"))
         browser.close()

@@ -7,7 +7,7 @@ ratio (target >= 1.5x), and the achieved FLOP/s of ours — LoRA training costs 
 per token (forward 2N + backward through frozen weights 2N; LoRA's own weight grads are
 negligible) — against the measured fp32 matmul peak of this CPU (torch.mm of large matrices).
 
-    .venv/bin/python bench/bench_train.py [--steps 4] [--batch 4] [--max-length 512] [--model PATH]
+    .venv/bin/python bench/bench_train.py [--steps 4] [--batch 4] [--samples 16] [--max-length 512]
 """
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--max-length", type=int, default=512)
-    p.add_argument("--samples", type=int, default=64)
+    p.add_argument("--samples", type=int, default=16, help="steps x batch = one epoch: both see the same samples")
     p.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M")
     args = p.parse_args()
     os.environ["NESY_HOME"] = tempfile.mkdtemp(prefix="nesy-bench-")

@@ -320,8 +320,15 @@ def run_runner(job_id: str) -> int:
     log.write(f"$ {job.command_line()}\n".encode())
     env = {**os.environ, "NESY_HOME": str(home()), "NESY_JOB_DIR": str(job.dir),
            "PYTHONUNBUFFERED": "1"}
-    child = subprocess.Popen([sys.executable, "-m", "distill.cli", *job.argv], cwd=job.cwd,
-                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    try:
+        child = subprocess.Popen([sys.executable, "-m", "distill.cli", *job.argv], cwd=job.cwd,
+                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 env=env)
+    except OSError as e:  # e.g. the folder it was submitted from is gone
+        log.write(f"error: could not start the command: {e}\n".encode())
+        _finish(job_id, "failed", None, f"could not start: {e}")
+        refresh()
+        return 1
     _set(job_id, pid=child.pid, pid_created=_create_time(child.pid))
 
     def forward_stop(signum, frame):  # noqa: ARG001 - `kill <runner>` means cancel the job

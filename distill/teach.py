@@ -37,11 +37,17 @@ from distill.data import (DatasetError, Example, RationaleRecord, format_questio
 from distill.progress import STOPPED_EXIT_CODE, Progress, StopRequested
 from distill.prompts import TRIGGERS
 from distill.sandbox import extract_code, run_pot, solve_eot
-from distill.teacher import (TeacherCache, TeacherClient, TeacherConfig, local_teacher,
-                             stop_local_teacher)
+from distill.teacher import (TeacherCache, TeacherClient, TeacherConfig, TeacherError,
+                             local_teacher, stop_local_teacher)
 from kb.workspace import subdir
 
 THOUGHTS = ("cot", "pot", "eot")
+
+
+def _fail(message: str) -> None:
+    """The CLI's one-line error (exit 2), shared by the option checks and teacher selection."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
 
 # ---------------------------------------------------------------- teacher prompts
 
@@ -194,19 +200,24 @@ def verify(text: str, example: Example, thought: str, answer_type: str) -> Verdi
 # ---------------------------------------------------------------- teacher selection
 
 def make_client(teacher: str, model: str | None, api_key_env: str, concurrency: int,
-                temperature: float, max_tokens: int, timeout: float) -> TeacherClient:
+                temperature: float, max_tokens: int, timeout: float, max_retries: int = 5) -> TeacherClient:
     """`local` = the shared llama.cpp server (model: a GGUF path or a packaged teacher name);
     anything else is the base URL of an OpenAI-compatible server (model: its model name)."""
     sampling = dict(concurrency=concurrency, temperature=temperature, max_tokens=max_tokens,
-                    timeout=timeout)
+                    timeout=timeout, max_retries=max_retries)
     if teacher == "local":
-        from distill.models import teacher_gguf_path
+        from distill.models import TEACHERS, ModelNotAvailable, teacher_gguf_path
 
-        info = local_teacher(teacher_gguf_path(model), n_parallel=max(1, concurrency))
+        if model and model not in TEACHERS and not Path(model).is_file():
+            _fail(f"--model must be a GGUF file or one of {', '.join(TEACHERS)} with --teacher local")
+        try:
+            info = local_teacher(teacher_gguf_path(model), n_parallel=max(1, concurrency))
+        except (ModelNotAvailable, TeacherError) as e:
+            _fail(f"the local teacher is not available: {e} (run `make setup-teacher`)")
         config = info.config(**sampling)
     else:
         if not model:
-            raise typer.BadParameter("--model is required with a teacher URL")
+            _fail("--model is required with a teacher URL")
         config = TeacherConfig(base_url=teacher, model=model, api_key_env=api_key_env, **sampling)
     return TeacherClient(config, TeacherCache())
 
@@ -272,7 +283,7 @@ def generate_rationales(client: TeacherClient, examples: list[Example], thoughts
             seen.add((ex.id, thought, verdict.rationale))
             kept[thought] += 1
             record = RationaleRecord(id=f"{ex.id}-{thought}-{sample}", example_id=ex.id, dataset=ex.dataset,
-                                     task=ex.task, question=format_question(ex), answer=ex.answer,
+                                     task=ex.task, question=ex.question, answer=ex.answer,
                                      thought=thought, rationale=verdict.rationale,
                                      extracted=verdict.extracted, choices=ex.choices,
                                      teacher_model=client.config.model)
@@ -479,11 +490,6 @@ cli = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=N
                   help="Teacher jobs: verified rationales (CoT/PoT/EoT) and KB knowledge.")
 
 
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
-
-
 TEACHER_HELP = "'local' (the packaged llama.cpp teacher) or the base URL of an OpenAI-compatible server"
 MODEL_HELP = "local: a GGUF path or packaged teacher name; URL: the model name"
 
@@ -503,7 +509,8 @@ def rationales_cmd(
     model: str = typer.Option(None, help=MODEL_HELP),
     api_key_env: str = typer.Option("OPENAI_API_KEY", help="environment variable holding the API key"),
     concurrency: int = typer.Option(4),
-    timeout: float = typer.Option(300.0, help="seconds per request"),
+    timeout: float = typer.Option(600.0, help="seconds per request"),
+    max_retries: int = typer.Option(5, help="retries on 429/5xx/timeouts, with exponential backoff"),
 ) -> None:
     """Generate CoT/PoT/EoT rationales, verify each against the gold answer, keep the verified."""
     chosen = [t.strip() for t in thoughts.split(",") if t.strip()]
@@ -520,7 +527,8 @@ def rationales_cmd(
         rationale_dir(name)
     except DatasetError as e:
         _fail(str(e))
-    client = make_client(teacher, model, api_key_env, concurrency, temperature, max_tokens, timeout)
+    client = make_client(teacher, model, api_key_env, concurrency, temperature, max_tokens, timeout,
+                         max_retries)
     try:
         summary = generate_rationales(client, examples, chosen, n_samples, name)
     except StopRequested:
@@ -528,6 +536,8 @@ def rationales_cmd(
         raise typer.Exit(STOPPED_EXIT_CODE)
     typer.echo(f"kept {summary.kept} verified of {summary.calls} samples {summary.by_thought} -> "
                f"{summary.out}; failed calls {summary.failed_calls}; usage {summary.usage}")
+    if summary.calls and summary.failed_calls == summary.calls:
+        _fail(f"every teacher call failed (see {summary.out.parent / 'raw.jsonl'})")
 
 
 @cli.command("knowledge")
@@ -546,7 +556,8 @@ def knowledge_cmd(
     model: str = typer.Option(None, help=MODEL_HELP),
     api_key_env: str = typer.Option("OPENAI_API_KEY"),
     concurrency: int = typer.Option(4),
-    timeout: float = typer.Option(300.0),
+    timeout: float = typer.Option(600.0, help="seconds per request"),
+    max_retries: int = typer.Option(5, help="retries on 429/5xx/timeouts, with exponential backoff"),
 ) -> None:
     """Distil knowledge into pending KB entries (from student errors, or examples + answers)."""
     if (errors is None) == (dataset is None):
@@ -567,7 +578,8 @@ def knowledge_cmd(
             name = out or f"{dataset}-{split}"
     except (ValueError, DatasetError) as e:
         _fail(str(e))
-    client = make_client(teacher, model, api_key_env, concurrency, temperature, max_tokens, timeout)
+    client = make_client(teacher, model, api_key_env, concurrency, temperature, max_tokens, timeout,
+                         max_retries)
     try:
         summary = distil_knowledge(client, cases, kind, name, auto_accept)
     except StopRequested:
@@ -577,6 +589,8 @@ def knowledge_cmd(
                f"{summary.cases} cases; malformed {summary.malformed} (not stored); kept curated "
                f"{summary.skipped_existing}; failed calls {summary.failed_calls}; raw {summary.raw}; "
                f"usage {summary.usage}")
+    if summary.cases and summary.failed_calls == summary.cases:
+        _fail(f"every teacher call failed (see {summary.raw})")
 
 
 @cli.command("server")

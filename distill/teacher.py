@@ -51,7 +51,7 @@ class TeacherConfig:
     api_key_env: str = "OPENAI_API_KEY"
     concurrency: int = 4
     max_retries: int = 5
-    timeout: float = 300.0          # seconds per request
+    timeout: float = 600.0          # seconds per request (a busy CPU server can be slow)
     temperature: float = 0.0
     max_tokens: int = 512
     backoff_base: float = 0.5       # seconds; attempt k waits base * 2**k (+ jitter), capped

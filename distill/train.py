@@ -109,6 +109,8 @@ def load_records(data: str, limit: int | None = None) -> list:
     else:
         records = load_rationales(data)
     records = [r for r in records if r.verified is not False]
+    if not records:
+        raise ValueError(f"{data}: no verified rationale records")
     return records[:limit] if limit else records
 
 
@@ -116,12 +118,16 @@ def encode(tokenizer, sample: Sample, max_length: int) -> dict | None:
     """input_ids + labels with -100 on every prompt token; None if no response token fits.
 
     Prompt and response are tokenized separately and concatenated, so the boundary is exact
-    (no BPE merge across it) and the label mask is a plain length cut.
+    (no BPE merge across it) and the label mask is a plain length cut. Too long: the prompt
+    loses its oldest tokens first (SKIntern's early stages carry many demonstrations), but keeps
+    at least half of max_length; then the response is cut at max_length.
     """
     prompt_text, response_text = prompts.render(tokenizer, sample.user, sample.response)
     has_template = bool(getattr(tokenizer, "chat_template", None))
     prompt_ids = tokenizer(prompt_text, add_special_tokens=not has_template)["input_ids"]
     response_ids = tokenizer(response_text, add_special_tokens=False)["input_ids"]
+    prompt_budget = max(max_length - len(response_ids), max_length // 2)
+    prompt_ids = prompt_ids[-prompt_budget:]
     ids = (prompt_ids + response_ids)[:max_length]
     if len(ids) <= len(prompt_ids):
         return None
@@ -286,7 +292,8 @@ def fit_lora(cfg: TrainConfig, samples: list[Sample], out: Path, *, stage: str,
                "tokens_per_s": round(trainer.state.num_input_tokens_seen / runtime, 2),
                "padding_fraction": round(collator.padding_fraction, 4), "runtime_s": round(runtime, 2),
                "resumed_from": Path(last).name if (cfg.resume and last) else None}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if trainer.is_world_process_zero():
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
 
@@ -308,15 +315,25 @@ class Stages:
 
     def finish(self, stage: str, info: dict) -> None:
         self.state["stages"][stage] = info
-        self.path.write_text(json.dumps(self.state, indent=2))
+        if _distributed().is_main_process:
+            self.path.write_text(json.dumps(self.state, indent=2))
+
+
+def _distributed():
+    """accelerate's process state (one process on a plain CPU run; N under accelerate launch)."""
+    from accelerate import PartialState
+
+    return PartialState()
 
 
 def _prepare_root(cfg: TrainConfig) -> Path:
-    root = adapter_root(cfg.output)
-    if root.exists() and not cfg.resume:
-        shutil.rmtree(root)  # a fresh run means fresh: no stale stages or checkpoints
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    root, state = adapter_root(cfg.output), _distributed()
+    if state.is_main_process:
+        if root.exists() and not cfg.resume:
+            shutil.rmtree(root)  # a fresh run means fresh: no stale stages or checkpoints
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    state.wait_for_everyone()
     return root
 
 
@@ -329,6 +346,10 @@ def _run_stage(cfg, stages: Stages, root: Path, stage: str, samples_fn, init: Pa
 
 def _publish(cfg: TrainConfig, root: Path, final: Path, stages: Stages) -> Path:
     """Copy the final stage's adapter to the output root and write the card."""
+    state = _distributed()
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return root
     for f in final.iterdir():
         if f.is_file():
             shutil.copy2(f, root / f.name)
@@ -364,7 +385,8 @@ def cot_samples(records) -> list[Sample]:
 
 def train_std_cot(cfg: TrainConfig) -> Path:
     """Std-CoT: question -> teacher rationale."""
-    root, records = _prepare_root(cfg), load_records(cfg.data, cfg.limit)
+    records = load_records(cfg.data, cfg.limit)  # before touching the output: bad data fails fast
+    root = _prepare_root(cfg)
     stages = Stages(root)
     final = _run_stage(cfg, stages, root, "main", lambda: cot_samples(records))
     return _publish(cfg, root, final, stages)
@@ -373,7 +395,8 @@ def train_std_cot(cfg: TrainConfig) -> Path:
 def train_etd(cfg: TrainConfig) -> Path:
     """ETD (CoT+PoT+EoT, each marked by its trigger) or EoTD (EoT only)."""
     thoughts = ("eot",) if cfg.method == "eotd" else tuple(cfg.thoughts)
-    root, records = _prepare_root(cfg), load_records(cfg.data, cfg.limit)
+    records = load_records(cfg.data, cfg.limit)  # before touching the output: bad data fails fast
+    root = _prepare_root(cfg)
     stages = Stages(root)
 
     def samples():
@@ -404,7 +427,8 @@ def _knowledge_by_example(kind: str, statuses) -> dict[str, list]:
 
 def train_skintern(cfg: TrainConfig) -> Path:
     """SKIntern: T stages, knowledge share and demonstrations decay linearly to question-only."""
-    root, records = _prepare_root(cfg), load_records(cfg.data, cfg.limit)
+    records = load_records(cfg.data, cfg.limit)  # before touching the output: bad data fails fast
+    root = _prepare_root(cfg)
     stages = Stages(root)
     cot = [r for r in records if (r.thought or "cot") == "cot"]
     knowledge = _knowledge_by_example("example_knowledge", ("accepted", "pending"))
@@ -427,12 +451,17 @@ def train_skintern(cfg: TrainConfig) -> Path:
 
 def train_nesycd(cfg: TrainConfig) -> Path:
     """NesyCD: S_P on rationales -> errors of S_P -> teacher knowledge -> S_E with knowledge."""
-    root, records = _prepare_root(cfg), load_records(cfg.data, cfg.limit)
+    records = load_records(cfg.data, cfg.limit)  # before touching the output: bad data fails fast
+    root = _prepare_root(cfg)
     stages = Stages(root)
     sp = _run_stage(cfg, stages, root, "sp", lambda: cot_samples(records))
-    errors = collect_errors(cfg, root, sp, records)
-    if not stages.done("knowledge"):
-        stages.finish("knowledge", distil_knowledge(cfg, errors))
+    errors, dist = root / "errors.jsonl", _distributed()
+    if dist.is_main_process:  # generation and teacher calls once, not once per GPU
+        if not stages.done("knowledge"):
+            collect_errors(cfg, root, sp, records)
+            stages.finish("knowledge", distil_knowledge(cfg, errors))
+    dist.wait_for_everyone()
+    stages = Stages(root)
     knowledge = _knowledge_by_example("error_analysis", cfg.knowledge_statuses)
     wrong = {json.loads(line)["example_id"] for line in errors.read_text().splitlines() if line.strip()}
 

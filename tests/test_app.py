@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def texts(at: AppTest) -> str:
     """Everything shown as text, for 'is this message on screen' checks."""
     parts = [e.value for kind in ("markdown", "text", "code", "caption", "success", "info",
                                   "warning", "error") for e in getattr(at, kind)]
-    return "\n".join(str(p) for p in parts)
+    return re.sub(r"\\(.)", r"\1", "\n".join(str(p) for p in parts))  # as the reader sees it
 
 
 def submit_form(at: AppTest, label: str = "Save") -> AppTest:
@@ -73,8 +74,14 @@ def test_empty_workspace_shows_the_guide_and_adds_an_entry_by_hand():
     saved = KBStore().get("hand-1")
     assert saved.concepts == ["percent", "fractions"] and saved.source.kind == "manual"
     assert "Added hand-1." in texts(at)
-    submit_form(at, "Add entry")  # same id again
+    assert at.text_input(key="kb:add-id").value == ""  # a fresh form for the next one
+    at.text_input(key="kb:add-id").set_value("hand-1")  # the same id again
+    at.text_input(key="kb:add-task").set_value("gsm8k")
+    at.text_area(key="kb:add-summary").set_value("Again.")
+    at.text_area(key="kb:add-knowledge").set_value("Again.")
+    submit_form(at, "Add entry")
     assert "id: 'hand-1' already exists" in texts(at)
+    assert KBStore().get("hand-1").learning_summary == "Convert percent to a fraction first."
 
 
 def test_filters_search_and_paging_query_the_store():
@@ -111,6 +118,17 @@ def test_edit_saves_a_new_version_and_history_restores():
     revision.select_index(1).run()
     next(b for b in at.button if b.label == "Restore v1").click().run()
     assert kb.get("e001").title == "Title 1" and kb.get("e001").version == 3
+
+
+def test_kb_text_is_never_markup():
+    kb = KBStore()
+    sneaky = "img![x](http://example.invalid/x.png)"
+    kb.add(entry(1).model_copy(update={"id": sneaky, "title": "<b>bold</b>"}), by="**bob**")
+    at = run()
+    at.selectbox(key="kb:edit").select(sneaky).run()
+    caption = next(c.value for c in at.caption if "version 1" in c.value)
+    assert "\\!\\[x\\]\\(http\\:" in caption and "\\*\\*bob\\*\\*" in caption
+    assert not at.get("html") and not any("<b>" in m.value for m in at.markdown)
 
 
 def test_invalid_edit_is_refused_with_the_field_named():

@@ -156,6 +156,13 @@ def click(page, name: str) -> None:
 
 
 def shot(page, artifacts_dir: Path, name: str) -> None:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    try:  # widgets load their code lazily; give them a moment so the picture is not placeholders
+        page.wait_for_function("() => document.querySelectorAll("
+                               "'[data-testid=stMain] [data-testid=stSkeleton]').length <= 1",
+                               timeout=15_000)
+    except PlaywrightTimeout:
+        pass
     page.screenshot(path=str(artifacts_dir / f"screenshot-{name}.png"), full_page=True)
 
 

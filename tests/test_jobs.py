@@ -167,3 +167,14 @@ def test_cli_reports_bad_input_in_one_line():
                             capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.strip() == \
         "error: no job 'nope' (see `nesy jobs list`)"
+
+
+def test_a_command_that_cannot_start_fails_with_the_reason(tmp_path, monkeypatch):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    job = jobs.submit(selftest(3, 0.01), "selftest")  # remembers this folder as its cwd
+    monkeypatch.chdir(tmp_path)
+    gone.rmdir()
+    done = jobs.wait(job.id, timeout=60)
+    assert done.status == "failed" and "could not start" in done.reason

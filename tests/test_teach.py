@@ -160,14 +160,14 @@ def test_killed_job_resumes_without_repeated_calls(proxied_teacher, workspace, t
     job_dir.mkdir()
     env = {**os.environ, "NESY_HOME": str(workspace), "NESY_JOB_DIR": str(job_dir)}
     argv = _teach(url, info.model, "rationales", "--dataset", "gsm8k", "--split", "test", "--limit", "6",
-                  "--thoughts", "cot", "--max-tokens", "24", "--out", f"resume-{how.name}")
+                  "--thoughts", "cot", "--max-tokens", "24", "--out", f"resume-{how.name.lower()}")
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
         if (job_dir / "metrics.jsonl").exists() and len((job_dir / "metrics.jsonl").read_text().splitlines()) >= 2:
             break
         time.sleep(0.2)
-    assert proc.poll() is None, "the job finished before it could be killed; make it longer"
+    assert proc.poll() is None, f"the job ended before it could be killed: {proc.stdout.read()[-1500:]}"
     proc.send_signal(how)
     code = proc.wait(timeout=240)
     assert code == (3 if how == signal.SIGTERM else -signal.SIGKILL), proc.stdout.read().decode()[-2000:]
@@ -183,11 +183,11 @@ def test_killed_job_resumes_without_repeated_calls(proxied_teacher, workspace, t
     else:
         # SIGKILL can only lose the calls in flight at that instant (at most --concurrency)
         assert len(repeated) <= 2 and all(n == 2 for n in repeated.values())
-    raw = [json.loads(l) for l in (workspace / "datasets" / f"resume-{how.name}" / "raw.jsonl").read_text().splitlines()]
+    raw = [json.loads(l) for l in (workspace / "datasets" / f"resume-{how.name.lower()}" / "raw.jsonl").read_text().splitlines()]
     assert len(raw) == 6 and sum(r["cached"] for r in raw) >= sum(first_run.values()) - 2
     metrics = [json.loads(l) for l in (job_dir / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["step"] == metrics[-1]["total"] == 6 and metrics[-1]["tokens"] > 0
-    records = load_rationales(f"resume-{how.name}")
+    records = load_rationales(f"resume-{how.name.lower()}")
     assert all(check(r.rationale, r.example(), answer_type="number")[1] for r in records)
 
 
@@ -285,3 +285,14 @@ def test_teach_cli_rejects_bad_input(tmp_path):
     assert out.exit_code == 2 and "line 1: missing" in out.output
     out = runner.invoke(app, ["teach", "rationales", "--dataset", "nope"])
     assert out.exit_code == 2 and "unknown dataset" in out.output
+
+
+def test_unreachable_teacher_fails_with_one_line(tmp_path, workspace):
+    out = CliRunner().invoke(app, ["teach", "rationales", "--dataset", "gsm8k", "--limit", "2",
+                                   "--teacher", "http://127.0.0.1:9/v1", "--model", "m", "--max-retries", "0"])
+    assert out.exit_code == 2 and "every teacher call failed" in out.output
+    raw = (workspace / "datasets" / "gsm8k-train" / "raw.jsonl").read_text().splitlines()
+    assert len(raw) == 2 and all("error" in json.loads(line) for line in raw)
+    assert (workspace / "datasets" / "gsm8k-train" / "records.jsonl").read_text() == ""
+    out = CliRunner().invoke(app, ["teach", "rationales", "--dataset", "gsm8k", "--model", "nope-model"])
+    assert out.exit_code == 2 and "--model must be a GGUF file" in out.output

@@ -65,11 +65,16 @@ def test_loss_mask_covers_exactly_the_response_tokens(tokenizer):
     assert ids[-2] == tokenizer.convert_tokens_to_ids("<|im_end|>") and labels[-2] == ids[-2]
 
 
-def test_truncation_keeps_prompt_masked_and_drops_samples_without_response(tokenizer):
-    sample = Sample(prompts.cot_prompt("Q?"), "word " * 400)
-    enc = encode(tokenizer, sample, max_length=64)
-    assert len(enc["input_ids"]) == 64 and enc["labels"][0] == -100 and enc["labels"][-1] != -100
-    assert encode(tokenizer, Sample(prompts.cot_prompt("long " * 200), "x"), max_length=32) is None
+def test_truncation_cuts_old_prompt_tokens_first_and_keeps_the_mask(tokenizer):
+    long_response = encode(tokenizer, Sample(prompts.cot_prompt("Q?"), "word " * 400), max_length=64)
+    assert len(long_response["input_ids"]) == 64 and long_response["labels"][0] == -100
+    assert long_response["labels"][-1] != -100
+    # Many demonstrations before the question: the oldest prompt tokens go, the answer stays whole.
+    long_prompt = encode(tokenizer, Sample("demo " * 300 + prompts.cot_prompt("Q?"), "It is 4."), max_length=48)
+    trained = [t for t, l in zip(long_prompt["input_ids"], long_prompt["labels"]) if l != -100]
+    assert len(long_prompt["input_ids"]) == 48
+    assert tokenizer.decode(trained).startswith("It is 4.<|im_end|>")
+    assert "Answer: Let's think step by step." in tokenizer.decode(long_prompt["input_ids"])
 
 
 def test_collator_pads_to_batch_longest_with_ignored_labels():

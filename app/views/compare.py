@@ -22,6 +22,11 @@ def student(base_model: str | None, adapter: str | None):
     return Student(base_model, adapter=adapter)
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def sample_examples(dataset: str, split: str) -> list:
+    return data.get_dataset(dataset).load(split, limit=200, seed=0)
+
+
 def adapters() -> list[str]:
     return sorted(p.name for p in subdir("adapters").iterdir() if (p / "adapter_config.json").exists())
 
@@ -42,7 +47,7 @@ def question_picker() -> dict:
                              key="cmp:dataset")
     spec = data.get_dataset(dataset)
     split = c[1].selectbox("Split", spec.splits, key="cmp:split")
-    examples = spec.load(split, limit=200, seed=0)
+    examples = sample_examples(dataset, split)
     by_label = {f"{e.id}: {ui.short(e.question, 90)}": e for e in examples}
     example = by_label[c[2].selectbox("Example", list(by_label), key="cmp:example")]
     st.text(data.format_question(example))
@@ -78,14 +83,14 @@ def show_results() -> None:
         return
     st.divider()
     if q["gold"] is not None:
-        st.markdown(f"Gold answer: `{q['gold']}`")
+        st.text(f"Gold answer: {q['gold']}")
     left, right = st.columns(2)
     for col, side in ((left, "without"), (right, "with")):
         r = results.get(side)
         if r is None:
             continue
         col.subheader(f"{side.capitalize()} knowledge")
-        col.markdown(f"Answer: `{r.extracted}`{verdict(r, q)}")
+        col.text(f"Answer: {r.extracted}{verdict(r, q)}")
         col.caption(f"{r.prompt_tokens} prompt tokens · {r.latency_s:.1f} s")
         col.text(r.text)
     flip_note(results, q)
@@ -102,7 +107,7 @@ def flip_note(results: dict, q: dict) -> None:
     if before != after:
         (st.success if after else st.error)(
             f"The knowledge flipped this answer {'wrong → right' if after else 'right → wrong'} "
-            f"(entries: {ids}).")
+            f"(entries: {ui.md(ids)}).")
 
 
 def retrieved_entries(result) -> None:

@@ -43,7 +43,8 @@ def per_task(results: dict) -> pd.DataFrame | None:
 
 def flips(results: dict) -> None:
     for f in results.get("flips", []):
-        st.subheader(f"{f['without']} → {f['with']}: {len(f['fixed'])} fixed, {len(f['broken'])} broken")
+        st.subheader(f"{ui.md(f['without'])} → {ui.md(f['with'])}: {len(f['fixed'])} fixed, "
+                     f"{len(f['broken'])} broken")
         rows = [{"flip": kind, **{k: row[k] for k in ("example_id", "before", "after", "gold")},
                  "entries": ", ".join(row["entries"])}
                 for kind in ("fixed", "broken") for row in f[kind]]
@@ -90,8 +91,8 @@ if not all_reports:
     st.stop()
 name = st.selectbox("Report", list(all_reports), key="ev:report")
 results = all_reports[name]
-st.caption(f"{results.get('dataset')} / {results.get('split')} · sample of "
-           f"{results.get('limit') or 'all'} · {subdir('evals', name)}")
+st.caption(ui.md(f"{results.get('dataset')} / {results.get('split')} · sample of "
+                 f"{results.get('limit') or 'all'} · {subdir('evals', name)}"))
 table = config_table(results)
 st.dataframe(table, hide_index=True, column_config={
     "accuracy": st.column_config.ProgressColumn(min_value=0, max_value=1, format="percent"),

@@ -94,17 +94,17 @@ def outputs(job: jobs.Job) -> None:
 def job_detail(job_id: str) -> None:
     job = jobs.get(job_id)
     reason = f" — {job.reason}" if job.reason else ""
-    st.subheader(f"{job.name}")
-    st.markdown(f"Status: **{job.status}**{reason} · exit code {job.exit_code}"
-                if job.exit_code is not None else f"Status: **{job.status}**{reason}")
+    st.subheader(ui.md(job.name))
+    code = f" · exit code {job.exit_code}" if job.exit_code is not None else ""
+    st.markdown(f"Status: **{job.status}**{ui.md(reason + code)}")
     if job.resumed_from:
-        st.caption(f"Resumes {job.resumed_from}")
+        st.caption(f"Resumes {ui.md(job.resumed_from)}")
     st.code(job.command_line(), language="bash")
     progress_bar(job)
     actions(job)
     curves(job)
     outputs(job)
-    st.caption(f"Log (last 40 lines) — {job.dir / 'log.txt'}")
+    st.caption(f"Log (last 40 lines) — {ui.md(job.dir / 'log.txt')}")
     st.code(jobs.log_tail(job.id, 40) or "(empty)", language=None)
     if st.session_state.get("jobs:was-active") and not job.active:
         st.session_state["jobs:was-active"] = False

@@ -12,6 +12,9 @@ from kb.store import ConflictError, DuplicateEntry, EntryNotFound
 
 ANY = "(any)"
 PAGE_SIZES = (25, 50, 100)
+MAX_OPTIONS = 2000  # longer facet lists become a text box
+ADD_FIELDS = ("kb:add-id", "kb:add-task", "kb:add-title", "kb:add-concepts", "kb:add-summary",
+              "kb:add-knowledge")
 
 kb = ui.store()
 st.title("Knowledge base")
@@ -40,7 +43,10 @@ def filters() -> dict:
     c = st.columns([2, 2, 2, 2, 2, 1])
     status = c[0].multiselect("Status", STATUSES, key="kb:status")
     task = c[1].selectbox("Task", [ANY, *facets["tasks"]], key="kb:task")
-    concept = c[2].selectbox("Concept", [ANY, *facets["concepts"]], key="kb:concept")
+    if len(facets["concepts"]) <= MAX_OPTIONS:
+        concept = c[2].selectbox("Concept", [ANY, *facets["concepts"]], key="kb:concept")
+    else:  # thousands of concepts: a list would be slow to send and useless to scroll
+        concept = c[2].text_input("Concept (exact)", key="kb:concept-text").strip() or ANY
     source_kind = c[3].selectbox("Source", [ANY, *facets["source_kinds"]], key="kb:source")
     sort = c[4].selectbox("Sort by", ["updated_at", "created_at", "id", "task", "status", "title",
                                       "version"], key="kb:sort")
@@ -53,13 +59,15 @@ def filters() -> dict:
 
 def load_page(f: dict) -> tuple[list[Entry], list[float] | None, int]:
     """The entries to show now: one page of a store query, or the top hits of a semantic search."""
+    if f["semantic"]:
+        index_hint()
     if f["semantic"] and f["text"]:
         k = st.slider("Results", 5, 100, 25, key="kb:k")
         try:
             hits = ui.index().search(f["text"], k=k, statuses=tuple(f["status"] or STATUSES),
                                      task=f["task"])
         except Exception as e:  # noqa: BLE001 - index missing/unbuilt: say so, keep the page usable
-            st.error(f"Semantic search is unavailable: {e}")
+            st.error(f"Semantic search is unavailable: {ui.md(e)}")
             return [], None, 0
         return [h.entry for h in hits], [round(h.score, 3) for h in hits], len(hits)
     size = st.session_state.get("kb:size", PAGE_SIZES[1])
@@ -70,6 +78,14 @@ def load_page(f: dict) -> tuple[list[Entry], list[float] | None, int]:
         st.session_state["kb:page"] = 1
         result = kb.query(**query, offset=0, limit=size)
     return result.entries, None, result.total
+
+
+def index_hint() -> None:
+    c = st.columns([4, 1])
+    c[0].caption("Semantic search embeds entries changed since the last search first. After a large "
+                 "import, update the index in the background instead of waiting here.")
+    if c[1].button("Update index (job)", key="kb:reindex"):
+        ui.submit_job(["kb", "reindex"], "kb-reindex", name="update the embedding index")
 
 
 def results_table(entries: list[Entry], scores: list[float] | None) -> list[str]:
@@ -102,7 +118,7 @@ def bulk_actions(selected: list[str], entries: list[Entry]) -> None:
     if pending:
         action, ids = pending
         st.warning(f"{action.capitalize()} {len(ids)} entr{'y' if len(ids) == 1 else 'ies'}: "
-                   f"{', '.join(ids[:8])}{' …' if len(ids) > 8 else ''}?")
+                   f"{ui.md(', '.join(ids[:8]))}{' …' if len(ids) > 8 else ''}?")
         yes, no = st.columns(2)
         if yes.button(f"Confirm {action}", type="primary", key="kb:bulk-yes"):
             apply_bulk(action, ids, {e.id: e.version for e in entries})
@@ -167,13 +183,13 @@ def similar_entries(entry_id: str) -> None:
     try:
         hits = ui.index().similar(entry_id, k=5)
     except Exception as e:  # noqa: BLE001
-        st.error(f"Similarity search is unavailable: {e}")
+        st.error(f"Similarity search is unavailable: {ui.md(e)}")
         return
     if not hits:
         st.caption("Nothing similar.")
     for hit in hits:
         st.text(f"{hit.score:.3f}  {hit.entry.id}  [{hit.entry.status}]\n{ui.short(hit.entry.learning_summary, 160)}")
-        st.button(f"Open {hit.entry.id}", key=f"kb:open-{hit.entry.id}", on_click=ui.open_entry,
+        st.button(f"Open {ui.md(hit.entry.id)}", key=f"kb:open-{hit.entry.id}", on_click=ui.open_entry,
                   args=(hit.entry.id,))
 
 
@@ -184,7 +200,7 @@ def suggested_merges() -> None:
             try:
                 st.session_state["kb:dup-pairs"] = ui.index().near_duplicates(threshold=threshold)
             except Exception as e:  # noqa: BLE001
-                st.error(f"Near-duplicate search is unavailable: {e}")
+                st.error(f"Near-duplicate search is unavailable: {ui.md(e)}")
         pairs = st.session_state.get("kb:dup-pairs")
         if pairs is None:
             return
@@ -198,9 +214,9 @@ def suggested_merges() -> None:
             left, right = st.columns(2)
             for col, entry in ((left, live[a]), (right, live[b])):
                 col.text(f"{entry.id} [{entry.status}]\n{ui.short(entry.learning_summary, 200)}")
-            if left.button(f"Keep {a}, merge {b} into it", key=f"kb:merge-{n}-a"):
+            if left.button(f"Keep {ui.md(a)}, merge {ui.md(b)} into it", key=f"kb:merge-{n}-a"):
                 merge(a, b)
-            if right.button(f"Keep {b}, merge {a} into it", key=f"kb:merge-{n}-b"):
+            if right.button(f"Keep {ui.md(b)}, merge {ui.md(a)} into it", key=f"kb:merge-{n}-b"):
                 merge(b, a)
 
 
@@ -208,7 +224,7 @@ def merge(keep: str, drop: str) -> None:
     try:
         kb.merge(keep, drop, by=ui.user())
     except (ConflictError, EntryNotFound, ValueError) as e:
-        st.error(f"Not merged: {e}")
+        st.error(f"Not merged: {ui.md(e)}")
         return
     st.session_state["kb:flash"] = f"Merged {drop} into {keep}."
     st.rerun()
@@ -227,7 +243,7 @@ def add_entry_form() -> None:
             summary = st.text_area("Learning summary", key="kb:add-summary")
             knowledge = st.text_area("Supplementary knowledge", key="kb:add-knowledge")
             for field, message in problems.items():
-                st.error(f"{field}: {message}")
+                st.error(ui.md(f"{field}: {message}"))
             if not st.form_submit_button("Add entry"):
                 return
         data = {"id": entry_id.strip(), "task": task.strip(), "status": status,
@@ -241,6 +257,8 @@ def add_entry_form() -> None:
         except EntryInvalid as e:
             st.session_state["kb:add-problems"] = dict(e.problems)
         else:
+            for key in ADD_FIELDS:  # a fresh form for the next entry
+                st.session_state.pop(key, None)
             st.session_state.pop("kb:add-problems", None)
             st.session_state["kb:flash"] = f"Added {entry.id}."
             ui.open_entry(entry.id)
@@ -248,7 +266,7 @@ def add_entry_form() -> None:
 
 
 if flash := st.session_state.pop("kb:flash", None):
-    st.success(flash)
+    st.success(ui.md(flash))
 if stats["total"] == 0:
     empty_state_guide()
 else:

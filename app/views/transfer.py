@@ -60,7 +60,7 @@ def import_section() -> None:
         try:
             done = jsonl.import_jsonl(kb, data, on_duplicate=policy, by=ui.user())
         except jsonl.ImportRejected as e:
-            st.error(f"Nothing was imported: {e}")
+            st.error(f"Nothing was imported: {ui.md(e)}")
             return
         st.success(f"Imported: {done.added} added, {done.overwritten} overwritten, "
                    f"{done.skipped} skipped, {done.unchanged} unchanged.")
@@ -77,7 +77,7 @@ def validation_report(report, existing: dict, policy: str) -> None:
         st.dataframe(pd.DataFrame([{"line": p.line, "field": p.field or "", "problem": p.message}
                                    for p in report.problems]), hide_index=True)
     elif existing and policy == "fail":
-        st.warning(f"{len(existing)} ids already exist ({', '.join(list(existing)[:5])}"
+        st.warning(f"{len(existing)} ids already exist ({ui.md(', '.join(list(existing)[:5]))}"
                    f"{' …' if len(existing) > 5 else ''}). Choose skip or replace to import.")
     else:
         st.success("The file is valid.")
