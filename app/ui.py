@@ -35,6 +35,26 @@ def store() -> KBStore:
     return _store(str(home() / "kb.sqlite"))
 
 
+@st.cache_data(show_spinner=False, max_entries=4)
+def _stats(path: str, seq: int) -> dict:
+    return _store(path).stats()
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _facets(path: str, seq: int) -> dict:
+    return _store(path).facets()
+
+
+def stats() -> dict:
+    """store.stats(), recomputed only when the KB changed (its change sequence moved)."""
+    return _stats(str(home() / "kb.sqlite"), store().current_seq())
+
+
+def facets() -> dict:
+    """store.facets() (distinct tasks, concepts, sources), recomputed only when the KB changed."""
+    return _facets(str(home() / "kb.sqlite"), store().current_seq())
+
+
 @st.cache_resource(show_spinner="Loading the embedding index…")
 def _index(path: str):
     from kb.index import KBIndex  # lazy: sentence-transformers is heavy, most pages never need it

@@ -348,7 +348,9 @@ class Knowledge:
     concepts: list[str]
 
 
-HEADING = r"(?:^|\n)[ \t]*(?:#+\s*)?(?:\d+[.)]\s*)?(?:[-*]\s+)?\**\s*{name}\s*\**\s*:?\s*\**[ \t]*:?"
+# A heading: at a line start, optional markdown (#, numbering, bullet, bold), the name, then a
+# colon or the end of the line (so a bullet that merely starts with "Concepts" is not a heading).
+HEADING = r"(?:^|\n)[ \t]*(?:#+\s*)?(?:\d+[.)]\s*)?(?:[-*]\s+)?\**\s*{name}\s*\**\s*(?::\s*\**|(?=\n))"
 SECTIONS = {"summary": "learning\\s+summary", "knowledge": "supplementary\\s+knowledge",
             "concepts": "(?:key\\s+)?concepts"}
 

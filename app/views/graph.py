@@ -33,12 +33,12 @@ def page_html(db: str, seq: int, key: tuple, _shown) -> str:
 
 
 st.title("Graph")
-if kb.stats()["total"] == 0:
+if ui.stats()["total"] == 0:
     st.info("Nothing to draw yet: the knowledge base is empty. Import or add entries on the "
             "**Knowledge base** or **Export / import** pages.")
     st.stop()
 
-facets = kb.facets()
+facets = ui.facets()
 c = st.columns([2, 2, 2, 2])
 status = c[0].multiselect("Status", STATUSES, key="graph:status")
 task = c[1].selectbox("Task", [ANY, *facets["tasks"]], key="graph:task")
@@ -50,7 +50,7 @@ similar = n[3].toggle("Similarity edges", key="graph:similar",
                       help="Dashed edges between entries whose embeddings are close (uses the index).")
 threshold = n[2].slider("Similarity ≥", 0.5, 0.99, 0.85, key="graph:threshold") if similar else None
 
-seq = kb.stats()["seq"]
+seq = ui.stats()["seq"]
 db = str(ui.home())
 g = full_graph(db, seq, tuple(status), None if task == ANY else task,
                None if concept == ANY else concept, threshold)

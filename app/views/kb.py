@@ -18,7 +18,7 @@ ADD_FIELDS = ("kb:add-id", "kb:add-task", "kb:add-title", "kb:add-concepts", "kb
 
 kb = ui.store()
 st.title("Knowledge base")
-stats = kb.stats()
+stats = ui.stats()
 cols = st.columns(4)
 cols[0].metric("Entries", stats["total"])
 for col, status in zip(cols[1:], STATUSES):
@@ -35,7 +35,7 @@ def empty_state_guide() -> None:
 
 
 def filters() -> dict:
-    facets = kb.facets()
+    facets = ui.facets()
     search, mode = st.columns([4, 1])
     text = search.text_input("Search", key="kb:text", placeholder="words in title, summary, "
                              "knowledge, concepts or source question")
@@ -168,7 +168,10 @@ def editor_and_tools(entries: list[Entry], selected: list[str]) -> None:
                                     else []), *ids]))
     if not options:
         return
-    entry_id = st.selectbox("Edit entry", options, key="kb:edit")
+    entry_id = st.selectbox("Edit entry", options, index=None, key="kb:edit",
+                            placeholder="Choose an entry, or select one row in the table")
+    if entry_id is None:
+        return
     left, right = st.columns([3, 2])
     with left:
         ui.entry_editor(kb, entry_id, key="kb-editor")

@@ -17,7 +17,7 @@ st.title("Export / import")
 
 def export_section() -> None:
     st.header("Export")
-    facets = kb.facets()
+    facets = ui.facets()
     left, right = st.columns(2)
     statuses = left.multiselect("Statuses", STATUSES, default=["accepted"], key="x:status",
                                 help="Only accepted knowledge is retrieved for the student.")
