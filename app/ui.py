@@ -326,7 +326,7 @@ def command_preview(argv: list[str]) -> None:
     """Show the equivalent CLI command (the same argv the job will run)."""
     import shlex
     st.caption("Equivalent command")
-    st.code(shlex.join(["nesy", *argv]), language="bash")
+    st.code(shlex.join(["nesy", *argv]), language="bash", wrap_lines=True)
 
 
 def submit_job(argv: list[str], kind: str, name: str | None = None) -> None:

@@ -130,6 +130,11 @@ def bench_kb_page(browser, home: Path, n: int) -> dict:
     try:
         timed_open(page, server.url, re.compile(r"matching entries"))  # warm: imports, caches
         first = timed_open(page, server.url, f"1–50 of {n} matching entries")
+        timed_open(page, server.url + "/jobs", "Jobs")
+        start = time.perf_counter()  # in-app navigation: what a user does most
+        page.locator('[data-testid="stSidebarNav"]').get_by_text("Knowledge base").click()
+        rendered(page, f"1–50 of {n} matching entries")
+        navigate = time.perf_counter() - start
         flip_button = page.get_by_role("button", name="Page 2", exact=True)
         flip_button.wait_for()  # the pager's code loads lazily; time the rerun, not that
         start = time.perf_counter()
@@ -143,7 +148,7 @@ def bench_kb_page(browser, home: Path, n: int) -> dict:
         rendered(page, re.compile(r"^1–(\d+) of \1 matching entries$"))  # one short page
         page.get_by_text("k004242").first.wait_for(state="attached")  # grid cells are a canvas
         search = time.perf_counter() - start
-        return {"open": first, "page flip": flip, "text search": search}
+        return {"open": first, "navigate": navigate, "page flip": flip, "text search": search}
     finally:
         page.close()
         server.stop()
@@ -224,11 +229,13 @@ def bench_job_poll(home: Path, jobs_n: int = 200) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="10k KB and the 500-node graph only")
+    parser.add_argument("--no-graph", action="store_true", help="skip the graph measures")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
     sizes = [10_000] if args.quick else [10_000, 100_000]
     graphs = {500: (475, 5, 20)} if args.quick else {500: (475, 5, 20), 2000: (1900, 20, 80)}
+    graphs = {} if args.no_graph else graphs
     rows = []
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -241,7 +248,8 @@ def main() -> None:
         rows.append(("cold start → KB page rendered (10k)", f"{cold:.2f} s", "< 5 s"))
         for n in sizes:
             r = bench_kb_page(browser, homes[n], n)
-            rows.append((f"KB page open, {n // 1000}k entries", f"{r['open']:.2f} s", "< 1.5 s"))
+            rows.append((f"KB page load (full reload), {n // 1000}k", f"{r['open']:.2f} s", "< 1.5 s"))
+            rows.append((f"KB page via sidebar, {n // 1000}k", f"{r['navigate']:.2f} s", "< 1.5 s"))
             rows.append((f"KB page flip, {n // 1000}k entries", f"{r['page flip']:.2f} s", "< 1.5 s"))
             rows.append((f"KB text search, {n // 1000}k entries", f"{r['text search']:.2f} s", ""))
         for target, (entries, tasks, concepts) in graphs.items():

@@ -39,7 +39,7 @@ def main():
     parser.add_argument("--gguf", default=None)
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="default: half the cores")
     args = parser.parse_args()
     os.environ.setdefault("NESY_HOME", tempfile.mkdtemp(prefix="nesy-bench-"))
     gguf = args.gguf or str(student_gguf_path())

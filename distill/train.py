@@ -32,7 +32,6 @@ import torch
 import typer
 from torch.utils.data import Sampler
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
 from distill import prompts
 from distill.progress import STOPPED_EXIT_CODE, Progress, StopRequested, install_stop_handler, stop_requested
@@ -257,6 +256,16 @@ def _training_args(cfg: TrainConfig, out: Path) -> TrainingArguments:
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
+def last_checkpoint(folder: Path) -> str | None:
+    """The newest complete checkpoint: trainer_state.json is written last, so a checkpoint a kill
+    interrupted mid-save (no state file yet) is skipped in favour of the previous one."""
+    if not folder.is_dir():
+        return None
+    done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").exists()
+            and p.name.split("-")[-1].isdigit()]
+    return str(max(done, key=lambda p: int(p.name.split("-")[-1]))) if done else None
+
+
 def fit_lora(cfg: TrainConfig, samples: list[Sample], out: Path, *, stage: str,
              init_adapter: Path | None = None) -> dict:
     """Train one LoRA stage on samples, save the adapter in `out`, return its metrics.
@@ -278,7 +287,7 @@ def fit_lora(cfg: TrainConfig, samples: list[Sample], out: Path, *, stage: str,
     trainer = _Trainer(model=model, args=_training_args(cfg, out), train_dataset=encoded,
                        data_collator=collator, processing_class=tokenizer, callbacks=[callback])
     trainer.remove_callback(PrinterCallback)  # Progress is the one place that reports
-    last = get_last_checkpoint(str(out / "checkpoints")) if (out / "checkpoints").is_dir() else None
+    last = last_checkpoint(out / "checkpoints")
     started = time.monotonic()
     result = trainer.train(resume_from_checkpoint=last if cfg.resume else None)
     if callback.stopped:

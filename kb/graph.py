@@ -70,6 +70,16 @@ def cap_graph(graph: nx.Graph, max_nodes: int) -> tuple[nx.Graph, str | None]:
     return kept, note
 
 
+# vis-network's defaults (improvedLayout, dynamic smooth edges, 1000 stabilisation rounds) take
+# minutes to settle 2,000 nodes on 2 cores; these settle 500 nodes in ~4 s and 2,000 in ~20 s.
+VIS_OPTIONS = """{
+  "layout": {"improvedLayout": false},
+  "edges": {"smooth": {"type": "continuous"}},
+  "physics": {"stabilization": {"iterations": 200}},
+  "interaction": {"hover": true, "tooltipDelay": 150}
+}"""
+
+
 def render_html(graph: nx.Graph, *, focus: str | None = None, depth: int = 1,
                 max_nodes: int = 2000, height: str = "720px") -> str:
     """A self-contained interactive HTML page (offline) with a legend and tooltips."""
@@ -79,6 +89,7 @@ def render_html(graph: nx.Graph, *, focus: str | None = None, depth: int = 1,
         graph = focus_subgraph(graph, focus, depth)
     graph, note = cap_graph(graph, max_nodes)
     net = Network(height=height, width="100%", cdn_resources="in_line")
+    net.set_options(VIS_OPTIONS)
     for node, data in graph.nodes(data=True):
         net.add_node(node, **_vis_node(data))
     for a, b, data in graph.edges(data=True):

@@ -171,7 +171,7 @@ def _add_knowledge(records_path: Path, kind: str, status: str = "accepted") -> l
 
 
 def test_skintern_stages_shrink_prompts_and_continue_from_previous_adapter(tiny_model, tmp_path):
-    data = write_records(tmp_path / "sk" / "records.jsonl", n=8)
+    data = write_records(tmp_path / "sk" / "records.jsonl", n=6)
     _add_knowledge(data, "example_knowledge")
     # lr 0 keeps each stage's weights equal to what it started from, which exposes the chaining:
     # a fresh LoRA would start from a new random A.
@@ -274,19 +274,19 @@ def _wait_for(predicate, proc, timeout=240):
 
 def test_resume_after_kill_gives_the_same_adapter(tiny_model, gsm8k_records, workspace):
     env = dict(os.environ, NESY_HOME=str(workspace))
-    proc = subprocess.Popen(_train_cmd(tiny_model, gsm8k_records, "killed", 8, 3), cwd=REPO, env=env,
+    proc = subprocess.Popen(_train_cmd(tiny_model, gsm8k_records, "killed", 6, 2), cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = workspace / "adapters" / "killed" / "stages" / "main" / "checkpoints" / "checkpoint-3"
+    ckpt = workspace / "adapters" / "killed" / "stages" / "main" / "checkpoints" / "checkpoint-2"
     reached = _wait_for(lambda: (ckpt / "trainer_state.json").exists(), proc)
     proc.kill()  # SIGKILL: no chance to clean up
     proc.wait()
-    assert reached, "training never wrote checkpoint-3"
+    assert reached, "training never wrote checkpoint-2"
     assert not (workspace / "adapters" / "killed" / "adapter_model.safetensors").exists()
-    resumed = train(tiny_cfg(tiny_model, gsm8k_records, output="killed", max_steps=8, save_steps=3,
+    resumed = train(tiny_cfg(tiny_model, gsm8k_records, output="killed", max_steps=6, save_steps=2,
                              batch_size=2, max_length=96, resume=True))
     card = json.loads((resumed / "card.json").read_text())
-    assert card["stages"]["main"]["resumed_from"] in ("checkpoint-3", "checkpoint-6")
-    straight = train(tiny_cfg(tiny_model, gsm8k_records, output="straight", max_steps=8, save_steps=3,
+    assert card["stages"]["main"]["resumed_from"] in ("checkpoint-2", "checkpoint-4")
+    straight = train(tiny_cfg(tiny_model, gsm8k_records, output="straight", max_steps=6, save_steps=2,
                               batch_size=2, max_length=96))
     a, b = adapter_weights(resumed), adapter_weights(straight)
     assert a.keys() == b.keys()

@@ -99,7 +99,7 @@ def job_detail(job_id: str) -> None:
     st.markdown(f"Status: **{job.status}**{ui.md(reason + code)}")
     if job.resumed_from:
         st.caption(f"Resumes {ui.md(job.resumed_from)}")
-    st.code(job.command_line(), language="bash")
+    st.code(job.command_line(), language="bash", wrap_lines=True)
     progress_bar(job)
     actions(job)
     curves(job)
