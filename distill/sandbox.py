@@ -224,12 +224,16 @@ class _Parser:
 
 
 def parse_eot(text: str) -> list[list]:
-    """EoT text -> [[lhs_tree, rhs_tree], ...]; comments and blank lines skipped; needs `ans`."""
+    """EoT text -> [[lhs_tree, rhs_tree], ...]; needs an `ans = ...` line.
+
+    Lines without '=' (comments after '%', code fences, stray prose) are skipped; every line with
+    '=' must parse under the grammar, or the whole system is rejected.
+    """
     equations = []
     for number, line in enumerate(text.splitlines(), start=1):
-        line = line.split("%", 1)[0].strip().strip("`").strip()
-        if not line:
-            continue
+        line = line.split("%", 1)[0].strip()
+        if not line or "=" not in line:
+            continue  # blank, comment, code fence or prose: never evaluated, so safe to skip
         if line.count("=") != 1:
             raise Rejected(f"line {number}: expected one '=' in {line[:60]!r}")
         lhs, rhs = line.split("=")

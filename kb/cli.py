@@ -161,16 +161,47 @@ def duplicates(threshold: float = typer.Option(0.9, help="Cosine similarity, 0..
 @cli.command()
 @_friendly
 def reindex(rebuild: bool = typer.Option(False, help="Re-embed everything, not just changes.")):
-    """Bring the embedding index up to date with the KB."""
-    from tqdm import tqdm
-
+    """Bring the embedding index up to date with the KB. Stoppable (SIGTERM / Ctrl-C, or Cancel
+    on the Jobs page): what was embedded is kept, and running it again continues from there."""
+    # distill.progress: the CLI is a front-end, so it may use the job machinery kb/ itself avoids
+    from distill.progress import STOPPED_EXIT_CODE, StopRequested, install_stop_handler
     from kb.index import KBIndex
 
+    install_stop_handler()  # a stop before the first batch is a clean stop too
     index = KBIndex(KBStore())
-    with tqdm(desc="embedding", unit="entry") as bar:
-        report = (index.rebuild if rebuild else index.sync)(progress=bar.update)
-    typer.echo(f"embedded {report.embedded}, removed {report.removed}, "
+    reporter = _EmbeddingProgress()
+    try:
+        report = (index.rebuild if rebuild else index.sync)(progress=reporter)
+    except StopRequested:
+        typer.echo(f"stopped after embedding {reporter.done} entries; they are kept, "
+                   f"run `nesy kb reindex` again to continue", err=True)
+        raise typer.Exit(STOPPED_EXIT_CODE) from None
+    finally:
+        reporter.close()
+    resumed = f" ({report.resumed} kept from a stopped run)" if report.resumed else ""
+    typer.echo(f"embedded {report.embedded}{resumed}, removed {report.removed}, "
                f"{report.total} vectors ({report.kind}) in {report.seconds:.1f}s")
+
+
+class _EmbeddingProgress:
+    """KBIndex.sync's progress(done, total) callback: a distill Progress (terminal bar + job
+    metrics), created once the total is known; a pending stop request is raised between batches."""
+
+    def __init__(self):
+        self.bar, self.done = None, 0
+
+    def __call__(self, done: int, total: int) -> None:
+        from distill.progress import Progress
+
+        if self.bar is None:
+            self.bar = Progress(total, desc="embedding", unit="entry", stage="reindex")
+        self.bar.update(done - self.done)
+        self.done = done
+        self.bar.check_stop()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 @cli.command()

@@ -12,8 +12,13 @@ Layout under $NESY_HOME/index:
   faiss.index     a checkpoint of the FAISS index plus faiss.json (kind, the seq it covers);
                   rows newer than the checkpoint are replayed on load, so an edit never rewrites
                   the whole index file.
+  staged          (a table in vectors.sqlite) vectors already embedded by a sync that has not
+                  finished; saved every `stage_every` texts so a stopped or killed sync loses at
+                  most one batch, and the next sync reuses them (same model, same text hash).
 sync() asks the store what changed since the last synced seq, re-embeds only entries whose
 indexed text changed (a status change embeds nothing), and patches FAISS (remove + add by label).
+The vectors table changes in one transaction at the end of a sync, so other processes reading it
+never see half a sync.
 Below `approx_threshold` vectors the index is exact (IDMap2,Flat inner product); at or above it an
 IVF index (inner product over normalised vectors = cosine), which bench/bench_retrieval.py shows
 meets p50 < 5 ms with recall@10 >= 0.95 at 1M.
@@ -78,13 +83,15 @@ class IndexConfig:
     nprobe: int = 32                # IVF lists scanned per query (recall vs latency)
     checkpoint_every: int = 1000    # rewrite faiss.index after this many changed vectors
     batch_size: int = 64
+    stage_every: int = 256          # save embedded vectors after this many (resume unit; progress)
     embedder: str | None = None     # a sentence-transformers folder; default: embedded MiniLM
     auto_sync: bool = True          # search()/similar() first pick up KB changes
 
 
 @dataclass
 class SyncReport:
-    embedded: int = 0   # entries whose text was (re-)embedded
+    embedded: int = 0   # entries whose new vector was written (resumed ones included)
+    resumed: int = 0    # of those, vectors reused from a stopped earlier sync (not re-embedded)
     removed: int = 0    # entries taken out (deleted in the KB)
     seq: int = 0        # KB change seq the index now reflects
     total: int = 0      # vectors in the index
@@ -129,8 +136,11 @@ class KBIndex:
 
     # -- keeping in step with the store -------------------------------------------------------
     @_locked
-    def sync(self, progress: Callable[[int], None] | None = None) -> SyncReport:
-        """Embed what changed in the KB since the last sync; patch FAISS; return what was done."""
+    def sync(self, progress: Callable[[int, int], None] | None = None) -> SyncReport:
+        """Embed what changed in the KB since the last sync; patch FAISS; return what was done.
+        progress(done, total) is called before embedding and after each saved batch; if it
+        raises (a stop request), the batches embedded so far are kept and the next sync
+        continues from there."""
         start = time.perf_counter()
         if self._meta("model") not in (None, self.embedder):
             return self.rebuild(progress)  # vectors from another model cannot be mixed
@@ -140,19 +150,30 @@ class KBIndex:
             return self.rebuild(progress)
         report = SyncReport(seq=seq)
         if seq != synced:
-            report.embedded, report.removed = self._write_vectors(synced, seq, changed, deleted,
-                                                                  progress)
+            report.embedded, report.resumed, report.removed = self._write_vectors(
+                synced, seq, changed, deleted, progress)
         self._catch_up()
         report.total, report.kind = self._faiss.ntotal, self._kind
         report.seconds = time.perf_counter() - start
         return report
 
     @_locked
-    def rebuild(self, progress: Callable[[int], None] | None = None) -> SyncReport:
+    def pending_count(self) -> int:
+        """How many KB entries changed since the last sync, without embedding or loading a model:
+        an upper bound on what the next sync embeds (a status-only change counts here but needs
+        no embedding). Lets a front-end move a large backlog to a background job."""
+        synced = int(self._meta("synced_seq") or 0)
+        if self._meta("model") not in (None, self.embedder) or self.store.current_seq() < synced:
+            return self.store.stats()["total"]  # the next sync rebuilds everything
+        return self.store.count_changed_since(synced)
+
+    @_locked
+    def rebuild(self, progress: Callable[[int, int], None] | None = None) -> SyncReport:
         """Forget every vector and embed the whole KB again (e.g. after changing the model)."""
         with _transaction(self._db):
             self._db.execute("DELETE FROM vectors")
             self._db.execute("DELETE FROM meta")
+            self._db.execute("DELETE FROM staged WHERE model != ?", (self.embedder,))
         (self.path / "faiss.index").unlink(missing_ok=True)
         self._faiss, self._faiss_seq = None, -1
         report = self.sync(progress)
@@ -217,40 +238,70 @@ class KBIndex:
             self._catch_up()
 
     def _write_vectors(self, synced: int, seq: int, changed: list[str], deleted: list[str],
-                       progress) -> tuple[int, int]:
-        """Embed outside any lock, then write in one transaction unless another process already
-        synced past us (then its rows are at least as new as ours)."""
+                       progress) -> tuple[int, int, int]:
+        """Embed (saving batches to `staged`), then write the vectors table in one transaction
+        unless another process already synced past us (then its rows are at least as new).
+        Returns (vectors written, of which resumed from staged, vectors removed)."""
         entries = self.store.get_many(changed)
         texts = {i: indexed_text(e) for i, e in entries.items()}
         hashes = {i: _hash(t) for i, t in texts.items()}
         known = self._known_hashes(list(texts))
         todo = [i for i in texts if known.get(i) != hashes[i]]
-        vectors = self._embed([texts[i] for i in todo], progress)
+        ready = self._staged_vectors({i: hashes[i] for i in todo})
+        fresh = [i for i in todo if i not in ready]
+        ready.update(self._embed_and_stage(fresh, texts, hashes, progress))
         with _transaction(self._db):
             if int(self._meta("synced_seq") or 0) != synced:
-                return 0, 0
+                return 0, 0, 0
             self._db.executemany(
                 "INSERT INTO vectors (entry_id, text_hash, seq, vector) VALUES (?,?,?,?) "
                 "ON CONFLICT(entry_id) DO UPDATE SET text_hash = excluded.text_hash, "
                 "seq = excluded.seq, vector = excluded.vector",
-                [(i, hashes[i], seq, v.tobytes()) for i, v in zip(todo, vectors)])
+                [(i, hashes[i], seq, ready[i]) for i in todo])
+            self._db.executemany("DELETE FROM staged WHERE entry_id = ?", [(i,) for i in todo])
             gone = [i for i in deleted if i not in entries]
             removed = self._db.executemany(
                 "UPDATE vectors SET vector = NULL, text_hash = '', seq = ? "
                 "WHERE entry_id = ? AND vector IS NOT NULL", [(seq, i) for i in gone]).rowcount
             self._set_meta("synced_seq", seq)
             self._set_meta("model", self.embedder)
-        return len(todo), max(removed, 0)
+        return len(todo), len(todo) - len(fresh), max(removed, 0)
 
-    def _embed(self, texts: list[str], progress) -> np.ndarray:
-        chunks = []
-        for start in range(0, len(texts), 1024):
-            batch = texts[start:start + 1024]
-            chunks.append(self.embed(batch))
+    def _embed_and_stage(self, ids: list[str], texts: dict[str, str], hashes: dict[str, str],
+                         progress) -> dict[str, bytes]:
+        """Embed in batches of stage_every, committing each batch to `staged` before reporting
+        progress, so a stop raised by the progress callback keeps everything embedded so far.
+        Returns id -> vector blob."""
+        blobs = {}
+        if progress:
+            progress(0, len(ids))
+        step = self.config.stage_every
+        for start in range(0, len(ids), step):
+            batch = ids[start:start + step]
+            vectors = self.embed([texts[i] for i in batch])
             self.embedded_total += len(batch)
+            blobs.update((i, v.tobytes()) for i, v in zip(batch, vectors))
+            with _transaction(self._db):
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO staged (entry_id, model, text_hash, vector) "
+                    "VALUES (?,?,?,?)", [(i, self.embedder, hashes[i], blobs[i]) for i in batch])
             if progress:
-                progress(len(batch))
-        return np.concatenate(chunks) if chunks else np.zeros((0, DIM), dtype=np.float32)
+                progress(start + len(batch), len(ids))
+        return blobs
+
+    def _staged_vectors(self, wanted: dict[str, str]) -> dict[str, bytes]:
+        """Staged vectors of these ids whose model and text hash still match (id -> blob)."""
+        found = {}
+        ids = list(wanted)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for entry_id, text_hash, blob in self._db.execute(
+                    f"SELECT entry_id, text_hash, vector FROM staged WHERE model = ? "
+                    f"AND entry_id IN ({marks})", [self.embedder, *chunk]):
+                if wanted[entry_id] == text_hash:
+                    found[entry_id] = blob
+        return found
 
     def _known_hashes(self, ids: list[str]) -> dict[str, str]:
         known = {}
@@ -407,6 +458,9 @@ def _open_vectors(path: Path) -> sqlite3.Connection:
             label INTEGER PRIMARY KEY, entry_id TEXT NOT NULL UNIQUE, text_hash TEXT NOT NULL,
             seq INTEGER NOT NULL, vector BLOB);
         CREATE INDEX IF NOT EXISTS vectors_seq ON vectors(seq);
+        CREATE TABLE IF NOT EXISTS staged (
+            entry_id TEXT PRIMARY KEY, model TEXT NOT NULL, text_hash TEXT NOT NULL,
+            vector BLOB NOT NULL);
         CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
     """)
     return db

@@ -149,10 +149,17 @@ class KBStore:
             return self._create(con, entry, by, row, action="create")
 
     def upsert(self, entry: Entry, by: str) -> Entry:
-        """Create, or replace the content of an existing entry (re-runs of generated knowledge)."""
+        """Create, or refresh the content of knowledge that `by` generated (re-runs of a teacher
+        job). Human curation wins: when the stored entry was last changed by someone other than
+        `by` (edited, merged, deleted) or is no longer pending (accepted / rejected), nothing is
+        written and the stored entry is returned as it is (for a deleted one, its last state)."""
         with self._write() as con:
             row = self._row(con, entry.id)
-            if row is None or row.deleted:
+            if row is None:
+                return self._create(con, entry, by, row, action="create")
+            if row.entry.updated_by != by or row.entry.status != "pending":
+                return row.entry
+            if row.deleted:  # deleted by this same generator: a re-run brings it back
                 return self._create(con, entry, by, row, action="create")
             return self._change(con, row, entry.content(), by, action="update")
 
@@ -193,9 +200,12 @@ class KBStore:
                 _check_version(row, expected_version)
             self._retire(con, row, by, action="delete", changes={"deleted": [False, True]})
 
-    def set_status(self, ids: list[str], status: str, by: str) -> int:
+    def set_status(self, ids: list[str], status: str, by: str,
+                   expected_versions: dict[str, int] | None = None) -> int:
         """Set the status of many entries in one transaction; returns how many changed.
-        An unknown id refuses the whole batch."""
+        An unknown id refuses the whole batch. expected_versions (id -> the version the reviewer
+        saw) refuses the whole batch with ConflictError when any of those entries moved on;
+        ids absent from it are not checked."""
         if status not in STATUSES:
             raise ValueError(f"status must be one of {', '.join(STATUSES)} (got {status!r})")
         with self._write() as con:
@@ -203,6 +213,9 @@ class KBStore:
             missing = [i for i, r in zip(ids, rows) if r is None or r.deleted]
             if missing:
                 raise EntryNotFound(missing[0] if len(missing) == 1 else missing)
+            for row in rows:
+                if expected_versions and row.entry.id in expected_versions:
+                    _check_version(row, expected_versions[row.entry.id])
             changed = [r for r in rows if r.entry.status != status]
             for row in changed:
                 self._change(con, row, {"status": status}, by, action="status")
@@ -237,7 +250,8 @@ class KBStore:
     def merge(self, keep_id: str, drop_id: str, by: str,
               expected_versions: tuple[int, int] | None = None) -> Entry:
         """Fold drop into keep: concepts and links unioned, drop marked deleted with a 'merge'
-        revision pointing at keep; history(keep) then includes drop's revisions."""
+        revision pointing at keep; history(keep) then includes drop's revisions. Other entries
+        linking to drop are re-pointed to keep (one 'update' revision each), so no link dangles."""
         if keep_id == drop_id:
             raise ValueError("cannot merge an entry with itself")
         with self._write() as con:
@@ -253,7 +267,22 @@ class KBStore:
                                   force=True)
             self._retire(con, drop, by, action="merge",
                          changes={"deleted": [False, True], "merged_into": [None, keep_id]})
+            self._relink(con, drop_id, keep_id, by)
             return merged
+
+    def _relink(self, con, old_id: str, new_id: str, by: str) -> None:
+        """Replace old_id by new_id in the links of every live entry (a merge's follow-up).
+        instr() on the stored JSON narrows the scan; the exact check is on the parsed links."""
+        needle = json.dumps(old_id, ensure_ascii=False)
+        for pk, data in con.execute("SELECT pk, data FROM entries WHERE deleted = 0 "
+                                    "AND instr(data, ?) > 0", (needle,)).fetchall():
+            entry = Entry.model_validate_json(data)
+            if old_id not in entry.links:
+                continue
+            links = _union([new_id if i == old_id else i for i in entry.links], [])
+            self._change(con, _Row(pk, entry, False),
+                         {"links": [i for i in links if i != entry.id]}, by, action="update",
+                         extra={"relinked": [old_id, new_id]})
 
     # -- queries -----------------------------------------------------------------------------
     def query(self, *, status=None, task=None, concept=None, text=None, source_kind=None,
@@ -312,6 +341,10 @@ class KBStore:
 
     def current_seq(self) -> int:
         return self._con.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()[0]
+
+    def count_changed_since(self, seq: int) -> int:
+        """How many entries (deleted ones included) were written after seq; an index lookup."""
+        return self._con.execute("SELECT COUNT(*) FROM entries WHERE seq > ?", (seq,)).fetchone()[0]
 
     def changes_since(self, seq: int) -> tuple[int, list[str], list[str]]:
         """(current seq, ids created/changed after seq, ids deleted after seq)."""

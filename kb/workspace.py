@@ -6,7 +6,9 @@ Layout (one place so every module agrees):
   index/           the FAISS index and its id map
   models/          converted / assembled models (student HF folder, teacher GGUF)
   datasets/<name>/ teacher rationale datasets (records.jsonl + raw teacher I/O)
-  cache/           the persistent teacher cache
+  cache/           the persistent teacher cache (teacher.sqlite: every real call logged)
+  teacher/         the shared local llama.cpp teacher server (server.json, its log)
+  teach/knowledge/<run>/raw.jsonl   raw teacher I/O of knowledge jobs
   jobs/<id>/       one folder per job: config.json, log.txt, metrics.jsonl
   adapters/<name>/ trained LoRA adapters with their card
   evals/<name>/    evaluation reports (results.json + samples.jsonl)

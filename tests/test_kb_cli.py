@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -90,3 +92,32 @@ def test_search_syncs_and_finds(tmp_path):
     result = nesy("search", "How hot must water get before it boils?", "--k", "1")
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\t")[1] == "boil"
+
+
+@pytest.mark.slow  # two fresh processes load torch + MiniLM and embed 600 entries
+def test_reindex_reports_progress_stops_cleanly_and_resumes(tmp_path):
+    from kb.schema import entry_from_json
+    from kb.store import KBStore
+
+    KBStore().import_entries([entry_from_json(line(f"e{i:03d}", learning_summary=f"fact {i}"))
+                              for i in range(600)], by="test")
+    metrics = tmp_path / "metrics.jsonl"
+    env = {**os.environ, "NESY_JOB_DIR": str(tmp_path)}
+    job = subprocess.Popen([sys.executable, "-m", "distill.cli", "kb", "reindex"], cwd=REPO,
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not metrics.exists() and time.monotonic() < deadline:  # progress(0, total) is out
+        time.sleep(0.05)
+    job.send_signal(signal.SIGTERM)
+    _, err = job.communicate(timeout=240)
+    assert job.returncode == 3, err[-2000:]
+    assert "stopped after embedding 256 entries" in err
+    first = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert (first[0]["step"], first[0]["total"], first[0]["stage"]) == (0, 600, "reindex")
+
+    result = subprocess.run([sys.executable, "-m", "distill.cli", "kb", "reindex"], cwd=REPO,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "embedded 600 (256 kept from a stopped run)" in result.stdout
+    last = json.loads(metrics.read_text().splitlines()[-1])
+    assert (last["step"], last["total"]) == (344, 344)

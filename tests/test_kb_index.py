@@ -73,6 +73,48 @@ def test_sync_embeds_only_what_changed(store):
     assert hits[0].entry.id == "f07"
 
 
+def test_pending_count_reports_the_backlog_without_embedding(store):
+    for i in range(30):
+        store.add(filler(i), by="t")
+    index = KBIndex(store)
+    assert index.pending_count() == 30 and index.embedded_total == 0
+    index.sync()
+    assert index.pending_count() == 0
+    store.update("f07", {"learning_summary": "Edited."}, 1, by="t")
+    store.delete("f08", None, by="t")
+    assert index.pending_count() == 2
+    assert KBIndex(store, config=IndexConfig(embedder="other-model")).pending_count() == 29
+
+
+class Stop(Exception):
+    """What a progress callback raises when the user asks to stop (e.g. StopRequested)."""
+
+
+def test_stopped_sync_keeps_embedded_batches_and_the_next_sync_resumes(store):
+    for i in range(20):
+        store.add(filler(i), by="t")
+    config = IndexConfig(stage_every=8)
+    calls = []
+
+    def stop_after_first_batch(done, total):
+        calls.append((done, total))
+        if done >= 8:
+            raise Stop
+
+    with pytest.raises(Stop):
+        KBIndex(store, config=config).sync(progress=stop_after_first_batch)
+    assert calls == [(0, 20), (8, 20)]
+    store.update("f00", {"learning_summary": "Changed while stopped."}, 1, by="t")
+
+    resumed, calls = KBIndex(store, config=config), []
+    report = resumed.sync(progress=lambda done, total: calls.append((done, total)))
+    assert (report.embedded, report.resumed, report.total) == (20, 7, 20)
+    assert resumed.embedded_total == 13  # f00's staged vector is stale: embedded again
+    assert calls == [(0, 13), (8, 13), (13, 13)]
+    assert resumed.search("Changed while stopped.", k=1, statuses=None)[0].entry.id == "f00"
+    assert resumed.search(filler(3).learning_summary, k=1, statuses=None)[0].entry.id == "f03"
+
+
 def test_index_persists_and_reloads_without_re_embedding(store, workspace):
     for entry_id in ("speed", "boiling", "primes"):
         store.add(topic_entry(entry_id), by="t")

@@ -154,6 +154,21 @@ def test_bulk_status_is_one_transaction(store):
     assert store.set_status(["e0", "e1"], "accepted", by="bob") == 0  # already accepted
 
 
+def test_bulk_status_with_stale_version_refuses_the_whole_batch(store):
+    for i in range(3):
+        store.add(make(f"e{i}"), by="ann")
+    store.update("e2", {"title": "edited meanwhile"}, 1, by="bob")  # e2 is now version 2
+    shown = {"e0": 1, "e1": 1, "e2": 1}
+    with pytest.raises(ConflictError) as err:
+        store.set_status(["e0", "e1", "e2"], "accepted", by="cat", expected_versions=shown)
+    assert err.value.entry_id == "e2" and err.value.current.version == 2
+    assert store.query(status="accepted").total == 0  # e0 / e1 untouched too
+    assert [r.action for r in store.history("e0")] == ["create"]
+    assert store.set_status(["e0", "e1", "e2"], "accepted", by="cat",
+                            expected_versions={**shown, "e2": 2}) == 3
+    assert store.set_status(["e0"], "rejected", by="cat", expected_versions={}) == 1  # unchecked
+
+
 def test_query_filters_sort_paging_and_text(store):
     store.add(make("c1", task="bbh", concepts=["Percentages"], status="accepted",
                    learning_summary="Convert the percentage to a fraction first"), by="a")
@@ -214,12 +229,47 @@ def test_merge_keeps_both_histories(store):
         store.merge("keep", "keep", by="cat")
 
 
+def test_merge_repoints_links_of_other_entries(store):
+    store.add(make("kept"), by="ann")
+    store.add(make("dröp"), by="ann")
+    store.add(make("x", links=["dröp", "y"]), by="ann")
+    store.add(make("both", links=["kept", "dröp"]), by="ann")
+    store.add(make("mentions", concepts=["dröp"]), by="ann")
+    store.merge("kept", "dröp", by="cat")
+    assert store.get("x").links == ["kept", "y"]
+    assert store.get("both").links == ["kept"]  # no duplicate link
+    last = store.history("x")[-1]
+    assert (last.action, last.by) == ("update", "cat")
+    assert last.changes["links"] == [["dröp", "y"], ["kept", "y"]]
+    assert last.changes["relinked"] == ["dröp", "kept"]
+    assert store.get("mentions").version == 1  # a concept named like the id is not a link
+
+
 def test_upsert_creates_then_updates_without_duplicating(store):
     store.upsert(make("g", learning_summary="v1"), by="teacher")
     store.upsert(make("g", learning_summary="v1"), by="teacher")  # identical: no new revision
     store.upsert(make("g", learning_summary="v2"), by="teacher")
     assert store.get("g").learning_summary == "v2"
     assert [r.action for r in store.history("g")] == ["create", "update"]
+
+
+def test_upsert_never_reverts_human_curation(store):
+    for entry_id in ("edited", "accepted", "deleted", "untouched"):
+        store.upsert(make(entry_id, learning_summary="generated v1"), by="teacher:m")
+    store.update("edited", {"learning_summary": "fixed by a person"}, 1, by="ann")
+    store.set_status(["accepted"], "accepted", by="ann")
+    store.delete("deleted", None, by="ann")
+
+    rerun = {i: store.upsert(make(i, learning_summary="generated v2"), by="teacher:m")
+             for i in ("edited", "accepted", "deleted", "untouched")}
+    assert store.get("edited").learning_summary == "fixed by a person"
+    assert rerun["edited"] == store.get("edited")  # the stored entry comes back as it is
+    accepted = store.get("accepted")
+    assert (accepted.learning_summary, accepted.status) == ("generated v1", "accepted")
+    with pytest.raises(EntryNotFound):
+        store.get("deleted")  # a person's delete stands
+    assert store.get("untouched").learning_summary == "generated v2"  # still refreshed
+    assert [r.action for r in store.history("edited")] == ["create", "update"]
 
 
 def test_query_stays_fast_at_scale(store):

@@ -59,6 +59,8 @@ def test_eot_grammar_details():
     assert not solve_eot("ans = y").ok                           # underdetermined
     assert "no 'ans" in solve_eot("a = 1").error
     assert parse_eot("ans = 3x") == [[["var", "ans"], ["mul", ["num", "3"], ["var", "x"]]]]
+    fenced = "```text\n% the cost\ncost = 4\nSo we get:\nans = cost * 2\n```"
+    assert solve_eot(fenced).value == 8
 
 
 def test_pot_failures_are_reported_not_raised():
