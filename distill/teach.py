@@ -297,6 +297,35 @@ def generate_rationales(client: TeacherClient, examples: list[Example], thoughts
                              "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens})
 
 
+GOLD_TEACHER = "gold"
+CALCULATOR_NOTE = re.compile(r"<<[^>]*>>")  # GSM8K's calculator annotations, e.g. <<48/2=24>>
+
+
+def gold_rationales(examples: list[Example], out: str) -> RationaleSummary:
+    """CoT records from the dataset's own human-written rationales (GSM8K, StrategyQA, AGIEval).
+
+    A free, instant stand-in for a teacher: useful as a baseline and on machines where the local
+    teacher is too slow. Each record goes through the same verification as a teacher's.
+    """
+    records_path = rationale_dir(out) / "records.jsonl"
+    records_path.write_text("")
+    kept = 0
+    for ex in examples:
+        if not ex.rationale:
+            continue
+        text = f"{CALCULATOR_NOTE.sub('', ex.rationale).strip()}\nTherefore, the answer is {ex.answer}."
+        verdict = verify(text, ex, "cot", get_dataset(ex.dataset).answer_type_for(ex.task))
+        if verdict.correct:
+            kept += 1
+            record = RationaleRecord(
+                id=f"{ex.id}-cot-gold", example_id=ex.id, dataset=ex.dataset, task=ex.task,
+                question=ex.question, answer=ex.answer, thought="cot", rationale=verdict.rationale,
+                extracted=verdict.extracted, choices=ex.choices, teacher_model=GOLD_TEACHER)
+            with open(records_path, "a", encoding="utf-8") as f:
+                f.write(record.to_json() + "\n")
+    return RationaleSummary(records_path, len(examples), kept, {"cot": kept}, 0, {"requests": 0})
+
+
 # ---------------------------------------------------------------- knowledge
 
 KNOWLEDGE_SYSTEM = (
@@ -492,7 +521,8 @@ cli = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=N
                   help="Teacher jobs: verified rationales (CoT/PoT/EoT) and KB knowledge.")
 
 
-TEACHER_HELP = "'local' (the packaged llama.cpp teacher) or the base URL of an OpenAI-compatible server"
+TEACHER_HELP = ("'local' (the packaged llama.cpp teacher), the base URL of an OpenAI-compatible server, "
+                "or 'gold' (rationales only: the dataset's own human-written CoT, no teacher calls)")
 MODEL_HELP = "local: a GGUF path or packaged teacher name; URL: the model name"
 
 
@@ -529,6 +559,14 @@ def rationales_cmd(
         rationale_dir(name)
     except DatasetError as e:
         _fail(str(e))
+    if teacher == GOLD_TEACHER:
+        if chosen != ["cot"]:
+            _fail("--teacher gold gives CoT rationales only (use --thoughts cot)")
+        summary = gold_rationales(examples, name)
+        if not summary.kept:
+            _fail(f"{dataset} {split} has no rationales to use with --teacher gold")
+        typer.echo(f"kept {summary.kept} verified of {summary.calls} gold rationales -> {summary.out}")
+        return
     client = make_client(teacher, model, api_key_env, concurrency, temperature, max_tokens, timeout,
                          max_retries)
     try:

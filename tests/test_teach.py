@@ -307,3 +307,23 @@ def test_unreachable_teacher_fails_with_one_line(tmp_path, workspace):
     assert (workspace / "datasets" / "gsm8k-train" / "records.jsonl").read_text() == ""
     out = CliRunner().invoke(app, ["teach", "rationales", "--dataset", "gsm8k", "--model", "nope-model"])
     assert out.exit_code == 2 and "--model must be a GGUF file" in out.output
+
+
+def test_gold_teacher_turns_dataset_rationales_into_verified_cot_records(workspace):
+    out = subprocess.run([sys.executable, "-m", "distill.cli", "teach", "rationales", "--dataset", "gsm8k",
+                          "--split", "train", "--limit", "20", "--teacher", "gold", "--out", "g"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    records = load_rationales("g")
+    assert len(records) == 20
+    for record in records:
+        assert "<<" not in record.rationale  # calculator annotations are stripped
+        assert record.rationale.endswith(f"Therefore, the answer is {record.answer}.")
+        assert record.teacher_model == "gold" and record.verified
+
+
+def test_gold_teacher_refuses_a_dataset_without_rationales(workspace):
+    out = subprocess.run([sys.executable, "-m", "distill.cli", "teach", "rationales", "--dataset", "arc_easy",
+                          "--split", "train", "--limit", "5", "--teacher", "gold"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "has no rationales" in out.stderr
