@@ -2,12 +2,14 @@
 
 Scale (synthetic 384-d unit vectors drawn around cluster centres, like sentence embeddings):
 for each --sizes N, top-10 latency per single query (p50/p95, one query at a time as the app
-asks) and recall@10 against exact inner-product search.
+asks) and recall@10 against exact inner-product search. "ours" searches as KBIndex does
+(kb.index.search_one: one OpenMP thread); "omp" is the same index searched with all threads.
+--lists and --nprobe sweep the IVF shape (lists per sqrt(N); lists scanned, 0 = shipped rule).
 Quality (real): --real-n GSM8K training questions embedded with the embedded MiniLM; the shipped
 index is forced to IVF (threshold lowered) and its recall@10 vs flat measured on held-out questions.
 
     .venv/bin/python bench/bench_retrieval.py --sizes 100000,1000000     # full run
-    .venv/bin/python bench/bench_retrieval.py --sizes 1000000 --nprobe 32,16,64  # trade-off
+    .venv/bin/python bench/bench_retrieval.py --sizes 100000 --lists 2,4 --nprobe 0,32,64  # sweep
     .venv/bin/python bench/bench_retrieval.py --sizes 20000 --real-n 0    # quick run
 """
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from kb.index import DIM, IndexConfig, build_faiss, ivf_lists  # noqa: E402
+from kb.index import DIM, IndexConfig, build_faiss, ivf_lists, search_one  # noqa: E402
 
 
 def clustered_vectors(n: int, rng: np.random.Generator, clusters: int = 4096,
@@ -42,11 +44,12 @@ def clustered_vectors(n: int, rng: np.random.Generator, clusters: int = 4096,
     return out
 
 
-def latencies_ms(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def latencies_ms(index, queries: np.ndarray, k: int, search=search_one
+                 ) -> tuple[np.ndarray, np.ndarray]:
     times, found = [], []
     for q in queries:
         start = time.perf_counter()
-        _, labels = index.search(q.reshape(1, -1), k)
+        _, labels = search(index, q.reshape(1, -1), k)
         times.append((time.perf_counter() - start) * 1000)
         found.append(labels[0])
     return np.array(times), np.array(found)
@@ -56,9 +59,14 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
 
 
+def all_threads(index, vectors: np.ndarray, k: int):
+    return index.search(vectors, k)
+
+
 def compare(base: np.ndarray, queries: np.ndarray, config: IndexConfig, k: int,
             flat_latency_queries: int, nprobes: list[int]) -> list[dict]:
-    """Build the shipped index once, then measure it at each nprobe against exact search."""
+    """Build the index KBIndex would build once, then measure it at each nprobe (0 = the one it
+    ships) against exact search."""
     labels = np.arange(len(base), dtype=np.int64)
     start = time.perf_counter()
     ours, kind = build_faiss(base, labels, config)
@@ -67,29 +75,37 @@ def compare(base: np.ndarray, queries: np.ndarray, config: IndexConfig, k: int,
     flat.add(base)
     _, truth = flat.search(queries, k)  # batched exact ground truth
     flat_ms, _ = latencies_ms(flat, queries[:flat_latency_queries], k)
+    shipped = ours.nprobe if kind == "ivf" else 0
     results = []
     for nprobe in nprobes if kind == "ivf" else [0]:
-        if nprobe:
-            ours.nprobe = nprobe
+        if kind == "ivf":
+            ours.nprobe = nprobe or shipped
         our_ms, found = latencies_ms(ours, queries, k)
-        results.append({"kind": kind, "nprobe": nprobe, "build_s": build_s,
+        omp_ms, _ = latencies_ms(ours, queries, k, search=all_threads)
+        results.append({"kind": kind, "nlist": getattr(ours, "nlist", 0),
+                        "nprobe": ours.nprobe if kind == "ivf" else 0, "build_s": build_s,
                         "recall": recall_at_k(found, truth), "p50": np.percentile(our_ms, 50),
-                        "p95": np.percentile(our_ms, 95), "flat_p50": np.percentile(flat_ms, 50)})
+                        "p95": np.percentile(our_ms, 95), "omp_p50": np.percentile(omp_ms, 50),
+                        "flat_p50": np.percentile(flat_ms, 50)})
     return results
 
 
-def scale_run(sizes: list[int], n_queries: int, k: int, config: IndexConfig,
+def scale_run(sizes: list[int], n_queries: int, k: int, configs: list[IndexConfig],
               nprobes: list[int]) -> None:
     rng = np.random.default_rng(0)
-    print(f"threads={faiss.omp_get_max_threads()} approx_threshold={config.approx_threshold} "
-          f"shipped nprobe={config.nprobe}")
+    print(f"threads={faiss.omp_get_max_threads()} approx_threshold={configs[0].approx_threshold} "
+          f"shipped: {configs[0].lists_per_sqrt_n:g}*sqrt(N) lists, nprobe "
+          f"{configs[0].nprobe or f'{configs[0].probe_factor:g}*sqrt(lists)'}")
     for n in sizes:
         vectors = clustered_vectors(n + n_queries, rng)
         base, queries = vectors[:n], vectors[n:]
-        for r in compare(base, queries, config, k, min(n_queries, 30), nprobes):
-            print(f"N={n:>9,}  ours={r['kind']}(nprobe {r['nprobe']:>3}) build {r['build_s']:6.1f}s  "
-                  f"p50 {r['p50']:6.2f} ms  p95 {r['p95']:6.2f} ms  recall@{k} {r['recall']:.3f}  | "
-                  f"flat p50 {r['flat_p50']:7.2f} ms  -> {r['flat_p50'] / r['p50']:5.1f}x faster")
+        for config in configs:
+            for r in compare(base, queries, config, k, min(n_queries, 30), nprobes):
+                print(f"N={n:>9,}  ours={r['kind']}(nlist {r['nlist']:>5}, nprobe {r['nprobe']:>3}) "
+                      f"build {r['build_s']:6.1f}s  p50 {r['p50']:6.2f} ms  p95 {r['p95']:6.2f} ms  "
+                      f"recall@{k} {r['recall']:.3f}  | omp p50 {r['omp_p50']:6.2f} ms "
+                      f"({r['omp_p50'] / r['p50']:4.2f}x ours)  | flat p50 {r['flat_p50']:7.2f} ms "
+                      f"-> {r['flat_p50'] / r['p50']:5.1f}x faster", flush=True)
         del vectors, base, queries
 
 
@@ -103,10 +119,11 @@ def real_run(n: int, k: int, config: IndexConfig) -> None:
     embed_s = time.perf_counter() - start
     held_out = max(20, len(questions) // 10)
     base, queries = vectors[held_out:], vectors[:held_out]
-    forced = IndexConfig(approx_threshold=1, nprobe=config.nprobe)  # force IVF at small N
-    r = compare(base, queries, forced, k, held_out, [config.nprobe])[0]
+    forced = IndexConfig(**{**config.__dict__, "approx_threshold": 1})  # IVF at small N
+    r = compare(base, queries, forced, k, held_out, [0])[0]
     print(f"real MiniLM, {len(base)} GSM8K questions ({len(questions) / embed_s:.0f} texts/s "
-          f"embedded): {r['kind']}(nlist {ivf_lists(len(base))}, nprobe {r['nprobe']}) "
+          f"embedded): {r['kind']}(nlist {ivf_lists(len(base), config.lists_per_sqrt_n)}, "
+          f"nprobe {r['nprobe']}) "
           f"recall@{k} {r['recall']:.3f}, p50 {r['p50']:.2f} ms vs flat {r['flat_p50']:.2f} ms")
 
 
@@ -116,15 +133,17 @@ def main() -> None:
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--nprobe", default=str(IndexConfig().nprobe),
-                        help="comma list: the shipped default first, others for the trade-off")
+    parser.add_argument("--nprobe", default="0",
+                        help="comma list of lists scanned per query; 0 = the shipped rule")
+    parser.add_argument("--lists", default=str(IndexConfig().lists_per_sqrt_n),
+                        help="comma list of IVF lists per sqrt(N); the first is the shipped one")
     parser.add_argument("--real-n", type=int, default=2000, help="0 skips the real-embedding run")
     args = parser.parse_args()
     nprobes = [int(p) for p in args.nprobe.split(",")]
-    config = IndexConfig(nprobe=nprobes[0])
-    scale_run([int(s) for s in args.sizes.split(",") if s], args.queries, args.k, config, nprobes)
+    configs = [IndexConfig(lists_per_sqrt_n=float(c)) for c in args.lists.split(",")]
+    scale_run([int(s) for s in args.sizes.split(",") if s], args.queries, args.k, configs, nprobes)
     if args.real_n:
-        real_run(args.real_n, args.k, config)
+        real_run(args.real_n, args.k, configs[0])
 
 
 if __name__ == "__main__":

@@ -80,7 +80,9 @@ def indexed_text(entry: Entry) -> str:
 @dataclass
 class IndexConfig:
     approx_threshold: int = 50_000  # exact search below this many vectors, IVF at or above
-    nprobe: int = 32                # IVF lists scanned per query (recall vs latency)
+    lists_per_sqrt_n: float = 4.0   # IVF lists = this * sqrt(vectors) (bench_retrieval.py)
+    nprobe: int | None = None       # IVF lists scanned per query; None: probe_factor*sqrt(lists)
+    probe_factor: float = 1.0       # recall vs latency (bench_retrieval.py)
     checkpoint_every: int = 1000    # rewrite faiss.index after this many changed vectors
     batch_size: int = 64
     stage_every: int = 256          # save embedded vectors after this many (resume unit; progress)
@@ -390,6 +392,9 @@ class KBIndex:
             return False
         self._faiss = faiss.read_index(str(index_file))
         self._faiss_seq, self._kind = state["seq"], state["kind"]
+        if self._kind == "ivf":  # the file keeps the nprobe it was built with; use today's config
+            ivf = faiss.extract_index_ivf(self._faiss)
+            ivf.nprobe = ivf_nprobe(ivf.nlist, self.config)
         return True
 
     def _search_vector(self, vector: np.ndarray, k: int, statuses, task, exclude) -> list[Hit]:
@@ -398,7 +403,7 @@ class KBIndex:
         wanted = set(statuses) if statuses else None
         fetch = min(total, max(4 * k + 1, 16))
         while fetch:
-            scores, labels = self._faiss.search(vector, fetch)
+            scores, labels = search_one(self._faiss, vector, fetch)
             hits = self._hits(scores[0], labels[0], wanted, task, exclude)
             if len(hits) >= k or fetch >= total:
                 return hits[:k]
@@ -431,22 +436,42 @@ def build_faiss(vectors: np.ndarray, labels: np.ndarray, config: IndexConfig):
         index = faiss.index_factory(dim, "IDMap2,Flat", faiss.METRIC_INNER_PRODUCT)
         kind = "flat"
     else:
-        nlist = ivf_lists(n)
+        nlist = ivf_lists(n, config.lists_per_sqrt_n)
         index = faiss.index_factory(dim, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
         # k-means on a sample: 64 points per list is plenty for stable centroids, and training
         # on all of 1M vectors would take minutes on 2 cores.
         sample = np.random.default_rng(0).choice(n, size=min(n, 64 * nlist), replace=False)
         index.train(vectors[np.sort(sample)])
-        index.nprobe = config.nprobe
+        index.nprobe = ivf_nprobe(nlist, config)
         kind = "ivf"
     if n:
         index.add_with_ids(vectors, labels)
     return index, kind
 
 
-def ivf_lists(n: int) -> int:
-    """Number of IVF lists: ~2*sqrt(n) keeps both the centroid scan and the list scans small."""
-    return int(max(16, min(16384, 2 * math.sqrt(n))))
+def ivf_lists(n: int, per_sqrt_n: float = IndexConfig.lists_per_sqrt_n) -> int:
+    """Number of IVF lists: c*sqrt(n) keeps both the centroid scan and the list scans small."""
+    return int(max(16, min(16384, per_sqrt_n * math.sqrt(n))))
+
+
+def ivf_nprobe(nlist: int, config: IndexConfig) -> int:
+    """Lists scanned per query, growing with sqrt(lists): more lists split a topic's neighbours
+    over more of them (recall would fall with a fixed nprobe), while a fixed share of the lists
+    would make the scan grow linearly with the KB. Vectors scanned ~ n^0.75."""
+    if config.nprobe:
+        return min(nlist, config.nprobe)
+    return max(1, min(nlist, round(config.probe_factor * math.sqrt(nlist))))
+
+
+def search_one(index, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """FAISS search for one query on one OpenMP thread: for a single query, extra threads only
+    add wake-up and contention on busy cores (bench/bench_retrieval.py measures both)."""
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        return index.search(vector, k)
+    finally:
+        faiss.omp_set_num_threads(threads)
 
 
 def _open_vectors(path: Path) -> sqlite3.Connection:

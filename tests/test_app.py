@@ -178,6 +178,44 @@ def test_bulk_accept_and_delete_need_confirmation():
     assert kb.stats()["total"] == 1 and kb.get("e050")
 
 
+def test_bulk_accept_refuses_all_when_an_entry_changed_after_selection():
+    kb = seed(3)
+    at = run()
+    at.checkbox(key="kb:all").check().run()
+    at.button(key="kb:accept").click().run()
+    kb.update("e001", {"title": "Bob's fix"}, expected_version=1, by="bob")  # meanwhile
+    at.button(key="kb:bulk-yes").click().run()
+    assert kb.stats()["by_status"]["accepted"] == 0  # not even the two unchanged ones
+    assert "Nothing was accepted: e001 was changed by bob after you selected it" in texts(at)
+    at.checkbox(key="kb:all").check().run()  # the refreshed list: the new version is selected
+    at.button(key="kb:accept").click().run()
+    at.button(key="kb:bulk-yes").click().run()
+    assert kb.stats()["by_status"]["accepted"] == 3
+
+
+@pytest.mark.slow  # the reindex job loads MiniLM in its own process
+def test_semantic_search_with_a_large_backlog_offers_a_job_instead_of_embedding():
+    from kb.index import KBIndex
+
+    kb = KBStore()
+    kb.import_entries([entry(i) for i in range(250)], by="seed")
+    at = run()
+    at.radio(key="kb:mode").set_value("Semantic").run()
+    at.text_input(key="kb:text").set_value("fractions").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "250 entries changed since the index was last updated" in texts(at)
+    assert at.checkbox(key="kb:embed-here").value is False
+    assert KBIndex(kb).pending_count() == 250  # nothing was embedded by the page
+    at.button(key="kb:reindex").click().run()
+    [job] = jobs.list_jobs()
+    assert job.argv == ["kb", "reindex"]
+    assert jobs.wait(job.id, timeout=300).status == "succeeded", jobs.log_tail(job.id)
+    assert KBIndex(kb).pending_count() == 0
+    at.text_input(key="kb:text").set_value("fraction part of a whole").run()
+    assert "changed since the index was last updated" not in texts(at)
+    assert len(at.dataframe[0].value) == 25  # the search ran: the default 25 results
+
+
 # -------------------------------------------------------------------------------- Jobs page
 
 def test_jobs_page_empty_state_and_selftest_launch():

@@ -322,7 +322,7 @@ def test_real_student_smoke(method, tmp_path):
     if method == "skintern":
         _add_knowledge(data, "example_knowledge")
     cfg = TrainConfig(method=method, data=str(data), output=f"real-{method}", max_steps=2, batch_size=2,
-                      max_length=128, lora_r=8, lora_alpha=16, skintern_stages=2, skintern_demos=1)
+                      max_length=96, lora_r=8, lora_alpha=16, skintern_stages=2, skintern_demos=1)
     root = train(cfg)
     card = json.loads((root / "card.json").read_text())
     assert card["base_model"] == student_path()
@@ -334,7 +334,7 @@ def test_real_student_smoke(method, tmp_path):
 def test_real_student_nesycd_smoke(tmp_path, fake_teacher):
     data = write_records(tmp_path / "real" / "records.jsonl", n=2)
     cfg = TrainConfig(method="nesycd", data=str(data), output="real-nesycd", max_steps=1, batch_size=2,
-                      max_length=128, lora_r=8, lora_alpha=16, error_max_new_tokens=48,
+                      max_length=96, lora_r=8, lora_alpha=16, error_max_new_tokens=16,
                       teacher=fake_teacher, teacher_model="fake-teacher")
     root = train(cfg)
     state = json.loads((root / "state.json").read_text())["stages"]

@@ -13,6 +13,7 @@ from kb.store import ConflictError, DuplicateEntry, EntryNotFound
 ANY = "(any)"
 PAGE_SIZES = (25, 50, 100)
 MAX_OPTIONS = 2000  # longer facet lists become a text box
+LARGE_BACKLOG = 200  # entries to embed before a semantic search; above it, suggest a job
 ADD_FIELDS = ("kb:add-id", "kb:add-task", "kb:add-title", "kb:add-concepts", "kb:add-summary",
               "kb:add-knowledge")
 
@@ -59,9 +60,8 @@ def filters() -> dict:
 
 def load_page(f: dict) -> tuple[list[Entry], list[float] | None, int]:
     """The entries to show now: one page of a store query, or the top hits of a semantic search."""
-    if f["semantic"]:
-        index_hint()
-    if f["semantic"] and f["text"]:
+    ready = index_hint() if f["semantic"] else True
+    if f["semantic"] and f["text"] and ready:
         k = st.slider("Results", 5, 100, 25, key="kb:k")
         try:
             hits = ui.index().search(f["text"], k=k, statuses=tuple(f["status"] or STATUSES),
@@ -70,6 +70,8 @@ def load_page(f: dict) -> tuple[list[Entry], list[float] | None, int]:
             st.error(f"Semantic search is unavailable: {ui.md(e)}")
             return [], None, 0
         return [h.entry for h in hits], [round(h.score, 3) for h in hits], len(hits)
+    if f["semantic"] and f["text"]:
+        return [], None, 0
     size = st.session_state.get("kb:size", PAGE_SIZES[1])
     query = {k: f[k] for k in ("status", "task", "concept", "text", "source_kind", "sort", "descending")}
     page = st.session_state.get("kb:page", 1)
@@ -80,12 +82,28 @@ def load_page(f: dict) -> tuple[list[Entry], list[float] | None, int]:
     return result.entries, None, result.total
 
 
-def index_hint() -> None:
+def index_hint() -> bool:
+    """Offer the background index update; False when a large backlog should not be embedded
+    inside this page (the user can still choose to)."""
+    backlog, problem = 0, None
+    try:
+        backlog = ui.index().pending_count()
+    except Exception as e:  # noqa: BLE001 - index unreadable: say so, the search reports it too
+        problem = e
     c = st.columns([4, 1])
-    c[0].caption("Semantic search embeds entries changed since the last search first. After a large "
-                 "import, update the index in the background instead of waiting here.")
+    if backlog > LARGE_BACKLOG:
+        c[0].warning(f"{backlog} entries changed since the index was last updated. A semantic "
+                     "search would embed them here first, which can take minutes: update the "
+                     "index in the background instead.")
+    else:
+        c[0].caption("Semantic search embeds entries changed since the last search first. After "
+                     "a large import, update the index in the background instead of waiting here."
+                     + (f" ({ui.md(problem)})" if problem else ""))
     if c[1].button("Update index (job)", key="kb:reindex"):
         ui.submit_job(["kb", "reindex"], "kb-reindex", name="update the embedding index")
+    if backlog <= LARGE_BACKLOG:
+        return True
+    return st.checkbox(f"Embed the {backlog} entries here and search anyway", key="kb:embed-here")
 
 
 def results_table(entries: list[Entry], scores: list[float] | None) -> list[str]:
@@ -116,12 +134,12 @@ def pager(total: int) -> None:
 def bulk_actions(selected: list[str], entries: list[Entry]) -> None:
     pending = st.session_state.get("kb:bulk")
     if pending:
-        action, ids = pending
+        action, ids, versions = pending
         st.warning(f"{action.capitalize()} {len(ids)} entr{'y' if len(ids) == 1 else 'ies'}: "
                    f"{ui.md(', '.join(ids[:8]))}{' …' if len(ids) > 8 else ''}?")
         yes, no = st.columns(2)
         if yes.button(f"Confirm {action}", type="primary", key="kb:bulk-yes"):
-            apply_bulk(action, ids, {e.id: e.version for e in entries})
+            apply_bulk(action, ids, versions)
         if no.button("Cancel", key="kb:bulk-no"):
             del st.session_state["kb:bulk"]
             st.rerun()
@@ -130,7 +148,8 @@ def bulk_actions(selected: list[str], entries: list[Entry]) -> None:
     c[0].caption(f"{len(selected)} selected")
     for col, action in zip(c[1:], ("accept", "reject", "delete")):
         if col.button(f"{action.capitalize()} selected", disabled=not selected, key=f"kb:{action}"):
-            st.session_state["kb:bulk"] = (action, selected)
+            shown = {e.id: e.version for e in entries}  # what the reviewer looked at
+            st.session_state["kb:bulk"] = (action, selected, {i: shown[i] for i in selected})
             st.rerun()
 
 
@@ -148,11 +167,25 @@ def apply_bulk(action: str, ids: list[str], versions: dict[str, int]) -> None:
             message += f" Skipped {len(skipped)} changed meanwhile: {', '.join(skipped)}"
     else:
         status = {"accept": "accepted", "reject": "rejected"}[action]
-        changed = kb.set_status(ids, status, by=ui.user())
+        try:
+            changed = kb.set_status(ids, status, by=ui.user(), expected_versions=versions)
+        except (ConflictError, EntryNotFound) as e:  # the whole batch was refused
+            st.session_state["kb:error"] = (f"Nothing was {status}: {moved_on(e)} Review the "
+                                            "refreshed list and select again.")
+            st.session_state.pop("kb:table", None)
+            st.rerun()
         message = f"Marked {changed} entr{'y' if changed == 1 else 'ies'} {status}."
     st.session_state["kb:flash"] = message
     st.session_state.pop("kb:table", None)
     st.rerun()
+
+
+def moved_on(error: ConflictError | EntryNotFound) -> str:
+    """Why a bulk action's selection is stale, in the reviewer's words."""
+    if isinstance(error, ConflictError):
+        return (f"{error.entry_id} was changed by {error.current.updated_by or 'someone'} after "
+                f"you selected it (now version {error.current.version}).")
+    return f"{error} (deleted after you selected it)."
 
 
 def editor_and_tools(entries: list[Entry], selected: list[str]) -> None:
@@ -270,6 +303,8 @@ def add_entry_form() -> None:
 
 if flash := st.session_state.pop("kb:flash", None):
     st.success(ui.md(flash))
+if problem := st.session_state.pop("kb:error", None):
+    st.error(ui.md(problem))
 if stats["total"] == 0:
     empty_state_guide()
 else:
