@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -592,7 +592,3 @@ def train_cmd(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)
     typer.echo(str(path))
-
-
-def config_fields() -> list[str]:
-    return [f.name for f in fields(TrainConfig)]
