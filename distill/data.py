@@ -379,7 +379,14 @@ def rationale_dir(name: str) -> Path:
 
 
 def load_rationales(name: str) -> list[RationaleRecord]:
-    path = rationale_dir(name) / "records.jsonl"
+    """A rationale set by name ($NESY_HOME/datasets/<name>), or a records.jsonl path / its folder."""
+    path = Path(name)
+    if path.is_dir():
+        path = path / "records.jsonl"
+    if not (path.suffix == ".jsonl" and path.exists()):
+        if path.suffix == ".jsonl" or "/" in name:
+            raise DatasetError(f"no rationale file {name} (expected a records.jsonl)")
+        path = rationale_dir(name) / "records.jsonl"
     if not path.exists():
         raise DatasetError(f"no rationale set {name!r} (expected {path})")
     records = []

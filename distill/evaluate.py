@@ -26,6 +26,7 @@ from pathlib import Path
 import typer
 
 from distill.progress import STOPPED_EXIT_CODE, Progress, StopRequested
+from distill.progress import read_jsonl
 from kb.workspace import subdir
 
 
@@ -92,18 +93,6 @@ def eval_dir(name: str) -> Path:
     return subdir("evals", name)
 
 
-def _read_samples(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a half-written last line from a killed run
-            continue
-    return rows
-
-
 def run_eval(cfg: EvalConfig) -> dict:
     """Evaluate every configuration on the dataset split; returns (and writes) results.json."""
     from distill.data import get_dataset
@@ -113,7 +102,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     out = eval_dir(cfg.name)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     samples_path = out / "samples.jsonl"
-    previous = _read_samples(samples_path)
+    previous = read_jsonl(samples_path)
     if previous or samples_path.exists():  # drop a half-written last line before appending
         samples_path.write_text("".join(json.dumps(r) + "\n" for r in previous), encoding="utf-8")
     done = {(r["config"], r["example_id"]) for r in previous}
@@ -122,7 +111,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     with Progress(total, desc=f"eval {cfg.name}", initial=total - sum(map(len, todo.values())),
                   stage="eval") as bar:
         _generate(cfg, spec, todo, samples_path, bar)
-    results = summarise(_read_samples(samples_path), cfg, [e.id for e in examples])
+    results = summarise(read_jsonl(samples_path), cfg, [e.id for e in examples])
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "table.md").write_text(table(results))
     return results

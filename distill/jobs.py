@@ -33,7 +33,7 @@ from pathlib import Path
 import psutil
 import typer
 
-from distill.progress import STOPPED_EXIT_CODE, Progress, StopRequested, read_metrics
+from distill.progress import STOPPED_EXIT_CODE, Progress, StopRequested, read_jsonl
 from kb.workspace import home, subdir
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -419,7 +419,7 @@ def wait(job_id: str, timeout: float | None = None, poll: float = 0.2) -> Job:
 
 def metrics(job_id: str) -> list[dict]:
     """Every metrics line the job's Progress wrote (for curves)."""
-    return read_metrics(home() / "jobs" / job_id / "metrics.jsonl")
+    return read_jsonl(home() / "jobs" / job_id / "metrics.jsonl")
 
 
 def progress(job_id: str) -> dict | None:

@@ -98,8 +98,9 @@ class Progress:
         return False
 
 
-def read_metrics(path: Path) -> list[dict]:
-    """All metrics lines of a job, skipping a half-written last line."""
+def read_jsonl(path: Path) -> list[dict]:
+    """Rows of a JSONL file a running or killed process appends to (metrics, eval samples);
+    a half-written last line is skipped, not an error."""
     if not path.exists():
         return []
     rows = []

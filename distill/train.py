@@ -90,23 +90,10 @@ class Sample:
 # --- data -----------------------------------------------------------------------------------------
 
 def load_records(data: str, limit: int | None = None) -> list:
-    """Rationale records from a set name or a records.jsonl path (format: docs/ARCHITECTURE.md)."""
-    from distill.data import RationaleRecord, load_rationales
+    """Verified rationale records from a set name or a records.jsonl path (docs/ARCHITECTURE.md)."""
+    from distill.data import load_rationales
 
-    path = Path(data)
-    if path.is_dir():
-        path = path / "records.jsonl"
-    if path.suffix == ".jsonl" and path.exists():
-        records = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                row = json.loads(line)
-                if row.get("choices"):
-                    row["choices"] = [tuple(c) for c in row["choices"]]
-                records.append(RationaleRecord(**{k: row.get(k) for k in
-                                                  RationaleRecord.__dataclass_fields__ if k in row}))
-    else:
-        records = load_rationales(data)
+    records = load_rationales(data)
     records = [r for r in records if r.verified is not False]
     if not records:
         raise ValueError(f"{data}: no verified rationale records")
