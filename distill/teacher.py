@@ -267,8 +267,9 @@ class ServerInfo:
 
 def default_threads() -> int:
     """Half the cores. llama.cpp threads busy-wait, so on an oversubscribed machine more threads
-    collapse throughput (measured here on 2 shared cores: 1 thread 0.48 items/s, 2 threads 0.11)."""
-    return max(1, (os.cpu_count() or 2) // 2)
+    collapse throughput (measured here on 2 shared cores: 1 thread 0.48 items/s, 2 threads 0.11).
+    $NESY_TEACHER_THREADS overrides it on a machine where the teacher has the cores to itself."""
+    return int(os.environ.get("NESY_TEACHER_THREADS") or max(1, (os.cpu_count() or 2) // 2))
 
 
 def free_port() -> int:

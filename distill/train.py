@@ -23,6 +23,7 @@ Runs unchanged under `accelerate launch -m distill.cli train ...` (Trainer handl
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -66,6 +67,7 @@ class TrainConfig:
     limit: int | None = None            # use only the first N records (quick runs)
     # nesycd
     auto_accept: bool = False           # mark generated knowledge accepted (else stays pending for review)
+    max_knowledge: int | None = None    # nesycd: teacher analyses at most this many errors (seeded sample)
     knowledge_statuses: tuple[str, ...] = ("accepted", "pending")  # knowledge S_E trains with
     teacher: str = "local"              # knowledge job: 'local' llama.cpp teacher or an OpenAI-compatible URL
     teacher_model: str | None = None    # local: GGUF path / packaged name; URL: the model name
@@ -512,6 +514,9 @@ def distil_knowledge(cfg: TrainConfig, errors: Path) -> dict:
     from distill import teach
 
     cases = teach.read_error_cases(errors)
+    if cfg.max_knowledge is not None and len(cases) > cfg.max_knowledge:
+        # bounds the teacher bill; S_E still trains on every example, the unsampled errors plain
+        cases = random.Random(cfg.seed).sample(cases, cfg.max_knowledge)
     if not cases:
         return {"errors": 0, "created": 0}
     client = teach.make_client(cfg.teacher, cfg.teacher_model, cfg.api_key_env, concurrency=4,
@@ -554,6 +559,7 @@ def train_cmd(
     resume: bool = typer.Option(False, "--resume", help="continue from the last checkpoint / finished stages"),
     limit: int = typer.Option(None, help="use only the first N records"),
     auto_accept: bool = typer.Option(False, "--auto-accept", help="nesycd: accept generated knowledge"),
+    max_knowledge: int = typer.Option(None, help="nesycd: teacher knowledge for at most N errors (seeded sample)"),
     teacher: str = typer.Option("local", help="nesycd: 'local' or an OpenAI-compatible base URL"),
     teacher_model: str = typer.Option(None, help="nesycd: teacher model (GGUF/packaged name, or API model)"),
     stages: int = typer.Option(4, "--stages", help="skintern: number of stages T"),
@@ -567,7 +573,7 @@ def train_cmd(
         lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules,
         learning_rate=lr, lr_scheduler=lr_scheduler, warmup_ratio=warmup_ratio, epochs=epochs,
         max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
-        seed=seed, save_steps=save_steps, resume=resume, limit=limit, auto_accept=auto_accept,
+        seed=seed, save_steps=save_steps, resume=resume, limit=limit, auto_accept=auto_accept, max_knowledge=max_knowledge,
         teacher=teacher, teacher_model=teacher_model, skintern_stages=stages, skintern_demos=demos, demo_selection=demo_selection,
         thoughts=tuple(t.strip() for t in thoughts.split(",") if t.strip()))
     try:
