@@ -35,6 +35,9 @@ import typer
 from kb.workspace import subdir
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+# Knowledge the tool itself distilled in a real run (bench/real_run_gsm8k.sh), so a new user sees a
+# populated app; the app offers it on an empty KB.
+STARTER_KB = DATA_DIR / "starter_kb.jsonl"
 TEST_FRACTION = 0.3
 DEFAULT_SEED = 0
 ANSWER_TYPES = ("number", "option", "text")

@@ -7,6 +7,8 @@ import pandas as pd
 import streamlit as st
 
 import ui
+from distill.data import STARTER_KB
+from kb.jsonl import import_jsonl
 from kb.schema import STATUSES, Entry, EntryInvalid, Source, validate_entry
 from kb.store import ConflictError, DuplicateEntry, EntryNotFound
 
@@ -33,6 +35,10 @@ def empty_state_guide() -> None:
             "training examples (SKIntern); entries arrive as *pending* for you to review.\n"
             "3. **Add an entry by hand** below.\n\n"
             "Then accept the entries you trust: only *accepted* knowledge is retrieved for the student.")
+    if STARTER_KB.exists() and st.button("Load the starter KB (distilled by a real NesyCD run on GSM8K)"):
+        report = import_jsonl(kb, STARTER_KB, on_duplicate="skip", by=ui.user())
+        st.session_state["kb:flash"] = report.summary()
+        st.rerun()
 
 
 def filters() -> dict:
