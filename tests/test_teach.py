@@ -9,20 +9,19 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from openai_stub import QuietHandler, chat_completion, reply, serve
 from typer.testing import CliRunner
 
 from distill.answers import check
 from distill.cli import app
 from distill.data import get_dataset, load_rationales
 from distill.models import student_gguf_path
-from distill.teach import (GSM8K_DEMOS, clean_response, error_messages, parse_knowledge,
+from distill.teach import (GSM8K_DEMOS, clean_response, parse_knowledge,
                            rationale_messages, verify)
 from distill.teacher import LocalTeacherServer
 
@@ -121,7 +120,7 @@ def test_parser_rejects_real_malformed_output(n):
     assert text.strip() and parse_knowledge(text) is None
 
 
-class CountingProxy(BaseHTTPRequestHandler):
+class CountingProxy(QuietHandler):
     """Forwards chat completions to the real server and counts each distinct request body."""
     upstream = ""
     seen: dict = {}
@@ -134,15 +133,7 @@ class CountingProxy(BaseHTTPRequestHandler):
         request = urllib.request.Request(self.upstream + self.path.removeprefix("/v1"), data=body,
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=600) as response:
-            payload = response.read()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
+            reply(self, 200, response.read())
 
 
 @pytest.fixture(scope="module")
@@ -151,10 +142,8 @@ def proxied_teacher(tmp_path_factory):
         mp.setenv("NESY_HOME", str(tmp_path_factory.mktemp("teach-server")))
         with LocalTeacherServer(student_gguf_path(), n_parallel=2, n_ctx=2048, threads=1) as info:
             CountingProxy.upstream, CountingProxy.seen = info.base_url, {}
-            httpd = ThreadingHTTPServer(("127.0.0.1", 0), CountingProxy)
-            threading.Thread(target=httpd.serve_forever, daemon=True).start()
-            yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", info
-            httpd.shutdown()
+            with serve(CountingProxy) as url:
+                yield url, info
 
 
 def _teach(url: str, model: str, *args: str) -> list[str]:
@@ -228,32 +217,18 @@ def test_knowledge_live_call_stores_only_well_formed(proxied_teacher, workspace,
     assert f"malformed {sum(r['malformed'] for r in raw)}" in result.output
 
 
-class CannedTeacher(BaseHTTPRequestHandler):
+class CannedTeacher(QuietHandler):
     """A tiny real server that always answers with one well-formed knowledge text."""
 
     def do_POST(self):  # noqa: N802
         self.rfile.read(int(self.headers["Content-Length"]))
-        body = json.dumps({"id": "c", "object": "chat.completion", "created": 0, "model": "canned-teacher",
-                           "choices": [{"index": 0, "finish_reason": "stop",
-                                        "message": {"role": "assistant", "content": WELL_FORMED}}],
-                           "usage": {"prompt_tokens": 10, "completion_tokens": 50, "total_tokens": 60}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+        reply(self, 200, chat_completion(WELL_FORMED, "canned-teacher", completion_tokens=50))
 
 
 def test_knowledge_provenance_in_kb_and_curated_entries_kept(workspace, tmp_path):
     from kb.store import KBStore
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), CannedTeacher)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    try:
+    with serve(CannedTeacher) as url:
         e = get_dataset("gsm8k").load("train", limit=1, seed=3)[0]
         errors = tmp_path / "errs.jsonl"
         errors.write_text(json.dumps({"example_id": e.id, "dataset": "gsm8k", "task": "gsm8k",
@@ -277,8 +252,6 @@ def test_knowledge_provenance_in_kb_and_curated_entries_kept(workspace, tmp_path
         assert out.exit_code == 0, out.output
         skintern = KBStore().query(source_kind="example_knowledge").entries
         assert len(skintern) == 2 and all(x.status == "accepted" for x in skintern)
-    finally:
-        httpd.shutdown()
 
 
 def test_teach_cli_rejects_bad_input(tmp_path):

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from openai_stub import QuietHandler, chat_completion, reply, serve
 
 from distill.models import student_gguf_path
 from distill.teacher import (LocalTeacherServer, TeacherCache, TeacherClient, TeacherConfig,
@@ -65,7 +64,7 @@ def test_api_key_comes_from_env_and_is_never_written(server, workspace, monkeypa
             assert b"sk-secret-should-not-persist" not in path.read_bytes(), path
 
 
-class FlakyHandler(BaseHTTPRequestHandler):
+class FlakyHandler(QuietHandler):
     """Answers chat completions from a script: a status code per request, then 200s."""
     script: list = []
     hits: list = []
@@ -78,32 +77,16 @@ class FlakyHandler(BaseHTTPRequestHandler):
             time.sleep(1.5)
             step = 200
         if step != 200:
-            body = json.dumps({"error": {"message": f"status {step}"}}).encode()
-            self.send_response(step)
-            self.send_header("Retry-After", "0")
+            reply(self, step, {"error": {"message": f"status {step}"}}, {"Retry-After": "0"})
         else:
-            body = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "flaky",
-                               "choices": [{"index": 0, "finish_reason": "stop",
-                                            "message": {"role": "assistant", "content": "ok"}}],
-                               "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}).encode()
-            self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+            reply(self, 200, chat_completion("ok", "flaky", prompt_tokens=3, completion_tokens=1))
 
 
 @pytest.fixture
 def flaky():
     FlakyHandler.script, FlakyHandler.hits = [], []
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FlakyHandler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    httpd.shutdown()
+    with serve(FlakyHandler) as url:
+        yield url
 
 
 def flaky_client(url, **kw):

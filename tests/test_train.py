@@ -10,12 +10,11 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
+from openai_stub import QuietHandler, chat_completion, reply, serve
 import torch
 from safetensors.torch import load_file
 
@@ -192,7 +191,7 @@ def test_skintern_stages_shrink_prompts_and_continue_from_previous_adapter(tiny_
     assert torch.equal(adapter_weights(root)[key], w[2][key])
 
 
-class FakeTeacher(BaseHTTPRequestHandler):
+class FakeTeacher(QuietHandler):
     """An OpenAI-compatible chat-completions endpoint standing in for the teacher LLM."""
     calls: list = []
 
@@ -202,28 +201,14 @@ class FakeTeacher(BaseHTTPRequestHandler):
         text = ("Learning Summary: Identify each quantity, write the operation it implies, and check "
                 "the units before answering.\nSupplementary Knowledge: Half of a quantity is the "
                 "quantity divided by two; totals add their parts.\nConcepts: halves, totals")
-        reply = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                 "choices": [{"index": 0, "finish_reason": "stop",
-                              "message": {"role": "assistant", "content": text}}],
-                 "usage": {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}}
-        data = json.dumps(reply).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+        reply(self, 200, chat_completion(text, body["model"]))
 
 
 @pytest.fixture
 def fake_teacher():
-    server = HTTPServer(("127.0.0.1", 0), FakeTeacher)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     FakeTeacher.calls = []
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
+    with serve(FakeTeacher) as url:
+        yield url
 
 
 def test_nesycd_full_pipeline_resumes_by_stage(tiny_model, tmp_path, fake_teacher):
