@@ -526,6 +526,15 @@ TEACHER_HELP = ("'local' (the packaged llama.cpp teacher), the base URL of an Op
 MODEL_HELP = "local: a GGUF path or packaged teacher name; URL: the model name"
 
 
+def _until_stopped(job):
+    """Run a teacher job; a stop request exits with STOPPED_EXIT_CODE and says how to continue."""
+    try:
+        return job()
+    except StopRequested:
+        typer.echo("stopped; run the same command again to continue (finished calls are cached)")
+        raise typer.Exit(STOPPED_EXIT_CODE)
+
+
 @cli.command("rationales")
 def rationales_cmd(
     dataset: str = typer.Option(..., help="dataset name (nesy data list)"),
@@ -569,11 +578,7 @@ def rationales_cmd(
         return
     client = make_client(teacher, model, api_key_env, concurrency, temperature, max_tokens, timeout,
                          max_retries)
-    try:
-        summary = generate_rationales(client, examples, chosen, n_samples, name)
-    except StopRequested:
-        typer.echo("stopped; run the same command again to continue (finished calls are cached)")
-        raise typer.Exit(STOPPED_EXIT_CODE)
+    summary = _until_stopped(lambda: generate_rationales(client, examples, chosen, n_samples, name))
     typer.echo(f"kept {summary.kept} verified of {summary.calls} samples {summary.by_thought} -> "
                f"{summary.out}; failed calls {summary.failed_calls}; usage {summary.usage}")
     if summary.calls and summary.failed_calls == summary.calls:
@@ -620,11 +625,7 @@ def knowledge_cmd(
         _fail(str(e))
     client = make_client(teacher, model, api_key_env, concurrency, temperature, max_tokens, timeout,
                          max_retries)
-    try:
-        summary = distil_knowledge(client, cases, kind, name, auto_accept)
-    except StopRequested:
-        typer.echo("stopped; run the same command again to continue (finished calls are cached)")
-        raise typer.Exit(STOPPED_EXIT_CODE)
+    summary = _until_stopped(lambda: distil_knowledge(client, cases, kind, name, auto_accept))
     typer.echo(f"{summary.created} entries ({'accepted' if auto_accept else 'pending'}) from "
                f"{summary.cases} cases; malformed {summary.malformed} (not stored); kept curated "
                f"{summary.skipped_existing}; failed calls {summary.failed_calls}; raw {summary.raw}; "
