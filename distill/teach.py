@@ -425,6 +425,7 @@ def _concepts(line: str, body: str) -> list[str]:
     concepts, seen = [], set()
     for item in items:
         item = re.sub(r"^[\s\-*\d.)]+|[\s.:*]+$", "", item).strip()
+        item = re.sub(r"^(?:and|or)\s+", "", item, flags=re.IGNORECASE)  # "a, b, and c"
         if item and len(item.split()) <= 5 and item.lower() not in seen:
             seen.add(item.lower())
             concepts.append(item)

@@ -90,6 +90,9 @@ def test_parse_knowledge_sections_and_concepts():
     assert parse_knowledge("Learning Summary: fine advice for all problems here.") is None  # missing part
     assert parse_knowledge("Learning Summary: x x x x x x x x x x x x\nSupplementary Knowledge: y y y y y y y y") is None
     assert parse_knowledge("I cannot help with that.") is None
+    # a real teacher's list: "Concepts: Division, fractions, and problem-solving"
+    listed = WELL_FORMED.split("Concepts:")[0] + "Concepts: Division, fractions, and problem-solving"
+    assert parse_knowledge(listed).concepts == ["Division", "fractions", "problem-solving"]
 
 
 # Real outputs captured from the local llama.cpp server with the NesyCD prompt (error_messages;
