@@ -4,6 +4,8 @@
 # Rationales: GSM8K's own human-written CoT (`--teacher gold`), because the local 1.5B teacher writes
 # ~10 tokens/s on 2 cores; knowledge: the real local Qwen2.5-Coder-1.5B teacher on S_P's errors.
 # Sizes are environment variables; the defaults fit about an hour on 2 cores.
+# docs/real-run/ came from TRAIN=160, then a stop during the error pass and a resume with
+# `--resume --limit 64 --max-knowledge 16` (S_E on 64 examples) and TEST=50 (see README).
 set -euo pipefail
 TRAIN=${TRAIN:-160} TEST=${TEST:-100} EPOCHS=${EPOCHS:-2} MAX_KNOWLEDGE=${MAX_KNOWLEDGE:-24}
 export NESY_HOME=${NESY_HOME:-workspace-realrun} HF_HUB_OFFLINE=1

@@ -411,3 +411,17 @@ def test_compare_answers_a_typed_question_both_ways(tiny_model):
     at.text_input(key="cmp-editor:e000:1:title").set_value("Edited while comparing")
     submit_form(at)
     assert kb.get("e000").title == "Edited while comparing"
+
+
+def test_empty_kb_offers_the_starter_kb_and_loads_it():
+    from distill.data import STARTER_KB
+
+    assert STARTER_KB.exists(), "the starter KB distilled by bench/real_run_gsm8k.sh ships in data/"
+    at = run()
+    load = [b for b in at.button if b.label.startswith("Load the starter KB")]
+    assert load, "an empty KB offers the starter KB"
+    load[0].click()
+    at.run()
+    expected = sum(1 for line in STARTER_KB.read_text(encoding="utf-8").splitlines() if line.strip())
+    assert KBStore().stats()["total"] == expected
+    assert "The knowledge base is empty" not in texts(at)
