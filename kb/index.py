@@ -293,36 +293,26 @@ class KBIndex:
 
     def _staged_vectors(self, wanted: dict[str, str]) -> dict[str, bytes]:
         """Staged vectors of these ids whose model and text hash still match (id -> blob)."""
-        found = {}
-        ids = list(wanted)
+        rows = self._rows_for_ids("SELECT entry_id, text_hash, vector FROM staged WHERE model = ? "
+                                  "AND entry_id IN ({ids})", list(wanted), self.embedder)
+        return {entry_id: blob for entry_id, text_hash, blob in rows if wanted[entry_id] == text_hash}
+
+    def _rows_for_ids(self, sql: str, ids: list[str], *params) -> list[tuple]:
+        """Run `sql` with its `{ids}` placeholder bound to ids, 500 at a time (SQLite's
+        variable limit); `params` bind before the ids."""
+        rows = []
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            for entry_id, text_hash, blob in self._db.execute(
-                    f"SELECT entry_id, text_hash, vector FROM staged WHERE model = ? "
-                    f"AND entry_id IN ({marks})", [self.embedder, *chunk]):
-                if wanted[entry_id] == text_hash:
-                    found[entry_id] = blob
-        return found
+            rows += self._db.execute(sql.format(ids=",".join("?" * len(chunk))), [*params, *chunk])
+        return rows
 
     def _known_hashes(self, ids: list[str]) -> dict[str, str]:
-        known = {}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            known.update(self._db.execute(
-                f"SELECT entry_id, text_hash FROM vectors WHERE entry_id IN ({marks}) "
-                f"AND vector IS NOT NULL", chunk))
-        return known
+        return dict(self._rows_for_ids("SELECT entry_id, text_hash FROM vectors WHERE entry_id IN ({ids}) "
+                                       "AND vector IS NOT NULL", ids))
 
     def _vectors_of(self, ids: list[str]) -> tuple[list[str], np.ndarray]:
-        found = {}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            found.update(self._db.execute(
-                f"SELECT entry_id, vector FROM vectors WHERE entry_id IN ({marks}) "
-                f"AND vector IS NOT NULL", chunk))
+        found = dict(self._rows_for_ids("SELECT entry_id, vector FROM vectors WHERE entry_id IN ({ids}) "
+                                        "AND vector IS NOT NULL", ids))
         kept = [i for i in ids if i in found]
         return kept, _stack([found[i] for i in kept])
 
