@@ -6,6 +6,8 @@ export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 export TOKENIZERS_PARALLELISM = false
 PORT    ?= 8501
+# Loopback only by default: the app can start jobs and delete data (README: exposing it safely)
+ADDRESS ?= 127.0.0.1
 
 .PHONY: app test test-fast setup setup-teacher browser models bench clean
 
@@ -32,7 +34,7 @@ models: setup setup-teacher
 
 ## make app: set up everything, prepare the embedded models once, open the app
 app: models
-	$(VENV)/bin/streamlit run app/main.py --server.port $(PORT) --server.headless true
+	$(VENV)/bin/streamlit run app/main.py --server.address $(ADDRESS) --server.port $(PORT) --server.headless true
 
 # Chromium for the browser tests (Debian package; Playwright drives it, it never downloads one)
 browser:

@@ -16,6 +16,8 @@ Layout (one place so every module agrees):
 from __future__ import annotations
 
 import os
+import re
+import shutil
 from pathlib import Path
 
 
@@ -31,3 +33,54 @@ def subdir(*parts: str) -> Path:
     path = home().joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+# ---------------------------------------------------------------- names the user types
+
+# Everything the tool creates under $NESY_HOME is named by the user with a *name*, never a path
+# (OWASP path traversal: allow-list the characters, then check the resolved result stays inside).
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+OWNED_MARKER = ".nesy-owned"
+
+
+class InvalidName(ValueError):
+    """A user-typed name that is not a plain workspace name (an absolute path, '..', '/', …)."""
+
+
+class NotOwned(ValueError):
+    """A folder the tool would replace but did not create itself: never deleted automatically."""
+
+
+def check_name(name: object, option: str) -> str:
+    """`name` if it is a plain name; otherwise InvalidName naming the option."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or ".." in name:
+        raise InvalidName(f"{option} takes a name (letters, digits, '.', '_', '-'; at most 100 "
+                          f"characters), not a path: {name!r}")
+    return name
+
+
+def named_path(area: str, name: str, option: str) -> Path:
+    """$NESY_HOME/<area>/<name> for a validated name (not created)."""
+    parent = subdir(area)
+    path = parent / check_name(name, option)
+    if path.is_symlink() or path.resolve().parent != parent.resolve():
+        raise InvalidName(f"{option}: {name!r} would leave {parent}")
+    return path
+
+
+def create_owned(path: Path) -> Path:
+    """Create a folder and mark it as the tool's own, so a later fresh run may replace it."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / OWNED_MARKER).write_text("created by nesy; this folder may be replaced by a fresh run\n")
+    return path
+
+
+def remove_owned(path: Path) -> None:
+    """Delete a folder the tool created (it holds the marker); refuse anything else."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_symlink() or not (path / OWNED_MARKER).is_file():
+        raise NotOwned(f"{path} was not created by this version of nesy (no {OWNED_MARKER} marker), "
+                       "so it is never deleted automatically: remove or rename it yourself, or "
+                       "choose another name")
+    shutil.rmtree(path)
