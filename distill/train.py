@@ -36,7 +36,7 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 
 from distill import prompts
 from distill.progress import STOPPED_EXIT_CODE, Progress, StopRequested, install_stop_handler, stop_requested
-from kb.workspace import subdir
+from kb.workspace import OWNED_MARKER, create_owned, named_path, remove_owned
 
 METHODS = ("std-cot", "nesycd", "skintern", "etd", "eotd")
 
@@ -298,7 +298,8 @@ def fit_lora(cfg: TrainConfig, samples: list[Sample], out: Path, *, stage: str,
 # --- stage bookkeeping ----------------------------------------------------------------------------
 
 def adapter_root(name: str) -> Path:
-    return subdir("adapters") / name
+    """$NESY_HOME/adapters/<name>; the name is validated (never a path)."""
+    return named_path("adapters", name, "--output")
 
 
 class Stages:
@@ -327,9 +328,9 @@ def _distributed():
 def _prepare_root(cfg: TrainConfig) -> Path:
     root, state = adapter_root(cfg.output), _distributed()
     if state.is_main_process:
-        if root.exists() and not cfg.resume:
-            shutil.rmtree(root)  # a fresh run means fresh: no stale stages or checkpoints
-        root.mkdir(parents=True, exist_ok=True)
+        if not cfg.resume:
+            remove_owned(root)  # a fresh run means fresh; only a folder nesy created is removed
+        create_owned(root)
         (root / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     state.wait_for_everyone()
     return root
@@ -535,6 +536,9 @@ def train(cfg: TrainConfig) -> Path:
     """Run the recipe of cfg.method; returns the adapter folder."""
     if cfg.method not in RECIPES:
         raise ValueError(f"unknown method {cfg.method!r}; choose from {', '.join(METHODS)}")
+    root = adapter_root(cfg.output)  # before any work: a bad name or a foreign folder stops here
+    if root.exists() and not cfg.resume and not (root / OWNED_MARKER).is_file():
+        remove_owned(root)  # raises NotOwned with the explanation
     if cfg.demo_selection not in ("similar", "random"):
         raise ValueError("demo selection must be 'similar' or 'random'")
     return RECIPES[cfg.method](cfg)
