@@ -6,6 +6,9 @@ names to those modules and imports lazily, so `nesy kb list` never pays for impo
 from __future__ import annotations
 
 import importlib
+import os
+import sys
+from pathlib import Path
 
 import typer
 from typer.core import TyperGroup
@@ -46,9 +49,44 @@ app = typer.Typer(cls=LazyGroup, no_args_is_help=True, add_completion=False, ric
 
 
 @app.callback()
-def main() -> None:
+def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks (or NESY_DEBUG=1).")) -> None:
     """NeSy Studio: distil a teacher LLM into a small student, the neural-symbolic way."""
+    if debug:
+        os.environ["NESY_DEBUG"] = "1"
+
+
+def run(argv: list[str] | None = None) -> None:
+    """The `nesy` entry point: domain errors become one line `error: …` (exit 2).
+
+    Run as a job ($NESY_JOB_DIR set), the command records its own exit status, so the job
+    registry is right even when the runner that watched it was killed meanwhile.
+    """
+    from kb.errors import NesyError
+
+    code: int | str | None = 1
+    try:
+        app(args=argv)  # standalone: usage errors print click's message and exit 2
+        code = 0
+    except NesyError as e:
+        if os.environ.get("NESY_DEBUG") == "1":
+            raise
+        typer.echo(f"error: {e}", err=True)
+        code = e.exit_code
+    except SystemExit as e:
+        code = e.code if e.code is not None else 0
+    finally:
+        _record_exit(code)
+    sys.exit(code)
+
+
+def _record_exit(code) -> None:
+    job_dir = os.environ.get("NESY_JOB_DIR")
+    if job_dir and isinstance(code, int):
+        try:
+            Path(job_dir, "command_exit").write_text(str(code))
+        except OSError:
+            pass  # the job folder went away: the registry then reports the vanished process
 
 
 if __name__ == "__main__":
-    app()
+    run()

@@ -273,6 +273,8 @@ def _reconcile(row: dict) -> None:
     if row["runner_pid"] is None and time.time() - (row["started"] or 0) < START_GRACE_S:
         return  # just claimed; its runner is being started
     code = _read_exit_code(row["id"])
+    if code is None:  # the runner was killed, but the command may have finished on its own
+        code = _read_exit_code(row["id"], "command_exit")
     if code is not None:
         status, reason = _classify(code, bool(row["cancel_requested"]))
         _finish(row["id"], status, code, reason)
@@ -282,8 +284,9 @@ def _reconcile(row: dict) -> None:
                 f"command pid {row['pid']}): killed, or the machine restarted")
 
 
-def _read_exit_code(job_id: str) -> int | None:
-    path = home() / "jobs" / job_id / "exit_code"
+def _read_exit_code(job_id: str, name: str = "exit_code") -> int | None:
+    """The code the runner recorded, or (name="command_exit") the one the command wrote itself."""
+    path = home() / "jobs" / job_id / name
     try:
         return int(path.read_text().strip())
     except (OSError, ValueError):

@@ -20,6 +20,8 @@ import re
 import shutil
 from pathlib import Path
 
+from kb.errors import NesyError
+
 
 def home() -> Path:
     """The workspace root, created on first use."""
@@ -43,11 +45,11 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 OWNED_MARKER = ".nesy-owned"
 
 
-class InvalidName(ValueError):
+class InvalidName(NesyError, ValueError):
     """A user-typed name that is not a plain workspace name (an absolute path, '..', '/', …)."""
 
 
-class NotOwned(ValueError):
+class NotOwned(NesyError, ValueError):
     """A folder the tool would replace but did not create itself: never deleted automatically."""
 
 

@@ -87,6 +87,15 @@ def test_vanished_runner_and_command_are_detected_by_refresh():
     assert done.status == "failed" and "disappeared" in done.reason
 
 
+def test_a_command_that_outlives_its_killed_runner_is_recorded_with_its_own_exit_status():
+    job = jobs.submit(selftest(30, 0.1), "selftest")
+    wait_for_step(job.id)
+    os.kill(jobs.get(job.id).runner_pid, signal.SIGKILL)  # only the watcher dies
+    done = jobs.wait(job.id, timeout=60)
+    assert (done.status, done.exit_code) == ("succeeded", 0), done.reason
+    assert jobs.progress(job.id)["step"] == 30
+
+
 def test_failing_command_and_bad_command_are_failed_with_exit_codes():
     failing = jobs.submit(selftest(5, 0.01, "--fail-at", "2"), "selftest")
     bad = jobs.submit(["no-such-command"], "x")
