@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import difflib
 import re
-import getpass
 import json
 
 import streamlit as st
@@ -66,20 +65,27 @@ def index():
     return _index(str(home() / "kb.sqlite"))
 
 
+def curator() -> str | None:
+    """The name typed in this browser session; never prefilled, so it is a person's own word."""
+    return (st.session_state.get("user") or "").strip() or None
+
+
 def user() -> str:
-    """Who is editing (recorded in every revision); set in the sidebar."""
-    return st.session_state.get("user") or _default_user()
+    """Who is editing (recorded in every revision)."""
+    return curator() or "anonymous"
 
 
-def _default_user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # noqa: BLE001 - no login name in some containers
-        return "curator"
+def require_curator(action: str) -> bool:
+    """Job launches and deletions need a typed curator name (the app may be reachable by others)."""
+    if curator():
+        return True
+    st.warning(f"Type your name in the sidebar to {action}: it is recorded with what you do.")
+    return False
 
 
 def sidebar_user() -> None:
-    st.sidebar.text_input("Your name (recorded in the history)", value=_default_user(), key="user")
+    st.sidebar.text_input("Your name (needed to start jobs or delete)", key="user",
+                          placeholder="e.g. Ada Lovelace")
 
 
 # ---------------------------------------------------------------------------- entry navigation
@@ -304,7 +310,8 @@ def _entry_delete(kb: KBStore, entry, key: str) -> None:
     st.warning(f"Delete {md(entry.id)}? It disappears from search and retrieval; history keeps it "
                "and it can be restored.")
     yes, no = st.columns(2)
-    if yes.button("Yes, delete", key=f"{key}:delete-yes", type="primary"):
+    if yes.button("Yes, delete", key=f"{key}:delete-yes", type="primary") and \
+            require_curator("delete entries"):
         try:
             kb.delete(entry.id, expected_version=entry.version, by=user())
         except ConflictError as e:
@@ -331,6 +338,8 @@ def command_preview(argv: list[str]) -> None:
 
 def submit_job(argv: list[str], kind: str, name: str | None = None) -> None:
     from distill import jobs
+    if not require_curator("start jobs"):
+        return
     job = jobs.submit(argv, kind, name=name)
     st.session_state["selected_job"] = job.id
     st.success(f"Job {job.id} {job.status}. Follow it on the Jobs page.")

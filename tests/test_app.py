@@ -32,8 +32,11 @@ def seed(n: int, **kw) -> KBStore:
     return kb
 
 
-def run(page: str | None = None) -> AppTest:
-    at = AppTest.from_file(MAIN, default_timeout=60).run()
+def run(page: str | None = None, curator: str | None = "Ada") -> AppTest:
+    at = AppTest.from_file(MAIN, default_timeout=60)
+    if curator:
+        at.session_state["user"] = curator  # as if typed in the sidebar
+    at.run()
     if page:
         at.switch_page(f"views/{page}.py").run()
     assert not at.exception, [e.value for e in at.exception]
@@ -176,6 +179,24 @@ def test_bulk_accept_and_delete_need_confirmation():
     at.button(key="kb:delete").click().run()
     at.button(key="kb:bulk-yes").click().run()
     assert kb.stats()["total"] == 1 and kb.get("e050")
+
+
+def test_deleting_merging_and_starting_jobs_need_a_typed_curator_name():
+    kb = seed(2)
+    at = run(curator=None)
+    assert at.sidebar.text_input(key="user").value in ("", None)  # never prefilled
+    at.checkbox(key="kb:all").check().run()
+    at.button(key="kb:delete").click().run()
+    at.button(key="kb:bulk-yes").click().run()
+    assert kb.stats()["total"] == 2 and "Type your name in the sidebar" in texts(at)
+    at.switch_page("views/jobs.py").run()
+    at.button(key="jobs:selftest").click().run()
+    assert jobs.list_jobs() == [] and "Type your name in the sidebar to start jobs" in texts(at)
+    at.sidebar.text_input(key="user").input("Grace").run()
+    at.button(key="jobs:selftest").click().run()
+    [job] = jobs.list_jobs()
+    jobs.cancel(job.id, grace=5)
+    jobs.wait(job.id, timeout=60)
 
 
 def test_bulk_accept_refuses_all_when_an_entry_changed_after_selection():
@@ -350,18 +371,28 @@ def test_knowledge_tab_requires_an_error_file_or_uses_examples():
     assert "nesy teach knowledge --dataset gsm8k --split train --limit 20 --with-answer" in texts(at)
 
 
-def test_train_page_builds_a_skintern_command():
+def test_train_page_builds_a_skintern_command_and_takes_no_paths():
+    from kb.workspace import home
     at = run("train")
     assert "No rationale sets yet" in texts(at)
-    at.selectbox(key="t:data").select("(a records.jsonl path)").run()
     assert at.button(key="t:start").disabled  # no data yet
-    at.text_input(key="t:data-path").set_value("/data/records.jsonl")
+    (home() / "datasets" / "gsm8k-cot").mkdir(parents=True)
+    (home() / "datasets" / "gsm8k-cot" / "records.jsonl").write_text("{}\n")
+    at = run("train")
+    assert at.selectbox(key="t:data").options == ["gsm8k-cot"]  # no free-text path option
+    for bad in ("../../victim", "/etc", "a/b"):
+        at.text_input(key="t:output").set_value(bad).run()
+        assert at.button(key="t:start").disabled and "Adapter name takes a name" in texts(at)
+    at.text_input(key="t:output").set_value("").run()
+    at.text_input(key="t:base").set_value("/home/me/model").run()
+    assert at.button(key="t:start").disabled
+    at.text_input(key="t:base").set_value("").run()
     at.selectbox(key="t:method").select("skintern").run()
     at.number_input(key="t:stages").set_value(3).run()
     job = started_job(at, "t:start")
     assert job.kind == "train"
     cmd = job.command_line()
-    assert cmd.startswith("nesy train --method skintern --data /data/records.jsonl --output skintern-records.jsonl")
+    assert cmd.startswith("nesy train --method skintern --data gsm8k-cot --output skintern-gsm8k-cot")
     assert "--stages 3 --demos 6 --demo-selection similar" in cmd and "--lora-r 32" in cmd
 
 

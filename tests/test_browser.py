@@ -150,6 +150,14 @@ def choose(page, key: str, option: str) -> None:
     settle(page)
 
 
+def sign_in(page, name: str = "Ada") -> None:
+    """Type a curator name in the sidebar (never prefilled; jobs and deletions need it)."""
+    box = page.get_by_label("Your name (needed to start jobs or delete)")
+    box.fill(name)
+    box.press("Enter")
+    settle(page)
+
+
 def click(page, name: str) -> None:
     page.get_by_role("button", name=name).first.click()
     settle(page)
@@ -222,6 +230,10 @@ def test_graph_finds_and_focuses_a_node(server, home, page, artifacts_dir):
 def test_start_and_cancel_a_job(server, home, page, artifacts_dir):
     open_page(page, server["url"] + "/jobs")
     page.get_by_text("Check the job runner").click()
+    click(page, "Start self-test job")
+    page.get_by_text("Type your name in the sidebar to start jobs").wait_for()
+    assert jobs.list_jobs() == []
+    sign_in(page)
     click(page, "Start self-test job")
     page.get_by_text("Follow it on the Jobs page").wait_for()
     open_page(page, server["url"] + "/jobs")

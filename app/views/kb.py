@@ -144,7 +144,8 @@ def bulk_actions(selected: list[str], entries: list[Entry]) -> None:
         st.warning(f"{action.capitalize()} {len(ids)} entr{'y' if len(ids) == 1 else 'ies'}: "
                    f"{ui.md(', '.join(ids[:8]))}{' …' if len(ids) > 8 else ''}?")
         yes, no = st.columns(2)
-        if yes.button(f"Confirm {action}", type="primary", key="kb:bulk-yes"):
+        if yes.button(f"Confirm {action}", type="primary", key="kb:bulk-yes") and \
+                (action != "delete" or ui.require_curator("delete entries")):
             apply_bulk(action, ids, versions)
         if no.button("Cancel", key="kb:bulk-no"):
             del st.session_state["kb:bulk"]
@@ -263,6 +264,8 @@ def suggested_merges() -> None:
 
 
 def merge(keep: str, drop: str) -> None:
+    if not ui.require_curator("merge entries"):
+        return
     try:
         kb.merge(keep, drop, by=ui.user())
     except (ConflictError, EntryNotFound, ValueError) as e:

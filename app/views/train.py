@@ -7,8 +7,22 @@ from __future__ import annotations
 
 import streamlit as st
 
+import re
+
 import ui
 from distill import data
+from kb.workspace import InvalidName, check_name
+
+HF_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+
+
+def name_problem(name: str, label: str) -> str | None:
+    try:
+        check_name(name, label)
+    except InvalidName as e:
+        return str(e)
+    return None
+
 
 METHODS = {
     "std-cot": "Std-CoT: fine-tune on teacher rationales (question → rationale).",
@@ -23,21 +37,20 @@ METHODS = {
 st.title("Train a student")
 sets = data.list_rationale_sets()
 if not sets:
-    st.info("No rationale sets yet. Generate one on **Teacher jobs** (Rationales), or give the "
-            "path of a records.jsonl below.")
+    st.info("No rationale sets yet. Generate one on **Teacher jobs** (Rationales), or import a "
+            "records.jsonl from the CLI (`nesy train --data FILE` reads a file by path).")
 
 c = st.columns([1, 2])
 method = c[0].selectbox("Method", list(METHODS), key="t:method")
 c[1].caption(METHODS[method])
 c = st.columns(3)
-source = c[0].selectbox("Training data", [*sets, "(a records.jsonl path)"], key="t:data")
-if source == "(a records.jsonl path)":
-    source = c[0].text_input("Path", key="t:data-path").strip()
-suggested = f"{method}-{source.split('/')[-1] if source else 'student'}"
+source = c[0].selectbox("Training data", sets, key="t:data") or ""
+suggested = f"{method}-{source or 'student'}"
 output = c[1].text_input("Adapter name", key="t:output", placeholder=suggested,
                          help="Saved under adapters/<name>; Compare can load it.").strip() or suggested
 base = c[2].text_input("Base model", "", key="t:base", placeholder="embedded SmolLM2-135M",
-                       help="A Hugging Face id or local path; empty = the embedded student.")
+                       help="A Hugging Face id (org/name); empty = the embedded student. "
+                            "A local folder is given on the CLI (`--base-model PATH`).")
 
 st.subheader("LoRA and optimiser")
 c = st.columns(4)
@@ -93,7 +106,9 @@ argv = ["train", "--method", method, "--data", source, "--output", output,
         *(["--limit", str(limit)] if limit else []), *extra]
 ui.command_preview(argv)
 problem = ("Choose training data." if not source else
-           None)
+           name_problem(output, "Adapter name") or
+           (None if not base.strip() or HF_ID.fullmatch(base.strip()) else
+            "Base model must be a Hugging Face id like org/name (the app takes no paths)."))
 if problem:
     st.warning(problem)
 if st.button("Start training", type="primary", disabled=bool(problem), key="t:start"):
