@@ -20,6 +20,7 @@ from statistics import NormalDist
 from typing import Sequence
 
 ALPHA = 0.05
+CONFIDENCE = 0.95
 SIGNIFICANT = "significant at 5 %"
 NOT_SIGNIFICANT = "not significant"
 
@@ -38,7 +39,7 @@ def _z(confidence: float) -> float:
     return NormalDist().inv_cdf(1 - (1 - _check_level(confidence)) / 2)
 
 
-def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
     """Wilson score interval for `successes` out of `n`; (0.0, 1.0) when n == 0 (nothing known)."""
     if n < 0 or successes < 0 or successes > n:
         raise StatsError(f"need 0 <= successes <= n, got {successes} of {n}")
@@ -54,7 +55,7 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     return low, high
 
 
-def bootstrap_interval(outcomes: Sequence[bool], confidence: float = 0.95, resamples: int = 2000,
+def bootstrap_interval(outcomes: Sequence[bool], confidence: float = CONFIDENCE, resamples: int = 2000,
                        seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of the accuracy of 0/1 `outcomes` (seeded, reproducible)."""
     _check_level(confidence)
@@ -74,7 +75,7 @@ def bootstrap_interval(outcomes: Sequence[bool], confidence: float = 0.95, resam
     return means[lo_i], means[hi_i]
 
 
-def accuracy_interval(outcomes: Sequence[bool], method: str = "wilson", confidence: float = 0.95,
+def accuracy_interval(outcomes: Sequence[bool], method: str = "wilson", confidence: float = CONFIDENCE,
                       seed: int = 0) -> tuple[float, float]:
     """The interval of the accuracy of `outcomes` by `method` ("wilson" or "bootstrap")."""
     if method == "wilson":

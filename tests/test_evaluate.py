@@ -1,13 +1,20 @@
-"""Evaluation: configuration syntax, hand-checked numbers and flips, a resumable real run, CLI."""
+"""Evaluation: configuration syntax, hand-checked numbers, intervals, paired tests and flips, a
+resumable real run, the CLI (report names are names, never paths) and the Evaluation page."""
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
+from streamlit.testing.v1 import AppTest
 from typer.testing import CliRunner
 
 from distill.evaluate import EvalConfig, RunConfig, parse_config, run_eval, summarise, table
 from student_fixtures import tiny_model  # noqa: F401
+
+REPO = Path(__file__).resolve().parent.parent
+MAIN = str(REPO / "app" / "main.py")
 
 
 def test_parse_config_syntax():
@@ -38,6 +45,14 @@ def test_summary_numbers_and_flips_by_hand():
     plain, kb = res["configs"]["plain"], res["configs"]["kb"]
     assert plain["accuracy"] == 0.5 and kb["accuracy"] == 0.5 and plain["accuracy_flexible"] == 1.0
     assert plain["per_task"] == {"t1": 0.5, "t2": 0.5} and kb["per_task"] == {"t1": 1.0, "t2": 0.0}
+    # Wilson 95 %: 2 of 4 -> [0.1500, 0.8500]; 1 of 2 -> [0.0945, 0.9055]; 2 of 2 -> [0.3424, 1]
+    assert plain["correct"] == 2 and plain["accuracy_ci"] == pytest.approx([0.150039, 0.849961], abs=1e-6)
+    assert plain["accuracy_flexible_ci"] == pytest.approx([0.510109, 1.0], abs=1e-6)
+    assert plain["per_task_n"] == {"t1": 2, "t2": 2}
+    assert plain["per_task_ci"]["t1"] == pytest.approx([0.094531, 0.905469], abs=1e-6)
+    assert kb["per_task_ci"]["t1"] == pytest.approx([0.342380, 1.0], abs=1e-6)
+    assert kb["per_task_ci"]["t2"] == pytest.approx([0.0, 0.657620], abs=1e-6)
+    assert res["interval"] == {"method": "wilson", "confidence": 0.95}
     assert plain["prompt_tokens_mean"] == 25 and kb["prompt_tokens_mean"] == 65
     assert plain["flops_per_question"] == 2 * 1000 * 25 and kb["flops_per_question"] == 2 * 1000 * 65
     assert kb["knowledge_used"] == 4 and plain["knowledge_used"] == 0
@@ -45,9 +60,70 @@ def test_summary_numbers_and_flips_by_hand():
     assert (flip["without"], flip["with"]) == ("plain", "kb")
     assert [(f["example_id"], f["entries"]) for f in flip["fixed"]] == [("b", ["k2"])]
     assert [(f["example_id"], f["entries"]) for f in flip["broken"]] == [("d", ["k4", "k5"])]
+    assert (flip["n"], flip["p_value"], flip["significant"], flip["verdict"]) == (4, 1.0, False, "not significant")
+    [pair] = res["comparisons"]
+    assert (pair["first"], pair["second"], pair["n"], pair["both_right"], pair["first_only"],
+            pair["second_only"], pair["both_wrong"]) == ("plain", "kb", 4, 1, 1, 1, 1)
+    assert pair["p_value"] == 1.0 and pair["verdict"] == "not significant"
     text = table(res)
-    assert "| accuracy (strict) | 50.0% | 50.0% |" in text and "1 fixed, 1 broken" in text
-    assert "| task t2 | 50.0% | 0.0% |" in text
+    assert "| accuracy (strict) | 50.0% [15.0–85.0] | 50.0% [15.0–85.0] |" in text
+    assert "| task t2 | 50.0% [9.5–90.5] | 0.0% [0.0–65.8] |" in text
+    assert "95 % Wilson score interval" in text
+    assert "| plain | kb | 4 | 1 | 1 | 1 | 1 | +0.0 pts | 1.000 | not significant |" in text
+    assert "plain → kb: 1 fixed, 1 broken (exact McNemar p = 1.000, not significant)" in text
+
+
+def outcomes(config, pattern):
+    """Rows of one configuration from a string like 'RRW' (R = right), one example per letter."""
+    return [row(config, f"q{i:02d}", ch == "R", 10) for i, ch in enumerate(pattern)]
+
+
+def test_every_pair_is_compared_with_exact_mcnemar():
+    # 12 shared questions. base: 2 right; sft: the same 2 + 7 more (c = 7, b = 0 -> p = 2/128);
+    # sft,kb: sft with one fixed and one broken (b = 1, c = 1 -> p = 1).
+    base, sft, sftkb = "RRWWWWWWWWWW", "RRRRRRRRRWWW", "RRRRRRRRWRWW"
+    runs = [RunConfig("base"), RunConfig("sft", adapter="a"), RunConfig("sft,kb", adapter="a", with_kb=True)]
+    rows = outcomes("base", base) + outcomes("sft", sft) + outcomes("sft,kb", sftkb)
+    res = summarise(rows, EvalConfig(configs=runs))
+    pairs = {(c["first"], c["second"]): c for c in res["comparisons"]}
+    assert list(pairs) == [("base", "sft"), ("base", "sft,kb"), ("sft", "sft,kb")]
+    one = pairs["base", "sft"]
+    assert (one["both_right"], one["first_only"], one["second_only"], one["both_wrong"]) == (2, 0, 7, 3)
+    assert one["p_value"] == pytest.approx(2 / 128) and one["verdict"] == "significant at 5 %"
+    assert one["significant"] is True and one["difference"] == pytest.approx(7 / 12)
+    two = pairs["base", "sft,kb"]
+    assert (two["first_only"], two["second_only"]) == (0, 7) and two["significant"]
+    three = pairs["sft", "sft,kb"]
+    assert (three["both_right"], three["first_only"], three["second_only"], three["both_wrong"]) == (8, 1, 1, 2)
+    assert three["p_value"] == 1.0 and three["verdict"] == "not significant"
+    [flip] = res["flips"]  # sft vs sft,kb: the knowledge pair carries the same test
+    assert (flip["without"], flip["with"], flip["p_value"], flip["verdict"]) == ("sft", "sft,kb", 1.0, "not significant")
+    text = table(res)
+    assert "| base | sft | 12 | 2 | 0 | 7 | 3 | +58.3 pts | 0.016 | significant at 5 % |" in text
+    assert "| sft | sft,kb | 12 | 8 | 1 | 1 | 2 | +0.0 pts | 1.000 | not significant |" in text
+    assert "not corrected for 3 comparisons" in text
+
+
+def test_comparisons_use_only_shared_questions():
+    # a stopped run: 'kb' answered only 3 of the 5 questions 'plain' answered
+    runs = [RunConfig("plain"), RunConfig("kb", with_kb=True)]
+    rows = outcomes("plain", "WWWRR") + outcomes("kb", "RRR")
+    res = summarise(rows, EvalConfig(configs=runs))
+    [pair] = res["comparisons"]
+    assert (pair["n"], pair["both_right"], pair["first_only"], pair["second_only"]) == (3, 0, 0, 3)
+    assert pair["p_value"] == pytest.approx(0.25) and res["flips"][0]["n"] == 3
+
+
+def test_bootstrap_intervals_are_stored_and_reproducible():
+    runs = [RunConfig("plain")]
+    rows = outcomes("plain", "RRRWWWWWWW" * 3)
+    cfg = EvalConfig(configs=runs, interval="bootstrap", seed=3)
+    a, b = summarise(rows, cfg), summarise(list(reversed(rows)), cfg)  # row order does not matter
+    assert a["configs"]["plain"]["accuracy_ci"] == b["configs"]["plain"]["accuracy_ci"]
+    assert a["interval"]["method"] == "bootstrap"
+    low, high = a["configs"]["plain"]["accuracy_ci"]
+    assert low < 0.3 < high and [low, high] != summarise(rows, EvalConfig(configs=runs))["configs"]["plain"]["accuracy_ci"]
+    assert "percentile bootstrap" in table(a)
 
 
 @pytest.fixture
@@ -78,6 +154,10 @@ def test_run_eval_side_by_side_and_resumable(tiny_model, knowledge, workspace):
     base, kb = results["configs"]["base"], results["configs"]["base,kb"]
     assert base["n"] == kb["n"] == 3 and kb["prompt_tokens_mean"] > base["prompt_tokens_mean"]
     assert base["accuracy"] == sum(r["correct"] for r in rows if r["config"] == "base") / 3
+    assert len(base["accuracy_ci"]) == 2 and base["accuracy_ci"][0] <= base["accuracy"] <= base["accuracy_ci"][1]
+    [pair] = results["comparisons"]
+    assert pair["n"] == 3 and pair["both_right"] + pair["first_only"] + pair["second_only"] + pair["both_wrong"] == 3
+    assert (workspace / "evals" / "t" / ".nesy-owned").is_file()  # the tool created this folder
     assert json.loads((workspace / "evals" / "t" / "results.json").read_text()) == results
     assert (workspace / "evals" / "t" / "table.md").read_text() == table(results)
     # A killed run left a half-written file: the rerun only does what is missing.
@@ -97,5 +177,103 @@ def test_cli_eval(tiny_model):
                               "base", "--base-model", tiny_model, "--max-new-tokens", "4", "--name", "cli"])
     assert out.exit_code == 0, out.output
     assert "| accuracy (strict) |" in out.output and "report:" in out.output
+    assert "95 % Wilson score interval" in out.output
     bad = runner.invoke(app, ["eval", "--config", "base,gpu"])
     assert bad.exit_code == 2
+
+
+@pytest.mark.parametrize("how", ["absolute", "traversal", "slash"])
+def test_cli_eval_name_is_a_name_not_a_path(tmp_path, workspace, how):
+    from distill.cli import app
+
+    outside = tmp_path / "outside"
+    value = {"absolute": str(outside / "report"), "traversal": "../../outside/report",
+             "slash": "a/b"}[how]
+    out = CliRunner().invoke(app, ["eval", "--dataset", "gsm8k", "--split", "test", "--limit", "1",
+                                   "--base-model", str(tmp_path / "no-model"), "--name", value])
+    assert out.exit_code == 2, out.output
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --name takes a name"), out.stderr
+    assert not outside.exists() and not (workspace / "evals").exists()  # nothing created anywhere
+    assert not (workspace / "a").exists()
+
+
+def test_cli_eval_rejects_an_unknown_interval(workspace):
+    from distill.cli import app
+
+    out = CliRunner().invoke(app, ["eval", "--interval", "jackknife", "--name", "x"])
+    assert out.exit_code == 2 and out.stderr.strip().startswith("error: --interval")
+    assert len(out.stderr.strip().splitlines()) == 1 and not (workspace / "evals").exists()
+
+
+# ------------------------------------------------------------------------- the Evaluation page
+
+def write_report(folder: Path, results: dict, rows: list[dict] | None = None) -> None:
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps(results))
+    if rows is not None:
+        (folder / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def open_page() -> AppTest:
+    at = AppTest.from_file(MAIN, default_timeout=60).run()
+    at.switch_page("views/evaluate.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_page_shows_intervals_pairs_and_error_bars(workspace):
+    runs = [RunConfig("base"), RunConfig("sft", adapter="a"), RunConfig("sft,kb", adapter="a", with_kb=True)]
+    rows = outcomes("base", "RRWWWWWWWWWW") + outcomes("sft", "RRRRRRRRRWWW") + outcomes("sft,kb", "RRRRRRRRWRWW")
+    write_report(workspace / "evals" / "r", summarise(rows, EvalConfig(configs=runs)))
+    at = open_page()
+    configs = at.dataframe[0].value
+    assert list(configs["configuration"]) == ["base", "sft", "sft,kb"]
+    assert list(configs["95% interval"]) == ["4.7–44.8%", "46.8–91.1%", "46.8–91.1%"]
+    pairs = at.dataframe[1].value
+    assert list(zip(pairs["first"], pairs["second"], pairs["only first right (b)"],
+                    pairs["only second right (c)"], pairs["exact McNemar p"], pairs["verdict"])) == [
+        ("base", "sft", 0, 7, "0.016", "significant at 5 %"),
+        ("base", "sft,kb", 0, 7, "0.016", "significant at 5 %"),
+        ("sft", "sft,kb", 1, 1, "1.000", "not significant")]
+    assert "Paired comparisons" in [h.value for h in at.subheader]
+    assert any("exact McNemar p = 1.000, **not significant**" in c.value for c in at.caption)
+    bars, errors = json.loads(at.get("vega_lite_chart")[0].proto.spec)["layer"]  # bars + error bars
+    assert bars["mark"]["type"] == "bar" and bars["encoding"]["y"]["field"] == "accuracy"
+    assert errors["mark"]["type"] == "rule"
+    assert (errors["encoding"]["y"]["field"], errors["encoding"]["y2"]["field"]) == ("low", "high")
+
+
+def test_page_fills_in_statistics_for_an_old_report(workspace):
+    """docs/real-run/results.json predates the statistics: intervals and tests come from its samples."""
+    from distill.evaluate import load_report
+
+    shutil.copytree(REPO / "docs" / "real-run", workspace / "evals" / "real-run")
+    old = json.loads((workspace / "evals" / "real-run" / "results.json").read_text())
+    assert "comparisons" not in old and "accuracy_ci" not in old["configs"]["base"]
+    filled = load_report("real-run")
+    assert filled["configs"]["base"]["accuracy_ci"] == pytest.approx([0.0, 0.0713476], abs=1e-6)  # 0 of 50
+    pair = next(c for c in filled["comparisons"] if (c["first"], c["second"]) == ("nesycd", "nesycd+kb"))
+    assert (pair["n"], pair["second_only"], pair["first_only"]) == (50, 1, 2)  # 1 fixed, 2 broken
+    assert pair["verdict"] == "not significant"
+    at = open_page()
+    assert "0.0–7.1%" in list(at.dataframe[0].value["95% interval"])
+
+
+def test_page_cannot_be_steered_outside_the_workspace(tmp_path, workspace):
+    secret = tmp_path / "elsewhere"
+    write_report(secret, {"dataset": "SECRET", "split": "x", "limit": 1, "configs": {}},
+                 [{"config": "SECRET", "example_id": "1"}])
+    (workspace / "evals").mkdir(parents=True)
+    (workspace / "evals" / "linked").symlink_to(secret, target_is_directory=True)  # a folder link
+    inside = workspace / "evals" / "filelink"
+    inside.mkdir()
+    (inside / "results.json").symlink_to(secret / "results.json")                 # a file link
+    at = open_page()
+    assert "No evaluation reports yet" in "".join(i.value for i in at.info)
+    from distill.evaluate import load_report
+
+    with pytest.raises(ValueError):
+        load_report("linked")
+    with pytest.raises(ValueError):
+        load_report("../../elsewhere")
