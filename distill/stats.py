@@ -19,13 +19,15 @@ from dataclasses import asdict, dataclass
 from statistics import NormalDist
 from typing import Sequence
 
+from kb.errors import NesyError
+
 ALPHA = 0.05
 CONFIDENCE = 0.95
 SIGNIFICANT = "significant at 5 %"
 NOT_SIGNIFICANT = "not significant"
 
 
-class StatsError(ValueError):
+class StatsError(NesyError, ValueError):
     """Impossible counts or settings (negative counts, k > n, a level outside (0, 1), ...)."""
 
 
