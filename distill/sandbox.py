@@ -17,17 +17,21 @@ Two layers, so that one mistake is not enough:
    NPROC=0, no core dumps), points stdin/stdout/stderr at /dev/null, runs the job with
    restricted builtins and writes one JSON result to a pipe. The worker kills the child when the
    wall-clock `timeout` passes. The fork keeps each check in the millisecond range (sympy is
-   imported once in the worker, not per call); a crashed or hung worker is replaced.
+   imported once in the worker, not per call); a crashed or hung worker is replaced. The
+   worker's cwd is a temp folder removed right after the worker starts: nothing is left in the
+   system temp dir, and a relative path in the worker cannot create anything.
    Note: RLIMIT_NPROC does not bind root; process creation is then blocked by layer 1 alone
    (no `os`/`subprocess` can be reached).
 
 `run_pot(code) -> ExecResult(ok, value, error)` reads `ans` (or calls `solution()` when the
 program defines it and sets no `ans`); `solve_eot(text)` solves all equations over all free
-symbols and reads `ans`.
+symbols and reads `ans`. A numeric answer must be finite and below 1e300 in size (infinity, NaN
+or an overflowing power is an error, never a value); an EoT division by zero says so.
 """
 from __future__ import annotations
 
 import ast
+import atexit
 import json
 import os
 import re
@@ -101,12 +105,13 @@ def _check_node(node: ast.AST) -> None:
         attr = node.attr
         if attr.startswith("_") or attr in FORBIDDEN_ATTRIBUTES or FRAME_ATTRIBUTE.match(attr):
             raise Rejected(f"{where}: attribute {attr!r} is not allowed")
-    if isinstance(node, (ast.FunctionDef, ast.arg)):
-        name = node.name if isinstance(node, ast.FunctionDef) else node.arg
-        if name.startswith("__") or name in FORBIDDEN_NAMES:
-            raise Rejected(f"{where}: name {name!r} is not allowed")
-        if isinstance(node, ast.FunctionDef) and node.decorator_list:
-            raise Rejected(f"{where}: decorators are not allowed")
+    bound = _bound_name(node)
+    if bound is not None and (bound.startswith("__") or bound in FORBIDDEN_NAMES):
+        # e.g. `from math import pi as __builtins__`: a non-dict __builtins__ in the globals makes
+        # CPython hand later frames the real builtins
+        raise Rejected(f"{where}: binding the name {bound!r} is not allowed")
+    if isinstance(node, ast.FunctionDef) and node.decorator_list:
+        raise Rejected(f"{where}: decorators are not allowed")
     if isinstance(node, ast.Import) and any(a.name not in ALLOWED_IMPORTS or a.asname for a in node.names):
         raise Rejected(f"{where}: only 'import math' is allowed")
     if isinstance(node, ast.ImportFrom) and (node.module not in ALLOWED_IMPORTS or node.level
@@ -114,6 +119,20 @@ def _check_node(node: ast.AST) -> None:
         raise Rejected(f"{where}: only 'from math import name' is allowed")
     if isinstance(node, ast.Constant) and isinstance(node.value, (bytes, str)) and len(node.value) > 10_000:
         raise Rejected(f"{where}: string constant too long")
+
+
+def _bound_name(node: ast.AST) -> str | None:
+    """The name a definition, argument, import alias or keyword argument binds (Name nodes are
+    checked on their own)."""
+    if isinstance(node, ast.FunctionDef):
+        return node.name
+    if isinstance(node, ast.arg):
+        return node.arg
+    if isinstance(node, ast.alias):
+        return node.asname or node.name.split(".")[0]
+    if isinstance(node, ast.keyword):
+        return node.arg
+    return None
 
 
 # ---------------------------------------------------------------- EoT restricted grammar
@@ -269,12 +288,18 @@ def limit(memory_mb, cpu_s):
         os.dup2(devnull, fd)
     resource.setrlimit(resource.RLIMIT_NOFILE, (16, 16))
 
+class NotFinite(Exception):
+    pass
+
 def plain(value):
+    """A JSON-safe answer: a finite float, or a short string (lone surrogates replaced)."""
     if isinstance(value, bool):
         return float(value)
     if isinstance(value, (int, float)):
-        return float(value) if abs(value) < 1e300 else str(value)[:100]
-    return str(value)[:200]
+        if not (abs(value) < 1e300):  # also NaN: every comparison with it is false
+            raise NotFinite("the result is not a finite number")
+        return float(value)
+    return str(value)[:200].encode("utf-8", "replace").decode("utf-8")
 
 SAFE_BUILTINS = {name: getattr(__builtins__, name) if not isinstance(__builtins__, dict) else __builtins__[name]
                  for name in ("abs", "all", "any", "bool", "dict", "divmod", "enumerate", "filter", "float",
@@ -313,8 +338,12 @@ def build(node, sympy, symbols):
     if kind == "mul":
         return sympy.Mul(args[0], args[1])
     if kind == "div":
+        if args[1].is_zero:
+            raise ZeroDivisionError("division by zero")
         return sympy.Mul(args[0], sympy.Pow(args[1], -1))
     if kind == "pow":
+        if args[0].is_zero and args[1].is_negative:
+            raise ZeroDivisionError("division by zero (0 to a negative power)")
         return sympy.Pow(args[0], args[1])
     raise ValueError("unknown node " + repr(kind))
 
@@ -330,6 +359,8 @@ def solve_eot(equations):
     for solution in solutions:
         value = solution.get(ans)
         if value is not None and not value.free_symbols:
+            if value.has(sympy.zoo, sympy.nan):
+                return {"ok": False, "error": "division by zero"}
             number = complex(sympy.N(value))
             if abs(number.imag) < 1e-9:
                 return {"ok": True, "value": plain(number.real)}
@@ -343,6 +374,10 @@ def child(request, write_fd):
         result = {"ok": False, "error": "memory limit exceeded"}
     except RecursionError:
         result = {"ok": False, "error": "recursion too deep"}
+    except NotFinite as e:
+        result = {"ok": False, "error": str(e)}
+    except ZeroDivisionError as e:
+        result = {"ok": False, "error": "ZeroDivisionError: " + str(e)}
     except BaseException as e:
         result = {"ok": False, "error": type(e).__name__ + ": " + str(e)[:200]}
     try:
@@ -402,13 +437,18 @@ class _Worker:
     def __init__(self):
         self.lock = threading.Lock()
         self.proc: subprocess.Popen | None = None
-        self.cwd = tempfile.mkdtemp(prefix="nesy-sandbox-")
 
     def _start(self) -> subprocess.Popen:
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
-        return subprocess.Popen([sys.executable, "-I", "-c", WORKER_SOURCE], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=self.cwd,
-                                env=env, text=True, bufsize=1)
+        cwd = tempfile.mkdtemp(prefix="nesy-sandbox-")
+        try:
+            return subprocess.Popen([sys.executable, "-I", "-c", WORKER_SOURCE], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=cwd,
+                                    env=env, text=True, bufsize=1)
+        finally:
+            # The worker keeps a deleted, empty cwd: nothing is left behind, even after a SIGKILL,
+            # and no relative path can create a file there.
+            os.rmdir(cwd)
 
     def request(self, payload: dict, timeout: float) -> dict:
         with self.lock:
@@ -434,6 +474,7 @@ class _Worker:
 
 
 _WORKER = _Worker()
+atexit.register(_WORKER.stop)
 
 
 def _run(payload: dict, timeout: float, memory_mb: int) -> ExecResult:

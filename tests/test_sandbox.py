@@ -7,6 +7,8 @@ process alive and its cwd unchanged).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -116,6 +118,31 @@ HOSTILE_POT = [
     ("null bytes", "ans = 1\x00"),
     ("print flood", "for i in range(10 ** 9):\n    print('x' * 1000)"),
     ("raise SystemExit", "raise SystemExit(0)"),
+    # binding dunder / forbidden names: a non-dict __builtins__ makes CPython give later frames
+    # the real builtins
+    ("from math import as __builtins__",
+     "from math import pi as __builtins__\ndef f():\n    return print\nans = f()"),
+    ("from math import as __import__", "from math import pi as __import__\nans = 1"),
+    ("from math import as open", "from math import floor as open\nans = 1"),
+    ("import math as __builtins__", "import math as __builtins__\nans = 1"),
+    ("dunder keyword argument", "ans = dict(__builtins__=1)"),
+    ("dunder lambda argument", "f = lambda __builtins__=1: __builtins__\nans = f()"),
+    ("dunder function argument", "def f(__class__):\n    return 1\nans = f(1)"),
+    ("walrus binds dunder", "ans = (__builtins__ := 1)"),
+    ("for target dunder", "for __builtins__ in [1]:\n    pass\nans = 1"),
+    ("comprehension target dunder", "ans = [1 for __loader__ in [1]]"),
+    ("del builtins name", "del __builtins__\nans = 1"),
+    ("function named like a dunder", "def __getattr__(x):\n    return 1\nans = 1"),
+    ("function named open", "def open(x):\n    return 1\nans = open(1)"),
+    # answers that are not finite numbers must never count as a value
+    ("infinite float", "ans = float('inf')"),
+    ("negative infinity", "ans = -float('inf')"),
+    ("nan", "ans = float('nan')"),
+    ("nan from arithmetic", "x = float('inf')\nans = x - x"),
+    ("huge integer", "ans = 10 ** 400"),
+    ("huge integer via solution()", "def solution():\n    return 7 ** 1000"),
+    ("huge float power", "ans = 1e308 * 10"),
+    ("str() digits limit", "ans = 10 ** 5000"),
 ]
 
 
@@ -153,6 +180,16 @@ HOSTILE_EOT = [
     ("huge power tower", "a = 2^2^2^2^2^2\nans = a"),
     ("lambda", "ans = lambda: 1"),
     ("brackets", "ans = [1, 2]"),
+    # results that are not finite numbers
+    ("power overflowing a float", "ans = 2^(10^8)"),
+    ("power of ten beyond 1e300", "ans = 10^400"),
+    ("division by zero", "ans = 1/0"),
+    ("division by a zero expression", "a = 5\nans = a/(a - a)"),
+    ("zero to a negative power", "ans = 0^(-1)"),
+    ("zero over zero", "ans = 0/0"),
+    ("comment hides nothing", "% ans = 1\nans = 1/(2 - 2)"),
+    ("unicode operator", "ans = 2 \u00d7 3"),
+    ("unicode identifier", "\u0430ns = 1\nans = \u0430ns / 0"),
 ]
 
 
@@ -168,3 +205,50 @@ def test_hostile_eot_blocked_or_killed(name, text):
 def test_sandbox_survives_hostile_run_and_keeps_working():
     assert not run_pot("while True:\n    pass", timeout=1).ok
     assert run_pot("ans = 2 + 2").value == 4
+
+
+def test_non_finite_and_huge_results_are_errors_not_answers():
+    for text in ("ans = 2^(10^8)", "ans = 10^400"):
+        result = solve_eot(text)
+        assert not result.ok and "not a finite number" in result.error, (text, result)
+    for code in ("ans = float('inf')", "ans = float('nan')", "ans = 10 ** 400"):
+        result = run_pot(code)
+        assert not result.ok and "not a finite number" in result.error, (code, result)
+    assert solve_eot("ans = 10^299").ok and run_pot("ans = 1e299").ok  # large but finite is fine
+
+
+def test_division_by_zero_is_named_as_such():
+    for text in ("ans = 1/0", "a = 5\nans = a/(a - a)", "ans = 0^(-1)", "ans = 0/0"):
+        result = solve_eot(text)
+        assert not result.ok and "division by zero" in result.error, (text, result)
+        assert "contradict" not in result.error
+    assert "contradict" in solve_eot("2 = 3\nans = 1").error
+
+
+def test_binding_a_dunder_or_forbidden_name_is_refused_statically():
+    for code in ("from math import pi as __builtins__", "from math import floor as open",
+                 "ans = dict(__builtins__=1)", "f = lambda __x: 1"):
+        with pytest.raises(Rejected, match="binding the name"):
+            check_pot(code)
+    check_pot("from math import pi as circle_ratio\nans = circle_ratio")  # a plain alias is fine
+
+
+def test_a_string_answer_with_a_lone_surrogate_comes_back_encodable():
+    result = run_pot("ans = '\\ud800 seven'")
+    assert result.ok and result.value.encode("utf-8") and "seven" in result.value
+
+
+def test_importing_and_using_the_sandbox_leaves_nothing_in_the_temp_dir(tmp_path):
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    script = ("import distill.sandbox as s\n"
+              "assert s.run_pot('ans = 6 * 7').value == 42\n"
+              "assert s.solve_eot('x = 2\\nans = 3x').value == 6\n"
+              "s._WORKER.stop()\n"
+              "assert s.run_pot('ans = 1').ok  # a restarted worker\n")
+    for code in ("import distill.sandbox", script):
+        out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent,
+                             env={**os.environ, "TMPDIR": str(temp)}, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert list(temp.iterdir()) == [], "the sandbox left files in the system temp dir"
