@@ -3,7 +3,8 @@
 Conventions (shared/METHODS.md, "Evaluation conventions"):
 - numbers, strict: the number after the last "The answer is" / "Therefore, the answer is" / "####";
   numbers, flexible: the last number anywhere in the output. `,` `$` and a trailing `.` are
-  stripped; comparison is numeric with a tolerance.
+  stripped; integers are compared exactly (18.0 == 18, 17 != 18), other numbers within 1e-6
+  absolute (a tolerance relative to the gold would let 1,000 accept 999.9).
 - option letters: after "the answer is", then looser patterns ("answer: B", a lone "(B)" ...);
   compared to the gold letter with parentheses stripped (BBH gold is "(A)").
 - free text (BBH True/valid/Yes, StrategyQA Yes/No, word lists): the phrase after "the answer is"
@@ -12,6 +13,7 @@ Conventions (shared/METHODS.md, "Evaluation conventions"):
 from __future__ import annotations
 
 import re
+from decimal import Decimal, InvalidOperation
 
 NUMBER_RE = re.compile(r"-?\$?\s?\d[\d,]*(?:\.\d+)?|-?\$?\.\d+")
 ANSWER_IS_RE = re.compile(r"(?:the\s+(?:final\s+)?answer\s+is|answer\s+is\s*:?|####)", re.IGNORECASE)
@@ -107,18 +109,44 @@ def normalise_option(text: str) -> str:
     return text.strip().strip("()").strip().upper()
 
 
-def answers_match(pred: str | None, gold: str, answer_type: str, tol: float = 1e-4) -> bool:
-    """Numbers within `tol` (relative to |gold| when it is above 1), letters or normalised text equal."""
+NUMBER_TOLERANCE = Decimal("1e-6")  # absolute, for non-integer golds only
+
+
+def answers_match(pred: str | None, gold: str, answer_type: str,
+                  tol: Decimal | float = NUMBER_TOLERANCE) -> bool:
+    """Numbers: exactly equal when the gold is an integer (18 == 18.0, 18 != 18.00001), within
+    `tol` absolute otherwise; letters or normalised text equal.
+
+    The comparison is decimal, never binary float. A prediction with more significant digits than
+    a double holds ("3.0000000000000004", a float printed by a program) is first rounded to 15.
+    """
     if pred is None:
         return False
     if answer_type == "number":
-        p, g = normalise_number(str(pred)), normalise_number(str(gold))
+        p, g = _decimal(str(pred)), _decimal(str(gold))
         if p is None or g is None:
             return False
-        return abs(float(p) - float(g)) <= tol * max(1.0, abs(float(g)))
+        if len(p.as_tuple().digits) > 15:
+            p = Decimal(f"{float(p):.15g}")
+        if g == g.to_integral_value():
+            return p == g
+        return abs(p - g) <= Decimal(str(tol))
     if answer_type == "option":
         return normalise_option(pred) == normalise_option(gold)
     return normalise_text(pred) == normalise_text(gold)
+
+
+def _decimal(text: str) -> Decimal | None:
+    """The first number in text as an exact Decimal ('$1,080.' -> 1080); None when none."""
+    match = NUMBER_RE.search(text)
+    if not match:
+        return None
+    raw = match.group(0).replace(",", "").replace("$", "").replace(" ", "").rstrip(".")
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        return None
+    return value if value.is_finite() else None
 
 
 def gsm8k_gold(answer_field: str) -> str:
@@ -161,3 +189,33 @@ def _choice_by_text(text: str, choices: list[tuple[str, str]]) -> str | None:
         if normalise_text(choice_text) and normalise_text(choice_text) == said:
             return label
     return None
+
+
+# ---------------------------------------------------------------- the student's wrong response
+
+# Degenerate runs a small student falls into, tried in this order; the response is cut at the first
+# occurrence of each one present (the NesyCD reference code's list, inference.py, `temp_error`).
+DEGENERATE_RUNS = (
+    "? ? ? ? ? ? ? ? ? ? ?",
+    "| | | | | | | | | | | | |",
+    "per day per day per day per day",
+    "\t" * 14,
+    "+ True + True + True + True",
+    "888888888",
+    "0" * 19,
+    "0, 0, 0, 0, 0, 0, 0, 0, 0, 0",
+    "\ufffd" * 7,
+    "not not not not not not not",
+)
+
+
+def clean_response(text: str, max_pieces: int = 256) -> str:
+    """The student's response as the teacher should see it: a prefix of what the student wrote.
+
+    Cut at the first degenerate run (DEGENERATE_RUNS, in order), then keep the first `max_pieces`
+    pieces split on single spaces (so newlines survive). Nothing that stays is rewritten: the result
+    is always `text[:n]` for some n (trailing spaces before a cut are kept too).
+    """
+    for run in DEGENERATE_RUNS:
+        text = text.split(run, 1)[0]
+    return " ".join(text.split(" ")[:max_pieces])

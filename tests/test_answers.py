@@ -4,10 +4,12 @@ from __future__ import annotations
 import gzip
 import json
 import re
+from decimal import Decimal
 
 import pytest
 
-from distill.answers import answers_match, check, extract_answer, gsm8k_gold
+from distill.answers import (DEGENERATE_RUNS, answers_match, check, clean_response,
+                             extract_answer, gsm8k_gold)
 from distill.data import DATA_DIR, get_dataset
 
 
@@ -30,7 +32,8 @@ def test_number_normalisation_and_tolerance():
     assert extract_answer("so the answer is -3.50 dollars", "number") == "-3.5"
     assert extract_answer("Total 5 apples, then 7.", "number", "flexible") == "7"
     assert extract_answer("no digits here", "number", "flexible") is None
-    assert answers_match("18.00001", "18", "number") and not answers_match("18.01", "18", "number")
+    assert not answers_match("18.00001", "18", "number") and not answers_match("18.01", "18", "number")
+    assert answers_match("18.0", "18", "number") and answers_match("$18.00", "18", "number")
     assert answers_match("1,000,000", "1000000", "number")
     assert not answers_match(None, "18", "number") and not answers_match("abc", "18", "number")
     assert gsm8k_gold("Natalia sold 48/2 = 24 clips.\n#### 1,080") == "1080"
@@ -92,3 +95,57 @@ def test_agieval_math_and_strategyqa_free_text():
         flipped = "No" if ex.answer == "Yes" else "Yes"
         assert not check(f"So the answer is {flipped}.", ex)[1]
         assert check(f"{ex.rationale}\n{ex.answer}", ex, mode="flexible")[1]
+
+
+# ---------------------------------------------------------------- numeric tolerance (issue 9)
+
+def test_integer_golds_compare_exactly_on_every_real_gsm8k_test_gold():
+    """A tolerance relative to the gold let 47 of the 1,319 GSM8K test golds accept gold-1 and
+    67 accept gold+0.5."""
+    examples = get_dataset("gsm8k").load("test")
+    assert len(examples) == 1319
+    accepted = [ex.answer for ex in examples for wrong in
+                (Decimal(ex.answer) - 1, Decimal(ex.answer) + 1, Decimal(ex.answer) + Decimal("0.5"))
+                if answers_match(str(wrong), ex.answer, "number")]
+    assert accepted == []
+    assert all(answers_match(f"{ex.answer}.0", ex.answer, "number") for ex in examples)
+    assert all(answers_match(f"{int(ex.answer):,}", ex.answer, "number") for ex in examples)
+    assert answers_match("18.0", "18", "number") and answers_match("18", "18.0", "number")
+
+
+def test_non_integer_golds_use_a_small_absolute_tolerance():
+    assert answers_match("0.30000000000000004", "0.3", "number")  # a float printed by a program
+    assert answers_match("3.0000000000000004", "3", "number")
+    assert answers_match("2.5", "2.50", "number") and answers_match("0.3333333", "0.3333333", "number")
+    assert not answers_match("1000.4", "1000.5", "number")
+    assert not answers_match("0.334", "0.333", "number") and not answers_match("-2.5", "2.5", "number")
+    assert not answers_match("12345678.5", "12345678.25", "number")
+
+
+# ---------------------------------------------------------------- clean_response (issue 9)
+
+SOLUTION = ("Natalia sold 48 clips in April.\nIn May she sold 48 / 2 = 24 clips.\n"
+            "So she made 1,111 + 111 = 1222 dollars, or 1000000 cents, a ratio of 0.333.\n\n"
+            "Therefore, the answer is 1222.")
+
+
+def test_clean_response_never_rewrites_what_it_keeps():
+    assert clean_response(SOLUTION) == SOLUTION  # numbers, commas, newlines untouched
+    for text in ("111", "1,111", "1000000", "0.333", "a\n\nb", "not not true", "x  y\t z "):
+        assert clean_response(text) == text
+
+
+def test_clean_response_cuts_at_the_first_degenerate_run():
+    looping = SOLUTION + "\nSo x = ? ? ? ? ? ? ? ? ? ? ? ? ? ? ?"
+    assert clean_response(looping) == SOLUTION + "\nSo x = "
+    assert clean_response("The total is 4" + "0" * 40 + " dollars") == "The total is 4"
+    assert clean_response("it is not not not not not not not not true") == "it is "
+    for run in DEGENERATE_RUNS:
+        assert clean_response(f"kept\n{run}{run} lost") == "kept\n"
+
+
+def test_clean_response_keeps_the_first_256_space_separated_pieces():
+    lines = " ".join(f"step{i}\nok" for i in range(300))  # newlines inside pieces
+    cleaned = clean_response(lines)
+    assert lines.startswith(cleaned) and len(cleaned.split(" ")) == 256
+    assert cleaned.endswith("step255\nok") and cleaned.count("\n") == 256
