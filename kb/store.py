@@ -550,6 +550,30 @@ class KBStore:
                 args.append(f"%{text.strip()}%")
         return " AND ".join(clauses), args
 
+    # -- trash and merge preview (read-only; used by the app's Trash view and merge dialog) -----
+    def deleted_entries(self, *, offset: int = 0, limit: int = 50) -> Page:
+        """One page of deleted entries (merged-away ones included), most recently deleted first,
+        as they were when deleted. Bring one back with
+        restore(id, history(id)[-1].revision_id, expected_version=entry.version, by=...)."""
+        con = self._con
+        total = con.execute("SELECT COUNT(*) FROM entries WHERE deleted = 1").fetchone()[0]
+        ids = [i for (i,) in con.execute(
+            "SELECT id FROM entries WHERE deleted = 1 ORDER BY updated_at DESC, id DESC "
+            "LIMIT ? OFFSET ?", (limit, offset))]
+        rows = [self._row(con, i) for i in ids]
+        return Page([r.entry for r in rows if r is not None], total, offset, limit)
+
+    def preview_merge(self, keep_id: str, drop_id: str) -> Entry:
+        """The entry merge(keep_id, drop_id) would leave (same unions as merge); writes nothing."""
+        if keep_id == drop_id:
+            raise ValueError("cannot merge an entry with itself")
+        con = self._con
+        keep, drop = self._live_row(con, keep_id), self._live_row(con, drop_id)
+        links = [i for i in _union(keep.entry.links, drop.entry.links) if i not in (keep_id, drop_id)]
+        return keep.entry.model_copy(update={
+            "concepts": _union(keep.entry.concepts, drop.entry.concepts), "links": links,
+            "version": keep.entry.version + 1})
+
 
 def _try_create_fts(con) -> bool:
     """FTS5 when this SQLite has it (text search by words, fast); else LIKE over the JSON."""
