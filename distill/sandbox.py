@@ -8,9 +8,9 @@ Two layers, so that one mistake is not enough:
      `open/exec/eval/compile/getattr/globals/...`, no classes, `with`, `global` or `yield`.
    - EoT: the text is parsed by a small recursive-descent parser for `lhs = rhs` lines over
      numbers, identifiers, `+ - * / ^ **`, parentheses and implicit multiplication (`3x`,
-     `2(x+1)`); `%` starts a comment. The parse tree (plain JSON) is turned into sympy objects
-     by hand (`Rational`, `Symbol`, `Add`, `Mul`, `Pow`) — model text never reaches eval or
-     sympify.
+     `2(x+1)`); `%` starts a comment line, and after a number is a percent (`20%` = 20/100).
+     The parse tree (plain JSON) is turned into sympy objects by hand (`Rational`, `Symbol`,
+     `Add`, `Mul`, `Pow`) — model text never reaches eval or sympify.
 2. Execution in another process. One long-lived worker (`python -I`, empty environment, temp
    cwd) serves requests; for each it forks a child that sets resource limits (address space =
    the worker's size + `memory_mb`, CPU seconds, FSIZE=0 so no file can be written, NOFILE,
@@ -137,7 +137,7 @@ def _bound_name(node: ast.AST) -> str | None:
 
 # ---------------------------------------------------------------- EoT restricted grammar
 
-TOKEN_RE = re.compile(r"\s*(?:(\d+(?:,\d{3})*(?:\.\d+)?|\.\d+)|([A-Za-z_][A-Za-z0-9_]*)|(\*\*|[-+*/^()]))")
+TOKEN_RE = re.compile(r"\s*(?:(\d+(?:,\d{3})*(?:\.\d+)?|\.\d+)(\s*%)?|([A-Za-z_][A-Za-z0-9_]*)|(\*\*|[-+*/^()]))")
 
 
 def tokenize(expr: str) -> list[tuple[str, str]]:
@@ -146,11 +146,12 @@ def tokenize(expr: str) -> list[tuple[str, str]]:
         match = TOKEN_RE.match(expr, pos)
         if not match:
             raise Rejected(f"unexpected character {expr[pos:].strip()[:1]!r} in {expr.strip()[:60]!r}")
-        number, name, op = match.groups()
+        number, percent, name, op = match.groups()
         if number is not None:
             if len(number) > 30:
                 raise Rejected("number too long")
-            tokens.append(("num", number.replace(",", "")))
+            num = ("num", number.replace(",", ""))
+            tokens += [("op", "("), num, ("op", "/"), ("num", "100"), ("op", ")")] if percent else [num]
         elif name is not None:
             if len(name) > 64:
                 raise Rejected("identifier too long")
@@ -245,13 +246,14 @@ class _Parser:
 def parse_eot(text: str) -> list[list]:
     """EoT text -> [[lhs_tree, rhs_tree], ...]; needs an `ans = ...` line.
 
-    Lines without '=' (comments after '%', code fences, stray prose) are skipped; every line with
-    '=' must parse under the grammar, or the whole system is rejected.
+    Lines starting with '%' (comments) and lines without '=' (code fences, stray prose) are skipped;
+    every other line must parse under the grammar, or the whole system is rejected. Inside an
+    equation `20%` is 20/100; any other '%' is rejected (it used to cut the line silently).
     """
     equations = []
     for number, line in enumerate(text.splitlines(), start=1):
-        line = line.split("%", 1)[0].strip()
-        if not line or "=" not in line:
+        line = line.strip()
+        if not line or line.startswith("%") or "=" not in line:
             continue  # blank, comment, code fence or prose: never evaluated, so safe to skip
         if line.count("=") != 1:
             raise Rejected(f"line {number}: expected one '=' in {line[:60]!r}")
