@@ -24,11 +24,13 @@ class StopRequested(Exception):
     """Raised by Progress.check_stop() so a loop can unwind to its checkpoint-and-exit path."""
 
 
-_stop_flag = {"set": False}
+_stop_flag = {"set": False, "at": None}
 
 
 def _request_stop(signum, frame):  # noqa: ARG001 - signal handler signature
     _stop_flag["set"] = True
+    if _stop_flag["at"] is None:
+        _stop_flag["at"] = time.monotonic()
 
 
 def install_stop_handler() -> None:
@@ -39,6 +41,12 @@ def install_stop_handler() -> None:
 
 def stop_requested() -> bool:
     return _stop_flag["set"]
+
+
+def stop_requested_at() -> float | None:
+    """time.monotonic() of the first stop request (None: none), so blocking work such as a
+    teacher call in flight can give up a bounded grace period after it."""
+    return _stop_flag["at"]
 
 
 def metrics_path() -> Path | None:

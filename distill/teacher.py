@@ -3,13 +3,24 @@
 - `TeacherClient(config, cache)` speaks the chat-completions protocol with the `openai` client
   (its own retries off, so ours are the ones that run and are tested): bounded concurrency,
   exponential backoff with jitter on 429 / 5xx / timeouts / connection errors (a `Retry-After`
-  header wins when present), a per-request timeout, and usage accounting. The same code drives
-  OpenAI, vLLM, Ollama, llama.cpp, LM Studio or TGI through `base_url` + `model`. The API key is
-  read from the environment variable named in the config and never written anywhere.
+  header wins when present), usage accounting, and `timeout` as the *total* wall-clock deadline
+  of one request (connect + send + read). The timeouts of httpx2 (the httpx fork openai uses)
+  are per phase, so a server that trickles one byte a second never trips them:
+  `DeadlineTransport` bounds every socket operation by what is left of the request's deadline.
+  A stop request (SIGTERM/SIGINT, see distill/progress.py) lets calls in flight finish for
+  STOP_GRACE seconds (so a paid answer still lands in the cache), then abandons them; no new
+  call starts. The same code drives OpenAI, vLLM,
+  Ollama, llama.cpp, LM Studio or TGI through `base_url` + `model`.
+- The API key is read from the environment variable named in the config and never written
+  anywhere; every text the client hands on (answers, error bodies) has it replaced by
+  `[redacted]`. The app may only offer the variables the operator declared:
+  `allowed_key_envs()` ($NESY_TEACHER_KEY_ENVS or the Streamlit secret `teacher_key_envs`).
 - `TeacherCache` is a SQLite file in $NESY_HOME/cache. A request's key is
   sha256(backend, model, messages, sampling params, sample index), so a re-run of a stopped job
-  answers finished items from the cache and makes no repeated teacher call. Every real call is
-  also logged (key, time) so a test or a user can prove it.
+  answers finished items from the cache and makes no repeated teacher call. Only usable answers
+  are cached (an empty answer is asked again next time). Every real call is also logged (key,
+  time) so a test or a user can prove it. Lone surrogates (not encodable as UTF-8) in anything
+  written are replaced by U+FFFD, so one odd answer cannot make a write fail.
 - `LocalTeacherServer` runs a real llama.cpp server (the prebuilt `xllamacpp` wheel) in a child
   process on 127.0.0.1 and a free port, waits for /health, and stops it on exit.
   `local_teacher(gguf)` is the shared variant for jobs: the first job starts a detached server
@@ -25,6 +36,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import signal
 import socket
 import sqlite3
@@ -36,9 +48,13 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import httpcore2
+import httpx2
 import openai
 
+from distill.progress import StopRequested, stop_requested, stop_requested_at
 from kb.workspace import subdir
 
 Messages = list[dict]
@@ -51,7 +67,7 @@ class TeacherConfig:
     api_key_env: str = "OPENAI_API_KEY"
     concurrency: int = 4
     max_retries: int = 5
-    timeout: float = 600.0          # seconds per request (a busy CPU server can be slow)
+    timeout: float = 600.0          # total seconds of one request attempt (a busy CPU server is slow)
     temperature: float = 0.0
     max_tokens: int = 512
     backoff_base: float = 0.5       # seconds; attempt k waits base * 2**k (+ jitter), capped
@@ -91,6 +107,150 @@ class TeacherError(RuntimeError):
     """A teacher call failed after all retries (or with a non-retryable error)."""
 
 
+class TeacherStopped(TeacherError):
+    """A stop was requested: the call was not started, or was abandoned after STOP_GRACE."""
+
+
+SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(text: str) -> str:
+    """`text` with lone surrogates (which UTF-8 cannot encode) replaced by U+FFFD."""
+    return SURROGATE.sub("\ufffd", text)
+
+
+# ---------------------------------------------------------------- API key allowlist
+
+KEY_ENVS_VAR = "NESY_TEACHER_KEY_ENVS"
+KEY_ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def allowed_key_envs(secrets=None, base_url: str | None = None) -> list[str]:
+    """The environment variables the operator declared as teacher API keys (what the app may
+    offer and send; nothing else is ever listed or sent).
+
+    Declared in $NESY_TEACHER_KEY_ENVS (comma-separated) and/or `teacher_key_envs` in the
+    Streamlit secrets (`secrets`: st.secrets or any mapping; a list or a comma-separated string).
+    `NAME` allows the variable for any base URL; `NAME@host` or `NAME@host:port` only for base
+    URLs on that host, so a visitor cannot send the key to a server of their own. With
+    `base_url`, only the names allowed for it. Nothing declared: an empty list.
+    """
+    entries = os.environ.get(KEY_ENVS_VAR, "").split(",")
+    try:
+        declared = secrets.get("teacher_key_envs") if secrets is not None else None
+    except Exception:  # noqa: BLE001 - st.secrets raises when there is no secrets file at all
+        declared = None
+    entries += declared.split(",") if isinstance(declared, str) else list(declared or [])
+    names = []
+    for entry in (str(e).strip() for e in entries):
+        name, _, host = entry.partition("@")
+        if KEY_ENV_RE.fullmatch(name) and name not in names and (
+                base_url is None or not host or _same_host(base_url, host)):
+            names.append(name)
+    return names
+
+
+def _same_host(base_url: str, host: str) -> bool:
+    """`host` is 'name' (any port) or 'name:port'; compared with the URL's host (and port)."""
+    try:
+        parts = urlsplit(base_url)
+        netloc = f"{parts.hostname}:{parts.port}" if ":" in host else f"{parts.hostname}"
+    except ValueError:  # a malformed port
+        return False
+    return parts.hostname is not None and netloc.lower() == host.lower()
+
+
+# ---------------------------------------------------------------- total deadline of one request
+
+STOP_GRACE = 3.0    # s a call in flight may still take after a stop request (then abandoned)
+WAIT_SLICE = 0.25   # s between looks at the deadline and the stop flag while a read blocks
+
+_deadline = threading.local()   # .at: monotonic end of the current thread's request attempt
+
+
+def _seconds_left() -> float | None:
+    """What is left of this thread's request: its deadline, cut to STOP_GRACE after a stop."""
+    ends = [getattr(_deadline, "at", None)]
+    if (stopped := stop_requested_at()) is not None:
+        ends.append(stopped + STOP_GRACE)
+    ends = [end for end in ends if end is not None]
+    return min(ends) - time.monotonic() if ends else None
+
+
+def _bounded(timeout: float | None, error: type[Exception], cap: float | None = None) -> float | None:
+    """The timeout of one socket operation: the phase `timeout`, never past the deadline."""
+    limits = [t for t in (timeout, _seconds_left(), cap) if t is not None]
+    if not limits:
+        return None
+    if min(limits) <= 0:
+        raise error("stopped" if stop_requested() else "the request ran past its total deadline")
+    return min(limits)
+
+
+class _DeadlineStream(httpcore2.NetworkStream):
+    """A socket stream whose reads wake every WAIT_SLICE s to check the deadline and stop flag."""
+
+    def __init__(self, stream: httpcore2.NetworkStream):
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        phase_end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            phase_left = None if phase_end is None else phase_end - time.monotonic()
+            step = _bounded(phase_left, httpcore2.ReadTimeout, cap=WAIT_SLICE)
+            try:
+                return self._stream.read(max_bytes, step)
+            except httpcore2.ReadTimeout:
+                continue  # the next _bounded raises once the phase or the deadline is spent
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        # not sliced: a timed-out sendall may have sent part of the buffer (request bodies are small)
+        self._stream.write(buffer, _bounded(timeout, httpcore2.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context, server_hostname=None, timeout=None) -> httpcore2.NetworkStream:
+        return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname,
+                                                      _bounded(timeout, httpcore2.ConnectTimeout)))
+
+    def get_extra_info(self, info: str):
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore2.NetworkBackend):
+    def __init__(self, backend: httpcore2.NetworkBackend):
+        self._backend = backend
+
+    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        return _DeadlineStream(self._backend.connect_tcp(
+            host, port, _bounded(timeout, httpcore2.ConnectTimeout), local_address, socket_options))
+
+    def connect_unix_socket(self, path, timeout=None, socket_options=None):
+        return _DeadlineStream(self._backend.connect_unix_socket(
+            path, _bounded(timeout, httpcore2.ConnectTimeout), socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+class DeadlineTransport(httpx2.HTTPTransport):
+    """httpx2's own transport, with every socket operation bounded by the request's deadline."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        # httpx2 has no public way to pass an httpcore2 network backend; its pool reads this
+        # attribute for every new connection (checked by tests/test_teacher.py's trickle test).
+        self._pool._network_backend = _DeadlineBackend(self._pool._network_backend)
+
+
+def _env_proxy(url: str) -> str | None:
+    """The proxy the environment names for `url` (a custom transport makes httpx2 ignore it)."""
+    parts = urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    return None if not proxy or urllib.request.proxy_bypass(parts.hostname or "") else proxy
+
+
 # ---------------------------------------------------------------- cache
 
 class TeacherCache:
@@ -114,7 +274,8 @@ class TeacherCache:
     @staticmethod
     def key(backend: str, model: str, messages: Messages, sampling: dict) -> str:
         blob = json.dumps([backend, model, messages, sampling], sort_keys=True, ensure_ascii=False)
-        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+        # surrogatepass: a prompt with a lone surrogate still gets a key (others: plain UTF-8)
+        return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
 
     def get(self, key: str) -> Completion | None:
         row = self._db().execute("SELECT text, usage, finish_reason, model FROM completions WHERE key=?",
@@ -124,10 +285,10 @@ class TeacherCache:
         return Completion(row[0], json.loads(row[1]), row[2], row[3], cached=True, key=key)
 
     def put(self, key: str, request: dict, completion: Completion) -> None:
+        row = (json.dumps(request, ensure_ascii=False), completion.text, json.dumps(completion.usage),
+               completion.finish_reason, completion.model)
         self._db().execute("INSERT OR REPLACE INTO completions VALUES (?,?,?,?,?,?,?)",
-                           (key, json.dumps(request, ensure_ascii=False), completion.text,
-                            json.dumps(completion.usage), completion.finish_reason, completion.model,
-                            time.time()))
+                           (key, *(None if v is None else clean_text(v) for v in row), time.time()))
 
     def log_call(self, key: str) -> None:
         self._db().execute("INSERT INTO calls (key, at) VALUES (?, ?)", (key, time.time()))
@@ -151,9 +312,14 @@ class TeacherClient:
         self.cache = cache
         self.usage = Usage()
         self._lock = threading.Lock()
-        api_key = os.environ.get(config.api_key_env) or "no-key"  # local servers need none
-        self._client = openai.OpenAI(base_url=config.base_url, api_key=api_key, max_retries=0,
-                                     timeout=config.timeout)
+        api_key = os.environ.get(config.api_key_env) if config.api_key_env else None
+        # redact only a real key: a 3-character "key" would blank every matching word
+        self._secret = api_key if api_key and len(api_key) >= 8 else None
+        transport = DeadlineTransport(proxy=_env_proxy(config.base_url))
+        # local servers need no key; our retries, not the SDK's, so they are the ones tested
+        self._client = openai.OpenAI(base_url=config.base_url, api_key=api_key or "no-key",
+                                     max_retries=0, timeout=config.timeout,
+                                     http_client=openai.DefaultHttpxClient(transport=transport))
 
     def sampling(self, **overrides) -> dict:
         params = {"temperature": self.config.temperature, "max_tokens": self.config.max_tokens}
@@ -174,6 +340,12 @@ class TeacherClient:
         completion.key = key
         if self.cache is not None:
             self.cache.log_call(key)
+        if not completion.text.strip():
+            # not cached: an empty answer is not final, a re-run asks again
+            self._count(failures=1)
+            raise TeacherError(f"the teacher returned an empty answer (finish_reason "
+                               f"{completion.finish_reason}); not cached, a re-run asks again")
+        if self.cache is not None:
             self.cache.put(key, {"model": self.config.model, "messages": messages, **params}, completion)
         return completion
 
@@ -203,7 +375,7 @@ class TeacherClient:
                         on_done(i, result)
             except BaseException:
                 # A stop request (or any error) in on_done: drop queued prompts; the calls in
-                # flight still finish and land in the cache, so nothing paid for is lost.
+                # flight get STOP_GRACE s to finish and land in the cache, then are abandoned.
                 for future in futures:
                     future.cancel()
                 raise
@@ -211,21 +383,48 @@ class TeacherClient:
 
     def _call_with_retries(self, messages: Messages, params: dict) -> Completion:
         for attempt in range(self.config.max_retries + 1):
+            self._check_stop()
             try:
-                response = self._client.chat.completions.create(
-                    model=self.config.model, messages=messages, **params)
+                response = self._create(messages, params)
             except RETRYABLE as e:
+                self._check_stop()  # cut short by a stop: not a failure worth retrying
                 if attempt == self.config.max_retries:
                     self._count(failures=1)
-                    raise TeacherError(f"teacher failed after {attempt + 1} attempts: {e}") from e
+                    message = f"teacher failed after {attempt + 1} attempts: {e}"
+                    raise TeacherError(self._redact(message)) from None
                 self._count(retries=1)
-                time.sleep(self._backoff(attempt, e))
+                self._pause(self._backoff(attempt, e))
                 continue
             except openai.APIStatusError as e:  # 4xx other than 429: retrying will not help
                 self._count(failures=1)
-                raise TeacherError(f"teacher refused the request ({e.status_code}): {e.message}") from e
+                raise TeacherError(self._redact(f"teacher refused the request ({e.status_code}): "
+                                                f"{e.message}")) from None
             return self._completion(response)
         raise AssertionError("unreachable")
+
+    def _create(self, messages: Messages, params: dict):
+        """One attempt, bounded by `timeout` in total (DeadlineTransport reads the deadline)."""
+        _deadline.at = time.monotonic() + self.config.timeout
+        try:
+            return self._client.chat.completions.create(model=self.config.model, messages=messages,
+                                                        **params)
+        finally:
+            _deadline.at = None
+
+    def _check_stop(self) -> None:
+        if stop_requested():
+            raise TeacherStopped("stopped before the teacher answered")
+
+    def _pause(self, seconds: float) -> None:
+        """Back off before a retry, but wake for a stop request."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            self._check_stop()
+            time.sleep(min(left, WAIT_SLICE))
+
+    def _redact(self, text: str) -> str:
+        """`text` without the API key (a server may echo it in an error body or an answer)."""
+        return text.replace(self._secret, "[redacted]") if self._secret and text else text
 
     def _backoff(self, attempt: int, error: Exception) -> float:
         retry_after = getattr(getattr(error, "response", None), "headers", {}).get("retry-after")
@@ -242,7 +441,9 @@ class TeacherClient:
         usage = {"prompt_tokens": getattr(response.usage, "prompt_tokens", 0) or 0,
                  "completion_tokens": getattr(response.usage, "completion_tokens", 0) or 0}
         self._count(requests=1, **usage)
-        return Completion(choice.message.content or "", usage, choice.finish_reason, response.model)
+        text = clean_text(self._redact(choice.message.content or ""))
+        model = clean_text(self._redact(response.model)) if response.model else response.model
+        return Completion(text, usage, choice.finish_reason, model)
 
     def _count(self, **deltas) -> None:
         with self._lock:
@@ -305,6 +506,9 @@ def _spawn_server(gguf: Path, port: int, n_parallel: int, n_ctx: int, threads: i
 def _wait_healthy(proc: subprocess.Popen, base_url: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if stop_requested():  # loading a model takes long; a stop must not wait for it
+            _stop(proc.pid, grace=2.0)
+            raise StopRequested()
         if proc.poll() is not None:
             raise TeacherError(f"the local teacher server exited with {proc.returncode} "
                                f"(log: {subdir('teacher')})")
@@ -394,7 +598,7 @@ def local_teacher(gguf: str | Path | None = None, n_parallel: int = 4, n_ctx: in
     else start a detached one and record it. A file lock keeps two jobs from starting two."""
     gguf = str(Path(gguf) if gguf else _default_gguf())
     with open(subdir("teacher") / "server.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        _lock_unless_stopped(lock)
         state = server_state()
         if state and state["gguf"] == gguf and _alive(state["pid"]) and healthy(state["base_url"]):
             return ServerInfo(**state)
@@ -407,6 +611,18 @@ def local_teacher(gguf: str | Path | None = None, n_parallel: int = 4, n_ctx: in
         _wait_healthy(proc, info.base_url, timeout=180.0)
         _state_path().write_text(json.dumps(info.__dict__), encoding="utf-8")
         return info
+
+
+def _lock_unless_stopped(lock) -> None:
+    """Wait for the server lock (another job may be starting the server), but wake for a stop."""
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if stop_requested():
+                raise StopRequested() from None
+            time.sleep(0.2)
 
 
 def server_state() -> dict | None:

@@ -1,8 +1,16 @@
-"""A real, tiny OpenAI-compatible HTTP server for tests that script the teacher's replies."""
+"""A real, tiny OpenAI-compatible HTTP server for tests that script the teacher's replies.
+
+Besides `serve(handler)` and the reply helpers, ready-made hostile teachers:
+- `Scripted`: answers with the next content of a list (None = `content: null`), counting calls;
+- `Trickle`: a well-formed answer sent one byte per second, status line and headers included,
+  so no per-read timeout ever fires;
+- `EchoKey`: echoes the bearer token it received, in a 401 error body or in the answer.
+"""
 from __future__ import annotations
 
 import json
 import threading
+import time
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
@@ -45,3 +53,57 @@ def serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def read_body(handler: BaseHTTPRequestHandler) -> dict:
+    return json.loads(handler.rfile.read(int(handler.headers["Content-Length"])) or b"{}")
+
+
+class Scripted(QuietHandler):
+    """Answers chat completions with `answers[i]` for the i-th call (the last one repeats)."""
+    answers: list = ["ok"]
+    calls: list = []     # the request bodies, in order
+
+    def do_POST(self):  # noqa: N802 - http.server API
+        Scripted.calls.append(read_body(self))
+        n = len(Scripted.calls) - 1
+        content = self.answers[min(n, len(self.answers) - 1)]
+        reply(self, 200, chat_completion(content))
+
+
+class Trickle(QuietHandler):
+    """Sends a whole, valid response one byte every `interval` s until the client hangs up."""
+    interval = 1.0
+    hits: list = []      # monotonic time of each request
+
+    def do_POST(self):  # noqa: N802
+        read_body(self)
+        Trickle.hits.append(time.monotonic())
+        body = json.dumps(chat_completion("Therefore, the answer is 1.")).encode()
+        raw = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\n\r\n" % len(body)) + body
+        self.close_connection = True
+        end = time.monotonic() + 300  # never outlive a test run by much
+        for byte in raw:
+            try:
+                self.wfile.write(bytes([byte]))
+            except OSError:  # the client gave up: what a deadline is for
+                return
+            if time.monotonic() > end:
+                return
+            time.sleep(self.interval)
+
+
+class EchoKey(QuietHandler):
+    """Echoes the Authorization header: `mode` "error" (a 401 body) or "answer" (the content)."""
+    mode = "error"
+    seen: list = []      # the Authorization headers received
+
+    def do_POST(self):  # noqa: N802
+        read_body(self)
+        token = self.headers.get("Authorization", "")
+        EchoKey.seen.append(token)
+        if self.mode == "error":
+            reply(self, 401, {"error": {"message": f"Incorrect API key provided: {token}"}})
+        else:
+            reply(self, 200, chat_completion(f"Your key is {token}. Therefore, the answer is 1."))

@@ -1,4 +1,5 @@
-"""Teacher client against a real llama.cpp server (SmolLM2 GGUF) and a tiny flaky HTTP server."""
+"""Teacher client against a real llama.cpp server (SmolLM2 GGUF) and tiny hostile HTTP servers
+(flaky, trickling, echoing the key, answering null)."""
 from __future__ import annotations
 
 import json
@@ -6,11 +7,12 @@ import os
 import time
 
 import pytest
-from openai_stub import QuietHandler, chat_completion, reply, serve
+from openai_stub import EchoKey, QuietHandler, Scripted, Trickle, chat_completion, reply, serve
 
 from distill.models import student_gguf_path
 from distill.teacher import (LocalTeacherServer, TeacherCache, TeacherClient, TeacherConfig,
-                             TeacherError, healthy, local_teacher, stop_local_teacher)
+                             TeacherError, allowed_key_envs, healthy, local_teacher,
+                             stop_local_teacher)
 
 SMALL = dict(n_parallel=2, n_ctx=1024, threads=1)
 
@@ -147,3 +149,92 @@ def test_local_teacher_is_shared_and_stopped(workspace):
         time.sleep(0.2)
     assert not healthy(first.base_url)
     assert not os.path.exists(workspace / "teacher" / "server.json")
+
+
+# ------------------------------------------------------------------ hostile servers (issue 8)
+
+@pytest.fixture
+def trickle():
+    Trickle.hits, Trickle.interval = [], 1.0
+    with serve(Trickle) as url:
+        yield url
+
+
+@pytest.mark.timeout(60)
+def test_timeout_is_the_total_deadline_of_one_request(trickle):
+    """A server trickling a byte a second never trips httpx's per-read timeout; ours is total."""
+    client = TeacherClient(TeacherConfig(base_url=trickle, model="m", timeout=2, max_retries=1,
+                                         backoff_base=0.05))
+    start = time.monotonic()
+    with pytest.raises(TeacherError, match="after 2 attempts"):
+        client.complete(ask("q"))
+    elapsed = time.monotonic() - start
+    assert len(Trickle.hits) == 2 and 4 <= elapsed < 7, elapsed
+    assert client.usage.retries == 1 and client.usage.failures == 1
+    # a slow answer that completes within the deadline still arrives (reads wake many times)
+    Trickle.interval = 0.005  # ~350 bytes in about 2 s
+    slow = TeacherClient(TeacherConfig(base_url=trickle, model="m", timeout=20, max_retries=0))
+    assert slow.complete(ask("q")).text == "Therefore, the answer is 1."
+
+
+def test_empty_answers_are_not_cached_and_are_asked_again(workspace):
+    Scripted.answers, Scripted.calls = [None, "", " \n", "Therefore, the answer is 72."], []
+    with serve(Scripted) as url:
+        client = TeacherClient(TeacherConfig(base_url=url, model="m"), TeacherCache())
+        for _ in range(3):
+            with pytest.raises(TeacherError, match="empty answer"):
+                client.complete(ask("q"))
+        assert client.complete(ask("q")).text == "Therefore, the answer is 72."
+        assert client.complete(ask("q")).cached
+    assert len(Scripted.calls) == 4 and client.usage.failures == 3
+    assert TeacherCache().stats() == {"entries": 1, "calls": 4, "repeated_calls": 3}
+
+
+KEY = "sk-test-0123456789-must-never-be-stored"
+
+
+@pytest.mark.parametrize("mode", ["error", "answer"])
+def test_a_server_echoing_the_key_never_gets_it_stored(workspace, monkeypatch, mode):
+    monkeypatch.setenv("MY_TEACHER_KEY", KEY)
+    EchoKey.mode, EchoKey.seen = mode, []
+    with serve(EchoKey) as url:
+        client = TeacherClient(TeacherConfig(base_url=url, model="m", api_key_env="MY_TEACHER_KEY",
+                                             max_retries=0), TeacherCache())
+        if mode == "error":
+            with pytest.raises(TeacherError) as caught:
+                client.complete(ask("q"))
+            text = str(caught.value)
+            assert caught.value.__cause__ is None  # no chained exception carries the raw body
+        else:
+            text = client.complete(ask("q")).text
+    assert EchoKey.seen == [f"Bearer {KEY}"]  # it was sent, to the server it was meant for
+    assert KEY not in text and "[redacted]" in text
+    for path in workspace.rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+
+
+def test_allowed_key_envs_are_only_what_the_operator_declared(monkeypatch):
+    monkeypatch.delenv("NESY_TEACHER_KEY_ENVS", raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-x")  # set in the environment, but not declared
+    assert allowed_key_envs() == [] and allowed_key_envs(base_url="https://api.openai.com/v1") == []
+    monkeypatch.setenv("NESY_TEACHER_KEY_ENVS",
+                       " OPENAI_API_KEY@api.openai.com, VLLM_KEY@gpu-box:8000 ,bad-name,,ANY_KEY")
+    assert allowed_key_envs() == ["OPENAI_API_KEY", "VLLM_KEY", "ANY_KEY"]
+    assert allowed_key_envs(base_url="https://api.openai.com/v1") == ["OPENAI_API_KEY", "ANY_KEY"]
+    assert allowed_key_envs(base_url="https://API.openai.com:443/v1") == ["OPENAI_API_KEY", "ANY_KEY"]
+    assert allowed_key_envs(base_url="http://gpu-box:8000/v1") == ["VLLM_KEY", "ANY_KEY"]
+    assert allowed_key_envs(base_url="http://gpu-box:9000/v1") == ["ANY_KEY"]
+    for evil in ("https://api.openai.com.evil.example/v1", "https://evil.example/api.openai.com/v1",
+                 "https://api.openai.com@evil.example/v1", "http://gpu-box:bad/v1", "not a url"):
+        assert allowed_key_envs(base_url=evil) == ["ANY_KEY"], evil
+    secrets = {"teacher_key_envs": ["S_KEY@api.openai.com", "S_ANY"]}
+    assert allowed_key_envs(secrets, "https://api.openai.com/v1")[-2:] == ["S_KEY", "S_ANY"]
+    assert "S_KEY" not in allowed_key_envs(secrets, "https://evil.example/v1")
+    assert allowed_key_envs({"teacher_key_envs": "A_KEY, B_KEY"})[-2:] == ["A_KEY", "B_KEY"]
+
+    class NoSecretsFile:
+        def get(self, name):
+            raise FileNotFoundError("no secrets.toml")
+
+    assert allowed_key_envs(NoSecretsFile()) == ["OPENAI_API_KEY", "VLLM_KEY", "ANY_KEY"]
