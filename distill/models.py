@@ -80,13 +80,24 @@ def student_gguf_path() -> Path:
     return _package_dir(STUDENT_GGUF_PACKAGE) / STUDENT_GGUF_FILE
 
 
+# Packaged students by name (`--base-model NAME`): converted once from their GGUF. The 0.5B one is
+# the packaged Qwen2.5-Coder-0.5B-Instruct (also the teacher's draft model), big enough to show
+# what the methods do, where the 135M student is not (docs/results.md).
+PACKAGED_STUDENTS = {"qwen2.5-coder-0.5b": "Qwen2.5-Coder-0.5B-Instruct"}
+
+
 def student_path(override: str | None = None) -> str:
-    """An HF id / local path as given, else the converted embedded SmolLM2 folder (built once)."""
-    if override:
+    """The converted embedded SmolLM2 folder (built once), a packaged student by name, or an HF id
+    / local path as given."""
+    if override in PACKAGED_STUDENTS:
+        target = models_dir() / PACKAGED_STUDENTS[override]
+        gguf = lambda: teacher_gguf_path(override)  # noqa: E731 - the parts are assembled only if needed
+    elif override:
         return override
-    target = models_dir() / STUDENT_DIR_NAME
+    else:
+        target, gguf = models_dir() / STUDENT_DIR_NAME, student_gguf_path
     if not (target / "config.json").exists():
-        convert_gguf_to_hf(student_gguf_path(), target)
+        convert_gguf_to_hf(gguf(), target)
     return str(target)
 
 

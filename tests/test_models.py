@@ -79,3 +79,20 @@ def test_nesy_models_list_reports_each_role():
     assert out.returncode == 0, out.stderr
     assert "embedder" in out.stdout and "ready" in out.stdout
     assert "teacher:qwen2.5-coder-1.5b" in out.stdout
+
+
+@pytest.mark.slow
+def test_the_packaged_half_billion_student_converts_and_answers():
+    """`--base-model qwen2.5-coder-0.5b`: the packaged Qwen2.5-Coder-0.5B, dequantised once."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(models.student_path("qwen2.5-coder-0.5b"))
+    config = json.loads((path / "config.json").read_text())
+    assert config["model_type"] == "qwen2" and "quantization_config" not in config
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "What is 12 times 7? Reply with the number."}],
+                                        add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**ids, max_new_tokens=8, do_sample=False)
+    assert "84" in tokenizer.decode(out[0][ids["input_ids"].shape[1]:])
