@@ -17,7 +17,9 @@ if APP_DIR not in sys.path:  # `streamlit run` puts app/ on sys.path; other laun
 
 import ui  # noqa: E402
 
-st.set_page_config(page_title="NeSy Studio", layout="wide")  # no material page_icon: its favicon is fetched from a CDN
+ICON = str(Path(__file__).parent / "static" / "favicon.png")
+# A local image: a material or emoji page_icon makes the browser fetch the favicon from a CDN.
+st.set_page_config(page_title=ui.PRODUCT, page_icon=ICON, layout="wide")
 
 pages = {
     "Knowledge": [
@@ -36,6 +38,8 @@ pages = {
     ],
 }
 page = st.navigation(pages)
+st.set_page_config(page_icon=ICON)  # again after st.navigation: a page's own icon would replace it
+ui.welcome()
 ui.sidebar_user()
 st.sidebar.caption(f"Workspace: {ui.home()}")
 page.run()

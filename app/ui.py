@@ -83,6 +83,30 @@ def require_curator(action: str) -> bool:
     return False
 
 
+PRODUCT = "NeSy Studio"
+OVERVIEW = (
+    "NeSy Studio distils the reasoning of a large teacher LLM into a small student model the "
+    "neural-symbolic way: general reasoning goes into the student's weights (LoRA), while "
+    "specialised knowledge, written by the teacher from the student's own mistakes, goes into "
+    "this symbolic knowledge base, where you read, edit, accept or reject it, see it as a graph, "
+    "and the student retrieves the accepted entries at answer time. Everything runs on this "
+    "machine: nothing you do here leaves it.")
+
+
+def welcome() -> None:
+    """The product's name and what it is for, on a session's first page until dismissed."""
+    st.sidebar.markdown(f"**{PRODUCT}** · neural-symbolic distillation")
+    if st.session_state.get("welcomed"):
+        return
+    with st.container(border=True, key="welcome"):
+        st.subheader(f"Welcome to {PRODUCT}")
+        st.write(OVERVIEW)
+        st.caption("Start on the Knowledge base page: review pending entries (Review), or load "
+                   "the starter knowledge base. Teacher jobs and training live under Distil.")
+        st.button("Got it", key="welcome:dismiss", on_click=st.session_state.__setitem__,
+                  args=("welcomed", True))
+
+
 def sidebar_user() -> None:
     st.sidebar.text_input("Your name (needed to start jobs or delete)", key="user",
                           placeholder="e.g. Ada Lovelace")
@@ -107,10 +131,31 @@ def short(text: str | None, n: int = 120) -> str:
 
 
 def entry_row(entry, **extra) -> dict:
+    """One table row. Summary and knowledge are whole: the grid truncates them to the column
+    width and shows the full text when a cell is opened (double-click)."""
     return {"id": entry.id, "title": entry.title or "", "task": entry.task, "status": entry.status,
-            "concepts": ", ".join(entry.concepts), "summary": short(entry.learning_summary),
+            "summary": " ".join(entry.learning_summary.split()),
+            "knowledge": " ".join(entry.supplementary_knowledge.split()),
+            "concepts": ", ".join(entry.concepts), "flags": ", ".join(flags(entry)),
             "updated": (entry.updated_at or "")[:19].replace("T", " "),
             "by": entry.updated_by or "", "version": entry.version, **extra}
+
+
+def flags(entry) -> list[str]:
+    """The entry's quality flags as text (the knowledge-quality work fills an Entry.flags field;
+    entries without one have none)."""
+    raw = getattr(entry, "flags", None) or []
+    if isinstance(raw, (str, dict)):
+        raw = [raw]
+    out = []
+    for flag in raw:
+        if isinstance(flag, dict):
+            flag = ": ".join(str(flag[k]) for k in ("code", "kind", "name", "message", "detail")
+                             if flag.get(k)) or json.dumps(flag, ensure_ascii=False)
+        elif hasattr(flag, "model_dump"):
+            flag = ": ".join(str(v) for v in flag.model_dump().values() if v)
+        out.append(str(flag))
+    return out
 
 
 def split_list(text: str) -> list[str]:

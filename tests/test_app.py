@@ -166,13 +166,18 @@ def test_bulk_accept_and_delete_need_confirmation():
     kb.add(entry(50, task="bbh"), by="seed")
     at = run()
     at.selectbox(key="kb:task").select("gsm8k").run()
-    at.checkbox(key="kb:all").check().run()
+    at.radio(key="kb:scope").set_value("page").run()
     at.button(key="kb:accept").click().run()
     assert kb.stats()["by_status"]["accepted"] == 0  # not before confirming
+    shown = texts(at)
+    assert "Accept these 4 entries?" in shown
+    assert "e003, e002, e001, e000" in shown  # the confirmation lists the ids
     at.button(key="kb:bulk-yes").click().run()
     assert kb.stats()["by_status"] == {"pending": 1, "accepted": 4, "rejected": 0}
-    assert "Marked 4 entries accepted." in texts(at)
-    at.checkbox(key="kb:all").check().run()
+    assert "Marked 4 entries accepted: e003, e002, e001, e000." in texts(at)
+    assert at.radio(key="kb:scope").value == "ticked"  # nothing stays selected after the action
+    assert "0 selected" in texts(at) and at.button(key="kb:delete").disabled
+    at.radio(key="kb:scope").set_value("page").run()
     at.button(key="kb:delete").click().run()
     at.button(key="kb:bulk-no").click().run()
     assert kb.stats()["total"] == 5
@@ -181,11 +186,156 @@ def test_bulk_accept_and_delete_need_confirmation():
     assert kb.stats()["total"] == 1 and kb.get("e050")
 
 
+def test_select_all_names_its_scope_and_resets_when_the_filter_changes():
+    kb = seed(60)
+    kb.add(entry(100, task="bbh"), by="seed")
+    at = run()
+    scope = at.radio(key="kb:scope")
+    assert scope.value == "ticked" and "0 selected" in texts(at)
+    assert list(scope.proto.options) == ["Ticked rows", "All 50 on this page", "All 61 matching"]
+    scope.set_value("page").run()
+    assert "50 selected: e100, e059" in texts(at)
+    at.selectbox(key="kb:task").select("bbh").run()  # another filter: the selection is gone
+    assert at.radio(key="kb:scope").value == "ticked"
+    assert "0 selected" in texts(at) and at.button(key="kb:reject").disabled
+    at.radio(key="kb:scope").set_value("page").run()
+    at.selectbox(key="kb:task").select("(any)").run()
+    assert at.radio(key="kb:scope").value == "ticked"
+    at.radio(key="kb:scope").set_value("all").run()
+    assert "61 selected: every entry matching the filters" in texts(at)
+    at.button(key="kb:reject").click().run()
+    shown = texts(at)
+    assert "Reject these 61 entries?" in shown and "e000" in shown and "e100" in shown
+    at.button(key="kb:bulk-yes").click().run()
+    assert kb.stats()["by_status"]["rejected"] == 61
+    assert at.radio(key="kb:scope").value == "ticked"
+
+
+def test_page_change_drops_a_pending_bulk_confirmation():
+    kb = seed(60)
+    at = run()
+    at.radio(key="kb:scope").set_value("page").run()
+    at.button(key="kb:delete").click().run()
+    assert "Delete these 50 entries?" in texts(at)
+    at.pagination(key="kb:page").set_value(2).run()  # other rows: nothing carried over
+    assert "Delete these" not in texts(at) and not [b for b in at.button if b.key == "kb:bulk-yes"]
+    assert at.radio(key="kb:scope").value == "ticked" and "0 selected" in texts(at)
+    assert kb.stats()["total"] == 60
+
+
+def test_table_shows_summary_and_knowledge():
+    kb = seed(1)
+    long = "Check the units of every quantity before adding them together. " * 4
+    kb.update("e000", {"learning_summary": long}, expected_version=1, by="seed")
+    at = run()
+    table = at.dataframe[0].value
+    assert {"summary", "knowledge"} <= set(table.columns)
+    assert table["summary"][0] == long.strip()  # whole; the grid truncates it to the column
+    assert table["knowledge"][0] == "Knowledge 0: a fraction is part of a whole."
+
+
+def test_review_card_accepts_rejects_edits_and_moves_on():
+    kb = KBStore()
+    for i in range(3):
+        kb.add(entry(i).model_copy(update={"source": Source(
+            kind="error_analysis", dataset="gsm8k", question=f"How many apples in basket {i}?",
+            student_response=f"The answer is {i + 40}.")}), by="seed")
+    kb.add(entry(9, status="accepted"), by="seed")
+    at = run()
+    at.multiselect(key="kb:status").set_value(["pending"]).run()
+    at.radio(key="kb:view").set_value("review").run()
+    shown = texts(at)
+    assert "Entry 1 of 3 matching the filters" in shown
+    assert "Check units before adding (case 0)." in shown  # the full summary and knowledge
+    assert "Knowledge 0: a fraction is part of a whole." in shown
+    assert "How many apples in basket 0?" in shown and "The answer is 40." in shown
+    assert "Quality flags: none" in shown
+    shortcuts = {b.key: b.proto.shortcut.upper() for b in at.button
+                 if b.key and b.key.startswith("kb:review")}
+    assert shortcuts["kb:review-accept"] == "A" and shortcuts["kb:review-reject"] == "X"
+    assert shortcuts["kb:review-edit-button"] == "E" and shortcuts["kb:review-next"] == "N"
+    at.button(key="kb:review-accept").click().run()
+    assert kb.get("e000").status == "accepted"
+    assert "Entry 1 of 2 matching" in texts(at) and "basket 1?" in texts(at)  # the next one
+    at.button(key="kb:review-next").click().run()
+    assert "basket 2?" in texts(at)
+    at.button(key="kb:review-reject").click().run()
+    assert kb.get("e002").status == "rejected" and kb.get("e001").status == "pending"
+    assert "You reached the end of the 1 entry matching the filters." in texts(at)
+    at.button(key="kb:review-first").click().run()
+    assert "basket 1?" in texts(at) and at.button(key="kb:review-prev").disabled
+    at.button(key="kb:review-edit-button").click().run()
+    at.text_input(key="kb-review-editor:e001:1:title").set_value("Reviewed title")
+    submit_form(at)
+    assert kb.get("e001").title == "Reviewed title"
+
+
+def test_review_card_shows_quality_flags():
+    import ui  # app/ is on sys.path once the app ran
+
+    run()
+    flagged = type("E", (), {"flags": ["tied to its source problem", {"code": "vague"}]})()
+    assert ui.flags(flagged) == ["tied to its source problem", "vague"]
+    assert ui.flags(entry(1)) == []
+
+
+def test_trash_lists_deleted_entries_and_restores_them():
+    kb = seed(3)
+    kb.delete("e001", expected_version=1, by="bob")
+    at = run(curator=None)
+    at.radio(key="kb:view").set_value("trash").run()
+    shown = texts(at)
+    assert "1 entry deleted" in shown and "deleted by bob" in shown and "e001" in shown
+    at.button(key="kb:restore-e001").click().run()
+    assert "Type your name in the sidebar to restore entries" in texts(at)
+    with pytest.raises(KeyError):
+        kb.get("e001")
+    at.sidebar.text_input(key="user").input("Grace").run()
+    at.button(key="kb:restore-e001").click().run()
+    restored = kb.get("e001")
+    assert restored.title == "Title 1" and restored.updated_by == "Grace"
+    assert "Restored e001 as version 3." in texts(at) and "The trash is empty" in texts(at)
+
+
+def test_merge_shows_the_resulting_entry_and_asks_to_confirm():
+    kb = seed(2)
+    kb.update("e001", {"concepts": ["units", "money"]}, expected_version=1, by="seed")
+    at = run()
+    at.session_state["kb:dup-pairs"] = [("e000", "e001", 0.97), ("e000", "e002", 0.71)]
+    at.run()
+    at.slider(key="kb:dup-threshold").set_value(0.95).run()
+    assert "1 pair at similarity ≥ 0.95" in texts(at)
+    next(b for b in at.button if b.label.startswith("Keep e000")).click().run()
+    shown = texts(at)
+    assert "Merge e001 into e000?" in shown and "e000 after the merge" in shown
+    assert "Concepts: units, money" in shown  # the preview: e000 gains e001's concepts
+    assert kb.get("e001")  # nothing merged yet
+    at.button(key="kb:merge-no").click().run()
+    assert kb.get("e001") and "Merge e001 into e000?" not in texts(at)
+    next(b for b in at.button if b.label.startswith("Keep e000")).click().run()
+    at.button(key="kb:merge-yes").click().run()
+    assert kb.get("e000").concepts == ["units", "money"]
+    with pytest.raises(KeyError):
+        kb.get("e001")
+    assert "Merged e001 into e000." in texts(at)
+
+
+def test_first_open_names_the_product_and_explains_it():
+    seed(1)
+    at = run()
+    shown = texts(at) + "\n".join(h.value for h in at.subheader)
+    assert "Welcome to NeSy Studio" in shown
+    assert "distils the reasoning of a large teacher LLM into a small student model" in shown
+    at.button(key="welcome:dismiss").click().run()
+    assert "Welcome to NeSy Studio" not in "\n".join(h.value for h in at.subheader)
+    assert "NeSy Studio" in texts(at)  # the name stays in the sidebar
+
+
 def test_deleting_merging_and_starting_jobs_need_a_typed_curator_name():
     kb = seed(2)
     at = run(curator=None)
     assert at.sidebar.text_input(key="user").value in ("", None)  # never prefilled
-    at.checkbox(key="kb:all").check().run()
+    at.radio(key="kb:scope").set_value("page").run()
     at.button(key="kb:delete").click().run()
     at.button(key="kb:bulk-yes").click().run()
     assert kb.stats()["total"] == 2 and "Type your name in the sidebar" in texts(at)
@@ -202,13 +352,13 @@ def test_deleting_merging_and_starting_jobs_need_a_typed_curator_name():
 def test_bulk_accept_refuses_all_when_an_entry_changed_after_selection():
     kb = seed(3)
     at = run()
-    at.checkbox(key="kb:all").check().run()
+    at.radio(key="kb:scope").set_value("page").run()
     at.button(key="kb:accept").click().run()
     kb.update("e001", {"title": "Bob's fix"}, expected_version=1, by="bob")  # meanwhile
     at.button(key="kb:bulk-yes").click().run()
     assert kb.stats()["by_status"]["accepted"] == 0  # not even the two unchanged ones
     assert "Nothing was accepted: e001 was changed by bob after you selected it" in texts(at)
-    at.checkbox(key="kb:all").check().run()  # the refreshed list: the new version is selected
+    at.radio(key="kb:scope").set_value("page").run()  # the refreshed list: the new version
     at.button(key="kb:accept").click().run()
     at.button(key="kb:bulk-yes").click().run()
     assert kb.stats()["by_status"]["accepted"] == 3

@@ -1,6 +1,13 @@
-"""Knowledge base: search, filter, page through, edit, review in bulk, merge near-duplicates."""
+"""Knowledge base: search, filter, page through, review entry by entry, edit, act in bulk,
+merge near-duplicates, restore deleted entries.
+
+Selection is by entry id, never by row position: the table's widget key carries a signature of
+the rows it shows, so a filter, page, sort or data change (or a finished bulk action) starts a
+fresh, empty selection instead of ticking whatever entries now sit at the old positions.
+"""
 from __future__ import annotations
 
+import hashlib
 import math
 
 import pandas as pd
@@ -18,6 +25,9 @@ MAX_OPTIONS = 2000  # longer facet lists become a text box
 LARGE_BACKLOG = 200  # entries to embed before a semantic search; above it, suggest a job
 ADD_FIELDS = ("kb:add-id", "kb:add-task", "kb:add-title", "kb:add-concepts", "kb:add-summary",
               "kb:add-knowledge")
+VIEWS = {"table": "Table", "review": "Review one by one", "trash": "Trash"}
+SCOPES = ("ticked", "page", "all")
+TRASH_PAGE = 25
 
 kb = ui.store()
 st.title("Knowledge base")
@@ -41,28 +51,42 @@ def empty_state_guide() -> None:
         st.rerun()
 
 
+# ------------------------------------------------------------------------------------ filters
+
 def filters() -> dict:
+    """The filter bar, in rows of at most three so every label stays readable at ~800 px."""
     facets = ui.facets()
-    search, mode = st.columns([4, 1])
+    search, mode = st.columns([3, 2])
     text = search.text_input("Search", key="kb:text", placeholder="words in title, summary, "
                              "knowledge, concepts or source question")
     semantic = mode.radio("Mode", ["Text", "Semantic"], key="kb:mode", horizontal=True) == "Semantic"
-    c = st.columns([2, 2, 2, 2, 2, 1])
+    c = st.columns(3)
     status = c[0].multiselect("Status", STATUSES, key="kb:status")
     task = c[1].selectbox("Task", [ANY, *facets["tasks"]], key="kb:task")
     if len(facets["concepts"]) <= MAX_OPTIONS:
         concept = c[2].selectbox("Concept", [ANY, *facets["concepts"]], key="kb:concept")
     else:  # thousands of concepts: a list would be slow to send and useless to scroll
         concept = c[2].text_input("Concept (exact)", key="kb:concept-text").strip() or ANY
-    source_kind = c[3].selectbox("Source", [ANY, *facets["source_kinds"]], key="kb:source")
-    sort = c[4].selectbox("Sort by", ["updated_at", "created_at", "id", "task", "status", "title",
+    c = st.columns(3)
+    source_kind = c[0].selectbox("Source", [ANY, *facets["source_kinds"]], key="kb:source")
+    sort = c[1].selectbox("Sort by", ["updated_at", "created_at", "id", "task", "status", "title",
                                       "version"], key="kb:sort")
-    descending = c[5].toggle("Desc", value=True, key="kb:desc")
+    descending = c[2].toggle("Descending", value=True, key="kb:desc")
     pick = lambda v: None if v == ANY else v  # noqa: E731
     return {"text": text.strip() or None, "semantic": semantic, "status": status or None,
             "task": pick(task), "concept": pick(concept), "source_kind": pick(source_kind),
             "sort": sort, "descending": descending}
 
+
+def store_query(f: dict) -> dict:
+    return {k: f[k] for k in ("status", "task", "concept", "text", "source_kind", "sort", "descending")}
+
+
+def signature(*parts) -> str:
+    return hashlib.sha1(repr(parts).encode()).hexdigest()[:12]
+
+
+# -------------------------------------------------------------------------------- table view
 
 def load_page(f: dict) -> tuple[list[Entry], list[float] | None, int]:
     """The entries to show now: one page of a store query, or the top hits of a semantic search."""
@@ -79,7 +103,7 @@ def load_page(f: dict) -> tuple[list[Entry], list[float] | None, int]:
     if f["semantic"] and f["text"]:
         return [], None, 0
     size = st.session_state.get("kb:size", PAGE_SIZES[1])
-    query = {k: f[k] for k in ("status", "task", "concept", "text", "source_kind", "sort", "descending")}
+    query = store_query(f)
     page = st.session_state.get("kb:page", 1)
     result = kb.query(**query, offset=(page - 1) * size, limit=size)
     if page > 1 and not result.entries:  # the filters narrowed past this page: back to the first
@@ -112,17 +136,45 @@ def index_hint() -> bool:
     return st.checkbox(f"Embed the {backlog} entries here and search anyway", key="kb:embed-here")
 
 
-def results_table(entries: list[Entry], scores: list[float] | None) -> list[str]:
-    """The table; returns the ids of the selected rows."""
+def reset_selection_if_view_changed(view: str) -> None:
+    """A new view (other filters, page, sort, or a finished bulk action) starts with nothing
+    selected: "select all" goes back to ticked rows and a pending confirmation is dropped.
+    (A confirmation lists its ids and versions, so an edit by someone else meanwhile makes the
+    store refuse it rather than silently act on something else.)"""
+    if st.session_state.get("kb:view-sig") != view:
+        st.session_state["kb:view-sig"] = view
+        st.session_state["kb:scope"] = "ticked"
+        st.session_state.pop("kb:bulk", None)
+
+
+def results_table(entries: list[Entry], scores: list[float] | None, total: int,
+                  view: str) -> tuple[str, list[str]]:
+    """The scope selector and the table; returns (scope, ids selected on this page).
+
+    The table's key is the view signature: its row positions always refer to these entries."""
+    n = len(entries)
+    labels = {"ticked": "Ticked rows", "page": f"All {n} on this page",
+              "all": f"All {total} matching"}
+    scope = st.radio("Select", SCOPES, format_func=labels.get, key="kb:scope", horizontal=True,
+                     help="Bulk actions apply to this selection. It resets whenever the filters, "
+                          "page, sort or rows change, and after every bulk action.")
     rows = [ui.entry_row(e, **({"score": s} if scores else {})) for e, s in
-            zip(entries, scores or [None] * len(entries))]
-    table = st.dataframe(pd.DataFrame(rows), hide_index=True, on_select="rerun",
-                         selection_mode="multi-row", key="kb:table",
-                         column_config={"summary": st.column_config.TextColumn(width="large")})
-    selected = [entries[i].id for i in table.selection.rows if i < len(entries)]
-    if st.checkbox(f"Select all {len(entries)} on this page", key="kb:all"):
-        selected = [e.id for e in entries]
-    return selected
+            zip(entries, scores or [None] * n)]
+    ticking = scope == "ticked"
+    table = st.dataframe(
+        pd.DataFrame(rows), hide_index=True, key=f"kb:table:{view}",
+        on_select="rerun" if ticking else "ignore", selection_mode="multi-row",
+        column_order=["id", "title", "status", "summary", "knowledge", "task", "concepts",
+                      "flags", *(["score"] if scores else []), "updated", "by", "version"],
+        column_config={
+            "summary": st.column_config.TextColumn("learning summary", width="large",
+                                                   help="Double-click a cell to read it whole"),
+            "knowledge": st.column_config.TextColumn("supplementary knowledge", width="large",
+                                                     help="Double-click a cell to read it whole"),
+            "flags": st.column_config.TextColumn("quality flags")})
+    if ticking:
+        return scope, [entries[i].id for i in table.selection.rows if i < n]
+    return scope, [e.id for e in entries]
 
 
 def pager(total: int) -> None:
@@ -137,31 +189,67 @@ def pager(total: int) -> None:
     st.caption(f"{first}–{min(page * size, total)} of {total} matching entries")
 
 
-def bulk_actions(selected: list[str], entries: list[Entry]) -> None:
+def id_list(ids: list[str], limit: int = 12) -> str:
+    return ", ".join(ids[:limit]) + (f" … and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+def entries_word(n: int) -> str:
+    return f"{n} entr{'y' if n == 1 else 'ies'}"
+
+
+def bulk_actions(f: dict, scope: str, selected: list[str], entries: list[Entry], total: int) -> None:
     pending = st.session_state.get("kb:bulk")
     if pending:
-        action, ids, versions = pending
-        st.warning(f"{action.capitalize()} {len(ids)} entr{'y' if len(ids) == 1 else 'ies'}: "
-                   f"{ui.md(', '.join(ids[:8]))}{' …' if len(ids) > 8 else ''}?")
-        yes, no = st.columns(2)
-        if yes.button(f"Confirm {action}", type="primary", key="kb:bulk-yes") and \
-                (action != "delete" or ui.require_curator("delete entries")):
-            apply_bulk(action, ids, versions)
-        if no.button("Cancel", key="kb:bulk-no"):
-            del st.session_state["kb:bulk"]
-            st.rerun()
+        confirm_bulk(*pending)
         return
-    c = st.columns(4)
-    c[0].caption(f"{len(selected)} selected")
+    count = total if scope == "all" else len(selected)
+    c = st.columns([3, 1, 1, 1])
+    if scope == "all":
+        c[0].caption(f"{count} selected: every entry matching the filters")
+    else:
+        c[0].caption(ui.md(f"{count} selected" + (f": {id_list(selected)}" if selected else "")))
     for col, action in zip(c[1:], ("accept", "reject", "delete")):
-        if col.button(f"{action.capitalize()} selected", disabled=not selected, key=f"kb:{action}"):
-            shown = {e.id: e.version for e in entries}  # what the reviewer looked at
-            st.session_state["kb:bulk"] = (action, selected, {i: shown[i] for i in selected})
+        if col.button(f"{action.capitalize()} selected", disabled=not count, key=f"kb:{action}"):
+            if scope == "all":
+                chosen = all_matching(f, entries)
+            else:
+                shown = {e.id: e.version for e in entries}  # what the reviewer looked at
+                chosen = {i: shown[i] for i in selected}
+            st.session_state["kb:bulk"] = (action, list(chosen), chosen)
             st.rerun()
+
+
+def all_matching(f: dict, entries: list[Entry]) -> dict[str, int]:
+    """id -> version of every entry the filters match (a semantic search: its hits)."""
+    if f["semantic"] and f["text"]:
+        return {e.id: e.version for e in entries}
+    result = kb.query(**store_query(f), offset=0, limit=10 ** 9)
+    return {e.id: e.version for e in result.entries}
+
+
+def confirm_bulk(action: str, ids: list[str], versions: dict[str, int]) -> None:
+    extra = (" They move to the Trash, where they can be restored." if action == "delete" else "")
+    st.warning(f"{action.capitalize()} these {entries_word(len(ids))}?{extra} Nothing changes "
+               "until you confirm.")
+    with st.container(height=min(220, 40 + 22 * (len(ids) // 6 + 1)), key="kb:bulk-ids"):
+        st.text(", ".join(ids))
+    yes, no = st.columns(2)
+    if yes.button(f"Confirm: {action} {entries_word(len(ids))}", type="primary", key="kb:bulk-yes") \
+            and (action != "delete" or ui.require_curator("delete entries")):
+        apply_bulk(action, ids, versions)
+    if no.button("Cancel", key="kb:bulk-no"):
+        del st.session_state["kb:bulk"]
+        st.rerun()
+
+
+def fresh_selection() -> None:
+    """Nothing stays ticked: the next run draws a new table widget."""
+    st.session_state["kb:gen"] = st.session_state.get("kb:gen", 0) + 1
+    st.session_state.pop("kb:bulk", None)
 
 
 def apply_bulk(action: str, ids: list[str], versions: dict[str, int]) -> None:
-    del st.session_state["kb:bulk"]
+    fresh_selection()
     if action == "delete":
         skipped = []
         for entry_id in ids:  # each delete checks the version shown, so a fresh edit is not lost
@@ -169,7 +257,8 @@ def apply_bulk(action: str, ids: list[str], versions: dict[str, int]) -> None:
                 kb.delete(entry_id, expected_version=versions.get(entry_id), by=ui.user())
             except (ConflictError, EntryNotFound):
                 skipped.append(entry_id)
-        message = f"Deleted {len(ids) - len(skipped)}."
+        done = [i for i in ids if i not in skipped]
+        message = f"Deleted {entries_word(len(done))}: {id_list(done)} (restorable from the Trash)."
         if skipped:
             message += f" Skipped {len(skipped)} changed meanwhile: {', '.join(skipped)}"
     else:
@@ -179,37 +268,35 @@ def apply_bulk(action: str, ids: list[str], versions: dict[str, int]) -> None:
         except (ConflictError, EntryNotFound) as e:  # the whole batch was refused
             st.session_state["kb:error"] = (f"Nothing was {status}: {moved_on(e)} Review the "
                                             "refreshed list and select again.")
-            st.session_state.pop("kb:table", None)
             st.rerun()
-        message = f"Marked {changed} entr{'y' if changed == 1 else 'ies'} {status}."
+        message = f"Marked {entries_word(changed)} {status}: {id_list(ids)}."
     st.session_state["kb:flash"] = message
-    st.session_state.pop("kb:table", None)
     st.rerun()
 
 
 def moved_on(error: ConflictError | EntryNotFound) -> str:
-    """Why a bulk action's selection is stale, in the reviewer's words."""
+    """Why a selection is stale, in the reviewer's words."""
     if isinstance(error, ConflictError):
         return (f"{error.entry_id} was changed by {error.current.updated_by or 'someone'} after "
                 f"you selected it (now version {error.current.version}).")
     return f"{error} (deleted after you selected it)."
 
 
-def editor_and_tools(entries: list[Entry], selected: list[str]) -> None:
+def editor_and_tools(entries: list[Entry], selected: list[str], scope: str) -> None:
     if "entry" in st.query_params:  # a deep link: /?entry=<id>
         ui.open_entry(st.query_params.pop("entry"))
     requested = st.session_state.pop("open_entry", None)
     ids = [e.id for e in entries]
     if requested:
         st.session_state["kb:edit"] = requested
-    elif len(selected) == 1:
+    elif scope == "ticked" and len(selected) == 1:
         st.session_state["kb:edit"] = selected[0]
     options = list(dict.fromkeys([*([st.session_state["kb:edit"]] if st.session_state.get("kb:edit")
                                     else []), *ids]))
     if not options:
         return
     entry_id = st.selectbox("Edit entry", options, index=None, key="kb:edit",
-                            placeholder="Choose an entry, or select one row in the table")
+                            placeholder="Choose an entry, or tick one row in the table")
     if entry_id is None:
         return
     left, right = st.columns([3, 2])
@@ -236,9 +323,16 @@ def similar_entries(entry_id: str) -> None:
                   args=(hit.entry.id,))
 
 
+# ------------------------------------------------------------------------------------ merges
+
 def suggested_merges() -> None:
-    with st.expander("Suggested merges (near-duplicates)"):
-        threshold = st.slider("Similarity threshold", 0.70, 0.99, 0.90, 0.01, key="kb:dup-threshold")
+    pending = st.session_state.get("kb:merge")
+    with st.expander("Suggested merges (near-duplicates)", expanded=bool(pending)):
+        if pending:
+            confirm_merge(*pending)
+            return
+        threshold = st.slider("Similarity threshold", 0.70, 0.99, 0.90, 0.01, key="kb:dup-threshold",
+                              help="Pairs of entries whose embeddings are at least this similar.")
         if st.button("Find near-duplicates", key="kb:dups"):
             try:
                 st.session_state["kb:dup-pairs"] = ui.index().near_duplicates(threshold=threshold)
@@ -247,8 +341,12 @@ def suggested_merges() -> None:
         pairs = st.session_state.get("kb:dup-pairs")
         if pairs is None:
             return
+        pairs = [p for p in pairs if p[2] >= threshold]  # a raised threshold narrows at once
         if not pairs:
-            st.caption("No pairs above the threshold.")
+            st.caption(f"No pairs at similarity ≥ {threshold:.2f}.")
+            return
+        st.caption(f"{len(pairs)} pair{'s' if len(pairs) != 1 else ''} at similarity ≥ {threshold:.2f}"
+                   + (" (the first 30 shown)" if len(pairs) > 30 else ""))
         live = kb.get_many([i for pair in pairs for i in pair[:2]])
         for n, (a, b, score) in enumerate(pairs[:30]):
             if a not in live or b not in live:
@@ -257,23 +355,187 @@ def suggested_merges() -> None:
             left, right = st.columns(2)
             for col, entry in ((left, live[a]), (right, live[b])):
                 col.text(f"{entry.id} [{entry.status}]\n{ui.short(entry.learning_summary, 200)}")
-            if left.button(f"Keep {ui.md(a)}, merge {ui.md(b)} into it", key=f"kb:merge-{n}-a"):
-                merge(a, b)
-            if right.button(f"Keep {ui.md(b)}, merge {ui.md(a)} into it", key=f"kb:merge-{n}-b"):
-                merge(b, a)
+            if left.button(f"Keep {ui.md(a)}, merge {ui.md(b)} into it…", key=f"kb:merge-{n}-a"):
+                ask_merge(live[a], live[b])
+            if right.button(f"Keep {ui.md(b)}, merge {ui.md(a)} into it…", key=f"kb:merge-{n}-b"):
+                ask_merge(live[b], live[a])
 
 
-def merge(keep: str, drop: str) -> None:
-    if not ui.require_curator("merge entries"):
-        return
-    try:
-        kb.merge(keep, drop, by=ui.user())
-    except (ConflictError, EntryNotFound, ValueError) as e:
-        st.error(f"Not merged: {ui.md(e)}")
-        return
-    st.session_state["kb:flash"] = f"Merged {drop} into {keep}."
+def ask_merge(keep: Entry, drop: Entry) -> None:
+    st.session_state["kb:merge"] = (keep.id, drop.id, keep.version, drop.version)
     st.rerun()
 
+
+def confirm_merge(keep_id: str, drop_id: str, keep_version: int, drop_version: int) -> None:
+    """Show the entry the merge would leave; merge only those versions, only on confirmation."""
+    try:
+        result = kb.preview_merge(keep_id, drop_id)
+    except (EntryNotFound, ValueError) as e:
+        st.error(f"Cannot merge any more: {ui.md(e)}")
+        st.button("Back to the suggestions", key="kb:merge-back",
+                  on_click=st.session_state.pop, args=("kb:merge", None))
+        return
+    st.warning(ui.md(f"Merge {drop_id} into {keep_id}? {drop_id} is deleted (restorable from the "
+                     f"Trash) and links to it will point to {keep_id}. {keep_id} keeps its own "
+                     f"summary and knowledge and gains {drop_id}'s concepts and links."))
+    st.markdown(f"**{ui.md(keep_id)} after the merge** (version {result.version})")
+    with st.container(border=True, key="kb:merge-preview"):
+        st.text(f"Title: {result.title or ''}\nTask: {result.task}   Status: {result.status}\n"
+                f"Concepts: {', '.join(result.concepts)}\nLinks: {', '.join(result.links) or '-'}")
+        st.text("Learning summary:\n" + result.learning_summary)
+        st.text("Supplementary knowledge:\n" + result.supplementary_knowledge)
+    yes, no = st.columns(2)
+    if yes.button(f"Confirm: merge {ui.md(drop_id)} into {ui.md(keep_id)}", type="primary",
+                  key="kb:merge-yes") and ui.require_curator("merge entries"):
+        try:
+            kb.merge(keep_id, drop_id, by=ui.user(), expected_versions=(keep_version, drop_version))
+        except (ConflictError, EntryNotFound, ValueError) as e:
+            st.session_state["kb:error"] = "Not merged: " + (
+                moved_on(e) if isinstance(e, (ConflictError, EntryNotFound)) else str(e))
+        else:
+            st.session_state["kb:flash"] = f"Merged {drop_id} into {keep_id}."
+            fresh_selection()
+        st.session_state.pop("kb:merge", None)
+        st.rerun()
+    if no.button("Cancel", key="kb:merge-no"):
+        st.session_state.pop("kb:merge", None)
+        st.rerun()
+
+
+# ------------------------------------------------------------------------------- review view
+
+def review(f: dict) -> None:
+    """One card per entry matching the filters, in id order (a status change never reorders it)."""
+    query = {**store_query(f), "sort": "id", "descending": False}
+    key = signature(query)
+    if st.session_state.get("kb:review-sig") != key:  # other filters: start at their first entry
+        st.session_state["kb:review-sig"] = key
+        st.session_state["kb:review-pos"] = 0
+    if f["semantic"]:
+        st.caption("Review goes through the entries matching the filters; the search box is used "
+                   "as words (text mode).")
+    pos = st.session_state.get("kb:review-pos", 0)
+    result = kb.query(**query, offset=pos, limit=1)
+    if not result.entries:
+        if result.total:
+            st.success(f"You reached the end of the {entries_word(result.total)} matching the filters.")
+            st.button("Back to the first", key="kb:review-first",
+                      on_click=st.session_state.__setitem__, args=("kb:review-pos", 0))
+        else:
+            st.info("No entry matches the filters. Tip: filter Status = pending to review new knowledge.")
+        return
+    entry = result.entries[0]
+    review_card(entry, pos, result.total, query)
+    if st.session_state.get("kb:review-edit") == entry.id:
+        ui.entry_editor(kb, entry.id, key="kb-review-editor")
+
+
+def review_card(entry: Entry, pos: int, total: int, query: dict) -> None:
+    with st.container(border=True, key="kb-review-card"):
+        st.caption(f"Entry {pos + 1} of {total} matching the filters (in id order)")
+        st.subheader(ui.md(entry.title or entry.id))
+        st.caption(ui.md(f"{entry.id} · {entry.status} · task {entry.task} · version {entry.version} "
+                         f"· updated {(entry.updated_at or '')[:19]} by {entry.updated_by or '-'}"))
+        if flagged := ui.flags(entry):
+            st.warning("Quality flags: " + ui.md("; ".join(flagged)))
+        else:
+            st.caption("Quality flags: none")
+        left, right = st.columns(2)
+        with left:
+            st.markdown("**Learning summary**")
+            st.text(entry.learning_summary)
+        with right:
+            st.markdown("**Supplementary knowledge**")
+            st.text(entry.supplementary_knowledge)
+        src = entry.source
+        left, right = st.columns(2)
+        with left:
+            st.markdown("**Source question**")
+            st.text((src.question if src else None) or "(none recorded)")
+        with right:
+            st.markdown("**The student's wrong answer**")
+            st.text((src.student_response if src else None) or "(none recorded)")
+        st.caption(ui.md("Concepts: " + (", ".join(entry.concepts) or "-")
+                         + (f" · source: {src.kind} {src.dataset or ''} {src.example_id or ''}"
+                            if src else "")))
+        c = st.columns(5)
+        c[0].button("Accept", key="kb:review-accept", shortcut="A", type="primary",
+                    on_click=review_decide, args=(entry.id, entry.version, "accepted", pos, query))
+        c[1].button("Reject", key="kb:review-reject", shortcut="X",
+                    on_click=review_decide, args=(entry.id, entry.version, "rejected", pos, query))
+        c[2].button("Edit", key="kb:review-edit-button", shortcut="E", on_click=toggle_edit,
+                    args=(entry.id,))
+        c[3].button("Previous", key="kb:review-prev", shortcut="P", disabled=pos == 0,
+                    on_click=review_go, args=(pos - 1,))
+        c[4].button("Next", key="kb:review-next", shortcut="N", disabled=pos + 1 >= total,
+                    on_click=review_go, args=(pos + 1,))
+        st.caption("Keys: A accept · X reject (Streamlit reserves R) · E edit · P previous · N next")
+
+
+def review_decide(entry_id: str, version: int, status: str, pos: int, query: dict) -> None:
+    """Set this entry's status (only the version on the card) and move to the next entry."""
+    try:
+        kb.set_status([entry_id], status, by=ui.user(), expected_versions={entry_id: version})
+    except (ConflictError, EntryNotFound) as e:
+        st.session_state["kb:error"] = f"Not {status}: {moved_on(e)} The card shows it afresh."
+        return
+    st.session_state["kb:flash"] = f"{entry_id} {status}."
+    still_here = kb.query(**query, offset=pos, limit=1).entries
+    # still matching the filters: step past it; it left them (e.g. status = pending): the next
+    # entry has moved up into its place
+    review_go(pos + 1 if still_here and still_here[0].id == entry_id else pos)
+
+
+def review_go(pos: int) -> None:
+    st.session_state["kb:review-pos"] = max(0, pos)
+    st.session_state.pop("kb:review-edit", None)
+
+
+def toggle_edit(entry_id: str) -> None:
+    editing = st.session_state.get("kb:review-edit") == entry_id
+    st.session_state["kb:review-edit"] = None if editing else entry_id
+
+
+# -------------------------------------------------------------------------------- trash view
+
+def trash() -> None:
+    page = st.session_state.get("kb:trash-page", 1)
+    result = kb.deleted_entries(offset=(page - 1) * TRASH_PAGE, limit=TRASH_PAGE)
+    if not result.total:
+        st.info("The trash is empty. Deleted and merged-away entries land here and can be restored.")
+        return
+    st.caption(f"{entries_word(result.total)} deleted, most recent first. Restoring brings an entry "
+               "back as it was when deleted, as a new version; its history stays complete.")
+    for entry in result.entries:
+        last = kb.history(entry.id)[-1]
+        merged_into = (last.changes.get("merged_into") or [None, None])[1]
+        how = f"merged into {merged_into}" if merged_into else "deleted"
+        with st.container(border=True, key=f"kb:trash-{entry.id}"):
+            text, action = st.columns([5, 1])
+            text.text(f"{entry.id}  [{entry.status}]  {entry.title or ''}\n"
+                      f"{how} by {last.by} at {last.at[:19].replace('T', ' ')}\n"
+                      f"{ui.short(entry.learning_summary, 200)}")
+            if action.button("Restore", key=f"kb:restore-{entry.id}"):
+                restore_deleted(entry, last.revision_id, merged_into)
+    if result.total > TRASH_PAGE:
+        st.pagination(math.ceil(result.total / TRASH_PAGE), key="kb:trash-page")
+
+
+def restore_deleted(entry: Entry, revision_id: int, merged_into: str | None) -> None:
+    if not ui.require_curator("restore entries"):
+        return
+    try:
+        restored = kb.restore(entry.id, revision_id, expected_version=entry.version, by=ui.user())
+    except (ConflictError, EntryNotFound, ValueError) as e:
+        st.error(f"Not restored: {ui.md(e)}")
+        return
+    note = f" ({merged_into} keeps the concepts and links it got from the merge)" if merged_into else ""
+    st.session_state["kb:flash"] = f"Restored {entry.id} as version {restored.version}{note}."
+    fresh_selection()
+    st.rerun()
+
+
+# ---------------------------------------------------------------------------------- add entry
 
 def add_entry_form() -> None:
     with st.expander("Add an entry by hand", expanded=stats["total"] == 0):
@@ -310,19 +572,38 @@ def add_entry_form() -> None:
         st.rerun()
 
 
+# -------------------------------------------------------------------------------------- page
+
 if flash := st.session_state.pop("kb:flash", None):
     st.success(ui.md(flash))
 if problem := st.session_state.pop("kb:error", None):
     st.error(ui.md(problem))
-if stats["total"] == 0:
+if "entry" in st.query_params or st.session_state.get("open_entry"):
+    st.session_state["kb:view"] = "table"  # a deep link or "open entry" shows the editor
+labels = {**VIEWS, "trash": f"Trash ({stats['deleted']})"}
+view = st.radio("View", list(VIEWS), format_func=labels.get, key="kb:view", horizontal=True,
+                label_visibility="collapsed")
+if view == "trash":
+    trash()
+elif stats["total"] == 0:
     empty_state_guide()
 else:
     f = filters()
-    entries, scores, total = load_page(f)
-    selected = results_table(entries, scores)
-    pager(total)
-    bulk_actions(selected, entries)
-    st.divider()
-    editor_and_tools(entries, selected)
-    suggested_merges()
-add_entry_form()
+    if view == "review":
+        review(f)
+    else:
+        entries, scores, total = load_page(f)
+        view = signature(f, st.session_state.get("kb:page", 1),
+                         st.session_state.get("kb:size", PAGE_SIZES[1]),
+                         st.session_state.get("kb:gen", 0))
+        reset_selection_if_view_changed(view)
+        # the table's key also changes with the rows themselves (someone else's edit reorders them)
+        view_sig = signature(view, [(e.id, e.version) for e in entries], total)
+        scope, selected = results_table(entries, scores, total, view_sig)
+        pager(total)
+        bulk_actions(f, scope, selected, entries, total)
+        st.divider()
+        editor_and_tools(entries, selected, scope)
+        suggested_merges()
+if view != "trash":
+    add_entry_form()
