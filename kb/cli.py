@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import getpass
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -16,12 +17,12 @@ from typing import Optional
 import typer
 
 from kb.schema import STATUSES, EntryInvalid
-from kb.store import ConflictError, EntryNotFound, KBStore
+from kb.store import ConflictError, EntryNotFound, KBLocked, KBStore
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None,
                   help="Browse, edit, search, import and export the knowledge base.")
 
-USER_ERRORS = (ValueError, KeyError, ConflictError, EntryInvalid, OSError)
+USER_ERRORS = (ValueError, KeyError, ConflictError, EntryInvalid, KBLocked, OSError)
 
 
 def _user() -> str:
@@ -51,6 +52,14 @@ def _one_line(error: Exception) -> str:
     return " ".join(text.split())
 
 
+def _row(*cells: str) -> str:
+    """One tab-separated output line; a tab or line break inside a cell (a title, a task, a
+    name) is escaped, so no value can forge a column or an extra row."""
+    return "\t".join(cell if cell.isprintable() else "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in cell)
+        for cell in cells)
+
+
 def _check_status(status: Optional[str]) -> None:
     if status and status not in STATUSES:
         raise ValueError(f"status must be one of {', '.join(STATUSES)} (got {status!r})")
@@ -65,8 +74,12 @@ def import_(path: Path = typer.Argument(..., help="JSONL file, one entry per lin
     """Validate the whole file, then import all of it or nothing."""
     from kb.jsonl import import_jsonl
 
+    if not (math.isfinite(max_mb) and max_mb > 0):
+        raise ValueError(f"--max-mb must be a positive number of megabytes (got {max_mb})")
     report = import_jsonl(KBStore(), path, on_duplicate=on_duplicate, by=by or _user(),
                           max_bytes=int(max_mb * 1e6))
+    if report.warnings:
+        typer.echo(f"warning: {_one_line(report.first_warning())}", err=True)
     typer.echo(report.summary())
 
 
@@ -102,8 +115,8 @@ def list_(status: Optional[str] = typer.Option(None), task: Optional[str] = type
     page = KBStore().query(status=status, task=task, concept=concept, text=text, sort=sort,
                            descending=not ascending, offset=offset, limit=limit)
     for entry in page.entries:
-        typer.echo(dumps_entry(entry) if as_json else
-                   f"{entry.id}\t{entry.status}\t{entry.task}\tv{entry.version}\t{entry.title or ''}")
+        typer.echo(dumps_entry(entry) if as_json else _row(
+            entry.id, entry.status, entry.task, f"v{entry.version}", entry.title or ""))
     if not as_json:
         typer.echo(f"-- {len(page.entries)} of {page.total} (offset {offset})", err=True)
 
@@ -229,8 +242,8 @@ def history(entry_id: str):
         raise EntryNotFound(entry_id)
     for rev in revisions:
         fields = ", ".join(rev.changes)
-        typer.echo(f"#{rev.revision_id}\tv{rev.version}\t{rev.action}\t{rev.by}\t{rev.at}\t"
-                   f"{rev.entry_id}\t{fields}")
+        typer.echo(_row(f"#{rev.revision_id}", f"v{rev.version}", rev.action, rev.by, rev.at,
+                        rev.entry_id, fields))
 
 
 @cli.command()

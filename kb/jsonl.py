@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
 
-from kb.schema import Entry, EntryInvalid, entry_from_json
+from kb.schema import Entry, EntryInvalid, NotJSON, entry_from_json
 from kb.store import DuplicateEntry, KBStore
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+# A line ends at \n, \r\n or a lone \r (old Mac files), like Python's universal newlines; not at
+# the other characters str.splitlines() knows (\u2028, \x85, …), which JSON strings may hold raw.
+_NEWLINE = re.compile(r"\r\n|\r|\n")
+_NEWLINE_BYTES = re.compile(rb"\r\n|\r|\n")
 DuplicatePolicy = Literal["fail", "skip", "overwrite"]
 POLICIES = ("fail", "skip", "overwrite")
 
@@ -45,6 +50,7 @@ class ImportReport:
     lines: int = 0
     entries: list[Entry] = field(default_factory=list, repr=False)
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)  # imported anyway (links to missing ids)
     duplicates: list[tuple[int, str, str]] = field(default_factory=list)  # line, id, "file"|"store"
     lines_of: dict[str, int] = field(default_factory=dict, repr=False)  # id -> line it came from
     added: int = 0
@@ -62,6 +68,12 @@ class ImportReport:
             return ""
         more = len(self.problems) - 1
         return self.problems[0].describe(self.source) + (f" (and {more} more problems)" if more else "")
+
+    def first_warning(self) -> str:
+        if not self.warnings:
+            return ""
+        more = len(self.warnings) - 1
+        return self.warnings[0].describe(self.source) + (f" (and {more} more)" if more else "")
 
     def summary(self) -> str:
         return (f"{self.source}: {self.added} added, {self.overwritten} overwritten, "
@@ -122,6 +134,7 @@ def import_jsonl(store: KBStore, source: Path | str | bytes, *,
         _check_against_store(store, report, on_duplicate)
     if not report.ok:
         raise ImportRejected(report)
+    report_missing_links(store, report)
     try:
         counts = store.import_entries(report.entries, by=by, on_duplicate=on_duplicate)
     except DuplicateEntry as e:  # someone added one of these ids since our check
@@ -164,26 +177,25 @@ def _decode(data: bytes) -> tuple[str, Problem | None]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
+        line = len(_NEWLINE_BYTES.findall(data, 0, e.start)) + 1
         return "", Problem(line, None, f"not valid UTF-8 at byte offset {e.start} "
                                        f"(byte 0x{data[e.start]:02x}); save the file as UTF-8")
     return text.removeprefix("\ufeff"), None
 
 
 def _parse_lines(text: str, problems: list[Problem]) -> tuple[int, list[tuple[int, Entry]]]:
-    lines = text.split("\n")
+    lines = _NEWLINE.split(text)
     ends_with_newline = lines[-1] == ""
     if ends_with_newline:
         lines.pop()
     parsed = []
     for number, line in enumerate(lines, start=1):
-        line = line.removesuffix("\r")
         if not line.strip():
             continue  # blank lines carry no entry
         try:
             parsed.append((number, entry_from_json(line)))
         except EntryInvalid as e:
-            if number == len(lines) and not ends_with_newline and e.problems[0][0] == "(line)":
+            if number == len(lines) and not ends_with_newline and isinstance(e, NotJSON):
                 problems.append(Problem(number, None, "truncated: the file ends in the middle "
                                                       "of this entry (no closing newline)"))
                 continue
@@ -210,8 +222,21 @@ def _dedupe_within_file(parsed, on_duplicate: str, report: ImportReport) -> list
     return list(chosen.values())
 
 
+def report_missing_links(store: KBStore, report: ImportReport) -> None:
+    """Warn about links to ids neither in the file nor in the store. Not refused: an export
+    filtered by status may link to entries it left out, and a link is only a pointer."""
+    in_file = report.lines_of
+    outside = {link for e in report.entries for link in e.links if link not in in_file}
+    known = store.live_ids(outside)
+    report.warnings = [
+        Problem(in_file[e.id], f"links.{i}", f"links to {link!r}, which is neither in this file "
+                                             "nor in the knowledge base")
+        for e in report.entries for i, link in enumerate(e.links)
+        if link not in in_file and link not in known]
+
+
 def _check_against_store(store: KBStore, report: ImportReport, on_duplicate: str) -> None:
-    existing = store.get_many(report.lines_of)
+    existing = store.live_ids(report.lines_of)
     for entry_id, line in report.lines_of.items():
         if entry_id in existing:
             report.duplicates.append((line, entry_id, "store"))

@@ -6,50 +6,108 @@ so reordering fields changes the bytes of every export.
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import (AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter,
+                      ValidationError, ValidationInfo, field_validator)
 
 Status = Literal["pending", "accepted", "rejected"]
 STATUSES: tuple[str, ...] = ("pending", "accepted", "rejected")
 # Fields a user edits; id/version/timestamps are owned by the store.
 EDITABLE_FIELDS = ("task", "learning_summary", "supplementary_knowledge", "status", "title",
                    "concepts", "source", "links")
+MAX_ID_LENGTH = 256
+# Versions stay exact in every JSON reader (JavaScript's safe integers) and fit SQLite's INTEGER.
+MAX_VERSION = 2 ** 53 - 1
+# A stored row was validated when it was written; reading it back (context=STORED) skips the rules
+# added later, so a knowledge base written by an older version stays readable.
+STORED = {"stored": True}
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})",
+                       re.IGNORECASE)
+_AWARE = TypeAdapter(AwareDatetime)
 
 
-def now_iso() -> str:
+def now_iso(moment: datetime | None = None) -> str:
     """UTC timestamp with a fixed width, so string order is time order (used for sorting)."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    moment = moment or datetime.now(timezone.utc)  # isoformat: 4-digit years, unlike strftime
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _valid_unicode(value: str) -> str:
+    # A lone surrogate (JSON "\ud800") is not a character: it cannot be written as UTF-8, so it
+    # would fail later, far from the field that holds it.
+    if bad := _SURROGATE.search(value):
+        raise ValueError(f"contains a lone surrogate U+{ord(bad.group()):04X} at position "
+                         f"{bad.start() + 1}, which is not a character")
+    return value
+
+
+def _valid_id(value: str, info: ValidationInfo) -> str:
+    """Ids are shown one per line and used in commands: short, printable, no line breaks."""
+    if _stored(info):
+        return value
+    if len(value) > MAX_ID_LENGTH:
+        raise ValueError(f"must be at most {MAX_ID_LENGTH} characters (this one has "
+                         f"{len(value):,})")
+    if not value.isprintable():
+        bad = next(c for c in value if not c.isprintable())
+        raise ValueError(f"must be printable characters only, no control characters or line "
+                         f"breaks (U+{ord(bad):04X} at position {value.index(bad) + 1})")
+    return value
+
+
+def _valid_time(value: str, info: ValidationInfo) -> str:
+    """An ISO 8601 time with a zone, stored as fixed-width UTC so string order is time order."""
+    if _stored(info):
+        return value
+    try:
+        if not _ISO_TIME.fullmatch(value):
+            raise ValueError
+        return now_iso(_AWARE.validate_python(value).astimezone(timezone.utc))
+    except (ValueError, OverflowError):  # ValidationError is a ValueError
+        raise ValueError("must be an ISO 8601 time with a time zone, "
+                         "like 2024-05-01T12:00:00Z") from None
+
+
+def _stored(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get("stored"))
+
+
+Text = Annotated[str, AfterValidator(_valid_unicode)]
+Id = Annotated[Text, AfterValidator(_valid_id)]
+Time = Annotated[Text, AfterValidator(_valid_time)]
 
 
 class Source(BaseModel):
     """Where an entry came from (a student error case, a training example, or a person)."""
     model_config = ConfigDict(extra="forbid")
-    kind: str | None = None
-    dataset: str | None = None
-    example_id: str | None = None
-    question: str | None = None
-    student_response: str | None = None
-    teacher_model: str | None = None
-    student_model: str | None = None
+    kind: Text | None = None
+    dataset: Text | None = None
+    example_id: Text | None = None
+    question: Text | None = None
+    student_response: Text | None = None
+    teacher_model: Text | None = None
+    student_model: Text | None = None
 
 
 class Entry(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    id: str
-    task: str
-    learning_summary: str
-    supplementary_knowledge: str
+    id: Id
+    task: Text
+    learning_summary: Text
+    supplementary_knowledge: Text
     status: Status
-    title: str | None = None
-    concepts: list[str] = []
+    title: Text | None = None
+    concepts: list[Text] = []
     source: Source | None = None
-    links: list[str] = []
-    version: int = 1
-    created_at: str | None = None
-    updated_at: str | None = None
-    updated_by: str | None = None
+    links: list[Id] = []  # ids of other entries
+    version: int = Field(1, strict=True)  # strict: true or "2" is not a version
+    created_at: Time | None = None
+    updated_at: Time | None = None
+    updated_by: Text | None = None
 
     @field_validator("id", "task")
     @classmethod
@@ -79,6 +137,8 @@ class Entry(BaseModel):
     def _positive_version(cls, value: int) -> int:
         if value < 1:
             raise ValueError("must be 1 or more")
+        if value > MAX_VERSION:
+            raise ValueError(f"must be at most {MAX_VERSION}")
         return value
 
     def knowledge_text(self) -> str:
@@ -114,7 +174,7 @@ def field_problems(error: ValidationError) -> list[tuple[str, str]]:
     """pydantic errors as (dotted field, readable message), naming the value that was given."""
     problems = []
     for err in error.errors():
-        field = ".".join(str(part) for part in err["loc"]) or "(entry)"
+        field = _field_name(err["loc"]) or "(entry)"
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "missing":
             message = "is required"
@@ -134,23 +194,129 @@ def validate_entry(data: dict) -> Entry:
         raise EntryInvalid(field_problems(e)) from None
 
 
+class NotJSON(EntryInvalid):
+    """The line is not JSON at all (for a last line without newline: a truncated file)."""
+
+
 def entry_from_json(line: str) -> Entry:
-    """Entry from one JSONL line; EntryInvalid for bad JSON, non-objects and bad fields."""
+    """Entry from one JSONL line; EntryInvalid for bad JSON, non-objects and bad fields.
+    Never anything else, whatever the line holds (deep nesting, huge numbers, repeated keys)."""
+    odd: list[_OddKeys] = []
     try:
-        data = json.loads(line)
+        data = json.loads(line, object_pairs_hook=lambda pairs: _object(pairs, odd),
+                          parse_int=_parse_int)
     except json.JSONDecodeError as e:
-        raise EntryInvalid([("(line)", f"not valid JSON: {e.msg} at column {e.colno}")]) from None
+        raise NotJSON([("(line)", f"not valid JSON: {e.msg} at column {e.colno}")]) from None
+    except RecursionError:  # json's own guard against deep nesting (100,000 '[' in a row)
+        raise EntryInvalid([(_deep_field(line), "nested too deeply: an entry holds text, lists "
+                                                "of text and one source object")]) from None
     if not isinstance(data, dict):
         raise EntryInvalid([("(line)", f"expected a JSON object, got {_json_type(data)}")])
-    return validate_entry(data)
+    problems = _key_problems(data) if odd else []
+    try:
+        entry = validate_entry(data)
+    except EntryInvalid as e:
+        problems += e.problems
+    if problems:
+        raise EntryInvalid(problems)
+    return entry
+
+
+# -- reading JSON without surprises -----------------------------------------------------------
+MAX_INT_DIGITS = 30  # longer integers are refused before Python converts them (slow, and capped)
+_DEEP = 64  # a top-level value nested this deep is the one that made the parser give up
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+class _OddKeys(dict):
+    """A JSON object with keys pydantic cannot judge: one named more than once (json keeps the
+    last silently), or one holding a lone surrogate. .notes: key -> problem."""
+    notes: dict[str, str]
+
+
+class _BigNumber:
+    """An integer literal too long to be a field value; pydantic refuses it by type."""
+
+    def __init__(self, digits: str):
+        self.digits = digits
+
+    def __repr__(self) -> str:
+        return f"a number with {len(self.digits.lstrip('-'))} digits"
+
+
+def _object(pairs: list[tuple[str, object]], odd: list) -> dict:
+    obj = dict(pairs)
+    if len(obj) == len(pairs) and not _SURROGATE.search("".join(obj)):
+        return obj
+    obj, keys = _OddKeys(obj), [k for k, _ in pairs]
+    obj.notes = {k: f"is given {keys.count(k)} times in one object; keep one (JSON readers "
+                    "disagree on which one counts)" for k in obj if keys.count(k) > 1}
+    obj.notes.update({k: "field name contains a lone surrogate, which is not a character"
+                      for k in obj if _SURROGATE.search(k)})
+    odd.append(obj)
+    return obj
+
+
+def _parse_int(digits: str):
+    return int(digits) if len(digits) <= MAX_INT_DIGITS else _BigNumber(digits)
+
+
+def _key_problems(data: dict) -> list[tuple[str, str]]:
+    """(dotted field, message) for every odd key (_OddKeys), at any depth."""
+    problems, stack = [], [((), data)]
+    while stack:  # iterative: the value may be nested hundreds of levels deep
+        path, node = stack.pop()
+        if isinstance(node, _OddKeys):
+            problems += [(_field_name((*path, key)), note) for key, note in node.notes.items()]
+        children = node.items() if isinstance(node, dict) else \
+            enumerate(node) if isinstance(node, list) else ()
+        stack += [((*path, key), value) for key, value in children]
+    return sorted(problems)
+
+
+def _deep_field(line: str) -> str:
+    """The top-level field whose value is nested too deeply, found by a scan that stops at depth
+    _DEEP (the parser recursed once per level); "(line)" if the line itself is the deep part."""
+    depth, key = 0, None
+    for token in _TOKEN.finditer(line):
+        text = token.group()
+        if text[0] == '"':
+            key = text if depth == 1 else key
+        elif text in "[{":
+            depth += 1
+            if depth == 1 and text == "[":
+                return "(line)"
+            if depth >= _DEEP and key:
+                try:
+                    return _field_name((json.loads(key),))
+                except ValueError:
+                    return "(line)"
+        else:
+            depth -= 1
+    return "(line)"
+
+
+def _field_name(loc) -> str:
+    """A dotted field path safe to print on one line: control characters and lone surrogates
+    escaped, long keys cut (a key is user input too)."""
+    name = ".".join(str(part) for part in loc)
+    if not name.isprintable():
+        name = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                       for c in name)
+    return _cut(name, 80)
 
 
 def _json_type(value) -> str:
     names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-             int: "a number", float: "a number", type(None): "null"}
+             int: "a number", float: "a number", type(None): "null", _BigNumber: "a number"}
     return names.get(type(value), type(value).__name__)
 
 
 def _short_repr(value, limit: int = 60) -> str:
-    text = repr(value)
+    if isinstance(value, str):  # repr of the first part only: ids of megabytes are user input
+        return _cut(repr(value[:limit + 1]), limit)
+    return _cut(repr(value), limit)
+
+
+def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + "…"

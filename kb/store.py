@@ -6,20 +6,26 @@ Guarantees a curator relies on:
 - edits carry the version the editor started from; the version check and the write happen inside
   one `BEGIN IMMEDIATE` transaction, so two processes racing on the same version cannot both win;
 - every write bumps a global change sequence stored on the row, so the embedding index can ask
-  "what changed since seq N" and re-embed only that (changes_since).
+  "what changed since seq N" and re-embed only that (changes_since);
+- a database another process keeps locked is waited for (retries with backoff, `lock_timeout`
+  seconds in all, default $NESY_KB_LOCK_TIMEOUT or 60), then KBLocked says so in one sentence.
+  Readers never wait for writers (WAL), and opening an existing store writes nothing.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from kb.schema import EDITABLE_FIELDS, STATUSES, Entry, Revision, now_iso, validate_entry
+from kb.schema import (EDITABLE_FIELDS, STATUSES, STORED, Entry, Revision, now_iso,
+                       validate_entry)
 from kb.workspace import home
 
 SORTABLE = ("updated_at", "created_at", "id", "task", "status", "title", "version")
@@ -50,6 +56,7 @@ CREATE INDEX IF NOT EXISTS revisions_by_entry ON revisions(entry_id, revision_id
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('seq', 0);
 """
+SCHEMA_VERSION = 1  # bump with any change to SCHEMA, so existing files get it on their next open
 FTS_SCHEMA = """CREATE VIRTUAL TABLE IF NOT EXISTS entries_fts USING fts5(
     id, title, learning_summary, supplementary_knowledge, concepts, question,
     tokenize = 'unicode61 remove_diacritics 2')"""
@@ -72,6 +79,15 @@ class ConflictError(Exception):
 class EntryNotFound(KeyError):
     def __str__(self) -> str:
         return f"no entry with id {self.args[0]!r}"
+
+
+class KBLocked(TimeoutError):
+    """Another process held the database's write lock for longer than we were willing to wait."""
+
+    def __init__(self, path: Path, waited: float):
+        self.path, self.waited = path, waited
+        super().__init__(f"the knowledge base {path} is locked by another process (waited "
+                         f"{waited:g} s); try again when that process has finished")
 
 
 class DuplicateEntry(ValueError):
@@ -99,12 +115,16 @@ class _Row:
 
 
 class KBStore:
-    def __init__(self, path: Path | str | None = None):
+    def __init__(self, path: Path | str | None = None, lock_timeout: float | None = None):
         self.path = Path(path) if path else home() / "kb.sqlite"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.lock_timeout = _lock_timeout() if lock_timeout is None else lock_timeout
         self._local = threading.local()  # one connection per thread (Streamlit runs threads)
         con = self._con
-        con.executescript(SCHEMA)
+        # Only a new or older file needs the schema script (it writes, so it would wait for a
+        # writer); an up-to-date store opens without taking any lock.
+        if con.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            con.executescript(f"{SCHEMA}PRAGMA user_version = {SCHEMA_VERSION};")
         self.fts = _try_create_fts(con)
 
     # -- connection and transactions -------------------------------------------------------
@@ -114,11 +134,13 @@ class KBStore:
         if con is None:
             # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so the write lock is taken
             # before the version check, not at the first write.
-            con = sqlite3.connect(self.path, timeout=30, isolation_level=None,
-                                  check_same_thread=False)
+            # factory: every statement waits out another process's lock (see _PatientConnection).
+            con = sqlite3.connect(self.path, timeout=min(_BUSY_WAIT, self.lock_timeout),
+                                  isolation_level=None,
+                                  check_same_thread=False, factory=_PatientConnection)
+            con.lock_timeout, con.path = self.lock_timeout, self.path
             con.execute("PRAGMA journal_mode=WAL")
             con.execute("PRAGMA synchronous=NORMAL")
-            con.execute("PRAGMA busy_timeout=30000")
             self._local.con = con
         return con
 
@@ -169,6 +191,15 @@ class KBStore:
             raise EntryNotFound(entry_id)
         return row.entry
 
+    def live_ids(self, ids: Iterable[str]) -> set[str]:
+        """Which of these ids are live entries (an index lookup; nothing is parsed)."""
+        ids, found = list(ids), set()
+        for chunk in _chunks(ids, 500):
+            marks = ",".join("?" * len(chunk))
+            found.update(i for (i,) in self._con.execute(
+                f"SELECT id FROM entries WHERE deleted = 0 AND id IN ({marks})", chunk))
+        return found
+
     def get_many(self, ids: Iterable[str]) -> dict[str, Entry]:
         """Live entries by id (missing and deleted ids are absent from the result)."""
         ids, found = list(ids), {}
@@ -176,7 +207,7 @@ class KBStore:
             marks = ",".join("?" * len(chunk))
             for (data,) in self._con.execute(
                     f"SELECT data FROM entries WHERE deleted = 0 AND id IN ({marks})", chunk):
-                entry = Entry.model_validate_json(data)
+                entry = _load(data)
                 found[entry.id] = entry
         return found
 
@@ -276,7 +307,7 @@ class KBStore:
         needle = json.dumps(old_id, ensure_ascii=False)
         for pk, data in con.execute("SELECT pk, data FROM entries WHERE deleted = 0 "
                                     "AND instr(data, ?) > 0", (needle,)).fetchall():
-            entry = Entry.model_validate_json(data)
+            entry = _load(data)
             if old_id not in entry.links:
                 continue
             links = _union([new_id if i == old_id else i for i in entry.links], [])
@@ -297,7 +328,7 @@ class KBStore:
         rows = self._con.execute(
             f"SELECT data FROM entries WHERE {where} ORDER BY {sort} {order}, id {order} "
             f"LIMIT ? OFFSET ?", [*args, limit, offset])
-        return Page([Entry.model_validate_json(d) for (d,) in rows], total, offset, limit)
+        return Page([_load(d) for (d,) in rows], total, offset, limit)
 
     def iter_entries(self, *, status=None, task=None, concept=None, batch: int = 1000
                      ) -> Iterator[Entry]:
@@ -309,7 +340,7 @@ class KBStore:
                 f"SELECT id, data FROM entries WHERE {where} AND id > ? ORDER BY id LIMIT ?",
                 [*args, last, batch]).fetchall()
             for _, data in rows:
-                yield Entry.model_validate_json(data)
+                yield _load(data)
             if len(rows) < batch:
                 return
             last = rows[-1][0]
@@ -493,7 +524,7 @@ class KBStore:
     def _row(self, con, entry_id: str) -> _Row | None:
         found = con.execute("SELECT pk, data, deleted FROM entries WHERE id = ?",
                             (entry_id,)).fetchone()
-        return _Row(found[0], Entry.model_validate_json(found[1]), bool(found[2])) if found else None
+        return _Row(found[0], _load(found[1]), bool(found[2])) if found else None
 
     def _rows(self, con, ids: list[str]) -> dict[str, _Row]:
         rows = {}
@@ -501,7 +532,7 @@ class KBStore:
             marks = ",".join("?" * len(chunk))
             for pk, data, deleted in con.execute(
                     f"SELECT pk, data, deleted FROM entries WHERE id IN ({marks})", chunk):
-                entry = Entry.model_validate_json(data)
+                entry = _load(data)
                 rows[entry.id] = _Row(pk, entry, bool(deleted))
         return rows
 
@@ -573,6 +604,67 @@ class KBStore:
         return keep.entry.model_copy(update={
             "concepts": _union(keep.entry.concepts, drop.entry.concepts), "links": links,
             "version": keep.entry.version + 1})
+
+
+_BUSY_WAIT = 1.0  # seconds SQLite's own busy handler waits per attempt before we pause and retry
+
+
+class _PatientConnection(sqlite3.Connection):
+    """A connection whose statements wait out another process's lock: each attempt lets SQLite's
+    busy handler wait up to _BUSY_WAIT, then we pause (doubling up to 2 s) and try again, for
+    lock_timeout seconds in all; then KBLocked. Retrying is safe: a statement refused with
+    SQLITE_BUSY did nothing, and writes begin with BEGIN IMMEDIATE, so none waits half-way
+    through a transaction. (executemany is retried with the same list: never pass it a generator.)
+    """
+    lock_timeout: float = 60.0
+    path: Path | None = None
+
+    def execute(self, *args):
+        return self._patiently(super().execute, args)
+
+    def executemany(self, *args):
+        return self._patiently(super().executemany, args)
+
+    def executescript(self, *args):
+        return self._patiently(super().executescript, args)
+
+    def _patiently(self, run, args):
+        deadline, pause = time.monotonic() + self.lock_timeout, 0.05
+        while True:
+            try:
+                return run(*args)
+            except sqlite3.OperationalError as e:
+                left = deadline - time.monotonic()
+                if not _is_locked(e):
+                    raise
+                if left <= 0:
+                    raise KBLocked(self.path, self.lock_timeout) from None
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, 2.0)
+
+
+def _is_locked(error: sqlite3.OperationalError) -> bool:
+    code = getattr(error, "sqlite_errorcode", None)  # Python 3.11+
+    if code is None:
+        return "locked" in str(error)
+    return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _lock_timeout() -> float:
+    raw = os.environ.get("NESY_KB_LOCK_TIMEOUT", "60")
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:  # also refuses nan
+        raise ValueError(f"NESY_KB_LOCK_TIMEOUT must be a number of seconds (got {raw!r})")
+    return seconds
+
+
+def _load(data: str) -> Entry:
+    """An entry read back from a row: validated when it was written, so rules added since do not
+    make an older knowledge base unreadable."""
+    return Entry.model_validate_json(data, context=STORED)
 
 
 def _try_create_fts(con) -> bool:

@@ -80,6 +80,106 @@ def test_bad_input_exits_non_zero_with_one_line(args, message):
     assert "Traceback" not in result.stderr
 
 
+ENTRY = ('{"id": "a", "task": "t", "learning_summary": "s", "supplementary_knowledge": "k", '
+         '"status": "pending"')  # without its closing brace: add fields, then "}"
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[" * 100_000 + "]" * 100_000 + "\n", "line 1: nested too deeply"),
+    (ENTRY + ', "title": ' + "[" * 100_000 + "]" * 100_000 + "}\n",
+     "line 1, field 'title': nested too deeply"),
+    (ENTRY + ', "version": 12345678901234567890123}\n',
+     "line 1, field 'version': must be at most 9007199254740991"),
+    (ENTRY + ', "title": "\\ud800"}\n', "line 1, field 'title': contains a lone surrogate U+D800"),
+    ('{"id": "a", "task": "t", "learning_summary": "s", "supplementary_knowledge": "k", '
+     '"status": "rejected", "status": "accepted"}\n', "line 1, field 'status': is given 2 times"),
+    (line("x\nforged\taccepted\tgsm8k\tv1\t") + "\n",
+     "line 1, field 'id': must be printable characters only"),
+    (line("x\u0000") + "\n", "line 1, field 'id': must be printable characters only"),
+    (line("x" * 2_000_000) + "\n", "line 1, field 'id': must be at most 256 characters"),
+    (line("x", created_at="garbage") + "\n", "line 1, field 'created_at': must be an ISO 8601 time"),
+], ids=["nested", "nested-field", "big-version", "surrogate", "duplicate-key", "newline-id",
+        "nul-id", "2mb-id", "garbage-time"])
+def test_hostile_file_is_one_error_line_naming_line_and_field(tmp_path, content, message):
+    (tmp_path / "good.jsonl").write_text(line("keep") + "\n")
+    assert nesy("import", "good.jsonl", cwd=tmp_path).returncode == 0
+    before = nesy("export").stdout
+    (tmp_path / "bad.jsonl").write_text(content, encoding="utf-8")
+    result = nesy("import", "bad.jsonl", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.splitlines() == [result.stderr.strip()], result.stderr[-3000:]
+    assert result.stderr.startswith(f"error: bad.jsonl {message}"), result.stderr[:500]
+    assert nesy("export").stdout == before  # nothing changed
+    assert nesy("list").stdout.splitlines()[0].startswith("keep\t")
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "0", "-1"])
+def test_max_mb_must_be_a_positive_finite_number(tmp_path, value):
+    (tmp_path / "kb.jsonl").write_text(line("a") + "\n")
+    result = nesy("import", "kb.jsonl", "--max-mb", value, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: --max-mb must be a positive number of megabytes " \
+                                    f"(got {float(value)})"
+
+
+def test_cr_only_file_imports_and_missing_links_are_reported(tmp_path):
+    (tmp_path / "mac.jsonl").write_bytes(
+        (line("a", links=["b", "gone"]) + "\r" + line("b") + "\r").encode())
+    result = nesy("import", "mac.jsonl", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "2 added" in result.stdout
+    assert result.stderr.strip() == ("warning: mac.jsonl line 1, field 'links.1': links to 'gone', "
+                                     "which is neither in this file nor in the knowledge base")
+
+
+def test_list_and_history_rows_cannot_be_forged_by_field_text(tmp_path):
+    (tmp_path / "kb.jsonl").write_text(line("a", title="t\nb\taccepted\tgsm8k\tv9\t",
+                                            task="gsm8k\tx") + "\n")
+    assert nesy("import", "kb.jsonl", "--by", "eve\nforged", cwd=tmp_path).returncode == 0
+    assert nesy("list").stdout.splitlines() == ["a\tpending\tgsm8k\\tx\tv1\t"
+                                                "t\\nb\\taccepted\\tgsm8k\\tv9\\t"]
+    [row] = nesy("history", "a").stdout.splitlines()
+    assert row.split("\t")[3] == "eve\\nforged"
+
+
+def hold_write_lock(path: Path, seconds: float) -> subprocess.Popen:
+    """Another process takes the KB's write lock and keeps it for `seconds`."""
+    script = ("import sqlite3, sys, time\n"
+              "con = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+              "con.execute('BEGIN IMMEDIATE')\n"
+              "print('locked', flush=True)\n"
+              "time.sleep(float(sys.argv[2]))\n")
+    holder = subprocess.Popen([sys.executable, "-c", script, str(path), str(seconds)],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_a_kb_locked_by_another_process_is_waited_for_then_one_error_line(tmp_path, workspace,
+                                                                          monkeypatch):
+    (tmp_path / "kb.jsonl").write_text(line("a") + "\n")
+    (tmp_path / "more.jsonl").write_text(line("b") + "\n")
+    assert nesy("import", "kb.jsonl", cwd=tmp_path).returncode == 0
+    monkeypatch.setenv("NESY_KB_LOCK_TIMEOUT", "3")
+    holder = hold_write_lock(workspace / "kb.sqlite", 120)
+    try:
+        started = time.monotonic()
+        result = nesy("import", "more.jsonl", cwd=tmp_path)
+        assert time.monotonic() - started >= 3
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+        assert result.stderr.strip() == (
+            f"error: the knowledge base {workspace / 'kb.sqlite'} is locked by another process "
+            "(waited 3 s); try again when that process has finished")
+        assert nesy("set-status", "accepted", "a").stderr.startswith("error: the knowledge base")
+        assert nesy("list").stdout.startswith("a\t")  # reading does not wait for the writer
+    finally:
+        holder.kill()
+        holder.wait()
+    holder = hold_write_lock(workspace / "kb.sqlite", 1)  # shorter than the wait: retried
+    assert "1 added" in nesy("import", "more.jsonl", cwd=tmp_path).stdout
+    holder.wait()
+
+
 @pytest.mark.slow  # a fresh process loads torch + MiniLM (~20 s on shared cores)
 def test_search_syncs_and_finds(tmp_path):
     source = tmp_path / "in.jsonl"

@@ -104,6 +104,73 @@ def test_each_bad_file_gets_a_clear_message(store, tmp_path, content, expected):
     assert_rejected(store, write(tmp_path, content), expected)
 
 
+ENTRY = ('{"id": "a", "task": "t", "learning_summary": "s", "supplementary_knowledge": "k", '
+         '"status": "pending"')  # without its closing brace: add fields, then "}"
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("[" * 100_000 + "]" * 100_000 + "\n", "line 1: nested too deeply"),
+    (ENTRY + ', "title": ' + "[" * 100_000 + "]" * 100_000 + "}\n",
+     "line 1, field 'title': nested too deeply"),
+    (ENTRY + ', "version": 12345678901234567890123}\n',
+     "line 1, field 'version': must be at most 9007199254740991 (got 12345678901234567890123)"),
+    (ENTRY + ', "version": ' + "9" * 5000 + "}\n",
+     "line 1, field 'version': Input should be a valid integer (got a number with 5000 digits)"),
+    (ENTRY + ', "version": true}\n', "line 1, field 'version': Input should be a valid integer"),
+    (ENTRY + ', "title": "\\ud800"}\n', "line 1, field 'title': contains a lone surrogate U+D800"),
+    (ENTRY + ', "concepts": ["ok", "x\\udfff"]}\n', "line 1, field 'concepts.1': contains a lone "
+                                                     "surrogate U+DFFF at position 2"),
+    (ENTRY + ', "\\ud800": 1}\n', "line 1, field '\\ud800': field name contains a lone surrogate"),
+    (ENTRY + ', "status": "accepted"}\n', "line 1, field 'status': is given 2 times in one object"),
+    (ENTRY + ', "source": {"kind": "a", "kind": "b"}}\n', "line 1, field 'source.kind': is given 2"),
+    (line("a\nb\taccepted") + "\n", "line 1, field 'id': must be printable characters only, no "
+                                     "control characters or line breaks (U+000A at position 2)"),
+    (line("a\x00") + "\n", "line 1, field 'id': must be printable characters only"),
+    (line("x" * 2_000_000) + "\n", "line 1, field 'id': must be at most 256 characters (this one "
+                                   "has 2,000,000)"),
+    (line("a", links=["ok", "b\nc"]) + "\n", "line 1, field 'links.1': must be printable"),
+    (line("a", created_at="garbage") + "\n",
+     "line 1, field 'created_at': must be an ISO 8601 time with a time zone"),
+    (line("a", updated_at="2024-05-01T12:00:00") + "\n", "field 'updated_at': must be an ISO 8601"),
+    (line("a", updated_at="1700000000") + "\n", "field 'updated_at': must be an ISO 8601"),
+    (line("a", updated_at="2024-13-01T12:00:00Z") + "\n", "field 'updated_at': must be an ISO"),
+    (line("a") + "\n" + "[" * 100_000, "line 2: nested too deeply"),  # not called "truncated"
+])
+def test_hostile_lines_are_refused_naming_line_and_field(store, tmp_path, content, expected):
+    seeded(store)
+    report = assert_rejected(store, write(tmp_path, content), expected)
+    assert len(report.first_error().splitlines()) == 1
+
+
+def test_cr_only_line_endings_are_line_ends(store, tmp_path):
+    path = write(tmp_path, line("a") + "\r" + line("b") + "\r\n" + line("c") + "\r")
+    assert import_jsonl(store, path).added == 3
+    bad = write(tmp_path, (line("a") + "\r" + line("b") + "\r").encode() + b"\xff\r")
+    assert_rejected(store, bad, "line 3: not valid UTF-8")
+    # JSON strings may hold U+2028 and U+0085 raw; they end no line
+    odd = write(tmp_path, line("odd", title="a\u2028b\x85c") + "\n")
+    assert import_jsonl(store, odd).added == 1 and store.get("odd").title == "a\u2028b\x85c"
+
+
+def test_timestamps_are_stored_as_fixed_width_utc(store, tmp_path):
+    path = write(tmp_path, line("a", created_at="2024-05-01T12:00:00+02:00",
+                                updated_at="2024-05-01T12:00:00.5Z") + "\n")
+    import_jsonl(store, path)
+    entry = store.get("a")
+    assert (entry.created_at, entry.updated_at) == ("2024-05-01T10:00:00.000000Z",
+                                                    "2024-05-01T12:00:00.500000Z")
+
+
+def test_links_to_missing_ids_are_imported_and_reported(store, tmp_path):
+    seeded(store)
+    path = write(tmp_path, line("c", links=["b", "d", "gone"]) + "\n" + line("d") + "\n")
+    report = import_jsonl(store, path)
+    assert report.added == 2 and store.get("c").links == ["b", "d", "gone"]
+    assert [(w.line, w.field) for w in report.warnings] == [(1, "links.2")]
+    assert report.first_warning() == (f"{path} line 1, field 'links.2': links to 'gone', which is "
+                                      "neither in this file nor in the knowledge base")
+
+
 def test_utf8_error_gives_byte_offset(store, tmp_path):
     good = (line("a") + "\n").encode()
     report = assert_rejected(store, write(tmp_path, good + b"\xff\n"), "not valid UTF-8")

@@ -3,12 +3,14 @@ bulk status, queries, change feed, merge."""
 from __future__ import annotations
 
 import multiprocessing as mp
+import sqlite3
+import threading
 import time
 
 import pytest
 
 from kb.schema import Entry, EntryInvalid, entry_from_json, validate_entry
-from kb.store import ConflictError, DuplicateEntry, EntryNotFound, KBStore
+from kb.store import ConflictError, DuplicateEntry, EntryNotFound, KBLocked, KBStore
 
 
 def make(entry_id: str, **fields) -> Entry:
@@ -69,6 +71,72 @@ def test_entry_from_json_names_fields():
         entry_from_json("[1, 2]")
     with pytest.raises(EntryInvalid, match="field 'id'"):
         validate_entry({**make("k").model_dump(), "id": " padded"})
+
+
+@pytest.mark.parametrize("changes, field, message", [
+    ({"id": "a\nb"}, "id", "must be printable characters only, no control characters or line "
+                           "breaks (U+000A at position 2)"),
+    ({"id": "a\x00"}, "id", "U+0000 at position 2"),
+    ({"id": "x" * 257}, "id", "must be at most 256 characters (this one has 257)"),
+    ({"links": ["ok", "a\tb"]}, "links.1", "must be printable characters only"),
+    ({"title": "\ud800"}, "title", "contains a lone surrogate U+D800 at position 1"),
+    ({"source": {"question": "x\udc00"}}, "source.question", "contains a lone surrogate"),
+    ({"created_at": "yesterday"}, "created_at", "must be an ISO 8601 time with a time zone"),
+    ({"version": 2 ** 53}, "version", "must be at most 9007199254740991"),
+])
+def test_schema_refuses_unsafe_ids_text_times_and_versions(changes, field, message):
+    with pytest.raises(EntryInvalid) as err:
+        validate_entry({**make("k").model_dump(), **changes})
+    assert [f for f, _ in err.value.problems] == [field]
+    assert message in str(err.value)
+
+
+def test_schema_keeps_printable_unicode_ids_and_normalises_times():
+    entry = validate_entry({**make("écart-Ω 1/2 (v2)").model_dump(),
+                            "created_at": "2024-05-01 12:00:00.123456789-05:30"})
+    assert entry.id == "écart-Ω 1/2 (v2)" and entry.created_at == "2024-05-01T17:30:00.123456Z"
+    assert validate_entry({**make("x" * 256).model_dump()}).id == "x" * 256
+
+
+def hold_write_lock(path, seconds: float) -> threading.Thread:
+    """Another connection takes the write lock now and keeps it for `seconds` (in a thread)."""
+    con = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    con.execute("BEGIN IMMEDIATE")
+
+    def release():
+        time.sleep(seconds)
+        con.execute("ROLLBACK")
+        con.close()
+    thread = threading.Thread(target=release, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_locked_database_is_retried_then_refused_with_one_sentence(store):
+    store.add(make("a"), by="ann")
+    patient = KBStore(store.path, lock_timeout=1.5)
+    release = hold_write_lock(store.path, 4)
+    started = time.monotonic()
+    with pytest.raises(KBLocked) as err:
+        patient.add(make("b"), by="bob")
+    assert 1.5 <= time.monotonic() - started < 4  # waited lock_timeout, not SQLite's 30 s
+    assert str(err.value) == (f"the knowledge base {store.path} is locked by another process "
+                              "(waited 1.5 s); try again when that process has finished")
+    # readers do not wait for the writer, and opening an existing store writes nothing
+    assert KBStore(store.path, lock_timeout=0).get("a").id == "a"
+    assert patient.query().total == 1
+    release.join()
+    assert store.stats()["total"] == 1  # the refused add wrote nothing
+    hold_write_lock(store.path, 0.5)  # shorter than lock_timeout: waited out, then written
+    assert patient.add(make("b"), by="bob").version == 1
+
+
+def test_lock_timeout_comes_from_the_environment(monkeypatch, workspace):
+    monkeypatch.setenv("NESY_KB_LOCK_TIMEOUT", "2.5")
+    assert KBStore().lock_timeout == 2.5
+    monkeypatch.setenv("NESY_KB_LOCK_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="NESY_KB_LOCK_TIMEOUT must be a number of seconds"):
+        KBStore()
 
 
 def test_stale_version_is_a_conflict_not_an_overwrite(store):

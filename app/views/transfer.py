@@ -9,6 +9,7 @@ import streamlit as st
 import ui
 from kb import jsonl
 from kb.schema import STATUSES
+from kb.store import KBLocked
 
 ANY = "(any)"
 kb = ui.store()
@@ -44,22 +45,26 @@ def import_section() -> None:
     upload = st.file_uploader("JSONL file (one entry per line)", type=["jsonl", "json", "txt"],
                               key="x:upload")
     pasted = st.text_area("…or paste lines", key="x:paste", height=100)
-    data = upload.getvalue() if upload is not None else pasted.encode("utf-8")
+    # surrogatepass: a lone surrogate pasted in reaches the validator (as bad UTF-8), not a crash
+    data = upload.getvalue() if upload is not None else pasted.encode("utf-8", "surrogatepass")
     if not data.strip():
         st.caption("Nothing is written until you have seen the validation report and applied it.")
         return
     policy = st.radio("Ids that already exist", jsonl.POLICIES, horizontal=True, key="x:policy",
                       format_func={"fail": "refuse the file", "skip": "keep mine (skip)",
                                    "overwrite": "replace with the file's"}.get)
-    report = jsonl.validate_jsonl(data, on_duplicate=policy)
-    existing = kb.get_many([e.id for e in report.entries]) if report.entries else {}
+    report = jsonl.validate_jsonl(data, on_duplicate=policy)  # the CLI's checks, line and field
+    report.source = upload.name if upload is not None else "pasted text"
+    if report.ok:
+        jsonl.report_missing_links(kb, report)
+    existing = kb.live_ids(e.id for e in report.entries)
     validation_report(report, existing, policy)
     if not report.ok or (existing and policy == "fail"):
         return
     if st.button(f"Apply: import {len(report.entries)} entries", type="primary", key="x:apply"):
         try:
             done = jsonl.import_jsonl(kb, data, on_duplicate=policy, by=ui.user())
-        except jsonl.ImportRejected as e:
+        except (jsonl.ImportRejected, KBLocked) as e:
             st.error(f"Nothing was imported: {ui.md(e)}")
             return
         st.success(f"Imported: {done.added} added, {done.overwritten} overwritten, "
@@ -67,24 +72,33 @@ def import_section() -> None:
         st.page_link(ui.PAGES["kb"], label="Open the knowledge base", icon=":material/arrow_forward:")
 
 
-def validation_report(report, existing: dict, policy: str) -> None:
+def validation_report(report, existing: set[str], policy: str) -> None:
     st.subheader("Validation report")
     new = len(report.entries) - len(existing)
     st.write(f"{report.lines} lines · {len(report.entries)} valid entries · {new} new · "
              f"{len(existing)} already in the KB · {len(report.problems)} problems")
     if report.problems:
-        st.error("The file has problems; nothing can be imported until they are fixed.")
-        st.dataframe(pd.DataFrame([{"line": p.line, "field": p.field or "", "problem": p.message}
-                                   for p in report.problems]), hide_index=True)
+        st.error("The file has problems; nothing can be imported until they are fixed. "
+                 f"First: {ui.md(report.first_error())}")
+        problem_table(report.problems)
     elif existing and policy == "fail":
-        st.warning(f"{len(existing)} ids already exist ({ui.md(', '.join(list(existing)[:5]))}"
+        st.warning(f"{len(existing)} ids already exist ({ui.md(', '.join(sorted(existing)[:5]))}"
                    f"{' …' if len(existing) > 5 else ''}). Choose skip or replace to import.")
     else:
         st.success("The file is valid.")
+    if report.ok and report.warnings:
+        st.warning(f"{len(report.warnings)} links point to ids that are neither in the file nor "
+                   "in the knowledge base; they are imported as they are.")
+        problem_table(report.warnings)
     if report.entries:
         with st.expander("Preview"):
             st.dataframe(pd.DataFrame([ui.entry_row(e, exists=e.id in existing)
                                        for e in report.entries[:200]]), hide_index=True)
+
+
+def problem_table(problems) -> None:
+    st.dataframe(pd.DataFrame([{"line": p.line, "field": p.field or "", "problem": p.message}
+                               for p in problems]), hide_index=True)
 
 
 export_section()
