@@ -22,6 +22,22 @@ never see half a sync.
 Below `approx_threshold` vectors the index is exact (IDMap2,Flat inner product); at or above it an
 IVF index (inner product over normalised vectors = cosine), which bench/bench_retrieval.py shows
 meets p50 < 5 ms with recall@10 >= 0.95 at 1M.
+
+Retrieval modes of search() (issue 9; the NesyCD reference offers dense and BM25 via pyserini):
+  dense   MiniLM cosine over FAISS (above). Hit.score = cosine in [-1, 1].
+  bm25    Okapi BM25 (bm25s, k1=1.5, b=0.75, Lucene idf) over the same indexed text, tokenised as
+          lower-cased \w+ words minus English stopwords (no stemming). Hit.score = the BM25 score
+          (> 0: at least one query word is in the entry; unbounded, depends on the KB and the query).
+  hybrid  reciprocal rank fusion of the dense and the BM25 lists (each up to max(50, 4k) deep,
+          filters applied first): Hit.score = sum over the lists of 1 / (60 + rank), rank from 1,
+          so at most 2/61; ties broken by the better single rank, then the entry id.
+  min_score: dense - a minimum cosine; bm25 - a minimum BM25 score; hybrid - a minimum *cosine*
+  too (computed from the stored vector for entries only BM25 found), so "minimum similarity"
+  means the same in dense and hybrid. Hit.dense / Hit.bm25 carry each side's score when known.
+The BM25 side lives in memory, one per KBIndex object: the token ids of every live entry (all
+statuses), kept in step with the store through changes_since() like the vectors. A status change
+only changes the mask of the filters; a text change (add, edit, delete) rebuilds the bm25s index
+over all live entries at the next bm25/hybrid search (bench/bench_retrieval.py --bm25 measures it).
 """
 from __future__ import annotations
 
@@ -30,6 +46,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -40,11 +57,18 @@ from typing import Callable, Iterable
 import faiss
 import numpy as np
 
+from kb.errors import NesyError
 from kb.schema import Entry
 from kb.store import KBStore
 from kb.workspace import home
 
 DIM = 384
+MODES = ("dense", "bm25", "hybrid")
+RRF_K = 60  # reciprocal rank fusion constant (Cormack et al., 2009)
+
+
+class SearchError(NesyError, ValueError):
+    """A search request that cannot be run (unknown mode, k < 1)."""
 
 
 def default_embedder_path() -> str:
@@ -104,7 +128,9 @@ class SyncReport:
 @dataclass
 class Hit:
     entry: Entry
-    score: float
+    score: float                 # the mode's score: cosine (dense), BM25 (bm25), RRF (hybrid)
+    dense: float | None = None   # cosine to the query, when computed
+    bm25: float | None = None    # BM25 score, when this entry was in the BM25 list
 
 
 def _locked(method):
@@ -135,6 +161,7 @@ class KBIndex:
         self._faiss = None       # loaded lazily: opening the index must stay cheap
         self._faiss_seq = -1     # vectors rows up to this seq are in self._faiss
         self._kind = "flat"
+        self._lexical = _Lexical()
 
     # -- keeping in step with the store -------------------------------------------------------
     @_locked
@@ -184,12 +211,31 @@ class KBIndex:
 
     # -- queries -----------------------------------------------------------------------------
     @_locked
-    def search(self, query: str, k: int = 5, statuses: Iterable[str] | None = ("accepted",),
-               task: str | None = None) -> list[Hit]:
-        """Top-k entries for a query, best first; only the given statuses (None = all)."""
+    def search(self, query: str, k: int = 3, statuses: Iterable[str] | None = ("accepted",),
+               task: str | None = None, mode: str = "dense",
+               source_kinds: Iterable[str] | None = None, min_score: float | None = None
+               ) -> list[Hit]:
+        """Top-k entries for a query, best first, among the given statuses (None = all), task and
+        source kinds (source.kind, e.g. "error_analysis", "example_knowledge"; None = any).
+        mode: "dense" | "bm25" | "hybrid"; min_score: see the module docstring (fewer than k, or
+        none, when too few pass)."""
+        if mode not in MODES:
+            raise SearchError(f"unknown retrieval mode {mode!r}; choose one of {', '.join(MODES)}")
+        if k < 1:
+            raise SearchError(f"k must be at least 1, not {k}")
+        filters = _Filters.of(statuses, task, source_kinds)
+        if mode == "bm25":
+            self._ready_lexical()
+            return [h for h in self._lexical.search(query, k, filters, self.store)
+                    if min_score is None or h.score >= min_score]
         self._ready()
         vector = self.embed([query])
-        return self._search_vector(vector, k, statuses, task, exclude=None)
+        if mode == "dense":
+            return self._search_vector(vector, k, filters, exclude=None, min_score=min_score)
+        self._ready_lexical()
+        depth = max(50, 4 * k)
+        return self._fuse(vector, self._search_vector(vector, depth, filters, exclude=None),
+                          self._lexical.search(query, depth, filters, self.store), k, min_score)
 
     @_locked
     def similar(self, entry_id: str, k: int = 5, statuses: Iterable[str] | None = None) -> list[Hit]:
@@ -201,7 +247,7 @@ class KBIndex:
             self.store.get(entry_id)  # raises EntryNotFound for an unknown id
             raise ValueError(f"entry {entry_id!r} is not in the index yet")
         vector = np.frombuffer(row[0], dtype=np.float32).reshape(1, -1)
-        return self._search_vector(vector, k, statuses, None, exclude=entry_id)
+        return self._search_vector(vector, k, _Filters.of(statuses, None, None), exclude=entry_id)
 
     @_locked
     def near_duplicates(self, threshold: float = 0.9, statuses: Iterable[str] | None = None
@@ -238,6 +284,11 @@ class KBIndex:
             self.sync()
         elif self._faiss is None:
             self._catch_up()
+
+    def _ready_lexical(self, sync: bool = True) -> None:
+        """Bring the BM25 side up to the store (only once when auto_sync is off)."""
+        if (sync and self.config.auto_sync) or self._lexical.seq < 0:
+            self._lexical.refresh(self.store)
 
     def _write_vectors(self, synced: int, seq: int, changed: list[str], deleted: list[str],
                        progress) -> tuple[int, int, int]:
@@ -387,20 +438,26 @@ class KBIndex:
             ivf.nprobe = ivf_nprobe(ivf.nlist, self.config)
         return True
 
-    def _search_vector(self, vector: np.ndarray, k: int, statuses, task, exclude) -> list[Hit]:
-        """Ask FAISS for more than k, drop what the filters reject, widen until k are found."""
+    def _search_vector(self, vector: np.ndarray, k: int, filters: "_Filters", exclude,
+                       min_score: float | None = None) -> list[Hit]:
+        """Ask FAISS for more than k, drop what the filters reject, widen until k are found
+        (or the scores fall below min_score)."""
         total = self._faiss.ntotal
-        wanted = set(statuses) if statuses else None
         fetch = min(total, max(4 * k + 1, 16))
         while fetch:
             scores, labels = search_one(self._faiss, vector, fetch)
-            hits = self._hits(scores[0], labels[0], wanted, task, exclude)
-            if len(hits) >= k or fetch >= total:
+            hits = self._hits(scores[0], labels[0], filters, exclude)
+            if min_score is not None:
+                hits = [h for h in hits if h.score >= min_score]
+                exhausted = len(scores[0]) and scores[0][-1] < min_score
+            else:
+                exhausted = False
+            if len(hits) >= k or fetch >= total or exhausted:
                 return hits[:k]
             fetch = min(total, fetch * 4)
         return []
 
-    def _hits(self, scores, labels, wanted, task, exclude) -> list[Hit]:
+    def _hits(self, scores, labels, filters: "_Filters", exclude) -> list[Hit]:
         pairs = [(int(l), float(s)) for s, l in zip(scores, labels) if l >= 0]
         if not pairs:
             return []
@@ -411,12 +468,156 @@ class KBIndex:
         hits = []
         for label, score in pairs:
             entry = entries.get(ids.get(label))
-            if entry is None or entry.id == exclude:
+            if entry is None or entry.id == exclude or not filters.accepts(entry):
                 continue
-            if (wanted and entry.status not in wanted) or (task and entry.task != task):
-                continue
-            hits.append(Hit(entry, score))
+            hits.append(Hit(entry, score, dense=score))
         return hits
+
+    def _fuse(self, vector: np.ndarray, dense: list[Hit], lexical: list[Hit], k: int,
+              min_score: float | None) -> list[Hit]:
+        """Reciprocal rank fusion: score = sum of 1/(RRF_K + rank) over the lists an entry is in."""
+        fused: dict[str, Hit] = {}
+        best: dict[str, int] = {}
+        for hits, side in ((dense, "dense"), (lexical, "bm25")):
+            for rank, hit in enumerate(hits, start=1):
+                into = fused.setdefault(hit.entry.id, Hit(hit.entry, 0.0))
+                into.score += 1.0 / (RRF_K + rank)
+                setattr(into, side, getattr(hit, side))
+                best[hit.entry.id] = min(best.get(hit.entry.id, rank), rank)
+        missing = [i for i, h in fused.items() if h.dense is None]
+        if missing:  # the cosine of entries only BM25 found, from their stored vectors
+            found, vectors = self._vectors_of(missing)
+            for entry_id, cosine in zip(found, vectors @ vector[0]):
+                fused[entry_id].dense = float(cosine)
+        hits = sorted(fused.values(), key=lambda h: (-h.score, best[h.entry.id], h.entry.id))
+        if min_score is not None:
+            hits = [h for h in hits if h.dense is not None and h.dense >= min_score]
+        return hits[:k]
+
+
+@dataclass(frozen=True)
+class _Filters:
+    statuses: frozenset | None
+    task: str | None
+    kinds: frozenset | None
+
+    @classmethod
+    def of(cls, statuses, task, kinds) -> "_Filters":
+        def as_set(values):
+            if values is None:
+                return None
+            return frozenset((values,) if isinstance(values, str) else values) or None
+        return cls(as_set(statuses), task, as_set(kinds))
+
+    def accepts(self, entry: Entry) -> bool:
+        return self.accepts_fields(entry.status, entry.task, _kind(entry))
+
+    def accepts_fields(self, status: str, task: str, kind: str | None) -> bool:
+        return ((self.statuses is None or status in self.statuses)
+                and (self.task is None or task == self.task)
+                and (self.kinds is None or kind in self.kinds))
+
+
+def _kind(entry: Entry) -> str | None:
+    return entry.source.kind if entry.source else None
+
+
+_WORD = re.compile(r"\w+")
+
+
+@functools.lru_cache(maxsize=1)
+def _stopwords() -> frozenset:
+    from bm25s.stopwords import STOPWORDS_EN
+
+    return frozenset(STOPWORDS_EN)
+
+
+def lexical_tokens(text: str) -> list[str]:
+    """BM25 tokens: lower-cased words (\\w+, so numbers count) minus English stopwords."""
+    stop = _stopwords()
+    return [w for w in _WORD.findall(text.lower()) if w not in stop]
+
+
+class _Lexical:
+    """The BM25 side of a KBIndex: per live entry its token ids and filter fields, refreshed from
+    the store's change log; the bm25s index over all live entries is rebuilt lazily after a text
+    change, and filters are a 0/1 weight mask over its documents."""
+
+    def __init__(self):
+        self.seq = -1
+        self.vocab: dict[str, int] = {}
+        self.docs: dict[str, tuple] = {}   # id -> (status, task, kind, text hash, token ids)
+        self.model = None                  # bm25s.BM25 over self.order
+        self.order: list[str] = []         # document position -> entry id
+        self.masks: dict = {}              # _Filters -> np.ndarray mask over self.order
+        self.rebuilds = 0                  # times the bm25s index was built (tests, bench)
+
+    def refresh(self, store: KBStore) -> None:
+        seq = store.current_seq()
+        if seq == self.seq:
+            return
+        if self.seq < 0 or seq < self.seq:  # first use, or the KB file was replaced
+            self.docs, self.model, seq_now = {}, None, seq
+            entries = {e.id: e for e in store.iter_entries()}
+            deleted: list[str] = []
+        else:
+            seq_now, changed, deleted = store.changes_since(self.seq)
+            entries = store.get_many(changed)
+        text_changed = False
+        for entry_id in deleted:
+            text_changed |= self.docs.pop(entry_id, None) is not None
+        for entry_id, entry in entries.items():
+            text = indexed_text(entry)
+            digest = _hash(text)
+            old = self.docs.get(entry_id)
+            tokens = old[4] if old and old[3] == digest else tuple(
+                self.vocab.setdefault(t, len(self.vocab)) for t in lexical_tokens(text))
+            text_changed |= old is None or old[3] != digest
+            self.docs[entry_id] = (entry.status, entry.task, _kind(entry), digest, tokens)
+        if text_changed:
+            self.model = None
+        self.masks = {}
+        self.seq = seq_now
+
+    def _build(self) -> None:
+        import bm25s
+
+        self.order = sorted(i for i, doc in self.docs.items() if doc[4])  # no tokens: never a hit
+        self.model = bm25s.BM25()  # k1=1.5, b=0.75, method="lucene"
+        if self.order:
+            # every vocab id must appear; ids no entry uses any more just get df 0
+            self.model.index(([self.docs[i][4] for i in self.order], dict(self.vocab)),
+                             show_progress=False)
+        self.rebuilds += 1
+
+    def _mask(self, filters: _Filters) -> np.ndarray | None:
+        if filters.statuses is None and filters.task is None and filters.kinds is None:
+            return None
+        if filters not in self.masks:
+            self.masks[filters] = np.fromiter(
+                (filters.accepts_fields(*self.docs[i][:3]) for i in self.order),
+                dtype=np.float32, count=len(self.order))
+        return self.masks[filters]
+
+    def search(self, query: str, k: int, filters: _Filters, store: KBStore) -> list[Hit]:
+        ids = [self.vocab[t] for t in lexical_tokens(query) if t in self.vocab]
+        if not ids:
+            return []
+        if self.model is None:
+            self._build()
+        if not self.order:
+            return []
+        scores = self.model.get_scores(ids)
+        mask = self._mask(filters)
+        if mask is not None:
+            scores = scores * mask
+        top = np.flatnonzero(scores > 0)
+        if len(top) > k:
+            top = top[np.argpartition(-scores[top], k - 1)[:k]]
+        top = sorted(top, key=lambda j: (-scores[j], self.order[j]))
+        entries = store.get_many([self.order[j] for j in top])
+        return [Hit(entries[self.order[j]], float(scores[j]), bm25=float(scores[j]))
+                for j in top if self.order[j] in entries]
 
 
 def build_faiss(vectors: np.ndarray, labels: np.ndarray, config: IndexConfig):

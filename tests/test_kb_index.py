@@ -194,3 +194,135 @@ def test_indexed_text_mirrors_the_question():
                                   "source": {"question": "How fast?"}})
     text = indexed_text(entry)
     assert text.startswith("How fast?\nspeed\nLearning summary: Average speed")
+
+
+# ---------------------------------------------------------------- retrieval modes (issue 9)
+
+RARE = Entry(id="rare-note", task="science", title="photosynthesis",
+             learning_summary="Plants turn light, water and carbon dioxide into sugar and oxygen; "
+                              "see note xq9417.",
+             supplementary_knowledge="Chlorophyll absorbs red and blue light and reflects green light.",
+             status="accepted")
+RARE_QUERY = "What does note xq9417 say?"
+
+
+def modes_store(store: KBStore) -> KBStore:
+    for entry_id in TOPICS:
+        store.add(topic_entry(entry_id), by="t")
+    for i in range(20):
+        store.add(filler(i).model_copy(update={"status": "accepted"}), by="t")
+    store.add(RARE, by="t")
+    return store
+
+
+def test_bm25_finds_an_exact_rare_term_that_dense_misses(store):
+    index = KBIndex(modes_store(store))
+    dense = [h.entry.id for h in index.search(RARE_QUERY, k=10)]
+    assert "rare-note" not in dense  # MiniLM: the code is noise next to the entry's topic
+    bm25 = index.search(RARE_QUERY, k=3, mode="bm25")
+    assert bm25[0].entry.id == "rare-note" and bm25[0].score == bm25[0].bm25 > 0
+    assert index.search("xq9417", k=3, mode="bm25")[0].entry.id == "rare-note"
+    assert index.search("zzz unheard of", k=3, mode="bm25") == []  # no shared word: no hit
+    assert index.search(RARE_QUERY, k=3, mode="hybrid")[0].entry.id == "rare-note"
+
+
+def test_hybrid_is_reciprocal_rank_fusion_of_dense_and_bm25(store):
+    index = KBIndex(modes_store(store))
+    query = "A car travels 150 km in 3 hours, see note xq9417. How fast was it going?"
+    everything = store.stats()["total"]
+    dense = index.search(query, k=everything, mode="dense")
+    bm25 = index.search(query, k=everything, mode="bm25")
+    assert len(dense) == everything and 3 < len(bm25) < everything
+    fused, best = {}, {}
+    for hits in (dense, bm25):
+        for rank, hit in enumerate(hits, start=1):
+            fused[hit.entry.id] = fused.get(hit.entry.id, 0.0) + 1 / (60 + rank)
+            best[hit.entry.id] = min(best.get(hit.entry.id, rank), rank)
+    expected = sorted(fused, key=lambda i: (-fused[i], best[i], i))[:8]
+    hybrid = index.search(query, k=8, mode="hybrid")
+    assert [h.entry.id for h in hybrid] == expected
+    assert [h.score for h in hybrid] == pytest.approx([fused[i] for i in expected])
+    # neither single list is the fused order, and each hit carries both sides' scores
+    assert expected != [h.entry.id for h in dense[:8]] and expected != [h.entry.id for h in bm25[:8]]
+    cosine = {h.entry.id: h.score for h in dense}
+    lexical = {h.entry.id: h.score for h in bm25}
+    for hit in hybrid:
+        assert hit.dense == pytest.approx(cosine[hit.entry.id], abs=1e-5)
+        assert hit.bm25 == (pytest.approx(lexical[hit.entry.id]) if hit.entry.id in lexical else None)
+
+
+def _kind_entry(entry_id: str, kind: str | None, text: str) -> Entry:
+    source = {"kind": kind, "dataset": "gsm8k"} if kind else None
+    return Entry.model_validate({"id": entry_id, "task": "gsm8k", "learning_summary": text,
+                                 "supplementary_knowledge": text, "status": "accepted",
+                                 "source": source})
+
+
+def test_search_is_limited_to_source_kinds_in_every_mode(store):
+    store.add(_kind_entry("err", "error_analysis", "Average speed is distance divided by time."), by="t")
+    store.add(_kind_entry("ex", "example_knowledge",
+                          "Average speed is the total distance travelled divided by the total time."), by="t")
+    store.add(_kind_entry("hand", None, "Speed: distance over time, on average."), by="t")
+    index = KBIndex(store)
+    question = "What is the average speed over a distance of 150 km in 3 hours?"
+    for mode in ("dense", "bm25", "hybrid"):
+        assert {h.entry.id for h in index.search(question, k=3, mode=mode)} == {"err", "ex", "hand"}
+        assert [h.entry.id for h in index.search(question, k=3, mode=mode,
+                                                 source_kinds=["error_analysis"])] == ["err"]
+        assert [h.entry.id for h in index.search(question, k=3, mode=mode,
+                                                 source_kinds="example_knowledge")] == ["ex"]
+        both = index.search(question, k=3, mode=mode, source_kinds=("error_analysis", "example_knowledge"))
+        assert {h.entry.id for h in both} == {"err", "ex"}
+        assert index.search(question, k=3, mode=mode, source_kinds=["nope"]) == []
+
+
+def test_min_score_returns_nothing_when_nothing_passes(store):
+    index = KBIndex(modes_store(store))
+    question = TOPICS["speed"][1]
+    top = index.search(question, k=3)
+    middle = (top[0].score + top[1].score) / 2  # a cosine only the best hit reaches
+    assert top[0].entry.id == "speed" and top[1].score < middle < top[0].score
+    assert [h.entry.id for h in index.search(question, k=3, min_score=middle)] == ["speed"]
+    assert index.search(question, k=3, min_score=0.99) == []
+    assert [h.entry.id for h in index.search(question, k=3, mode="hybrid", min_score=middle)] == ["speed"]
+    assert index.search(question, k=3, mode="hybrid", min_score=0.99) == []
+    bm25 = index.search(RARE_QUERY, k=3, mode="bm25")
+    assert [h.entry.id for h in index.search(RARE_QUERY, k=3, mode="bm25",
+                                             min_score=bm25[0].score)] == ["rare-note"]
+    assert index.search(RARE_QUERY, k=3, mode="bm25", min_score=bm25[0].score + 1) == []
+
+
+def test_bm25_follows_edits_deletes_and_status_changes(store):
+    index = KBIndex(modes_store(store))
+    assert index.search("heliotrope", k=3, mode="bm25") == []
+    store.update("boiling", {"supplementary_knowledge": "Heliotrope water boils sooner."}, 1, by="t")
+    assert [h.entry.id for h in index.search("heliotrope", k=3, mode="bm25")] == ["boiling"]
+    assert index.search("at sea level pure water", k=3, mode="bm25")[0].entry.id == "boiling"
+    store.update("boiling", {"learning_summary": "Nothing about seas."}, 2, by="t")
+    assert "boiling" not in [h.entry.id for h in index.search("sea level", k=3, mode="bm25")]
+
+    rebuilds = index._lexical.rebuilds
+    store.set_status(["rare-note"], "rejected", by="t")  # status: a new mask, no rebuild
+    assert index.search(RARE_QUERY, k=3, mode="bm25") == []
+    assert index.search(RARE_QUERY, k=3, mode="bm25", statuses=None)[0].entry.id == "rare-note"
+    assert index._lexical.rebuilds == rebuilds
+
+    store.delete("rare-note", None, by="t")
+    store.add(Entry(id="new", task="science", learning_summary="A heliotrope turns to the sun.",
+                    supplementary_knowledge="-", status="accepted"), by="t")
+    assert index.search(RARE_QUERY, k=3, mode="bm25", statuses=None) == []
+    assert {h.entry.id for h in index.search("heliotrope", k=3, mode="hybrid")} >= {"boiling", "new"}
+    assert [h.entry.id for h in index.search("heliotrope", k=1, mode="bm25")] in (["new"], ["boiling"])
+    # a second index object (another process) builds its own BM25 from the store
+    assert {h.entry.id for h in KBIndex(store).search("heliotrope", k=3, mode="bm25")} == {"boiling", "new"}
+
+
+def test_search_defaults_to_three_hits_and_refuses_a_bad_request(store):
+    from kb.errors import NesyError
+
+    index = KBIndex(modes_store(store))
+    assert len(index.search(TOPICS["speed"][1])) == 3
+    with pytest.raises(NesyError, match="mode"):
+        index.search("x", mode="sparse")
+    with pytest.raises(NesyError, match="k must"):
+        index.search("x", k=0)
