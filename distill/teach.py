@@ -19,7 +19,12 @@ wrote in **bold** or `code` are used instead (at most 8, each at most 5 words).
 
 Both jobs go through the persistent teacher cache (distill/teacher.py): a stopped or killed job
 run again answers every finished call from the cache and repeats none. Progress (done/total,
-rate, ETA, tokens) goes to tqdm and the job's metrics.jsonl; SIGTERM stops at the next result.
+rate, ETA, tokens) goes to tqdm and the job's metrics.jsonl; SIGTERM/SIGINT stop the job within
+a few seconds at any moment (calls in flight get distill.teacher.STOP_GRACE s to land in the cache).
+An answer that cannot be processed (verification or a write raises) is recorded as a failed
+sample in raw.jsonl and the job goes on, so one cached odd answer cannot kill every re-run.
+`--out` is a name (never a path) under $NESY_HOME; the run folders are not deleted by a re-run,
+only their raw.jsonl / records.jsonl are rewritten.
 """
 from __future__ import annotations
 
@@ -34,12 +39,12 @@ import typer
 from distill.answers import answers_match, check, format_number
 from distill.data import (DatasetError, Example, RationaleRecord, format_question, get_dataset,
                           rationale_dir)
-from distill.progress import STOPPED_EXIT_CODE, Progress, StopRequested
+from distill.progress import STOPPED_EXIT_CODE, Progress, StopRequested, install_stop_handler
 from distill.prompts import TRIGGERS
 from distill.sandbox import extract_code, run_pot, solve_eot
-from distill.teacher import (TeacherCache, TeacherClient, TeacherConfig, TeacherError,
+from distill.teacher import (TeacherCache, TeacherClient, TeacherConfig, TeacherError, clean_text,
                              local_teacher, stop_local_teacher)
-from kb.workspace import subdir
+from kb.workspace import InvalidName, check_name, create_owned, named_path
 
 THOUGHTS = ("cot", "pot", "eot")
 
@@ -184,13 +189,17 @@ def strip_fences(text: str) -> str:
     return extract_code(text) if "```" in text else text.strip()
 
 
+VERIFY_TIMEOUT = 2.0  # s per PoT/EoT check: ample for arithmetic, short enough for a prompt stop
+
+
 def verify(text: str, example: Example, thought: str, answer_type: str) -> Verdict:
     """Check one teacher sample against the gold answer by the rule of its thought type."""
     if thought == "cot":
         extracted, correct = check(text, example, answer_type=answer_type)
         return Verdict(text.strip(), extracted, correct)
     program = strip_fences(text)
-    result = run_pot(program) if thought == "pot" else solve_eot(program)
+    run = run_pot if thought == "pot" else solve_eot
+    result = run(program, timeout=VERIFY_TIMEOUT)
     if not result.ok:
         return Verdict(program, None, False, result.error)
     value = format_number(result.value) if isinstance(result.value, float) else str(result.value)
@@ -222,9 +231,48 @@ def make_client(teacher: str, model: str | None, api_key_env: str, concurrency: 
     return TeacherClient(config, TeacherCache())
 
 
-def _append(path: Path, row: dict) -> None:
+def _append(path: Path, row: dict | str) -> None:
+    """One JSONL line (a dict, or an already serialised line); lone surrogates become U+FFFD."""
+    line = row if isinstance(row, str) else json.dumps(row, ensure_ascii=False)
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.write(clean_text(line) + "\n")
+
+
+def _guarded(process, fail):
+    """`process(i, result)`, where any error processing one answer becomes `fail(i, message)`:
+    the answer is cached, so letting it raise would kill every re-run of the job the same way."""
+    def handle(i, result):
+        if isinstance(result, Exception):
+            fail(i, str(result))
+            return
+        try:
+            process(i, result)
+        except Exception as e:  # noqa: BLE001 - one bad answer is one failed sample
+            fail(i, f"could not process the answer: {type(e).__name__}: {e}")
+    return handle
+
+
+def knowledge_dir(name: str) -> Path:
+    """$NESY_HOME/teach/knowledge/<name> (raw teacher I/O of a knowledge run), created and marked
+    as the tool's own; `name` must be a plain name (InvalidName naming --out otherwise)."""
+    path = named_path("teach/knowledge", check_name(name, "--out"), "--out")
+    return path if path.is_dir() else create_owned(path)
+
+
+def _run_name(text: str) -> str:
+    """A plain run name made from a file name (the default --out of `teach knowledge --errors`)."""
+    name = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9._-]+", "-", text))
+    return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", name[:100]) or "errors"
+
+
+def _check_out(out: str | None, area: str) -> None:
+    """--out must be a plain name, checked before anything is created, written or started."""
+    if out is None:
+        return
+    try:
+        named_path(area, check_name(out, "--out"), "--out")
+    except InvalidName as e:
+        _fail(str(e))
 
 
 def _run_requests(client: TeacherClient, requests: list[list[dict]], samples: list[int],
@@ -265,14 +313,14 @@ def generate_rationales(client: TeacherClient, examples: list[Example], thoughts
     kept = {t: 0 for t in thoughts}
     failed = 0
 
-    def handle(i, result):
+    def fail(i, error):
         nonlocal failed
         ex, thought, sample = jobs[i]
-        if isinstance(result, Exception):
-            failed += 1
-            _append(raw_path, {"example_id": ex.id, "thought": thought, "sample": sample,
-                               "error": str(result)})
-            return
+        failed += 1
+        _append(raw_path, {"example_id": ex.id, "thought": thought, "sample": sample, "error": error})
+
+    def process(i, result):
+        ex, thought, sample = jobs[i]
         answer_type = get_dataset(ex.dataset).answer_type_for(ex.task)
         verdict = verify(result.text, ex, thought, answer_type)
         _append(raw_path, {"example_id": ex.id, "thought": thought, "sample": sample,
@@ -287,10 +335,10 @@ def generate_rationales(client: TeacherClient, examples: list[Example], thoughts
                                      thought=thought, rationale=verdict.rationale,
                                      extracted=verdict.extracted, choices=ex.choices,
                                      teacher_model=client.config.model)
-            with open(records_path, "a", encoding="utf-8") as f:
-                f.write(record.to_json() + "\n")
+            _append(records_path, record.to_json())
 
-    _run_requests(client, requests, [s for _, _, s in jobs], f"rationales {out}", handle)
+    _run_requests(client, requests, [s for _, _, s in jobs], f"rationales {out}",
+                  _guarded(process, fail))
     u = client.usage
     return RationaleSummary(records_path, len(jobs), sum(kept.values()), kept, failed,
                             {"requests": u.requests, "cached": u.cached, "retries": u.retries,
@@ -454,19 +502,21 @@ def distil_knowledge(client: TeacherClient, cases: list[dict], kind: str, out: s
     from kb.store import EntryNotFound, KBStore
 
     store = KBStore()
-    raw_path = subdir("teach", "knowledge", out) / "raw.jsonl"
+    raw_path = knowledge_dir(out) / "raw.jsonl"
     raw_path.write_text("")
     requests = [error_messages(c) if kind == "error_analysis" else example_messages(c["example"])
                 for c in cases]
     counts = {"created": 0, "skipped": 0, "malformed": 0, "failed": 0}
 
-    def handle(i, result):
-        case = cases[i]
+    def fail(i, error):
+        counts["failed"] += 1
+        _append(raw_path, {"entry_id": f"{cases[i]['dataset']}-{cases[i]['example_id']}-{kind}",
+                           "error": error})
+
+    def process(i, result):
+        # the KB refuses text UTF-8 cannot encode; an error file may hold lone surrogates
+        case = {k: clean_text(v) if isinstance(v, str) else v for k, v in cases[i].items()}
         entry_id = f"{case['dataset']}-{case['example_id']}-{kind}"
-        if isinstance(result, Exception):
-            counts["failed"] += 1
-            _append(raw_path, {"entry_id": entry_id, "error": str(result)})
-            return
         parsed = parse_knowledge(result.text)
         _append(raw_path, {"entry_id": entry_id, "messages": requests[i], "response": result.text,
                            "usage": result.usage, "cached": result.cached, "malformed": parsed is None})
@@ -490,7 +540,7 @@ def distil_knowledge(client: TeacherClient, cases: list[dict], kind: str, out: s
         store.upsert(entry, by=f"teacher:{client.config.model}")
         counts["created"] += 1
 
-    _run_requests(client, requests, [0] * len(requests), f"knowledge {out}", handle)
+    _run_requests(client, requests, [0] * len(requests), f"knowledge {out}", _guarded(process, fail))
     u = client.usage
     return KnowledgeSummary(len(cases), counts["created"], counts["skipped"], counts["malformed"],
                             counts["failed"], raw_path,
@@ -525,10 +575,17 @@ cli = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=N
 TEACHER_HELP = ("'local' (the packaged llama.cpp teacher), the base URL of an OpenAI-compatible server, "
                 "or 'gold' (rationales only: the dataset's own human-written CoT, no teacher calls)")
 MODEL_HELP = "local: a GGUF path or packaged teacher name; URL: the model name"
+KEY_ENV_HELP = ("environment variable holding the API key (never written anywhere; '' sends no key). "
+                "The app offers only the variables declared in $NESY_TEACHER_KEY_ENVS")
+TIMEOUT_HELP = "total seconds of one request attempt (connect + send + read), then a retry"
 
 
 def _until_stopped(job):
-    """Run a teacher job; a stop request exits with STOPPED_EXIT_CODE and says how to continue."""
+    """Run a teacher job; a stop request exits with STOPPED_EXIT_CODE and says how to continue.
+
+    The stop handler is installed first, so SIGTERM/SIGINT stop the job at any moment (while the
+    local server starts, a call hangs or a retry backs off), not only between results."""
+    install_stop_handler()
     try:
         return job()
     except StopRequested:
@@ -546,15 +603,17 @@ def rationales_cmd(
     n_samples: int = typer.Option(1, help="samples per question and thought type"),
     temperature: float = typer.Option(0.0, help="0 for one greedy sample; >0 with --n-samples > 1"),
     max_tokens: int = typer.Option(512),
-    out: str = typer.Option(None, help="rationale set name (default: <dataset>-<split>)"),
+    out: str = typer.Option(None, help="rationale set name, not a path: $NESY_HOME/datasets/<out> "
+                                       "(default: <dataset>-<split>)"),
     teacher: str = typer.Option("local", help=TEACHER_HELP),
     model: str = typer.Option(None, help=MODEL_HELP),
-    api_key_env: str = typer.Option("OPENAI_API_KEY", help="environment variable holding the API key"),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", help=KEY_ENV_HELP),
     concurrency: int = typer.Option(4),
-    timeout: float = typer.Option(600.0, help="seconds per request"),
+    timeout: float = typer.Option(600.0, help=TIMEOUT_HELP),
     max_retries: int = typer.Option(5, help="retries on 429/5xx/timeouts, with exponential backoff"),
 ) -> None:
     """Generate CoT/PoT/EoT rationales, verify each against the gold answer, keep the verified."""
+    _check_out(out, "datasets")
     chosen = [t.strip() for t in thoughts.split(",") if t.strip()]
     if not chosen or any(t not in THOUGHTS for t in chosen):
         _fail(f"--thoughts must be a comma-separated subset of {','.join(THOUGHTS)}")
@@ -565,10 +624,14 @@ def rationales_cmd(
         if any(t in ("pot", "eot") for t in chosen) and spec.answer_type != "number":
             _fail(f"PoT/EoT need numeric answers; {dataset} answers are {spec.answer_type}")
         examples = spec.load(split, limit=limit, seed=seed)
-        name = out or f"{dataset}-{split}"
-        rationale_dir(name)
     except DatasetError as e:
         _fail(str(e))
+    name = out or f"{dataset}-{split}"
+    try:
+        named_path("datasets", name, "--out")
+        rationale_dir(name)
+    except (InvalidName, DatasetError) as e:
+        _fail(f"--out: {e}")
     if teacher == GOLD_TEACHER:
         if chosen != ["cot"]:
             _fail("--teacher gold gives CoT rationales only (use --thoughts cot)")
@@ -577,9 +640,9 @@ def rationales_cmd(
             _fail(f"{dataset} {split} has no rationales to use with --teacher gold")
         typer.echo(f"kept {summary.kept} verified of {summary.calls} gold rationales -> {summary.out}")
         return
-    client = make_client(teacher, model, api_key_env, concurrency, temperature, max_tokens, timeout,
-                         max_retries)
-    summary = _until_stopped(lambda: generate_rationales(client, examples, chosen, n_samples, name))
+    summary = _until_stopped(lambda: generate_rationales(
+        make_client(teacher, model, api_key_env, concurrency, temperature, max_tokens, timeout,
+                    max_retries), examples, chosen, n_samples, name))
     typer.echo(f"kept {summary.kept} verified of {summary.calls} samples {summary.by_thought} -> "
                f"{summary.out}; failed calls {summary.failed_calls}; usage {summary.usage}")
     if summary.calls and summary.failed_calls == summary.calls:
@@ -597,15 +660,17 @@ def knowledge_cmd(
     auto_accept: bool = typer.Option(False, help="store entries as accepted instead of pending"),
     max_tokens: int = typer.Option(400),
     temperature: float = typer.Option(0.0),
-    out: str = typer.Option(None, help="name of the run folder for raw teacher I/O"),
+    out: str = typer.Option(None, help="name (not a path) of the run folder for raw teacher I/O, "
+                                       "$NESY_HOME/teach/knowledge/<out>"),
     teacher: str = typer.Option("local", help=TEACHER_HELP),
     model: str = typer.Option(None, help=MODEL_HELP),
-    api_key_env: str = typer.Option("OPENAI_API_KEY"),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", help=KEY_ENV_HELP),
     concurrency: int = typer.Option(4),
-    timeout: float = typer.Option(600.0, help="seconds per request"),
+    timeout: float = typer.Option(600.0, help=TIMEOUT_HELP),
     max_retries: int = typer.Option(5, help="retries on 429/5xx/timeouts, with exponential backoff"),
 ) -> None:
     """Distil knowledge into pending KB entries (from student errors, or examples + answers)."""
+    _check_out(out, "teach/knowledge")
     if (errors is None) == (dataset is None):
         _fail("give either --errors FILE or --dataset NAME --with-answer")
     if dataset is not None and not with_answer:
@@ -615,7 +680,7 @@ def knowledge_cmd(
             if not errors.is_file():
                 _fail(f"no such file: {errors}")
             kind, cases = "error_analysis", read_error_cases(errors)
-            name = out or errors.stem
+            name = out or _run_name(errors.stem)
         else:
             kind = "example_knowledge"
             examples = get_dataset(dataset).load(split, limit=limit, seed=seed)
@@ -624,9 +689,13 @@ def knowledge_cmd(
             name = out or f"{dataset}-{split}"
     except (ValueError, DatasetError) as e:
         _fail(str(e))
-    client = make_client(teacher, model, api_key_env, concurrency, temperature, max_tokens, timeout,
-                         max_retries)
-    summary = _until_stopped(lambda: distil_knowledge(client, cases, kind, name, auto_accept))
+    try:
+        knowledge_dir(name)
+    except InvalidName as e:
+        _fail(str(e))
+    summary = _until_stopped(lambda: distil_knowledge(
+        make_client(teacher, model, api_key_env, concurrency, temperature, max_tokens, timeout,
+                    max_retries), cases, kind, name, auto_accept))
     typer.echo(f"{summary.created} entries ({'accepted' if auto_accept else 'pending'}) from "
                f"{summary.cases} cases; malformed {summary.malformed} (not stored); kept curated "
                f"{summary.skipped_existing}; failed calls {summary.failed_calls}; raw {summary.raw}; "

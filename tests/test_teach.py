@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from openai_stub import QuietHandler, chat_completion, reply, serve
+from openai_stub import EchoKey, QuietHandler, Scripted, Trickle, chat_completion, reply, serve
 from typer.testing import CliRunner
 
 from distill.answers import check
@@ -303,3 +303,241 @@ def test_gold_teacher_refuses_a_dataset_without_rationales(workspace):
                           "--split", "train", "--limit", "5", "--teacher", "gold"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "has no rationales" in out.stderr
+
+
+# ------------------------------------------------------------------ hardening (issue 8)
+
+def nesy(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`nesy ...` in a real subprocess, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "distill.cli", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def files_under(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file()) if path.exists() else []
+
+
+@pytest.fixture
+def errors_file(tmp_path) -> Path:
+    e = get_dataset("gsm8k").load("train", limit=1, seed=3)[0]
+    path = tmp_path / "errs.jsonl"
+    path.write_text(json.dumps({"example_id": e.id, "dataset": "gsm8k", "task": "gsm8k",
+                                "question": e.question, "prompt": f"Question: {e.question}",
+                                "response": "The answer is 3.", "answer": e.answer}) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("command", ["knowledge", "rationales"])
+@pytest.mark.parametrize("value", ["ABS", "../../../outside", "sub/dir", "..", ".hidden", "a\nb"])
+def test_out_takes_a_name_never_a_path(workspace, tmp_path, errors_file, command, value):
+    target = tmp_path / "abs-out"
+    out = str(target) if value == "ABS" else value
+    head = (["knowledge", "--errors", str(errors_file)] if command == "knowledge"
+            else ["rationales", "--dataset", "gsm8k", "--limit", "1"])
+    result = CliRunner().invoke(app, ["teach", *head, "--out", out, "--teacher", "http://127.0.0.1:9/v1",
+                                      "--model", "m", "--max-retries", "0"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: --out") and result.output.count("\n") == 1, result.output
+    assert not target.exists() and not (tmp_path / "outside").exists()
+    assert files_under(workspace) == [], "nothing may be written for a refused name"
+
+
+def test_out_refuses_a_symlinked_folder_that_leads_outside(workspace, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (workspace / "datasets").mkdir(parents=True)
+    (workspace / "datasets" / "linked").symlink_to(elsewhere)
+    out = nesy("teach", "rationales", "--dataset", "gsm8k", "--limit", "2", "--teacher", "gold",
+               "--out", "linked", env={"NESY_HOME": str(workspace)})
+    assert out.returncode == 2 and out.stderr.startswith("error: --out"), out.stderr
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_knowledge_run_name_from_an_odd_error_file_name_is_a_plain_name(workspace, tmp_path, errors_file):
+    odd = tmp_path / "my errors (1).jsonl"
+    odd.write_text(errors_file.read_text())
+    with serve(CannedTeacher) as url:
+        result = CliRunner().invoke(app, ["teach", "knowledge", "--errors", str(odd), "--teacher", url,
+                                          "--model", "m"])
+    assert result.exit_code == 0, result.output
+    run = workspace / "teach" / "knowledge" / "my-errors-1"
+    assert (run / "raw.jsonl").is_file() and (run / ".nesy-owned").is_file()
+
+
+@pytest.fixture
+def trickle():
+    Trickle.hits, Trickle.interval = [], 1.0
+    with serve(Trickle) as url:
+        yield url
+
+
+class RateLimited(QuietHandler):
+    """Always 429 with `Retry-After: 30`: the client backs off for the longest it may."""
+    hits: list = []
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        RateLimited.hits.append(time.monotonic())
+        reply(self, 429, {"error": {"message": "slow down"}}, {"Retry-After": "30"})
+
+
+def test_timeout_is_the_total_deadline_through_the_cli(workspace, trickle):
+    start = time.monotonic()
+    out = nesy("teach", "rationales", "--dataset", "gsm8k", "--limit", "1", "--teacher", trickle,
+               "--model", "m", "--timeout", "3", "--max-retries", "1", env={"NESY_HOME": str(workspace)},
+               timeout=90)
+    elapsed_after_first_call = time.monotonic() - Trickle.hits[0]
+    assert out.returncode == 2 and "every teacher call failed" in out.stderr, out.stderr[-2000:]
+    assert len(Trickle.hits) == 2 and elapsed_after_first_call < 12, time.monotonic() - start
+    [row] = [json.loads(line) for line in (workspace / "datasets" / "gsm8k-train" / "raw.jsonl").open()]
+    assert "after 2 attempts" in row["error"]
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
+@pytest.mark.parametrize("stuck", ["trickling-call", "retry-backoff"])
+def test_a_stop_signal_ends_a_stuck_job_within_5_seconds(workspace, tmp_path, trickle, how, stuck):
+    handler_hits = Trickle.hits
+    with serve(RateLimited) as limited:
+        RateLimited.hits = []
+        url, handler_hits = (trickle, Trickle.hits) if stuck == "trickling-call" else (limited, RateLimited.hits)
+        argv = [sys.executable, "-m", "distill.cli", "teach", "rationales", "--dataset", "gsm8k",
+                "--limit", "3", "--concurrency", "2", "--teacher", url, "--model", "m", "--out", "stuck"]
+        proc = subprocess.Popen(argv, cwd=REPO, env={**os.environ, "NESY_HOME": str(workspace)},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 90
+            while not handler_hits and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.1)
+            assert handler_hits and proc.poll() is None, proc.communicate()[1][-2000:]
+            time.sleep(1.0)  # well inside the hanging call / the 30 s back-off
+            sent = time.monotonic()
+            proc.send_signal(how)
+            stdout, stderr = proc.communicate(timeout=30)
+            took = time.monotonic() - sent
+        finally:
+            proc.kill()
+    assert proc.returncode == 3, stderr[-2000:]
+    assert took < 5, f"stopped after {took:.1f} s"
+    assert "stopped; run the same command again" in stdout and "Traceback" not in stderr
+
+
+def test_answers_with_lone_surrogates_never_kill_a_job(workspace):
+    [example] = get_dataset("gsm8k").load("train", limit=1)
+    Scripted.answers = [f"\ud800 so. Therefore, the answer is {example.answer}.",   # CoT: in the text
+                        "```python\nans = '\\ud800'\n```"]                          # PoT: the value
+    Scripted.calls = []
+    with serve(Scripted) as url:
+        argv = ["teach", "rationales", "--dataset", "gsm8k", "--limit", "1", "--thoughts", "cot,pot",
+                "--concurrency", "1", "--teacher", url, "--model", "m", "--out", "odd"]
+        first = nesy(*argv, env={"NESY_HOME": str(workspace)})
+        again = nesy(*argv, env={"NESY_HOME": str(workspace)})  # every answer now from the cache
+    for run in (first, again):
+        assert run.returncode == 0 and "kept 1 verified of 2" in run.stdout, run.stderr[-2000:]
+    assert len(Scripted.calls) == 2
+    folder = workspace / "datasets" / "odd"
+    raw = [json.loads(line) for line in (folder / "raw.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert raw[0]["response"].startswith("\ufffd so.") and all(r["cached"] for r in raw)
+    assert load_rationales("odd")[0].rationale.startswith("\ufffd so.")
+
+
+def test_an_answer_that_cannot_be_processed_is_a_failed_sample_and_the_job_goes_on(workspace):
+    first, second = get_dataset("gsm8k").load("train", limit=2)
+    # 400 digits: answer extraction overflows a float -> OverflowError while verifying
+    Scripted.answers = [f"Therefore, the answer is {'9' * 400}.", f"Therefore, the answer is {second.answer}."]
+    Scripted.calls = []
+    with serve(Scripted) as url:
+        argv = ["teach", "rationales", "--dataset", "gsm8k", "--limit", "2", "--concurrency", "1",
+                "--teacher", url, "--model", "m", "--out", "overflow"]
+        runs = [nesy(*argv, env={"NESY_HOME": str(workspace)}) for _ in range(2)]
+    for run in runs:  # the bad answer is cached: the re-run must survive it too
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert "kept 1 verified of 2" in run.stdout and "failed calls 1" in run.stdout
+    assert len(Scripted.calls) == 2
+    raw = [json.loads(line) for line in (workspace / "datasets" / "overflow" / "raw.jsonl").open()]
+    [failed] = [r for r in raw if "error" in r]
+    assert failed["example_id"] == first.id and "could not process the answer" in failed["error"]
+
+
+def test_an_empty_answer_is_asked_again_on_the_next_run(workspace):
+    [example] = get_dataset("gsm8k").load("train", limit=1)
+    Scripted.answers, Scripted.calls = [None, f"Therefore, the answer is {example.answer}."], []
+    with serve(Scripted) as url:
+        argv = ["teach", "rationales", "--dataset", "gsm8k", "--limit", "1", "--teacher", url, "--model", "m"]
+        first = nesy(*argv, env={"NESY_HOME": str(workspace)})
+        assert first.returncode == 2 and "every teacher call failed" in first.stderr, first.stdout
+        raw = (workspace / "datasets" / "gsm8k-train" / "raw.jsonl").read_text()
+        assert "empty answer" in raw
+        second = nesy(*argv, env={"NESY_HOME": str(workspace)})
+    assert second.returncode == 0 and "kept 1 verified of 1" in second.stdout, second.stderr
+    assert len(Scripted.calls) == 2
+
+
+KEY = "sk-test-0123456789-echoed-by-the-server"
+
+
+@pytest.mark.parametrize("mode", ["error", "answer"])
+def test_a_key_echoed_by_the_server_is_never_stored_or_printed(workspace, mode):
+    EchoKey.mode, EchoKey.seen = mode, []
+    with serve(EchoKey) as url:
+        out = nesy("teach", "knowledge", "--dataset", "gsm8k", "--limit", "1", "--with-answer",
+                   "--teacher", url, "--model", "m", "--api-key-env", "MY_TEACHER_KEY", "--max-retries", "0",
+                   env={"NESY_HOME": str(workspace), "MY_TEACHER_KEY": KEY})
+        assert EchoKey.seen == [f"Bearer {KEY}"]
+        assert out.returncode == (2 if mode == "error" else 0), out.stderr[-2000:]
+        assert KEY not in out.stdout + out.stderr
+        for path in files_under(workspace):
+            assert KEY.encode() not in path.read_bytes(), path
+        raw = (workspace / "teach" / "knowledge" / "gsm8k-train" / "raw.jsonl").read_text()
+        assert "[redacted]" in raw
+        # '' = no key at all, even when OPENAI_API_KEY is set in the environment
+        nesy("teach", "knowledge", "--dataset", "gsm8k", "--limit", "1", "--with-answer", "--teacher", url,
+             "--model", "m2", "--api-key-env", "", "--max-retries", "0",
+             env={"NESY_HOME": str(workspace), "OPENAI_API_KEY": KEY})
+        assert EchoKey.seen[-1] == "Bearer no-key"
+
+
+# ------------------------------------------------------------------ the app's teacher page
+
+def teacher_page():
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(REPO / "app" / "main.py"), default_timeout=60).run()
+    at.switch_page("views/distill.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def shown_command(at) -> str:
+    return "\n".join(code.value for code in at.code)
+
+
+def test_the_app_offers_and_sends_only_declared_key_variables(workspace, monkeypatch):
+    monkeypatch.setenv("SERVER_DB_PASSWORD", "hunter2-not-a-teacher-key")
+    monkeypatch.setenv("MY_TEACHER_KEY", "sk-secret-value")
+    monkeypatch.delenv("NESY_TEACHER_KEY_ENVS", raising=False)
+    at = teacher_page()
+    at.radio(key="r:teacher").set_value("OpenAI-compatible server").run()
+    at.text_input(key="r:model").set_value("qwen-72b").run()
+    assert at.selectbox(key="r:env").options == ["(no key)"]  # nothing declared: nothing offered
+    assert "--api-key-env ''" in shown_command(at)
+    monkeypatch.setenv("NESY_TEACHER_KEY_ENVS", "MY_TEACHER_KEY@127.0.0.1:8000")
+    at.run()
+    assert at.selectbox(key="r:env").options == ["(no key)", "MY_TEACHER_KEY"]
+    at.selectbox(key="r:env").select("MY_TEACHER_KEY").run()
+    assert "--api-key-env MY_TEACHER_KEY" in shown_command(at)
+    at.text_input(key="r:url").set_value("https://collector.example/v1").run()  # another host
+    assert "MY_TEACHER_KEY" not in at.selectbox(key="r:env").options
+    assert "--api-key-env ''" in shown_command(at)
+    assert "SERVER_DB_PASSWORD" not in shown_command(at) and "hunter2" not in shown_command(at)
+
+
+def test_the_app_takes_no_error_file_path_and_no_path_as_set_name(workspace):
+    run = workspace / "adapters" / "sp-run"
+    run.mkdir(parents=True)
+    (run / "errors.jsonl").write_text("")
+    at = teacher_page()
+    at.radio(key="k:source").set_value("Student errors (NesyCD)").run()
+    assert at.selectbox(key="k:errors").options == ["sp-run"]
+    assert f"--errors {run / 'errors.jsonl'}" in shown_command(at)
+    at.text_input(key="r:out").set_value("../../etc").run()
+    assert at.button(key="r:start").disabled

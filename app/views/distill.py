@@ -2,7 +2,11 @@
 
 The page only builds a `nesy teach ...` argv, shows it, and submits it as a background job.
 API keys are never put on the command line or on disk: the job reads them from an environment
-variable (named here), which may be filled from Streamlit secrets for this server's processes.
+variable, which may be filled from Streamlit secrets for this server's processes. Only the
+variables the operator declared for teacher keys can be chosen (distill.teacher.allowed_key_envs:
+$NESY_TEACHER_KEY_ENVS or the secret `teacher_key_envs`, optionally bound to a host); no other
+server variable is listed or sent. No filesystem path is taken from the browser: the student
+error file is chosen among the NesyCD runs in the workspace.
 """
 from __future__ import annotations
 
@@ -12,6 +16,10 @@ import streamlit as st
 
 import ui
 from distill import data, models
+from distill.teacher import KEY_ENVS_VAR, allowed_key_envs
+from kb.workspace import home
+
+NO_KEY = "(no key)"
 
 st.title("Teacher jobs")
 st.caption("Long work runs as a background job: you can leave this page, follow it on **Jobs**, "
@@ -30,15 +38,33 @@ def teacher_options(prefix: str) -> tuple[list[str], str | None]:
     url = c[0].text_input("Base URL", "http://127.0.0.1:8000/v1", key=f"{prefix}:url",
                           help="OpenAI, vLLM, Ollama, llama.cpp, LM Studio or TGI.")
     model = c[1].text_input("Model name", key=f"{prefix}:model")
-    key_env = c[2].text_input("API key environment variable", "OPENAI_API_KEY", key=f"{prefix}:env",
-                              help="The key itself is never stored or shown.")
-    st.caption(api_key_status(key_env))
+    allowed = allowed_key_envs(_secrets(), url)
+    key_env = c[2].selectbox("API key", [NO_KEY, *allowed], key=f"{prefix}:env",
+                             help="Only the variables the operator declared for teacher keys; the "
+                                  "key itself is never stored or shown.")
+    st.caption(api_key_status(key_env) if key_env in allowed else no_key_note(allowed))
     problem = None
     if not url.startswith(("http://", "https://")):
         problem = "The base URL must start with http:// or https://."
     elif not model.strip():
         problem = "Name the model the server should use."
-    return ["--teacher", url, "--model", model.strip(), "--api-key-env", key_env], problem
+    name = key_env if key_env in allowed else ""  # '' = the job sends no key
+    return ["--teacher", url, "--model", model.strip(), "--api-key-env", name], problem
+
+
+def _secrets():
+    try:
+        return st.secrets
+    except Exception:  # noqa: BLE001 - no secrets file at all
+        return None
+
+
+def no_key_note(allowed: list[str]) -> str:
+    if allowed:
+        return "No key is sent. Local servers usually need none."
+    return (f"No key is sent. To offer one, the operator declares it before starting the app: "
+            f"`{KEY_ENVS_VAR}=OPENAI_API_KEY` (or `OPENAI_API_KEY@api.openai.com` to send it to that "
+            "host only), or `teacher_key_envs` in `.streamlit/secrets.toml`.")
 
 
 def api_key_status(name: str) -> str:
@@ -97,7 +123,15 @@ def rationales_tab() -> None:
             "--concurrency", str(concurrency)]
     if not thoughts:
         problem = "Choose at least one thought type."
+    elif not data.NAME_RE.match(out.strip()):
+        problem = ("The rationale set name is a name, not a path: lower-case letters, digits, "
+                   "'_' and '-' (at most 64).")
     launch(argv, "teach-rationales", problem, "r:start")
+
+
+def error_files() -> dict[str, object]:
+    """NesyCD runs with a student error file: adapter name -> its errors.jsonl."""
+    return {path.parent.name: path for path in sorted((home() / "adapters").glob("*/errors.jsonl"))}
 
 
 def knowledge_tab() -> None:
@@ -105,12 +139,14 @@ def knowledge_tab() -> None:
                       key="k:source", horizontal=True)
     problem = None
     if source.startswith("Student"):
-        errors = st.text_input("Student error file (JSONL)", key="k:errors",
-                               help="Written by the NesyCD error-collection pass of `nesy train "
-                                    "--method nesycd`, or your own file.")
-        head = ["--errors", errors.strip()]
-        if not errors.strip():
-            problem = "Give the path of a student error file."
+        runs = error_files()
+        run = st.selectbox("Student errors of the NesyCD run", list(runs), key="k:errors",
+                           help="errors.jsonl written by the S_P pass of `nesy train --method "
+                                "nesycd` (adapters/<name>/). For a file of your own, use the CLI: "
+                                "`nesy teach knowledge --errors FILE`.")
+        head = ["--errors", str(runs[run])] if run else []
+        if not run:
+            problem = "No student error file yet: run `nesy train --method nesycd` first."
     else:
         dataset, split, limit = dataset_options("k")
         head = ["--dataset", dataset, "--split", split, *(["--limit", str(limit)] if limit else []),
