@@ -63,8 +63,8 @@ json_values = st.recursive(
 @st.composite
 def valid_files(draw) -> bytes:
     lines = draw(st.lists(entries, min_size=1, max_size=5, unique_by=lambda e: e["id"]))
-    ascii_only = draw(st.booleans())
-    return "".join(json.dumps(e, ensure_ascii=ascii_only) + "\n" for e in lines).encode()
+    ascii_only, end = draw(st.booleans()), draw(st.sampled_from(["\n", "\r\n", "\r"]))
+    return "".join(json.dumps(e, ensure_ascii=ascii_only) + end for e in lines).encode()
 
 
 @st.composite
@@ -182,5 +182,9 @@ def test_random_json_never_crashes_and_refusals_change_nothing(data):
 
 @fuzz
 @given(mutated_files())
+@example(SEED.replace('"id": "seed one", ', '"id": "x", "version": 123456789012345678901234, ')
+         .replace('"seed two"', '"y"').encode())
+@example(SEED.replace('"status": "accepted"', '"status": "rejected", "status": "accepted"')
+         .replace("seed", "copy of seed").encode())
 def test_mutated_valid_files_never_crash_and_refusals_change_nothing(data):
     event(check_import(data))

@@ -45,8 +45,7 @@ def import_section() -> None:
     upload = st.file_uploader("JSONL file (one entry per line)", type=["jsonl", "json", "txt"],
                               key="x:upload")
     pasted = st.text_area("…or paste lines", key="x:paste", height=100)
-    # surrogatepass: a lone surrogate pasted in reaches the validator (as bad UTF-8), not a crash
-    data = upload.getvalue() if upload is not None else pasted.encode("utf-8", "surrogatepass")
+    data = upload.getvalue() if upload is not None else pasted.encode("utf-8")
     if not data.strip():
         st.caption("Nothing is written until you have seen the validation report and applied it.")
         return
