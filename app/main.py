@@ -39,7 +39,7 @@ pages = {
 }
 page = st.navigation(pages)
 st.set_page_config(page_icon=ICON)  # again after st.navigation: a page's own icon would replace it
-ui.welcome()
+ui.welcome(page.url_path)
 ui.sidebar_user()
 st.sidebar.caption(f"Workspace: {ui.home()}")
 page.run()

@@ -93,10 +93,13 @@ OVERVIEW = (
     "machine: nothing you do here leaves it.")
 
 
-def welcome() -> None:
-    """The product's name and what it is for, on a session's first page until dismissed."""
+def welcome(page: str) -> None:
+    """The product's name and what it is for, on a session's first page until dismissed or until
+    the session moves to another page."""
     st.sidebar.markdown(f"**{PRODUCT}** · neural-symbolic distillation")
-    if st.session_state.get("welcomed"):
+    first = st.session_state.setdefault("welcome:page", page)
+    if st.session_state.get("welcomed") or first != page:
+        st.session_state["welcomed"] = True
         return
     with st.container(border=True, key="welcome"):
         st.subheader(f"Welcome to {PRODUCT}")
@@ -353,7 +356,7 @@ def _entry_delete(kb: KBStore, entry, key: str) -> None:
                   args=(confirm_key, True))
         return
     st.warning(f"Delete {md(entry.id)}? It disappears from search and retrieval; history keeps it "
-               "and it can be restored.")
+               "and it can be restored from the Knowledge base page's Trash view.")
     yes, no = st.columns(2)
     if yes.button("Yes, delete", key=f"{key}:delete-yes", type="primary") and \
             require_curator("delete entries"):

@@ -287,3 +287,162 @@ def test_compare_with_the_embedded_student(server, home, page, artifacts_dir):
     assert page.get_by_text("Without knowledge").count() and page.get_by_text("With knowledge").count()
     page.get_by_text(re.compile(r"0\.\d{3}\s+b0\d\d")).first.wait_for()  # entries with scores
     shot(page, artifacts_dir, "compare-result")
+
+
+# ------------------------------------------------ curation: selection, review, trash, first run
+# (these run last: they change statuses and delete, which the export test above must not see)
+
+def tick_row(page, row: int) -> None:
+    """Tick the checkbox of a table row (0 = first data row) in the canvas grid."""
+    grid = page.locator('[data-testid="stDataFrame"]').first
+    grid.scroll_into_view_if_needed()
+    box = grid.bounding_box()
+    header = row_height = 35
+    page.mouse.click(box["x"] + 20, box["y"] + header + row_height * row + row_height / 2)
+    settle(page)
+
+
+def selection_caption(page) -> str:
+    return page.locator('[data-testid="stCaptionContainer"]', has_text=" selected").first.inner_text()
+
+
+def sort_by_id(page) -> None:
+    choose(page, "kb:sort", "id")
+
+
+def test_selection_follows_entries_across_filter_changes_and_bulk_actions(server, home, page,
+                                                                           artifacts_dir):
+    open_page(page, server["url"])
+    sort_by_id(page)  # b011, b010, … (descending)
+    tick_row(page, 0)
+    tick_row(page, 1)
+    assert selection_caption(page) == "2 selected: b011, b010"
+    shot(page, artifacts_dir, "kb-selection")
+    choose(page, "kb:concept", "units")  # the even entries: the first rows are other entries now
+    assert selection_caption(page) == "0 selected"
+    assert page.get_by_role("button", name="Delete selected").is_disabled()
+    sign_in(page, "Ada")  # a rerun of the same view: the browser sends no stale ticks back
+    assert selection_caption(page) == "0 selected"
+    tick_row(page, 0)
+    assert selection_caption(page) == "1 selected: b010"
+    click(page, "Reject selected")
+    page.get_by_text("Reject this entry? Nothing changes until you confirm.").wait_for()
+    assert widget(page, "kb:bulk-ids").inner_text().strip() == "b010"
+    click(page, "Confirm: reject 1 entry")
+    page.get_by_text("Marked 1 entry rejected: b010.").wait_for()
+    assert selection_caption(page) == "0 selected"
+    shot(page, artifacts_dir, "kb-after-bulk")
+    sign_in(page, "Ada B")  # another rerun of the same view: still nothing ticked
+    assert selection_caption(page) == "0 selected"
+    assert KBStore().get("b010").status == "rejected" and KBStore().get("b008").status == "accepted"
+    # "select all" names its scope and resets when the filter changes
+    widget(page, "kb:scope").get_by_text("All 6 matching").click()
+    settle(page)
+    assert selection_caption(page) == "6 selected: every entry matching the filters"
+    choose(page, "kb:concept", "(any)")
+    assert selection_caption(page) == "0 selected"
+    widget(page, "kb:scope").get_by_text("Ticked rows").locator("..").wait_for()
+    KBStore().set_status(["b010"], "accepted", by="test")  # leave the seed as it was
+
+
+def test_review_card_with_keyboard_shortcuts(server, home, page, artifacts_dir):
+    kb = KBStore()
+    for i in range(3):
+        kb.add(seed_entry(40 + i, status="pending").model_copy(update={"source": Source(
+            kind="error_analysis", dataset="gsm8k", question=f"Sam has {i + 3} boxes of 4 pens. "
+            "How many pens?", student_response=f"Sam has {i + 7} pens.")}), by="seed")
+    open_page(page, server["url"])
+    widget(page, "kb:view").get_by_text("Review one by one").click()
+    settle(page)
+    widget(page, "kb:status").get_by_role("combobox").click()
+    page.get_by_role("option", name="pending", exact=True).click()
+    settle(page)
+    page.keyboard.press("Escape")
+    card = widget(page, "kb-review-card")
+    card.get_by_text("Entry 1 of 3 matching the filters").click()  # focus outside any text box
+    card.get_by_text("Sam has 3 boxes of 4 pens. How many pens?").wait_for()
+    card.get_by_text("Sam has 7 pens.").wait_for()
+    card.get_by_text("Fact 40: multiply before adding.").wait_for()
+    card.scroll_into_view_if_needed()
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(artifacts_dir / "screenshot-kb-review.png"))
+    page.keyboard.press("a")
+    settle(page)
+    card.get_by_text("Sam has 4 boxes of 4 pens. How many pens?").wait_for()
+    assert KBStore().get("b040").status == "accepted"
+    page.keyboard.press("n")
+    settle(page)
+    card.get_by_text("Sam has 5 boxes of 4 pens. How many pens?").wait_for()
+    page.keyboard.press("x")
+    settle(page)
+    assert KBStore().get("b042").status == "rejected" and KBStore().get("b041").status == "pending"
+    page.get_by_text("You reached the end of the 1 entry matching the filters.").wait_for()
+
+
+def test_trash_restores_a_deleted_entry(server, home, page, artifacts_dir):
+    open_page(page, server["url"])
+    sign_in(page)
+    sort_by_id(page)
+    tick_row(page, 0)
+    first = selection_caption(page).split(": ")[1]
+    click(page, "Delete selected")
+    click(page, "Confirm: delete 1 entry")
+    page.get_by_text(f"Deleted 1 entry: {first} (restorable from the Trash).").wait_for()
+    widget(page, "kb:view").get_by_text(re.compile(r"Trash \(\d+\)")).click()
+    settle(page)
+    widget(page, f"kb:trash-{first}").get_by_text(re.compile("deleted by Ada")).wait_for()
+    shot(page, artifacts_dir, "kb-trash")
+    widget(page, f"kb:trash-{first}").get_by_role("button", name="Restore").click()
+    settle(page)
+    page.get_by_text(re.compile(f"Restored {first} as version \\d+")).wait_for()
+    assert KBStore().get(first)
+
+
+def test_first_open_is_named_explained_and_fully_offline(server, home, browser, artifacts_dir):
+    context = browser.new_context(viewport={"width": 1500, "height": 1100})
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    open_page(page, server["url"])
+    page.get_by_text("Welcome to NeSy Studio").wait_for()
+    page.get_by_text(re.compile("distils the reasoning of a large teacher LLM")).wait_for()
+    shot(page, artifacts_dir, "first-open")
+    for name in ("graph", "transfer", "distill", "train", "jobs", "compare", "evaluate"):
+        page.locator('[data-testid="stSidebarNav"] a').nth(0).wait_for()
+        page.goto(f"{server['url']}/{name}")
+        page.locator('[data-testid="stMain"] h1').first.wait_for()
+        settle(page)
+    page.wait_for_timeout(1500)  # late favicon / font requests
+    icon = page.evaluate("() => [...document.querySelectorAll('link[rel*=icon]')].map(l => l.href)")
+    context.close()
+    local = ("http://127.0.0.1:", "ws://127.0.0.1:", "data:", "blob:", "about:")
+    assert requests and all(url.startswith(local) for url in requests), \
+        [url for url in requests if not url.startswith(local)]
+    assert icon and all(href.startswith(local) for href in icon), icon
+
+
+def test_kb_page_is_readable_at_820_px(server, home, browser, artifacts_dir):
+    context = browser.new_context(viewport={"width": 820, "height": 1000})
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    open_page(page, server["url"])
+    labels = ["Search", "Mode", "Status", "Task", "Concept", "Source", "Sort by", "Descending"]
+    for text in labels:
+        label = page.locator('[data-testid="stMain"] [data-testid="stWidgetLabel"]',
+                             has_text=re.compile(f"^{text}$")).first
+        label.wait_for()
+        box = label.bounding_box()
+        clipped = label.evaluate("e => [...e.querySelectorAll('*'), e].some("
+                                 "n => n.scrollWidth > n.clientWidth + 1)")
+        assert box["width"] >= 40 and not clipped, (text, box)
+    grid = page.locator('[data-testid="stDataFrame"]').first
+    assert grid.bounding_box()["width"] >= 480
+    for name in ("Accept selected", "Reject selected", "Delete selected"):
+        button = page.get_by_role("button", name=name)
+        assert not button.evaluate("e => [...e.querySelectorAll('*'), e].some("
+                                   "n => n.scrollWidth > n.clientWidth + 1)"), name
+    shot(page, artifacts_dir, "kb-820px")
+    grid.scroll_into_view_if_needed()
+    page.screenshot(path=str(artifacts_dir / "screenshot-kb-820px-table.png"))
+    context.close()

@@ -53,7 +53,7 @@ def empty_state_guide() -> None:
 
 # ------------------------------------------------------------------------------------ filters
 
-def filters() -> dict:
+def filters(sortable: bool = True) -> dict:
     """The filter bar, in rows of at most three so every label stays readable at ~800 px."""
     facets = ui.facets()
     search, mode = st.columns([3, 2])
@@ -69,9 +69,11 @@ def filters() -> dict:
         concept = c[2].text_input("Concept (exact)", key="kb:concept-text").strip() or ANY
     c = st.columns(3)
     source_kind = c[0].selectbox("Source", [ANY, *facets["source_kinds"]], key="kb:source")
-    sort = c[1].selectbox("Sort by", ["updated_at", "created_at", "id", "task", "status", "title",
-                                      "version"], key="kb:sort")
-    descending = c[2].toggle("Descending", value=True, key="kb:desc")
+    sort, descending = "id", False
+    if sortable:
+        sort = c[1].selectbox("Sort by", ["updated_at", "created_at", "id", "task", "status",
+                                          "title", "version"], key="kb:sort")
+        descending = c[2].toggle("Descending", value=True, key="kb:desc")
     pick = lambda v: None if v == ANY else v  # noqa: E731
     return {"text": text.strip() or None, "semantic": semantic, "status": status or None,
             "task": pick(task), "concept": pick(concept), "source_kind": pick(source_kind),
@@ -203,13 +205,13 @@ def bulk_actions(f: dict, scope: str, selected: list[str], entries: list[Entry],
         confirm_bulk(*pending)
         return
     count = total if scope == "all" else len(selected)
-    c = st.columns([3, 1, 1, 1])
     if scope == "all":
-        c[0].caption(f"{count} selected: every entry matching the filters")
+        st.caption(f"{count} selected: every entry matching the filters")
     else:
-        c[0].caption(ui.md(f"{count} selected" + (f": {id_list(selected)}" if selected else "")))
-    for col, action in zip(c[1:], ("accept", "reject", "delete")):
-        if col.button(f"{action.capitalize()} selected", disabled=not count, key=f"kb:{action}"):
+        st.caption(ui.md(f"{count} selected" + (f": {id_list(selected)}" if selected else "")))
+    row = st.container(horizontal=True, key="kb:bulk-buttons")  # wraps on a narrow screen
+    for action in ("accept", "reject", "delete"):
+        if row.button(f"{action.capitalize()} selected", disabled=not count, key=f"kb:{action}"):
             if scope == "all":
                 chosen = all_matching(f, entries)
             else:
@@ -229,8 +231,8 @@ def all_matching(f: dict, entries: list[Entry]) -> dict[str, int]:
 
 def confirm_bulk(action: str, ids: list[str], versions: dict[str, int]) -> None:
     extra = (" They move to the Trash, where they can be restored." if action == "delete" else "")
-    st.warning(f"{action.capitalize()} these {entries_word(len(ids))}?{extra} Nothing changes "
-               "until you confirm.")
+    what = "this entry" if len(ids) == 1 else f"these {entries_word(len(ids))}"
+    st.warning(f"{action.capitalize()} {what}?{extra} Nothing changes until you confirm.")
     with st.container(height=min(220, 40 + 22 * (len(ids) // 6 + 1)), key="kb:bulk-ids"):
         st.text(", ".join(ids))
     yes, no = st.columns(2)
@@ -250,6 +252,9 @@ def fresh_selection() -> None:
 
 def apply_bulk(action: str, ids: list[str], versions: dict[str, int]) -> None:
     fresh_selection()
+    loaded = st.session_state.get("kb-editor:loaded")
+    if loaded is not None and loaded.id in versions:  # the editor shows the new version next
+        st.session_state.pop("kb-editor:loaded")
     if action == "delete":
         skipped = []
         for entry_id in ids:  # each delete checks the version shown, so a fresh edit is not lost
@@ -458,7 +463,7 @@ def review_card(entry: Entry, pos: int, total: int, query: dict) -> None:
         st.caption(ui.md("Concepts: " + (", ".join(entry.concepts) or "-")
                          + (f" · source: {src.kind} {src.dataset or ''} {src.example_id or ''}"
                             if src else "")))
-        c = st.columns(5)
+        c = [st.container(horizontal=True, key="kb-review-buttons")] * 5  # wraps when narrow
         c[0].button("Accept", key="kb:review-accept", shortcut="A", type="primary",
                     on_click=review_decide, args=(entry.id, entry.version, "accepted", pos, query))
         c[1].button("Reject", key="kb:review-reject", shortcut="X",
@@ -588,7 +593,7 @@ if view == "trash":
 elif stats["total"] == 0:
     empty_state_guide()
 else:
-    f = filters()
+    f = filters(sortable=view != "review")
     if view == "review":
         review(f)
     else:
