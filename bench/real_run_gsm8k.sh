@@ -11,7 +11,7 @@ TRAIN=${TRAIN:-160} TEST=${TEST:-100} EPOCHS=${EPOCHS:-2} MAX_KNOWLEDGE=${MAX_KN
 export NESY_HOME=${NESY_HOME:-workspace-realrun} HF_HUB_OFFLINE=1
 nesy() { python -m distill.cli "$@"; }
 nesy teach rationales --dataset gsm8k --split train --limit "$TRAIN" --teacher gold --out gsm8k-gold
-nesy train --method nesycd --data gsm8k-gold --output gsm8k-nesycd --epochs "$EPOCHS" --batch-size 8 \
+nesy train nesycd --data gsm8k-gold --output gsm8k-nesycd --epochs "$EPOCHS" --batch-size 8 \
     --max-length 384 --teacher local --max-knowledge "$MAX_KNOWLEDGE" --auto-accept --resume
 nesy eval --dataset gsm8k --split test --limit "$TEST" --batch-size 16 --max-new-tokens 200 --name real-run \
     --config base --config "std-cot=$NESY_HOME/adapters/gsm8k-nesycd/stages/sp" \

@@ -32,6 +32,7 @@ from typing import Callable
 
 import typer
 
+from kb.errors import NesyError
 from kb.workspace import subdir
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -43,7 +44,7 @@ DEFAULT_SEED = 0
 ANSWER_TYPES = ("number", "option", "text")
 
 
-class DatasetError(ValueError):
+class DatasetError(NesyError, ValueError):
     """A dataset name, split or user file is wrong; the message says where (line numbers)."""
 
 

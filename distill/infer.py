@@ -4,19 +4,26 @@
 `AnswerResult` per question:
 - batched greedy generation with left padding for many questions; `stream(question)` yields
   text pieces for one (TextIteratorStreamer);
+- the prompt is built by the adapter's method (`distill.methods`, read from its card.json) with
+  the template it was trained with, so training and inference texts are the same;
+- defaults come from the card: thought type, k, retriever, entry kinds, minimum score, adaptive
+  threshold, new tokens (what the method recorded); explicit arguments override them;
 - with `kb_index`: the top-k entries for "task description + question" (accepted only unless
-  `statuses` says otherwise) go into the NesyCD knowledge block; their ids and scores are
-  returned;
-- adaptive retrieval (`adaptive_threshold`): probe a few greedy tokens without knowledge; when
-  the mean top1−top2 probability gap is above the threshold the student is confident and the
-  question is answered without retrieval;
+  `statuses` says otherwise; only the method's entry kinds) go into the knowledge block; their ids
+  and scores are returned; retrieval that finds nothing is logged as a warning;
+- adaptive retrieval (`adaptive_threshold`): the reference's probe — up to 16 tokens sampled at
+  T=0.6 (seeded) from the prompt without knowledge; when the mean top-1 − top-2 probability gap of
+  the tempered distribution is above the threshold the student is confident and answers without
+  retrieval;
 - thought types (ETD adapters choose by trigger): "cot" extracts from text, "pot" runs the
   program in the sandbox, "eot" solves the equations in the sandbox, "vote" runs all three and
   takes the majority (ties: CoT, then PoT, then EoT — the order of `TRIGGERS`).
 """
 from __future__ import annotations
 
+import inspect
 import json
+import logging
 import threading
 import time
 from collections import Counter
@@ -27,9 +34,26 @@ import torch
 import typer
 
 from distill import prompts
+from kb.errors import NesyError
 
+log = logging.getLogger(__name__)
 THOUGHTS = ("cot", "pot", "eot")
-PROBE_TOKENS = 4  # adaptive retrieval looks at this many first tokens
+RETRIEVERS = ("dense", "bm25", "hybrid")
+# The reference's adaptive-retrieval probe (NesyCD eval/gen.py): 16 tokens sampled at T=0.6.
+PROBE_TOKENS = 16
+PROBE_TEMPERATURE = 0.6
+PROBE_SEED = 42
+# Used when an adapter's card does not say (an old adapter, or the base model).
+FALLBACK = {"method": "std-cot", "thought": "cot", "k": 3, "retriever": "dense", "source_kinds": None,
+            "min_score": None, "adaptive_threshold": None, "max_new_tokens": 256}
+
+
+class AdapterNotFound(NesyError, FileNotFoundError):
+    """An adapter name with no adapter folder behind it."""
+
+
+class InferenceError(NesyError, ValueError):
+    """An answering option that cannot work (unknown thought type, retriever, …)."""
 
 
 @dataclass
@@ -37,6 +61,7 @@ class AnswerResult:
     text: str
     extracted: str | None
     retrieved: list[tuple[str, float]] = field(default_factory=list)
+    retrieval_empty: bool = False  # retrieval ran and found nothing (so no knowledge was used)
     prompt_tokens: int = 0
     latency_s: float = 0.0
     used_knowledge: bool = False
@@ -70,7 +95,7 @@ def adapter_dir(adapter: str) -> Path:
         return path
     named = subdir("adapters") / adapter
     if not (named / "adapter_config.json").exists():
-        raise FileNotFoundError(f"no adapter {adapter!r} (looked in {named})")
+        raise AdapterNotFound(f"no adapter {adapter!r} (looked in {named})")
     return named
 
 
@@ -80,9 +105,12 @@ def read_card(adapter: str) -> dict:
 
 
 class Student:
-    """The student model, loaded once: base + optional LoRA adapter."""
+    """The student model, loaded once: base + optional LoRA adapter, with its method's prompt."""
 
-    def __init__(self, base_model: str | None = None, adapter: str | None = None):
+    def __init__(self, base_model: str | None = None, adapter: str | None = None, *,
+                 method: str | None = None, template: str | None = None):
+        from distill.methods import get
+
         self.card = read_card(adapter) if adapter else {}
         if base_model is None and self.card.get("base_model"):
             base_model = self.card["base_model"]
@@ -96,26 +124,30 @@ class Student:
         self.model.to(self.device)
         self.adapter = adapter
         self.params = sum(p.numel() for p in self.model.parameters())
+        self.method = get(method or self.card.get("method") or FALLBACK["method"])
+        self.template = prompts.resolve_template(self.tokenizer, template or self.card.get("template", "auto"))
+        self.defaults = {**FALLBACK, **self.card.get("inference", {})}
 
     # --- prompts ---
 
-    def user_text(self, question: str, thought: str = "cot", knowledge=()) -> str:
-        """The user turn for a question: ETD adapters get the trigger format, others CoT."""
-        if self.card.get("prompt_format") == "etd" or thought != "cot":
-            if knowledge:
-                return prompts.KNOWLEDGE_INSTRUCTION + "\n\n" + "\n\n".join(
-                    prompts.knowledge_text(k) for k in knowledge) + "\n\n" + prompts.etd_prompt(question, thought)
-            return prompts.etd_prompt(question, thought)
-        return prompts.nesycd_prompt(question, knowledge)
+    def user_text(self, question: str, thought: str | None = None, knowledge=(), task_description: str = "") -> str:
+        """The user text for a question: the adapter's method builds it, exactly as in training.
+
+        PoT and EoT exist only in ETD's trigger format, so asking another method's student for them
+        uses ETD's builder."""
+        from distill.methods import get
+
+        thought = thought or self.defaults["thought"]
+        method = self.method if thought == "cot" or self.method.name in ("etd", "eotd") else get("etd")
+        return method.build_prompt(question, task_description=task_description, knowledge=knowledge,
+                                   thought=thought)
 
     def render(self, user: str) -> str:
-        return prompts.render(self.tokenizer, user)[0]
+        return prompts.render(self.tokenizer, user, None, self.template)[0]
 
     def _encode(self, texts: list[str]):
-        has_template = bool(getattr(self.tokenizer, "chat_template", None))
         self.tokenizer.padding_side = "left"  # generation continues from the right end
-        return self.tokenizer(texts, return_tensors="pt", padding=True,
-                              add_special_tokens=not has_template).to(self.device)
+        return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
 
     # --- generation ---
 
@@ -139,24 +171,29 @@ class Student:
 
     @torch.no_grad()
     def confidence(self, users: list[str], tokens: int = PROBE_TOKENS) -> list[float]:
-        """Mean top1−top2 probability gap over the first `tokens` greedy tokens of each prompt."""
-        batch = self._encode([self.render(u) for u in users])
-        gen = self.model.generate(**batch, max_new_tokens=tokens, do_sample=False, output_scores=True,
-                                  return_dict_in_generate=True, pad_token_id=self.tokenizer.pad_token_id)
+        """The reference's probe: per prompt, up to `tokens` tokens sampled at T=0.6 (seeded, so the
+        same prompt always gets the same value), mean top-1 − top-2 gap of the tempered
+        distribution, in [0, 1]; it stops at the end-of-sequence token."""
         gaps = []
-        for step_scores in gen.scores:  # one (batch, vocab) tensor per generated token
-            top = step_scores.float().softmax(-1).topk(2, dim=-1).values
-            gaps.append(top[:, 0] - top[:, 1])
-        return torch.stack(gaps, 1).mean(1).tolist()
+        for user in users:
+            batch = self._encode([self.render(user)])
+            torch.manual_seed(PROBE_SEED)
+            gen = self.model.generate(**batch, max_new_tokens=tokens, do_sample=True,
+                                      temperature=PROBE_TEMPERATURE, top_k=0, top_p=1.0, output_logits=True,
+                                      return_dict_in_generate=True, pad_token_id=self.tokenizer.pad_token_id)
+            steps = [(logits[0].float() / PROBE_TEMPERATURE).softmax(-1).topk(2).values for logits in gen.logits]
+            gaps.append(float(sum(top[0] - top[1] for top in steps) / len(steps)))
+        return gaps
 
-    def stream(self, question: str, *, knowledge=(), thought: str = "cot", max_new_tokens: int = 256):
+    def stream(self, question: str, *, knowledge=(), thought: str | None = None, max_new_tokens: int | None = None,
+               task_description: str = ""):
         """Yield the answer to one question piece by piece as it is generated."""
         from transformers import TextIteratorStreamer
 
-        batch = self._encode([self.render(self.user_text(question, thought, knowledge))])
+        batch = self._encode([self.render(self.user_text(question, thought, knowledge, task_description))])
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        kwargs = dict(**batch, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer,
-                      pad_token_id=self.tokenizer.pad_token_id)
+        kwargs = dict(**batch, max_new_tokens=max_new_tokens or self.defaults["max_new_tokens"], do_sample=False,
+                      streamer=streamer, pad_token_id=self.tokenizer.pad_token_id)
         thread = threading.Thread(target=self.model.generate, kwargs=kwargs, daemon=True)
         thread.start()
         yield from streamer
@@ -164,56 +201,117 @@ class Student:
 
     # --- answering ---
 
-    def answer(self, questions: list[str], *, kb_index=None, k: int = 1,
-               statuses: tuple[str, ...] = ("accepted",), thought: str = "cot",
-               max_new_tokens: int = 256, adaptive_threshold: float | None = None,
-               answer_type: str = "number", task_description: str = "", batch_size: int = 8
-               ) -> list[AnswerResult]:
-        """Answer many questions (batched). See the module docstring for the options."""
+    def settings(self, *, k=None, statuses=("accepted",), thought=None, max_new_tokens=None,
+                 adaptive_threshold=None, retriever=None, source_kinds=None, min_score=None):
+        """(thought, Retrieval, max_new_tokens): the arguments given, else the adapter card's."""
+        d = self.defaults
+        retrieval = Retrieval(k if k is not None else d["k"], tuple(statuses), retriever or d["retriever"],
+                              tuple(source_kinds if source_kinds is not None else d["source_kinds"] or ()),
+                              min_score if min_score is not None else d["min_score"],
+                              adaptive_threshold if adaptive_threshold is not None else d["adaptive_threshold"])
+        thought = thought or d["thought"]
+        if thought not in THOUGHTS + ("vote",):
+            raise InferenceError(f"--thought must be one of {', '.join(THOUGHTS + ('vote',))}, not {thought!r}")
+        if retrieval.retriever not in RETRIEVERS:
+            raise InferenceError(f"--retriever must be one of {', '.join(RETRIEVERS)}, not {retrieval.retriever!r}")
+        return thought, retrieval, max_new_tokens or d["max_new_tokens"]
+
+    def stream_answer(self, question: str, *, kb_index=None, task_description: str = "", **options):
+        """`stream` after the same retrieval `answer` does (options as in `answer`)."""
+        thought, retrieval, max_new_tokens = self.settings(**options)
+        hits = self.retrieve([question], kb_index, retrieval, thought, task_description)[0] or []
+        yield from self.stream(question, knowledge=[h.entry for h in hits], thought=thought,
+                               max_new_tokens=max_new_tokens, task_description=task_description)
+
+    def answer(self, questions: list[str], *, kb_index=None, k: int | None = None,
+               statuses: tuple[str, ...] = ("accepted",), thought: str | None = None,
+               max_new_tokens: int | None = None, adaptive_threshold: float | None = None,
+               answer_type: str = "number", task_description: str = "", batch_size: int = 8,
+               retriever: str | None = None, source_kinds: tuple[str, ...] | None = None,
+               min_score: float | None = None) -> list[AnswerResult]:
+        """Answer many questions (batched). None means: what the adapter's card says."""
+        thought, retrieval, max_new_tokens = self.settings(
+            k=k, statuses=statuses, thought=thought, max_new_tokens=max_new_tokens,
+            adaptive_threshold=adaptive_threshold, retriever=retriever, source_kinds=source_kinds,
+            min_score=min_score)
         if thought == "vote":
-            return self._vote(questions, kb_index=kb_index, k=k, statuses=statuses,
-                              max_new_tokens=max_new_tokens, adaptive_threshold=adaptive_threshold,
-                              answer_type=answer_type, task_description=task_description,
-                              batch_size=batch_size)
-        if thought not in THOUGHTS:
-            raise ValueError(f"thought must be one of {THOUGHTS + ('vote',)}, not {thought!r}")
-        hits = self._retrieve(questions, kb_index, k, statuses, thought, adaptive_threshold,
-                              task_description)
-        users = [self.user_text(q, thought, [h.entry for h in hs]) for q, hs in zip(questions, hits)]
+            return self._vote(questions, kb_index, retrieval, max_new_tokens, answer_type, task_description,
+                              batch_size)
+        hits = self.retrieve(questions, kb_index, retrieval, thought, task_description)
+        users = [self.user_text(q, thought, [h.entry for h in hs or []], task_description)
+                 for q, hs in zip(questions, hits)]
         results = []
         for user, hs, (text, n_prompt, latency) in zip(
                 users, hits, self.generate(users, max_new_tokens, batch_size)):
             results.append(AnswerResult(
                 text=text, extracted=extract(text, thought, answer_type),
-                retrieved=[(h.entry.id, round(float(h.score), 4)) for h in hs],
-                prompt_tokens=n_prompt, latency_s=round(latency, 4), used_knowledge=bool(hs),
-                prompt=user, thought=thought))
+                retrieved=[(h.entry.id, round(float(h.score), 4)) for h in hs or []],
+                retrieval_empty=hs == [], prompt_tokens=n_prompt, latency_s=round(latency, 4),
+                used_knowledge=bool(hs), prompt=user, thought=thought))
         return results
 
-    def _retrieve(self, questions, kb_index, k, statuses, thought, adaptive_threshold, task_description):
-        if kb_index is None or k <= 0:
-            return [[] for _ in questions]
+    def retrieve(self, questions, kb_index, retrieval: "Retrieval", thought: str, task_description: str = ""):
+        """Per question: the hits, or None where no retrieval ran (no KB, k=0, or confident)."""
+        if kb_index is None or retrieval.k <= 0:
+            return [None for _ in questions]
         need = [True] * len(questions)
-        if adaptive_threshold is not None:
-            gaps = self.confidence([self.user_text(q, thought) for q in questions])
-            need = [g <= adaptive_threshold for g in gaps]
+        if retrieval.adaptive_threshold is not None:
+            gaps = self.confidence([self.user_text(q, thought, (), task_description) for q in questions])
+            need = [g <= retrieval.adaptive_threshold for g in gaps]
         query = (task_description + "\n") if task_description else ""
-        return [kb_index.search(query + q, k=k, statuses=tuple(statuses)) if n else []
-                for q, n in zip(questions, need)]
+        hits = [search(kb_index, query + q, retrieval) if n else None for q, n in zip(questions, need)]
+        empty = sum(h == [] for h in hits)
+        if empty:
+            log.warning("knowledge retrieval found nothing for %d of %d questions (kinds %s, statuses %s, "
+                        "min score %s): those answers use no knowledge", empty, sum(need),
+                        ",".join(retrieval.source_kinds or ("any",)), ",".join(retrieval.statuses),
+                        retrieval.min_score)
+        return hits
 
-    def _vote(self, questions, **kwargs) -> list[AnswerResult]:
-        per_type = {t: self.answer(questions, thought=t, **kwargs) for t in THOUGHTS}
+    def _vote(self, questions, kb_index, retrieval, max_new_tokens, answer_type, task_description, batch_size):
+        per_type = {t: self.answer(questions, kb_index=kb_index, k=retrieval.k, statuses=retrieval.statuses,
+                                   thought=t, max_new_tokens=max_new_tokens,
+                                   adaptive_threshold=retrieval.adaptive_threshold, answer_type=answer_type,
+                                   task_description=task_description, batch_size=batch_size,
+                                   retriever=retrieval.retriever, source_kinds=retrieval.source_kinds,
+                                   min_score=retrieval.min_score) for t in THOUGHTS}
         out = []
         for i in range(len(questions)):
             votes = {t: per_type[t][i].extracted for t in THOUGHTS}
             winner = majority(votes)
             best = next((per_type[t][i] for t in THOUGHTS if votes[t] == winner), per_type["cot"][i])
             out.append(AnswerResult(
-                text=best.text, extracted=winner, retrieved=best.retrieved,
+                text=best.text, extracted=winner, retrieved=best.retrieved, retrieval_empty=best.retrieval_empty,
                 prompt_tokens=sum(per_type[t][i].prompt_tokens for t in THOUGHTS),
                 latency_s=round(sum(per_type[t][i].latency_s for t in THOUGHTS), 4),
                 used_knowledge=best.used_knowledge, prompt=best.prompt, thought="vote", votes=votes))
         return out
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    """How knowledge is retrieved for one answering call."""
+    k: int
+    statuses: tuple[str, ...]
+    retriever: str = "dense"
+    source_kinds: tuple[str, ...] = ()  # () = any kind
+    min_score: float | None = None
+    adaptive_threshold: float | None = None
+
+
+def search(kb_index, query: str, retrieval: Retrieval) -> list:
+    """KBIndex.search with the method's retriever, entry kinds and minimum score."""
+    accepts = inspect.signature(kb_index.search).parameters
+    kinds = retrieval.source_kinds or None
+    if "mode" in accepts:
+        return kb_index.search(query, k=retrieval.k, statuses=retrieval.statuses, mode=retrieval.retriever,
+                               source_kinds=kinds, min_score=retrieval.min_score)
+    # TODO(kb/index.py): remove once BM25/hybrid, kinds and min_score land in KBIndex.search.
+    if retrieval.retriever != "dense":
+        raise InferenceError(f"retriever {retrieval.retriever!r} is not available in this kb/index.py yet")
+    hits = kb_index.search(query, k=retrieval.k * 5 if kinds else retrieval.k, statuses=retrieval.statuses)
+    hits = [h for h in hits if not kinds or (h.entry.source and h.entry.source.kind in kinds)]
+    return [h for h in hits if retrieval.min_score is None or h.score >= retrieval.min_score][:retrieval.k]
 
 
 def majority(votes: dict[str, str | None]) -> str | None:
@@ -247,40 +345,41 @@ cli = typer.Typer(add_completion=False, rich_markup_mode=None)
 
 @cli.command()
 def answer_cmd(
-    question: str = typer.Argument(..., help="the question to answer"),
+    question: str = typer.Argument(..., help="the question to answer (options included, if any)"),
     kb: bool = typer.Option(False, "--kb", help="retrieve knowledge from the KB"),
-    k: int = typer.Option(1, "--k", help="how many KB entries to insert"),
+    k: int = typer.Option(None, "--k", help="KB entries to insert [default: the adapter's card, else 3]"),
+    retriever: str = typer.Option(None, "--retriever",
+                                  help="dense | bm25 | hybrid [default: the adapter's card, else dense]"),
+    min_score: float = typer.Option(None, "--min-score", help="ignore entries scoring below this"),
     adapter: str = typer.Option(None, "--adapter", help="adapter name or folder; default: the base model"),
     base_model: str = typer.Option(None, "--base-model", help="HF id or local path"),
+    task: str = typer.Option("", "--task", help="task description (part of the prompt and the query)"),
     include_pending: bool = typer.Option(False, "--include-pending", help="also retrieve pending entries"),
-    thought: str = typer.Option("cot", "--thought", help="cot | pot | eot | vote"),
-    adaptive: float = typer.Option(None, "--adaptive", help="skip retrieval when confidence gap > this"),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
+    thought: str = typer.Option(None, "--thought",
+                                help="cot | pot | eot | vote [default: what the adapter was trained on]"),
+    adaptive: float = typer.Option(None, "--adaptive", help="skip retrieval when the confidence gap > this "
+                                                             "(the reference: 0.68)"),
+    max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="[default: the adapter's card, else 256]"),
     as_json: bool = typer.Option(False, "--json", help="print the full result as JSON"),
     stream: bool = typer.Option(False, "--stream", help="print tokens as they come (cot/pot/eot)"),
 ) -> None:
     """Answer a question with the student, with or without the KB."""
-    if thought not in THOUGHTS + ("vote",):
-        raise typer.BadParameter(f"--thought must be one of cot, pot, eot, vote (got {thought!r})")
-    try:
-        student = Student(base_model, adapter=adapter)
-    except FileNotFoundError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
+    student = Student(base_model, adapter=adapter)
     index = _open_index() if kb else None
     statuses = ("accepted", "pending") if include_pending else ("accepted",)
-    if stream and not as_json and thought != "vote":
-        hits = student._retrieve([question], index, k, statuses, thought, adaptive, "")[0]
-        for piece in student.stream(question, knowledge=[h.entry for h in hits], thought=thought,
-                                    max_new_tokens=max_new_tokens):
+    options = dict(kb_index=index, k=k, statuses=statuses, thought=thought, max_new_tokens=max_new_tokens,
+                   adaptive_threshold=adaptive, task_description=task, retriever=retriever, min_score=min_score)
+    if stream and not as_json and (thought or student.defaults["thought"]) != "vote":
+        for piece in student.stream_answer(question, **options):
             typer.echo(piece, nl=False)
         typer.echo("")
         return
-    result = student.answer([question], kb_index=index, k=k, statuses=statuses, thought=thought,
-                            max_new_tokens=max_new_tokens, adaptive_threshold=adaptive)[0]
+    result = student.answer([question], **options)[0]
     if as_json:
         typer.echo(json.dumps(asdict(result), indent=2))
         return
+    if result.retrieval_empty:
+        typer.echo("warning: --kb retrieval found no knowledge for this question; answered without it", err=True)
     for entry_id, score in result.retrieved:
         typer.echo(f"[knowledge] {entry_id} (score {score:.3f})")
     typer.echo(result.text)

@@ -1,19 +1,27 @@
-"""Every student prompt format lives here (see docs/ARCHITECTURE.md).
+"""Prompt building blocks for every student prompt (see docs/METHODS.md for the sources).
 
-Training and inference build prompts with the same functions, so a student sees at test time
-exactly the format it was trained on. Each builder returns the *user* text; `render()` wraps it
-in the model's chat template (when it has one) and returns `(prompt_text, response_text)` so
-that training can mask the prompt and score only the response.
+Each method module in `distill/methods/` composes these into its one prompt builder, which both
+training and inference call, so a student sees at test time exactly the text it was trained on.
+Builders return the *user* text; `render()` turns it into (prompt_text, response_text) with either
+the tokenizer's chat template or the reference code's plain template (raw text, response right
+after the prompt, one EOS).
 
-Formats:
-- plain CoT (Std-CoT, NesyCD correct cases, SKIntern's last stage, inference without knowledge):
-    Question: {q}
-    Answer: Let's think step by step.
-- NesyCD knowledge block: KNOWLEDGE_INSTRUCTION, one "Learning summary / Supplementary
-  knowledge" block per entry, then the CoT prompt.
-- SKIntern stage s: k demonstrations, the example's knowledge compressed to a share of its
-  tokens (see `compress`), then the CoT prompt.
-- ETD / EoTD:  Question: {q}\\n{trigger}\\n  where the trigger selects CoT, PoT or EoT.
+The chain-of-thought prompt is the NesyCD reference code's (`gen_bbh_cot_prefix` / aligner
+`errors` / `inter`), blocks joined by a blank line:
+
+    {task description} Your response should conclude with the format "Therefore, the answer is".
+
+    You can utilize the general learning summary … to address this question.     ← knowledge, if any
+    {knowledge 1}
+    {knowledge 2}
+
+    Question: {demonstration}                                                      ← SKIntern demos
+    Answer: {its rationale}
+
+    Question: {question}
+    Answer: Let's think step by step.␠
+
+ETD / EoTD keep their paper's format: `Question: {q}\\n{trigger}\\n`.
 """
 from __future__ import annotations
 
@@ -23,6 +31,8 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+from kb.errors import NesyError
 
 # ETD thought-type triggers (Zhu et al., 2024); the trigger after the question selects the type.
 TRIGGERS = {
@@ -36,9 +46,13 @@ KNOWLEDGE_INSTRUCTION = (
     "You can utilize the general learning summary and supplementary knowledge proposed by the "
     "expert teacher to address this question."
 )
-
-COT_TRIGGER = TRIGGERS["cot"]
-DEMO_SEPARATOR = "\n\n"
+# The reference's format line after the task description: it is what makes the student end with a
+# sentence the strict answer extractor finds.
+ANSWER_FORMAT = 'Your response should conclude with the format "Therefore, the answer is".'
+# The reference's answer cue ends with a space and the response follows directly (plain template).
+ANSWER_CUE = "Answer: Let's think step by step. "
+BLOCK_SEPARATOR = "\n\n"
+TEMPLATES = ("auto", "chat", "plain")
 
 # Function words carry almost no problem-specific information; SKIntern compression drops them
 # first. A fixed list (no NLTK download at run time).
@@ -52,11 +66,42 @@ off again further once because while during before after above below between thr
 """.split())
 
 
-# --- building blocks ------------------------------------------------------------------------
+# --- the chain-of-thought prompt -----------------------------------------------------------------
 
-def cot_prompt(question: str) -> str:
-    """The plain chain-of-thought prompt (METHODS.md, NesyCD stage 1)."""
-    return f"Question: {question.strip()}\nAnswer: {COT_TRIGGER}"
+def task_line(task_description: str = "") -> str:
+    """The first line of every CoT prompt: task description + the answer-format request."""
+    return f"{task_description.strip()} {ANSWER_FORMAT}".strip()
+
+
+def student_prompt(question: str, task_description: str = "", knowledge: Sequence[str] = (),
+                   demos: Sequence[tuple[str, str]] = ()) -> str:
+    """Task line, knowledge block, demonstrations (question, rationale), then the question."""
+    blocks = [task_line(task_description)]
+    items = [k.strip() for k in knowledge if k and k.strip()]
+    if items:
+        blocks.append("\n".join([KNOWLEDGE_INSTRUCTION, *items]))
+    blocks += [f"Question: {q.strip()}\nAnswer: {r.strip()}" for q, r in demos]
+    blocks.append(f"Question: {question.strip()}\n{ANSWER_CUE}")
+    return BLOCK_SEPARATOR.join(blocks)
+
+
+def cot_prompt(question: str, task_description: str = "") -> str:
+    """The plain chain-of-thought prompt (no knowledge, no demonstrations)."""
+    return student_prompt(question, task_description)
+
+
+def shrinking_prompts(question: str, task_description: str = "", knowledge: Sequence[str] = (),
+                      demos: Sequence[tuple[str, str]] = ()) -> list[str]:
+    """The full prompt, then the same prompt with ever fewer whole parts, for when it is too long.
+
+    Demonstrations go first (the last one first), then knowledge items (the last one first); the
+    head of the prompt and the question are never cut. Training takes the first that fits.
+    """
+    out = [student_prompt(question, task_description, knowledge, demos[:n])
+           for n in range(len(demos), -1, -1)]
+    out += [student_prompt(question, task_description, knowledge[:n])
+            for n in range(len(knowledge) - 1, -1, -1)]
+    return out
 
 
 def knowledge_text(entry) -> str:
@@ -70,19 +115,13 @@ def knowledge_text(entry) -> str:
     return f"Learning summary: {summary.strip()}\nSupplementary knowledge: {supplementary.strip()}"
 
 
-def nesycd_prompt(question: str, knowledge: Sequence = ()) -> str:
-    """CoT prompt preceded by the teacher's knowledge (none → the plain CoT prompt)."""
-    blocks = [knowledge_text(k) for k in knowledge if knowledge_text(k)]
-    if not blocks:
-        return cot_prompt(question)
-    return "\n\n".join([KNOWLEDGE_INSTRUCTION, *blocks, cot_prompt(question)])
-
-
-def etd_prompt(question: str, thought: str = "cot") -> str:
+def etd_prompt(question: str, thought: str = "cot", knowledge: Sequence[str] = ()) -> str:
     """ETD/EoTD format: the trigger after the question selects the thought type."""
     if thought not in TRIGGERS:
-        raise ValueError(f"unknown thought type {thought!r}; choose from {sorted(TRIGGERS)}")
-    return f"Question: {question.strip()}\n{TRIGGERS[thought]}\n"
+        raise PromptError(f"unknown thought type {thought!r}; choose from {', '.join(TRIGGERS)}")
+    items = [k.strip() for k in knowledge if k and k.strip()]
+    head = "\n".join([KNOWLEDGE_INSTRUCTION, *items]) + BLOCK_SEPARATOR if items else ""
+    return f"{head}Question: {question.strip()}\n{TRIGGERS[thought]}\n"
 
 
 # --- SKIntern ----------------------------------------------------------------------------------
@@ -106,7 +145,8 @@ def idf_table(corpus: Iterable[str]) -> dict[str, float]:
 def compress(text: str, keep: float, idf: dict[str, float] | None = None) -> str:
     """Keep the `keep` share of the words of `text` that carry the most information, in order.
 
-    Rule (SKIntern's token-level pruning, made simple and deterministic):
+    Rule (SKIntern's token-level pruning, made simple and deterministic; the reference code
+    precomputes its pruned knowledge outside the repository):
     1. importance of a word = 0 for stopwords and bare punctuation, else its IDF over the
        knowledge corpus (words unseen in the corpus get the highest IDF: they are rare);
     2. keep ceil(keep × n) words with the highest importance — ties go to the earlier word;
@@ -140,33 +180,29 @@ class StageSchedule:
     demos: int
 
 
-def skintern_schedule(stages: int, max_demos: int = 6) -> list[StageSchedule]:
-    """Linear decay from full knowledge + all demonstrations (stage 0) to none (last stage).
+SCHEDULES = ("linear", "reference")
 
-    With stages = max_demos + 1 this is the reference code's `6 - s` demonstrations.
+
+def skintern_schedule(stages: int, max_demos: int = 6, schedule: str = "linear") -> list[StageSchedule]:
+    """Knowledge share and demonstrations per stage, from full (stage 0) to none (last stage).
+
+    "linear": both decay linearly, so any number of stages ends question-only.
+    "reference": the reference code's `6 - s` demonstrations at stage s (`random.sample(indices,
+    6 - inter_stage)`), i.e. max_demos - s; it reaches question-only only with stages ≥ max_demos + 1.
+    The knowledge share decays linearly in both (the reference precomputes it; method unknown).
     """
     if stages < 1:
-        raise ValueError("skintern needs at least one stage")
+        raise PromptError("skintern needs at least one stage")
+    if schedule not in SCHEDULES:
+        raise PromptError(f"unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
     if stages == 1:  # a single stage can only be the question-only one
         return [StageSchedule(0, 0.0, 0)]
     out = []
     for s in range(stages):
-        share = 1.0 - s / (stages - 1)
-        out.append(StageSchedule(s, round(share, 6), round(max_demos * share)))
+        share = round(1.0 - s / (stages - 1), 6)
+        demos = max(max_demos - s, 0) if schedule == "reference" else round(max_demos * share)
+        out.append(StageSchedule(s, share, demos))
     return out
-
-
-def skintern_prompt(question: str, knowledge: str = "", demos: Sequence[tuple[str, str]] = ()) -> str:
-    """Demonstrations (question, rationale), then compressed knowledge, then the CoT prompt.
-
-    With no knowledge and no demonstrations this is exactly `cot_prompt(question)` — the
-    question-only format SKIntern uses at inference.
-    """
-    parts = [f"{cot_prompt(q)} {r.strip()}" for q, r in demos]
-    if knowledge.strip():
-        parts.append(f"Knowledge: {knowledge.strip()}")
-    parts.append(cot_prompt(question))
-    return DEMO_SEPARATOR.join(parts)
 
 
 def select_demos(question: str, pool: Sequence[tuple[str, str]], k: int, how: str = "similar",
@@ -184,7 +220,7 @@ def select_demos(question: str, pool: Sequence[tuple[str, str]], k: int, how: st
         rng = random.Random(f"{seed}:{question}")
         return rng.sample(candidates, min(k, len(candidates)))
     if how != "similar":
-        raise ValueError(f"demo selection must be 'similar' or 'random', not {how!r}")
+        raise PromptError(f"demo selection must be 'similar' or 'random', not {how!r}")
     target = _bag(question)
     scored = sorted(candidates, key=lambda p: -_cosine(target, _bag(p[0])))
     return scored[:k]
@@ -201,30 +237,39 @@ def _cosine(a: Counter, b: Counter) -> float:
     return dot / (na * nb) if na and nb else 0.0
 
 
-# --- chat template -----------------------------------------------------------------------------
+# --- templates -------------------------------------------------------------------------------------
 
-def render(tokenizer, user: str, response: str | None = None,
-           system: str | None = None) -> tuple[str, str]:
-    """(prompt_text, response_text) ready to tokenize.
+def resolve_template(tokenizer, template: str = "auto") -> str:
+    """"chat" or "plain": auto picks the chat template when the tokenizer has one."""
+    if template not in TEMPLATES:
+        raise PromptError(f"template must be one of {', '.join(TEMPLATES)}, not {template!r}")
+    has_chat = bool(getattr(tokenizer, "chat_template", None))
+    if template == "chat" and not has_chat:
+        raise PromptError("--template chat: this tokenizer has no chat template (use plain or auto)")
+    return template if template != "auto" else ("chat" if has_chat else "plain")
 
-    With a chat template the user text is the user turn and the response the assistant turn;
-    response_text then includes the end-of-turn marker so the student learns to stop. Without
-    one, the prompt is the raw text and the response ends with the EOS token. Concatenating the
-    two gives exactly the full training text, so prompt tokens can be masked by length.
+
+def render(tokenizer, user: str, response: str | None = None, template: str = "auto") -> tuple[str, str]:
+    """(prompt_text, response_text) ready to tokenize without special tokens.
+
+    chat: the user text is the user turn, the response the assistant turn, which ends with the
+    end-of-turn marker so the student learns to stop. plain (the reference's `fewshot` template for
+    base models): the raw user text, the response right after it, then one EOS; no BOS. Prompt +
+    response is exactly the full training text, so prompt tokens can be masked by length.
     """
-    messages = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": user}]
-    if getattr(tokenizer, "chat_template", None):
-        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        if response is None:
-            return prompt, ""
-        full = tokenizer.apply_chat_template(
-            messages + [{"role": "assistant", "content": response}], tokenize=False)
-        if full.startswith(prompt):
-            return prompt, full[len(prompt):]
-        # Templates that rewrite earlier turns when an answer follows: fall back to appending.
-        return prompt, response + (tokenizer.eos_token or "")
-    prompt = user if user.endswith((" ", "\n")) else user + "\n"
+    if resolve_template(tokenizer, template) == "plain":
+        return user, "" if response is None else response + (tokenizer.eos_token or "")
+    messages = [{"role": "user", "content": user}]
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     if response is None:
         return prompt, ""
+    full = tokenizer.apply_chat_template(
+        messages + [{"role": "assistant", "content": response}], tokenize=False)
+    if full.startswith(prompt):
+        return prompt, full[len(prompt):]
+    # Templates that rewrite earlier turns when an answer follows: fall back to appending.
     return prompt, response + (tokenizer.eos_token or "")
+
+
+class PromptError(NesyError, ValueError):
+    """A prompt option that does not exist (thought type, template, schedule)."""

@@ -1,92 +1,136 @@
-"""LoRA training of the student: Std-CoT, NesyCD, SKIntern, ETD and EoTD as recipes.
+"""LoRA fitting of the student, shared by every method in `distill/methods/`.
 
-One core, `fit_lora`, trains one LoRA stage with transformers' Trainer + peft:
-- loss on the response only: prompt and padding labels are -100 (see `encode`);
-- no compute spent on padding: length-grouped batches (`LengthGroupedSampler`: shuffled
-  mega-batches, sorted by length inside) and dynamic padding to the longest sequence of each
-  batch (`PadCollator`, which also counts the padding fraction it produced);
-- checkpoints every `save_steps` under <stage>/checkpoints, `resume=True` continues from the
-  last one with the same data order (the sampler is seeded by seed + epoch, not global RNG);
-- `Progress` gets one metrics line per optimiser step (loss, lr, tokens/s, ETA), and a
-  SIGTERM/SIGINT makes the callback save a checkpoint and stop at the next step
-  (`StopRequested`, CLI exit code 3).
+Read top to bottom: the shared options (`TrainOptions`, which every method's config extends),
+turning prompt/response samples into token ids without ever cutting a prompt's head (`encode`),
+batching (`PadCollator`, `LengthGroupedSampler`), one LoRA stage (`fit_lora`), stage bookkeeping
+and the adapter card, and the `nesy train METHOD` command generated from the method's config.
 
-Recipes (one function each) turn rationale records (and KB knowledge) into prompt/response
-samples and chain stages. Layout of $NESY_HOME/adapters/<output>/:
+- loss on the response only: prompt and padding labels are -100;
+- no compute spent on padding: length-grouped batches and dynamic padding per batch;
+- nothing silently truncated: the length limit defaults to the longest sample (capped by the
+  model's maximum); a sample that does not fit loses whole demonstrations / knowledge items first
+  (the method supplies the shorter prompts), then its response's tail; every such case is counted
+  in the stage metrics (state.json, card.json) and reported on stderr;
+- checkpoints every `save_steps`; `resume=True` continues from the last one with the same data
+  order; a SIGTERM/SIGINT saves a checkpoint and stops at the next step (`StopRequested`, exit 3).
+
+Layout of $NESY_HOME/adapters/<output>/:
   adapter_config.json, adapter_model.safetensors, tokenizer files, card.json, README.md
   state.json             finished stages (a rerun with --resume skips them)
-  stages/<stage>/        each stage's adapter + checkpoints/
-  errors.jsonl, sp_answers.jsonl   (nesycd) the S_P pass over the training questions
+  stages/<stage>/        each stage's adapter, checkpoints/, prompt_samples.jsonl (exact texts)
 
-Runs unchanged under `accelerate launch -m distill.cli train ...` (Trainer handles DDP).
+Runs unchanged under `accelerate launch -m distill.cli train METHOD ...` (Trainer handles DDP).
 """
 from __future__ import annotations
 
 import json
-import random
 import shutil
+import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar, Literal
 
 import torch
 import typer
 from torch.utils.data import Sampler
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from typer.core import TyperGroup
 
 from distill import prompts
 from distill.progress import STOPPED_EXIT_CODE, Progress, StopRequested, install_stop_handler, stop_requested
+from kb.errors import NesyError
 from kb.workspace import OWNED_MARKER, create_owned, named_path, remove_owned
 
-METHODS = ("std-cot", "nesycd", "skintern", "etd", "eotd")
+
+class ConfigError(NesyError, ValueError):
+    """A training option that cannot work, found before anything runs."""
+
+
+class TrainingDataError(NesyError, ValueError):
+    """The training data cannot make this method's samples (no records, missing knowledge, …)."""
+
+
+# Fields a preset fills when left as None; the "cpu" preset is this machine's (2 shared cores),
+# "paper" the papers' schedule: 10 epochs (NesyCD's house standard), global batch 32 (8 × 4
+# accumulation on one device), max length 2048 (the reference's cutoff_len), 1,024 new tokens.
+PRESETS: dict[str, dict] = {
+    "cpu": {"epochs": 3.0, "batch_size": 4, "grad_accum": 1, "max_length": None, "max_new_tokens": 256},
+    "paper": {"epochs": 10.0, "batch_size": 8, "grad_accum": 4, "max_length": 2048, "max_new_tokens": 1024},
+}
+
+
+def option(help: str, default=None, **meta):
+    """A config field with its help text (and widget hints) beside it, TRL-style."""
+    return field(default=default, metadata={"help": help, **meta})
 
 
 @dataclass
-class TrainConfig:
-    """Everything one `nesy train` run needs; written into the adapter card."""
-    method: str = "std-cot"
-    data: str = ""                      # rationale set name ($NESY_HOME/datasets/<name>) or a records.jsonl path
-    output: str = "student"             # -> $NESY_HOME/adapters/<output>
-    base_model: str | None = None       # None -> the embedded SmolLM2-135M (models.student_path())
-    lora_r: int = 32
-    lora_alpha: int = 64
-    lora_dropout: float = 0.0
-    target_modules: str = "all-linear"  # peft: every linear layer except the output head; or "q_proj,v_proj"
-    learning_rate: float = 2e-4
-    lr_scheduler: str = "cosine"
-    warmup_ratio: float = 0.1
-    epochs: float = 3.0                 # per stage for multi-stage methods
-    max_steps: int = -1                 # > 0 overrides epochs (per stage)
-    batch_size: int = 4
-    grad_accum: int = 1
-    max_length: int = 512
-    seed: int = 42
-    save_steps: int = 50
-    save_total_limit: int = 2
-    resume: bool = False
-    limit: int | None = None            # use only the first N records (quick runs)
-    # nesycd
-    auto_accept: bool = False           # mark generated knowledge accepted (else stays pending for review)
-    max_knowledge: int | None = None    # nesycd: teacher analyses at most this many errors (seeded sample)
-    knowledge_statuses: tuple[str, ...] = ("accepted", "pending")  # knowledge S_E trains with
-    teacher: str = "local"              # knowledge job: 'local' llama.cpp teacher or an OpenAI-compatible URL
-    teacher_model: str | None = None    # local: GGUF path / packaged name; URL: the model name
-    api_key_env: str = "OPENAI_API_KEY"
-    error_batch_size: int = 8
-    error_max_new_tokens: int = 256
-    # skintern
-    skintern_stages: int = 4
-    skintern_demos: int = 6
-    demo_selection: str = "similar"     # similar | random
-    # etd
-    thoughts: tuple[str, ...] = ("cot", "pot", "eot")
+class TrainOptions:
+    """Options every method shares: data, output, base model, LoRA, optimiser, lengths, seed, preset."""
+    method: ClassVar[str] = ""
+    data: str = option("rationale set name (`nesy teach rationales --out NAME`) or a records.jsonl path",
+                       "", required=True, widget="rationale_set")
+    output: str = option("adapter name: saved as $NESY_HOME/adapters/<output> (a name, not a path)",
+                         "", required=True, widget="name")
+    base_model: str | None = option("Hugging Face id or local path of the student; empty = the embedded "
+                                    "SmolLM2-135M", widget="hf_model")
+    preset: Literal["cpu", "paper"] = option(
+        "defaults for epochs, batch, accumulation, max length and new tokens: 'cpu' (3 epochs, batch 4, "
+        "length fitted to the data, 256 new tokens) or 'paper' (10 epochs, global batch 32 = 8 × 4 "
+        "accumulation, max length 2048, 1,024 new tokens)", "cpu")
+    template: Literal["auto", "chat", "plain"] = option(
+        "prompt template: 'chat' = the tokenizer's chat template, 'plain' = raw text as in the reference "
+        "code (for base models), 'auto' = chat when the tokenizer has one", "auto")
+    lora_r: int = option("LoRA rank", 32)
+    lora_alpha: int = option("LoRA alpha (the reference uses 2 × r)", 64)
+    lora_dropout: float = option("LoRA dropout", 0.0)
+    target_modules: str = option("'all-linear' (every linear layer but the head) or a comma list", "all-linear")
+    learning_rate: float = option("peak learning rate", 2e-4)
+    lr_scheduler: Literal["cosine", "linear", "constant"] = option("learning-rate schedule", "cosine")
+    warmup_ratio: float = option("share of steps spent warming up", 0.1)
+    epochs: float | None = option("epochs per stage [preset: cpu 3, paper 10]")
+    max_steps: int = option("> 0: stop each stage after this many optimiser steps (overrides epochs)", -1)
+    batch_size: int | None = option("samples per device per step [preset: cpu 4, paper 8]")
+    grad_accum: int | None = option("gradient accumulation steps [preset: cpu 1, paper 4]")
+    max_length: int | None = option("token limit per sample; empty = the longest sample, capped by the "
+                                    "model's maximum [preset: cpu fitted, paper 2048]")
+    max_new_tokens: int | None = option("new tokens when this adapter answers (evaluation default, "
+                                        "NesyCD's error pass) [preset: cpu 256, paper 1024]")
+    seed: int = option("seed for LoRA init, data order, sampling", 42)
+    save_steps: int = option("checkpoint every N optimiser steps", 50)
+    save_total_limit: int = option("checkpoints kept per stage", 2)
+    limit: int | None = option("use only the first N records (quick runs)")
+    resume: bool = option("continue from the last checkpoint and skip finished stages", False)
+
+    def __post_init__(self):
+        for name, value in PRESETS.get(self.preset, {}).items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.preset not in PRESETS:
+            raise ConfigError(f"--preset must be one of {', '.join(PRESETS)}")
+        if not self.data:
+            raise ConfigError("--data is required: a rationale set name or a records.jsonl path")
+        named_path("adapters", self.output, "--output")  # a bad name stops here, before any work
+        for name in ("lora_r", "lora_alpha", "batch_size", "grad_accum", "save_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.max_length is not None and self.max_length < 16:
+            raise ConfigError("--max-length must be at least 16 tokens (or empty: fitted to the data)")
+        if self.template not in prompts.TEMPLATES:
+            raise ConfigError(f"--template must be one of {', '.join(prompts.TEMPLATES)}")
+
+    def inference(self) -> dict:
+        """What the adapter card tells inference (methods add retrieval, thought type)."""
+        return {"max_new_tokens": self.max_new_tokens}
 
 
 @dataclass
 class Sample:
-    user: str          # the user turn (prompt before the chat template)
-    response: str      # the target the loss is computed on
+    user: str                      # the user text (before the template)
+    response: str                  # the target the loss is computed on
     example_id: str = ""
+    shorter: tuple[str, ...] = ()  # the same prompt with fewer whole parts, longest first
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -95,32 +139,86 @@ def load_records(data: str, limit: int | None = None) -> list:
     """Verified rationale records from a set name or a records.jsonl path (docs/ARCHITECTURE.md)."""
     from distill.data import load_rationales
 
-    records = load_rationales(data)
-    records = [r for r in records if r.verified is not False]
+    records = [r for r in load_rationales(data) if r.verified is not False]
     if not records:
-        raise ValueError(f"{data}: no verified rationale records")
+        raise TrainingDataError(f"{data}: no verified rationale records")
     return records[:limit] if limit else records
 
 
-def encode(tokenizer, sample: Sample, max_length: int) -> dict | None:
-    """input_ids + labels with -100 on every prompt token; None if no response token fits.
+def question_of(record) -> str:
+    """The question as every prompt shows it: the one formatter, options included."""
+    from distill.data import format_question
 
-    Prompt and response are tokenized separately and concatenated, so the boundary is exact
-    (no BPE merge across it) and the label mask is a plain length cut. Too long: the prompt
-    loses its oldest tokens first (SKIntern's early stages carry many demonstrations), but keeps
-    at least half of max_length; then the response is cut at max_length.
+    return format_question(record.example())
+
+
+def task_description_of(record) -> str:
+    """The dataset's task description for the record's task ("" for a dataset no longer known)."""
+    from distill.data import DatasetError, get_dataset
+
+    try:
+        return get_dataset(record.dataset).task_description(record.task)
+    except DatasetError:
+        return ""
+
+
+def knowledge_by_example(kind: str, statuses) -> dict[str, list]:
+    """KB entries of one source kind and the given statuses, keyed by source.example_id."""
+    from kb.store import KBStore
+
+    store, out, offset = KBStore(), {}, 0
+    while True:
+        page = store.query(source_kind=kind, offset=offset, limit=500, sort="updated_at")
+        for e in page.entries:
+            if e.status in statuses and e.source and e.source.example_id:
+                out.setdefault(e.source.example_id, []).append(e)
+        offset += len(page.entries)
+        if not page.entries or offset >= page.total:
+            return out
+
+
+# --- samples -> token ids ---------------------------------------------------------------------------
+
+FITS = ("whole", "shortened", "response_cut", "skipped")
+
+
+def encode(tokenizer, sample: Sample, max_length: int, template: str = "auto") -> tuple[dict | None, str]:
+    """(input_ids + labels with -100 on every prompt token, how it fit: one of FITS).
+
+    Prompt and response are tokenized separately and concatenated, so the boundary is exact and
+    the label mask is a plain length cut. A prompt is never cut: the first of the full prompt and
+    its shorter versions that leaves room for the whole response is taken; if none does, the
+    shortest prompt keeps what fits of the response ("response_cut"), and a sample whose prompt
+    alone does not fit is skipped.
     """
-    prompt_text, response_text = prompts.render(tokenizer, sample.user, sample.response)
-    has_template = bool(getattr(tokenizer, "chat_template", None))
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=not has_template)["input_ids"]
-    response_ids = tokenizer(response_text, add_special_tokens=False)["input_ids"]
-    prompt_budget = max(max_length - len(response_ids), max_length // 2)
-    prompt_ids = prompt_ids[-prompt_budget:]
-    ids = (prompt_ids + response_ids)[:max_length]
-    if len(ids) <= len(prompt_ids):
-        return None
-    labels = [-100] * len(prompt_ids) + response_ids
-    return {"input_ids": ids, "labels": labels[:max_length]}
+    candidates = (sample.user, *sample.shorter)
+    response_text = None
+    for i, user in enumerate(candidates):
+        prompt_text, response_text = prompts.render(tokenizer, user, sample.response, template)
+        prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+        response_ids = tokenizer(response_text, add_special_tokens=False)["input_ids"]
+        if len(prompt_ids) + len(response_ids) <= max_length:
+            fit = "whole" if i == 0 else "shortened"
+            return {"input_ids": prompt_ids + response_ids,
+                    "labels": [-100] * len(prompt_ids) + response_ids}, fit
+    if len(prompt_ids) >= max_length:
+        return None, "skipped"
+    room = max_length - len(prompt_ids)
+    return {"input_ids": prompt_ids + response_ids[:room],
+            "labels": [-100] * len(prompt_ids) + response_ids[:room]}, "response_cut"
+
+
+def length_limit(tokenizer, model, samples: list[Sample], max_length: int | None, template: str) -> int:
+    """max_length if given, else the longest full sample; never above the model's maximum."""
+    model_max = getattr(model.config, "max_position_embeddings", None) or 10**9
+    if max_length:
+        return min(max_length, model_max)
+    longest = 0
+    for s in samples:
+        prompt_text, response_text = prompts.render(tokenizer, s.user, s.response, template)
+        longest = max(longest, len(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
+                      + len(tokenizer(response_text, add_special_tokens=False)["input_ids"]))
+    return min(longest, model_max)
 
 
 class PadCollator:
@@ -220,7 +318,7 @@ class ProgressCallback(TrainerCallback):
 
 # --- one LoRA stage -------------------------------------------------------------------------------
 
-def _lora(model, cfg: TrainConfig, init_adapter: Path | None):
+def _lora(model, cfg: TrainOptions, init_adapter: Path | None):
     from peft import LoraConfig, PeftModel, get_peft_model
 
     if init_adapter is not None:  # SKIntern: each stage continues from the previous adapter
@@ -232,7 +330,7 @@ def _lora(model, cfg: TrainConfig, init_adapter: Path | None):
         target_modules=targets, task_type="CAUSAL_LM"))
 
 
-def _training_args(cfg: TrainConfig, out: Path) -> TrainingArguments:
+def _training_args(cfg: TrainOptions, out: Path) -> TrainingArguments:
     return TrainingArguments(
         output_dir=str(out / "checkpoints"), per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate,
@@ -255,7 +353,10 @@ def last_checkpoint(folder: Path) -> str | None:
     return str(max(done, key=lambda p: int(p.name.split("-")[-1]))) if done else None
 
 
-def fit_lora(cfg: TrainConfig, samples: list[Sample], out: Path, *, stage: str,
+PROMPT_SAMPLES = 20  # exact rendered texts kept per stage, to audit train = test prompts
+
+
+def fit_lora(cfg: TrainOptions, samples: list[Sample], out: Path, *, stage: str,
              init_adapter: Path | None = None) -> dict:
     """Train one LoRA stage on samples, save the adapter in `out`, return its metrics.
 
@@ -267,9 +368,21 @@ def fit_lora(cfg: TrainConfig, samples: list[Sample], out: Path, *, stage: str,
 
     set_seed(cfg.seed)  # same LoRA init on a fresh run and on a resumed one
     model, tokenizer = load_base(cfg.base_model)
-    encoded = [e for s in samples if (e := encode(tokenizer, s, cfg.max_length)) is not None]
+    template = prompts.resolve_template(tokenizer, cfg.template)
+    limit = length_limit(tokenizer, model, samples, cfg.max_length, template)
+    encoded, fits = [], dict.fromkeys(FITS, 0)
+    for s in samples:
+        features, fit = encode(tokenizer, s, limit, template)
+        fits[fit] += 1
+        if features is not None:
+            encoded.append(features)
     if not encoded:
-        raise ValueError(f"stage {stage}: no training sample fits max_length={cfg.max_length}")
+        raise TrainingDataError(f"stage {stage}: no training sample fits max_length={limit}")
+    if fits["whole"] < len(samples):
+        print(f"warning: stage {stage}: of {len(samples)} samples at max_length={limit}, "
+              f"{fits['shortened']} lost whole demonstrations/knowledge items, {fits['response_cut']} "
+              f"lost the end of their response, {fits['skipped']} were skipped", file=sys.stderr)
+    _write_prompt_samples(out, tokenizer, samples[:PROMPT_SAMPLES], template)
     model = _lora(model, cfg, init_adapter)
     collator = PadCollator(tokenizer.pad_token_id)
     callback = ProgressCallback(stage)
@@ -283,7 +396,8 @@ def fit_lora(cfg: TrainConfig, samples: list[Sample], out: Path, *, stage: str,
         raise StopRequested(f"stopped at step {trainer.state.global_step}; rerun with --resume")
     trainer.save_model(str(out))
     runtime = time.monotonic() - started
-    metrics = {"stage": stage, "samples": len(encoded), "dropped": len(samples) - len(encoded),
+    metrics = {"stage": stage, "samples": len(encoded), "max_length": limit, "template": template,
+               "fit": fits, "truncated": len(samples) - fits["whole"],
                "prompt_tokens_mean": sum(e["labels"].count(-100) for e in encoded) / len(encoded),
                "steps": trainer.state.global_step, "train_loss": round(result.training_loss, 5),
                "tokens": int(trainer.state.num_input_tokens_seen),
@@ -293,6 +407,18 @@ def fit_lora(cfg: TrainConfig, samples: list[Sample], out: Path, *, stage: str,
     if trainer.is_world_process_zero():
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def _write_prompt_samples(out: Path, tokenizer, samples: list[Sample], template: str) -> None:
+    """The exact user texts and rendered prompts of the first samples (the prompt contract)."""
+    if not distributed().is_main_process:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "prompt_samples.jsonl", "w", encoding="utf-8") as f:
+        for s in samples:
+            rendered = prompts.render(tokenizer, s.user, None, template)[0]
+            f.write(json.dumps({"example_id": s.example_id, "user": s.user, "prompt": rendered,
+                                "response": s.response}, ensure_ascii=False) + "\n")
 
 
 # --- stage bookkeeping ----------------------------------------------------------------------------
@@ -314,278 +440,115 @@ class Stages:
 
     def finish(self, stage: str, info: dict) -> None:
         self.state["stages"][stage] = info
-        if _distributed().is_main_process:
+        if distributed().is_main_process:
             self.path.write_text(json.dumps(self.state, indent=2))
 
 
-def _distributed():
+def distributed():
     """accelerate's process state (one process on a plain CPU run; N under accelerate launch)."""
     from accelerate import PartialState
 
     return PartialState()
 
 
-def _prepare_root(cfg: TrainConfig) -> Path:
-    root, state = adapter_root(cfg.output), _distributed()
+def prepare_output(cfg: TrainOptions) -> tuple[Path, Stages]:
+    """The adapter folder (emptied unless resuming; only a folder nesy created is ever removed)."""
+    root, state = adapter_root(cfg.output), distributed()
     if state.is_main_process:
         if not cfg.resume:
-            remove_owned(root)  # a fresh run means fresh; only a folder nesy created is removed
+            remove_owned(root)
         create_owned(root)
-        (root / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        (root / "train_config.json").write_text(json.dumps(config_record(cfg), indent=2))
     state.wait_for_everyone()
-    return root
+    return root, Stages(root)
 
 
-def _run_stage(cfg, stages: Stages, root: Path, stage: str, samples_fn, init: Path | None = None) -> Path:
+def check_output(cfg: TrainOptions) -> None:
+    """Before any work: a folder nesy did not create is never replaced (raises NotOwned)."""
+    root = adapter_root(cfg.output)
+    if root.exists() and not cfg.resume and not (root / OWNED_MARKER).is_file():
+        remove_owned(root)
+
+
+def run_stage(cfg: TrainOptions, stages: Stages, root: Path, stage: str, samples_fn,
+              init: Path | None = None) -> Path:
+    """Fit one stage unless state.json says it is done; returns the stage's adapter folder."""
     out = root / "stages" / stage
     if not stages.done(stage):
         stages.finish(stage, fit_lora(cfg, samples_fn(), out, stage=stage, init_adapter=init))
     return out
 
 
-def _publish(cfg: TrainConfig, root: Path, final: Path, stages: Stages) -> Path:
+def config_record(cfg: TrainOptions) -> dict:
+    return {"method": cfg.method, **asdict(cfg)}
+
+
+def publish(cfg: TrainOptions, root: Path, final: Path, stages: Stages) -> Path:
     """Copy the final stage's adapter to the output root and write the card."""
-    state = _distributed()
+    state = distributed()
     state.wait_for_everyone()
     if not state.is_main_process:
         return root
     for f in final.iterdir():
-        if f.is_file():
+        if f.is_file() and f.name != "prompt_samples.jsonl":
             shutil.copy2(f, root / f.name)
     write_card(root, cfg, stages.state["stages"])
     return root
 
 
-def write_card(root: Path, cfg: TrainConfig, metrics: dict) -> None:
+def write_card(root: Path, cfg: TrainOptions, metrics: dict) -> None:
+    """card.json (read by inference: method, template, inference defaults) and a README."""
     from distill.models import student_path
 
+    template = next((m["template"] for m in metrics.values() if "template" in m), cfg.template)
     card = {"method": cfg.method, "data": cfg.data, "base_model": cfg.base_model or student_path(),
-            "prompt_format": "etd" if cfg.method in ("etd", "eotd") else "cot",
-            "thoughts": list(cfg.thoughts) if cfg.method == "etd" else (["eot"] if cfg.method == "eotd" else ["cot"]),
-            "hyperparameters": asdict(cfg), "stages": metrics,
+            "template": template, "inference": cfg.inference(), "hyperparameters": config_record(cfg),
+            "stages": metrics, "truncated": sum(m.get("truncated", 0) for m in metrics.values()),
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
     (root / "card.json").write_text(json.dumps(card, indent=2))
-    rows = "\n".join(f"| {k} | {v} |" for k, v in asdict(cfg).items())
+    rows = "\n".join(f"| {k} | {v} |" for k, v in config_record(cfg).items())
     stage_rows = "\n".join(f"- **{k}**: " + ", ".join(f"{a}={b}" for a, b in m.items())
                            for k, m in metrics.items())
     (root / "README.md").write_text(
         f"# NeSy Studio student adapter `{cfg.output}`\n\nMethod **{cfg.method}**, data `{cfg.data}`, "
-        f"base model `{card['base_model']}`.\n\nLoad with plain transformers + peft:\n\n```python\n"
-        f"from peft import AutoPeftModelForCausalLM\nmodel = AutoPeftModelForCausalLM.from_pretrained('{root}')\n"
-        f"```\n\n## Hyperparameters\n\n| name | value |\n|---|---|\n{rows}\n\n## Stages\n\n{stage_rows}\n")
+        f"base model `{card['base_model']}`, template `{template}`.\n\nLoad with plain transformers + "
+        f"peft:\n\n```python\nfrom peft import AutoPeftModelForCausalLM\n"
+        f"model = AutoPeftModelForCausalLM.from_pretrained('{root}')\n```\n\n"
+        f"## Hyperparameters\n\n| name | value |\n|---|---|\n{rows}\n\n## Stages\n\n{stage_rows}\n")
 
 
-# --- recipes --------------------------------------------------------------------------------------
+# --- CLI: `nesy train METHOD [options]`, one command per method, generated from its config -------
 
-def cot_samples(records) -> list[Sample]:
-    return [Sample(prompts.cot_prompt(r.question), r.rationale, r.example_id)
-            for r in records if (r.thought or "cot") == "cot"]
+class MethodCommands(TyperGroup):
+    """`nesy train` lists the registered methods; each one's options come from its config."""
 
+    def list_commands(self, ctx):
+        from distill.methods import METHODS
+        return list(METHODS)
 
-def train_std_cot(cfg: TrainConfig) -> Path:
-    """Std-CoT: question -> teacher rationale."""
-    records = load_records(cfg.data, cfg.limit)  # before touching the output: bad data fails fast
-    root = _prepare_root(cfg)
-    stages = Stages(root)
-    final = _run_stage(cfg, stages, root, "main", lambda: cot_samples(records))
-    return _publish(cfg, root, final, stages)
-
-
-def train_etd(cfg: TrainConfig) -> Path:
-    """ETD (CoT+PoT+EoT, each marked by its trigger) or EoTD (EoT only)."""
-    thoughts = ("eot",) if cfg.method == "eotd" else tuple(cfg.thoughts)
-    records = load_records(cfg.data, cfg.limit)  # before touching the output: bad data fails fast
-    root = _prepare_root(cfg)
-    stages = Stages(root)
-
-    def samples():
-        out = [Sample(prompts.etd_prompt(r.question, r.thought), r.rationale, r.example_id)
-               for r in records if (r.thought or "cot") in thoughts]
-        if not out:
-            raise ValueError(f"{cfg.data}: no records with thought in {thoughts}")
-        return out
-
-    final = _run_stage(cfg, stages, root, "main", samples)
-    return _publish(cfg, root, final, stages)
+    def get_command(self, ctx, name):
+        from distill.methods import METHODS
+        from distill.methods.options import cli_command
+        return cli_command(METHODS[name], run_from_cli) if name in METHODS else None
 
 
-def _knowledge_by_example(kind: str, statuses) -> dict[str, list]:
-    """KB entries of one source kind, keyed by source.example_id."""
-    from kb.store import KBStore
+def run_from_cli(cfg: TrainOptions) -> None:
+    """Run a parsed config; a stop request exits 3 (domain errors reach distill.cli.run)."""
+    from distill.methods import train
 
-    store, out, offset = KBStore(), {}, 0
-    while True:
-        page = store.query(source_kind=kind, offset=offset, limit=500, sort="updated_at")
-        for e in page.entries:
-            if e.status in statuses and e.source and e.source.example_id:
-                out.setdefault(e.source.example_id, []).append(e)
-        offset += len(page.entries)
-        if not page.entries or offset >= page.total:
-            return out
-
-
-def train_skintern(cfg: TrainConfig) -> Path:
-    """SKIntern: T stages, knowledge share and demonstrations decay linearly to question-only."""
-    records = load_records(cfg.data, cfg.limit)  # before touching the output: bad data fails fast
-    root = _prepare_root(cfg)
-    stages = Stages(root)
-    cot = [r for r in records if (r.thought or "cot") == "cot"]
-    knowledge = _knowledge_by_example("example_knowledge", ("accepted", "pending"))
-    texts = {r.example_id: "\n".join(prompts.knowledge_text(e) for e in knowledge.get(r.example_id, []))
-             for r in cot}
-    idf = prompts.idf_table(texts.values())
-    pool = [(r.question, r.rationale) for r in cot]
-    # Demos chosen once at the largest k; later stages keep a prefix (instance-level pruning).
-    demos = {r.example_id: prompts.select_demos(r.question, pool, cfg.skintern_demos, cfg.demo_selection,
-                                                cfg.seed) for r in cot} if cfg.skintern_demos else {}
-    previous = None
-    for sched in prompts.skintern_schedule(cfg.skintern_stages, cfg.skintern_demos):
-        def samples(sched=sched):
-            return [Sample(prompts.skintern_prompt(
-                r.question, prompts.compress(texts[r.example_id], sched.knowledge_share, idf),
-                demos.get(r.example_id, [])[:sched.demos]), r.rationale, r.example_id) for r in cot]
-        previous = _run_stage(cfg, stages, root, f"stage{sched.stage}", samples, init=previous)
-    return _publish(cfg, root, previous, stages)
-
-
-def train_nesycd(cfg: TrainConfig) -> Path:
-    """NesyCD: S_P on rationales -> errors of S_P -> teacher knowledge -> S_E with knowledge."""
-    records = load_records(cfg.data, cfg.limit)  # before touching the output: bad data fails fast
-    root = _prepare_root(cfg)
-    stages = Stages(root)
-    sp = _run_stage(cfg, stages, root, "sp", lambda: cot_samples(records))
-    errors, dist = root / "errors.jsonl", _distributed()
-    if dist.is_main_process:  # generation and teacher calls once, not once per GPU
-        if not stages.done("knowledge"):
-            collect_errors(cfg, root, sp, records)
-            stages.finish("knowledge", distil_knowledge(cfg, errors))
-    dist.wait_for_everyone()
-    stages = Stages(root)
-    knowledge = _knowledge_by_example("error_analysis", cfg.knowledge_statuses)
-    wrong = {json.loads(line)["example_id"] for line in errors.read_text().splitlines() if line.strip()}
-
-    def samples():
-        return [Sample(prompts.nesycd_prompt(r.question, knowledge.get(r.example_id, [])
-                                             if r.example_id in wrong else []), r.rationale, r.example_id)
-                for r in records if (r.thought or "cot") == "cot"]
-
-    final = _run_stage(cfg, stages, root, "se", samples)  # fresh LoRA from the base model
-    return _publish(cfg, root, final, stages)
-
-
-def collect_errors(cfg: TrainConfig, root: Path, sp_adapter: Path, records) -> Path:
-    """Run S_P on the training questions; wrong cases go to errors.jsonl (ARCHITECTURE.md format).
-
-    Resumable: answers are appended per batch to sp_answers.jsonl and skipped on a rerun.
-    """
-    from distill.answers import check
-    from distill.infer import Student
-
-    answers_path, errors_path = root / "sp_answers.jsonl", root / "errors.jsonl"
-    done = {json.loads(l)["example_id"] for l in answers_path.read_text().splitlines()
-            if l.strip()} if answers_path.exists() else set()
-    todo = list({r.example_id: r for r in records if r.example_id not in done}.values())
-    student = Student(cfg.base_model, adapter=str(sp_adapter))
-    with Progress(len(done) + len(todo), desc="S_P errors", initial=len(done), stage="errors") as bar:
-        for i in range(0, len(todo), cfg.error_batch_size):
-            bar.check_stop()
-            batch = todo[i:i + cfg.error_batch_size]
-            results = student.answer([r.question for r in batch], max_new_tokens=cfg.error_max_new_tokens)
-            with open(answers_path, "a", encoding="utf-8") as f:
-                for r, res in zip(batch, results):
-                    _, correct = check(res.text, r.example())
-                    f.write(json.dumps({"example_id": r.example_id, "dataset": r.dataset, "task": r.task,
-                                        "question": r.question, "prompt": res.prompt,
-                                        "response": res.text, "answer": r.answer,
-                                        "correct": bool(correct)}) + "\n")
-            bar.update(len(batch))
-    rows = [json.loads(l) for l in answers_path.read_text().splitlines() if l.strip()]
-    with open(errors_path, "w", encoding="utf-8") as f:
-        for row in rows:
-            if not row.pop("correct"):
-                f.write(json.dumps(row) + "\n")
-    return errors_path
-
-
-def distil_knowledge(cfg: TrainConfig, errors: Path) -> dict:
-    """The teacher's knowledge job (distill.teach) on every error case; optionally auto-accept.
-
-    Finished teacher calls are cached by distill.teacher, so a stopped run repeats none.
-    """
-    from distill import teach
-
-    cases = teach.read_error_cases(errors)
-    if cfg.max_knowledge is not None and len(cases) > cfg.max_knowledge:
-        # bounds the teacher bill; S_E still trains on every example, the unsampled errors plain
-        cases = random.Random(cfg.seed).sample(cases, cfg.max_knowledge)
-    if not cases:
-        return {"errors": 0, "created": 0}
-    client = teach.make_client(cfg.teacher, cfg.teacher_model, cfg.api_key_env, concurrency=4,
-                               temperature=0.0, max_tokens=400, timeout=300.0)
-    summary = teach.distil_knowledge(client, cases, "error_analysis", f"{cfg.output}-errors",
-                                     auto_accept=cfg.auto_accept)
-    return {"errors": len(cases), "created": summary.created, "malformed": summary.malformed,
-            "failed_calls": summary.failed_calls, "auto_accepted": bool(cfg.auto_accept)}
-
-
-RECIPES = {"std-cot": train_std_cot, "nesycd": train_nesycd, "skintern": train_skintern,
-           "etd": train_etd, "eotd": train_etd}
-
-
-def train(cfg: TrainConfig) -> Path:
-    """Run the recipe of cfg.method; returns the adapter folder."""
-    if cfg.method not in RECIPES:
-        raise ValueError(f"unknown method {cfg.method!r}; choose from {', '.join(METHODS)}")
-    root = adapter_root(cfg.output)  # before any work: a bad name or a foreign folder stops here
-    if root.exists() and not cfg.resume and not (root / OWNED_MARKER).is_file():
-        remove_owned(root)  # raises NotOwned with the explanation
-    if cfg.demo_selection not in ("similar", "random"):
-        raise ValueError("demo selection must be 'similar' or 'random'")
-    return RECIPES[cfg.method](cfg)
-
-
-# --- CLI ------------------------------------------------------------------------------------------
-
-cli = typer.Typer(add_completion=False, rich_markup_mode=None)
-
-
-@cli.command()
-def train_cmd(
-    method: str = typer.Option("std-cot", help="std-cot | nesycd | skintern | etd | eotd"),
-    data: str = typer.Option(..., help="rationale set name (nesy teach rationales) or records.jsonl path"),
-    output: str = typer.Option(..., help="adapter name -> $NESY_HOME/adapters/<output>"),
-    base_model: str = typer.Option(None, help="HF id or local path; default the embedded SmolLM2-135M"),
-    lora_r: int = 32, lora_alpha: int = 64, lora_dropout: float = 0.0,
-    target_modules: str = typer.Option("all-linear", help="'all-linear' or a comma list"),
-    lr: float = typer.Option(2e-4, "--lr"), lr_scheduler: str = "cosine", warmup_ratio: float = 0.1,
-    epochs: float = 3.0, max_steps: int = -1, batch_size: int = 4, grad_accum: int = 1,
-    max_length: int = 512, seed: int = 42, save_steps: int = 50,
-    resume: bool = typer.Option(False, "--resume", help="continue from the last checkpoint / finished stages"),
-    limit: int = typer.Option(None, help="use only the first N records"),
-    auto_accept: bool = typer.Option(False, "--auto-accept", help="nesycd: accept generated knowledge"),
-    max_knowledge: int = typer.Option(None, help="nesycd: teacher knowledge for at most N errors (seeded sample)"),
-    teacher: str = typer.Option("local", help="nesycd: 'local' or an OpenAI-compatible base URL"),
-    teacher_model: str = typer.Option(None, help="nesycd: teacher model (GGUF/packaged name, or API model)"),
-    stages: int = typer.Option(4, "--stages", help="skintern: number of stages T"),
-    demos: int = typer.Option(6, "--demos", help="skintern: demonstrations at stage 0"),
-    demo_selection: str = typer.Option("similar", help="skintern: similar | random"),
-    thoughts: str = typer.Option("cot,pot,eot", help="etd: thought types to mix"),
-) -> None:
-    """Train a student LoRA adapter (std-cot, nesycd, skintern, etd, eotd)."""
-    cfg = TrainConfig(
-        method=method, data=data, output=output, base_model=base_model, lora_r=lora_r,
-        lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules,
-        learning_rate=lr, lr_scheduler=lr_scheduler, warmup_ratio=warmup_ratio, epochs=epochs,
-        max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
-        seed=seed, save_steps=save_steps, resume=resume, limit=limit, auto_accept=auto_accept, max_knowledge=max_knowledge,
-        teacher=teacher, teacher_model=teacher_model, skintern_stages=stages, skintern_demos=demos, demo_selection=demo_selection,
-        thoughts=tuple(t.strip() for t in thoughts.split(",") if t.strip()))
     try:
         path = train(cfg)
     except StopRequested as e:
         typer.echo(f"stopped: {e}", err=True)
         raise typer.Exit(STOPPED_EXIT_CODE)
-    except (ValueError, FileNotFoundError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
     typer.echo(str(path))
+
+
+cli = typer.Typer(cls=MethodCommands, no_args_is_help=True, add_completion=False, rich_markup_mode=None)
+
+
+@cli.callback()
+def train_group() -> None:
+    """Train a student LoRA adapter: `nesy train METHOD --data SET --output NAME [options]`.
+
+    `nesy train METHOD --help` lists that method's options (shared + its own)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from typer.testing import CliRunner
 
 from distill import prompts
 from distill.infer import Student, extract, majority
@@ -60,7 +59,7 @@ def test_retrieval_inserts_accepted_entries_only_by_default(student, kb):
     res = student.answer([QUESTIONS[0]], kb_index=kb, k=2, max_new_tokens=4)[0]
     ids = [i for i, _ in res.retrieved]
     assert ids[0] == "circle" and set(ids) <= {"circle", "speed"} and len(ids) == 2
-    assert res.used_knowledge and res.prompt.startswith(prompts.KNOWLEDGE_INSTRUCTION)
+    assert res.used_knowledge and prompts.KNOWLEDGE_INSTRUCTION in res.prompt
     assert "The area of a circle is pi times r squared." in res.prompt
     assert "2 r." not in res.prompt and "square the radius" not in res.prompt
     plain = student.answer([QUESTIONS[0]], max_new_tokens=4)[0]
@@ -80,6 +79,46 @@ def test_adaptive_retrieval_skips_when_confident(student, kb):
     assert len(gaps) == 3 and all(0.0 <= g <= 1.0 for g in gaps)
 
 
+def test_adaptive_probe_is_the_reference_one_sampled_and_seeded(student, monkeypatch):
+    # 16 tokens sampled at T=0.6 (not 4 greedy ones), seeded: the same prompt always gets the same gap.
+    seen = {}
+    real = student.model.generate
+
+    def spy(**kwargs):
+        seen.update({k: kwargs.get(k) for k in ("max_new_tokens", "do_sample", "temperature")})
+        return real(**kwargs)
+
+    monkeypatch.setattr(student.model, "generate", spy)
+    first = student.confidence([prompts.cot_prompt(QUESTIONS[0])])
+    assert seen == {"max_new_tokens": 16, "do_sample": True, "temperature": 0.6}
+    assert student.confidence([prompts.cot_prompt(QUESTIONS[0])]) == first
+
+
+def test_retrieval_keeps_to_the_methods_entry_kinds_and_says_when_it_finds_nothing(tiny_model, caplog):
+    from kb.index import KBIndex
+    from kb.schema import Entry, Source
+    from kb.store import KBStore
+
+    store = KBStore()
+    store.add(Entry(id="sk", task="gsm8k", status="accepted", learning_summary="Circles: radius first.",
+                    supplementary_knowledge="Area of a circle is pi r^2.",
+                    source=Source(kind="example_knowledge", dataset="gsm8k", example_id="1")), by="test")
+    index = KBIndex(store)
+    index.sync()
+    nesycd = Student(tiny_model, method="nesycd")
+    nesycd.defaults["source_kinds"] = ["error_analysis"]  # what a NesyCD card records
+    with caplog.at_level("WARNING"):
+        res = nesycd.answer([QUESTIONS[0]], kb_index=index, max_new_tokens=2)[0]
+    assert res.retrieved == [] and res.retrieval_empty and not res.used_knowledge
+    assert "retrieval found nothing for 1 of 1" in caplog.text and "error_analysis" in caplog.text
+    anything = nesycd.answer([QUESTIONS[0]], kb_index=index, source_kinds=("example_knowledge",),
+                             max_new_tokens=2)[0]
+    assert [i for i, _ in anything.retrieved] == ["sk"]
+    high = nesycd.answer([QUESTIONS[0]], kb_index=index, source_kinds=("example_knowledge",), min_score=0.99,
+                         max_new_tokens=2)[0]
+    assert high.retrieval_empty
+
+
 def test_thought_types_execute_and_vote():
     assert extract("```python\nboxes = 3\nans = boxes * 4\n```", "pot") == "12"
     assert extract("% two of them\nx = 5\nans = x * 2", "eot") == "10"
@@ -97,16 +136,25 @@ def test_etd_prompt_selected_by_trigger(student):
     assert set(voted.votes) == {"cot", "pot", "eot"} and voted.thought == "vote"
 
 
-def test_cli_answer_json_and_bad_input(tiny_model):
-    from distill.cli import app
+def nesy(*argv: str) -> tuple[int, str]:
+    """Run the `nesy` entry point in-process: (exit code, stdout + stderr)."""
+    import contextlib
+    import io
 
-    runner = CliRunner()
-    out = runner.invoke(app, ["answer", QUESTIONS[2], "--base-model", tiny_model, "--json",
-                              "--max-new-tokens", "4"])
-    assert out.exit_code == 0, out.output
-    payload = json.loads(out.output[out.output.index("{"):])
+    from distill.cli import run
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out), pytest.raises(SystemExit) as exit_:
+        run(list(argv))
+    return exit_.value.code, out.getvalue()
+
+
+def test_cli_answer_json_and_bad_input(tiny_model):
+    code, output = nesy("answer", QUESTIONS[2], "--base-model", tiny_model, "--json", "--max-new-tokens", "4")
+    assert code == 0, output
+    payload = json.loads(output[output.index("{"):])
     assert {"text", "extracted", "retrieved", "prompt_tokens", "latency_s", "used_knowledge"} <= payload.keys()
-    bad = runner.invoke(app, ["answer", "q", "--base-model", tiny_model, "--thought", "tot"])
-    assert bad.exit_code == 2
-    missing = runner.invoke(app, ["answer", "q", "--adapter", "no-such-adapter"])
-    assert missing.exit_code == 2 and "no adapter" in missing.output
+    code, output = nesy("answer", "q", "--base-model", tiny_model, "--thought", "tot")
+    assert code == 2 and output.strip().splitlines()[-1].startswith("error: --thought must be one of")
+    code, output = nesy("answer", "q", "--adapter", "no-such-adapter")
+    assert code == 2 and output.strip().splitlines()[-1].startswith("error: no adapter")

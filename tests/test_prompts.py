@@ -12,22 +12,22 @@ def entry(i: int) -> Entry:
                  supplementary_knowledge=f"Fact number {i}.", status="accepted")
 
 
-def test_cot_prompt_exact():
-    assert prompts.cot_prompt("  How many? ") == "Question: How many?\nAnswer: Let's think step by step."
+def test_cot_prompt_is_the_reference_text():
+    # NesyCD reference (eval template gen_bbh_cot_prefix): task line, blank line, question, and the
+    # answer cue with its trailing space.
+    assert prompts.cot_prompt("  How many? ", "Solve the problem.") == (
+        'Solve the problem. Your response should conclude with the format "Therefore, the answer is".'
+        "\n\nQuestion: How many?\nAnswer: Let's think step by step. ")
+    assert prompts.cot_prompt("Q?").startswith('Your response should conclude with the format')
 
 
-def test_nesycd_prompt_places_every_entry_between_instruction_and_question():
-    text = prompts.nesycd_prompt("How many?", [entry(1), entry(2)])
-    assert text.startswith(prompts.KNOWLEDGE_INSTRUCTION)
-    assert text.endswith(prompts.cot_prompt("How many?"))
-    first = text.index("Learning summary: Summary number 1.\nSupplementary knowledge: Fact number 1.")
-    second = text.index("Learning summary: Summary number 2.\nSupplementary knowledge: Fact number 2.")
-    assert len(prompts.KNOWLEDGE_INSTRUCTION) < first < second < text.index("Question:")
-    assert prompts.knowledge_text(entry(1)) == entry(1).knowledge_text()
-
-
-def test_nesycd_prompt_without_knowledge_is_plain_cot():
-    assert prompts.nesycd_prompt("Q?", []) == prompts.cot_prompt("Q?")
+def test_knowledge_block_sits_between_task_line_and_question_one_item_per_line():
+    text = prompts.student_prompt("How many?", "Solve it.", [prompts.knowledge_text(entry(1)),
+                                                            prompts.knowledge_text(entry(2))])
+    assert text == (prompts.task_line("Solve it.") + "\n\n" + prompts.KNOWLEDGE_INSTRUCTION + "\n"
+                    + entry(1).knowledge_text() + "\n" + entry(2).knowledge_text() + "\n\n"
+                    + "Question: How many?\n" + prompts.ANSWER_CUE)
+    assert prompts.student_prompt("Q?", "T.", []) == prompts.cot_prompt("Q?", "T.")
 
 
 def test_etd_prompt_uses_trigger():
@@ -65,10 +65,28 @@ def test_schedule_decays_linearly_to_question_only():
     assert four[-1].knowledge_share == 0 and four[-1].demos == 0
 
 
-def test_skintern_prompt_question_only_equals_cot():
-    assert prompts.skintern_prompt("Q?", "", []) == prompts.cot_prompt("Q?")
-    full = prompts.skintern_prompt("Q?", "Learning summary: add.", [("A?", "1+1=2. The answer is 2.")])
-    assert full.index("Question: A?") < full.index("Knowledge: Learning summary: add.") < full.index("Question: Q?")
+def test_reference_schedule_is_six_minus_s_by_name():
+    assert [s.demos for s in prompts.skintern_schedule(4, 6, "reference")] == [6, 5, 4, 3]
+    assert [s.demos for s in prompts.skintern_schedule(7, 6, "reference")] == [6, 5, 4, 3, 2, 1, 0]
+    with pytest.raises(ValueError, match="schedule"):
+        prompts.skintern_schedule(4, 6, "exponential")
+
+
+def test_skintern_order_is_knowledge_then_demonstrations_then_question():
+    # The reference (SKIntern aligner, method "inter"): task line, knowledge, demos, question.
+    full = prompts.student_prompt("Q?", "T.", ["Learning summary: add."], [("A?", "1+1=2. The answer is 2.")])
+    assert full.index(prompts.task_line("T.")) < full.index("Learning summary: add.") \
+        < full.index("Question: A?\nAnswer: 1+1=2.") < full.index("Question: Q?")
+    assert prompts.student_prompt("Q?", "T.", [], []) == prompts.cot_prompt("Q?", "T.")
+
+
+def test_shrinking_prompts_drop_whole_demos_first_then_knowledge_items():
+    versions = prompts.shrinking_prompts("Q?", "T.", ["K1", "K2"], [("D1?", "r1"), ("D2?", "r2")])
+    assert versions[0] == prompts.student_prompt("Q?", "T.", ["K1", "K2"], [("D1?", "r1"), ("D2?", "r2")])
+    assert versions[1:] == [prompts.student_prompt("Q?", "T.", ["K1", "K2"], [("D1?", "r1")]),
+                            prompts.student_prompt("Q?", "T.", ["K1", "K2"]),
+                            prompts.student_prompt("Q?", "T.", ["K1"]), prompts.cot_prompt("Q?", "T.")]
+    assert all(v.startswith(prompts.task_line("T.")) and v.endswith(prompts.ANSWER_CUE) for v in versions)
 
 
 def test_select_demos_similar_and_random():
@@ -100,5 +118,14 @@ def test_render_with_chat_template_splits_exactly(tokenizer):
 def test_render_without_chat_template_appends_eos(tokenizer):
     tokenizer = type(tokenizer).from_pretrained(tokenizer.name_or_path)
     tokenizer.chat_template = None
-    prompt, response = prompts.render(tokenizer, "Question: Q?", "It is 4.")
-    assert prompt == "Question: Q?\n" and response == "It is 4." + tokenizer.eos_token
+    user = prompts.cot_prompt("Q?")
+    prompt, response = prompts.render(tokenizer, user, "It is 4.")
+    assert prompt == user and response == "It is 4." + tokenizer.eos_token  # the reference's plain text
+    with pytest.raises(ValueError, match="no chat template"):
+        prompts.render(tokenizer, user, template="chat")
+
+
+def test_plain_template_chosen_by_name_even_when_a_chat_template_exists(tokenizer):
+    assert prompts.resolve_template(tokenizer, "auto") == "chat"
+    assert prompts.render(tokenizer, "Question: Q?", "It is 4.", "plain") == ("Question: Q?",
+                                                                              "It is 4." + tokenizer.eos_token)

@@ -19,8 +19,8 @@ import torch
 from safetensors.torch import load_file
 
 from distill import prompts
-from distill.train import (LengthGroupedSampler, PadCollator, Sample, TrainConfig, encode,
-                           load_records, train)
+from distill.methods import METHODS, train
+from distill.train import LengthGroupedSampler, PadCollator, Sample, encode, load_records
 from student_fixtures import gsm8k_records, real_tokenizer, tiny_model, write_records  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,11 +31,19 @@ def tokenizer():
     return real_tokenizer()
 
 
-def tiny_cfg(model: str, data: Path, **kw) -> TrainConfig:
+def tiny_cfg(model: str, data: Path, method: str = "std-cot", **kw):
     base = dict(data=str(data), base_model=model, lora_r=4, lora_alpha=8, max_steps=3, batch_size=4,
-                max_length=160, save_steps=50, output="t")
+                save_steps=50, output="t")
     base.update(kw)
-    return TrainConfig(**base)
+    return METHODS[method].config(**base)
+
+
+def card_of(root: Path) -> dict:
+    return json.loads((root / "card.json").read_text())
+
+
+def prompt_samples(stage_dir: Path) -> list[dict]:
+    return [json.loads(l) for l in (stage_dir / "prompt_samples.jsonl").read_text().splitlines()]
 
 
 def adapter_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -47,7 +55,8 @@ def adapter_weights(path: Path) -> dict[str, torch.Tensor]:
 def test_loss_mask_covers_exactly_the_response_tokens(tokenizer):
     sample = Sample(prompts.cot_prompt("Tom has 3 apples and buys 2. How many?"),
                     "3 + 2 = 5. The answer is 5.")
-    enc = encode(tokenizer, sample, max_length=512)
+    enc, fit = encode(tokenizer, sample, max_length=512)
+    assert fit == "whole"
     prompt_text, response_text = prompts.render(tokenizer, sample.user, sample.response)
     n_prompt = len(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
     ids, labels = enc["input_ids"], enc["labels"]
@@ -64,16 +73,26 @@ def test_loss_mask_covers_exactly_the_response_tokens(tokenizer):
     assert ids[-2] == tokenizer.convert_tokens_to_ids("<|im_end|>") and labels[-2] == ids[-2]
 
 
-def test_truncation_cuts_old_prompt_tokens_first_and_keeps_the_mask(tokenizer):
-    long_response = encode(tokenizer, Sample(prompts.cot_prompt("Q?"), "word " * 400), max_length=64)
-    assert len(long_response["input_ids"]) == 64 and long_response["labels"][0] == -100
-    assert long_response["labels"][-1] != -100
-    # Many demonstrations before the question: the oldest prompt tokens go, the answer stays whole.
-    long_prompt = encode(tokenizer, Sample("demo " * 300 + prompts.cot_prompt("Q?"), "It is 4."), max_length=48)
-    trained = [t for t, l in zip(long_prompt["input_ids"], long_prompt["labels"]) if l != -100]
-    assert len(long_prompt["input_ids"]) == 48
+def test_a_too_long_prompt_loses_whole_demonstrations_never_its_head(tokenizer):
+    # Old bug: encode kept the prompt's last tokens, so a long SKIntern prompt started mid-sentence
+    # without the chat-template head or the task line.
+    demos = [(f"Demo question {i} about apples and pears?", "word " * 60) for i in range(6)]
+    full, *shorter = prompts.shrinking_prompts("Q?", "Solve it.", ["Knowledge item."], demos)
+    sample = Sample(full, "It is 4.", "x", tuple(shorter))
+    enc, fit = encode(tokenizer, sample, max_length=260)
+    text = tokenizer.decode(enc["input_ids"])
+    assert fit == "shortened"
+    assert text.startswith("<|im_start|>") and prompts.task_line("Solve it.") in text
+    assert "Knowledge item." in text and "Question: Q?" in text  # knowledge outlives demonstrations
+    kept = text.count("Demo question")
+    assert 0 < kept < 6 and f"Demo question {kept - 1} " in text  # whole demos, the first ones
+    trained = [t for t, l in zip(enc["input_ids"], enc["labels"]) if l != -100]
     assert tokenizer.decode(trained).startswith("It is 4.<|im_end|>")
-    assert "Answer: Let's think step by step." in tokenizer.decode(long_prompt["input_ids"])
+    # Nothing droppable left: the response's tail goes, never the prompt; no room: skipped.
+    cut, fit = encode(tokenizer, Sample(prompts.cot_prompt("Q?"), "word " * 400), max_length=64)
+    assert fit == "response_cut" and len(cut["input_ids"]) == 64 and cut["labels"][0] == -100
+    assert tokenizer.decode(cut["input_ids"]).startswith(prompts.render(tokenizer, prompts.cot_prompt("Q?"))[0])
+    assert encode(tokenizer, Sample("demo " * 300, "x"), max_length=48) == (None, "skipped")
 
 
 def test_collator_pads_to_batch_longest_with_ignored_labels():
@@ -88,7 +107,7 @@ def test_collator_pads_to_batch_longest_with_ignored_labels():
 
 def test_length_grouping_wastes_far_less_padding_than_random_batches(tokenizer, tmp_path):
     records = load_records(str(write_records(tmp_path / "records.jsonl", n=256)))
-    feats = [encode(tokenizer, Sample(prompts.cot_prompt(r.question), r.rationale), 512) for r in records]
+    feats = [encode(tokenizer, Sample(prompts.cot_prompt(r.question), r.rationale), 512)[0] for r in records]
     lengths = [len(f["input_ids"]) for f in feats]
 
     def padding(order):
@@ -122,6 +141,7 @@ def test_std_cot_writes_metrics_card_and_a_plain_peft_loadable_adapter(tiny_mode
 
     monkeypatch.setenv("NESY_JOB_DIR", str(tmp_path))
     root = train(tiny_cfg(tiny_model, gsm8k_records, method="std-cot", max_steps=3))
+    assert card_of(root)["truncated"] == 0 and card_of(root)["stages"]["main"]["fit"]["whole"] == 12
     lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [l["step"] for l in lines] == [1, 2, 3] and all(l["total"] == 3 for l in lines)
     assert all({"loss", "lr", "tokens_per_s", "elapsed", "eta"} <= l.keys() for l in lines)
@@ -149,9 +169,18 @@ def test_etd_mixes_thoughts_with_triggers_and_eotd_keeps_eot(tiny_model, tmp_pat
     data = write_records(tmp_path / "etd" / "records.jsonl", n=6, thoughts=("cot", "pot", "eot"))
     etd = train(tiny_cfg(tiny_model, data, method="etd", output="etd", max_steps=1))
     eotd = train(tiny_cfg(tiny_model, data, method="eotd", output="eotd", max_steps=1))
-    etd_card, eotd_card = (json.loads((p / "card.json").read_text()) for p in (etd, eotd))
+    etd_card, eotd_card = card_of(etd), card_of(eotd)
     assert etd_card["stages"]["main"]["samples"] == 18 and eotd_card["stages"]["main"]["samples"] == 6
-    assert etd_card["prompt_format"] == "etd" and eotd_card["thoughts"] == ["eot"]
+    assert etd_card["method"] == "etd" and eotd_card["inference"]["thought"] == "eot"
+    # Each rationale is trained behind the trigger of its own thought type (mutant: no triggers).
+    rationale_type = {r.rationale: r.thought for r in load_records(str(data))}
+    seen = set()
+    for row in prompt_samples(etd / "stages" / "main"):
+        thought = rationale_type[row["response"]]
+        assert row["user"].endswith(f"\n{prompts.TRIGGERS[thought]}\n"), (thought, row["user"])
+        seen.add(thought)
+    assert seen == {"cot", "pot", "eot"}
+    assert all(r["user"].endswith(prompts.TRIGGERS["eot"] + "\n") for r in prompt_samples(eotd / "stages" / "main"))
 
 
 def _add_knowledge(records_path: Path, kind: str, status: str = "accepted") -> list[str]:
@@ -172,23 +201,42 @@ def _add_knowledge(records_path: Path, kind: str, status: str = "accepted") -> l
 def test_skintern_stages_shrink_prompts_and_continue_from_previous_adapter(tiny_model, tmp_path):
     data = write_records(tmp_path / "sk" / "records.jsonl", n=6)
     _add_knowledge(data, "example_knowledge")
-    # lr 0 keeps each stage's weights equal to what it started from, which exposes the chaining:
-    # a fresh LoRA would start from a new random A.
-    root = train(tiny_cfg(tiny_model, data, method="skintern", skintern_stages=3, skintern_demos=2,
-                          learning_rate=0.0, max_steps=1, max_length=1024))
+    # One Adam step moves every LoRA B weight by about ±lr from where the stage started (constant lr,
+    # no warmup). A fresh stage starts at B = 0, so after its step |B| <= lr; a stage that continues
+    # from the previous adapter starts at ±lr and reaches ±2·lr wherever both steps agree in sign.
+    lr = 1e-2
+    root = train(tiny_cfg(tiny_model, data, method="skintern", stages=3, demos=2, learning_rate=lr,
+                          lr_scheduler="constant", warmup_ratio=0.0, max_steps=1))
     state = json.loads((root / "state.json").read_text())["stages"]
     assert list(state) == ["stage0", "stage1", "stage2"]
     tokens = [state[s]["prompt_tokens_mean"] for s in state]
     assert tokens[0] > tokens[1] > tokens[2]
+    assert all(state[s]["truncated"] == 0 for s in state)  # max length fitted to the longest sample
     tok = real_tokenizer()
     records = load_records(str(data))
-    question_only = sum(len(tok(prompts.render(tok, prompts.cot_prompt(r.question))[0],
+    from distill.train import question_of, task_description_of
+    question_only = sum(len(tok(prompts.render(tok, prompts.cot_prompt(question_of(r), task_description_of(r)))[0],
                                 add_special_tokens=False)["input_ids"]) for r in records) / len(records)
     assert tokens[2] == pytest.approx(question_only)  # last stage: the question only
-    w = [adapter_weights(root / "stages" / s) for s in state]
-    for key in w[0]:
-        assert torch.equal(w[0][key], w[1][key]) and torch.equal(w[1][key], w[2][key])
-    assert torch.equal(adapter_weights(root)[key], w[2][key])
+    largest = [max(v.abs().max().item() for k, v in adapter_weights(root / "stages" / s).items() if "lora_B" in k)
+               for s in state]
+    assert largest[0] == pytest.approx(lr, rel=0.05)
+    assert largest[1] > 1.5 * lr and largest[2] > 2.5 * lr  # each stage went on from the previous one
+    for key, value in adapter_weights(root).items():
+        assert torch.equal(value, adapter_weights(root / "stages" / "stage2")[key])
+
+
+def test_skintern_refuses_examples_without_knowledge_and_names_them(tiny_model, tmp_path):
+    from distill.train import TrainingDataError
+
+    data = write_records(tmp_path / "sk" / "records.jsonl", n=4)
+    ids = _add_knowledge(data, "example_knowledge")
+    from kb.store import KBStore
+    KBStore().delete(ids[1], expected_version=None, by="test")
+    missing = load_records(str(data))[1].example_id
+    with pytest.raises(TrainingDataError, match=f"1 of 4 have no example_knowledge entry.*{missing}"):
+        train(tiny_cfg(tiny_model, data, method="skintern", stages=2, demos=1, output="sk-missing"))
+    assert not (tmp_path / "workspace" / "adapters" / "sk-missing").exists()
 
 
 class FakeTeacher(QuietHandler):
@@ -215,16 +263,18 @@ def test_nesycd_full_pipeline_resumes_by_stage(tiny_model, tmp_path, fake_teache
     from kb.store import KBStore
 
     data = write_records(tmp_path / "ncd" / "records.jsonl", n=6)
-    cfg = tiny_cfg(tiny_model, data, method="nesycd", output="ncd", max_steps=1, error_max_new_tokens=8,
-                   teacher=fake_teacher, teacher_model="fake-teacher", auto_accept=True, max_length=512)
+    cfg = tiny_cfg(tiny_model, data, method="nesycd", output="ncd", max_steps=1, max_new_tokens=8,
+                   teacher=fake_teacher, teacher_model="fake-teacher", auto_accept=True)
     root = train(cfg)
     errors = [json.loads(l) for l in (root / "errors.jsonl").read_text().splitlines()]
     # A random tiny student gets every question wrong; each error row has the documented fields.
     assert len(errors) == 6
     assert all({"example_id", "dataset", "task", "question", "prompt", "response", "answer"} <= e.keys()
                for e in errors)
-    assert "Question:" in errors[0]["prompt"]
+    assert "Question:" in errors[0]["prompt"] and prompts.ANSWER_FORMAT in errors[0]["prompt"]
     assert len(FakeTeacher.calls) == 6
+    assert {c["temperature"] for c in FakeTeacher.calls} == {0.8}  # the reference's sampling
+    assert all(c["max_tokens"] >= 1024 for c in FakeTeacher.calls)
     entries = KBStore().query(source_kind="error_analysis", limit=100).entries
     assert len(entries) == 6 and {e.status for e in entries} == {"accepted"}
     state = json.loads((root / "state.json").read_text())["stages"]
@@ -232,7 +282,7 @@ def test_nesycd_full_pipeline_resumes_by_stage(tiny_model, tmp_path, fake_teache
     assert state["se"]["prompt_tokens_mean"] > state["sp"]["prompt_tokens_mean"]  # knowledge in S_E prompts
     # Rerun with --resume: every stage is done, nothing is trained or asked again.
     before = adapter_weights(root)
-    train(TrainConfig(**{**cfg.__dict__, "resume": True}))
+    train(type(cfg)(**{**cfg.__dict__, "resume": True}))
     assert len(FakeTeacher.calls) == 6
     assert all(torch.equal(before[k], v) for k, v in adapter_weights(root).items())
 
@@ -240,9 +290,9 @@ def test_nesycd_full_pipeline_resumes_by_stage(tiny_model, tmp_path, fake_teache
 # --- resume after a kill, stop on SIGTERM --------------------------------------------------------
 
 def _train_cmd(model: str, data: Path, output: str, max_steps: int, save_steps: int, *extra) -> list[str]:
-    return [sys.executable, "-m", "distill.cli", "train", "--method", "std-cot", "--data", str(data),
+    return [sys.executable, "-m", "distill.cli", "train", "std-cot", "--data", str(data),
             "--output", output, "--base-model", model, "--lora-r", "4", "--lora-alpha", "8",
-            "--max-steps", str(max_steps), "--batch-size", "2", "--max-length", "96",
+            "--max-steps", str(max_steps), "--batch-size", "2",
             "--save-steps", str(save_steps), *extra]
 
 
@@ -268,11 +318,11 @@ def test_resume_after_kill_gives_the_same_adapter(tiny_model, gsm8k_records, wor
     assert reached, "training never wrote checkpoint-2"
     assert not (workspace / "adapters" / "killed" / "adapter_model.safetensors").exists()
     resumed = train(tiny_cfg(tiny_model, gsm8k_records, output="killed", max_steps=6, save_steps=2,
-                             batch_size=2, max_length=96, resume=True))
+                             batch_size=2, resume=True))
     card = json.loads((resumed / "card.json").read_text())
     assert card["stages"]["main"]["resumed_from"] in ("checkpoint-2", "checkpoint-4")
     straight = train(tiny_cfg(tiny_model, gsm8k_records, output="straight", max_steps=6, save_steps=2,
-                              batch_size=2, max_length=96))
+                              batch_size=2))
     a, b = adapter_weights(resumed), adapter_weights(straight)
     assert a.keys() == b.keys()
     for key in a:
@@ -306,8 +356,9 @@ def test_real_student_smoke(method, tmp_path):
     data = write_records(tmp_path / "real" / "records.jsonl", n=4, thoughts=("cot", "pot", "eot"))
     if method == "skintern":
         _add_knowledge(data, "example_knowledge")
-    cfg = TrainConfig(method=method, data=str(data), output=f"real-{method}", max_steps=2, batch_size=2,
-                      max_length=96, lora_r=8, lora_alpha=16, skintern_stages=2, skintern_demos=1)
+    extra = dict(stages=2, demos=1) if method == "skintern" else {}
+    cfg = METHODS[method].config(data=str(data), output=f"real-{method}", max_steps=2, batch_size=2,
+                                 max_length=160, lora_r=8, lora_alpha=16, **extra)
     root = train(cfg)
     card = json.loads((root / "card.json").read_text())
     assert card["base_model"] == student_path()
@@ -318,9 +369,9 @@ def test_real_student_smoke(method, tmp_path):
 @pytest.mark.slow
 def test_real_student_nesycd_smoke(tmp_path, fake_teacher):
     data = write_records(tmp_path / "real" / "records.jsonl", n=2)
-    cfg = TrainConfig(method="nesycd", data=str(data), output="real-nesycd", max_steps=1, batch_size=2,
-                      max_length=96, lora_r=8, lora_alpha=16, error_max_new_tokens=16,
-                      teacher=fake_teacher, teacher_model="fake-teacher")
+    cfg = METHODS["nesycd"].config(data=str(data), output="real-nesycd", max_steps=1, batch_size=2,
+                                   lora_r=8, lora_alpha=16, max_new_tokens=16,
+                                   teacher=fake_teacher, teacher_model="fake-teacher")
     root = train(cfg)
     state = json.loads((root / "state.json").read_text())["stages"]
     assert list(state) == ["sp", "knowledge", "se"]

@@ -34,7 +34,7 @@ def test_train_output_outside_the_workspace_is_refused_and_nothing_is_removed(tm
     home.mkdir()
     value = str(target) if how == "absolute" else "../../outside/precious"
     (home / "adapters").mkdir()
-    run = nesy("train", "--method", "std-cot", "--data", "no-such-set", "--output", value, home=home)
+    run = nesy("train", "std-cot", "--data", "no-such-set", "--output", value, home=home)
     assert run.returncode == 2, run.stderr
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --output"), run.stderr
@@ -45,7 +45,7 @@ def test_train_output_outside_the_workspace_is_refused_and_nothing_is_removed(tm
 def test_train_refuses_to_replace_a_folder_it_did_not_create(tmp_path):
     home = tmp_path / "home"
     old = victim(home / "adapters")  # e.g. made by hand, or by a version without the marker
-    run = nesy("train", "--method", "std-cot", "--data", "no-such-set", "--output", old.name, home=home)
+    run = nesy("train", "std-cot", "--data", "no-such-set", "--output", old.name, home=home)
     assert run.returncode == 2
     assert "never deleted automatically" in run.stderr and run.stderr.count("\n") == 1
     assert (old / "thesis.txt").exists()
