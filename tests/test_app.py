@@ -532,18 +532,39 @@ def test_train_page_builds_a_skintern_command_and_takes_no_paths():
     assert at.selectbox(key="t:data").options == ["gsm8k-cot"]  # no free-text path option
     for bad in ("../../victim", "/etc", "a/b"):
         at.text_input(key="t:output").set_value(bad).run()
-        assert at.button(key="t:start").disabled and "Adapter name takes a name" in texts(at)
+        assert at.button(key="t:start").disabled and "--output takes a name" in texts(at)
     at.text_input(key="t:output").set_value("").run()
-    at.text_input(key="t:base").set_value("/home/me/model").run()
+    at.text_input(key="t:base_model").set_value("/home/me/model").run()
     assert at.button(key="t:start").disabled
-    at.text_input(key="t:base").set_value("").run()
+    at.text_input(key="t:base_model").set_value("").run()
     at.selectbox(key="t:method").select("skintern").run()
-    at.number_input(key="t:stages").set_value(3).run()
+    at.number_input(key="t:skintern:stages").set_value(3).run()
+    at.selectbox(key="t:preset").select("paper").run()
+    assert "nesy train skintern --data gsm8k-cot --output skintern-gsm8k-cot --preset paper --stages 3" in texts(at)
     job = started_job(at, "t:start")
     assert job.kind == "train"
-    cmd = job.command_line()
-    assert cmd.startswith("nesy train --method skintern --data gsm8k-cot --output skintern-gsm8k-cot")
-    assert "--stages 3 --demos 6 --demo-selection similar" in cmd and "--lora-r 32" in cmd
+    assert job.command_line() == "nesy train skintern --data gsm8k-cot --output skintern-gsm8k-cot --preset paper --stages 3"
+
+
+def test_train_page_form_is_the_methods_config_and_survives_a_page_switch():
+    from distill.methods import METHODS
+    from distill.methods.options import fields
+    from kb.workspace import home
+    (home() / "datasets" / "gsm8k-cot").mkdir(parents=True)
+    (home() / "datasets" / "gsm8k-cot" / "records.jsonl").write_text("{}\n")
+    at = run("train")
+    at.selectbox(key="t:method").select("nesycd").run()
+    shown = {w.key for kind in ("text_input", "number_input", "selectbox", "checkbox", "multiselect")
+             for w in getattr(at, kind)}
+    for spec in fields(METHODS["nesycd"].config):  # every option of `nesy train nesycd`, no other
+        assert any(k.endswith(":" + spec.name) for k in shown), spec.name
+    assert not any(k.endswith(":stages") for k in shown)
+    at.text_input(key="t:nesycd:teacher").set_value("http://127.0.0.1:8000/v1").run()
+    assert at.button(key="t:start").disabled and "a URL teacher needs a model name" in texts(at)
+    at.switch_page("views/kb.py").run()
+    at.switch_page("views/train.py").run()
+    assert at.selectbox(key="t:method").value == "nesycd"
+    assert at.text_input(key="t:nesycd:teacher").value == "http://127.0.0.1:8000/v1"
 
 
 # ---------------------------------------------------------------------- compare and evaluate

@@ -63,8 +63,9 @@ def parse_value(spec: OptionSpec, value):
     """A CLI/form value as the config field wants it (lists arrive as 'a,b,c')."""
     if value is None or value == "":
         return None if spec.optional or spec.kind != "str" else ""
-    if spec.kind == "list" and isinstance(value, str):
-        return tuple(v.strip() for v in value.split(LIST_SEPARATOR) if v.strip())
+    if spec.kind == "list":
+        items = value.split(LIST_SEPARATOR) if isinstance(value, str) else value
+        return tuple(v.strip() for v in items if v.strip())
     return value
 
 
