@@ -184,7 +184,7 @@ def _decode(data: bytes) -> tuple[str, Problem | None]:
 
 
 def _parse_lines(text: str, problems: list[Problem]) -> tuple[int, list[tuple[int, Entry]]]:
-    lines = _NEWLINE.split(text)
+    lines = _NEWLINE.split(text) if "\r" in text else text.split("\n")  # the same, faster
     ends_with_newline = lines[-1] == ""
     if ends_with_newline:
         lines.pop()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from datetime import datetime, timezone
 from typing import Annotated, Literal
 
@@ -27,6 +28,7 @@ STORED = {"stored": True}
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})",
                        re.IGNORECASE)
+_CANONICAL_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")  # what now_iso() writes
 _AWARE = TypeAdapter(AwareDatetime)
 
 
@@ -39,7 +41,7 @@ def now_iso(moment: datetime | None = None) -> str:
 def _valid_unicode(value: str) -> str:
     # A lone surrogate (JSON "\ud800") is not a character: it cannot be written as UTF-8, so it
     # would fail later, far from the field that holds it.
-    if bad := _SURROGATE.search(value):
+    if not value.isascii() and (bad := _SURROGATE.search(value)):  # isascii: a flag, no scan
         raise ValueError(f"contains a lone surrogate U+{ord(bad.group()):04X} at position "
                          f"{bad.start() + 1}, which is not a character")
     return value
@@ -64,9 +66,11 @@ def _valid_time(value: str, info: ValidationInfo) -> str:
     if _stored(info):
         return value
     try:
-        if not _ISO_TIME.fullmatch(value):
+        canonical = _CANONICAL_TIME.fullmatch(value)
+        if not canonical and not _ISO_TIME.fullmatch(value):
             raise ValueError
-        return now_iso(_AWARE.validate_python(value).astimezone(timezone.utc))
+        moment = _AWARE.validate_python(value)  # the calendar check (no 2024-13-45)
+        return value if canonical else now_iso(moment.astimezone(timezone.utc))
     except (ValueError, OverflowError):  # ValidationError is a ValueError
         raise ValueError("must be an ISO 8601 time with a time zone, "
                          "like 2024-05-01T12:00:00Z") from None
@@ -201,10 +205,9 @@ class NotJSON(EntryInvalid):
 def entry_from_json(line: str) -> Entry:
     """Entry from one JSONL line; EntryInvalid for bad JSON, non-objects and bad fields.
     Never anything else, whatever the line holds (deep nesting, huge numbers, repeated keys)."""
-    odd: list[_OddKeys] = []
+    _odd.objects = []
     try:
-        data = json.loads(line, object_pairs_hook=lambda pairs: _object(pairs, odd),
-                          parse_int=_parse_int)
+        data = _DECODER.decode(line)
     except json.JSONDecodeError as e:
         raise NotJSON([("(line)", f"not valid JSON: {e.msg} at column {e.colno}")]) from None
     except RecursionError:  # json's own guard against deep nesting (100,000 '[' in a row)
@@ -212,7 +215,7 @@ def entry_from_json(line: str) -> Entry:
                                                 "of text and one source object")]) from None
     if not isinstance(data, dict):
         raise EntryInvalid([("(line)", f"expected a JSON object, got {_json_type(data)}")])
-    problems = _key_problems(data) if odd else []
+    problems = _key_problems(data) if _odd.objects else []
     try:
         entry = validate_entry(data)
     except EntryInvalid as e:
@@ -244,21 +247,26 @@ class _BigNumber:
         return f"a number with {len(self.digits.lstrip('-'))} digits"
 
 
-def _object(pairs: list[tuple[str, object]], odd: list) -> dict:
+def _object(pairs: list[tuple[str, object]]) -> dict:
     obj = dict(pairs)
-    if len(obj) == len(pairs) and not _SURROGATE.search("".join(obj)):
+    if len(obj) == len(pairs) and ((keys := "".join(obj)).isascii()
+                                   or not _SURROGATE.search(keys)):
         return obj
     obj, keys = _OddKeys(obj), [k for k, _ in pairs]
     obj.notes = {k: f"is given {keys.count(k)} times in one object; keep one (JSON readers "
                     "disagree on which one counts)" for k in obj if keys.count(k) > 1}
     obj.notes.update({k: "field name contains a lone surrogate, which is not a character"
                       for k in obj if _SURROGATE.search(k)})
-    odd.append(obj)
+    _odd.objects.append(obj)
     return obj
 
 
 def _parse_int(digits: str):
     return int(digits) if len(digits) <= MAX_INT_DIGITS else _BigNumber(digits)
+
+
+_odd = threading.local()  # .objects: the _OddKeys of the line being read (per thread)
+_DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_int=_parse_int)
 
 
 def _key_problems(data: dict) -> list[tuple[str, str]]:
