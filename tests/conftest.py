@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import settings
-from hypothesis.database import DirectoryBasedExampleDatabase
+from hypothesis.configuration import set_hypothesis_home_dir
 
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -22,11 +22,12 @@ os.environ.setdefault("NESY_MODELS", str(REPO / ".cache" / "models"))
 # Hypothesis (tests/test_kb_fuzz.py). CI=true: the same examples on every run (derandomize is a
 # fixed seed), a bounded number of them, no per-example deadline (shared cores are slow and
 # uneven) and no example database, so CI time is predictable and a failure reproduces anywhere.
-# Locally: fresh random examples each run, failures remembered under .cache/ and replayed first.
+# Locally: fresh random examples each run, failures remembered and replayed first. Hypothesis'
+# own files (example database, caches) go to .cache/hypothesis, not a .hypothesis/ in the cwd.
+set_hypothesis_home_dir(REPO / ".cache" / "hypothesis")
 settings.register_profile("ci", derandomize=True, max_examples=40, deadline=None, database=None,
                           print_blob=True)
-settings.register_profile("dev", max_examples=100, deadline=None,
-                          database=DirectoryBasedExampleDatabase(REPO / ".cache" / "hypothesis"))
+settings.register_profile("dev", max_examples=100, deadline=None)
 settings.load_profile("ci" if os.environ.get("CI", "").lower() == "true" else "dev")
 
 
