@@ -14,6 +14,7 @@ from distill.answers import answers_match
 from kb.workspace import subdir
 
 TYPED = "Type a question"
+TRAINED = "as trained"
 
 
 @st.cache_resource(show_spinner="Loading the student (once per model)…", max_entries=2)
@@ -146,10 +147,10 @@ def batch_job(model: dict, settings: dict) -> None:
         name = c[3].text_input("Report name", key="cmp:b-name", placeholder=f"{dataset}-{split}-compare"
                                ) or f"{dataset}-{split}-compare"
         spec = model["adapter"] or "base"
-        extra = f",k={settings['k']},thought={settings['thought']}" + (
-            ",pending" if "pending" in settings["statuses"] else "")
+        thought = f",thought={settings['thought']}" if settings["thought"] else ""
+        extra = f",k={settings['k']}{thought}" + (",pending" if "pending" in settings["statuses"] else "")
         argv = ["eval", "--dataset", dataset, "--split", split, "--limit", str(limit),
-                "--name", name.strip(), "--config", f"without={spec},thought={settings['thought']}",
+                "--name", name.strip(), "--config", f"without={spec}{thought}",
                 "--config", f"with={spec},kb{extra}",
                 *(["--base-model", model["base"]] if model["base"] else []),
                 "--max-new-tokens", str(settings["max_new_tokens"])]
@@ -164,11 +165,12 @@ adapter = c[0].selectbox("Student", ["(base model)", *adapters()], key="cmp:adap
                          help="A trained adapter, or the base model alone.")
 base = c[1].text_input("Base model", key="cmp:base", placeholder="embedded SmolLM2-135M")
 k = c[2].number_input("k entries", 1, 10, 1, key="cmp:k")
-thought = c[3].selectbox("Thought", ["cot", "pot", "eot", "vote"], key="cmp:thought")
+thought = c[3].selectbox("Thought", [TRAINED, "cot", "pot", "eot", "vote"], key="cmp:thought",
+                         help="The type the adapter was trained on (from its card), or another one.")
 max_new = c[4].number_input("Max new tokens", 16, 2048, 256, step=16, key="cmp:max-new")
 pending = st.checkbox("Also retrieve pending entries", key="cmp:pending")
 model = {"base": base.strip() or None, "adapter": None if adapter == "(base model)" else adapter}
-settings = {"k": int(k), "thought": thought, "max_new_tokens": int(max_new),
+settings = {"k": int(k), "thought": None if thought == TRAINED else thought, "max_new_tokens": int(max_new),
             "statuses": ("accepted", "pending") if pending else ("accepted",)}
 
 q = question_picker()
