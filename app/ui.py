@@ -6,8 +6,10 @@ KB text is user/model written, so it is shown with st.text / st.code / st.datafr
 from __future__ import annotations
 
 import difflib
-import re
+import hashlib
 import json
+import re
+from pathlib import Path
 
 import streamlit as st
 
@@ -373,6 +375,22 @@ def _entry_delete(kb: KBStore, entry, key: str) -> None:
     if no.button("Cancel", key=f"{key}:delete-no"):
         st.session_state[confirm_key] = False
         st.rerun()
+
+
+# ------------------------------------------------------------------------------- graph view
+
+_GRAPH_JS = (Path(__file__).parent / "static" / "graph_component.js").read_text(encoding="utf-8")
+_graph_component = st.components.v2.component("nesy_graph", js=_GRAPH_JS)
+
+
+def graph_view(html: str, *, key: str, height: int = 760) -> str | None:
+    """The pyvis page (kb.graph.render_html, all KB text escaped) in a bidirectional component;
+    returns the node id clicked in this run ("entry:<id>", "concept:<name>", ...), else None."""
+    data = {"html": html, "height": height,
+            "key": hashlib.sha1(html.encode("utf-8")).hexdigest()}
+    result = _graph_component(key=key, data=data, height=height + 10,
+                              on_clicked_change=lambda: None)
+    return getattr(result, "clicked", None)
 
 
 # ------------------------------------------------------------------------------------ jobs

@@ -1,6 +1,7 @@
 """The KB as a graph: entries, their tasks and concepts, explicit links and semantic neighbours.
 
-Nodes are named "entry:<id>", "task:<name>", "concept:<name>" and carry `type`, `label`,
+Nodes are named "entry:<id>", "task:<name>", "concept:<key>" (key = concept_key(name): case and
+singular/plural folded, so "Percentages" and "percentage" are one node) and carry `type`, `label`,
 `tooltip` (plain text) and, for entries, `status`. Edges carry `kind`: task | concept | link |
 similar (with `score`).
 
@@ -25,7 +26,11 @@ TYPE_STYLE = {  # type -> (colour, vis shape)
     "concept": ("#1565c0", "diamond"),
 }
 EDGE_COLOURS = {"task": "#b39ddb", "concept": "#90caf9", "link": "#37474f", "similar": "#ff7043"}
-LABEL_CHARS, TOOLTIP_CHARS = 40, 600
+LABEL_CHARS, TOOLTIP_CHARS = 28, 600  # labels stay short on the canvas; hover shows the whole
+LAYOUT_SEED = 7  # the same graph is laid out the same way on every rerun
+SINGULAR_AS_IS = {"mathematics", "physics", "statistics", "economics", "series", "species", "news",
+                  "gas", "bus", "plus", "minus", "process", "always", "its", "has", "was", "is",
+                  "this", "less"}
 
 
 def build_graph(store: KBStore, index=None, *, neighbour_threshold: float = 0.8, status=None,
@@ -41,7 +46,9 @@ def build_graph(store: KBStore, index=None, *, neighbour_threshold: float = 0.8,
                        tooltip=_entry_tooltip(entry))
         _attach(graph, node, f"task:{entry.task}", "task", entry.task)
         for name in entry.concepts:
-            _attach(graph, node, f"concept:{name.lower()}", "concept", name)
+            key = concept_key(name)
+            if key:
+                _attach(graph, node, f"concept:{key}", "concept", key)
     for entry in entries:
         for target in entry.links:
             if f"entry:{target}" in graph:  # links to filtered-out or deleted entries are dropped
@@ -49,6 +56,24 @@ def build_graph(store: KBStore, index=None, *, neighbour_threshold: float = 0.8,
     if index is not None:
         _add_neighbours(graph, index, neighbour_threshold, status)
     return graph
+
+
+def concept_key(name: str) -> str:
+    """One name per concept: lower case, single spaces, each word singular ("Percentages" ->
+    "percentage", "order of operations" -> "order of operation")."""
+    return " ".join(_singular(word) for word in name.lower().split())
+
+
+def _singular(word: str) -> str:
+    if len(word) <= 3 or word in SINGULAR_AS_IS or word.endswith(("ss", "us", "is", "'s")):
+        return word
+    if word.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"
+    if word.endswith(("ches", "shes", "sses", "xes", "zzes")):
+        return word[:-2]
+    if word.endswith("s"):
+        return word[:-1]
+    return word
 
 
 def focus_subgraph(graph: nx.Graph, node: str, depth: int = 1) -> nx.Graph:
@@ -72,12 +97,29 @@ def cap_graph(graph: nx.Graph, max_nodes: int) -> tuple[nx.Graph, str | None]:
 
 # vis-network's defaults (improvedLayout, dynamic smooth edges, 1000 stabilisation rounds) take
 # minutes to settle 2,000 nodes on 2 cores; these settle 500 nodes in ~4 s and 2,000 in ~20 s.
+# A seeded layout: the same graph lands in the same place on every rerun; physics is switched off
+# once it has settled (CLICK_SCRIPT), so nodes stay where they are (and where you drag them).
 VIS_OPTIONS = """{
-  "layout": {"improvedLayout": false},
+  "layout": {"improvedLayout": false, "randomSeed": %d},
   "edges": {"smooth": {"type": "continuous"}},
   "physics": {"stabilization": {"iterations": 200}},
   "interaction": {"hover": true, "tooltipDelay": 150}
-}"""
+}""" % LAYOUT_SEED
+
+# Runs after pyvis's own script (which defines the global `network`): physics off once settled,
+# and a clicked node's id posted to the embedding page (the app's graph component opens it).
+CLICK_SCRIPT = """<script>
+(function () {
+  function settle() { network.setOptions({physics: false}); window.nesySettled = true; }
+  network.once("stabilizationIterationsDone", settle);
+  network.once("stabilized", settle);
+  network.on("click", function (p) {
+    if (p.nodes && p.nodes.length && window.parent !== window) {
+      window.parent.postMessage({nesyGraphNode: p.nodes[0]}, "*");
+    }
+  });
+})();
+</script>"""
 
 
 def render_html(graph: nx.Graph, *, focus: str | None = None, depth: int = 1,
@@ -99,7 +141,9 @@ def render_html(graph: nx.Graph, *, focus: str | None = None, depth: int = 1,
                      dashes=kind == "similar", width=2 if kind == "link" else 1)
     page = _strip_remote(net.generate_html())
     header = _legend() + (f'<p class="nesy-graph-note">{html.escape(note)}</p>' if note else "")
-    return page.replace("<body>", "<body>\n" + header, 1)
+    page = page.replace("<body>", "<body>\n" + header, 1)
+    head, _, tail = page.rpartition("</body>")
+    return head + CLICK_SCRIPT + "\n</body>" + tail
 
 
 def _attach(graph: nx.Graph, entry_node: str, node: str, kind: str, name: str) -> None:

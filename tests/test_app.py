@@ -433,15 +433,37 @@ def test_graph_focuses_a_found_node_and_edits_it_beside_the_graph():
     kb.add(entry(7, task="bbh", summary="<script>alert(1)</script> is just text"), by="seed")
     at = run("graph")
     assert "Nothing to draw" not in texts(at)
-    html = at.get("iframe")[0].proto.srcdoc
+    html = graph_html(at)
     assert "alert(1)</script>" not in html  # KB text is escaped in the page
     at.text_input(key="graph:find").set_value("e007").run()
     at.selectbox(key="graph:focus").select("entry:e007").run()
-    assert "3 nodes (1 entries)" in texts(at)  # e007 with its task and concept
+    assert "3 of 11 nodes shown (1 entries)" in texts(at)  # e007 with its task and concept
     assert at.selectbox(key="graph:node").value == "e007"
     at.text_input(key="graph-editor:e007:1:title").set_value("Edited from the graph")
     submit_form(at)
     assert kb.get("e007").title == "Edited from the graph"
+
+
+def graph_html(at: AppTest) -> str:
+    """The pyvis page the graph component was given."""
+    return json.loads(at.get("bidi_component")[0].proto.json)["html"]
+
+
+def test_graph_folds_concept_names_and_keeps_labels_short():
+    kb = KBStore()
+    for i, concept in enumerate(["Percentages", "percentage", "percent  change"]):
+        kb.add(entry(i, concepts=[concept]).model_copy(update={
+            "title": "A very long title that would cover its neighbours on the canvas"}), by="seed")
+    at = run("graph")
+    nodes = json.loads(re.search(r"nodes = new vis\.DataSet\((\[.*?\])\);", graph_html(at)).group(1))
+    concepts = sorted(n["label"] for n in nodes if n["id"].startswith("concept:"))
+    assert concepts == ["percent change", "percentage"]  # one node for "Percentages"/"percentage"
+    entry_node = next(n for n in nodes if n["id"] == "entry:e000")
+    assert len(entry_node["label"]) <= 28 and entry_node["label"].endswith("…")
+    assert entry_node["title"].startswith("A very long title that would cover its neighbours")
+    assert "6 of 6 nodes shown" in texts(at)
+    html = graph_html(at)
+    assert '"randomSeed": 7' in html and "setOptions({physics: false})" in html
 
 
 def test_graph_size_cap_says_what_was_cut():

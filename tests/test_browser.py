@@ -218,7 +218,7 @@ def test_graph_finds_and_focuses_a_node(server, home, page, artifacts_dir):
     fill(page, "graph:find", "b007")
     settle(page)
     choose(page, "graph:focus", "entry:b007")
-    page.get_by_text("3 nodes (1 entries)").wait_for()
+    page.get_by_text(re.compile(r"^3 of \d+ nodes shown \(1 entries\)")).wait_for()
     frame = page.frame_locator("iframe").first
     frame.locator("canvas").first.wait_for()
     counts = page.frames[-1].evaluate("() => network.body.data.nodes.length")
@@ -446,3 +446,56 @@ def test_kb_page_is_readable_at_820_px(server, home, browser, artifacts_dir):
     grid.scroll_into_view_if_needed()
     page.screenshot(path=str(artifacts_dir / "screenshot-kb-820px-table.png"))
     context.close()
+
+
+def graph_frame(page):
+    """The frame holding the vis-network graph, once its layout has settled (physics off)."""
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while time.monotonic() < deadline:
+        for frame in page.frames:
+            try:
+                if frame.evaluate("() => window.nesySettled === true"):
+                    return frame
+            except Exception:  # noqa: BLE001 - a frame being replaced
+                pass
+        page.wait_for_timeout(250)
+    raise TimeoutError("the graph did not settle")
+
+
+def node_positions(frame) -> dict:
+    return frame.evaluate("() => network.getPositions()")
+
+
+def click_node(page, frame, node: str) -> None:
+    """Click a node where vis-network drew it (canvas coordinates -> page coordinates)."""
+    frame.frame_element().evaluate("e => e.scrollIntoView({block: 'center'})")
+    page.wait_for_timeout(300)
+    spot = frame.evaluate("""(node) => {
+        const pos = network.getPositions([node])[node];
+        const dom = network.canvasToDOM(pos);
+        const box = document.getElementById('mynetwork').getBoundingClientRect();
+        return {x: box.left + dom.x, y: box.top + dom.y};
+    }""", node)
+    box = frame.frame_element().bounding_box()
+    page.mouse.click(box["x"] + spot["x"], box["y"] + spot["y"])
+    settle(page)
+
+
+def test_graph_click_opens_the_entry_and_the_layout_is_stable(server, home, page, artifacts_dir):
+    open_page(page, server["url"] + "/graph")
+    frame = graph_frame(page)
+    first = node_positions(frame)
+    assert frame.evaluate("() => network.physics.options.enabled") is False  # settled: physics off
+    page.get_by_text(re.compile(r"^\d+ of \d+ nodes shown")).wait_for()
+    frame.evaluate("() => { window.nesyMark = 1; }")
+    click_node(page, frame, "entry:b007")
+    widget(page, "graph-editor:b007:1:title").wait_for()
+    assert frame.evaluate("() => window.nesyMark") == 1  # the rerun kept the page: same layout
+    shot(page, artifacts_dir, "graph-click")
+    click_node(page, frame, "entry:b004")
+    widget(page, "graph-editor:b004:1:title").wait_for()
+    open_page(page, server["url"] + "/graph")  # a new session: the same seeded layout
+    again = node_positions(graph_frame(page))
+    assert again.keys() == first.keys()
+    assert all(abs(again[n]["x"] - first[n]["x"]) < 1 and abs(again[n]["y"] - first[n]["y"]) < 1
+               for n in first)

@@ -1,8 +1,9 @@
 """Graph: entries with their tasks, concepts, links and semantic neighbours; focus and edit beside it.
 
-The pyvis page comes from kb.graph.render_html (escapes all KB text, works offline). Clicking a
-node inside the iframe cannot reach Streamlit without a custom component, so the node to edit is
-chosen in a selectbox listing exactly the entries drawn.
+The pyvis page comes from kb.graph.render_html (escapes all KB text, works offline, seeded layout
+with physics off once settled). It is shown by ui.graph_view, a small bidirectional component:
+clicking an entry node opens it in the editor beside the graph; clicking a task or concept node
+focuses on it. The selectbox beside the graph lists exactly the entries drawn.
 """
 from __future__ import annotations
 
@@ -57,6 +58,10 @@ g = full_graph(db, seq, tuple(status), None if task == ANY else task,
 needle = search.strip().lower()
 matches = [node for node, data in g.nodes(data=True)
            if needle and (needle in node.lower() or needle in str(data.get("label", "")).lower())]
+requested = st.session_state.pop("graph:focus-request", None)
+if requested in g:  # a task or concept clicked in the graph
+    matches = list(dict.fromkeys([requested, *matches]))
+    st.session_state["graph:focus"] = requested
 focus = n[1].selectbox(f"Focus ({len(matches)} match{'es' if len(matches) != 1 else ''})",
                        [WHOLE, *matches[:200]], key="graph:focus")
 depth = st.slider("Neighbourhood depth", 1, 4, 1, key="graph:depth") if focus != WHOLE else 1
@@ -67,13 +72,19 @@ if note:
     st.info(note)
 entries = sorted(node.removeprefix("entry:") for node, d in shown.nodes(data=True)
                  if d.get("type") == "entry")
-st.caption(f"{shown.number_of_nodes()} nodes ({len(entries)} entries), {shown.number_of_edges()} "
-           "edges. Drag to move, scroll to zoom, hover for details.")
+st.caption(f"{shown.number_of_nodes()} of {g.number_of_nodes()} nodes shown ({len(entries)} "
+           f"entries), {shown.number_of_edges()} edges. Click an entry to edit it, a task or "
+           "concept to focus on it; drag to move, scroll to zoom, hover for the full text.")
 
 left, right = st.columns([3, 2])
 with left:
     html = page_html(db, seq, (tuple(status), task, concept, threshold, focus, depth, max_nodes), shown)
-    st.iframe(html, height=760)
+    clicked = ui.graph_view(html, key="graph:canvas")
+if clicked and clicked.startswith("entry:") and clicked.removeprefix("entry:") in entries:
+    st.session_state["graph:node"] = clicked.removeprefix("entry:")
+elif clicked and clicked in g and focus != clicked:
+    st.session_state["graph:focus-request"] = clicked  # applied before the focus box next run
+    st.rerun()
 with right:
     st.subheader("Edit an entry")
     if not entries:
