@@ -11,6 +11,11 @@ index is forced to IVF (threshold lowered) and its recall@10 vs flat measured on
     .venv/bin/python bench/bench_retrieval.py --sizes 100000,1000000     # full run
     .venv/bin/python bench/bench_retrieval.py --sizes 100000 --lists 2,4 --nprobe 0,32,64  # sweep
     .venv/bin/python bench/bench_retrieval.py --sizes 20000 --real-n 0    # quick run
+    .venv/bin/python bench/bench_retrieval.py --sizes "" --real-n 0 --bm25 100000  # BM25 / hybrid
+
+--bm25 N: a KB of N synthetic entries (bench_import.synthetic_jsonl) searched through KBIndex in
+bm25 and hybrid mode (a hash embedder stands in for MiniLM): the first search (load + tokenise +
+build), query p50, and the next search after a status change, a text edit and a delete.
 """
 from __future__ import annotations
 
@@ -127,6 +132,49 @@ def real_run(n: int, k: int, config: IndexConfig) -> None:
           f"recall@{k} {r['recall']:.3f}, p50 {r['p50']:.2f} ms vs flat {r['flat_p50']:.2f} ms")
 
 
+def bm25_run(n: int, queries: int, k: int) -> None:
+    import os
+    import tempfile
+
+    os.environ["NESY_HOME"] = tempfile.mkdtemp(prefix="nesy-bench-bm25-")
+    sys.path.insert(0, str(REPO / "bench"))
+    from bench_import import synthetic_jsonl
+    from bench_kb_edit import hash_embed
+    from kb.index import KBIndex
+    from kb.jsonl import import_jsonl
+    from kb.store import KBStore
+
+    store = KBStore()
+    import_jsonl(store, synthetic_jsonl(n), max_bytes=1 << 40, by="bench")
+    index = KBIndex(store, config=IndexConfig(embedder="synthetic"), embed=hash_embed)
+    texts = [f"A train goes {i % 300} km in {i % 7 + 1} hours, rate {i % 97}, item ({i * 7 % n})"
+             for i in range(queries)]
+
+    def timed(call) -> float:
+        start = time.perf_counter()
+        call()
+        return time.perf_counter() - start
+
+    first = timed(lambda: index.search(texts[0], k=k, mode="bm25"))
+    p50 = np.median([timed(lambda: index.search(t, k=k, mode="bm25")) for t in texts]) * 1000
+    some = store.get("gsm8k-0000001-error_analysis")
+    status = timed(lambda: (store.set_status([some.id], "rejected", by="bench"),
+                            index.search(texts[0], k=k, mode="bm25")))
+    edit = timed(lambda: (store.update(some.id, {"title": "an edited title"}, some.version + 1, by="bench"),
+                          index.search("edited", k=k, mode="bm25")))
+    delete = timed(lambda: (store.delete("gsm8k-0000002-error_analysis", None, by="bench"),
+                            index.search(texts[0], k=k, mode="bm25")))
+    print(f"BM25, {n:,} entries ({len(index._lexical.vocab):,} distinct words): first search "
+          f"{first:.1f} s (load + tokenise + build), query p50 {p50:.1f} ms (accepted filter); "
+          f"next search after a status change {status * 1000:.0f} ms (re-mask), after a text edit "
+          f"{edit:.2f} s, after a delete {delete:.2f} s (each rebuilds bm25s)", flush=True)
+    sync = timed(lambda: index.sync())
+    hybrid = np.median([timed(lambda: index.search(t, k=k, mode="hybrid")) for t in texts]) * 1000
+    dense = np.median([timed(lambda: index.search(t, k=k, mode="dense")) for t in texts]) * 1000
+    print(f"hybrid query p50 {hybrid:.1f} ms vs dense {dense:.1f} ms (hash embedder; MiniLM adds "
+          f"~10 ms per query to both); dense first sync {sync:.0f} s", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -138,12 +186,15 @@ def main() -> None:
     parser.add_argument("--lists", default=str(IndexConfig().lists_per_sqrt_n),
                         help="comma list of IVF lists per sqrt(N); the first is the shipped one")
     parser.add_argument("--real-n", type=int, default=2000, help="0 skips the real-embedding run")
+    parser.add_argument("--bm25", type=int, default=0, help="KB size for the BM25/hybrid run; 0 skips")
     args = parser.parse_args()
     nprobes = [int(p) for p in args.nprobe.split(",")]
     configs = [IndexConfig(lists_per_sqrt_n=float(c)) for c in args.lists.split(",")]
     scale_run([int(s) for s in args.sizes.split(",") if s], args.queries, args.k, configs, nprobes)
     if args.real_n:
         real_run(args.real_n, args.k, configs[0])
+    if args.bm25:
+        bm25_run(args.bm25, min(args.queries, 50), args.k)
 
 
 if __name__ == "__main__":

@@ -326,3 +326,22 @@ def test_search_defaults_to_three_hits_and_refuses_a_bad_request(store):
         index.search("x", mode="sparse")
     with pytest.raises(NesyError, match="k must"):
         index.search("x", k=0)
+
+
+def test_vectorised_bm25_gives_bm25s_own_scores():
+    import bm25s
+
+    from kb.index import _bm25_class, lexical_tokens
+
+    texts = [indexed_text(topic_entry(i)) for i in TOPICS] + [indexed_text(filler(i)) for i in range(30)]
+    texts += ["speed speed speed of the car", "item item 3 3 3 shelf", "x"]
+    vocab: dict[str, int] = {}
+    ids = [[vocab.setdefault(t, len(vocab)) for t in lexical_tokens(text)] for text in texts]
+    ours, theirs = _bm25_class()(), bm25s.BM25()
+    ours.index((ids, dict(vocab)), show_progress=False)
+    theirs.index((ids, dict(vocab)), show_progress=False)
+    for query in ("average speed of a car", "item 3 shelf", "water boils", "x", "prime divisors"):
+        q = [vocab[t] for t in lexical_tokens(query) if t in vocab]
+        expected = theirs.get_scores(q)
+        assert expected.max() > 0
+        assert ours.get_scores(q) == pytest.approx(expected, rel=1e-5, abs=1e-6)
