@@ -197,7 +197,7 @@ class KBStore:
         for chunk in _chunks(ids, 500):
             marks = ",".join("?" * len(chunk))
             found.update(i for (i,) in self._con.execute(
-                f"SELECT id FROM entries WHERE deleted = 0 AND id IN ({marks})", chunk))
+                f"SELECT id FROM entries WHERE id IN ({marks}) AND +deleted = 0", chunk))
         return found
 
     def get_many(self, ids: Iterable[str]) -> dict[str, Entry]:
@@ -206,7 +206,7 @@ class KBStore:
         for chunk in _chunks(ids, 500):
             marks = ",".join("?" * len(chunk))
             for (data,) in self._con.execute(
-                    f"SELECT data FROM entries WHERE deleted = 0 AND id IN ({marks})", chunk):
+                    f"SELECT data FROM entries WHERE id IN ({marks}) AND +deleted = 0", chunk):
                 entry = _load(data)
                 found[entry.id] = entry
         return found
