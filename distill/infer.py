@@ -21,7 +21,6 @@
 """
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import threading
@@ -301,17 +300,8 @@ class Retrieval:
 
 def search(kb_index, query: str, retrieval: Retrieval) -> list:
     """KBIndex.search with the method's retriever, entry kinds and minimum score."""
-    accepts = inspect.signature(kb_index.search).parameters
-    kinds = retrieval.source_kinds or None
-    if "mode" in accepts:
-        return kb_index.search(query, k=retrieval.k, statuses=retrieval.statuses, mode=retrieval.retriever,
-                               source_kinds=kinds, min_score=retrieval.min_score)
-    # TODO(kb/index.py): remove once BM25/hybrid, kinds and min_score land in KBIndex.search.
-    if retrieval.retriever != "dense":
-        raise InferenceError(f"retriever {retrieval.retriever!r} is not available in this kb/index.py yet")
-    hits = kb_index.search(query, k=retrieval.k * 5 if kinds else retrieval.k, statuses=retrieval.statuses)
-    hits = [h for h in hits if not kinds or (h.entry.source and h.entry.source.kind in kinds)]
-    return [h for h in hits if retrieval.min_score is None or h.score >= retrieval.min_score][:retrieval.k]
+    return kb_index.search(query, k=retrieval.k, statuses=retrieval.statuses, mode=retrieval.retriever,
+                           source_kinds=retrieval.source_kinds or None, min_score=retrieval.min_score)
 
 
 def majority(votes: dict[str, str | None]) -> str | None:

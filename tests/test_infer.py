@@ -114,6 +114,10 @@ def test_retrieval_keeps_to_the_methods_entry_kinds_and_says_when_it_finds_nothi
     anything = nesycd.answer([QUESTIONS[0]], kb_index=index, source_kinds=("example_knowledge",),
                              max_new_tokens=2)[0]
     assert [i for i, _ in anything.retrieved] == ["sk"]
+    for mode in ("bm25", "hybrid"):
+        lexical = nesycd.answer([QUESTIONS[0]], kb_index=index, source_kinds=("example_knowledge",),
+                                retriever=mode, max_new_tokens=2)[0]
+        assert [i for i, _ in lexical.retrieved] == ["sk"], mode
     high = nesycd.answer([QUESTIONS[0]], kb_index=index, source_kinds=("example_knowledge",), min_score=0.99,
                          max_new_tokens=2)[0]
     assert high.retrieval_empty
