@@ -302,6 +302,11 @@ class TeacherCache:
 
 # ---------------------------------------------------------------- client
 
+def _tokens(value) -> int:
+    """A token count from the server's usage block (anything else counts as 0)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
 RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
              openai.APIConnectionError)
 
@@ -399,6 +404,9 @@ class TeacherClient:
                 self._count(failures=1)
                 raise TeacherError(self._redact(f"teacher refused the request ({e.status_code}): "
                                                 f"{e.message}")) from None
+            except openai.APIError as e:  # e.g. a body that is not a chat completion
+                self._count(failures=1)
+                raise TeacherError(self._redact(f"unusable teacher response: {e}")) from None
             return self._completion(response)
         raise AssertionError("unreachable")
 
@@ -437,13 +445,20 @@ class TeacherClient:
         return min(delay * (0.5 + random.random() / 2), self.config.backoff_max)
 
     def _completion(self, response) -> Completion:
-        choice = response.choices[0]
-        usage = {"prompt_tokens": getattr(response.usage, "prompt_tokens", 0) or 0,
-                 "completion_tokens": getattr(response.usage, "completion_tokens", 0) or 0}
+        try:
+            choice = response.choices[0]
+            content, finish, model = choice.message.content, choice.finish_reason, response.model
+        except (AttributeError, IndexError, KeyError, TypeError):
+            self._count(failures=1)
+            raise TeacherError("the teacher's response is not a chat completion") from None
+        usage = {name: _tokens(getattr(response.usage, name, 0))
+                 for name in ("prompt_tokens", "completion_tokens")}
         self._count(requests=1, **usage)
-        text = clean_text(self._redact(choice.message.content or ""))
-        model = clean_text(self._redact(response.model)) if response.model else response.model
-        return Completion(text, usage, choice.finish_reason, model)
+        return Completion(self._safe(content) or "", usage, self._safe(finish), self._safe(model))
+
+    def _safe(self, value) -> str | None:
+        """A server-given field as text fit to store: without the key, encodable as UTF-8."""
+        return None if value is None else clean_text(self._redact(str(value)))
 
     def _count(self, **deltas) -> None:
         with self._lock:

@@ -4,7 +4,7 @@ Besides `serve(handler)` and the reply helpers, ready-made hostile teachers:
 - `Scripted`: answers with the next content of a list (None = `content: null`), counting calls;
 - `Trickle`: a well-formed answer sent one byte per second, status line and headers included,
   so no per-read timeout ever fires;
-- `EchoKey`: echoes the bearer token it received, in a 401 error body or in the answer.
+- `EchoKey`: echoes the bearer token it received, in a 401 error body or in the answer's fields.
 """
 from __future__ import annotations
 
@@ -95,7 +95,8 @@ class Trickle(QuietHandler):
 
 
 class EchoKey(QuietHandler):
-    """Echoes the Authorization header: `mode` "error" (a 401 body) or "answer" (the content)."""
+    """Echoes the Authorization header: `mode` "error" (a 401 body), "answer" (the content) or
+    "everywhere" (content, model, finish_reason and a usage count)."""
     mode = "error"
     seen: list = []      # the Authorization headers received
 
@@ -105,5 +106,10 @@ class EchoKey(QuietHandler):
         EchoKey.seen.append(token)
         if self.mode == "error":
             reply(self, 401, {"error": {"message": f"Incorrect API key provided: {token}"}})
-        else:
+        elif self.mode == "answer":
             reply(self, 200, chat_completion(f"Your key is {token}. Therefore, the answer is 1."))
+        else:  # "everywhere": every field a client might store
+            body = chat_completion(f"Your key is {token}.", model=token)
+            body["choices"][0]["finish_reason"] = token
+            body["usage"]["prompt_tokens"] = token
+            reply(self, 200, body)

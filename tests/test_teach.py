@@ -171,9 +171,12 @@ def test_killed_job_resumes_without_repeated_calls(proxied_teacher, workspace, t
             break
         time.sleep(0.2)
     assert proc.poll() is None, f"the job ended before it could be killed: {proc.stdout.read()[-1500:]}"
+    sent = time.monotonic()
     proc.send_signal(how)
     code = proc.wait(timeout=240)
+    took = time.monotonic() - sent
     assert code == (3 if how == signal.SIGTERM else -signal.SIGKILL), proc.stdout.read().decode()[-2000:]
+    assert took < 5, f"a stop must end the job within 5 s, took {took:.1f} s"
     first_run = dict(CountingProxy.seen)
     assert 2 <= sum(first_run.values()) < 6
 
@@ -181,11 +184,10 @@ def test_killed_job_resumes_without_repeated_calls(proxied_teacher, workspace, t
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     repeated = {k: n for k, n in CountingProxy.seen.items() if n > 1}
     assert len(CountingProxy.seen) == 6  # every question asked
-    if how == signal.SIGTERM:
-        assert repeated == {}, "a cooperative stop must lose nothing"
-    else:
-        # SIGKILL can only lose the calls in flight at that instant (at most --concurrency)
-        assert len(repeated) <= 2 and all(n == 2 for n in repeated.values())
+    # Only calls in flight at the stop can be asked again (at most --concurrency): SIGKILL loses
+    # them all; SIGTERM keeps those that finish within STOP_GRACE s and abandons slower ones, so
+    # that the job ends within 5 s (on this CPU a call often takes longer than that).
+    assert len(repeated) <= 2 and all(n == 2 for n in repeated.values())
     raw = [json.loads(l) for l in (workspace / "datasets" / f"resume-{how.name.lower()}" / "raw.jsonl").read_text().splitlines()]
     assert len(raw) == 6 and sum(r["cached"] for r in raw) >= sum(first_run.values()) - 2
     metrics = [json.loads(l) for l in (job_dir / "metrics.jsonl").read_text().splitlines()]

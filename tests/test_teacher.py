@@ -193,7 +193,7 @@ def test_empty_answers_are_not_cached_and_are_asked_again(workspace):
 KEY = "sk-test-0123456789-must-never-be-stored"
 
 
-@pytest.mark.parametrize("mode", ["error", "answer"])
+@pytest.mark.parametrize("mode", ["error", "answer", "everywhere"])
 def test_a_server_echoing_the_key_never_gets_it_stored(workspace, monkeypatch, mode):
     monkeypatch.setenv("MY_TEACHER_KEY", KEY)
     EchoKey.mode, EchoKey.seen = mode, []
@@ -206,7 +206,9 @@ def test_a_server_echoing_the_key_never_gets_it_stored(workspace, monkeypatch, m
             text = str(caught.value)
             assert caught.value.__cause__ is None  # no chained exception carries the raw body
         else:
-            text = client.complete(ask("q")).text
+            answer = client.complete(ask("q"))
+            text = answer.text
+            assert KEY not in f"{answer.model} {answer.finish_reason} {answer.usage}"
     assert EchoKey.seen == [f"Bearer {KEY}"]  # it was sent, to the server it was meant for
     assert KEY not in text and "[redacted]" in text
     for path in workspace.rglob("*"):
