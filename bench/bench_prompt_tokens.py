@@ -43,8 +43,10 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from distill import prompts
+    from distill.data import get_dataset
     from distill.models import student_path
 
+    TASK = get_dataset("gsm8k").task_description()
     tok = AutoTokenizer.from_pretrained(student_path())
     pool = [(r["question"], f"{r['rationale']}\nThe answer is {r['answer']}.") for r in rows("train", args.pool)]
     tests = rows("test", args.questions)
@@ -59,8 +61,8 @@ def main() -> None:
         demos = prompts.select_demos(r["question"], pool, args.demos, "similar")
         knowledge = prompts.select_demos(r["question"], pool, 1, "similar")[0][1]  # stand-in knowledge
         for i, s in enumerate(schedule):
-            user = prompts.skintern_prompt(r["question"], prompts.compress(knowledge, s.knowledge_share, idf),
-                                           demos[:s.demos])
+            user = prompts.student_prompt(r["question"], TASK, [prompts.compress(knowledge, s.knowledge_share, idf)],
+                                          demos[:s.demos])
             totals[i] += n_tokens(user)
     means = [t / len(tests) for t in totals]
     print(f"{len(tests)} GSM8K test questions, {args.stages} stages, {args.demos} similar demonstrations at stage 0")

@@ -59,11 +59,11 @@ def write_records(path: Path, n: int) -> Path:
 
 
 def ours(args, data: Path) -> dict:
-    from distill.train import TrainConfig, train
+    from distill.methods import METHODS, train
 
-    root = train(TrainConfig(method="std-cot", data=str(data), output="bench", base_model=args.model,
-                             max_steps=args.steps, batch_size=args.batch, max_length=args.max_length,
-                             save_steps=10_000))
+    root = train(METHODS["std-cot"].config(data=str(data), output="bench", base_model=args.model,
+                                           max_steps=args.steps, batch_size=args.batch,
+                                           max_length=args.max_length, save_steps=10_000))
     m = json.loads((root / "card.json").read_text())["stages"]["main"]
     return {"tokens": m["tokens"], "seconds": m["runtime_s"], "padding_fraction": m["padding_fraction"]}
 
@@ -74,13 +74,14 @@ def naive(args, data: Path) -> dict:
     from transformers import Trainer, TrainingArguments, default_data_collator, set_seed
 
     from distill.infer import load_base
-    from distill.train import Sample, cot_samples, encode, load_records
+    from distill.methods.std_cot import samples as cot_samples
+    from distill.train import encode, load_records
 
     set_seed(42)
     model, tok = load_base(args.model)
     feats = []
     for s in cot_samples(load_records(str(data))):
-        e = encode(tok, Sample(s.user, s.response), args.max_length)
+        e = encode(tok, s, args.max_length)[0]
         gap = args.max_length - len(e["input_ids"])
         feats.append({"input_ids": e["input_ids"] + [tok.pad_token_id] * gap,
                       "labels": e["labels"] + [-100] * gap,
@@ -105,7 +106,8 @@ def interleaved(args, data: Path) -> dict:
     from transformers import set_seed
 
     from distill.infer import load_base
-    from distill.train import LengthGroupedSampler, PadCollator, Sample, cot_samples, encode, load_records
+    from distill.methods.std_cot import samples as cot_samples
+    from distill.train import LengthGroupedSampler, PadCollator, encode, load_records
 
     set_seed(0)
     model, tok = load_base(args.model)
@@ -113,7 +115,7 @@ def interleaved(args, data: Path) -> dict:
                                              task_type="CAUSAL_LM"))
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
-    feats = [encode(tok, Sample(s.user, s.response), args.max_length) for s in cot_samples(load_records(str(data)))]
+    feats = [encode(tok, s, args.max_length)[0] for s in cot_samples(load_records(str(data)))]
     order = list(LengthGroupedSampler([len(f["input_ids"]) for f in feats], args.batch * 16, seed=0))
     ours_collate, naive_collate = PadCollator(tok.pad_token_id), PadCollator(tok.pad_token_id)
     pad_to = {"input_ids": [0] * args.max_length}  # a dummy row makes PadCollator pad to max_length
