@@ -11,6 +11,7 @@ Each resolver takes an override: any Hugging Face id or local path wins over the
 """
 from __future__ import annotations
 
+from kb.errors import NesyError
 import hashlib
 import importlib.util
 import os
@@ -56,7 +57,7 @@ TEACHERS = {
 DEFAULT_TEACHER = "qwen2.5-coder-1.5b"
 
 
-class ModelNotAvailable(RuntimeError):
+class ModelNotAvailable(NesyError, RuntimeError):
     """A default model's package is not installed; the message says which command installs it."""
 
 

@@ -5,6 +5,7 @@ so reordering fields changes the bytes of every export.
 """
 from __future__ import annotations
 
+from kb.errors import NesyError
 import json
 import re
 import threading
@@ -166,7 +167,7 @@ class Revision(BaseModel):
     snapshot: dict | None  # the entry after the change (before it, for a delete)
 
 
-class EntryInvalid(ValueError):
+class EntryInvalid(NesyError, ValueError):
     """An entry failed validation; .problems lists (field, message) pairs, field dotted."""
 
     def __init__(self, problems: list[tuple[str, str]]):

@@ -13,6 +13,7 @@ Guarantees a curator relies on:
 """
 from __future__ import annotations
 
+from kb.errors import NesyError
 import json
 import os
 import re
@@ -65,7 +66,7 @@ FTS_INSERT = ("INSERT INTO entries_fts (rowid, id, title, learning_summary, supp
               "concepts, question) VALUES (?,?,?,?,?,?,?)")
 
 
-class ConflictError(Exception):
+class ConflictError(NesyError):
     """The entry changed since the editor loaded it; .current is what is stored now."""
 
     def __init__(self, entry_id: str, expected_version: int, current: Entry):
@@ -81,7 +82,7 @@ class EntryNotFound(KeyError):
         return f"no entry with id {self.args[0]!r}"
 
 
-class KBLocked(TimeoutError):
+class KBLocked(NesyError, TimeoutError):
     """Another process held the database's write lock for longer than we were willing to wait."""
 
     def __init__(self, path: Path, waited: float):
@@ -90,7 +91,7 @@ class KBLocked(TimeoutError):
                          f"{waited:g} s); try again when that process has finished")
 
 
-class DuplicateEntry(ValueError):
+class DuplicateEntry(NesyError, ValueError):
     """Ids that already exist, when adding or importing with on_duplicate='fail'."""
 
     def __init__(self, ids: list[str]):
