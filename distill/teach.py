@@ -630,7 +630,9 @@ def rationales_cmd(
     try:
         named_path("datasets", name, "--out")
         rationale_dir(name)
-    except (InvalidName, DatasetError) as e:
+    except InvalidName as e:
+        _fail(str(e))
+    except DatasetError as e:
         _fail(f"--out: {e}")
     if teacher == GOLD_TEACHER:
         if chosen != ["cot"]:

@@ -9,8 +9,8 @@
   `DeadlineTransport` bounds every socket operation by what is left of the request's deadline.
   A stop request (SIGTERM/SIGINT, see distill/progress.py) lets calls in flight finish for
   STOP_GRACE seconds (so a paid answer still lands in the cache), then abandons them; no new
-  call starts. The same code drives OpenAI, vLLM,
-  Ollama, llama.cpp, LM Studio or TGI through `base_url` + `model`.
+  call starts. The same code drives OpenAI, vLLM, Ollama, llama.cpp, LM Studio or TGI through
+  `base_url` + `model`.
 - The API key is read from the environment variable named in the config and never written
   anywhere; every text the client hands on (answers, error bodies) has it replaced by
   `[redacted]`. The app may only offer the variables the operator declared:
