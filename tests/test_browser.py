@@ -293,13 +293,38 @@ def test_compare_with_the_embedded_student(server, home, page, artifacts_dir):
 # (these run last: they change statuses and delete, which the export test above must not see)
 
 def tick_row(page, row: int) -> None:
-    """Tick the checkbox of a table row (0 = first data row) in the canvas grid."""
-    grid = page.locator('[data-testid="stDataFrame"]').first
-    grid.scroll_into_view_if_needed()
-    box = grid.bounding_box()
-    header = row_height = 35
-    page.mouse.click(box["x"] + 20, box["y"] + header + row_height * row + row_height / 2)
-    settle(page)
+    """Tick the checkbox of a table row (0 = first data row) in the canvas grid, and wait for the
+    app to report the new selection (a click that landed during a rerun is repeated)."""
+    before = selection_caption(page)
+    for _ in range(3):
+        grid = page.locator('[data-testid="stDataFrame"]').first
+        grid.scroll_into_view_if_needed()
+        box = grid.bounding_box()
+        header = row_height = 35
+        page.mouse.click(box["x"] + 20, box["y"] + header + row_height * row + row_height / 2)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            page.wait_for_timeout(250)
+            if selection_caption(page) != before:
+                settle(page)
+                return
+    raise AssertionError(f"ticking row {row} changed nothing ({before!r})")
+
+
+def pick(page, key: str, option: str) -> None:
+    """choose(), repeated when the list closed under a rerun (shared cores make reruns slow)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    for _ in range(3):
+        settle(page)
+        widget(page, key).get_by_role("combobox").click()
+        try:
+            page.get_by_role("option", name=option, exact=True).click(timeout=10_000)
+        except PlaywrightTimeout:
+            page.keyboard.press("Escape")
+            continue
+        settle(page)
+        return
+    raise AssertionError(f"could not choose {option!r} in {key}")
 
 
 def selection_caption(page) -> str:
@@ -307,7 +332,7 @@ def selection_caption(page) -> str:
 
 
 def sort_by_id(page) -> None:
-    choose(page, "kb:sort", "id")
+    pick(page, "kb:sort", "id")
 
 
 def test_selection_follows_entries_across_filter_changes_and_bulk_actions(server, home, page,
@@ -318,7 +343,7 @@ def test_selection_follows_entries_across_filter_changes_and_bulk_actions(server
     tick_row(page, 1)
     assert selection_caption(page) == "2 selected: b011, b010"
     shot(page, artifacts_dir, "kb-selection")
-    choose(page, "kb:concept", "units")  # the even entries: the first rows are other entries now
+    pick(page, "kb:concept", "units")  # the even entries: the first rows are other entries now
     assert selection_caption(page) == "0 selected"
     assert page.get_by_role("button", name="Delete selected").is_disabled()
     sign_in(page, "Ada")  # a rerun of the same view: the browser sends no stale ticks back
@@ -327,7 +352,8 @@ def test_selection_follows_entries_across_filter_changes_and_bulk_actions(server
     assert selection_caption(page) == "1 selected: b010"
     click(page, "Reject selected")
     page.get_by_text("Reject this entry? Nothing changes until you confirm.").wait_for()
-    assert widget(page, "kb:bulk-ids").inner_text().strip() == "b010"
+    from playwright.sync_api import expect
+    expect(widget(page, "kb:bulk-ids")).to_have_text("b010")  # the confirmation lists the id
     click(page, "Confirm: reject 1 entry")
     page.get_by_text("Marked 1 entry rejected: b010.").wait_for()
     assert selection_caption(page) == "0 selected"
@@ -339,7 +365,7 @@ def test_selection_follows_entries_across_filter_changes_and_bulk_actions(server
     widget(page, "kb:scope").get_by_text("All 6 matching").click()
     settle(page)
     assert selection_caption(page) == "6 selected: every entry matching the filters"
-    choose(page, "kb:concept", "(any)")
+    pick(page, "kb:concept", "(any)")
     assert selection_caption(page) == "0 selected"
     widget(page, "kb:scope").get_by_text("Ticked rows").locator("..").wait_for()
     KBStore().set_status(["b010"], "accepted", by="test")  # leave the seed as it was
