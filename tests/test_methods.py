@@ -19,8 +19,8 @@ from distill.data import RationaleRecord, format_question, get_dataset
 from distill.infer import Student
 from distill.methods import METHODS, train
 from distill.methods.options import fields, from_options, to_argv
-from distill.train import ConfigError, question_of, task_description_of
-from student_fixtures import tiny_model, write_records  # noqa: F401
+from distill.train import ConfigError
+from student_fixtures import tiny_model  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 
