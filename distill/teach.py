@@ -36,7 +36,7 @@ from pathlib import Path
 
 import typer
 
-from distill.answers import answers_match, check, format_number
+from distill.answers import answers_match, check, clean_response, format_number
 from distill.data import (DatasetError, Example, RationaleRecord, format_question, get_dataset,
                           rationale_dir)
 from distill.progress import STOPPED_EXIT_CODE, Progress, StopRequested, install_stop_handler
@@ -346,6 +346,7 @@ def generate_rationales(client: TeacherClient, examples: list[Example], thoughts
 
 
 GOLD_TEACHER = "gold"
+ANNOTATIONS_TEACHER = "annotations"
 CALCULATOR_NOTE = re.compile(r"<<[^>]*>>")  # GSM8K's calculator annotations, e.g. <<48/2=24>>
 
 
@@ -390,14 +391,6 @@ KNOWLEDGE_FORMAT = (
     "Concepts: a comma-separated list of the 2 to 6 key concepts.\n"
     "Do not refer to the specific numbers or names of this problem.")
 
-
-def clean_response(text: str, max_words: int = 256) -> str:
-    """Remove degenerate repetition (`? ? ?`, `0000…`, `not not not`, repeated phrases), cut to max_words."""
-    text = re.sub(r"(\S)\1{5,}", r"\1\1\1", text)                          # 0000000 -> 000
-    text = re.sub(r"(\b.{1,80}?)(?:\s*\1){2,}", r"\1", text, flags=re.S)   # a phrase repeated 3+ times
-    text = re.sub(r"((?:\S+\s+){1,8}?)\1{2,}", r"\1", text + " ").strip()
-    words = text.split()
-    return " ".join(words[:max_words]) + (" ..." if len(words) > max_words else "")
 
 
 def error_messages(case: dict) -> list[dict]:
@@ -573,7 +566,9 @@ cli = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=N
 
 
 TEACHER_HELP = ("'local' (the packaged llama.cpp teacher), the base URL of an OpenAI-compatible server, "
-                "or 'gold' (rationales only: the dataset's own human-written CoT, no teacher calls)")
+                "'gold' (rationales only: the dataset's own human-written CoT, no teacher calls) or "
+                "'annotations' (GSM8K: PoT programs / EoT systems built from the calculator annotations, "
+                "each verified in the sandbox; one set per thought, named <out>-<thought>)")
 MODEL_HELP = "local: a GGUF path or packaged teacher name; URL: the model name"
 KEY_ENV_HELP = ("environment variable holding the API key (never written anywhere; '' sends no key). "
                 "The app offers only the variables declared in $NESY_TEACHER_KEY_ENVS")
@@ -641,6 +636,15 @@ def rationales_cmd(
         if not summary.kept:
             _fail(f"{dataset} {split} has no rationales to use with --teacher gold")
         typer.echo(f"kept {summary.kept} verified of {summary.calls} gold rationales -> {summary.out}")
+        return
+    if teacher == ANNOTATIONS_TEACHER:
+        from distill import annotations
+        if any(t not in annotations.THOUGHTS for t in chosen):
+            _fail("--teacher annotations gives pot,eot; CoT from the same rationales is --teacher gold")
+        for thought in chosen:  # one set per thought: sources and thoughts never mix
+            summary = _until_stopped(lambda: annotations.annotation_rationales(
+                examples, thought, annotations.default_name(thought, name)))
+            typer.echo(summary.line())
         return
     summary = _until_stopped(lambda: generate_rationales(
         make_client(teacher, model, api_key_env, concurrency, temperature, max_tokens, timeout,

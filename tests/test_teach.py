@@ -21,7 +21,7 @@ from distill.answers import check
 from distill.cli import app
 from distill.data import get_dataset, load_rationales
 from distill.models import student_gguf_path
-from distill.teach import (GSM8K_DEMOS, clean_response, parse_knowledge,
+from distill.teach import (GSM8K_DEMOS, error_messages, parse_knowledge,
                            rationale_messages, verify)
 from distill.teacher import LocalTeacherServer
 
@@ -59,14 +59,14 @@ def test_rationale_prompt_uses_trigger_and_demos():
     assert len(rationale_messages(bbh, "cot")) == 1 + 2 * 3 + 1  # the official 3-shot demos
 
 
-def test_clean_response_removes_degenerate_repetition():
-    assert clean_response("so x = ? ? ? ? ? ? ? ?") == "so x = ?"
-    assert "0000000000" not in clean_response("The total is 100000000000000000 dollars")
-    assert clean_response("it is not not not not not true") == "it is not true"
-    looped = "We add 3 and 4. " * 30 + "Done."
-    assert clean_response(looped).count("We add 3 and 4.") == 1
-    long = " ".join(f"w{i}" for i in range(1000))
-    assert len(clean_response(long).split()) == 257 and clean_response(long).endswith("...")
+def test_the_teacher_sees_the_students_solution_as_written():
+    """Numbers, commas and newlines of the wrong answer reach the teacher unchanged; only a
+    degenerate tail is cut (it once turned 1,111 into 1,1 and 1000000 into 1000)."""
+    response = "She has 1,111 apples.\nThen 1000000 / 3 = 0.333\nSo 111 left." + " the the" * 40
+    case = {"question": "Q?", "prompt": "Question: Q?", "response": response, "task": "gsm8k",
+            "dataset": "gsm8k", "example_id": "x"}
+    user = error_messages(case)[-1]["content"]
+    assert "She has 1,111 apples.\nThen 1000000 / 3 = 0.333\nSo 111 left." in user
 
 
 WELL_FORMED = """**Learning Summary:** When a problem gives a part and a fraction, first find the whole,
@@ -543,3 +543,19 @@ def test_the_app_takes_no_error_file_path_and_no_path_as_set_name(workspace):
     assert f"--errors {run / 'errors.jsonl'}" in shown_command(at)
     at.text_input(key="r:out").set_value("../../etc").run()
     assert at.button(key="r:start").disabled
+
+
+def test_annotation_rationales_from_the_cli_are_separate_verified_sets(workspace):
+    from distill.data import load_rationales
+
+    runner = CliRunner()
+    args = ["teach", "rationales", "--dataset", "gsm8k", "--split", "train", "--limit", "6",
+            "--teacher", "annotations", "--out", "annot"]
+    result = runner.invoke(app, [*args, "--thoughts", "pot,eot"])
+    assert result.exit_code == 0, result.output
+    for thought in ("pot", "eot"):
+        records = load_rationales(f"annot-{thought}")
+        assert records and {r.thought for r in records} == {thought}
+        assert {r.teacher_model for r in records} == {"gsm8k-annotations"}
+    refused = runner.invoke(app, [*args, "--thoughts", "cot"])
+    assert refused.exit_code == 2 and "--teacher gold" in refused.output
