@@ -518,6 +518,8 @@ def started_job(at: AppTest, button_key: str) -> jobs.Job:
 
 def test_teacher_page_builds_the_command_and_never_stores_the_key(monkeypatch):
     monkeypatch.setenv("MY_TEACHER_KEY", "sk-secret-value")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-for-teachers")
+    monkeypatch.setenv("NESY_TEACHER_KEY_ENVS", "MY_TEACHER_KEY")
     at = run("distill")
     assert "nesy teach rationales --dataset gsm8k --split train --limit 20 --thoughts cot" in texts(at)
     at.multiselect(key="r:thoughts").set_value(["cot", "eot"])
@@ -525,7 +527,8 @@ def test_teacher_page_builds_the_command_and_never_stores_the_key(monkeypatch):
     assert "Name the model the server should use." in texts(at)
     assert at.button(key="r:start").disabled
     at.text_input(key="r:model").set_value("qwen-72b")
-    at.text_input(key="r:env").set_value("MY_TEACHER_KEY").run()
+    assert "AWS_SECRET_ACCESS_KEY" not in at.selectbox(key="r:env").options  # only declared names
+    at.selectbox(key="r:env").select("MY_TEACHER_KEY").run()
     assert "`MY_TEACHER_KEY` is set in this server's environment." in texts(at)
     job = started_job(at, "r:start")
     assert job.argv[job.argv.index("--thoughts") + 1] == "cot,eot"
