@@ -15,27 +15,35 @@ and records it in $NESY_HOME/datasets/user/registry.json.
 
 ARC labels the options of ~10% of its rows 1-4; they are mapped to A-D at load time.
 
-Rationale sets (written by `nesy teach rationales`): $NESY_HOME/datasets/<name>/records.jsonl.
+Rationale sets (written by `nesy teach rationales`): $NESY_HOME/datasets/<name>/records.jsonl; a
+name the workspace does not have falls back to the set shipped as data/rationales/<name>.jsonl.gz.
+`nesy data export-rationales` / `import-rationales` convert a set to and from TRL's formats
+(distill/interop.py).
+
+Every JSONL file here is read by distill.jsonlines (lines end at \n, never at U+2028 / U+0085).
 """
 from __future__ import annotations
 
-import gzip
 import json
+import logging
 import math
 import random
 import re
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
 import typer
 
+from distill import jsonlines
 from kb.errors import NesyError
 from kb.workspace import subdir
 
+log = logging.getLogger(__name__)
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+SHIPPED_RATIONALES = DATA_DIR / "rationales"  # verified sets made without a teacher (SOURCE.md there)
 # Knowledge the tool itself distilled in a real run (bench/real_run_gsm8k.sh), so a new user sees a
 # populated app; the app offers it on an empty KB.
 STARTER_KB = DATA_DIR / "starter_kb.jsonl"
@@ -131,8 +139,7 @@ def format_question(example: Example) -> str:
 
 @lru_cache(maxsize=64)
 def _read_jsonl_gz(path: Path) -> tuple[dict, ...]:
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return tuple(json.loads(line) for line in f if line.strip())
+    return tuple(jsonlines.read_jsonl(path))
 
 
 def _bundled(name: str, split: str) -> list[dict]:
@@ -242,7 +249,7 @@ def _user_registry() -> dict[str, dict]:
 def validate_user_rows(text: str) -> list[dict]:
     """Parse a user JSONL; raise DatasetError listing every bad line ("line 3: ...")."""
     rows, problems = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(jsonlines.split_lines(text), start=1):
         if not line.strip():
             continue
         try:
@@ -382,31 +389,85 @@ def rationale_dir(name: str) -> Path:
     return subdir("datasets", name)
 
 
+RATIONALE_SUFFIXES = (".jsonl", ".jsonl.gz")
+
+
+def rationale_file(name: str) -> Path:
+    """The file a rationale-set argument means (DatasetError when there is none):
+    - a path (it holds a "/" or ends in .jsonl / .jsonl.gz): that file, or a folder's records.jsonl;
+    - a set name: $NESY_HOME/datasets/<name>/records.jsonl, else the shipped
+      data/rationales/<name>.jsonl.gz, else a folder <name>/ in the current directory."""
+    if "/" in name or name.endswith(RATIONALE_SUFFIXES):
+        path = Path(name)
+        path = path / "records.jsonl" if path.is_dir() else path
+        if not path.is_file():
+            raise DatasetError(f"no rationale file {name} (expected a records.jsonl or a .jsonl.gz)")
+        return path
+    looked = []
+    if NAME_RE.match(name) and name != "user":
+        own = subdir("datasets") / name / "records.jsonl"  # not rationale_dir: it would create the folder
+        shipped = SHIPPED_RATIONALES / f"{name}.jsonl.gz"
+        for path in (own, shipped):
+            if path.is_file():
+                return path
+        looked = [str(own), f"the shipped {shipped.relative_to(DATA_DIR.parent)}"]
+    if (Path(name) / "records.jsonl").is_file():
+        return Path(name) / "records.jsonl"
+    if not looked:
+        raise DatasetError(f"invalid rationale set name {name!r} (use a-z, 0-9, _ and -)")
+    raise DatasetError(f"no rationale set {name!r} (looked for {' and '.join(looked)}; shipped sets: "
+                       f"{', '.join(shipped_rationale_sets()) or 'none'})")
+
+
 def load_rationales(name: str) -> list[RationaleRecord]:
-    """A rationale set by name ($NESY_HOME/datasets/<name>), or a records.jsonl path / its folder."""
-    path = Path(name)
-    if path.is_dir():
-        path = path / "records.jsonl"
-    if not (path.suffix == ".jsonl" and path.exists()):
-        if path.suffix == ".jsonl" or "/" in name:
-            raise DatasetError(f"no rationale file {name} (expected a records.jsonl)")
-        path = rationale_dir(name) / "records.jsonl"
-    if not path.exists():
-        raise DatasetError(f"no rationale set {name!r} (expected {path})")
+    """A rationale set by name or path (see `rationale_file`); says so when the shipped copy is used."""
+    path = rationale_file(name)
+    if path.parent == SHIPPED_RATIONALES and "/" not in name:
+        log.warning("rationale set %r is not in the workspace; using the shipped %s", name,
+                    path.relative_to(DATA_DIR.parent))
+    return read_rationale_file(path)
+
+
+def read_rationale_file(path: Path) -> list[RationaleRecord]:
+    """Every record of a records.jsonl (or .jsonl.gz); DatasetError names the first bad line."""
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            row = json.loads(line)
-            if row.get("choices"):
-                row["choices"] = [tuple(c) for c in row["choices"]]
-            records.append(RationaleRecord(**{k: row.get(k) for k in RationaleRecord.__dataclass_fields__
-                                              if k in row}))
+    try:
+        for number, row in jsonlines.iter_jsonl(path):
+            try:
+                records.append(record_from_row(row))
+            except (TypeError, ValueError) as e:
+                raise DatasetError(f"{path}: line {number}: {e}") from None
+    except jsonlines.JSONLError as e:
+        raise DatasetError(str(e)) from None
     return records
 
 
+REQUIRED_RECORD_FIELDS = tuple(name for name, f in RationaleRecord.__dataclass_fields__.items()
+                               if f.default is MISSING)
+
+
+def record_from_row(row) -> RationaleRecord:
+    """A RationaleRecord from one parsed line (ValueError naming the missing fields)."""
+    if not isinstance(row, dict):
+        raise ValueError("each line must be a JSON object")
+    missing = [k for k in REQUIRED_RECORD_FIELDS if k not in row]
+    if missing:
+        raise ValueError(f"missing field(s) {', '.join(missing)}")
+    row = {k: row[k] for k in RationaleRecord.__dataclass_fields__ if k in row}
+    if row.get("choices"):
+        row["choices"] = [tuple(c) for c in row["choices"]]
+    return RationaleRecord(**row)
+
+
 def list_rationale_sets() -> list[str]:
+    """The rationale sets in the workspace."""
     root = subdir("datasets")
     return sorted(p.parent.name for p in root.glob("*/records.jsonl"))
+
+
+def shipped_rationale_sets() -> list[str]:
+    """The sets shipped in data/rationales/, usable by name when the workspace has none so named."""
+    return sorted(p.name.removesuffix(".jsonl.gz") for p in SHIPPED_RATIONALES.glob("*.jsonl.gz"))
 
 
 # ---------------------------------------------------------------- CLI: nesy data ...
@@ -426,8 +487,12 @@ def list_cmd() -> None:
     for name in list_datasets():
         spec = get_dataset(name)
         typer.echo(f"{name:15} {spec.answer_type:7} splits={','.join(spec.splits):18} {spec.licence}")
-    for name in list_rationale_sets():
+    own = list_rationale_sets()
+    for name in own:
         typer.echo(f"{name:15} rationales  {rationale_dir(name) / 'records.jsonl'}")
+    for name in shipped_rationale_sets():
+        if name not in own:
+            typer.echo(f"{name:15} rationales  {SHIPPED_RATIONALES / (name + '.jsonl.gz')} (shipped)")
 
 
 @cli.command("show")

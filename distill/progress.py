@@ -17,6 +17,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from distill import jsonlines
+
 STOPPED_EXIT_CODE = 3  # a command that stopped on request exits with this (jobs mark it "cancelled")
 
 
@@ -109,15 +111,7 @@ class Progress:
 def read_jsonl(path: Path) -> list[dict]:
     """Rows of a JSONL file a running or killed process appends to (metrics, eval samples);
     a half-written last line is skipped, not an error."""
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+    return jsonlines.read_jsonl(path, skip_bad=True)  # the one reader: lines end at \n, not U+2028
 
 
 def _short(value):

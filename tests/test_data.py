@@ -128,3 +128,71 @@ def test_arc_numeric_labels_become_letters():
         ex = by_id[row["id"]]
         assert [label for label, _ in ex.choices] == list("ABCDE"[: len(row["choices"])])
         assert dict(ex.choices)[ex.answer] == row["choices"][int(row["answer"]) - 1]["text"]
+
+
+# ------------------------------------------------------------- rationale sets: one JSONL reader
+
+LINE_BREAKERS = "\u2028\u2029\x85"  # str.splitlines() breaks at these; JSON strings may hold them raw
+
+
+def test_full_gold_cot_set_written_by_teach_loads(workspace):
+    """`nesy teach rationales --teacher gold` on all of GSM8K train writes gsm8k-train-02381's U+2028
+    raw (RationaleRecord.to_json keeps non-ASCII); the reader once split that line in two."""
+    from distill import teach
+
+    summary = teach.gold_rationales(get_dataset("gsm8k").load("train"), "gold")
+    assert "\u2028" in summary.out.read_text(encoding="utf-8")  # raw, as the writer leaves it
+    records = data.load_rationales("gold")
+    assert len(records) == summary.kept == 7473
+    clive = next(r for r in records if r.example_id == "gsm8k-train-02381")
+    assert "balls.  \u2028The box" in clive.question
+    assert records == data.load_rationales("gsm8k-gold-cot")  # the same set as the shipped one
+
+
+def test_every_line_breaker_survives_the_readers(tmp_path, workspace):
+    from distill.progress import read_jsonl
+
+    text = f"a{LINE_BREAKERS}b"
+    record = data.RationaleRecord(id="r1", example_id="e1", dataset="gsm8k", task="gsm8k", question=text,
+                                  answer="1", thought="cot", rationale=text)
+    (data.rationale_dir("odd") / "records.jsonl").write_text(record.to_json() + "\n", encoding="utf-8")
+    assert data.load_rationales("odd") == [record]
+    # eval samples / job metrics (a half-written last line is still skipped)
+    appended = tmp_path / "samples.jsonl"
+    appended.write_text(json.dumps({"q": text}, ensure_ascii=False) + "\n" + '{"q": "half', encoding="utf-8")
+    assert read_jsonl(appended) == [{"q": text}]
+    # a user dataset
+    src = tmp_path / "mine.jsonl"
+    src.write_text(json.dumps({"question": text, "answer": "2"}, ensure_ascii=False) + "\r\n", encoding="utf-8")
+    assert register_dataset("mine", src).load("all")[0].question == text
+
+
+def test_shipped_sets_load_by_name_path_or_gz(workspace, caplog):
+    """data/rationales/*.jsonl.gz: by bare name when the workspace has no such set (saying so), by
+    path; a workspace set of the same name wins."""
+    with caplog.at_level("WARNING", logger="distill.data"):
+        gold = data.load_rationales("gsm8k-gold-cot")
+    assert len(gold) == 7473 and {r.teacher_model for r in gold} == {"gold"}
+    assert "using the shipped data/rationales/gsm8k-gold-cot.jsonl.gz" in caplog.text
+    assert not (workspace / "datasets" / "gsm8k-gold-cot").exists()  # looking created nothing
+    pot = data.load_rationales(str(data.SHIPPED_RATIONALES / "gsm8k-annot-pot.jsonl.gz"))
+    assert len(pot) == 7156 and {r.thought for r in pot} == {"pot"}
+    assert data.shipped_rationale_sets() == ["gsm8k-annot-eot", "gsm8k-annot-pot", "gsm8k-gold-cot"]
+    own = data.rationale_dir("gsm8k-gold-cot") / "records.jsonl"
+    own.write_text(gold[0].to_json() + "\n", encoding="utf-8")
+    caplog.clear()
+    assert data.load_rationales("gsm8k-gold-cot") == gold[:1] and "shipped" not in caplog.text
+    with pytest.raises(DatasetError, match="shipped sets: gsm8k-annot-eot"):
+        data.load_rationales("no-such-set")
+    out = CliRunner().invoke(app, ["data", "list"])
+    assert "gsm8k-annot-pot" in out.output and "(shipped)" in out.output
+
+
+def test_bad_record_line_is_named(workspace):
+    path = data.rationale_dir("bad") / "records.jsonl"
+    path.write_text('{"id": "r1"}\n', encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"line 1: missing field\(s\) example_id, dataset"):
+        data.load_rationales("bad")
+    path.write_text("\n{not json\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match="line 2: not valid JSON"):
+        data.load_rationales("bad")
