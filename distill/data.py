@@ -522,3 +522,51 @@ def register_cmd(name: str, path: Path,
         _fail(str(e))
     rows = len(spec.load("all"))
     typer.echo(f"registered {name}: {rows} rows, answer type {spec.answer_type}")
+
+
+@cli.command("export-rationales")
+def export_rationales_cmd(
+    name: str = typer.Argument(..., help="rationale set name (or a records.jsonl / .jsonl.gz path)"),
+    out: Path = typer.Argument(..., help="the JSONL file to write (replaced if it exists)"),
+    fmt: str = typer.Option("messages", "--format",
+                            help="messages (TRL conversational: the chat template applies) | "
+                                 "prompt-completion (TRL standard: prompt + completion = --template plain)"),
+    method: str = typer.Option("std-cot", help="whose training prompt: std-cot | etd | eotd"),
+) -> None:
+    """Write a verified rationale set as the training data of a method in TRL's dataset format,
+    loadable with datasets.load_dataset("json", data_files=OUT)."""
+    from distill.interop import export_trl
+    from distill.train import load_records
+
+    count = export_trl(load_records(name), out, method=method, fmt=fmt)  # errors: NesyError, one line
+    typer.echo(f"exported {count} {method} samples ({fmt}) -> {out}")
+
+
+@cli.command("import-rationales")
+def import_rationales_cmd(
+    path: Path = typer.Argument(..., help="a JSONL file in the export's schema (messages or prompt-completion)"),
+    out: str = typer.Option(..., "--out", help="the new rationale set's name (a name, not a path)"),
+    verify: bool = typer.Option(True, "--verify/--no-verify",
+                                help="check every rationale against its gold answer again (CoT extraction, "
+                                     "PoT/EoT in the sandbox: ~40 ms per EoT record)"),
+) -> None:
+    """Import a TRL-format rationale file as a rationale set: every line is checked first (shape,
+    metadata, the method's exact prompt, ids, verification); any problem imports nothing."""
+    from distill.interop import import_trl
+    from distill.progress import STOPPED_EXIT_CODE, Progress, StopRequested
+
+    if not path.is_file():
+        raise DatasetError(f"no such file: {path}")
+    total = sum(1 for _ in jsonlines.iter_lines(path))
+
+    def step(bar: Progress) -> None:
+        bar.update(1)
+        bar.check_stop()
+
+    try:
+        with Progress(total if verify else 0, desc=f"verify {path.name}", unit="rec", stage="import") as bar:
+            count = import_trl(path, out, verify=verify, progress=lambda: step(bar))
+    except StopRequested:
+        typer.echo("stopped; nothing was imported", err=True)
+        raise typer.Exit(STOPPED_EXIT_CODE) from None
+    typer.echo(f"imported {count} records -> {rationale_dir(out) / 'records.jsonl'}")

@@ -18,27 +18,44 @@ Outputs in $NESY_HOME/evals/<name>/:
   and the flips between each `kb` configuration and the same model without knowledge —
   wrong→right ("fixed") and right→wrong ("broken") — with the entries that were inserted and the
   same p-value and verdict;
-- table.md: the comparison table (configurations as columns) and the paired comparisons.
+- table.md: the comparison table (configurations as columns) and the paired comparisons;
+- models.json: per configuration what ran (base model, adapter and its sha256, template, chat
+  template and its sha256, parameters);
+- harness/<configuration>/results_<date>.json + samples_<task>_<date>.jsonl: the same run in
+  lm-evaluation-harness's layout (distill/interop.py), with the generation settings, the chat
+  template's hash, the adapter's hash and the tool's version.
 Comparisons use strict accuracy; the p-values are per pair, not corrected for multiple comparisons.
 Resumable: samples already in samples.jsonl are skipped, so a stopped run continues.
+
+Re-scoring (`nesy eval --rescore REPORT --extractor strict|flexible|last-number`): the saved
+outputs of a report scored again with another answer extractor, no generation; written as
+harness files (filter = the extractor) beside the report's, or under `--name`.
 
 `name` (the report folder) is a validated name, never a path (kb.workspace.check_name).
 """
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import typer
 
+from distill import interop
 from distill.progress import STOPPED_EXIT_CODE, Progress, StopRequested
 from distill.progress import read_jsonl
 from distill.stats import CONFIDENCE, accuracy_interval, paired_comparison, wilson_interval
+from kb.errors import NesyError
 from kb.workspace import InvalidName, check_name, create_owned, home, named_path, subdir
 
 INTERVALS = ("wilson", "bootstrap")
 INTERVAL_LABELS = {"wilson": "Wilson score", "bootstrap": "percentile bootstrap (seeded)"}
+EXTRACTORS = ("strict", "flexible", "last-number")
+
+
+class RescoreError(NesyError, ValueError):
+    """A report that cannot be re-scored, or an extractor that does not apply to its answers."""
 
 
 @dataclass
@@ -163,6 +180,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     from distill.data import get_dataset
 
     out = eval_dir(cfg.name)  # before any work: a bad name stops here, nothing created
+    start = time.time()
     if cfg.interval not in INTERVALS:
         raise ValueError(f"--interval must be one of {', '.join(INTERVALS)}, not {cfg.interval!r}")
     spec = get_dataset(cfg.dataset)
@@ -180,10 +198,62 @@ def run_eval(cfg: EvalConfig) -> dict:
     with Progress(total, desc=f"eval {cfg.name}", initial=total - sum(map(len, todo.values())),
                   stage="eval") as bar:
         _generate(cfg, spec, todo, samples_path, bar)
-    results = summarise(read_jsonl(samples_path), cfg, [e.id for e in examples])
+    rows = read_jsonl(samples_path)
+    results = summarise(rows, cfg, [e.id for e in examples])
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "table.md").write_text(table(results))
+    keep = {e.id for e in examples}
+    write_harness(out / interop.HARNESS_DIR, cfg, [r for r in rows if r["example_id"] in keep],
+                  read_models(out), start)
     return results
+
+
+def read_models(out: Path) -> dict[str, dict]:
+    """models.json of a report: configuration name -> interop.model_info ({} when absent)."""
+    path = out / "models.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def split_index(dataset: str, split: str, task: str | None) -> tuple[dict[str, int], dict[str, int]]:
+    """(example id -> position in its task within the split, harness task name -> questions in
+    the split): the harness's doc_id and n-samples "original"; ({}, {}) if the data is gone."""
+    from distill.data import DatasetError, get_dataset
+
+    try:
+        examples = get_dataset(dataset).load(split, task=task)
+    except DatasetError:
+        return {}, {}
+    doc_ids, originals = {}, {}
+    for ex in examples:
+        name = interop.task_name(ex.dataset, ex.task)
+        doc_ids[ex.id] = originals.get(name, 0)
+        originals[name] = originals.get(name, 0) + 1
+    return doc_ids, originals
+
+
+def write_harness(folder: Path, cfg: EvalConfig, rows: list[dict], models: dict[str, dict], start: float,
+                  scored: dict[str, list] | None = None, extractor: str | None = None) -> list[Path]:
+    """One lm-evaluation-harness results file (+ samples per task) per configuration."""
+    doc_ids, originals = split_index(cfg.dataset, cfg.split, cfg.task)
+    date, paths = interop.date_id(), []
+    for run in cfg.configs:
+        if scored is not None:
+            items = scored.get(run.name, [])
+        else:
+            items = [interop.Scored(r, interop.stored_filters(r, run.thought)) for r in rows
+                     if r["config"] == run.name]
+        if not items:
+            continue
+        harness_run = interop.HarnessRun(
+            report=cfg.name, dataset=cfg.dataset, split=cfg.split, limit=cfg.limit, seed=cfg.seed,
+            max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, start=start,
+            configuration=asdict(run), model=models.get(run.name, {}), doc_ids=doc_ids, originals=originals,
+            rescored_with=extractor)
+        paths.append(interop.write_harness(folder, harness_run, items, date))
+    return paths
 
 
 def _generate(cfg: EvalConfig, spec, todo: dict, samples_path: Path, bar: Progress) -> None:
@@ -191,6 +261,8 @@ def _generate(cfg: EvalConfig, spec, todo: dict, samples_path: Path, bar: Progre
 
     students: dict[str | None, Student] = {}
     index = None
+    models_path = samples_path.parent / "models.json"
+    models = read_models(samples_path.parent)
     for run in cfg.configs:
         if not todo[run.name]:
             continue
@@ -198,6 +270,8 @@ def _generate(cfg: EvalConfig, spec, todo: dict, samples_path: Path, bar: Progre
             students.clear()  # one model in memory at a time
             students[run.adapter] = Student(cfg.base_model, adapter=run.adapter)
         student = students[run.adapter]
+        models[run.name] = interop.model_info(student)
+        models_path.write_text(json.dumps(models, indent=2, ensure_ascii=False), encoding="utf-8")
         if run.with_kb and index is None:
             from distill.infer import _open_index
             index = _open_index()
@@ -205,7 +279,7 @@ def _generate(cfg: EvalConfig, spec, todo: dict, samples_path: Path, bar: Progre
         for i in range(0, len(examples), cfg.batch_size):
             bar.check_stop()
             batch = examples[i:i + cfg.batch_size]
-            rows = [_score(run, spec, ex, res, student.params)
+            rows = [_score(run, spec, ex, res, student)
                     for ex, res in zip(batch, _answer(student, run, spec, batch, cfg, index))]
             with open(samples_path, "a", encoding="utf-8") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
@@ -231,7 +305,7 @@ def _answer(student, run: RunConfig, spec, batch, cfg: EvalConfig, index):
     return results
 
 
-def _score(run: RunConfig, spec, ex, res, params: int) -> dict:
+def _score(run: RunConfig, spec, ex, res, student) -> dict:
     from distill.answers import answers_match, check
 
     answer_type = spec.answer_type_for(ex.task)
@@ -246,7 +320,9 @@ def _score(run: RunConfig, spec, ex, res, params: int) -> dict:
             "extracted_flexible": flexible, "gold": ex.answer, "correct": bool(correct),
             "correct_flexible": bool(correct_flex), "retrieved": res.retrieved,
             "used_knowledge": res.used_knowledge, "prompt_tokens": res.prompt_tokens,
-            "latency_s": res.latency_s, "params": params, "votes": res.votes}
+            "latency_s": res.latency_s, "params": student.params, "votes": res.votes, "thought": run.thought,
+            "choices": [list(c) for c in ex.choices] if ex.choices else None,
+            "rendered": student.render(res.prompt)}  # the prompt as the model saw it (template applied)
 
 
 def summarise(rows: list[dict], cfg: EvalConfig, example_ids: list[str] | None = None) -> dict:
@@ -389,6 +465,146 @@ def table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --- re-scoring saved outputs ---------------------------------------------------------------------
+
+@dataclass
+class SavedReport:
+    """A report's saved outputs, its configuration and what ran (models.json)."""
+    samples: Path
+    cfg: EvalConfig
+    models: dict[str, dict]
+    rows: list[dict]
+    name: str | None  # the report's name when it was given by name (its folder is under evals/)
+
+
+def open_report(report: str) -> SavedReport:
+    """A report by name ($NESY_HOME/evals/<name>, InvalidName for anything else) or, when it holds
+    a "/", a path to a report folder or its samples.jsonl (only read)."""
+    if "/" in report:
+        path = Path(report)
+        samples = path / "samples.jsonl" if path.is_dir() else path
+        folder, name, config_path = samples.parent, None, samples.parent / "config.json"
+    else:
+        samples, name = report_file(report, "samples.jsonl"), report
+        folder, config_path = samples.parent, report_file(report, "config.json")
+    if not samples.is_file():
+        raise RescoreError(f"report {report!r} has no saved outputs ({samples} not found)")
+    rows = read_jsonl(samples)
+    if not rows:
+        raise RescoreError(f"report {report!r}: {samples} holds no outputs")
+    try:
+        saved = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    except (OSError, json.JSONDecodeError) as e:
+        raise RescoreError(f"report {report!r}: config.json cannot be read ({e})") from None
+    return SavedReport(samples, _saved_config(saved, rows, name or folder.name), read_models(folder), rows, name)
+
+
+def _saved_config(saved: dict, rows: list[dict], name: str) -> EvalConfig:
+    """The EvalConfig a report ran with (config.json), or what its rows tell when it has none."""
+    known = EvalConfig.__dataclass_fields__
+    runs = [RunConfig(**{k: v for k, v in c.items() if k in RunConfig.__dataclass_fields__})
+            for c in saved.get("configs", [])]
+    runs += [RunConfig(n) for n in dict.fromkeys(r["config"] for r in rows) if n not in {r.name for r in runs}]
+    values = {k: v for k, v in saved.items() if k in known and k != "configs"}
+    values.setdefault("dataset", rows[0].get("dataset", ""))
+    values.setdefault("split", "")
+    return EvalConfig(**{**values, "configs": runs, "name": name})
+
+
+def extract_with(extractor: str, text: str, example, answer_type: str) -> tuple[str | None, bool]:
+    """(extracted, correct) of one output by an extractor (distill.answers): strict / flexible as
+    the evaluation scores; last-number = the last number anywhere (number answers only)."""
+    from distill.answers import answers_match, check, extract_number
+
+    if extractor in ("strict", "flexible"):
+        extracted, correct = check(text, example, extractor, answer_type)
+        return extracted, bool(correct)
+    extracted = extract_number(text, "flexible")
+    return extracted, answers_match(extracted, example.answer, "number")
+
+
+def rescore_report(report: str, extractor: str, save_as: str | None = None) -> dict:
+    """Score a report's saved outputs again with `extractor`; nothing is generated. Written as
+    harness files (filter = extractor) under the report's folder, or under evals/<save_as>; a
+    report given by path with no save_as is only read. Returns per configuration n, the saved
+    strict accuracy, the re-scored accuracy and its stderr, how many answers changed, the files."""
+    from distill.data import DatasetError, Example, get_dataset
+
+    if extractor not in EXTRACTORS:
+        raise RescoreError(f"--extractor must be one of {', '.join(EXTRACTORS)}, not {extractor!r}")
+    target = eval_dir(save_as, "--name") if save_as else None  # a bad name stops before any work
+    saved, start = open_report(report), time.time()
+    thoughts = {run.name: run.thought for run in saved.cfg.configs}
+    lookup: dict[str, Example] = {}
+
+    def example_of(row: dict, answer_type: str) -> Example:
+        choices = row.get("choices")
+        if choices is None and answer_type == "option":  # an older report: the choices from the dataset
+            if not lookup:
+                try:
+                    lookup.update({e.id: e for e in get_dataset(saved.cfg.dataset).load(saved.cfg.split)})
+                except DatasetError:
+                    lookup["-"] = None
+            choices = getattr(lookup.get(row["example_id"]), "choices", None)
+        return Example(row["example_id"], row["dataset"], row["question"], str(row["gold"]), row["task"],
+                       [tuple(c) for c in choices] if choices else None)
+
+    types: dict[tuple[str, str], str] = {}
+    for row in saved.rows:
+        key = (row["dataset"], row["task"])
+        if key not in types:
+            try:
+                types[key] = get_dataset(row["dataset"]).answer_type_for(row["task"])
+            except DatasetError as e:
+                raise RescoreError(f"report {report!r}: {e}") from None
+    if extractor == "last-number":
+        other = sorted(f"{d}/{t} ({a})" for (d, t), a in types.items() if a != "number")
+        if other:
+            raise RescoreError(f"--extractor last-number reads numbers; these tasks' answers are not: "
+                               f"{', '.join(other)} (use strict or flexible)")
+    scored: dict[str, list[interop.Scored]] = {}
+    summary: dict[str, dict] = {}
+    for row in saved.rows:
+        thought = row.get("thought") or thoughts.get(row["config"], "cot")
+        if thought == "cot":
+            answer_type = types[(row["dataset"], row["task"])]
+            filters = {extractor: extract_with(extractor, row["output"], example_of(row, answer_type), answer_type)}
+        else:  # executed / solved / voted: there is no text to extract from again
+            filters = interop.stored_filters(row, thought)
+        scored.setdefault(row["config"], []).append(interop.Scored(row, filters))
+        (extracted, correct), = filters.values()
+        m = summary.setdefault(row["config"], {"n": 0, "saved": 0, "rescored": [], "changed": 0, "flipped": 0,
+                                               "thought": thought})
+        m["n"] += 1
+        m["saved"] += bool(row["correct"])
+        m["rescored"].append(float(correct))
+        m["changed"] += extracted != row["extracted"]          # vs the saved strict answer
+        m["flipped"] += bool(correct) != bool(row["correct"])  # right <-> wrong
+    for m in summary.values():
+        outcomes = m.pop("rescored")
+        m.update(saved=m["saved"] / m["n"], accuracy=sum(outcomes) / m["n"], stderr=interop.mean_stderr(outcomes))
+    target = target or (eval_dir(saved.name) if saved.name else None)
+    files = []
+    if target is not None:
+        if not target.exists():
+            create_owned(target)
+        files = write_harness(target / interop.HARNESS_DIR, saved.cfg, saved.rows, saved.models, start,
+                              scored=scored, extractor=extractor)
+    return {"report": report, "extractor": extractor, "configs": summary, "files": [str(p) for p in files]}
+
+
+def rescore_table(result: dict) -> str:
+    ex = result["extractor"]
+    lines = [f"| configuration | n | strict (saved) | {ex} (re-scored) | stderr | answers changed | "
+             "right/wrong flipped |", "|---" * 7 + "|"]
+    for name, m in result["configs"].items():
+        stderr = m["stderr"] if isinstance(m["stderr"], str) else f"{100 * m['stderr']:.1f} pts"
+        note = "" if m["thought"] == "cot" else f" ({m['thought']}: kept as executed)"
+        lines.append(f"| {name} | {m['n']} | {pct(m['saved'])} | {pct(m['accuracy'])}{note} | {stderr} | "
+                     f"{m['changed']} | {m['flipped']} |")
+    return "\n".join(lines) + "\n"
+
+
 # --- CLI ------------------------------------------------------------------------------------------
 
 cli = typer.Typer(add_completion=False, rich_markup_mode=None)
@@ -408,8 +624,15 @@ def eval_cmd(
     max_new_tokens: int = typer.Option(256),
     batch_size: int = typer.Option(8),
     interval: str = typer.Option("wilson", help="95 % accuracy interval: wilson | bootstrap (seeded by --seed)"),
+    rescore: str = typer.Option(None, "--rescore", metavar="REPORT",
+                                help="score the saved outputs of REPORT (a report name, or a path to a report "
+                                     "folder) again with --extractor; nothing is generated"),
+    extractor: str = typer.Option(None, help="with --rescore: strict | flexible | last-number"),
 ) -> None:
     """Evaluate student configurations side by side (resumable; reruns skip finished samples)."""
+    if rescore is not None or extractor is not None:
+        _rescore_cmd(rescore, extractor, config, name)
+        return
     report = name or f"{dataset}-{split}"
     try:  # before anything else: the report name is a name, never a path
         check_name(report, "--name" if name else "--name (defaulted from --dataset and --split)")
@@ -438,3 +661,17 @@ def eval_cmd(
         raise typer.Exit(2)
     typer.echo(table(results))
     typer.echo(f"report: {eval_dir(cfg.name)}")
+
+
+def _rescore_cmd(report: str | None, extractor: str | None, config: list[str] | None, name: str | None) -> None:
+    if report is None:
+        raise RescoreError("--extractor goes with --rescore REPORT")
+    if config:
+        raise RescoreError("--rescore scores a report's saved outputs again; --config does not apply")
+    result = rescore_report(report, extractor or "strict", save_as=name)
+    typer.echo(rescore_table(result))
+    for path in result["files"]:
+        typer.echo(f"harness results: {path}")
+    if not result["files"]:
+        typer.echo(f"not saved ({report} is a path): add --name NAME to keep the re-scored files in "
+                   f"$NESY_HOME/evals/NAME/{interop.HARNESS_DIR}")

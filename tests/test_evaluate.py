@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -277,3 +278,195 @@ def test_page_cannot_be_steered_outside_the_workspace(tmp_path, workspace):
         load_report("linked")
     with pytest.raises(ValueError):
         load_report("../../elsewhere")
+
+
+# ------------------------------------------------------------- lm-evaluation-harness files, rescoring
+
+def harness_files(folder: Path) -> tuple[dict, dict[str, list[dict]]]:
+    """(results, {samples file name: lines}) of one configuration's harness folder (one run)."""
+    [results_path] = folder.glob("results_*.json")
+    date = results_path.name.removeprefix("results_").removesuffix(".json")
+    samples = {p.name: [json.loads(l) for l in p.read_text(encoding="utf-8").split("\n") if l]
+               for p in folder.glob(f"samples_*_{date}.jsonl")}
+    return json.loads(results_path.read_text(encoding="utf-8")), samples
+
+
+def sha256(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@pytest.fixture
+def tiny_adapter(tiny_model, workspace) -> str:
+    """A LoRA adapter on the tiny model in $NESY_HOME/adapters/lora (random B: it changes outputs)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model),
+                           LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model.save_pretrained(workspace / "adapters" / "lora")
+    return "lora"
+
+
+def test_run_eval_writes_lm_eval_harness_files(tiny_model, tiny_adapter, workspace):
+    """EvaluationTracker's layout: results_<date>.json + samples_<task>_<date>.jsonl per model
+    (here: per configuration), its keys, stderr = sample stdev / sqrt(n), hashes of what ran."""
+    import datasets
+    from transformers import AutoTokenizer
+
+    cfg = EvalConfig(configs=[parse_config("base"), parse_config(f"sft={tiny_adapter}")], dataset="gsm8k",
+                     split="test", limit=3, name="h", base_model=tiny_model, max_new_tokens=5, seed=1)
+    run_eval(cfg)
+    report = workspace / "evals" / "h"
+    rows = {(r["config"], r["example_id"]): r for r in map(json.loads, (report / "samples.jsonl").open())}
+    results, samples = harness_files(report / "harness" / "sft")
+    assert set(results) >= {"results", "configs", "versions", "n-shot", "higher_is_better", "n-samples",
+                            "config", "git_hash", "date", "task_hashes", "chat_template", "chat_template_sha"}
+    task = results["results"]["gsm8k"]
+    outcomes = [float(rows["sft", e]["correct"]) for e in sorted(e for c, e in rows if c == "sft")]
+    assert task["exact_match,strict"] == pytest.approx(sum(outcomes) / 3)
+    mean = sum(outcomes) / 3
+    stderr = (sum((x - mean) ** 2 for x in outcomes) / 2) ** 0.5 / 3 ** 0.5  # the harness's mean_stderr
+    assert task["exact_match_stderr,strict"] == pytest.approx(stderr)
+    assert {"exact_match,flexible", "exact_match_stderr,flexible"} <= set(task) and task["sample_len"] == 3
+    assert results["n-samples"]["gsm8k"] == {"original": 1319, "effective": 3}
+    assert results["versions"]["gsm8k"] == 1.0 and results["n-shot"]["gsm8k"] == 0
+    config = results["config"]
+    assert config["gen_kwargs"]["max_new_tokens"] == 5 and config["gen_kwargs"]["do_sample"] is False
+    assert config["limit"] == 3 and config["random_seed"] == 1 and config["model_args"].endswith("peft=lora")
+    weights = workspace / "adapters" / "lora" / "adapter_model.safetensors"
+    import hashlib
+    assert config["model_sha"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert config["nesy"]["adapter_sha256"] == config["model_sha"]
+    template = AutoTokenizer.from_pretrained(tiny_model).chat_template
+    assert results["chat_template"] == template and results["chat_template_sha"] == sha256(template)
+    assert results["nesy_version"] == "0.1.0" and results["git_hash"]
+    # samples: one line per (question, filter), the prompt as the model saw it
+    [(name, lines)] = samples.items()
+    assert name.startswith("samples_gsm8k_") and len(lines) == 6
+    assert [x["filter"] for x in lines] == ["strict"] * 3 + ["flexible"] * 3
+    first = lines[0]
+    assert set(first) >= {"doc_id", "doc", "target", "arguments", "resps", "filtered_resps", "filter",
+                          "metrics", "doc_hash", "prompt_hash", "target_hash", "exact_match"}
+    row = rows["sft", first["doc"]["id"]]
+    prompt = first["arguments"]["gen_args_0"]["arg_0"]
+    assert prompt.startswith("<|im_start|>") and row["prompt"] in prompt and first["prompt_hash"] == sha256(prompt)
+    assert first["resps"] == [[row["output"]]] and first["target"] == row["gold"]
+    assert first["doc_id"] == int(row["example_id"].rsplit("-", 1)[1])  # its place in the test split
+    assert first["exact_match"] == float(row["correct"])
+    assert results["task_hashes"]["gsm8k"] == sha256("".join(x["doc_hash"] + x["prompt_hash"] + x["target_hash"]
+                                                             for x in lines))
+    base, _ = harness_files(report / "harness" / "base")
+    assert base["config"]["model_sha"] is None and base["config"]["model_args"] == f"pretrained={tiny_model}"
+    # the harness's own loader reads these with datasets
+    loaded = datasets.load_dataset("json", data_files=str(report / "harness" / "sft" / name), split="train",
+                                   cache_dir=str(workspace / "hf-cache"))
+    assert loaded.num_rows == 6 and loaded[0]["filter"] == "strict"
+
+
+def saved_report(workspace: Path, name: str, outputs: list[tuple[str, str]], dataset="gsm8k", task="gsm8k",
+                 thought="cot") -> Path:
+    """A report as `nesy eval` leaves it, from (output, gold) pairs scored as the run scores them."""
+    from distill.answers import check
+    from distill.data import Example
+
+    folder = workspace / "evals" / name
+    folder.mkdir(parents=True)
+    rows = []
+    for i, (output, gold) in enumerate(outputs):
+        ex = Example(f"q{i}", dataset, f"question {i}", gold, task)
+        strict, ok = check(output, ex, "strict", "number")
+        flexible, ok_flex = check(output, ex, "flexible", "number")
+        rows.append({"config": "base", "example_id": ex.id, "dataset": dataset, "task": task,
+                     "question": ex.question, "prompt": f"Question: {ex.question}", "output": output,
+                     "extracted": strict, "extracted_flexible": flexible, "gold": gold, "correct": ok,
+                     "correct_flexible": ok_flex, "retrieved": [], "used_knowledge": False, "prompt_tokens": 9,
+                     "latency_s": 0.1, "params": 1, "votes": None})
+    (folder / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "config.json").write_text(json.dumps(asdict(EvalConfig(
+        configs=[RunConfig("base", thought=thought)], dataset=dataset, split="test", limit=len(rows), name=name))))
+    return folder
+
+
+OUTPUTS = [("12 apples, then 3. Therefore, the answer is 15.", "15"),   # right by every extractor
+           ("The answer is 4 cakes, so 8 in all.", "8"),                   # strict 4 (wrong), last number 8
+           ("We get 10. Then 20", "20"),                                   # no answer phrase: strict None
+           ("The answer is 7.", "9")]                                      # wrong by every extractor
+
+
+def test_rescore_changes_the_extractor_without_generating(workspace, monkeypatch):
+    import distill.infer
+
+    monkeypatch.setattr(distill.infer.Student, "__init__", lambda *a, **k: pytest.fail("a model was loaded"))
+    from distill.evaluate import rescore_report
+
+    saved_report(workspace, "r", OUTPUTS)
+    strict = rescore_report("r", "strict")
+    assert strict["configs"]["base"] == {"n": 4, "saved": 0.25, "accuracy": 0.25, "changed": 0,
+                                              "flipped": 0, "thought": "cot", "stderr": pytest.approx(0.25)}
+    last = rescore_report("r", "last-number")["configs"]["base"]
+    assert (last["accuracy"], last["changed"], last["flipped"]) == (0.75, 2, 2)
+    # stderr of [1, 1, 1, 0]: stdev 0.5 / sqrt(4)
+    assert last["stderr"] == pytest.approx(0.25)
+    folder = workspace / "evals" / "r" / "harness" / "base"
+    runs = sorted(folder.glob("results_*.json"))
+    assert len(runs) == 2  # one per re-scoring, beside the report
+    results = json.loads(runs[-1].read_text())
+    assert results["results"]["gsm8k"]["exact_match,last-number"] == 0.75
+    assert results["results"]["gsm8k"]["exact_match_stderr,last-number"] == pytest.approx(0.25)
+    assert results["config"]["nesy"]["rescored_with"] == "last-number"
+    date = runs[-1].name.removeprefix("results_").removesuffix(".json")
+    lines = [json.loads(l) for l in (folder / f"samples_gsm8k_{date}.jsonl").read_text().split("\n") if l]
+    assert [(x["filtered_resps"], x["exact_match"]) for x in lines] == [
+        (["15"], 1.0), (["8"], 1.0), (["20"], 1.0), (["7"], 0.0)]
+
+
+def test_rescore_keeps_executed_answers_and_refuses_last_number_for_options(workspace):
+    from distill.evaluate import RescoreError, rescore_report
+
+    saved_report(workspace, "pot", OUTPUTS, thought="pot")
+    res = rescore_report("pot", "last-number")["configs"]["base"]
+    assert (res["accuracy"], res["changed"], res["thought"]) == (0.25, 0, "pot")  # the saved verdicts
+    saved_report(workspace, "arc", [("The answer is (B) 12", "B")], dataset="arc_easy", task="arc_easy")
+    with pytest.raises(RescoreError, match="last-number reads numbers.*arc_easy/arc_easy \\(option\\)"):
+        rescore_report("arc", "last-number")
+    assert rescore_report("arc", "strict")["configs"]["base"]["accuracy"] == 1.0
+
+
+def test_cli_rescore_by_name_and_by_path(tmp_path, workspace, capsys):
+    from distill.cli import app, run
+
+    runner = CliRunner()
+    saved_report(workspace, "r", OUTPUTS)
+    out = runner.invoke(app, ["eval", "--rescore", "r", "--extractor", "last-number"])
+    assert out.exit_code == 0, out.output
+    assert "| base | 4 | 25.0% | 75.0% | 25.0 pts | 2 | 2 |" in out.output and "harness results:" in out.output
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(workspace / "evals" / "r", copy, ignore=shutil.ignore_patterns("harness"))
+    out = runner.invoke(app, ["eval", "--rescore", str(copy), "--extractor", "flexible"])
+    assert out.exit_code == 0 and "not saved" in out.output and not (copy / "harness").exists()
+    out = runner.invoke(app, ["eval", "--rescore", str(copy), "--extractor", "flexible", "--name", "kept"])
+    assert out.exit_code == 0 and list((workspace / "evals" / "kept" / "harness" / "base").glob("results_*"))
+    for argv, message in [(["--rescore", "r..x"], "error: report takes a name"),
+                          (["--rescore", "r", "--extractor", "regex"], "error: --extractor must be one of"),
+                          (["--extractor", "strict"], "error: --extractor goes with --rescore"),
+                          (["--rescore", "r", "--config", "base"], "error: --rescore scores"),
+                          (["--rescore", "r", "--name", "a/b"], "error: --name takes a name"),
+                          (["--rescore", "missing"], "error: report 'missing' has no saved outputs")]:
+        with pytest.raises(SystemExit) as done:
+            run(["eval", *argv])
+        err = capsys.readouterr().err.strip()
+        assert done.value.code == 2 and err.startswith(message) and len(err.splitlines()) == 1, (argv, err)
+
+
+def test_rescore_of_the_shipped_real_run_reproduces_its_strict_scores(workspace):
+    from distill.evaluate import rescore_report
+
+    result = rescore_report(str(REPO / "docs" / "real-run"), "strict")
+    saved = json.loads((REPO / "docs" / "real-run" / "results.json").read_text())["configs"]
+    for name, m in result["configs"].items():
+        assert (m["n"], m["accuracy"], m["changed"]) == (saved[name]["n"], saved[name]["accuracy"], 0)
+    assert result["files"] == [] and not (workspace / "evals").exists()
