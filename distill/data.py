@@ -473,7 +473,8 @@ def shipped_rationale_sets() -> list[str]:
 # ---------------------------------------------------------------- CLI: nesy data ...
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None,
-                  help="List datasets, show examples, register your own JSONL.")
+                  help="List datasets, show examples, register your own JSONL; export / import rationale "
+                       "sets in TRL's formats.")
 
 
 def _fail(message: str) -> None:

@@ -619,7 +619,8 @@ def eval_cmd(
     task: str = typer.Option(None, help="only this task (BBH / AGIEval)"),
     config: list[str] = typer.Option(None, "--config", help="[NAME=]MODEL[,kb][,k=N][,thought=T][,pending]"
                                      "[,adaptive=X]; MODEL = base | adapter. Repeat for columns."),
-    name: str = typer.Option(None, help="report name (a name, not a path) -> $NESY_HOME/evals/<name> (default dataset-split)"),
+    name: str = typer.Option(None, help="report name (a name, not a path) -> $NESY_HOME/evals/<name> (default "
+                             "dataset-split; with --rescore: where the re-scored files go, default the report)"),
     base_model: str = typer.Option(None, help="HF id or local path of the base model"),
     max_new_tokens: int = typer.Option(256),
     batch_size: int = typer.Option(8),

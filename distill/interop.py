@@ -108,10 +108,12 @@ def model_info(student) -> dict:
     chat template and its hash (a `distill.infer.Student`; kept in the report's models.json)."""
     from distill.infer import adapter_dir
 
-    tok = student.tokenizer
+    tok, model = student.tokenizer, getattr(student, "model", None)  # no model: a server generates
     info = {"base_model": tok.name_or_path, "adapter": student.adapter, "method": student.method.name,
+            "backend": getattr(student, "backend_name", "transformers"),
             "template": student.template, "chat_template": tok.chat_template if student.template == "chat" else None,
-            "params": student.params, "dtype": str(next(student.model.parameters()).dtype).removeprefix("torch."),
+            "params": student.params,
+            "dtype": str(next(model.parameters()).dtype).removeprefix("torch.") if model is not None else None,
             "device": student.device, "tokenizer_pad_token": [tok.pad_token, str(tok.pad_token_id)],
             "tokenizer_eos_token": [tok.eos_token, str(tok.eos_token_id)],
             "tokenizer_bos_token": [tok.bos_token, str(tok.bos_token_id)]}
@@ -238,6 +240,7 @@ def harness_files(run: HarnessRun, scored: list[Scored]) -> tuple[dict, dict[str
             "gen_kwargs": gen_kwargs, "random_seed": run.seed, "numpy_seed": None, "torch_seed": None,
             "fewshot_seed": None,
             "nesy": {"report": run.report, "configuration": run.configuration, "method": model.get("method"),
+                     "backend": model.get("backend"),
                      "template": model.get("template"), "adapter_sha256": model.get("adapter_sha256"),
                      "adapter_config_sha256": model.get("adapter_config_sha256"),
                      "rescored_with": run.rescored_with}},
