@@ -8,9 +8,10 @@ one folder per configuration, as the harness does per model:
     evals/<report>/harness/<configuration>/samples_<task>_<date>.jsonl
 
 results: `results` {task: {name, alias, sample_len, "exact_match,<filter>",
-"exact_match_stderr,<filter>"}}, `groups` + `group_subtasks` when a dataset has several tasks,
-`configs` (task configs: split, prompt builder, generation kwargs, filters), `versions`, `n-shot`,
-`higher_is_better`, `n-samples`, `config` (model args, the adapter's sha256, batch size, limit,
+"exact_match_stderr,<filter>"}}, `groups` + `group_subtasks` when a dataset has several tasks (a
+group's metrics are over all its questions; its stderr is that mean's, where the harness pools the
+tasks' variances), `configs` (task configs: split, prompt builder, generation kwargs, filters),
+`versions`, `n-shot`, `higher_is_better`, `n-samples`, `config` (model args, the adapter's sha256, batch size, limit,
 seed, gen_kwargs, plus this tool's configuration under `nesy`), `git_hash`, `date`, the tool's
 version, `chat_template` + `chat_template_sha`, `task_hashes`. In the harness a *filter* is the
 answer-extraction step after generation (its GSM8K task has "strict-match" and "flexible-extract"),
@@ -218,19 +219,20 @@ def harness_files(run: HarnessRun, scored: list[Scored]) -> tuple[dict, dict[str
                 group[f"{METRIC},{f}"] = sum(values) / len(values)
                 group[f"{METRIC}_stderr,{f}"] = mean_stderr(values)
             out["groups"][dataset] = group
-        out["group_subtasks"] = {d: sorted(t for t in results if t == d or t.startswith(d + "_"))
+            results[dataset] = group  # the harness lists a group among the results too
+        out["group_subtasks"] = {d: sorted(t for t in by_task if t == d or t.startswith(d + "_"))
                                  for d in sorted(datasets)}
     else:
-        out["group_subtasks"] = {task: [] for task in results}
+        out["group_subtasks"] = {task: [] for task in by_task}
     model = run.model
     adapter = run.configuration.get("adapter")
     out.update({
         "configs": configs,
-        "versions": {t: TASK_VERSION for t in results},
-        "n-shot": {t: 0 for t in results},
-        "higher_is_better": {t: {METRIC: True} for t in results},
-        "n-samples": {t: {"original": run.originals.get(t, len(by_task[t])), "effective": len(by_task[t])}
-                      for t in results},
+        "versions": {t: TASK_VERSION for t in by_task},
+        "n-shot": {t: 0 for t in by_task},
+        "higher_is_better": {t: {METRIC: True} for t in by_task},
+        "n-samples": {t: {"original": run.originals.get(t, len(items)), "effective": len(items)}
+                      for t, items in by_task.items()},
         "config": {
             "model": "nesy", "model_args": ",".join(f"{k}={v}" for k, v in (
                 ("pretrained", model.get("base_model")), ("peft", adapter)) if v),

@@ -470,3 +470,21 @@ def test_rescore_of_the_shipped_real_run_reproduces_its_strict_scores(workspace)
     for name, m in result["configs"].items():
         assert (m["n"], m["accuracy"], m["changed"]) == (saved[name]["n"], saved[name]["accuracy"], 0)
     assert result["files"] == [] and not (workspace / "evals").exists()
+
+
+def test_a_dataset_of_several_tasks_is_a_harness_group(workspace):
+    """BBH-like: one result per task and the dataset as a group over all its questions."""
+    from distill import interop
+
+    tasks = ["navigate", "navigate", "date_understanding", "date_understanding", "date_understanding"]
+    rows = [{"config": "c", "example_id": f"e{i}", "dataset": "bbh", "task": t, "question": "q", "prompt": "p",
+             "output": "o", "gold": "(A)", "extracted": "A" if i % 2 else "B", "correct": bool(i % 2),
+             "extracted_flexible": "A", "correct_flexible": True} for i, t in enumerate(tasks)]
+    run = interop.HarnessRun("r", "bbh", "test", None, 0, 8, 2, 0.0, {"name": "c"})
+    results, samples = interop.harness_files(run, [interop.Scored(r, interop.stored_filters(r)) for r in rows])
+    assert set(samples) == {"bbh_navigate", "bbh_date_understanding"}
+    assert results["results"]["bbh_navigate"]["exact_match,strict"] == 0.5
+    assert results["results"]["bbh_date_understanding"]["exact_match,strict"] == pytest.approx(1 / 3)
+    assert results["groups"]["bbh"]["exact_match,strict"] == results["results"]["bbh"]["exact_match,strict"] == 0.4
+    assert results["groups"]["bbh"]["sample_len"] == 5
+    assert results["group_subtasks"] == {"bbh": ["bbh_date_understanding", "bbh_navigate"]}
