@@ -20,6 +20,7 @@ SUBCOMMANDS = {  # name -> (module, help)
     "train": ("distill.train", "Train a student LoRA adapter (std-cot, nesycd, skintern, etd, eotd)."),
     "answer": ("distill.infer", "Answer a question with the student, with or without the KB."),
     "eval": ("distill.evaluate", "Evaluate student configurations side by side."),
+    "export-adapter": ("distill.gguf_export", "Export a LoRA adapter as a GGUF LoRA for llama.cpp."),
     "jobs": ("distill.jobs", "List, show, cancel and resume background jobs."),
     "data": ("distill.data", "List datasets and register your own JSONL."),
 }

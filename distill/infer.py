@@ -18,6 +18,8 @@
 - thought types (ETD adapters choose by trigger): "cot" extracts from text, "pot" runs the
   program in the sandbox, "eot" solves the equations in the sandbox, "vote" runs all three and
   takes the majority (ties: CoT, then PoT, then EoT — the order of `TRIGGERS`).
+- `backend`: "transformers" (this process), "llama.cpp[:f32|f16|packaged]" or an OpenAI-compatible
+  URL (distill/student_server.py): the same prompts, retrieval and extraction, generated elsewhere.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ import torch
 import typer
 
 from distill import prompts
+from distill.student_server import BACKEND_HELP
 from kb.errors import NesyError
 
 log = logging.getLogger(__name__)
@@ -69,19 +72,28 @@ class AnswerResult:
     votes: dict[str, str | None] | None = None   # thought -> extracted, when voting
 
 
-def load_base(base_model: str | None = None, dtype=None):
-    """(model, tokenizer) for an HF id / local path, default the embedded student."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(base_model: str | None = None):
+    """The tokenizer of an HF id / local path, default the embedded student."""
+    from transformers import AutoTokenizer
 
     from distill.models import student_path
 
-    path = student_path(base_model)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(student_path(base_model))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base(base_model: str | None = None, dtype=None):
+    """(model, tokenizer) for an HF id / local path, default the embedded student."""
+    from transformers import AutoModelForCausalLM
+
+    from distill.models import student_path
+
+    tokenizer = load_tokenizer(base_model)
     if dtype is None:
         dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(student_path(base_model), dtype=dtype)
     return model, tokenizer
 
 
@@ -107,25 +119,34 @@ class Student:
     """The student model, loaded once: base + optional LoRA adapter, with its method's prompt."""
 
     def __init__(self, base_model: str | None = None, adapter: str | None = None, *,
-                 method: str | None = None, template: str | None = None):
+                 method: str | None = None, template: str | None = None, backend: str = "transformers"):
         from distill.methods import get
+        from distill.student_server import check_backend, connect
 
         self.card = read_card(adapter) if adapter else {}
         if base_model is None and self.card.get("base_model"):
             base_model = self.card["base_model"]
+        self.backend_name, self.backend = check_backend(backend), None
+        self.adapter = adapter
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.method = get(method or self.card.get("method") or FALLBACK["method"])
+        self.defaults = {**FALLBACK, **self.card.get("inference", {})}
+        if backend != "transformers":  # a server generates; prompts, retrieval, extraction stay here
+            self.model, self.tokenizer = None, load_tokenizer(base_model)
+            self.template = prompts.resolve_template(self.tokenizer, template or self.card.get("template", "auto"))
+            self.backend = connect(backend, base_model=base_model, adapter=adapter, tokenizer=self.tokenizer,
+                                   template=self.template)
+            self.params = self.backend.params
+            return
         self.model, self.tokenizer = load_base(base_model)
         if adapter:
             from peft import PeftModel
 
             self.model = PeftModel.from_pretrained(self.model, str(adapter_dir(adapter)))
         self.model.eval()
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model.to(self.device)
-        self.adapter = adapter
         self.params = sum(p.numel() for p in self.model.parameters())
-        self.method = get(method or self.card.get("method") or FALLBACK["method"])
         self.template = prompts.resolve_template(self.tokenizer, template or self.card.get("template", "auto"))
-        self.defaults = {**FALLBACK, **self.card.get("inference", {})}
 
     # --- prompts ---
 
@@ -154,6 +175,11 @@ class Student:
     def generate(self, users: list[str], max_new_tokens: int = 256, batch_size: int = 8
                  ) -> list[tuple[str, int, float]]:
         """Greedy completions for user texts: (text, prompt_tokens, latency_s) each."""
+        if self.backend is not None:  # the server batches what it is sent at once
+            start = time.perf_counter()
+            done = self.backend.generate(users, [self.render(u) for u in users], max_new_tokens)
+            latency = (time.perf_counter() - start) / max(len(users), 1)
+            return [(g.text, g.prompt_tokens, latency) for g in done]
         out = []
         for i in range(0, len(users), batch_size):
             chunk = users[i:i + batch_size]
@@ -173,6 +199,9 @@ class Student:
         """The reference's probe: per prompt, up to `tokens` tokens sampled at T=0.6 (seeded, so the
         same prompt always gets the same value), mean top-1 − top-2 gap of the tempered
         distribution, in [0, 1]; it stops at the end-of-sequence token."""
+        if self.backend is not None:
+            raise InferenceError(f"adaptive retrieval reads the student's logits, which --backend "
+                                 f"{self.backend_name} does not return: use --backend transformers")
         gaps = []
         for user in users:
             batch = self._encode([self.render(user)])
@@ -189,7 +218,11 @@ class Student:
         """Yield the answer to one question piece by piece as it is generated."""
         from transformers import TextIteratorStreamer
 
-        batch = self._encode([self.render(self.user_text(question, thought, knowledge, task_description))])
+        user = self.user_text(question, thought, knowledge, task_description)
+        if self.backend is not None:
+            yield from self.backend.stream(user, self.render(user), max_new_tokens or self.defaults["max_new_tokens"])
+            return
+        batch = self._encode([self.render(user)])
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         kwargs = dict(**batch, max_new_tokens=max_new_tokens or self.defaults["max_new_tokens"], do_sample=False,
                       streamer=streamer, pad_token_id=self.tokenizer.pad_token_id)
@@ -352,9 +385,10 @@ def answer_cmd(
     max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="[default: the adapter's card, else 256]"),
     as_json: bool = typer.Option(False, "--json", help="print the full result as JSON"),
     stream: bool = typer.Option(False, "--stream", help="print tokens as they come (cot/pot/eot)"),
+    backend: str = typer.Option("transformers", "--backend", help=BACKEND_HELP),
 ) -> None:
     """Answer a question with the student, with or without the KB."""
-    student = Student(base_model, adapter=adapter)
+    student = Student(base_model, adapter=adapter, backend=backend)
     index = _open_index() if kb else None
     statuses = ("accepted", "pending") if include_pending else ("accepted",)
     options = dict(kb_index=index, k=k, statuses=statuses, thought=thought, max_new_tokens=max_new_tokens,
