@@ -16,7 +16,8 @@ from typing import Optional
 
 import typer
 
-from kb.schema import STATUSES, EntryInvalid
+from kb.quality import CHECKS
+from kb.schema import FLAG_CODE, STATUSES, EntryInvalid
 from kb.store import ConflictError, EntryNotFound, KBLocked, KBStore
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None,
@@ -100,25 +101,65 @@ def export(out: str = typer.Argument("-", help="Output file, or - for stdout."),
         typer.echo(f"exported {count} entries to {out}")
 
 
+FLAG_HELP = (f"Only entries with this quality flag ({', '.join(CHECKS)}; repeatable: any of "
+             "them), 'any' for entries with a flag, 'none' for entries without.")
+
+
 @cli.command("list")
 @_friendly
 def list_(status: Optional[str] = typer.Option(None), task: Optional[str] = typer.Option(None),
           concept: Optional[str] = typer.Option(None),
+          flag: list[str] = typer.Option([], help=FLAG_HELP),
           text: Optional[str] = typer.Option(None, help="Words that must all occur."),
           sort: str = typer.Option("updated_at"), ascending: bool = typer.Option(False, "--asc"),
           limit: int = typer.Option(50), offset: int = typer.Option(0),
           as_json: bool = typer.Option(False, "--json", help="Canonical JSONL lines.")):
-    """List entries with filters, sorted and paged."""
+    """List entries with filters, sorted and paged. Columns: id, status, task, version, quality
+    flags (comma-separated codes, - for none), title."""
     from kb.jsonl import dumps_entry
 
     _check_status(status)
     page = KBStore().query(status=status, task=task, concept=concept, text=text, sort=sort,
-                           descending=not ascending, offset=offset, limit=limit)
+                           descending=not ascending, offset=offset, limit=limit, **_flag_filter(flag))
     for entry in page.entries:
         typer.echo(dumps_entry(entry) if as_json else _row(
-            entry.id, entry.status, entry.task, f"v{entry.version}", entry.title or ""))
+            entry.id, entry.status, entry.task, f"v{entry.version}",
+            ",".join(f.code for f in entry.flags) or "-", entry.title or ""))
     if not as_json:
         typer.echo(f"-- {len(page.entries)} of {page.total} (offset {offset})", err=True)
+
+
+def _flag_filter(names: list[str]) -> dict:
+    """--flag values as KBStore.query arguments: codes, or 'any' / 'none' on their own."""
+    if not names:
+        return {}
+    special = [n for n in names if n in ("any", "none")]
+    if special and len(names) > 1:
+        raise ValueError("--flag any / none cannot be combined with other --flag values")
+    if special:
+        return {"flagged": special[0] == "any"}
+    for name in names:  # a mistyped code is an error, not an empty list
+        if not FLAG_CODE.fullmatch(name):
+            raise ValueError(f"--flag {name!r} is not a flag code (snake_case, like generic)")
+    return {"flag": names}
+
+
+@cli.command()
+@_friendly
+def check(status: Optional[str] = typer.Option(None, help="Only entries with this status."),
+          task: Optional[str] = typer.Option(None, help="Only entries of this task."),
+          checks: str = typer.Option(",".join(CHECKS), help="Comma-separated checks to run; the "
+                                     "flags of the others are kept as they are."),
+          by: str = typer.Option("nesy-quality", help="Name recorded in the revisions.")):
+    """Recompute the quality flags of existing entries (kb/quality.py); each entry whose flags
+    change gets a revision. 'generic' compares with every entry of the KB and loads the
+    embedder; an entry edited meanwhile is skipped."""
+    from kb.quality import check_store
+
+    _check_status(status)
+    names = [c.strip() for c in checks.split(",") if c.strip()]
+    report = check_store(KBStore(), status=status, task=task, checks=names, by=by)
+    typer.echo(report.line())
 
 
 @cli.command()
@@ -231,6 +272,9 @@ def stats(as_json: bool = typer.Option(False, "--json")):
         typer.echo(f"  {name}: {count}")
     for name, count in numbers["by_task"].items():
         typer.echo(f"  task {name}: {count}")
+    typer.echo(f"  flagged: {numbers['flagged']}")
+    for name, count in numbers["by_flag"].items():
+        typer.echo(f"  flag {name}: {count}")
 
 
 @cli.command()

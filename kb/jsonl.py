@@ -1,7 +1,8 @@
 """KB interchange as JSONL: deterministic export, validated all-or-nothing import.
 
 Export writes `dumps_entry` lines in id order, so export -> import -> export is byte-identical
-(import keeps version, created_at, updated_at and updated_by from the file).
+(import keeps version, created_at, updated_at and updated_by from the file; quality flags are
+content and travel with the entry).
 Import reads and validates the WHOLE file before touching the store, then writes every entry in one
 transaction: a file with any problem changes nothing. Each problem names the line and the field.
 """
@@ -28,8 +29,13 @@ POLICIES = ("fail", "skip", "overwrite")
 
 
 def dumps_entry(entry: Entry) -> str:
-    """The one canonical line: model field order, no nulls, UTF-8 text kept as is."""
-    return json.dumps(entry.model_dump(mode="json", exclude_none=True), ensure_ascii=False)
+    """The one canonical line: model field order, no nulls, UTF-8 text kept as is. `flags` only
+    when there are some, so an entry without flags exports the same bytes as before flags were
+    added (older exports stay byte-identical)."""
+    data = entry.model_dump(mode="json", exclude_none=True)
+    if not data["flags"]:
+        del data["flags"]
+    return json.dumps(data, ensure_ascii=False)
 
 
 @dataclass

@@ -19,7 +19,7 @@ Status = Literal["pending", "accepted", "rejected"]
 STATUSES: tuple[str, ...] = ("pending", "accepted", "rejected")
 # Fields a user edits; id/version/timestamps are owned by the store.
 EDITABLE_FIELDS = ("task", "learning_summary", "supplementary_knowledge", "status", "title",
-                   "concepts", "source", "links")
+                   "concepts", "source", "links", "flags")
 MAX_ID_LENGTH = 256
 # Versions stay exact in every JSON reader (JavaScript's safe integers) and fit SQLite's INTEGER.
 MAX_VERSION = 2 ** 53 - 1
@@ -31,6 +31,10 @@ _ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-
                        re.IGNORECASE)
 _CANONICAL_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")  # what now_iso() writes
 _AWARE = TypeAdapter(AwareDatetime)
+# A quality flag's code: a short snake_case name (kb/quality.py writes restates_source, generic,
+# false_arithmetic, empty_or_overlong); other tools may add their own codes, so any name is kept.
+FLAG_CODE = re.compile(r"[a-z][a-z0-9_]{0,39}")
+MAX_FLAG_DETAIL = 500
 
 
 def now_iso(moment: datetime | None = None) -> str:
@@ -81,9 +85,17 @@ def _stored(info: ValidationInfo) -> bool:
     return bool(info.context and info.context.get("stored"))
 
 
+def _valid_flag_code(value: str, info: ValidationInfo) -> str:
+    if not _stored(info) and not FLAG_CODE.fullmatch(value):
+        raise ValueError("must be a short snake_case name: a-z, 0-9 and _, starting with a "
+                         "letter, at most 40 characters")
+    return value
+
+
 Text = Annotated[str, AfterValidator(_valid_unicode)]
 Id = Annotated[Text, AfterValidator(_valid_id)]
 Time = Annotated[Text, AfterValidator(_valid_time)]
+FlagCode = Annotated[Text, AfterValidator(_valid_flag_code)]
 
 
 class Source(BaseModel):
@@ -98,6 +110,14 @@ class Source(BaseModel):
     student_model: Text | None = None
 
 
+class Flag(BaseModel):
+    """A quality flag found by a check (kb/quality.py): what is wrong (code) and where (detail).
+    Flags inform a curator; they never change the status of an entry by themselves."""
+    model_config = ConfigDict(extra="forbid")
+    code: FlagCode
+    detail: Text | None = Field(None, max_length=MAX_FLAG_DETAIL)
+
+
 class Entry(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: Id
@@ -109,6 +129,7 @@ class Entry(BaseModel):
     concepts: list[Text] = []
     source: Source | None = None
     links: list[Id] = []  # ids of other entries
+    flags: list[Flag] = []  # quality flags, one per code (exported only when there are some)
     version: int = Field(1, strict=True)  # strict: true or "2" is not a version
     created_at: Time | None = None
     updated_at: Time | None = None
@@ -136,6 +157,15 @@ class Entry(BaseModel):
         if any(not v.strip() for v in values):
             raise ValueError("items must not be empty strings")
         return values
+
+    @field_validator("flags")
+    @classmethod
+    def _one_flag_per_code(cls, flags: list[Flag]) -> list[Flag]:
+        codes = [f.code for f in flags]
+        if repeated := next((c for c in codes if codes.count(c) > 1), None):
+            raise ValueError(f"flag code {repeated!r} is given {codes.count(repeated)} times; "
+                             "keep one per code")
+        return flags
 
     @field_validator("version")
     @classmethod

@@ -25,11 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from kb.quality import flags_with_checks
 from kb.schema import (EDITABLE_FIELDS, STATUSES, STORED, Entry, Revision, now_iso,
                        validate_entry)
 from kb.workspace import home
 
 SORTABLE = ("updated_at", "created_at", "id", "task", "status", "title", "version")
+CHECKED_FIELDS = {"learning_summary", "supplementary_knowledge", "source"}  # what the checks read
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -49,6 +51,10 @@ CREATE TABLE IF NOT EXISTS entry_concepts (
     entry_pk INTEGER NOT NULL, concept TEXT NOT NULL COLLATE NOCASE);
 CREATE INDEX IF NOT EXISTS concepts_by_name ON entry_concepts(concept, entry_pk);
 CREATE INDEX IF NOT EXISTS concepts_by_entry ON entry_concepts(entry_pk);
+CREATE TABLE IF NOT EXISTS entry_flags (   -- quality flag codes of live entries (filters, facets)
+    entry_pk INTEGER NOT NULL, code TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS flags_by_code ON entry_flags(code, entry_pk);
+CREATE INDEX IF NOT EXISTS flags_by_entry ON entry_flags(entry_pk);
 CREATE TABLE IF NOT EXISTS revisions (
     revision_id INTEGER PRIMARY KEY AUTOINCREMENT,
     entry_id TEXT NOT NULL, version INTEGER NOT NULL, action TEXT NOT NULL,
@@ -57,7 +63,8 @@ CREATE INDEX IF NOT EXISTS revisions_by_entry ON revisions(entry_id, revision_id
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('seq', 0);
 """
-SCHEMA_VERSION = 1  # bump with any change to SCHEMA, so existing files get it on their next open
+SCHEMA_VERSION = 2  # bump with any change to SCHEMA, so existing files get it on their next open
+# (2: entry_flags. Entries written before flags existed have none, so the new table starts right.)
 FTS_SCHEMA = """CREATE VIRTUAL TABLE IF NOT EXISTS entries_fts USING fts5(
     id, title, learning_summary, supplementary_knowledge, concepts, question,
     tokenize = 'unicode61 remove_diacritics 2')"""
@@ -222,7 +229,10 @@ class KBStore:
             row = self._live_row(con, entry_id)
             _check_version(row, expected_version)
             action = "status" if set(changes) == {"status"} else "update"
-            return self._change(con, row, changes, by, action=action)
+            # An edit of the checked text re-runs the per-entry quality checks, so a fixed entry
+            # loses its stale flags (flags given explicitly are taken as they are).
+            reflag = "flags" not in changes and bool(CHECKED_FIELDS & set(changes))
+            return self._change(con, row, changes, by, action=action, reflag=reflag)
 
     def delete(self, entry_id: str, expected_version: int | None, by: str) -> None:
         """Soft delete (history stays); expected_version None skips the conflict check."""
@@ -318,12 +328,14 @@ class KBStore:
 
     # -- queries -----------------------------------------------------------------------------
     def query(self, *, status=None, task=None, concept=None, text=None, source_kind=None,
-              sort="updated_at", descending=True, offset=0, limit=50) -> Page:
+              flag=None, flagged: bool | None = None, sort="updated_at", descending=True,
+              offset=0, limit=50) -> Page:
         """One page of live entries matching every given filter; Page.total counts all matches.
-        status / task / source_kind accept one value or a list."""
+        status / task / source_kind / flag accept one value or a list (any of them); flag is a
+        quality flag code; flagged=True: entries with any flag, False: entries with none."""
         if sort not in SORTABLE:
             raise ValueError(f"cannot sort by {sort!r}; choose one of {', '.join(SORTABLE)}")
-        where, args = self._filters(status, task, concept, text, source_kind)
+        where, args = self._filters(status, task, concept, text, source_kind, flag, flagged)
         total = self._con.execute(f"SELECT COUNT(*) FROM entries WHERE {where}", args).fetchone()[0]
         order = "DESC" if descending else "ASC"
         rows = self._con.execute(
@@ -331,10 +343,10 @@ class KBStore:
             f"LIMIT ? OFFSET ?", [*args, limit, offset])
         return Page([_load(d) for (d,) in rows], total, offset, limit)
 
-    def iter_entries(self, *, status=None, task=None, concept=None, batch: int = 1000
+    def iter_entries(self, *, status=None, task=None, concept=None, flag=None, batch: int = 1000
                      ) -> Iterator[Entry]:
         """Every matching live entry in id order, streamed (export, index rebuild, graph)."""
-        where, args = self._filters(status, task, concept, None, None)
+        where, args = self._filters(status, task, concept, None, None, flag)
         last = ""
         while True:
             rows = self._con.execute(
@@ -352,9 +364,14 @@ class KBStore:
             "SELECT status, COUNT(*) FROM entries WHERE deleted = 0 GROUP BY status"))
         by_task = dict(con.execute(
             "SELECT task, COUNT(*) FROM entries WHERE deleted = 0 GROUP BY task ORDER BY task"))
+        by_flag = dict(con.execute(  # only live entries have rows in entry_flags
+            "SELECT code, COUNT(*) FROM entry_flags GROUP BY code ORDER BY code"))
         return {"total": sum(by_status.values()),
                 "by_status": {s: by_status.get(s, 0) for s in STATUSES},
                 "by_task": by_task,
+                "by_flag": by_flag,
+                "flagged": con.execute(
+                    "SELECT COUNT(DISTINCT entry_pk) FROM entry_flags").fetchone()[0],
                 "deleted": con.execute("SELECT COUNT(*) FROM entries WHERE deleted = 1").fetchone()[0],
                 "revisions": con.execute("SELECT COUNT(*) FROM revisions").fetchone()[0],
                 "seq": self.current_seq()}
@@ -369,7 +386,9 @@ class KBStore:
                 "SELECT DISTINCT concept FROM entry_concepts ORDER BY concept")],
             "source_kinds": [k for (k,) in con.execute(
                 "SELECT DISTINCT source_kind FROM entries WHERE deleted = 0 "
-                "AND source_kind IS NOT NULL ORDER BY source_kind")]}
+                "AND source_kind IS NOT NULL ORDER BY source_kind")],
+            "flags": [c for (c,) in con.execute(
+                "SELECT DISTINCT code FROM entry_flags ORDER BY code")]}
 
     def current_seq(self) -> int:
         return self._con.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()[0]
@@ -429,6 +448,8 @@ class KBStore:
             [(pk, e.id, *_columns(e), seq, d) for pk, e, d in zip(pks, entries, data)])
         con.executemany("INSERT INTO entry_concepts VALUES (?, ?)",
                         [(pk, c) for pk, e in zip(pks, entries) for c in dict.fromkeys(e.concepts)])
+        con.executemany("INSERT INTO entry_flags VALUES (?, ?)",
+                        [(pk, f.code) for pk, e in zip(pks, entries) for f in e.flags])
         if self.fts:
             con.executemany(FTS_INSERT, [(pk, *_fts_values(e)) for pk, e in zip(pks, entries)])
         con.executemany(
@@ -470,13 +491,16 @@ class KBStore:
         return entry
 
     def _change(self, con, row: _Row, changes: dict, by: str, action: str,
-                extra: dict | None = None, force: bool = False) -> Entry:
-        """Validate and write new content; a no-op change writes nothing unless forced."""
+                extra: dict | None = None, force: bool = False, reflag: bool = False) -> Entry:
+        """Validate and write new content; a no-op change writes nothing unless forced.
+        reflag: the per-entry quality checks run on the new content (kb/quality.py)."""
         current = row.entry
         at = now_iso()
         candidate = validate_entry({**current.model_dump(), **changes,
                                     "version": current.version + 1, "updated_at": at,
                                     "updated_by": by})
+        if reflag:
+            candidate = candidate.model_copy(update={"flags": flags_with_checks(candidate)})
         diff = _diff(current.content(), candidate.content())
         if not diff and not force and not row.deleted:
             return current
@@ -507,12 +531,14 @@ class KBStore:
                 "created_at=?, updated_at=?, updated_by=?, deleted=?, seq=?, data=? WHERE pk=?",
                 (*values, pk))
             con.execute("DELETE FROM entry_concepts WHERE entry_pk = ?", (pk,))
+            con.execute("DELETE FROM entry_flags WHERE entry_pk = ?", (pk,))
             if self.fts:
                 con.execute("DELETE FROM entries_fts WHERE rowid = ?", (pk,))
         if deleted:
-            return  # a deleted entry is invisible to concept facets and text search
+            return  # a deleted entry is invisible to concept and flag facets and text search
         con.executemany("INSERT INTO entry_concepts VALUES (?, ?)",
                         [(pk, c) for c in dict.fromkeys(entry.concepts)])
+        con.executemany("INSERT INTO entry_flags VALUES (?, ?)", [(pk, f.code) for f in entry.flags])
         if self.fts:
             con.execute(FTS_INSERT, (pk, *_fts_values(entry)))
 
@@ -563,8 +589,16 @@ class KBStore:
                     frontier.append(source)
         return found
 
-    def _filters(self, status, task, concept, text, source_kind) -> tuple[str, list]:
+    def _filters(self, status, task, concept, text, source_kind, flag=None,
+                 flagged: bool | None = None) -> tuple[str, list]:
         clauses, args = ["deleted = 0"], []
+        if flag:
+            codes = [flag] if isinstance(flag, str) else list(flag)
+            clauses.append(f"pk IN (SELECT entry_pk FROM entry_flags WHERE code IN "
+                           f"({','.join('?' * len(codes))}))")
+            args += codes
+        if flagged is not None:
+            clauses.append(f"pk {'' if flagged else 'NOT '}IN (SELECT entry_pk FROM entry_flags)")
         for column, value in (("status", status), ("task", task), ("source_kind", source_kind)):
             if value:
                 values = [value] if isinstance(value, str) else list(value)

@@ -136,7 +136,7 @@ def test_list_and_history_rows_cannot_be_forged_by_field_text(tmp_path):
     (tmp_path / "kb.jsonl").write_text(line("a", title="t\nb\taccepted\tgsm8k\tv9\t",
                                             task="gsm8k\tx") + "\n")
     assert nesy("import", "kb.jsonl", "--by", "eve\nforged", cwd=tmp_path).returncode == 0
-    assert nesy("list").stdout.splitlines() == ["a\tpending\tgsm8k\\tx\tv1\t"
+    assert nesy("list").stdout.splitlines() == ["a\tpending\tgsm8k\\tx\tv1\t-\t"
                                                 "t\\nb\\taccepted\\tgsm8k\\tv9\\t"]
     [row] = nesy("history", "a").stdout.splitlines()
     assert row.split("\t")[3] == "eve\\nforged"
@@ -221,3 +221,48 @@ def test_reindex_reports_progress_stops_cleanly_and_resumes(tmp_path):
     assert "embedded 600 (256 kept from a stopped run)" in result.stdout
     last = json.loads(metrics.read_text().splitlines()[-1])
     assert (last["step"], last["total"]) == (344, 344)
+
+
+# ------------------------------------------------------------------------- quality flags
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_list_shows_flags_and_filters_by_them(tmp_path):
+    (tmp_path / "kb.jsonl").write_text("\n".join([
+        line("a", flags=[{"code": "generic", "detail": "boilerplate"},
+                         {"code": "restates_source", "detail": "numbers 750"}]),
+        line("b", flags=[{"code": "false_arithmetic", "detail": "2 + 2 = 5 (is 4)"}]),
+        line("c")]) + "\n")
+    assert nesy("import", "kb.jsonl", cwd=tmp_path).returncode == 0
+    rows = nesy("list", "--sort", "id", "--asc").stdout.splitlines()
+    assert [r.split("\t")[4] for r in rows] == ["generic,restates_source", "false_arithmetic", "-"]
+    ids = lambda *args: [r.split("\t")[0] for r in nesy("list", *args).stdout.splitlines()]  # noqa: E731
+    assert ids("--flag", "generic") == ["a"]
+    assert sorted(ids("--flag", "generic", "--flag", "false_arithmetic")) == ["a", "b"]
+    assert sorted(ids("--flag", "any")) == ["a", "b"] and ids("--flag", "none") == ["c"]
+    assert ids("--flag", "empty_or_overlong") == []
+    for args, message in [(("--flag", "Generic!"), "error: --flag 'Generic!' is not a flag code"),
+                          (("--flag", "any", "--flag", "generic"), "error: --flag any / none cannot")]:
+        result = nesy("list", *args)
+        assert result.returncode == 2 and result.stderr.startswith(message), result.stderr
+    stats = nesy("stats").stdout
+    assert "flagged: 2" in stats and "flag generic: 1" in stats
+
+
+def test_check_recomputes_flags_as_revisions_by_nesy_quality(tmp_path):
+    """The first starter KB (14 entries, shipped without flags) checked from the shell."""
+    assert nesy("import", str(FIXTURES / "starter_kb_v1.jsonl")).returncode == 0
+    result = nesy("check", "--status", "accepted")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ("checked 14 entries: flags now restates_source 10, generic 13, "
+                                     "false_arithmetic 1; 14 entries changed")
+    commodity = "gsm8k-gsm8k-train-02133-error_analysis"
+    last = nesy("history", commodity).stdout.splitlines()[-1].split("\t")
+    assert last[2:4] == ["update", "nesy-quality"] and last[-1] == "flags"
+    shown = json.loads(nesy("show", commodity, "--json").stdout)
+    assert [f["code"] for f in shown["flags"]] == ["restates_source", "generic", "false_arithmetic"]
+    again = nesy("check", "--checks", "restates_source,false_arithmetic")
+    assert again.stdout.strip().endswith("; 0 entries changed")
+    assert nesy("check", "--checks", "vague").stderr.startswith("error: unknown check 'vague'")
+    assert nesy("check", "--status", "pending").stdout.startswith("checked 0 entries")

@@ -45,10 +45,14 @@ times = st.builds(lambda moment, spec: moment.isoformat(timespec=spec),
                   st.sampled_from(["seconds", "milliseconds", "microseconds"]))
 sources = st.fixed_dictionaries({}, optional={k: prose for k in (
     "kind", "dataset", "example_id", "question", "student_response", "teacher_model")})
+flag_codes = st.from_regex(r"[a-z][a-z0-9_]{0,39}", fullmatch=True)
+flags = st.lists(st.fixed_dictionaries({"code": flag_codes}, optional={"detail": prose}),
+                 max_size=3, unique_by=lambda f: f["code"])
 entries = st.fixed_dictionaries(
     {"id": id_text, "task": id_text, "learning_summary": prose, "supplementary_knowledge": prose,
      "status": st.sampled_from(["pending", "accepted", "rejected"])},
     optional={"title": prose, "concepts": st.lists(prose, max_size=3), "source": sources,
+              "flags": flags,
               "links": st.lists(id_text | st.just("seed one"), max_size=3),
               "version": st.integers(1, 2 ** 53 - 1), "created_at": times, "updated_at": times,
               "updated_by": prose})

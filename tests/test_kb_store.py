@@ -181,13 +181,13 @@ def test_two_processes_racing_on_one_version_cannot_both_win(store):
 
 def test_history_records_who_when_what_and_restore_brings_content_back(store):
     store.add(make("a", concepts=["area"]), by="ann")
-    store.update("a", {"learning_summary": "better summary", "concepts": ["area", "circle"]},
+    store.update("a", {"learning_summary": "a better summary", "concepts": ["area", "circle"]},
                  expected_version=1, by="bob")
     store.set_status(["a"], "accepted", by="cat")
     revisions = store.history("a")
     assert [(r.action, r.by, r.version) for r in revisions] == \
         [("create", "ann", 1), ("update", "bob", 2), ("status", "cat", 3)]
-    assert revisions[1].changes == {"learning_summary": ["summary of a", "better summary"],
+    assert revisions[1].changes == {"learning_summary": ["summary of a", "a better summary"],
                                     "concepts": [["area"], ["area", "circle"]]}
     assert revisions[2].snapshot["status"] == "accepted" and revisions[0].at <= revisions[2].at
 

@@ -20,6 +20,12 @@ from kb.schema import STATUSES, Entry, EntryInvalid, Source, validate_entry
 from kb.store import ConflictError, DuplicateEntry, EntryNotFound
 
 ANY = "(any)"
+FLAGGED = "(any flag)"
+UNFLAGGED = "(no flags)"
+FLAG_HELP = {"restates_source": "repeats numbers, names or words of its source question",
+             "generic": "mostly boilerplate that many other entries say too",
+             "false_arithmetic": "a calculation in it is wrong",
+             "empty_or_overlong": "a section is (nearly) empty or very long"}
 PAGE_SIZES = (25, 50, 100)
 MAX_OPTIONS = 2000  # longer facet lists become a text box
 LARGE_BACKLOG = 200  # entries to embed before a semantic search; above it, suggest a job
@@ -45,7 +51,9 @@ def empty_state_guide() -> None:
             "training examples (SKIntern); entries arrive as *pending* for you to review.\n"
             "3. **Add an entry by hand** below.\n\n"
             "Then accept the entries you trust: only *accepted* knowledge is retrieved for the student.")
-    if STARTER_KB.exists() and st.button("Load the starter KB (distilled by a real NesyCD run on GSM8K)"):
+    if STARTER_KB.exists() and st.button("Load the starter KB (knowledge the local teacher distilled "
+                                         "from a student's GSM8K errors; it arrives pending, with "
+                                         "quality flags, for you to review)"):
         report = import_jsonl(kb, STARTER_KB, on_duplicate="skip", by=ui.user())
         st.session_state["kb:flash"] = report.summary()
         st.rerun()
@@ -69,19 +77,24 @@ def filters(sortable: bool = True) -> dict:
         concept = c[2].text_input("Concept (exact)", key="kb:concept-text").strip() or ANY
     c = st.columns(3)
     source_kind = c[0].selectbox("Source", [ANY, *facets["source_kinds"]], key="kb:source")
+    flag = c[1].selectbox("Quality flag", [ANY, FLAGGED, UNFLAGGED, *facets.get("flags", [])],
+                          key="kb:flag", help="Flags found by the quality checks (nesy kb check): "
+                          + "; ".join(f"{code}: {text}" for code, text in FLAG_HELP.items()))
     sort, descending = "id", False
     if sortable:
-        sort = c[1].selectbox("Sort by", ["updated_at", "created_at", "id", "task", "status",
+        sort = c[2].selectbox("Sort by", ["updated_at", "created_at", "id", "task", "status",
                                           "title", "version"], key="kb:sort")
         descending = c[2].toggle("Descending", value=True, key="kb:desc")
-    pick = lambda v: None if v == ANY else v  # noqa: E731
+    pick = lambda v: None if v in (ANY, FLAGGED, UNFLAGGED) else v  # noqa: E731
     return {"text": text.strip() or None, "semantic": semantic, "status": status or None,
             "task": pick(task), "concept": pick(concept), "source_kind": pick(source_kind),
+            "flag": pick(flag), "flagged": {FLAGGED: True, UNFLAGGED: False}.get(flag),
             "sort": sort, "descending": descending}
 
 
 def store_query(f: dict) -> dict:
-    return {k: f[k] for k in ("status", "task", "concept", "text", "source_kind", "sort", "descending")}
+    return {k: f[k] for k in ("status", "task", "concept", "text", "source_kind", "flag", "flagged",
+                              "sort", "descending")}
 
 
 def signature(*parts) -> str:
@@ -101,6 +114,7 @@ def load_page(f: dict) -> tuple[list[Entry], list[float] | None, int]:
         except Exception as e:  # noqa: BLE001 - index missing/unbuilt: say so, keep the page usable
             st.error(f"Semantic search is unavailable: {ui.md(e)}")
             return [], None, 0
+        hits = [h for h in hits if flag_matches(h.entry, f)]  # the index knows no flags
         return [h.entry for h in hits], [round(h.score, 3) for h in hits], len(hits)
     if f["semantic"] and f["text"]:
         return [], None, 0
@@ -112,6 +126,12 @@ def load_page(f: dict) -> tuple[list[Entry], list[float] | None, int]:
         st.session_state["kb:page"] = 1
         result = kb.query(**query, offset=0, limit=size)
     return result.entries, None, result.total
+
+
+def flag_matches(entry: Entry, f: dict) -> bool:
+    codes = {flag.code for flag in entry.flags}
+    return ((f["flag"] is None or f["flag"] in codes)
+            and (f["flagged"] is None or f["flagged"] == bool(codes)))
 
 
 def index_hint() -> bool:
@@ -160,8 +180,8 @@ def results_table(entries: list[Entry], scores: list[float] | None, total: int,
     scope = st.radio("Select", SCOPES, format_func=labels.get, key="kb:scope", horizontal=True,
                      help="Bulk actions apply to this selection. It resets whenever the filters, "
                           "page, sort or rows change, and after every bulk action.")
-    rows = [ui.entry_row(e, **({"score": s} if scores else {})) for e, s in
-            zip(entries, scores or [None] * n)]
+    rows = [{**ui.entry_row(e, **({"score": s} if scores else {})),
+             "flags": [f.code for f in e.flags]} for e, s in zip(entries, scores or [None] * n)]
     ticking = scope == "ticked"
     table = st.dataframe(
         pd.DataFrame(rows), hide_index=True, key=f"kb:table:{view}",
@@ -173,7 +193,9 @@ def results_table(entries: list[Entry], scores: list[float] | None, total: int,
                                                    help="Double-click a cell to read it whole"),
             "knowledge": st.column_config.TextColumn("supplementary knowledge", width="large",
                                                      help="Double-click a cell to read it whole"),
-            "flags": st.column_config.TextColumn("quality flags")})
+            "flags": st.column_config.ListColumn(
+                "quality flags", help="Open an entry (tick its row) or use Review to read what "
+                "each flag found")})
     if ticking:
         return scope, [entries[i].id for i in table.selection.rows if i < n]
     return scope, [e.id for e in entries]
@@ -441,8 +463,9 @@ def review_card(entry: Entry, pos: int, total: int, query: dict) -> None:
         st.subheader(ui.md(entry.title or entry.id))
         st.caption(ui.md(f"{entry.id} · {entry.status} · task {entry.task} · version {entry.version} "
                          f"· updated {(entry.updated_at or '')[:19]} by {entry.updated_by or '-'}"))
-        if flagged := ui.flags(entry):
-            st.warning("Quality flags: " + ui.md("; ".join(flagged)))
+        if entry.flags:
+            flag_badges(entry)
+            st.warning("Quality flags: " + ui.md("; ".join(ui.flags(entry))))
         else:
             st.caption("Quality flags: none")
         left, right = st.columns(2)
@@ -475,6 +498,15 @@ def review_card(entry: Entry, pos: int, total: int, query: dict) -> None:
         c[4].button("Next", key="kb:review-next", shortcut="N", disabled=pos + 1 >= total,
                     on_click=review_go, args=(pos + 1,))
         st.caption("Keys: A accept · X reject (Streamlit reserves R) · E edit · P previous · N next")
+
+
+def flag_badges(entry: Entry) -> None:
+    """One badge per quality flag; the code's meaning on hover."""
+    row = st.container(horizontal=True, key=f"kb-flag-badges-{signature(entry.id)}")
+    for flag in entry.flags:
+        with row:
+            st.badge(flag.code, icon=":material/flag:", color="orange",
+                     help=FLAG_HELP.get(flag.code))
 
 
 def review_decide(entry_id: str, version: int, status: str, pos: int, query: dict) -> None:
