@@ -8,12 +8,16 @@ gold answer. Verified records go to $NESY_HOME/datasets/<out>/records.jsonl (for
 docs/ARCHITECTURE.md), every teacher exchange (verified or not) to raw.jsonl beside it.
 
 `nesy teach knowledge` asks the teacher, as an educational teacher, for a Learning Summary and
-Supplementary Knowledge:
-- NesyCD (`--errors FILE`): from the student's prompt and its wrong response, cleaned of
-  degenerate repetition and cut to 256 words; the gold answer is not shown;
+Supplementary Knowledge, with the NesyCD reference's prompt shape (a list of requirements, one
+demonstration; sampled at temperature 0.8 with room for 1,024 tokens):
+- NesyCD (`--errors FILE`): from the student's question (its prompt without the "Answer:" tail)
+  and its wrong response, cleaned of degenerate repetition and cut to 256 words; the gold answer
+  is not shown;
 - SKIntern (`--dataset ... --with-answer`): from a training question and its gold answer.
 Well-formed answers become `pending` KB entries (id `{dataset}-{example_id}-{kind}`) with full
-provenance and concepts; malformed answers are counted, kept in raw.jsonl and never stored.
+provenance, concepts and quality flags (kb/quality.py, checked before the entry is stored);
+malformed answers are counted, kept in raw.jsonl and never stored (our choice: the reference
+stores whatever the teacher returned).
 Concepts: the teacher is asked for a final `Concepts:` line; when it gives none, the terms it
 wrote in **bold** or `code` are used instead (at most 8, each at most 5 words).
 
@@ -31,7 +35,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import typer
@@ -376,38 +380,137 @@ def gold_rationales(examples: list[Example], out: str) -> RationaleSummary:
 
 
 # ---------------------------------------------------------------- knowledge
+#
+# The NesyCD reference's teacher call (docs/METHODS.md; Xnhyacinth/NesyCD `regular.jsonl`
+# temp_error pid 2 and inference.py): system "You are a helpful assistant.", a user turn with the
+# teacher's role, a numbered list of requirements, the return format, ONE demonstration, then
+# the student's question (its prompt without the "Answer: …" tail) and wrong response;
+# temperature 0.8 and no token limit. Ours has the same parts in our own words, and three
+# choices of our own: the return format asks for a Concepts line too (the KB's concept filters
+# and graph use it), the demonstration is a made-up word problem (not a GSM8K question, so no
+# test or training question leaks into every prompt), and a malformed answer is rejected and
+# counted (parse_knowledge) where the reference stores whatever came back. SKIntern's per-example
+# prompt has the same shape with the gold answer (and reference solution) instead of an error.
 
-KNOWLEDGE_SYSTEM = (
-    "You are an educational teacher. You analyse a student's solution to find the knowledge and "
-    "experience the student lacks, and you write it down so that it helps with every problem of "
-    "this kind, not only this one. Be general and concise.")
+KNOWLEDGE_SYSTEM = "You are a helpful assistant."  # the reference's system turn
+KNOWLEDGE_TEMPERATURE = 0.8  # the reference samples the teacher at 0.8
+KNOWLEDGE_MAX_TOKENS = 1024  # the reference sets no limit; 1,024 leaves room for both lists
 
-KNOWLEDGE_FORMAT = (
-    "Write exactly three parts:\n"
-    "Learning Summary: the thought process and precautions for this kind of problem "
-    "(understanding the question, reasoning steps, calculation), as reusable experience.\n"
-    "Supplementary Knowledge: general background the student needs: formulas, definitions, "
-    "facts or techniques.\n"
-    "Concepts: a comma-separated list of the 2 to 6 key concepts.\n"
-    "Do not refer to the specific numbers or names of this problem.")
+KNOWLEDGE_RETURN_FORMAT = (
+    "### Return Format:\n"
+    "Return in the following format:\n"
+    "Learning Summary: [Learning Summary]\n"
+    "Supplementary Knowledge: [Supplementary Knowledge]\n"
+    "Concepts: [2 to 6 key concepts, comma-separated]")
 
+ERROR_PROMPT = (
+    "As an experienced educational teacher, your goal is to help students become better at "
+    "solving questions by analysing an incorrect solution process and its answer.\n"
+    "You write a focused thought process and the background knowledge a student needs to solve "
+    "similar questions in the future.\n"
+    "You create a learning summary and supplementary knowledge: identify the steps needed to "
+    "solve the question, and give general knowledge that helps beyond this one question.\n\n"
+    "### Requirements:\n"
+    "1. The learning summary sets out the thinking and the precautions that address the "
+    "student's mistakes, including but not limited to understanding the question, the reasoning "
+    "steps and the calculations. It ends with experience the student can reuse on similar "
+    "questions.\n"
+    "2. The supplementary knowledge lists the essential background the student needs for "
+    "questions like this, including but not limited to formulas, definitions, facts about the "
+    "world and techniques.\n"
+    "3. Both must be easy for a student to understand and use, concise and effective.\n"
+    "4. If the student's response does not end with \"Therefore, the answer is\", or repeats some "
+    "characters or words over and over, the student could not solve the question: explain how to "
+    "approach it from the beginning.\n"
+    "5. Keep the learning summary general, not about this specific question, and the "
+    "supplementary knowledge general too: no analysis of this question's numbers, names or "
+    "objects.\n"
+    "6. Keep these requirements in mind while you write the learning summary and the "
+    "supplementary knowledge.\n\n"
+    f"{KNOWLEDGE_RETURN_FORMAT}")
+
+EXAMPLE_PROMPT = (
+    "As an experienced educational teacher, your goal is to write a learning summary and "
+    "supplementary knowledge that help students solve questions of the same task in the future.\n"
+    "Task: {task}\n"
+    "Base them on a thorough understanding and explanation of the question below and its correct "
+    "answer, with the relevant background knowledge, fundamental concepts and conclusions from "
+    "experience.\n\n"
+    "### Requirements:\n"
+    "1. The learning summary is a numbered list of the thinking steps and precautions that solve "
+    "questions like this one.\n"
+    "2. The supplementary knowledge is a numbered list of the essential background: formulas, "
+    "definitions, facts about the world and techniques.\n"
+    "3. Both must be easy for a student to understand and use, concise and effective.\n"
+    "4. Keep both general, not about this specific question: no analysis of its numbers, names "
+    "or objects.\n\n"
+    f"{KNOWLEDGE_RETURN_FORMAT}")
+
+# The one demonstration: a made-up word problem, a wrong student response, and the analysis we
+# want (general; no number of the problem in it). tests/test_kb_quality.py checks that the
+# analysis passes the KB's quality checks and parses.
+KNOWLEDGE_DEMO = {
+    "question": "Question: A bakery bakes 4 trays of 12 muffins. 9 of the muffins are burnt and "
+                "thrown away, and the rest are packed in boxes of 6. How many boxes can the bakery "
+                "fill completely?",
+    "answer": "6",
+    "response": "The bakery bakes 4 × 12 = 48 muffins. Each box holds 6 muffins, so the bakery "
+                "fills 48 / 6 = 8 boxes. Therefore, the answer is 8.",
+    "analysis": (
+        "Learning Summary:\n"
+        "1. Read the whole question and list every quantity that changes the total, including "
+        "amounts removed, spent or lost, before calculating anything.\n"
+        "2. Follow the order of events: find the starting total first, then apply each addition "
+        "or removal in turn.\n"
+        "3. When items are packed into groups, divide what is left by the group size, and decide "
+        "from the wording whether the question asks for complete groups (round down) or for "
+        "enough groups to hold everything (round up).\n"
+        "4. Check that the result answers exactly what was asked, in the right unit, and end "
+        "with \"Therefore, the answer is\" followed by the number.\n\n"
+        "Supplementary Knowledge:\n"
+        "1. Equal groups: total = number of groups × size of each group.\n"
+        "2. Removing a part: what remains = total − the part removed.\n"
+        "3. Division with a remainder: dividing a by b gives a quotient q and a remainder r "
+        "smaller than b; q is the number of complete groups, and q + 1 groups are needed to "
+        "hold everything when r is not zero.\n"
+        "4. Counts of whole objects are whole numbers, so a fractional result must be rounded "
+        "the way the question requires.\n\n"
+        "Concepts: equal groups, subtraction of removed items, division with remainder, "
+        "rounding in context"),
+}
+
+
+def _student_question(case: dict) -> str:
+    """What the student was asked: its prompt without the "Answer: …" tail (as the reference
+    cuts it), or the bare question when the error file has no prompt."""
+    prompt = case.get("prompt") or f"Question: {case['question']}"
+    return prompt.split("\nAnswer:", 1)[0].strip()
+
+
+def _error_case(question: str, response: str) -> str:
+    return (f"The student was given the following question:\n{question}\n\n"
+            f"The student's wrong response is:\n{response}")
 
 
 def error_messages(case: dict) -> list[dict]:
-    """NesyCD: the student's prompt and its (cleaned) wrong response; never the gold answer."""
-    user = (f"The student was given this prompt:\n<prompt>\n{case['prompt']}\n</prompt>\n\n"
-            f"The student's solution, which is wrong:\n<solution>\n{clean_response(case['response'])}\n"
-            f"</solution>\n\n{KNOWLEDGE_FORMAT}")
+    """NesyCD: requirements, the demonstration, then the student's question and its (cleaned)
+    wrong response; never the gold answer."""
+    demo = KNOWLEDGE_DEMO
+    user = (f"{ERROR_PROMPT}\n\n### Example\n{_error_case(demo['question'], demo['response'])}\n\n"
+            f"{demo['analysis']}\n\n### Your turn\n"
+            f"{_error_case(_student_question(case), clean_response(case['response']))}")
     return [{"role": "system", "content": KNOWLEDGE_SYSTEM}, {"role": "user", "content": user}]
 
 
 def example_messages(example: Example) -> list[dict]:
-    """SKIntern: the question and its gold answer (and the reference solution when there is one)."""
+    """SKIntern: requirements, the demonstration, then the question and its gold answer (and the
+    reference solution when there is one: a small teacher explains better from it)."""
     spec = get_dataset(example.dataset)
+    demo = KNOWLEDGE_DEMO
     solution = f"\nReference solution:\n{example.rationale}" if example.rationale else ""
-    user = (f"Task: {spec.task_description(example.task)}\nQuestion:\n{format_question(example)}\n"
-            f"Correct answer: {example.answer}{solution}\n\n"
-            f"Write the knowledge a student needs to solve problems like this one.\n{KNOWLEDGE_FORMAT}")
+    user = (f"{EXAMPLE_PROMPT.format(task=spec.task_description(example.task))}\n\n### Example\n"
+            f"{demo['question']}\nAnswer: {demo['answer']}\n\n{demo['analysis']}\n\n### Your turn\n"
+            f"Question: {format_question(example)}\nAnswer: {example.answer}{solution}")
     return [{"role": "system", "content": KNOWLEDGE_SYSTEM}, {"role": "user", "content": user}]
 
 
@@ -465,7 +568,7 @@ def _concepts(line: str, body: str) -> list[str]:
         items = [a or b for a, b in items]
     concepts, seen = [], set()
     for item in items:
-        item = re.sub(r"^[\s\-*\d.)]+|[\s.:*]+$", "", item).strip()
+        item = re.sub(r"^[\s\-*\d.)\[]+|[\s.:*\]]+$", "", item).strip()  # "[a, b]" too
         item = re.sub(r"^(?:and|or)\s+", "", item, flags=re.IGNORECASE)  # "a, b, and c"
         if item and len(item.split()) <= 5 and item.lower() not in seen:
             seen.add(item.lower())
@@ -482,6 +585,10 @@ class KnowledgeSummary:
     failed_calls: int
     raw: Path
     usage: dict
+    flagged: dict = field(default_factory=dict)  # quality flag code -> entries of this run with it
+
+    def flags_line(self) -> str:
+        return ", ".join(f"{code} {n}" for code, n in self.flagged.items()) or "none"
 
 
 def distil_knowledge(client: TeacherClient, cases: list[dict], kind: str, out: str,
@@ -490,7 +597,11 @@ def distil_knowledge(client: TeacherClient, cases: list[dict], kind: str, out: s
 
     `cases` rows: example_id, dataset, task, question, and for error analysis prompt + response.
     Entries already curated (accepted/rejected) are never overwritten by a re-run.
+    Every entry is checked (kb/quality.py) before it is stored, and stored with its flags; once
+    all answers are in, the run's entries are checked for boilerplate (`generic`) against the
+    KB's entries of the same tasks.
     """
+    from kb import quality
     from kb.schema import Entry, Source
     from kb.store import EntryNotFound, KBStore
 
@@ -500,6 +611,7 @@ def distil_knowledge(client: TeacherClient, cases: list[dict], kind: str, out: s
     requests = [error_messages(c) if kind == "error_analysis" else example_messages(c["example"])
                 for c in cases]
     counts = {"created": 0, "skipped": 0, "malformed": 0, "failed": 0}
+    stored: list[str] = []  # ids this run wrote (the generic check looks at them at the end)
 
     def fail(i, error):
         counts["failed"] += 1
@@ -530,15 +642,48 @@ def distil_knowledge(client: TeacherClient, cases: list[dict], kind: str, out: s
                       supplementary_knowledge=parsed.supplementary_knowledge,
                       status="accepted" if auto_accept else "pending",
                       title=", ".join(parsed.concepts[:3]) or None, concepts=parsed.concepts, source=source)
+        entry = entry.model_copy(update={"flags": quality.check_entry(entry)})
         store.upsert(entry, by=f"teacher:{client.config.model}")
+        stored.append(entry_id)
         counts["created"] += 1
 
     _run_requests(client, requests, [0] * len(requests), f"knowledge {out}", _guarded(process, fail))
+    flagged = _check_generic(store, stored, f"teacher:{client.config.model}")
     u = client.usage
     return KnowledgeSummary(len(cases), counts["created"], counts["skipped"], counts["malformed"],
                             counts["failed"], raw_path,
                             {"requests": u.requests, "cached": u.cached, "retries": u.retries,
-                             "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens})
+                             "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens},
+                            flagged)
+
+
+GENERIC_REFERENCE = 5000  # at most this many recent KB entries per task to compare a run with
+
+
+def _check_generic(store, ids: list[str], by: str) -> dict:
+    """The run's entries checked for boilerplate against the KB's entries of their tasks (the
+    most recent GENERIC_REFERENCE per task); flags written as the run's own revision, so a re-run
+    still recognises the entries as its own. Returns flag code -> entries of the run with it."""
+    from kb import quality
+    from kb.store import ConflictError, EntryNotFound
+
+    entries = list(store.get_many(ids).values())
+    reference = [e for task in sorted({e.task for e in entries})
+                 for e in store.query(task=task, limit=GENERIC_REFERENCE).entries]
+    found = quality.generic(entries, reference) if entries else {}
+    counts: dict[str, int] = {}
+    for entry in entries:
+        flags = quality.recheck(entry, [found[entry.id]] if entry.id in found else [], ["generic"])
+        if flags != entry.flags:
+            try:
+                store.update(entry.id, {"flags": [f.model_dump() for f in flags]},
+                             expected_version=entry.version, by=by)
+            except (ConflictError, EntryNotFound):  # a person got there first: theirs stands
+                continue
+        for flag in flags:
+            counts[flag.code] = counts.get(flag.code, 0) + 1
+    return {code: counts[code] for code in quality.CHECKS if code in counts} | \
+        {code: n for code, n in counts.items() if code not in quality.CHECKS}
 
 
 def read_error_cases(path: Path) -> list[dict]:
@@ -664,8 +809,8 @@ def knowledge_cmd(
     seed: int = typer.Option(0),
     with_answer: bool = typer.Option(False, help="SKIntern: knowledge from question + gold answer"),
     auto_accept: bool = typer.Option(False, help="store entries as accepted instead of pending"),
-    max_tokens: int = typer.Option(400),
-    temperature: float = typer.Option(0.0),
+    max_tokens: int = typer.Option(KNOWLEDGE_MAX_TOKENS, help="room for the teacher's analysis"),
+    temperature: float = typer.Option(KNOWLEDGE_TEMPERATURE, help="the reference samples at 0.8"),
     out: str = typer.Option(None, help="name (not a path) of the run folder for raw teacher I/O, "
                                        "$NESY_HOME/teach/knowledge/<out>"),
     teacher: str = typer.Option("local", help=TEACHER_HELP),
@@ -704,8 +849,8 @@ def knowledge_cmd(
                     max_retries), cases, kind, name, auto_accept))
     typer.echo(f"{summary.created} entries ({'accepted' if auto_accept else 'pending'}) from "
                f"{summary.cases} cases; malformed {summary.malformed} (not stored); kept curated "
-               f"{summary.skipped_existing}; failed calls {summary.failed_calls}; raw {summary.raw}; "
-               f"usage {summary.usage}")
+               f"{summary.skipped_existing}; failed calls {summary.failed_calls}; quality flags "
+               f"{summary.flags_line()}; raw {summary.raw}; usage {summary.usage}")
     if summary.cases and summary.failed_calls == summary.cases:
         _fail(f"every teacher call failed (see {summary.raw})")
 

@@ -21,7 +21,7 @@ from distill.answers import check
 from distill.cli import app
 from distill.data import get_dataset, load_rationales
 from distill.models import student_gguf_path
-from distill.teach import (GSM8K_DEMOS, error_messages, parse_knowledge,
+from distill.teach import (GSM8K_DEMOS, error_messages, example_messages, parse_knowledge,
                            rationale_messages, verify)
 from distill.teacher import LocalTeacherServer
 
@@ -220,6 +220,83 @@ def test_knowledge_live_call_stores_only_well_formed(proxied_teacher, workspace,
     stored = KBStore().query(source_kind="error_analysis").entries
     assert len(stored) == sum(not r["malformed"] for r in raw)
     assert f"malformed {sum(r['malformed'] for r in raw)}" in result.output
+
+
+# ------------------------------------------------------- knowledge prompt (NesyCD reference, issue 9)
+
+def test_error_prompt_has_the_reference_parts_and_never_the_gold_answer():
+    """System turn, numbered requirements 1-6, the return format, ONE demonstration, then the
+    student's question (its prompt without the "Answer: …" tail) and its wrong response."""
+    case = {"question": "Tina makes $18.00 an hour. How much does she make in 10 hours?",
+            "prompt": "Solve grade school math problems.\n\nQuestion: Tina makes $18.00 an hour. "
+                      "How much does she make in 10 hours?\nAnswer: Let's think step by step.",
+            "response": "She makes 18 + 10 = 28. Therefore, the answer is 28.", "answer": "180"}
+    system, user = error_messages(case)
+    assert system == {"role": "system", "content": "You are a helpful assistant."}
+    text = user["content"]
+    requirements = text.split("### Requirements:\n")[1].split("\n\n")[0].splitlines()
+    assert [r.split(".")[0] for r in requirements] == ["1", "2", "3", "4", "5", "6"]
+    assert "general" in requirements[4] and "Therefore, the answer is" in requirements[3]
+    assert text.count("### Example") == 1 and text.count("The student was given the following question:") == 2
+    assert text.count("Learning Summary:") == 2  # the format line and the demonstration
+    mine = text.split("### Your turn\n")[1]
+    assert mine == ("The student was given the following question:\nSolve grade school math problems."
+                    "\n\nQuestion: Tina makes $18.00 an hour. How much does she make in 10 hours?\n\n"
+                    "The student's wrong response is:\nShe makes 18 + 10 = 28. Therefore, the answer is 28.")
+    assert "180" not in text
+
+
+def test_example_prompt_has_the_same_shape_with_the_gold_answer():
+    example = get_dataset("gsm8k").load("train", limit=1, seed=3)[0]
+    system, user = example_messages(example)
+    assert system["content"] == "You are a helpful assistant."
+    text = user["content"]
+    assert "### Requirements:\n1. " in text and "### Return Format:" in text and text.count("### Example") == 1
+    assert text.split("### Your turn\n")[1].startswith(f"Question: {example.question}\nAnswer: {example.answer}\n")
+
+
+class KnowledgeByCase(QuietHandler):
+    """A real local server answering each error case by a word of its question (and recording
+    the requests): one restating answer with a false sum, one malformed answer."""
+    answers = {
+        "Tina": ("Learning Summary: Tina makes $18.00 an hour, so multiply the hourly wage by the hours.\n"
+                 "Supplementary Knowledge: Pay = rate × hours, for example 18 × 10 = 190.\n"
+                 "Concepts: hourly wage, multiplication"),
+        "Weng": "Sorry, I cannot analyse this.",
+    }
+    bodies: list = []
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        KnowledgeByCase.bodies.append(body)
+        asked = body["messages"][-1]["content"].split("### Your turn")[1]
+        reply(self, 200, chat_completion(next(a for k, a in self.answers.items() if k in asked), "m"))
+
+
+def test_knowledge_samples_at_0_8_with_1024_tokens_and_stores_flagged_pending_entries(workspace, tmp_path):
+    from kb.store import KBStore
+
+    cases = [("gsm8k-train-t", "Tina makes $18.00 an hour. How much does she make in 10 hours?"),
+             ("gsm8k-train-w", "Weng earns $12 an hour for babysitting. How much did she earn in 50 minutes?")]
+    errors = tmp_path / "errs.jsonl"
+    errors.write_text("".join(json.dumps({"example_id": i, "dataset": "gsm8k", "task": "gsm8k", "question": q,
+                                          "prompt": f"Question: {q}\nAnswer: Let's think step by step.",
+                                          "response": "The answer is 3.", "answer": "1"}) + "\n"
+                              for i, q in cases))
+    KnowledgeByCase.bodies = []
+    with serve(KnowledgeByCase) as url:
+        out = CliRunner().invoke(app, ["teach", "knowledge", "--errors", str(errors), "--teacher", url,
+                                       "--model", "m"])
+    assert out.exit_code == 0, out.output
+    assert {(b["temperature"], b["max_tokens"]) for b in KnowledgeByCase.bodies} == {(0.8, 1024)}
+    assert "1 entries (pending) from 2 cases; malformed 1 (not stored)" in out.output
+    assert "quality flags restates_source 1, false_arithmetic 1;" in out.output
+    [stored] = KBStore().query().entries
+    assert stored.id == "gsm8k-gsm8k-train-t-error_analysis" and stored.status == "pending"
+    assert [(f.code, f.detail) for f in stored.flags] == [
+        ("restates_source", "shares with its question: numbers 10, 18; names Tina"),
+        ("false_arithmetic", "18 × 10 = 190 (is 180)")]
+    assert [r.by for r in KBStore().history(stored.id)] == ["teacher:m"]  # flagged before it was stored
 
 
 class CannedTeacher(QuietHandler):
