@@ -27,19 +27,20 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import re
 import shutil
 from dataclasses import MISSING, asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import typer
 
 from distill import jsonlines
 from kb.errors import NesyError
-from kb.workspace import subdir
+from kb.workspace import check_name, subdir
 
 log = logging.getLogger(__name__)
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -146,6 +147,18 @@ def _bundled(name: str, split: str) -> list[dict]:
     return list(_read_jsonl_gz(DATA_DIR / name / f"{split}.jsonl.gz"))
 
 
+GSM8K_DEV = 300  # GSM8K ships train/test only; settings are chosen on these, never on test
+
+
+def _gsm8k_rows(split: str) -> list[dict]:
+    """`dev` is the last GSM8K_DEV training questions (file order); `train` stays the full file so
+    shipped rationale sets keep their ids: trainings that tune on dev take questions before it
+    (`nesy data subset-rationales --exclude-split dev`)."""
+    if split == "dev":
+        return _bundled("gsm8k", "train")[-GSM8K_DEV:]
+    return _bundled("gsm8k", split)
+
+
 def seeded_split(rows: list[dict], split: str, seed: int = DEFAULT_SEED,
                  test_fraction: float = TEST_FRACTION) -> list[dict]:
     """Per task: shuffle row ids with Random(f"{seed}:{task}"), first ceil(30%) -> test, rest train."""
@@ -196,9 +209,8 @@ def _builtin_specs() -> dict[str, DatasetSpec]:
     mc = "Answer the following multiple-choice question. Choose the correct option letter."
     bbh_types = {t: "number" for t in BBH_NUMBER_TASKS} | {t: "text" for t in BBH_TEXT_TASKS}
     specs = [
-        DatasetSpec("gsm8k", "number", ("train", "test"),
-                    "Solve the following grade-school math word problem.",
-                    lambda s: _bundled("gsm8k", s), licence="MIT"),
+        DatasetSpec("gsm8k", "number", ("train", "dev", "test"),
+                    "Solve the following grade-school math word problem.", _gsm8k_rows, licence="MIT"),
         DatasetSpec("bbh", "option", ("train", "test", "all"),
                     "Answer the following BIG-Bench Hard question.", _bbh_rows,
                     task_descriptions=_bbh_task_descriptions(), task_answer_types=bbh_types,
@@ -523,6 +535,46 @@ def register_cmd(name: str, path: Path,
         _fail(str(e))
     rows = len(spec.load("all"))
     typer.echo(f"registered {name}: {rows} rows, answer type {spec.answer_type}")
+
+
+def subset_rationales(source: str, out: str, *, limit: int | None = None,
+                      same_questions_as: Sequence[str] = (), exclude: Sequence[str] = ()) -> int:
+    """Write a new set with the records of `source` whose question is in every `same_questions_as`
+    set and in no excluded split (`dataset:split`), the first `limit` questions in `source` order.
+    Experiments use it to train every method on the same questions; records keep their provenance."""
+    records = load_rationales(source)
+    keep = {r.example_id for r in records}
+    for other in same_questions_as:
+        keep &= {r.example_id for r in load_rationales(other)}
+    for ref in exclude:
+        dataset, _, split = ref.partition(":")
+        keep -= {ex.id for ex in get_dataset(dataset).load(split)}
+    chosen = [i for i in dict.fromkeys(r.example_id for r in records) if i in keep]  # source order
+    chosen_set = set(chosen[:limit] if limit else chosen)
+    subset = [r for r in records if r.example_id in chosen_set]
+    if not subset:
+        raise DatasetError(f"subset of {source!r} is empty")
+    target = rationale_dir(out) / "records.jsonl"
+    partial = target.with_name("records.jsonl.partial")
+    partial.write_text("".join(r.to_json() + "\n" for r in subset), encoding="utf-8")
+    os.replace(partial, target)
+    return len(subset)
+
+
+@cli.command("subset-rationales")
+def subset_rationales_cmd(
+    source: str = typer.Argument(..., help="rationale set name (or a records.jsonl / .jsonl.gz path)"),
+    out: str = typer.Option(..., "--out", help="the new set's name (a name, not a path)"),
+    limit: int = typer.Option(None, help="keep the first N questions (in the source's order)"),
+    same_questions_as: str = typer.Option("", help="comma list of sets: keep only questions every one has"),
+    exclude_split: str = typer.Option("", help="comma list of dataset:split whose questions are dropped, "
+                                               "e.g. gsm8k:dev,gsm8k:test"),
+) -> None:
+    """A subset of a rationale set: the same questions as other sets, none from a held-out split."""
+    split = lambda text: [t.strip() for t in text.split(",") if t.strip()]  # noqa: E731
+    count = subset_rationales(source, check_name(out, "--out"), limit=limit,
+                              same_questions_as=split(same_questions_as), exclude=split(exclude_split))
+    typer.echo(f"kept {count} records -> {rationale_dir(out) / 'records.jsonl'}")
 
 
 @cli.command("export-rationales")

@@ -136,10 +136,13 @@ class Sample:
 # --- data -----------------------------------------------------------------------------------------
 
 def load_records(data: str, limit: int | None = None) -> list:
-    """Verified rationale records from a set name or a records.jsonl path (docs/ARCHITECTURE.md)."""
+    """Verified rationale records from a set name or a records.jsonl path (docs/ARCHITECTURE.md).
+
+    `a+b+c` joins several sets on purpose (e.g. ETD's CoT, PoT and EoT from different sources);
+    each record keeps its own provenance, so mixing is explicit, never silent."""
     from distill.data import load_rationales
 
-    records = [r for r in load_rationales(data) if r.verified is not False]
+    records = [r for name in data.split("+") for r in load_rationales(name) if r.verified is not False]
     if not records:
         raise TrainingDataError(f"{data}: no verified rationale records")
     return records[:limit] if limit else records

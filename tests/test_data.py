@@ -196,3 +196,26 @@ def test_bad_record_line_is_named(workspace):
     path.write_text("\n{not json\n", encoding="utf-8")
     with pytest.raises(DatasetError, match="line 2: not valid JSON"):
         data.load_rationales("bad")
+
+
+def test_gsm8k_dev_is_held_out_and_subsets_train_every_method_on_the_same_questions(workspace):
+    from distill.data import get_dataset, load_rationales, subset_rationales
+    from distill.train import load_records
+
+    dev = {ex.id for ex in get_dataset("gsm8k").load("dev")}
+    assert len(dev) == 300 and dev <= {ex.id for ex in get_dataset("gsm8k").load("train")}
+    n = subset_rationales("gsm8k-annot-eot", "q-eot", limit=40, same_questions_as=["gsm8k-annot-pot"],
+                          exclude=["gsm8k:dev"])
+    subset_rationales("gsm8k-gold-cot", "q-cot", same_questions_as=["q-eot"])
+    subset_rationales("gsm8k-annot-pot", "q-pot", same_questions_as=["q-eot"])
+    ids = {t: [r.example_id for r in load_rationales(f"q-{t}")] for t in ("cot", "pot", "eot")}
+    assert n == 40 and ids["cot"] == ids["pot"] == ids["eot"] and not set(ids["cot"]) & dev
+    joined = load_records("q-cot+q-pot+q-eot")  # explicit mixing; provenance stays per record
+    assert len(joined) == 120 and {r.teacher_model for r in joined} == {"gold", "gsm8k-annotations"}
+    tail = subset_rationales("gsm8k-gold-cot", "tail", exclude=["gsm8k:dev"])
+    assert tail == 7473 - 300
+
+
+def test_subset_takes_a_name_not_a_path(workspace):
+    result = CliRunner().invoke(app, ["data", "subset-rationales", "gsm8k-gold-cot", "--out", "../x"])
+    assert result.exit_code != 0 and not (workspace.parent / "x").exists()
