@@ -1,9 +1,12 @@
 """Evaluation of student configurations side by side, with and without knowledge.
 
 A configuration (one column of the table) is written
-    [NAME=]MODEL[,kb][,k=N][,thought=cot|pot|eot|vote][,pending][,adaptive=X]
+    [NAME=]MODEL[,kb][,k=N][,thought=cot|pot|eot|vote][,retriever=dense|bm25|hybrid][,min_score=X]
+    [,pending][,adaptive=X]
 MODEL is `base` or an adapter name/folder; `kb` retrieves the top-k KB entries (accepted only,
-`pending` adds pending ones); NAME defaults to the spec itself. Examples:
+`pending` adds pending ones); NAME defaults to the spec itself. What a configuration does not say
+comes from the adapter's card (distill/infer.py): the thought type it was trained on, its k (else
+3), retriever, entry kinds, minimum score and new tokens. Examples:
     --config base --config base,kb --config sp=nesycd-run --config se=nesycd-run,kb,k=3
 
 Outputs in $NESY_HOME/evals/<name>/:
@@ -17,7 +20,10 @@ Outputs in $NESY_HOME/evals/<name>/:
   wrong, the exact McNemar p-value and a verdict ("significant at 5 %" / "not significant", p ≥ 0.05);
   and the flips between each `kb` configuration and the same model without knowledge —
   wrong→right ("fixed") and right→wrong ("broken") — with the entries that were inserted and the
-  same p-value and verdict;
+  same p-value and verdict; `retrieval_empty` per configuration: questions a `kb` configuration
+  retrieved nothing for (answered without knowledge; printed and shown as a warning);
+- the KB's impact table (kb/store.py): per entry, times retrieved, answers fixed and broken in
+  this report (a flip with several entries credits each, marked shared); a rerun replaces them;
 - table.md: the comparison table (configurations as columns) and the paired comparisons;
 - models.json: per configuration what ran (base model, adapter and its sha256, template, chat
   template and its sha256, parameters);
@@ -50,6 +56,7 @@ from kb.errors import NesyError
 from kb.workspace import InvalidName, check_name, create_owned, home, named_path, subdir
 
 INTERVALS = ("wilson", "bootstrap")
+RETRIEVERS = ("dense", "bm25", "hybrid")  # distill.infer.RETRIEVERS, without importing torch here
 INTERVAL_LABELS = {"wilson": "Wilson score", "bootstrap": "percentile bootstrap (seeded)"}
 EXTRACTORS = ("strict", "flexible", "last-number")
 
@@ -64,10 +71,12 @@ class RunConfig:
     name: str
     adapter: str | None = None        # None: the base model
     with_kb: bool = False
-    k: int = 1
-    thought: str = "cot"
+    k: int | None = None              # None: the adapter's card (else 3)
+    thought: str | None = None        # None: the thought type the adapter was trained on
     include_pending: bool = False
     adaptive_threshold: float | None = None
+    retriever: str | None = None      # dense | bm25 | hybrid; None: the card's
+    min_score: float | None = None    # drop hits scoring below; None: the card's
 
     @property
     def statuses(self) -> tuple[str, ...]:
@@ -75,7 +84,8 @@ class RunConfig:
 
 
 def parse_config(spec: str) -> RunConfig:
-    """`[NAME=]MODEL[,kb][,k=N][,thought=T][,pending][,adaptive=X]` -> RunConfig (ValueError if bad)."""
+    """`[NAME=]MODEL[,kb][,k=N][,thought=T][,retriever=R][,min_score=X][,pending][,adaptive=X]`
+    -> RunConfig (ValueError if bad)."""
     name, _, body = spec.partition("=") if "=" in spec.split(",")[0] else ("", "", spec)
     parts = [p.strip() for p in body.split(",") if p.strip()]
     if not parts:
@@ -92,14 +102,20 @@ def parse_config(spec: str) -> RunConfig:
             cfg.k, cfg.with_kb = int(value), True
         elif key == "thought" and value in ("cot", "pot", "eot", "vote"):
             cfg.thought = value
-        elif key == "adaptive":
+        elif key == "retriever" and value in RETRIEVERS:
+            cfg.retriever = value
+        elif key in ("adaptive", "min_score"):
             try:
-                cfg.adaptive_threshold = float(value)
+                number = float(value)
             except ValueError:
-                raise ValueError(f"{spec!r}: adaptive needs a number") from None
+                raise ValueError(f"{spec!r}: {key} needs a number") from None
+            if key == "adaptive":
+                cfg.adaptive_threshold = number
+            else:
+                cfg.min_score = number
         else:
             raise ValueError(f"{spec!r}: unknown option {opt!r} (kb, k=N, thought=cot|pot|eot|vote, "
-                             f"pending, adaptive=X)")
+                             f"retriever={'|'.join(RETRIEVERS)}, min_score=X, pending, adaptive=X)")
     return cfg
 
 
@@ -113,7 +129,7 @@ class EvalConfig:
     task: str | None = None
     name: str = "eval"
     base_model: str | None = None
-    max_new_tokens: int = 256
+    max_new_tokens: int | None = None  # None: each adapter's card (else 256)
     batch_size: int = 8
     interval: str = "wilson"          # how accuracy intervals are computed: wilson | bootstrap
 
@@ -201,8 +217,9 @@ def run_eval(cfg: EvalConfig) -> dict:
     rows = read_jsonl(samples_path)
     results = summarise(rows, cfg, [e.id for e in examples])
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "table.md").write_text(table(results))
     keep = {e.id for e in examples}
+    record_impact(f"eval:{cfg.name}", entry_impact([r for r in rows if r["example_id"] in keep], results))
+    (out / "table.md").write_text(table(results))
     write_harness(out / interop.HARNESS_DIR, cfg, [r for r in rows if r["example_id"] in keep],
                   read_models(out), start)
     return results
@@ -243,13 +260,14 @@ def write_harness(folder: Path, cfg: EvalConfig, rows: list[dict], models: dict[
         if scored is not None:
             items = scored.get(run.name, [])
         else:
-            items = [interop.Scored(r, interop.stored_filters(r, run.thought)) for r in rows
+            items = [interop.Scored(r, interop.stored_filters(r, run.thought or "cot")) for r in rows
                      if r["config"] == run.name]
         if not items:
             continue
+        ran = next((s.row.get("max_new_tokens") for s in items if s.row.get("max_new_tokens")), None)
         harness_run = interop.HarnessRun(
             report=cfg.name, dataset=cfg.dataset, split=cfg.split, limit=cfg.limit, seed=cfg.seed,
-            max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, start=start,
+            max_new_tokens=ran or cfg.max_new_tokens or 256, batch_size=cfg.batch_size, start=start,
             configuration=asdict(run), model=models.get(run.name, {}), doc_ids=doc_ids, originals=originals,
             rescored_with=extractor)
         paths.append(interop.write_harness(folder, harness_run, items, date))
@@ -276,10 +294,11 @@ def _generate(cfg: EvalConfig, spec, todo: dict, samples_path: Path, bar: Progre
             from distill.infer import _open_index
             index = _open_index()
         examples = todo[run.name]
+        settings = resolved(run, student, cfg)
         for i in range(0, len(examples), cfg.batch_size):
             bar.check_stop()
             batch = examples[i:i + cfg.batch_size]
-            rows = [_score(run, spec, ex, res, student)
+            rows = [_score(run, spec, ex, res, student, settings)
                     for ex, res in zip(batch, _answer(student, run, spec, batch, cfg, index))]
             with open(samples_path, "a", encoding="utf-8") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
@@ -299,17 +318,27 @@ def _answer(student, run: RunConfig, spec, batch, cfg: EvalConfig, index):
             [format_question(batch[i]) for i in idx], kb_index=index if run.with_kb else None, k=run.k,
             statuses=run.statuses, thought=run.thought, max_new_tokens=cfg.max_new_tokens,
             adaptive_threshold=run.adaptive_threshold, answer_type=answer_type,
-            task_description=description, batch_size=cfg.batch_size)
+            task_description=description, batch_size=cfg.batch_size, retriever=run.retriever,
+            min_score=run.min_score)
         for i, a in zip(idx, answers):
             results[i] = a
     return results
 
 
-def _score(run: RunConfig, spec, ex, res, student) -> dict:
+def resolved(run: RunConfig, student, cfg: EvalConfig) -> dict:
+    """What the configuration ran with: its own settings, else the adapter card's."""
+    thought, retrieval, max_new_tokens = student.settings(
+        k=run.k, statuses=run.statuses, thought=run.thought, max_new_tokens=cfg.max_new_tokens,
+        adaptive_threshold=run.adaptive_threshold, retriever=run.retriever, min_score=run.min_score)
+    return {"thought": thought, "k": retrieval.k if run.with_kb else 0, "retriever": retrieval.retriever,
+            "min_score": retrieval.min_score, "max_new_tokens": max_new_tokens}
+
+
+def _score(run: RunConfig, spec, ex, res, student, settings: dict | None = None) -> dict:
     from distill.answers import answers_match, check
 
     answer_type = spec.answer_type_for(ex.task)
-    if run.thought == "cot":
+    if res.thought == "cot":
         strict, correct = check(res.text, ex, "strict", answer_type)
         flexible, correct_flex = check(res.text, ex, "flexible", answer_type)
     else:  # PoT / EoT / vote: the executed / solved / voted answer is the only one
@@ -320,7 +349,8 @@ def _score(run: RunConfig, spec, ex, res, student) -> dict:
             "extracted_flexible": flexible, "gold": ex.answer, "correct": bool(correct),
             "correct_flexible": bool(correct_flex), "retrieved": res.retrieved,
             "used_knowledge": res.used_knowledge, "prompt_tokens": res.prompt_tokens,
-            "latency_s": res.latency_s, "params": student.params, "votes": res.votes, "thought": run.thought,
+            "latency_s": res.latency_s, "params": student.params, "votes": res.votes, "thought": res.thought,
+            "retrieval_empty": bool(res.retrieval_empty), **(settings or {}),
             "choices": [list(c) for c in ex.choices] if ex.choices else None,
             "rendered": student.render(res.prompt)}  # the prompt as the model saw it (template applied)
 
@@ -356,8 +386,13 @@ def _metrics(run: RunConfig, samples: list[dict], interval: str = "wilson", seed
     tokens = sum(s["prompt_tokens"] for s in samples)
     params = samples[0]["params"] if samples else 0
     mean_tokens = tokens / n if n else 0.0
-    return {"model": run.adapter or "base", "with_kb": run.with_kb, "k": run.k if run.with_kb else 0,
-            "thought": run.thought, "n": n,
+    first = samples[0] if samples else {}
+    return {"model": run.adapter or "base", "with_kb": run.with_kb,
+            "k": first.get("k", run.k or 0) if run.with_kb else 0,
+            "thought": first.get("thought") or run.thought or "cot", "n": n,
+            "retriever": first.get("retriever", run.retriever) if run.with_kb else None,
+            "min_score": first.get("min_score", run.min_score) if run.with_kb else None,
+            "retrieval_empty": sum(bool(s.get("retrieval_empty")) for s in samples),
             "correct": sum(strict), "correct_flexible": sum(flexible),
             "accuracy": sum(strict) / n if n else 0.0,
             "accuracy_ci": _interval(strict, interval, seed),
@@ -410,6 +445,53 @@ def flips(runs: list[RunConfig], by_config: dict[str, dict[str, dict]]) -> list[
     return out
 
 
+def entry_impact(rows: list[dict], results: dict) -> dict[str, dict[str, int]]:
+    """Per KB entry in one report: times retrieved, answers it fixed and broke (the flips), and how
+    many of those it shared with other entries retrieved for the same question (each is credited)."""
+    impact: dict[str, dict[str, int]] = {}
+
+    def of(entry_id: str) -> dict[str, int]:
+        return impact.setdefault(entry_id, dict.fromkeys(IMPACT_FIELDS, 0))
+
+    for r in rows:
+        for entry_id, _ in r.get("retrieved") or []:
+            of(entry_id)["retrieved"] += 1
+    for f in results.get("flips", []):
+        for kind in ("fixed", "broken"):
+            for flip in f[kind]:
+                for entry_id in flip["entries"]:
+                    of(entry_id)[kind] += 1
+                    of(entry_id)[f"{kind}_shared"] += len(flip["entries"]) > 1
+    return impact
+
+
+IMPACT_FIELDS = ("retrieved", "fixed", "broken", "fixed_shared", "broken_shared")
+
+
+def record_impact(report: str, impact: dict[str, dict[str, int]]) -> None:
+    """Replace this report's rows in the KB's impact table (nothing to do without a KB)."""
+    from kb.store import KBStore
+
+    if impact or (home() / "kb.sqlite").exists():
+        store = KBStore()
+        try:
+            store.record_impact(report, impact)
+        finally:
+            store.close()
+
+
+def empty_retrieval_warnings(results: dict) -> list[str]:
+    """One line per `kb` configuration that retrieved nothing for some of its questions."""
+    out = []
+    for name, m in results["configs"].items():
+        if m.get("with_kb") and m.get("retrieval_empty"):
+            floor = f", minimum score {m['min_score']}" if m.get("min_score") is not None else ""
+            out.append(f"warning: {name}: retrieval found no knowledge for {m['retrieval_empty']} of {m['n']} "
+                       f"questions (answered without it; retriever {m.get('retriever') or 'dense'}{floor}): "
+                       f"accept entries, add `pending`, or lower min_score")
+    return out
+
+
 def pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
@@ -436,6 +518,7 @@ def table(results: dict) -> str:
     names = list(results["configs"])
     rows = [("model", lambda m: m["model"]), ("knowledge", lambda m: f"top-{m['k']}" if m["with_kb"] else "none"),
             ("thought", lambda m: m["thought"]), ("n", lambda m: m["n"]),
+            ("no knowledge retrieved", lambda m: m.get("retrieval_empty", 0) if m["with_kb"] else "-"),
             ("accuracy (strict)", lambda m: with_interval(m["accuracy"], m.get("accuracy_ci"))),
             ("accuracy (flexible)", lambda m: with_interval(m["accuracy_flexible"], m.get("accuracy_flexible_ci"))),
             ("prompt tokens / question", lambda m: f"{m['prompt_tokens_mean']:.1f}"),
@@ -565,7 +648,7 @@ def rescore_report(report: str, extractor: str, save_as: str | None = None) -> d
     scored: dict[str, list[interop.Scored]] = {}
     summary: dict[str, dict] = {}
     for row in saved.rows:
-        thought = row.get("thought") or thoughts.get(row["config"], "cot")
+        thought = row.get("thought") or thoughts.get(row["config"]) or "cot"
         if thought == "cot":
             answer_type = types[(row["dataset"], row["task"])]
             filters = {extractor: extract_with(extractor, row["output"], example_of(row, answer_type), answer_type)}
@@ -617,12 +700,13 @@ def eval_cmd(
     limit: int = typer.Option(None, help="a seeded sample of N examples"),
     seed: int = typer.Option(0),
     task: str = typer.Option(None, help="only this task (BBH / AGIEval)"),
-    config: list[str] = typer.Option(None, "--config", help="[NAME=]MODEL[,kb][,k=N][,thought=T][,pending]"
-                                     "[,adaptive=X]; MODEL = base | adapter. Repeat for columns."),
+    config: list[str] = typer.Option(None, "--config", help="[NAME=]MODEL[,kb][,k=N][,thought=T][,retriever=R]"
+                                     "[,min_score=X][,pending][,adaptive=X]; MODEL = base | adapter; unset "
+                                     "options follow the adapter's card. Repeat for columns."),
     name: str = typer.Option(None, help="report name (a name, not a path) -> $NESY_HOME/evals/<name> (default "
                              "dataset-split; with --rescore: where the re-scored files go, default the report)"),
     base_model: str = typer.Option(None, help="HF id or local path of the base model"),
-    max_new_tokens: int = typer.Option(256),
+    max_new_tokens: int = typer.Option(None, help="[default: each adapter's card, else 256]"),
     batch_size: int = typer.Option(8),
     interval: str = typer.Option("wilson", help="95 % accuracy interval: wilson | bootstrap (seeded by --seed)"),
     rescore: str = typer.Option(None, "--rescore", metavar="REPORT",
@@ -661,6 +745,8 @@ def eval_cmd(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)
     typer.echo(table(results))
+    for line in empty_retrieval_warnings(results):
+        typer.echo(line, err=True)
     typer.echo(f"report: {eval_dir(cfg.name)}")
 
 

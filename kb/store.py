@@ -640,6 +640,39 @@ class KBStore:
             "concepts": _union(keep.entry.concepts, drop.entry.concepts), "links": links,
             "version": keep.entry.version + 1})
 
+    # -- impact of entries on answers (written by evaluations and comparisons) ---------------
+    # One row per (entry, report): a report's rows are replaced as a whole when it runs again.
+    # Created on first write, so opening a store never needs it.
+    _IMPACT_TABLE = """CREATE TABLE IF NOT EXISTS entry_impact (
+        entry_id TEXT NOT NULL, report TEXT NOT NULL, retrieved INTEGER NOT NULL,
+        fixed INTEGER NOT NULL, broken INTEGER NOT NULL, fixed_shared INTEGER NOT NULL,
+        broken_shared INTEGER NOT NULL, at TEXT NOT NULL, PRIMARY KEY (entry_id, report))"""
+    IMPACT_FIELDS = ("retrieved", "fixed", "broken", "fixed_shared", "broken_shared")
+
+    def record_impact(self, report: str, impact: dict[str, dict[str, int]]) -> None:
+        """Replace what `report` (e.g. "eval:<name>", "compare:<key>") says about entries:
+        entry id -> {retrieved, fixed, broken, fixed_shared, broken_shared}."""
+        at = now_iso()
+        rows = [(entry_id, report, *(int(counts.get(f, 0)) for f in self.IMPACT_FIELDS), at)
+                for entry_id, counts in impact.items()]
+        with self._write() as con:
+            con.execute(self._IMPACT_TABLE)
+            con.execute("DELETE FROM entry_impact WHERE report = ?", (report,))
+            con.executemany("INSERT INTO entry_impact VALUES (?,?,?,?,?,?,?,?)", rows)
+
+    def impact(self, ids: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
+        """Totals over every report per entry id (+ `reports`: how many reports saw it)."""
+        con = self._con
+        if not con.execute("SELECT 1 FROM sqlite_master WHERE name = 'entry_impact'").fetchone():
+            return {}
+        sums = ", ".join(f"SUM({f})" for f in self.IMPACT_FIELDS)
+        sql, args = f"SELECT entry_id, {sums}, COUNT(*) FROM entry_impact", []
+        if ids is not None:
+            args = list(ids)
+            sql += f" WHERE entry_id IN ({','.join('?' * len(args))})"
+        return {row[0]: dict(zip((*self.IMPACT_FIELDS, "reports"), row[1:]))
+                for row in con.execute(sql + " GROUP BY entry_id", args)}
+
 
 _BUSY_WAIT = 1.0  # seconds SQLite's own busy handler waits per attempt before we pause and retry
 

@@ -488,3 +488,75 @@ def test_a_dataset_of_several_tasks_is_a_harness_group(workspace):
     assert results["groups"]["bbh"]["exact_match,strict"] == results["results"]["bbh"]["exact_match,strict"] == 0.4
     assert results["groups"]["bbh"]["sample_len"] == 5
     assert results["group_subtasks"] == {"bbh": ["bbh_date_understanding", "bbh_navigate"]}
+
+
+# ------------------------------------------- the adapter's card decides; empty retrieval is loud
+
+def test_parse_config_leaves_unset_options_to_the_card_and_takes_retriever_and_min_score():
+    plain = parse_config("base,kb")
+    assert (plain.k, plain.thought, plain.retriever, plain.min_score) == (None, None, None, None)
+    cfg = parse_config("se=run,kb,retriever=bm25,min_score=0.45,k=2")
+    assert (cfg.retriever, cfg.min_score, cfg.k, cfg.with_kb) == ("bm25", 0.45, 2, True)
+    for bad in ("base,retriever=tfidf", "base,min_score=high", "base,min_score"):
+        with pytest.raises(ValueError):
+            parse_config(bad)
+
+
+def test_entry_impact_credits_every_entry_of_a_flip_and_a_rerun_replaces_it(workspace):
+    from distill.evaluate import entry_impact, record_impact
+    from kb.store import KBStore
+
+    runs = [RunConfig("plain"), RunConfig("kb", with_kb=True, k=2)]
+    rows = [row("plain", "a", False, 10), row("plain", "b", True, 10), row("plain", "c", True, 10),
+            row("kb", "a", True, 10, retrieved=["k1"]), row("kb", "b", False, 10, retrieved=["k1", "k2"]),
+            row("kb", "c", True, 10, retrieved=["k2"])]
+    impact = entry_impact(rows, summarise(rows, EvalConfig(configs=runs)))
+    assert impact["k1"] == {"retrieved": 2, "fixed": 1, "broken": 1, "fixed_shared": 0, "broken_shared": 1}
+    assert impact["k2"] == {"retrieved": 2, "fixed": 0, "broken": 1, "fixed_shared": 0, "broken_shared": 1}
+    record_impact("eval:r", impact)
+    record_impact("compare:q", {"k1": {"retrieved": 1, "fixed": 1}})
+    record_impact("eval:r", {"k2": {"retrieved": 5, "broken": 2}})  # the same report again: replaced
+    totals = KBStore().impact()
+    assert totals["k1"] == {"retrieved": 1, "fixed": 1, "broken": 0, "fixed_shared": 0, "broken_shared": 0,
+                            "reports": 1}
+    assert totals["k2"]["broken"] == 2 and totals["k2"]["retrieved"] == 5
+    assert KBStore().impact(["k2"]).keys() == {"k2"}
+
+
+def test_eval_follows_the_adapters_card_and_says_when_retrieval_found_nothing(tiny_model, tiny_adapter,
+                                                                                workspace):
+    from distill.cli import app
+    from kb.schema import Entry, Source
+    from kb.store import KBStore
+
+    card = {"method": "std-cot", "template": "chat", "base_model": tiny_model,
+            "inference": {"thought": "cot", "k": 2, "retriever": "bm25", "min_score": None,
+                          "source_kinds": ["error_analysis"], "adaptive_threshold": None, "max_new_tokens": 7}}
+    (workspace / "adapters" / tiny_adapter / "card.json").write_text(json.dumps(card))
+    from distill.data import get_dataset
+
+    kb = KBStore()
+    questions = [e.question for e in get_dataset("gsm8k").load("test", limit=2, seed=0)]
+    for i, words in enumerate(questions * 2):  # each question's words: BM25 finds two entries for it
+        kb.add(Entry(id=f"k{i}", task="gsm8k", status="accepted", learning_summary=f"Summary about {words}.",
+                     supplementary_knowledge=f"Knowledge about {words}.",
+                     source=Source(kind="error_analysis", dataset="gsm8k")), by="test")
+    out = CliRunner().invoke(app, ["eval", "--dataset", "gsm8k", "--split", "test", "--limit", "2",
+                                   "--config", f"card={tiny_adapter},kb",
+                                   "--config", f"floor={tiny_adapter},kb,min_score=1000", "--name", "card"])
+    assert out.exit_code == 0, out.output
+    rows = [json.loads(l) for l in (workspace / "evals" / "card" / "samples.jsonl").read_text().splitlines()]
+    card_rows = [r for r in rows if r["config"] == "card"]
+    assert {(r["k"], r["retriever"], r["max_new_tokens"], r["thought"]) for r in card_rows} == {(2, "bm25", 7, "cot")}
+    assert all(len(r["retrieved"]) == 2 for r in card_rows)  # BM25 over the card's kinds, top 2
+    results = json.loads((workspace / "evals" / "card" / "results.json").read_text())
+    assert results["configs"]["card"]["retrieval_empty"] == 0 and results["configs"]["card"]["k"] == 2
+    assert results["configs"]["floor"]["retrieval_empty"] == 2 and results["configs"]["floor"]["min_score"] == 1000
+    assert "warning: floor: retrieval found no knowledge for 2 of 2 questions" in out.stderr
+    assert "warning: card:" not in out.stderr
+    assert "| no knowledge retrieved | 0 | 2 |" in out.output
+    impact = KBStore().impact()
+    assert sum(m["retrieved"] for m in impact.values()) == sum(len(r["retrieved"]) for r in rows)
+    at = open_page()
+    shown = "\n".join(w.value for w in at.warning).replace("\\", "")
+    assert "floor: retrieval found no knowledge for 2 of 2 questions" in shown

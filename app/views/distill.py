@@ -141,12 +141,12 @@ def knowledge_tab() -> None:
     if source.startswith("Student"):
         runs = error_files()
         run = st.selectbox("Student errors of the NesyCD run", list(runs), key="k:errors",
-                           help="errors.jsonl written by the S_P pass of `nesy train --method "
+                           help="errors.jsonl written by the S_P pass of `nesy train "
                                 "nesycd` (adapters/<name>/). For a file of your own, use the CLI: "
                                 "`nesy teach knowledge --errors FILE`.")
         head = ["--errors", str(runs[run])] if run else []
         if not run:
-            problem = "No student error file yet: run `nesy train --method nesycd` first."
+            problem = "No student error file yet: run `nesy train nesycd` first."
     else:
         dataset, split, limit = dataset_options("k")
         head = ["--dataset", dataset, "--split", split, *(["--limit", str(limit)] if limit else []),

@@ -12,8 +12,8 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from distill.evaluate import (INTERVAL_LABELS, format_p, list_reports, load_report, report_file,
-                              with_interval)
+from distill.evaluate import (INTERVAL_LABELS, empty_retrieval_warnings, format_p, list_reports, load_report,
+                              report_file, with_interval)
 from distill.progress import read_jsonl
 from kb.workspace import InvalidName
 
@@ -39,6 +39,7 @@ def config_table(results: dict) -> pd.DataFrame:
         rows.append({"configuration": name, "model": m["model"],
                      "knowledge": f"top-{m['k']}" if m["with_kb"] else "none",
                      "thought": m["thought"], "n": m["n"],
+                     "no knowledge retrieved": m.get("retrieval_empty", 0) if m["with_kb"] else None,
                      "accuracy": m["accuracy"], "95% interval": interval_text(m.get("accuracy_ci")),
                      "accuracy (flexible)": m["accuracy_flexible"],
                      "95% interval (flexible)": interval_text(m.get("accuracy_flexible_ci")),
@@ -144,6 +145,8 @@ method = (results.get("interval") or {}).get("method", "wilson")
 st.caption(ui.md(f"{results.get('dataset')} / {results.get('split')} · sample of "
                  f"{results.get('limit') or 'all'} · {report_file(name, 'results.json').parent} · "
                  f"intervals: 95 % {INTERVAL_LABELS.get(method, method)}"))
+for line in empty_retrieval_warnings(results):
+    st.warning(ui.md(line.removeprefix("warning: ")))
 table = config_table(results)
 st.dataframe(table, hide_index=True, column_config={
     "accuracy": st.column_config.ProgressColumn(min_value=0, max_value=1, format="percent"),
