@@ -287,6 +287,25 @@ def test_nesycd_full_pipeline_resumes_by_stage(tiny_model, tmp_path, fake_teache
     assert all(torch.equal(before[k], v) for k, v in adapter_weights(root).items())
 
 
+def test_nesycd_reuses_a_std_cot_adapter_as_its_sp_only_when_trained_the_same_way(tiny_model, tmp_path,
+                                                                                  fake_teacher):
+    from distill.train import ConfigError
+
+    data = write_records(tmp_path / "reuse" / "records.jsonl", n=4)
+    sp = train(tiny_cfg(tiny_model, data, method="std-cot", output="baseline", max_steps=1))
+    cfg = tiny_cfg(tiny_model, data, method="nesycd", output="ncd-reuse", max_steps=1, max_new_tokens=8,
+                   teacher=fake_teacher, teacher_model="fake-teacher", sp_adapter="baseline")
+    root = train(cfg)
+    state = json.loads((root / "state.json").read_text())["stages"]
+    assert "sp" not in state and not (root / "stages" / "sp").exists()  # not trained again
+    errors = [json.loads(l) for l in (root / "errors.jsonl").read_text().splitlines()]
+    assert len(errors) == 4 and sp.name == "baseline"
+    other = write_records(tmp_path / "other" / "records.jsonl", n=3)
+    with pytest.raises(ConfigError, match="--sp-adapter baseline"):
+        train(tiny_cfg(tiny_model, other, method="nesycd", output="ncd-bad", max_steps=1,
+                       teacher=fake_teacher, teacher_model="fake-teacher", sp_adapter="baseline"))
+
+
 # --- resume after a kill, stop on SIGTERM --------------------------------------------------------
 
 def _train_cmd(model: str, data: Path, output: str, max_steps: int, save_steps: int, *extra) -> list[str]:

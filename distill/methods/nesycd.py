@@ -21,6 +21,7 @@ from distill import prompts
 from distill.methods.options import check_list
 from distill.methods.std_cot import samples as std_cot_samples
 from distill.progress import Progress
+from kb.workspace import check_name
 from distill.train import (ConfigError, Sample, TrainOptions, distributed, knowledge_by_example, load_records,
                            option, prepare_output, publish, question_of, run_stage, task_description_of)
 
@@ -48,6 +49,9 @@ class NesyCDConfig(TrainOptions):
     knowledge_statuses: tuple[Literal["accepted", "pending"], ...] = option(
         "statuses of the knowledge S_E trains with", STATUSES)
     error_batch_size: int = option("questions per batch in S_P's error pass", 8)
+    sp_adapter: str | None = option("a finished std-cot adapter (name) trained on the same --data, base "
+                                    "model and options, used as S_P instead of training it again (S_P is "
+                                    "Std-CoT by definition)")
     k: int = option("inference: knowledge entries retrieved into the prompt (the reference retrieves 3; "
                     "its scripts insert 1)", 3)
     retriever: Literal["dense", "bm25", "hybrid"] = option(
@@ -96,8 +100,9 @@ def samples(records, knowledge: dict[str, list], wrong: set[str]) -> list[Sample
 
 def run(cfg: NesyCDConfig) -> Path:
     records = load_records(cfg.data, cfg.limit)  # before touching the output: bad data fails fast
+    sp = reused_sp(cfg) if cfg.sp_adapter else None
     root, stages = prepare_output(cfg)
-    sp = run_stage(cfg, stages, root, "sp", lambda: std_cot_samples(records))
+    sp = sp or run_stage(cfg, stages, root, "sp", lambda: std_cot_samples(records))
     errors, dist = root / "errors.jsonl", distributed()
     if dist.is_main_process and not stages.done("knowledge"):  # generation + teacher once, not per GPU
         collect_errors(cfg, root, sp, records)
@@ -107,6 +112,21 @@ def run(cfg: NesyCDConfig) -> Path:
     knowledge = knowledge_by_example(KIND, cfg.knowledge_statuses)
     final = run_stage(cfg, stages, root, "se", lambda: samples(records, knowledge, wrong))  # fresh LoRA
     return publish(cfg, root, final, stages)
+
+
+def reused_sp(cfg: NesyCDConfig) -> Path:
+    """The Std-CoT adapter named by --sp-adapter, refused unless it was trained like S_P would be."""
+    from distill.infer import adapter_dir
+
+    path = adapter_dir(check_name(cfg.sp_adapter, "--sp-adapter"))
+    card = json.loads((path / "card.json").read_text()) if (path / "card.json").exists() else {}
+    trained = card.get("hyperparameters", {})
+    if card.get("method") != "std-cot" or card.get("data") != cfg.data or \
+            trained.get("base_model") != cfg.base_model or trained.get("limit") != cfg.limit:
+        raise ConfigError(f"--sp-adapter {cfg.sp_adapter}: not a std-cot adapter trained on --data "
+                          f"{cfg.data} with this base model and limit (its card: method "
+                          f"{card.get('method')}, data {card.get('data')})")
+    return path
 
 
 def collect_errors(cfg: NesyCDConfig, root: Path, sp_adapter: Path, records) -> Path:
