@@ -144,7 +144,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--students", default="135m,0.5b", help="comma list of 135m, 0.5b")
     p.add_argument("--threads", type=int, default=None, help="llama.cpp threads [default: torch's]")
-    p.add_argument("--train-steps", type=int, default=24, help="steps of the quick adapters")
+    p.add_argument("--train-steps", type=int, default=8, help="steps of the quick adapters")
     p.add_argument("--adapter-135m", default=None, help="an adapter name to use instead of training one")
     p.add_argument("--adapter-0.5b", dest="adapter_05b", default=None)
     args = p.parse_args()

@@ -163,9 +163,17 @@ def serve(gguf: str, port: int, n_parallel: int, n_ctx: int, threads: int, lora:
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
+    threading.Thread(target=_end_with_parent, args=(os.getppid(), done), daemon=True).start()
     server = xllamacpp.Server(params)
     done.wait()
     del server  # the destructor stops the main loop and frees the model
+
+
+def _end_with_parent(parent: int, done: threading.Event) -> None:
+    """A student server lives only as long as the process that started it (even one killed -9)."""
+    while not done.wait(1.0):
+        if os.getppid() != parent:
+            done.set()
 
 
 class LlamaCppStudent:
@@ -223,6 +231,9 @@ class LlamaCppStudent:
 
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         with httpx.Client(timeout=None) as client, self.complete(ids, max_new_tokens, True, client) as reply:
+            if reply.status_code != 200:
+                raise StudentBackendError(f"the llama.cpp student server refused the request "
+                                          f"({reply.status_code}): {reply.read().decode(errors='replace')[:300]}")
             for line in reply.iter_lines():
                 if line.startswith("data: "):
                     piece = json.loads(line[len("data: "):])

@@ -188,6 +188,32 @@ def test_llama_cpp_backend_streams_and_refuses_the_logit_probe(served):
         served.answer(QUESTIONS[:1], max_new_tokens=4, kb_index=object(), adaptive_threshold=0.5)
 
 
+def test_llama_cpp_server_ends_with_the_process_that_started_it(tiny_model, tmp_path):
+    """An evaluation killed with SIGKILL leaves no llama.cpp server behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from distill.teacher import _alive
+
+    base = gguf_export.hf_to_gguf(tiny_model, tmp_path / "tiny.gguf", gguf_export.tokenizer_source(tiny_model))
+    script = ("import sys, time\nfrom distill.student_server import StudentServer\n"
+              f"s = StudentServer({str(base)!r}, n_parallel=1, n_ctx=256, threads=1).start()\n"
+              "print(s.proc.pid, flush=True)\ntime.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "NESY_HOME": str(tmp_path / "home")})
+    server = int(parent.stdout.readline())
+    assert _alive(server)
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while _alive(server) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(server)
+
+
 def test_backend_option_is_checked():
     assert check_backend("llama.cpp:f16") == "llama.cpp:f16"
     for bad in ("llama", "llama.cpp:q4", "ftp://x", ""):
