@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# The reproduction behind docs/results.md: every method on the same student and the same GSM8K
+# training questions, evaluated on the same seeded GSM8K test (and ARC-Challenge) questions.
+#
+#   bash bench/reproduce.sh            # runs every stage not yet done; safe to stop and re-run
+#   STAGES="data base" bash bench/reproduce.sh   # only these stages
+#
+# Resumable across sessions: the workspace lives outside the work tree ($NESY_HOME), finished
+# stages leave a marker there, training resumes from its checkpoints and evaluation skips
+# finished samples. Each finished stage's small outputs (reports, never weights) land in
+# docs/results/ with its wall-clock and CPU seconds (docs/results/stages.tsv): commit them.
+#
+# Settings are fixed a priori from the reference code (LoRA r=16/alpha=32 on all linear layers,
+# lr 2e-4 cosine, 1 epoch, greedy decoding) and never chosen on test questions; the `dev` stage
+# checks them on GSM8K's held-out dev split (the last 300 training questions, never trained on).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+STUDENT=${STUDENT:-qwen2.5-coder-0.5b}   # the packaged 0.5B; the 135M cannot show the effects (issue 10)
+TRAIN=${TRAIN:-400}                      # training questions, the same for every method
+TEST=${TEST:-200}                        # GSM8K test and ARC-Challenge test questions (seeded)
+DEV=${DEV:-100}
+NEW_TOKENS=${NEW_TOKENS:-256}
+MAX_KNOWLEDGE=${MAX_KNOWLEDGE:-48}       # NesyCD: teacher analyses of at most this many errors
+export NESY_HOME=${NESY_HOME:-$PWD/../nesy-repro} HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+OUT=docs/results
+ALL_STAGES="data base dev std-cot pot eotd etd nesycd gsm8k-eval nesycd-flagged gsm8k-eval-curated skintern-knowledge skintern gsm8k-eval-skintern arc"
+STAGES=${STAGES:-$ALL_STAGES}
+mkdir -p "$NESY_HOME/done" "$OUT/evals"
+[ -f "$OUT/stages.tsv" ] || printf 'stage\twall_s\tcpu_s\tfinished\n' > "$OUT/stages.tsv"
+
+nesy() { python -m distill.cli "$@"; }
+TRAIN_OPTS=(--base-model "$STUDENT" --epochs 1 --lora-r 16 --lora-alpha 32 --learning-rate 2e-4
+            --batch-size 4 --grad-accum 2 --max-new-tokens "$NEW_TOKENS" --resume)
+EVAL_OPTS=(--base-model "$STUDENT" --max-new-tokens "$NEW_TOKENS" --batch-size 16)
+
+cpu_ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$$/stat"; }  # this shell + waited-for children
+
+# stage NAME CMD...: run once; record its wall-clock and CPU seconds
+stage() {
+  local name=$1; shift
+  [[ " $STAGES " == *" $name "* ]] || return 0
+  [ -e "$NESY_HOME/done/$name" ] && { echo "== $name: done"; return 0; }
+  echo "== $name: $(date -u +%FT%TZ)"
+  local t0 c0
+  t0=$(date +%s) c0=$(cpu_ticks)
+  "$@"
+  printf '%s\t%s\t%s\t%s\n' "$name" $(($(date +%s) - t0)) $((($(cpu_ticks) - c0) / $(getconf CLK_TCK))) \
+      "$(date -u +%FT%TZ)" >> "$OUT/stages.tsv"
+  touch "$NESY_HOME/done/$name"
+}
+
+# keep the small outputs of a report: tables, per-sample records, harness files (no weights)
+keep_report() { rsync -a --exclude '*.safetensors' "$NESY_HOME/evals/$1/" "$OUT/evals/$1/"; }
+
+data() {  # the same TRAIN questions in all three thought types, none from dev or test
+  nesy data subset-rationales gsm8k-annot-eot --out r-eot --limit "$TRAIN" \
+      --same-questions-as gsm8k-annot-pot,gsm8k-gold-cot --exclude-split gsm8k:dev
+  nesy data subset-rationales gsm8k-annot-pot --out r-pot --same-questions-as r-eot
+  nesy data subset-rationales gsm8k-gold-cot --out r-cot --same-questions-as r-eot
+}
+base() { nesy eval --dataset gsm8k --split test --limit "$TEST" "${EVAL_OPTS[@]}" --name gsm8k-base \
+             --config base --config base-pot=base,thought=pot; keep_report gsm8k-base; }
+# NesyCD's S_P *is* Std-CoT (question -> teacher CoT): the std-cot adapter serves as both rows
+std_cot() { nesy train std-cot --data r-cot --output r-std-cot "${TRAIN_OPTS[@]}"; }
+dev() { std_cot; nesy eval --dataset gsm8k --split dev --limit "$DEV" "${EVAL_OPTS[@]}" --name gsm8k-dev \
+            --config base --config std-cot=r-std-cot; keep_report gsm8k-dev; }
+pot() { nesy train etd --thoughts pot --data r-pot --output r-pot "${TRAIN_OPTS[@]}"; }
+eotd() { nesy train eotd --data r-eot --output r-eotd "${TRAIN_OPTS[@]}"; }
+etd() { nesy train etd --thoughts cot,pot,eot --data r-cot+r-pot+r-eot --output r-etd "${TRAIN_OPTS[@]}"; }
+nesycd() {  # S_P is the std-cot adapter (same data and options), not trained twice
+  nesy train nesycd --data r-cot --output r-nesycd --sp-adapter r-std-cot --teacher local \
+      --max-knowledge "$MAX_KNOWLEDGE" --auto-accept "${TRAIN_OPTS[@]}"
+  nesy kb export "$OUT/nesycd-knowledge.jsonl"
+}
+nesycd_flagged() {  # the same S_E with the knowledge the quality checks flagged rejected
+  nesy kb check
+  ids=$(nesy kb list --flag any --status accepted --limit 100000 --json | python -c \
+        'import json,sys; print(" ".join(json.loads(l)["id"] for l in sys.stdin if l.strip()))')
+  [ -z "$ids" ] || nesy kb set-status rejected $ids
+  nesy kb export "$OUT/nesycd-knowledge-curated.jsonl"
+}
+skintern_knowledge() {  # SKIntern: teacher knowledge for every training question (question + gold)
+  nesy teach knowledge --dataset gsm8k --split train --with-answer --from-set r-cot --out r-skintern-knowledge
+}
+skintern() { nesy train skintern --data r-cot --output r-skintern "${TRAIN_OPTS[@]}"; }
+
+gsm8k_eval() {  # every mandatory GSM8K row, one report (same questions, paired statistics)
+  nesy eval --dataset gsm8k --split test --limit "$TEST" "${EVAL_OPTS[@]}" --name gsm8k-methods \
+      --config base --config std-cot=r-std-cot --config pot=r-pot --config eotd=r-eotd \
+      --config etd-cot=r-etd,thought=cot --config etd-pot=r-etd,thought=pot \
+      --config etd-eot=r-etd,thought=eot --config etd-vote=r-etd,thought=vote \
+      --config nesycd-se=r-nesycd \
+      --config nesycd-se-kb=r-nesycd,kb "$@"
+  keep_report gsm8k-methods
+}
+arc() { nesy eval --dataset arc_challenge --split test --limit "$TEST" "${EVAL_OPTS[@]}" --name arc-ood \
+            --config base --config std-cot=r-std-cot --config nesycd-se-kb=r-nesycd,kb \
+            --config skintern=r-skintern; keep_report arc-ood; }
+
+stage data data
+stage base base
+stage dev dev
+stage std-cot std_cot
+stage pot pot
+stage eotd eotd
+stage etd etd
+stage nesycd nesycd
+stage gsm8k-eval gsm8k_eval
+stage nesycd-flagged nesycd_flagged
+stage gsm8k-eval-curated gsm8k_eval --config nesycd-se-kb-curated=r-nesycd,kb
+stage skintern-knowledge skintern_knowledge
+stage skintern skintern
+stage gsm8k-eval-skintern gsm8k_eval --config nesycd-se-kb-curated=r-nesycd,kb --config skintern=r-skintern
+stage arc arc
+echo "== all requested stages done; see $OUT/stages.tsv and $OUT/evals/"
