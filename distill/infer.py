@@ -214,9 +214,10 @@ class Student:
         return gaps
 
     def stream(self, question: str, *, knowledge=(), thought: str | None = None, max_new_tokens: int | None = None,
-               task_description: str = ""):
-        """Yield the answer to one question piece by piece as it is generated."""
-        from transformers import TextIteratorStreamer
+               task_description: str = "", stop=None):
+        """Yield the answer to one question piece by piece as it is generated; `stop()` returning
+        True ends generation at the next token (a cancelled job)."""
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         user = self.user_text(question, thought, knowledge, task_description)
         if self.backend is not None:
@@ -226,6 +227,11 @@ class Student:
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         kwargs = dict(**batch, max_new_tokens=max_new_tokens or self.defaults["max_new_tokens"], do_sample=False,
                       streamer=streamer, pad_token_id=self.tokenizer.pad_token_id)
+        if stop is not None:
+            class Stop(StoppingCriteria):
+                def __call__(self, input_ids, scores, **kwargs):
+                    return torch.full((input_ids.shape[0],), bool(stop()), dtype=torch.bool)
+            kwargs["stopping_criteria"] = StoppingCriteriaList([Stop()])
         thread = threading.Thread(target=self.model.generate, kwargs=kwargs, daemon=True)
         thread.start()
         yield from streamer
@@ -385,14 +391,33 @@ def answer_cmd(
     max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="[default: the adapter's card, else 256]"),
     as_json: bool = typer.Option(False, "--json", help="print the full result as JSON"),
     stream: bool = typer.Option(False, "--stream", help="print tokens as they come (cot/pot/eot)"),
+    events: bool = typer.Option(False, "--events", help="write JSON lines (loaded, start with the exact prompt "
+                                "and retrieved entries, token, done) to $NESY_JOB_DIR/answer_events.jsonl when "
+                                "run as a job, else to stdout"),
+    compare: bool = typer.Option(False, "--compare", help="with --events: answer without knowledge, then with "
+                                 "it (--kb)"),
+    answer_type: str = typer.Option("number", "--answer-type", help="number | option | text (answer extraction)"),
+    gold: str = typer.Option(None, "--gold", help="with --compare: the right answer; a flip is credited to the "
+                             "retrieved entries in the KB's impact table"),
     backend: str = typer.Option("transformers", "--backend", help=BACKEND_HELP),
 ) -> None:
     """Answer a question with the student, with or without the KB."""
+    started = time.perf_counter()
     student = Student(base_model, adapter=adapter, backend=backend)
     index = _open_index() if kb else None
     statuses = ("accepted", "pending") if include_pending else ("accepted",)
     options = dict(kb_index=index, k=k, statuses=statuses, thought=thought, max_new_tokens=max_new_tokens,
                    adaptive_threshold=adaptive, task_description=task, retriever=retriever, min_score=min_score)
+    if events:
+        sides = (["without"] if compare or not kb else []) + (["with"] if kb else [])
+        emit = EventWriter()
+        if student.backend is None:  # the first generate call initialises kernels: part of loading
+            student.generate(["Hi"], max_new_tokens=1)
+        emit("loaded", seconds=round(time.perf_counter() - started, 3), sides=sides)
+        done = stream_events(student, question, sides, options, answer_type, emit)
+        if gold is not None and index is not None:
+            record_compare_impact(question, adapter, done, gold, answer_type)
+        return
     if stream and not as_json and (thought or student.defaults["thought"]) != "vote":
         for piece in student.stream_answer(question, **options):
             typer.echo(piece, nl=False)
@@ -408,6 +433,100 @@ def answer_cmd(
         typer.echo(f"[knowledge] {entry_id} (score {score:.3f})")
     typer.echo(result.text)
     typer.echo(f"answer: {result.extracted}  ({result.prompt_tokens} prompt tokens, {result.latency_s:.2f}s)")
+
+
+class EventWriter:
+    """Answer events as JSON lines: to $NESY_JOB_DIR/answer_events.jsonl in a job (the Compare page
+    polls it), else to stdout; each line is flushed as it is written."""
+    FILE = "answer_events.jsonl"
+
+    def __init__(self):
+        import os
+        import sys
+
+        job_dir = os.environ.get("NESY_JOB_DIR")
+        self.out = open(Path(job_dir) / self.FILE, "a", encoding="utf-8") if job_dir else sys.stdout
+
+    def __call__(self, event: str, **fields) -> None:
+        self.out.write(json.dumps({"event": event, "time": time.time(), **fields}, ensure_ascii=False) + "\n")
+        self.out.flush()
+
+
+def stream_events(student: "Student", question: str, sides: list[str], options: dict, answer_type: str,
+                  emit) -> dict[str, dict]:
+    """Answer once per side ("without" / "with" knowledge), streaming tokens as events; a stop
+    request (SIGTERM: a cancelled job) ends the current answer at the next token and exits 3."""
+    from distill.progress import STOPPED_EXIT_CODE, Progress, StopRequested
+
+    done: dict[str, dict] = {}
+    with Progress(len(sides), desc="answer", stage="answer") as bar:
+        try:
+            for side in sides:
+                bar.check_stop()
+                opts = {**options, "kb_index": options["kb_index"] if side == "with" else None}
+                done[side] = _stream_side(student, question, side, opts, answer_type, emit, bar)
+                bar.update(1)
+        except StopRequested:
+            emit("stopped")
+            raise typer.Exit(STOPPED_EXIT_CODE) from None
+    return done
+
+
+def _stream_side(student, question, side, options, answer_type, emit, bar) -> dict:
+    from distill.progress import stop_requested
+
+    task = options.get("task_description", "")
+    settings = {k: options.get(k) for k in ("k", "statuses", "thought", "max_new_tokens", "adaptive_threshold",
+                                            "retriever", "min_score")}
+    thought, retrieval, max_new_tokens = student.settings(**settings)
+    start = time.perf_counter()
+    about = dict(side=side, thought=thought, min_score=retrieval.min_score, k=retrieval.k,
+                 retriever=retrieval.retriever, retrieval_ran=options["kb_index"] is not None)
+    if thought == "vote":  # three answers and a majority: nothing to stream
+        result = student.answer([question], answer_type=answer_type, **options)[0]
+        user, retrieved, empty, text = result.prompt, result.retrieved, result.retrieval_empty, result.text
+        emit("start", prompt=user, rendered=student.render(user), retrieved=retrieved, retrieval_empty=empty, **about)
+    else:
+        hits = student.retrieve([question], options["kb_index"], retrieval, thought, task)[0]
+        knowledge = [h.entry for h in hits or []]
+        user = student.user_text(question, thought, knowledge, task)
+        retrieved = [(h.entry.id, round(float(h.score), 4)) for h in hits or []]
+        emit("start", prompt=user, rendered=student.render(user), retrieved=retrieved, retrieval_empty=hits == [],
+             **about)
+        pieces = []
+        for piece in student.stream(question, knowledge=knowledge, thought=thought, max_new_tokens=max_new_tokens,
+                                    task_description=task, stop=stop_requested):
+            pieces.append(piece)
+            if piece:
+                emit("token", side=side, text=piece)
+        bar.check_stop()
+        text = "".join(pieces).strip()
+    extracted = extract(text, thought, answer_type)
+    tokens = len(student.tokenizer(student.render(user), add_special_tokens=False)["input_ids"])
+    latency = round(time.perf_counter() - start, 3)
+    emit("done", side=side, text=text, extracted=extracted, prompt_tokens=tokens, latency_s=latency)
+    return {"text": text, "extracted": extracted, "entries": [e for e, _ in retrieved]}
+
+
+def record_compare_impact(question: str, adapter: str | None, done: dict[str, dict], gold: str,
+                          answer_type: str) -> None:
+    """A comparison's flip (if any) credited to the entries the with-knowledge answer retrieved,
+    under one report per (question, adapter): comparing the same question again replaces it."""
+    import hashlib
+
+    from distill.answers import answers_match
+    from distill.evaluate import record_impact
+
+    if "with" not in done or "without" not in done:
+        return
+    before = answers_match(done["without"]["extracted"], gold, answer_type)
+    after = answers_match(done["with"]["extracted"], gold, answer_type)
+    entries = done["with"].get("entries") or []
+    kind = None if before == after else ("fixed" if after else "broken")
+    impact = {e: {"retrieved": 1, **({kind: 1, f"{kind}_shared": int(len(entries) > 1)} if kind else {})}
+              for e in entries}
+    key = hashlib.sha1(f"{adapter or 'base'}\n{question}".encode()).hexdigest()[:12]
+    record_impact(f"compare:{key}", impact)
 
 
 def _open_index():

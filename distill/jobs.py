@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shlex
 import signal
@@ -276,7 +277,7 @@ def _reconcile(row: dict) -> None:
     if code is None:  # the runner was killed, but the command may have finished on its own
         code = _read_exit_code(row["id"], "command_exit")
     if code is not None:
-        status, reason = _classify(code, bool(row["cancel_requested"]))
+        status, reason = outcome(row["id"], json.loads(row["argv"]), code, bool(row["cancel_requested"]))
         _finish(row["id"], status, code, reason)
     else:
         _finish(row["id"], "failed", None,
@@ -304,6 +305,69 @@ def _classify(code: int, cancel_requested: bool) -> tuple[str, str | None]:
             return "cancelled", f"stopped by {sig} after a cancel request"
         return "failed", f"killed by signal {sig}"
     return "failed", f"exit code {code} (see the log)"
+
+
+def outcome(job_id: str, argv: list[str], code: int, cancel_requested: bool) -> tuple[str, str | None]:
+    """(status, reason) of a finished command: its exit code, the log's error line when it failed,
+    and "failed" for a command that exited 0 but produced nothing (see PRODUCED)."""
+    status, reason = _classify(code, cancel_requested)
+    if status == "failed" and code > 0 and (line := failure_line(job_id)):
+        reason = f"exit code {code}: {line}"
+    elif status == "succeeded" and (nothing := produced_nothing(job_id, argv)):
+        status, reason = "failed", nothing
+    return status, reason
+
+
+def failure_line(job_id: str) -> str | None:
+    """The one line that says why a command failed: its last `error: …` line, else the last line
+    of a Python traceback."""
+    lines = _tail_lines(home() / "jobs" / job_id / "log.txt", 64 * 1024)
+    for line in reversed(lines):  # a progress bar may share the line: "…| 1/5 [00:00]error: …"
+        if m := re.search(r"(?:^|[^\w])error: (.+)$", line):
+            return m.group(1).strip()
+    if any(line.startswith("Traceback") for line in lines):
+        return next((line for line in reversed(lines) if re.match(r"^[\w.]+(Error|Exception)\b", line)), None)
+    return None
+
+
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    return argv[argv.index(flag) + 1] if flag in argv and argv.index(flag) + 1 < len(argv) else None
+
+
+def _no_rationales(job_id: str, argv: list[str]) -> str | None:
+    kept = [tuple(map(int, m.groups())) for line in _tail_lines(home() / "jobs" / job_id / "log.txt", 64 * 1024)
+            if (m := re.search(r"kept (\d+) verified of (\d+)", line))]
+    if kept and not sum(k for k, _ in kept):
+        return (f"produced nothing: kept 0 of {sum(n for _, n in kept)} rationales (none verified), "
+                "so there is nothing to train on")
+    return None
+
+
+def _no_entries(job_id: str, argv: list[str]) -> str | None:
+    for line in _tail_lines(home() / "jobs" / job_id / "log.txt", 64 * 1024):
+        m = re.match(r"(\d+) entries \(\w+\) from (\d+) cases.*kept curated (\d+)", line)
+        if m and m.group(1) == "0" and m.group(3) == "0":
+            return f"produced nothing: no KB entries from {m.group(2)} cases (see the log for malformed replies)"
+    return None
+
+
+def _no_adapter(job_id: str, argv: list[str]) -> str | None:
+    name = _flag_value(argv, "--output")
+    if name and "/" not in name and not (home() / "adapters" / name / "adapter_config.json").exists():
+        return f"produced nothing: no adapter was written to adapters/{name}"
+    return None
+
+
+# What a successful command must leave behind, by argv prefix; a check returns why it did not.
+PRODUCED = {("teach", "rationales"): _no_rationales, ("teach", "knowledge"): _no_entries,
+            ("train",): _no_adapter}
+
+
+def produced_nothing(job_id: str, argv: list[str]) -> str | None:
+    for prefix, check in PRODUCED.items():
+        if tuple(argv[:len(prefix)]) == prefix:
+            return check(job_id, argv)
+    return None
 
 
 def _finish(job_id: str, status: str, code: int | None, reason: str | None) -> None:
@@ -346,8 +410,9 @@ def run_runner(job_id: str) -> int:
     code = _wait_escalating(job_id, child)
     (job.dir / "exit_code").write_text(str(code))
     cancel_requested = bool(get(job_id, refresh_first=False).cancel_requested)
-    status, reason = _classify(code, cancel_requested)
-    log.write(f"[job {status}: exit code {code}]\n".encode())
+    log.flush()
+    status, reason = outcome(job_id, job.argv, code, cancel_requested)
+    log.write(f"[job {status}: exit code {code}{' — ' + reason if reason else ''}]\n".encode())
     log.close()
     _finish(job_id, status, code, reason)
     refresh()
@@ -400,11 +465,28 @@ def resume_argv(argv: list[str]) -> list[str]:
     return list(argv)
 
 
+def why_not_resume(job: Job) -> str | None:
+    """None when resuming can help this job; else why not, in words."""
+    if job.active:
+        return f"it is {job.status}"
+    if job.status == "succeeded":
+        return "it succeeded"
+    if not any(tuple(job.argv[:len(p)]) == p for p in RESUME_FLAG):
+        return "this command has nothing to continue from (run it again instead)"
+    if job.reason and job.reason.startswith("produced nothing"):
+        return "it ran to the end and produced nothing: the same command would do the same"
+    if job.status == "failed" and job.exit_code == 2:
+        return "the command refused its input: fix the command, resuming repeats the error"
+    return None
+
+
 def resume(job_id: str) -> Job:
     """Start a stopped or failed job again as a new job that continues from its checkpoint/cache."""
     job = get(job_id)
     if job.active:
         raise ValueError(f"job {job_id} is {job.status}; only a finished job can be resumed")
+    if why := why_not_resume(job):
+        raise ValueError(f"job {job_id} cannot be resumed: {why}")
     return submit(resume_argv(job.argv), job.kind, name=job.name, resumed_from=job.id)
 
 
@@ -423,6 +505,35 @@ def wait(job_id: str, timeout: float | None = None, poll: float = 0.2) -> Job:
 def metrics(job_id: str) -> list[dict]:
     """Every metrics line the job's Progress wrote (for curves)."""
     return read_jsonl(home() / "jobs" / job_id / "metrics.jsonl")
+
+
+def chain(job_id: str) -> list[Job]:
+    """The job and the jobs it resumed, oldest first."""
+    out, seen = [], set()
+    current: str | None = job_id
+    while current and current not in seen:
+        seen.add(current)
+        try:
+            job = get(current, refresh_first=False)
+        except KeyError:
+            break
+        out.append(job)
+        current = job.resumed_from
+    return out[::-1]
+
+
+def chain_metrics(job_id: str) -> list[dict]:
+    """Metrics of a job and of the jobs it resumed, as one curve: each earlier job's lines up to
+    where the next one continued (a resumed job starts after the last checkpoint, so steps the
+    earlier job ran past it are dropped), each line tagged with its job id."""
+    rows: list[dict] = []
+    for job in chain(job_id):
+        mine = metrics(job.id)
+        if mine and rows:
+            first = mine[0].get("step", 0)
+            rows = [r for r in rows if r.get("step", 0) < first]
+        rows += [{**r, "job": job.id} for r in mine]
+    return rows
 
 
 def progress(job_id: str) -> dict | None:

@@ -2,7 +2,10 @@
 
 Nodes are named "entry:<id>", "task:<name>", "concept:<key>" (key = concept_key(name): case and
 singular/plural folded, so "Percentages" and "percentage" are one node) and carry `type`, `label`,
-`tooltip` (plain text) and, for entries, `status`. Edges carry `kind`: task | concept | link |
+`tooltip` (plain text) and, for entries, `status` and `impact` (KBStore.impact: times retrieved,
+answers fixed and broken by evaluations and comparisons). An entry's fill is its status; its ring
+is its impact: red when it broke more answers than it fixed, blue when it fixed more, grey when
+retrieved without a flip either way. Edges carry `kind`: task | concept | link |
 similar (with `score`).
 
 Rendering is a self-contained pyvis HTML page (vis-network inlined: works offline). User text is
@@ -25,6 +28,7 @@ TYPE_STYLE = {  # type -> (colour, vis shape)
     "task": ("#6a1b9a", "box"),
     "concept": ("#1565c0", "diamond"),
 }
+IMPACT_RINGS = {"harmful": "#d50000", "helpful": "#0091ea", "neutral": "#757575"}  # ring colour by impact
 EDGE_COLOURS = {"task": "#b39ddb", "concept": "#90caf9", "link": "#37474f", "similar": "#ff7043"}
 LABEL_CHARS, TOOLTIP_CHARS = 28, 600  # labels stay short on the canvas; hover shows the whole
 LAYOUT_SEED = 7  # the same graph is laid out the same way on every rerun
@@ -39,11 +43,12 @@ def build_graph(store: KBStore, index=None, *, neighbour_threshold: float = 0.8,
     'similar' edges between entries whose cosine similarity is >= neighbour_threshold."""
     graph = nx.Graph()
     entries = list(store.iter_entries(status=status, task=task, concept=concept))
+    impact = store.impact() if hasattr(store, "impact") else {}
     for entry in entries:
         node = f"entry:{entry.id}"
         graph.add_node(node, type="entry", status=entry.status,
                        label=_clip(entry.title or entry.id, LABEL_CHARS),
-                       tooltip=_entry_tooltip(entry))
+                       tooltip=_entry_tooltip(entry, impact.get(entry.id)), impact=impact.get(entry.id))
         _attach(graph, node, f"task:{entry.task}", "task", entry.task)
         for name in entry.concepts:
             key = concept_key(name)
@@ -164,9 +169,21 @@ def _add_neighbours(graph: nx.Graph, index, threshold: float, status) -> None:
             graph.add_edge(a, b, kind="similar", score=round(score, 3))
 
 
-def _entry_tooltip(entry) -> str:
+def impact_kind(impact: dict | None) -> str | None:
+    """harmful | helpful | neutral (retrieved, no net flip) | None (never retrieved)."""
+    if not impact or not impact.get("retrieved"):
+        return None
+    net = impact.get("fixed", 0) - impact.get("broken", 0)
+    return "harmful" if net < 0 else "helpful" if net > 0 else "neutral"
+
+
+def _entry_tooltip(entry, impact: dict | None = None) -> str:
     parts = [entry.title or entry.id, f"id: {entry.id}", f"task: {entry.task}",
              f"status: {entry.status}"]
+    if impact:
+        shared = impact.get("fixed_shared", 0) + impact.get("broken_shared", 0)
+        parts.append(f"impact: retrieved {impact['retrieved']}, fixed {impact['fixed']}, broke "
+                     f"{impact['broken']}" + (f" ({shared} shared with other entries)" if shared else ""))
     if entry.concepts:
         parts.append("concepts: " + ", ".join(entry.concepts))
     parts.append(entry.knowledge_text())
@@ -177,14 +194,20 @@ def _vis_node(data: dict) -> dict:
     colour, shape = TYPE_STYLE.get(data.get("type"), ("#999999", "dot"))
     if data.get("type") == "entry":
         colour = STATUS_COLOURS.get(data.get("status"), colour)
+    ring = impact_kind(data.get("impact")) if data.get("type") == "entry" else None
     # label/title are plain text: vis-network draws labels on canvas and sets tooltips with
     # innerText; the template's tojson escapes them inside the <script>.
-    return {"label": data.get("label", ""), "title": data.get("tooltip", ""), "color": colour,
+    node = {"label": data.get("label", ""), "title": data.get("tooltip", ""), "color": colour,
             "shape": shape, "size": 14 if data.get("type") == "entry" else 10}
+    if ring:
+        node.update(color={"background": colour, "border": IMPACT_RINGS[ring]}, borderWidth=5,
+                    impact=ring)
+    return node
 
 
 def _legend() -> str:
     items = [(f"entry ({status})", colour, "●") for status, colour in STATUS_COLOURS.items()]
+    items += [(f"ring: {kind} entry", colour, "◯") for kind, colour in IMPACT_RINGS.items()]
     items += [("task", TYPE_STYLE["task"][0], "■"), ("concept", TYPE_STYLE["concept"][0], "◆")]
     items += [(f"{kind} edge", colour, "—") for kind, colour in EDGE_COLOURS.items()]
     spans = "".join(f'<span style="margin-right:14px"><span style="color:{colour}">{mark}</span> '

@@ -600,7 +600,7 @@ def test_compare_batch_command_and_evaluate_report_with_flips():
     kb = seed(2)
     at = run("compare")
     assert "nesy eval --dataset gsm8k --split test --limit 50" in texts(at)
-    assert "--config without=base --config with=base,kb,k=1 " in texts(at)  # thought: as trained
+    assert "--config without=base --config with=base,kb --max-new-tokens" in texts(at)  # k, thought: the card's
     # a report as `nesy eval` writes it (its own summarise), with one flip caused by e001
     cfg = EvalConfig(configs=[parse_config("without=base"), parse_config("with=base,kb")], name="r1")
     rows = [{"config": c, "example_id": "x1", "task": "gsm8k", "correct": ok, "correct_flexible": ok,
@@ -652,3 +652,153 @@ def test_empty_kb_offers_the_starter_kb_and_loads_it():
     expected = sum(1 for line in STARTER_KB.read_text(encoding="utf-8").splitlines() if line.strip())
     assert KBStore().stats()["total"] == expected
     assert "The knowledge base is empty" not in texts(at)
+
+
+# ------------------------------------------------------------ impact, jobs, saved configs, compare
+
+def record(report: str, impact: dict) -> None:
+    from distill.evaluate import record_impact
+    record_impact(report, impact)
+
+
+def test_impact_columns_sort_the_harmful_entries_first_and_ring_the_graph_nodes():
+    seed(4, status="accepted")
+    record("eval:r1", {"e001": {"retrieved": 5, "fixed": 1, "broken": 3, "broken_shared": 2},
+                       "e002": {"retrieved": 4, "fixed": 2}, "e003": {"retrieved": 2}})
+    record("compare:q", {"e001": {"retrieved": 1, "broken": 1}})
+    at = run()
+    table = at.dataframe[0].value.set_index("id")
+    assert (table.loc["e001", "retrieved"], table.loc["e001", "fixed"], table.loc["e001", "broken"],
+            table.loc["e001", "shared"]) == (6, 1, 4, 2)
+    assert table.loc["e000", "retrieved"] == 0
+    impact = at.dataframe[1].value  # the impact panel's table
+    assert list(impact["id"]) == ["e001", "e003", "e002"]  # most broken first, then the least net help
+    assert list(impact["reports"]) == [2, 1, 1]
+    at.button(key="kb:impact-open").click().run()
+    assert at.selectbox(key="kb:edit").value == "e001"
+    at = run("graph")
+    nodes = {n["id"]: n for n in json.loads(re.search(r"nodes = new vis\.DataSet\((\[.*?\])\);",
+                                                     graph_html(at)).group(1))}
+    assert nodes["entry:e001"]["impact"] == "harmful" and nodes["entry:e001"]["color"]["border"] == "#d50000"
+    assert nodes["entry:e002"]["impact"] == "helpful" and nodes["entry:e003"]["impact"] == "neutral"
+    assert "impact" not in nodes["entry:e000"]
+    assert "impact: retrieved 6, fixed 1, broke 4 (2 shared with other entries)" in nodes["entry:e001"]["title"]
+
+
+def finished_job(argv: list[str], kind: str = "selftest") -> jobs.Job:
+    return jobs.wait(jobs.submit(argv, kind).id, timeout=60)
+
+
+def test_jobs_page_a_job_that_produced_nothing_is_failed_with_its_reason_and_offers_nothing():
+    from openai_stub import Scripted, serve
+
+    Scripted.answers, Scripted.calls = ["The answer is 999999."], []
+    with serve(Scripted) as url:
+        job = finished_job(["teach", "rationales", "--dataset", "gsm8k", "--limit", "2", "--teacher", url,
+                            "--model", "stub", "--api-key-env", "", "--out", "none-kept"], "teach-rationales")
+    at = run("jobs")
+    assert "Status: **failed**" in texts(at)
+    assert any("produced nothing: kept 0 of 2 rationales" in e.value.replace("\\", "") for e in at.error)
+    assert not [b for b in at.button if b.key == f"jobs:resume-{job.id}"]
+    assert "Not resumable: it ran to the end and produced nothing" in texts(at)
+    assert not at.get("page_link")  # no "Train a student on these rationales"
+
+
+def test_jobs_page_shows_one_failure_line_and_the_joined_curve_of_a_resumed_job(tmp_path):
+    failed = finished_job(["jobs", "selftest", "--steps", "5", "--seconds-per-step", "0", "--fail-at", "3"])
+    at = run("jobs")
+    assert [e.value.replace("\\", "") for e in at.error] == ["exit code 1: failing at step 3 as asked"]
+    assert at.button(key=f"jobs:resume-{failed.id}")  # a checkpointed command: Resume can help
+    ckpt = tmp_path / "c.txt"
+    first = jobs.submit(["jobs", "selftest", "--steps", "40", "--seconds-per-step", "0.05",
+                         "--checkpoint", str(ckpt)], "selftest")
+    deadline = time.monotonic() + 60
+    while (jobs.progress(first.id) or {}).get("step", 0) < 4 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    jobs.wait(jobs.cancel(first.id).id, timeout=30)
+    resumed = jobs.wait(jobs.resume(first.id).id, timeout=90)
+    at = run("jobs")
+    at.selectbox(key="jobs:pick").select(resumed.id).run()
+    assert "Curves join the 2 runs of this job" in texts(at) and "steps 1–40" in texts(at)
+    assert at.get("vega_lite_chart")  # the loss curve, drawn from the joined rows
+
+
+def test_train_config_saved_on_the_page_is_what_the_cli_reads_and_loads_back():
+    from typer.testing import CliRunner
+
+    from distill.methods.options import load_config
+    from kb.workspace import home
+    (home() / "datasets" / "gsm8k-cot").mkdir(parents=True)
+    (home() / "datasets" / "gsm8k-cot" / "records.jsonl").write_text("{}\n")
+    at = run("train")
+    at.selectbox(key="t:method").select("nesycd").run()
+    at.number_input(key="t:lora_r").set_value(8).run()
+    at.text_input(key="t:config-name").set_value("../evil").run()
+    at.button(key="t:config-save").click().run()
+    assert "config name takes a name" in texts(at) and not (home() / "configs" / "evil.yaml").exists()
+    at.text_input(key="t:config-name").set_value("small-r").run()
+    at.button(key="t:config-save").click().run()
+    path = home() / "configs" / "small-r.yaml"
+    assert path.is_file() and f"nesy train nesycd --config {path}" in texts(at)
+    assert load_config(str(path), "nesycd") == {"data": "gsm8k-cot", "output": "nesycd-gsm8k-cot",
+                                                "preset": "cpu", "lora_r": 8}
+    # the CLI reads the same file (options given on the command line win): its error names lora_r 0
+    from distill.cli import app
+    out = CliRunner().invoke(app, ["train", "nesycd", "--config", str(path), "--lora-r", "0"])
+    assert out.exit_code != 0 and "--lora-r must be at least 1" in str(out.exception or out.output)
+    wrong = CliRunner().invoke(app, ["train", "skintern", "--config", str(path)])
+    assert "is a nesycd config, not skintern" in str(wrong.exception or wrong.output)
+    # a config written by hand (as for the CLI) loads into the form
+    path.with_name("by-hand.yaml").write_text("method: skintern\ndata: gsm8k-cot\noutput: sk\nstages: 3\n"
+                                              "preset: paper\n")
+    at = run("train")
+    at.selectbox(key="t:config-pick").select("by-hand").run()
+    at.button(key="t:config-load").click().run()
+    assert at.selectbox(key="t:method").value == "skintern"
+    assert "nesy train skintern --data gsm8k-cot --output sk --preset paper --stages 3" in texts(at)
+
+
+def test_distill_page_offers_gold_and_annotations_and_counts_records():
+    at = run("distill")
+    options = at.radio(key="r:teacher").options
+    assert any("gold" in o for o in options) and any("annotations" in o for o in options)
+    at.radio(key="r:teacher").set_value(next(o for o in options if "gold" in o)).run()
+    assert "nesy teach rationales --dataset gsm8k --split train --limit 20 --thoughts cot" in texts(at)
+    assert "--teacher gold" in texts(at)
+    split = at.selectbox(key="r:split")
+    assert split.format_func(split.value) == "train (7,473 records)"
+
+
+def test_compare_page_draws_a_jobs_events_prompts_scores_and_an_empty_minimum(monkeypatch):
+    """The page only reads the job's events: here a finished job's events written as `nesy answer
+    --events` writes them (the model run itself: tests/test_jobs.py and the browser test)."""
+    seed(1, status="accepted")
+    job = finished_job(["jobs", "selftest", "--steps", "1", "--seconds-per-step", "0"], "compare")
+    start = {"event": "start", "thought": "cot", "k": 3, "retriever": "dense", "retrieval_ran": True}
+    events = [{"event": "loaded", "seconds": 1.5},
+              {**start, "side": "without", "prompt": "Question: Q?\nAnswer: ", "rendered": "<|im_start|>user Q",
+               "retrieved": [], "retrieval_empty": False, "min_score": None},
+              {"event": "token", "side": "without", "text": "It is "}, {"event": "token", "side": "without", "text": "4"},
+              {"event": "done", "side": "without", "text": "It is 4", "extracted": "4", "prompt_tokens": 9,
+               "latency_s": 0.2},
+              {**start, "side": "with", "prompt": "Knowledge: Check units\nQuestion: Q?", "rendered": "<|im_start|>…",
+               "retrieved": [["e000", 0.7312]], "retrieval_empty": False, "min_score": 0.5},
+              {"event": "done", "side": "with", "text": "The answer is 5", "extracted": "5", "prompt_tokens": 30,
+               "latency_s": 0.3}]
+    (job.dir / "answer_events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    at = AppTest.from_file(MAIN, default_timeout=60)
+    at.session_state["user"] = "Ada"
+    at.session_state["cmp:jobs"] = [job.id]
+    at.session_state["cmp:asked"] = {"question": "Q?", "gold": "5", "answer_type": "number", "task_description": ""}
+    at.run()
+    at.switch_page("views/compare.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    shown = texts(at)
+    assert "Question: Q?\nAnswer: " in shown and "Knowledge: Check units\nQuestion: Q?" in shown
+    assert "0.731  e000" in shown and "minimum similarity 0.5" in shown
+    assert "Answer: 4 ❌ wrong" in shown and "Answer: 5 ✅ correct" in shown
+    assert any("flipped this answer wrong → right" in s.value for s in at.success)
+    events[5] = {**events[5], "retrieved": [], "retrieval_empty": True, "min_score": 0.9}
+    (job.dir / "answer_events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    at.run()
+    assert any("No entry passed the minimum similarity 0.9" in w.value for w in at.warning)

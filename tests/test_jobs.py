@@ -12,6 +12,7 @@ import pytest
 
 from distill import jobs
 from distill.progress import STOPPED_EXIT_CODE
+from student_fixtures import tiny_model  # noqa: F401
 
 
 def selftest(steps=400, per_step=0.05, *extra):
@@ -187,3 +188,104 @@ def test_a_command_that_cannot_start_fails_with_the_reason(tmp_path, monkeypatch
     gone.rmdir()
     done = jobs.wait(job.id, timeout=60)
     assert done.status == "failed" and "could not start" in done.reason
+
+
+# ------------------------------------------------- outcomes: nothing produced, one failure line
+
+def test_a_teacher_job_that_kept_nothing_fails_with_the_reason_and_cannot_be_resumed():
+    from openai_stub import Scripted, serve
+
+    Scripted.answers, Scripted.calls = ["The answer is 999999."], []  # wrong for every question
+    with serve(Scripted) as url:
+        job = jobs.submit(["teach", "rationales", "--dataset", "gsm8k", "--split", "train", "--limit", "2",
+                           "--teacher", url, "--model", "stub", "--api-key-env", "", "--out", "none-kept",
+                           "--concurrency", "1"], "teach-rationales")
+        done = jobs.wait(job.id, timeout=120)
+    assert done.exit_code == 0, jobs.log_tail(job.id)  # the command itself ran to the end
+    assert done.status == "failed", jobs.log_tail(job.id)
+    assert done.reason.startswith("produced nothing: kept 0 of 2 rationales")
+    assert jobs.why_not_resume(done).startswith("it ran to the end and produced nothing")
+    with pytest.raises(ValueError, match="cannot be resumed"):
+        jobs.resume(job.id)
+
+
+def test_a_failed_job_says_why_in_one_line_and_bad_input_is_not_resumable():
+    failing = jobs.wait(jobs.submit(selftest(5, 0.01, "--fail-at", "2"), "selftest").id, timeout=60)
+    assert failing.reason == "exit code 1: failing at step 2 as asked"
+    assert jobs.why_not_resume(failing) is None  # a checkpointed command: resuming can help
+    refused = jobs.wait(jobs.submit(["jobs", "selftest", "--steps", "0"], "selftest").id, timeout=60)
+    assert refused.status == "failed" and refused.exit_code == 2
+    assert "fix the command" in jobs.why_not_resume(refused)
+    other = jobs.wait(jobs.submit(["kb", "stats"], "kb").id, timeout=60)
+    assert other.status == "succeeded" and jobs.why_not_resume(other) == "it succeeded"
+
+
+def test_a_resumed_jobs_curve_joins_the_earlier_steps(tmp_path):
+    ckpt = tmp_path / "ckpt.txt"
+    job = jobs.submit(selftest(30, 0.05, "--checkpoint", str(ckpt)), "selftest")
+    wait_for_step(job.id, 4)
+    jobs.wait(jobs.cancel(job.id).id, timeout=30)
+    resumed = jobs.resume(job.id)
+    assert jobs.wait(resumed.id, timeout=90).status == "succeeded"
+    assert jobs.metrics(resumed.id)[0]["step"] > 1  # alone, the resumed run starts mid-way
+    rows = jobs.chain_metrics(resumed.id)
+    assert [r["step"] for r in rows] == list(range(1, 31))  # one curve, no gap, no repeated step
+    assert {r["job"] for r in rows} == {job.id, resumed.id}
+    assert [j.id for j in jobs.chain(resumed.id)] == [job.id, resumed.id]
+
+
+# ------------------------------------------------------------- Compare: a streaming answer job
+
+def answer_events(job_id):
+    from distill.infer import EventWriter
+    from distill.progress import read_jsonl
+
+    return read_jsonl(jobs.home() / "jobs" / job_id / EventWriter.FILE)
+
+
+@pytest.mark.slow
+def test_answer_job_streams_tokens_and_cancel_stops_it_at_the_next_token(tiny_model):
+    from kb.schema import Entry
+    from kb.store import KBStore
+
+    KBStore().add(Entry(id="apples", task="gsm8k", status="accepted", learning_summary="Add what is bought.",
+                        supplementary_knowledge="Total = start + bought."), by="test")
+    job = jobs.submit(["answer", "Tom has 3 apples and buys 2 more. How many?", "--kb", "--events", "--compare",
+                       "--base-model", tiny_model, "--max-new-tokens", "2000", "--min-score", "-1"], "compare")
+    tokens = wait_for(lambda: [e for e in answer_events(job.id) if e["event"] == "token"], timeout=180,
+                      what="the first streamed token")
+    events = answer_events(job.id)
+    loaded = next(e for e in events if e["event"] == "loaded")
+    first = tokens[0]["time"] - loaded["time"]
+    print(f"first token {first:.2f} s after the student was loaded (load {loaded['seconds']:.1f} s)")
+    assert first < 2.0
+    start = next(e for e in events if e["event"] == "start")
+    assert start["side"] == "without" and "Question: Tom has 3 apples" in start["prompt"]
+    assert start["rendered"].startswith("<|im_start|>") and start["retrieved"] == []
+    jobs.cancel(job.id, grace=20)
+    done = jobs.wait(job.id, timeout=60)
+    assert (done.status, done.exit_code) == ("cancelled", STOPPED_EXIT_CODE), jobs.log_tail(job.id)
+    after = answer_events(job.id)
+    assert after[-1]["event"] == "stopped" and not any(e["event"] == "done" for e in after)
+    assert len([e for e in after if e["event"] == "token"]) < 2000
+
+
+@pytest.mark.slow
+def test_answer_job_compares_both_sides_with_prompts_and_retrieved_scores(tiny_model):
+    from kb.schema import Entry
+    from kb.store import KBStore
+
+    KBStore().add(Entry(id="apples", task="gsm8k", status="accepted", learning_summary="Add what is bought.",
+                        supplementary_knowledge="Total = start + bought."), by="test")
+    argv = ["answer", "Tom has 3 apples and buys 2 more. How many?", "--kb", "--events", "--compare",
+            "--base-model", tiny_model, "--max-new-tokens", "8", "--gold", "5"]
+    done = jobs.wait(jobs.submit(argv, "compare").id, timeout=300)
+    assert done.status == "succeeded", jobs.log_tail(done.id)
+    starts = {e["side"]: e for e in answer_events(done.id) if e["event"] == "start"}
+    assert starts["without"]["retrieved"] == [] and [e for e, _ in starts["with"]["retrieved"]] == ["apples"]
+    assert "Total = start + bought." in starts["with"]["prompt"] and "Total =" not in starts["without"]["prompt"]
+    assert {e["side"] for e in answer_events(done.id) if e["event"] == "done"} == {"without", "with"}
+    assert KBStore().impact()["apples"]["retrieved"] == 1  # counted once per (question, student)
+    floor = jobs.wait(jobs.submit([*argv[:-2], "--min-score", "0.99"], "compare").id, timeout=300)
+    empty = {e["side"]: e for e in answer_events(floor.id) if e["event"] == "start"}["with"]
+    assert empty["retrieved"] == [] and empty["retrieval_empty"] and empty["min_score"] == 0.99

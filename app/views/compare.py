@@ -1,26 +1,27 @@
 """Compare answers: the student without and with retrieved knowledge, side by side.
 
-One question runs here (the student is loaded once per model and cached); a whole dataset sample
-runs as a `nesy eval` job whose report (accuracy without/with the KB, flips) is on Evaluation
-results. Retrieved entries open in an editor here; re-running shows what the edit changed.
+Nothing is generated in this page's process: "Answer both ways" starts a `nesy answer --events
+--compare` job (distill/jobs.py), which writes its events — loaded, the exact prompt and the
+retrieved entries of each side, each streamed token, done — to the job folder; a fragment polls
+that file twice a second and draws the tokens as they come. Cancel stops the job (SIGTERM: the
+answer ends at the next token). A whole dataset sample runs as a `nesy eval` job whose report is on
+Evaluation results. Retrieved entries open in an editor here; re-running shows what the edit changed.
 """
 from __future__ import annotations
 
 import streamlit as st
 
 import ui
-from distill import data
+from config_form import HF_ID
+from distill import data, jobs
 from distill.answers import answers_match
+from distill.progress import read_jsonl
 from kb.workspace import subdir
 
 TYPED = "Type a question"
 TRAINED = "as trained"
-
-
-@st.cache_resource(show_spinner="Loading the student (once per model)…", max_entries=2)
-def student(base_model: str | None, adapter: str | None):
-    from distill.infer import Student  # lazy: torch + transformers
-    return Student(base_model, adapter=adapter)
+SIDES = ("without", "with")
+EVENTS = "answer_events.jsonl"  # distill.infer.EventWriter.FILE (not imported: torch loads with it)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -57,76 +58,159 @@ def question_picker() -> dict:
             "task_description": spec.task_description(example.task)}
 
 
-def run_pair(model: dict, q: dict, settings: dict, which=("without", "with")) -> None:
-    s = student(model["base"], model["adapter"])
-    results = st.session_state.get("cmp:results", {}) if which != ("without", "with") else {}
-    for side in which:
-        index = ui.index() if side == "with" else None
-        with st.spinner(f"Answering {side} knowledge…"):
-            results[side] = s.answer([q["question"]], kb_index=index, k=settings["k"],
-                                     statuses=settings["statuses"], thought=settings["thought"],
-                                     max_new_tokens=settings["max_new_tokens"],
-                                     answer_type=q["answer_type"],
-                                     task_description=q["task_description"])[0]
-    st.session_state["cmp:results"] = results
+def answer_argv(model: dict, q: dict, settings: dict, both: bool) -> list[str]:
+    """`nesy answer QUESTION --kb --events [--compare]` with the page's settings."""
+    argv = ["answer", q["question"], "--kb", "--events", "--answer-type", q["answer_type"],
+            "--max-new-tokens", str(settings["max_new_tokens"])]
+    argv += ["--compare"] if both else []
+    argv += ["--adapter", model["adapter"]] if model["adapter"] else []
+    argv += ["--base-model", model["base"]] if model["base"] else []
+    argv += ["--k", str(settings["k"])] if settings["k"] else []
+    argv += ["--thought", settings["thought"]] if settings["thought"] else []
+    argv += ["--min-score", str(settings["min_score"])] if settings["min_score"] else []
+    argv += ["--include-pending"] if "pending" in settings["statuses"] else []
+    argv += ["--task", q["task_description"]] if q["task_description"] else []
+    argv += ["--gold", q["gold"]] if q["gold"] is not None and both else []
+    return argv
+
+
+def start(model: dict, q: dict, settings: dict, both: bool = True) -> None:
+    if not ui.require_curator("compare answers (it runs as a job)"):
+        return
+    job = jobs.submit(answer_argv(model, q, settings, both), "compare",
+                      name=f"compare: {ui.short(q['question'], 40)}")
+    runs = [job.id] if both else [*st.session_state.get("cmp:jobs", [])[:1], job.id]
+    st.session_state["cmp:jobs"] = runs
     st.session_state["cmp:asked"] = q
 
 
-def verdict(result, q: dict) -> str:
+def fold(job_ids: list[str]) -> dict:
+    """The events of the comparison's jobs as one state per side (a later job's side wins)."""
+    sides: dict[str, dict] = {}
+    loaded = None
+    for job_id in job_ids:
+        for ev in read_jsonl(jobs.home() / "jobs" / job_id / EVENTS):
+            kind, side = ev["event"], ev.get("side")
+            if kind == "loaded":
+                loaded = ev
+            elif kind == "start":
+                sides[side] = {**ev, "pieces": [], "done": None}
+            elif kind == "token" and side in sides:
+                sides[side]["pieces"].append(ev["text"])
+            elif kind == "done" and side in sides:
+                sides[side]["done"] = ev
+    return {"sides": sides, "loaded": loaded}
+
+
+def verdict(extracted, q: dict) -> str:
     if q["gold"] is None:
         return ""
-    return " ✅ correct" if answers_match(result.extracted, q["gold"], q["answer_type"]) else " ❌ wrong"
+    return " ✅ correct" if answers_match(extracted, q["gold"], q["answer_type"]) else " ❌ wrong"
 
 
-def show_results() -> None:
-    results, q = st.session_state.get("cmp:results"), st.session_state.get("cmp:asked")
-    if not results:
-        return
+@st.fragment(run_every=0.5)
+def live_results() -> None:
+    """Polls the job's events while it runs; once it has ended, the whole page reruns once."""
+    if show_results():
+        st.rerun(scope="app")
+
+
+def show_results() -> bool:
+    """Draw the comparison; True when the job just ended (so the page should refresh once)."""
+    job_ids, q = st.session_state.get("cmp:jobs"), st.session_state.get("cmp:asked")
+    if not job_ids:
+        return False
+    job = jobs.get(job_ids[-1])
+    state = fold(job_ids)
     st.divider()
+    status_line(job, state)
     if q["gold"] is not None:
         st.text(f"Gold answer: {q['gold']}")
     left, right = st.columns(2)
-    for col, side in ((left, "without"), (right, "with")):
-        r = results.get(side)
-        if r is None:
-            continue
-        col.subheader(f"{side.capitalize()} knowledge")
-        col.text(f"Answer: {r.extracted}{verdict(r, q)}")
-        col.caption(f"{r.prompt_tokens} prompt tokens · {r.latency_s:.1f} s")
-        col.text(r.text)
-    flip_note(results, q)
-    retrieved_entries(results.get("with"))
+    for col, side in zip((left, right), SIDES):
+        with col:
+            side_view(side, state["sides"].get(side), q, job.active)
+    flip_note(state["sides"], q)
+    ended = st.session_state.get("cmp:watching") == job.id and not job.active
+    st.session_state["cmp:watching"] = job.id if job.active else None
+    return ended
 
 
-def flip_note(results: dict, q: dict) -> None:
-    a, b = results.get("without"), results.get("with")
-    if q["gold"] is None or a is None or b is None:
+def status_line(job: jobs.Job, state: dict) -> None:
+    c = st.columns([5, 1])
+    if job.status == "queued":
+        c[0].info("Waiting for a free job slot (another job is running; see **Jobs**).")
+    elif job.active and not state["loaded"]:
+        c[0].info("Loading the student in a background job…")
+    elif job.active:
+        c[0].caption(f"Answering… (student loaded in {state['loaded']['seconds']:.1f} s)")
+    elif job.status == "cancelled":
+        c[0].warning("Cancelled: the answers stop where they were.")
+    elif job.status == "failed":
+        c[0].error(ui.md(f"The comparison failed: {job.reason}"))
+    if job.active and c[1].button("Cancel", key="cmp:cancel"):
+        jobs.cancel(job.id, grace=10)
+        st.rerun(scope="app")
+
+
+def side_view(side: str, s: dict | None, q: dict, running: bool) -> None:
+    st.subheader(f"{side.capitalize()} knowledge")
+    if s is None:
+        st.caption("Waiting…" if running else "Not answered.")
         return
-    before = answers_match(a.extracted, q["gold"], q["answer_type"])
-    after = answers_match(b.extracted, q["gold"], q["answer_type"])
-    ids = ", ".join(e for e, _ in b.retrieved) or "none"
+    done = s["done"]
+    if done:
+        st.text(f"Answer: {done['extracted']}{verdict(done['extracted'], q)}")
+        st.caption(f"{done['prompt_tokens']} prompt tokens · {done['latency_s']:.1f} s · thought {s['thought']}")
+    st.text("".join(s["pieces"]) if not done else done["text"])
+    with st.expander("The exact prompt", expanded=False):
+        st.caption("The user text the method built (knowledge block included), then the prompt "
+                   "as the model saw it (template applied).")
+        st.code(s["prompt"], language=None, wrap_lines=True)
+        st.code(s["rendered"], language=None, wrap_lines=True)
+    if side == "with":
+        retrieved_entries(s)
+
+
+def flip_note(sides: dict, q: dict) -> None:
+    a, b = sides.get("without"), sides.get("with")
+    if q["gold"] is None or not (a and a["done"] and b and b["done"]):
+        return
+    before = answers_match(a["done"]["extracted"], q["gold"], q["answer_type"])
+    after = answers_match(b["done"]["extracted"], q["gold"], q["answer_type"])
+    ids = ", ".join(e for e, _ in b["retrieved"]) or "none"
     if before != after:
+        shared = " (shared by these entries)" if len(b["retrieved"]) > 1 else ""
         (st.success if after else st.error)(
             f"The knowledge flipped this answer {'wrong → right' if after else 'right → wrong'} "
-            f"(entries: {ui.md(ids)}).")
+            f"(entries: {ui.md(ids)}){shared}. Counted in each entry's impact on the Knowledge base page.")
 
 
-def retrieved_entries(result) -> None:
-    if result is None:
+def retrieved_entries(s: dict) -> None:
+    st.markdown("**Retrieved knowledge**")
+    floor = s.get("min_score")
+    st.caption(f"top-{s['k']} by {s['retriever']}" + (f", minimum similarity {floor:g}" if floor else ""))
+    if not s["retrieved"]:
+        if not s.get("retrieval_ran", True):
+            st.caption("No retrieval ran (adaptive retrieval found the student confident).")
+        elif floor:
+            st.warning(f"No entry passed the minimum similarity {floor:g}: answered without knowledge. "
+                       "Lower it, or accept better-matching entries.")
+        else:
+            st.warning("Nothing retrieved: no accepted entries of the kinds this student uses. Accept "
+                       "entries on the Knowledge base page, or include pending ones.")
         return
-    st.subheader("Retrieved knowledge")
-    if not result.retrieved:
-        st.caption("Nothing retrieved: no accepted entries yet (or adaptive retrieval skipped it). "
-                   "Accept entries on the Knowledge base page, or include pending ones.")
-        return
-    entries = ui.store().get_many([e for e, _ in result.retrieved])
-    for entry_id, score in result.retrieved:
+    entries = ui.store().get_many([e for e, _ in s["retrieved"]])
+    for entry_id, score in s["retrieved"]:
         entry = entries.get(entry_id)
         summary = ui.short(entry.learning_summary, 200) if entry else "(deleted since)"
         c = st.columns([5, 1])
         c[0].text(f"{score:.3f}  {entry_id}  [{entry.status if entry else '-'}]\n{summary}")
         c[1].button("Edit", key=f"cmp:edit-{entry_id}", on_click=st.session_state.__setitem__,
                     args=("cmp:edit", entry_id))
+
+
+def entry_editor() -> None:
     if st.session_state.get("cmp:edit"):
         with st.container(border=True):
             ui.entry_editor(ui.store(), st.session_state["cmp:edit"], key="cmp-editor")
@@ -148,7 +232,9 @@ def batch_job(model: dict, settings: dict) -> None:
                                ) or f"{dataset}-{split}-compare"
         spec = model["adapter"] or "base"
         thought = f",thought={settings['thought']}" if settings["thought"] else ""
-        extra = f",k={settings['k']}{thought}" + (",pending" if "pending" in settings["statuses"] else "")
+        extra = (f",k={settings['k']}" if settings["k"] else "") + thought + \
+            (f",min_score={settings['min_score']:g}" if settings["min_score"] else "") + \
+            (",pending" if "pending" in settings["statuses"] else "")
         argv = ["eval", "--dataset", dataset, "--split", split, "--limit", str(limit),
                 "--name", name.strip(), "--config", f"without={spec}{thought}",
                 "--config", f"with={spec},kb{extra}",
@@ -160,25 +246,42 @@ def batch_job(model: dict, settings: dict) -> None:
 
 
 st.title("Compare answers")
-c = st.columns([2, 2, 1, 1, 1])
+c = st.columns([2, 2, 1, 1, 1, 1])
 adapter = c[0].selectbox("Student", ["(base model)", *adapters()], key="cmp:adapter",
                          help="A trained adapter, or the base model alone.")
-base = c[1].text_input("Base model", key="cmp:base", placeholder="embedded SmolLM2-135M")
-k = c[2].number_input("k entries", 1, 10, 1, key="cmp:k")
+base = c[1].text_input("Base model", key="cmp:base", placeholder="embedded SmolLM2-135M",
+                       help="A Hugging Face id like org/name (the app takes no paths).")
+k = c[2].number_input("k entries", 0, 10, 0, key="cmp:k", help="0 = the adapter's card (else 3)")
 thought = c[3].selectbox("Thought", [TRAINED, "cot", "pot", "eot", "vote"], key="cmp:thought",
                          help="The type the adapter was trained on (from its card), or another one.")
 max_new = c[4].number_input("Max new tokens", 16, 2048, 256, step=16, key="cmp:max-new")
+min_score = c[5].number_input("Minimum similarity", 0.0, 100.0, 0.0, step=0.05, key="cmp:min-score",
+                              help="Entries scoring below this are not retrieved (0 = the card's; cosine "
+                                   "similarity for dense retrieval).")
 pending = st.checkbox("Also retrieve pending entries", key="cmp:pending")
 model = {"base": base.strip() or None, "adapter": None if adapter == "(base model)" else adapter}
 settings = {"k": int(k), "thought": None if thought == TRAINED else thought, "max_new_tokens": int(max_new),
+            "min_score": float(min_score) or None,
             "statuses": ("accepted", "pending") if pending else ("accepted",)}
+problem = None
+if model["base"] and not HF_ID.fullmatch(model["base"]):
+    problem = "The base model must be a Hugging Face id like org/name (the app takes no paths)."
+    st.warning(problem)
 
 q = question_picker()
+running = bool(st.session_state.get("cmp:jobs")) and jobs.get(st.session_state["cmp:jobs"][-1]).active
 b = st.columns([1, 1, 4])
-if b[0].button("Answer both ways", type="primary", disabled=not q["question"], key="cmp:run"):
-    run_pair(model, q, settings)
-if st.session_state.get("cmp:results") and b[1].button("Re-run with knowledge", key="cmp:rerun",
-                                                        help="After editing an entry"):
-    run_pair(model, st.session_state["cmp:asked"], settings, which=("with",))
-show_results()
+if b[0].button("Answer both ways", type="primary", disabled=not q["question"] or bool(problem) or running,
+               key="cmp:run"):
+    start(model, q, settings)
+    running = True
+if st.session_state.get("cmp:jobs") and b[1].button("Re-run with knowledge", key="cmp:rerun",
+                                                     disabled=running, help="After editing an entry"):
+    start(model, st.session_state["cmp:asked"], settings, both=False)
+    running = True
+if running:
+    live_results()
+else:
+    show_results()
+entry_editor()
 batch_job(model, settings)

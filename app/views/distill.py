@@ -20,17 +20,28 @@ from distill.teacher import KEY_ENVS_VAR, allowed_key_envs
 from kb.workspace import home
 
 NO_KEY = "(no key)"
+EMBEDDED, SERVER = "Embedded local teacher (llama.cpp)", "OpenAI-compatible server"
+GOLD = "The dataset's own rationales (gold, no teacher calls)"
+ANNOTATIONS = "GSM8K calculator annotations (PoT/EoT, no teacher calls)"
 
 st.title("Teacher jobs")
 st.caption("Long work runs as a background job: you can leave this page, follow it on **Jobs**, "
            "cancel it and resume it (finished teacher calls are cached, so nothing is paid twice).")
 
 
-def teacher_options(prefix: str) -> tuple[list[str], str | None]:
-    """Teacher arguments, and an error to show instead of starting when they are incomplete."""
-    kind = st.radio("Teacher", ["Embedded local teacher (llama.cpp)", "OpenAI-compatible server"],
-                    key=f"{prefix}:teacher", horizontal=True)
-    if kind.startswith("Embedded"):
+def teacher_options(prefix: str, free: tuple[str, ...] = ()) -> tuple[list[str], str | None]:
+    """Teacher arguments, and an error to show instead of starting when they are incomplete.
+    `free`: the teacher-less sources this tab offers (gold rationales, calculator annotations)."""
+    kind = st.radio("Teacher", [EMBEDDED, SERVER, *free], key=f"{prefix}:teacher", horizontal=True)
+    if kind == GOLD:
+        st.caption("CoT rationales from the dataset's own human-written solutions (GSM8K, "
+                   "StrategyQA, AGIEval), verified like a teacher's: a free baseline.")
+        return ["--teacher", "gold"], None
+    if kind == ANNOTATIONS:
+        st.caption("PoT programs / EoT equation systems built from GSM8K's calculator annotations, "
+                   "each run or solved in the sandbox and checked against the gold; one set per thought.")
+        return ["--teacher", "annotations"], None
+    if kind == EMBEDDED:
         model = st.selectbox("Model", list(models.TEACHERS), key=f"{prefix}:local-model",
                              help="Packaged GGUF teachers; assembled once on first use.")
         return ["--teacher", "local", "--model", model], None
@@ -81,14 +92,37 @@ def api_key_status(name: str) -> str:
             "`.streamlit/secrets.toml`. Local servers usually need no key.")
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def record_count(dataset: str, split: str) -> int | None:
+    """How many examples a dataset split has (None: it cannot be read)."""
+    try:
+        return len(data.get_dataset(dataset).load(split))
+    except (data.DatasetError, OSError, ValueError):
+        return None
+
+
+def rationale_counts() -> dict[str, int]:
+    """The workspace's rationale sets with their record counts (lines of records.jsonl)."""
+    out = {}
+    for name in data.list_rationale_sets():
+        with open(home() / "datasets" / name / "records.jsonl", "rb") as f:
+            out[name] = sum(1 for line in f if line.strip())
+    return out
+
+
 def dataset_options(prefix: str) -> tuple[str, str, int | None]:
     c = st.columns(3)
     names = data.list_datasets()
     dataset = c[0].selectbox("Dataset", names, index=names.index("gsm8k") if "gsm8k" in names else 0,
                              key=f"{prefix}:dataset")
     splits = list(data.get_dataset(dataset).splits)
+
+    def with_count(split: str) -> str:
+        n = record_count(dataset, split)
+        return split if n is None else f"{split} ({n:,} records)"
+
     split = c[1].selectbox("Split", splits, index=splits.index("train") if "train" in splits else 0,
-                           key=f"{prefix}:split")
+                           key=f"{prefix}:split", format_func=with_count)
     limit = c[2].number_input("Limit (0 = all)", 0, 1_000_000, 20, key=f"{prefix}:limit",
                               help="A seeded random sample of this many questions.")
     return dataset, split, int(limit) or None
@@ -115,7 +149,11 @@ def rationales_tab() -> None:
     out = c[0].text_input("Rationale set name", key="r:out", placeholder=f"{dataset}-{split}",
                           help="Saved under datasets/<name>; the Train page reads it.") or f"{dataset}-{split}"
     concurrency = c[1].number_input("Concurrent requests", 1, 256, 4, key="r:concurrency")
-    teacher, problem = teacher_options("r")
+    teacher, problem = teacher_options("r", free=(GOLD, ANNOTATIONS))
+    if teacher[1] == "annotations":
+        thoughts = [t for t in thoughts if t != "cot"] or ["pot", "eot"]
+    elif teacher[1] == "gold":
+        thoughts = ["cot"]
     argv = ["teach", "rationales", "--dataset", dataset, "--split", split,
             *(["--limit", str(limit)] if limit else []), "--thoughts", ",".join(thoughts),
             "--n-samples", str(samples), "--temperature", str(temperature),
@@ -127,6 +165,12 @@ def rationales_tab() -> None:
         problem = ("The rationale set name is a name, not a path: lower-case letters, digits, "
                    "'_' and '-' (at most 64).")
     launch(argv, "teach-rationales", problem, "r:start")
+    sets = rationale_counts()
+    with st.expander(f"Rationale sets in the workspace ({len(sets)})"):
+        if sets:
+            st.dataframe([{"set": name, "records": n} for name, n in sets.items()], hide_index=True)
+        else:
+            st.caption("None yet.")
 
 
 def error_files() -> dict[str, object]:

@@ -59,10 +59,13 @@ def progress_bar(job: jobs.Job) -> None:
 
 
 def curves(job: jobs.Job) -> None:
-    rows = jobs.metrics(job.id)
+    rows = jobs.chain_metrics(job.id)  # a resumed job's curve continues the earlier steps
     if len(rows) < 2:
         return
     df = pd.DataFrame(rows)
+    if df["job"].nunique() > 1:
+        st.caption(f"Curves join the {df['job'].nunique()} runs of this job (it resumed "
+                   f"{ui.md(job.resumed_from)}), steps {int(df['step'].min())}–{int(df['step'].max())}.")
     left, right = st.columns(2)
     if "loss" in df:
         left.caption("Loss")
@@ -77,10 +80,14 @@ def actions(job: jobs.Job) -> None:
     if job.active and left.button("Cancel", key=f"jobs:cancel-{job.id}"):
         jobs.cancel(job.id)
         st.rerun(scope="app")
-    if job.status in ("cancelled", "failed") and right.button("Resume", key=f"jobs:resume-{job.id}"):
+    why_not = jobs.why_not_resume(job)
+    if job.status in ("cancelled", "failed") and why_not is None and \
+            right.button("Resume", key=f"jobs:resume-{job.id}"):
         new = jobs.resume(job.id)
         st.session_state["selected_job"] = new.id
         st.rerun(scope="app")
+    elif job.status in ("cancelled", "failed") and why_not:
+        st.caption(ui.md(f"Not resumable: {why_not}."))
 
 
 def outputs(job: jobs.Job) -> None:
@@ -93,10 +100,14 @@ def outputs(job: jobs.Job) -> None:
 
 def job_detail(job_id: str) -> None:
     job = jobs.get(job_id)
-    reason = f" — {job.reason}" if job.reason else ""
     st.subheader(ui.md(job.name))
-    code = f" · exit code {job.exit_code}" if job.exit_code is not None else ""
-    st.markdown(f"Status: **{job.status}**{ui.md(reason + code)}")
+    if job.status == "failed":  # one clear line: why
+        st.markdown("Status: **failed**")
+        st.error(ui.md(job.reason or f"exit code {job.exit_code}"), icon=":material/error:")
+    else:
+        reason = f" — {job.reason}" if job.reason else ""
+        code = f" · exit code {job.exit_code}" if job.exit_code is not None else ""
+        st.markdown(f"Status: **{job.status}**{ui.md(reason + code)}")
     if job.resumed_from:
         st.caption(f"Resumes {ui.md(job.resumed_from)}")
     st.code(job.command_line(), language="bash", wrap_lines=True)
@@ -115,6 +126,15 @@ def job_detail(job_id: str) -> None:
 @st.fragment(run_every=2)
 def live_job_detail(job_id: str) -> None:
     job_detail(job_id)
+
+
+@st.fragment(run_every=2)
+def live_job_table() -> None:
+    """The table, redrawn while any job is queued or running; once none is, the page reruns."""
+    current = jobs.list_jobs()
+    job_table(current)
+    if not any(j.active for j in current):
+        st.rerun(scope="app")
 
 
 def selftest_launcher() -> None:
@@ -138,7 +158,10 @@ if not all_jobs:
             "or a batch comparison on **Compare answers**; each runs in the background and "
             "appears here with its progress, log and the equivalent `nesy` command.")
 else:
-    job_table(all_jobs)
+    if any(j.active for j in all_jobs):
+        live_job_table()
+    else:
+        job_table(all_jobs)
     ids = [j.id for j in all_jobs]
     wanted = st.session_state.get("selected_job")
     if wanted in ids:

@@ -180,15 +180,19 @@ def results_table(entries: list[Entry], scores: list[float] | None, total: int,
     scope = st.radio("Select", SCOPES, format_func=labels.get, key="kb:scope", horizontal=True,
                      help="Bulk actions apply to this selection. It resets whenever the filters, "
                           "page, sort or rows change, and after every bulk action.")
+    impact = kb.impact([e.id for e in entries])  # from evaluations and comparisons
     rows = [{**ui.entry_row(e, **({"score": s} if scores else {})),
-             "flags": [f.code for f in e.flags]} for e, s in zip(entries, scores or [None] * n)]
+             "flags": [f.code for f in e.flags], **impact_columns(impact.get(e.id))}
+            for e, s in zip(entries, scores or [None] * n)]
     ticking = scope == "ticked"
     table = st.dataframe(
         pd.DataFrame(rows), hide_index=True, key=f"kb:table:{view}",
         on_select="rerun" if ticking else "ignore", selection_mode="multi-row",
         column_order=["id", "title", "status", "summary", "knowledge", "task", "concepts",
-                      "flags", *(["score"] if scores else []), "updated", "by", "version"],
+                      "flags", *(["score"] if scores else []), *IMPACT_COLUMNS, "updated", "by",
+                      "version"],
         column_config={
+            **{k: st.column_config.NumberColumn(k, help=h) for k, h in IMPACT_HELP.items()},
             "summary": st.column_config.TextColumn("learning summary", width="large",
                                                    help="Double-click a cell to read it whole"),
             "knowledge": st.column_config.TextColumn("supplementary knowledge", width="large",
@@ -429,6 +433,46 @@ def confirm_merge(keep_id: str, drop_id: str, keep_version: int, drop_version: i
         st.rerun()
 
 
+# ------------------------------------------------------------------------------------ impact
+
+IMPACT_COLUMNS = ("retrieved", "fixed", "broken", "shared")
+IMPACT_HELP = {"retrieved": "times retrieved for a question, over every evaluation and comparison",
+               "fixed": "answers that were wrong without knowledge and right with it, this entry retrieved",
+               "broken": "answers that were right without knowledge and wrong with it, this entry retrieved",
+               "shared": "of those flips, how many were shared with other entries retrieved for the same "
+                         "question (each of them is credited)"}
+
+
+def impact_columns(m: dict | None) -> dict:
+    m = m or {}
+    return {"retrieved": m.get("retrieved", 0), "fixed": m.get("fixed", 0), "broken": m.get("broken", 0),
+            "shared": m.get("fixed_shared", 0) + m.get("broken_shared", 0)}
+
+
+def impact_panel() -> None:
+    """Every entry that evaluations or comparisons retrieved, the most harmful first."""
+    impact = kb.impact()
+    with st.expander(f"Impact on answers ({len(impact)} entries retrieved by evaluations and comparisons)"):
+        if not impact:
+            st.caption("No evaluation or comparison has retrieved an entry yet. Run `nesy eval` with a "
+                       "`kb` configuration, or Compare answers with a gold answer.")
+            return
+        live = kb.get_many(list(impact))
+        rows = sorted(({"id": i, "title": live[i].title or "" if i in live else "(deleted)",
+                        "status": live[i].status if i in live else "-", **impact_columns(m),
+                        "net": m["fixed"] - m["broken"], "reports": m["reports"]}
+                       for i, m in impact.items()), key=lambda r: (-r["broken"], r["net"], -r["retrieved"], r["id"]))
+        st.caption("Harmful entries first (most answers broken). A flip with several entries retrieved "
+                   "credits each of them; `shared` counts those. Click a header to sort.")
+        st.dataframe(pd.DataFrame(rows), hide_index=True, key="kb:impact-table",
+                     column_config={k: st.column_config.NumberColumn(k, help=h) for k, h in IMPACT_HELP.items()})
+        c = st.columns([3, 1])
+        chosen = c[0].selectbox("Entry", [r["id"] for r in rows if r["id"] in live], key="kb:impact-pick")
+        if chosen and c[1].button("Open it", key="kb:impact-open"):
+            ui.open_entry(chosen)
+            st.rerun()
+
+
 # ------------------------------------------------------------------------------- review view
 
 def review(f: dict) -> None:
@@ -642,5 +686,6 @@ else:
         st.divider()
         editor_and_tools(entries, selected, scope)
         suggested_merges()
+        impact_panel()
 if view != "trash":
     add_entry_form()
