@@ -6,7 +6,11 @@ batching (`PadCollator`, `LengthGroupedSampler`), one LoRA stage (`fit_lora`), s
 and the adapter card, and the `nesy train METHOD` command generated from the method's config.
 
 - loss on the response only: prompt and padding labels are -100;
-- no compute spent on padding: length-grouped batches and dynamic padding per batch;
+- no compute spent on padding: each batch is packed into one row (position ids restart per
+  sample, so samples never attend to each other); a model whose attention ignores position ids
+  gets length-grouped batches with dynamic padding instead (`packing_is_exact`);
+- matmuls in the dtype this machine is fastest in (`distill.hardware.compute_dtype`: bf16
+  autocast on AMX CPUs and bf16 GPUs, fp32 elsewhere; NESY_DTYPE overrides);
 - nothing silently truncated: the length limit defaults to the longest sample (capped by the
   model's maximum); a sample that does not fit loses whole demonstrations / knowledge items first
   (the method supplies the shorter prompts), then its response's tail; every such case is counted
@@ -250,6 +254,43 @@ class PadCollator:
         return 1 - self.real / self.padded if self.padded else 0.0
 
 
+class PackCollator:
+    """Padding-free batches: transformers' DataCollatorWithFlattening concatenates a batch into one
+    row with position ids restarting at 0 for each sample, so the model's causal mask keeps every
+    sample to itself (masking_utils finds the sample boundaries from the position ids) and the
+    first label of each sample is -100 (no loss across a boundary). No token is padding, so the
+    matmuls do only useful work; `packing_is_exact` checks the model honours the boundaries."""
+
+    padding_fraction = 0.0
+
+    def __init__(self):
+        from transformers import DataCollatorWithFlattening
+
+        self.flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
+
+    def __call__(self, features: list[dict]) -> dict:
+        return self.flatten([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
+
+
+@torch.no_grad()
+def packing_is_exact(model, features: list[dict], tolerance: float = 1e-3) -> bool:
+    """True when the model's logits for two packed samples equal their logits one at a time: its
+    attention reads the position ids (Llama, Qwen, Mistral, … through masking_utils, with
+    use_cache off). Models that ignore them would let packed samples attend to each other, so
+    they train padded instead."""
+    pair = sorted(features[:2], key=lambda f: len(f["input_ids"]))
+    if len(pair) < 2:
+        return True
+    was_training = model.training
+    model.eval()
+    try:
+        packed = model(**{k: v for k, v in PackCollator()(pair).items() if k != "labels"}).logits[0]
+        alone = [model(input_ids=torch.tensor([f["input_ids"]])).logits[0] for f in pair]
+    finally:
+        model.train(was_training)
+    return bool(torch.allclose(packed, torch.cat(alone), atol=tolerance, rtol=tolerance))
+
+
 class LengthGroupedSampler(Sampler):
     """Shuffled mega-batches of `group` samples, each sorted by length (longest first).
 
@@ -333,7 +374,9 @@ def _lora(model, cfg: TrainOptions, init_adapter: Path | None):
         target_modules=targets, task_type="CAUSAL_LM"))
 
 
-def _training_args(cfg: TrainOptions, out: Path) -> TrainingArguments:
+def _training_args(cfg: TrainOptions, out: Path, packed: bool) -> TrainingArguments:
+    from distill.hardware import compute_dtype
+
     return TrainingArguments(
         output_dir=str(out / "checkpoints"), per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate,
@@ -341,9 +384,13 @@ def _training_args(cfg: TrainOptions, out: Path) -> TrainingArguments:
         num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, seed=cfg.seed, data_seed=cfg.seed,
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
         logging_steps=1, report_to="none", disable_tqdm=True, remove_unused_columns=False,
-        include_num_input_tokens_seen="non_padding", dataloader_num_workers=0,
+        # packed batches hold no padding (and the pad id may be the end-of-turn token, which they
+        # do contain), so every token counts
+        include_num_input_tokens_seen="all" if packed else "non_padding", dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        # autocast to bf16 where the matmul is faster in it (distill/hardware.py), fp32 weights kept
+        bf16=compute_dtype() == "bf16",
+        use_cpu=compute_dtype() == "bf16" and not torch.cuda.is_available())  # bf16 on a CPU asks for it
 
 
 def last_checkpoint(folder: Path) -> str | None:
@@ -367,6 +414,7 @@ def fit_lora(cfg: TrainOptions, samples: list[Sample], out: Path, *, stage: str,
     """
     from transformers import set_seed
 
+    from distill.hardware import compute_dtype
     from distill.infer import load_base
 
     set_seed(cfg.seed)  # same LoRA init on a fresh run and on a resumed one
@@ -386,10 +434,14 @@ def fit_lora(cfg: TrainOptions, samples: list[Sample], out: Path, *, stage: str,
               f"{fits['shortened']} lost whole demonstrations/knowledge items, {fits['response_cut']} "
               f"lost the end of their response, {fits['skipped']} were skipped", file=sys.stderr)
     _write_prompt_samples(out, tokenizer, samples[:PROMPT_SAMPLES], template)
+    # Training never reads a KV cache, and with one masking_utils ignores the packed-sample
+    # boundaries (samples would attend to each other): off, as TRL does for padding-free batches.
+    model.config.use_cache = False
     model = _lora(model, cfg, init_adapter)
-    collator = PadCollator(tokenizer.pad_token_id)
+    packed = packing_is_exact(model, encoded)
+    collator = PackCollator() if packed else PadCollator(tokenizer.pad_token_id)
     callback = ProgressCallback(stage)
-    trainer = _Trainer(model=model, args=_training_args(cfg, out), train_dataset=encoded,
+    trainer = _Trainer(model=model, args=_training_args(cfg, out, packed), train_dataset=encoded,
                        data_collator=collator, processing_class=tokenizer, callbacks=[callback])
     trainer.remove_callback(PrinterCallback)  # Progress is the one place that reports
     last = last_checkpoint(out / "checkpoints")
@@ -405,7 +457,8 @@ def fit_lora(cfg: TrainOptions, samples: list[Sample], out: Path, *, stage: str,
                "steps": trainer.state.global_step, "train_loss": round(result.training_loss, 5),
                "tokens": int(trainer.state.num_input_tokens_seen),
                "tokens_per_s": round(trainer.state.num_input_tokens_seen / runtime, 2),
-               "padding_fraction": round(collator.padding_fraction, 4), "runtime_s": round(runtime, 2),
+               "padding_fraction": round(collator.padding_fraction, 4), "packed": packed,
+               "dtype": compute_dtype(), "runtime_s": round(runtime, 2),
                "resumed_from": Path(last).name if (cfg.resume and last) else None}
     if trainer.is_world_process_zero():
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -1,0 +1,100 @@
+"""What every bench/ script shares: interleaved rounds, median ratio with its spread, machine load.
+
+Colleagues share this machine's cores, so one timing of A then one of B says little: the load
+can change between them. Each script instead runs its sides in rounds, A B A B …, takes the ratio
+of each round, and prints the median with its min–max. The 1-minute load average is sampled
+through the run; the machine counts as *busy* when it is above half the cores, and then the line
+says so (absolute numbers are pessimistic; ratios from one round share the load).
+
+    from _measure import Load, interleave, ratio
+    with Load() as load:
+        rounds = interleave({"ours": run_ours, "naive": run_naive}, rounds=5)
+    print(ratio(rounds["ours"], rounds["naive"], "speed-up"), load)
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+@dataclass
+class Spread:
+    """A median with its min–max over rounds."""
+    values: list[float]
+    unit: str = ""
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    def __str__(self) -> str:
+        if len(self.values) == 1:
+            return f"{self.values[0]:.3g}{self.unit} (1 round)"
+        return (f"{self.median:.3g}{self.unit} (min {min(self.values):.3g}, max {max(self.values):.3g}, "
+                f"{len(self.values)} rounds)")
+
+
+def ratio(a: list[float], b: list[float], unit: str = "x") -> Spread:
+    """Per-round a/b (a round's two sides ran back to back under the same load)."""
+    return Spread([x / y for x, y in zip(a, b)], unit)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleave(sides: dict[str, Callable[[], float]], rounds: int, warmup: int = 0,
+               progress: bool = True) -> dict[str, list[float]]:
+    """Run each side once per round, in order A B … then the next round; each call returns its
+    measurement (seconds, tokens/s, …). `warmup` rounds run first and are dropped."""
+    out: dict[str, list[float]] = {name: [] for name in sides}
+    for r in range(warmup + rounds):
+        for name, fn in sides.items():
+            value = fn()
+            if r >= warmup:
+                out[name].append(value)
+        if progress and r >= warmup:
+            print(f"  round {r - warmup + 1}/{rounds}: " + ", ".join(
+                f"{n} {v[-1]:.4g}" for n, v in out.items()), flush=True)
+    return out
+
+
+@dataclass
+class Load:
+    """Samples os.getloadavg() every `every` seconds while in its `with` block."""
+    every: float = 2.0
+    cores: int = field(default_factory=lambda: os.cpu_count() or 1)
+    samples: list[float] = field(default_factory=list)
+
+    def __enter__(self) -> "Load":
+        self._stop = threading.Event()
+        self.samples.append(os.getloadavg()[0])
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.samples.append(os.getloadavg()[0])
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.samples.append(os.getloadavg()[0])
+
+    @property
+    def busy(self) -> bool:
+        return max(self.samples, default=0.0) > self.cores / 2
+
+    def __str__(self) -> str:
+        lo, hi = min(self.samples), max(self.samples)
+        verdict = (f"BUSY (above {self.cores / 2:g}): other work shared the cores, absolute numbers are "
+                   f"pessimistic; the ratios compare sides measured under the same load" if self.busy
+                   else f"idle (at most {self.cores / 2:g})")
+        return f"machine load (1-min average) {lo:.2f}–{hi:.2f} on {self.cores} cores: {verdict}"

@@ -1,0 +1,109 @@
+"""Training speed levers that must not change what is learned: packing and the compute dtype.
+
+Tiny randomly initialised Llama + the real SmolLM2 tokenizer (tests/student_fixtures.py).
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from distill import hardware, prompts
+from distill.methods import METHODS, train
+from distill.train import PackCollator, PadCollator, Sample, encode, packing_is_exact
+from student_fixtures import gsm8k_records, real_tokenizer, tiny_model, write_records  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return real_tokenizer()
+
+
+@pytest.fixture
+def features(tokenizer):
+    questions = ["Tom has 3 apples and buys 2. How many?", "A train goes 60 km in 2 hours. Speed?",
+                 "Half of 18 is?"]
+    answers = ["3 + 2 = 5. The answer is 5.", "60 / 2 = 30 km per hour. The answer is 30.", "The answer is 9."]
+    return [encode(tokenizer, Sample(prompts.cot_prompt(q), a), 512)[0] for q, a in zip(questions, answers)]
+
+
+@pytest.fixture
+def model(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).train()
+    model.config.use_cache = False  # as fit_lora trains it
+    return model
+
+
+@pytest.fixture(autouse=True)
+def fresh_dtype(monkeypatch):
+    monkeypatch.delenv("NESY_DTYPE", raising=False)
+    hardware.compute_dtype.cache_clear()
+    yield
+    hardware.compute_dtype.cache_clear()
+
+
+@torch.no_grad()
+def test_packed_batch_has_the_loss_of_the_padded_batch(model, features, tokenizer):
+    padded = PadCollator(tokenizer.pad_token_id)(features)
+    packed = PackCollator()(features)
+    assert packed["input_ids"].shape == (1, sum(len(f["input_ids"]) for f in features))
+    assert "attention_mask" not in packed  # no padding: the position ids carry the boundaries
+    assert model(**padded).loss.item() == pytest.approx(model(**packed).loss.item(), abs=1e-5)
+    # Without the position ids, or with a KV cache on, the samples would read each other.
+    leaky = {k: v for k, v in packed.items() if k != "position_ids"}
+    assert abs(model(**leaky).loss.item() - model(**padded).loss.item()) > 1e-3
+    assert abs(model(**packed, use_cache=True).loss.item() - model(**padded).loss.item()) > 1e-3
+
+
+def test_packing_check_refuses_a_model_that_ignores_position_ids(model, features):
+    assert packing_is_exact(model, features)
+    model.config.use_cache = True  # the default: a cache hides the packed-sample boundaries
+    assert not packing_is_exact(model, features)
+    model.config.use_cache = False
+
+    class IgnoresPositions(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, position_ids=None, **kwargs):
+            return self.inner(**kwargs)
+
+    assert not packing_is_exact(IgnoresPositions(model), features)
+
+
+def losses(job_dir) -> list[float]:
+    return [json.loads(l)["loss"] for l in (job_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_packs_counts_every_token_and_autocasts_to_the_machine_dtype(
+        tiny_model, gsm8k_records, tmp_path, monkeypatch):
+    runs = {}
+    for dtype in ("fp32", "bf16"):
+        monkeypatch.setenv("NESY_DTYPE", dtype)
+        hardware.compute_dtype.cache_clear()
+        job = tmp_path / dtype
+        job.mkdir()
+        monkeypatch.setenv("NESY_JOB_DIR", str(job))
+        cfg = METHODS["std-cot"].config(data=str(gsm8k_records), base_model=tiny_model, lora_r=4, lora_alpha=8,
+                                        max_steps=3, batch_size=4, save_steps=50, output=f"speed-{dtype}",
+                                        learning_rate=1e-2)
+        stage = json.loads((train(cfg) / "card.json").read_text())["stages"]["main"]
+        runs[dtype] = (stage, losses(job))
+    stage, fp32 = runs["fp32"]
+    assert stage["packed"] and stage["padding_fraction"] == 0 and stage["dtype"] == "fp32"
+    # 12 samples, 3 steps of 4 = one epoch: every token of every sample counted once (the pad id
+    # is the end-of-turn token, so counting "non-padding" ids would miss real tokens)
+    tok = real_tokenizer()
+    from distill.methods.std_cot import samples
+    from distill.train import load_records
+    total = sum(len(encode(tok, s, stage["max_length"])[0]["input_ids"])
+                for s in samples(load_records(str(gsm8k_records))))
+    assert stage["tokens"] == total
+    stage, bf16 = runs["bf16"]
+    assert stage["dtype"] == "bf16"
+    assert bf16 != fp32  # bf16 autocast really ran …
+    assert bf16 == pytest.approx(fp32, rel=0.02)  # … and the loss curve is the same within noise
