@@ -796,7 +796,7 @@ def test_compare_page_draws_a_jobs_events_prompts_scores_and_an_empty_minimum(mo
     shown = texts(at)
     assert "Question: Q?\nAnswer: " in shown and "Knowledge: Check units\nQuestion: Q?" in shown
     assert "0.731  e000" in shown and "minimum similarity 0.5" in shown
-    assert "Answer: 4 ❌ wrong" in shown and "Answer: 5 ✅ correct" in shown
+    assert "Answer: 4 (wrong)" in shown and "Answer: 5 (correct)" in shown
     assert any("flipped this answer wrong → right" in s.value for s in at.success)
     events[5] = {**events[5], "retrieved": [], "retrieval_empty": True, "min_score": 0.9}
     (job.dir / "answer_events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))

@@ -275,18 +275,63 @@ def test_every_page_renders_and_is_captured(server, home, page, artifacts_dir):
         shot(page, artifacts_dir, name)
 
 
+def page_text(page) -> str:
+    return page.evaluate("() => document.querySelector('[data-testid=stMain]').innerText")
+
+
+def answer_events(job_id: str) -> list[dict]:
+    from distill.progress import read_jsonl
+    return read_jsonl(jobs.home() / "jobs" / job_id / "answer_events.jsonl")
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 @pytest.mark.slow
-def test_compare_with_the_embedded_student(server, home, page, artifacts_dir):
+def test_compare_streams_tokens_in_the_background_and_cancels(server, home, page, artifacts_dir):
+    """The embedded student answers in a job; the page shows tokens while they come, the exact
+    prompts and the retrieved entries with scores; Cancel stops it."""
     open_page(page, server["url"] + "/compare")
-    fill(page, "cmp:max-new", "32")
+    sign_in(page)
+    fill(page, "cmp:max-new", "1024")
     fill(page, "cmp:question", "A box has 4 rows of 3 eggs. How many eggs are in the box?")
     fill(page, "cmp:gold", "12")
     settle(page)
     click(page, "Answer both ways")
-    page.get_by_text("Retrieved knowledge").wait_for(timeout=300_000)
-    assert page.get_by_text("Without knowledge").count() and page.get_by_text("With knowledge").count()
-    page.get_by_text(re.compile(r"0\.\d{3}\s+b0\d\d")).first.wait_for()  # entries with scores
-    shot(page, artifacts_dir, "compare-result")
+    job = wait_until(lambda: next((j for j in jobs.list_jobs() if j.kind == "compare"), None), 30, "the job")
+    tokens = wait_until(lambda: [e for e in answer_events(job.id) if e["event"] == "token"][:4] if len(
+        [e for e in answer_events(job.id) if e["event"] == "token"]) >= 4 else None, 600, "streamed tokens")
+    loaded = next(e for e in answer_events(job.id) if e["event"] == "loaded")
+    print(f"first token {tokens[0]['time'] - loaded['time']:.2f} s after the student was loaded "
+          f"(loading {loaded['seconds']:.1f} s; load average {os.getloadavg()[0]:.1f})")
+    streamed = "".join(t["text"] for t in tokens).strip()
+    page.wait_for_function("(t) => document.querySelector('[data-testid=stMain]').innerText.includes(t)",
+                           arg=streamed, timeout=TIMEOUT_MS)  # on screen while the job still runs
+    assert jobs.get(job.id).active
+    page.get_by_text("The exact prompt").first.wait_for()
+    page.get_by_text("Without knowledge").evaluate("e => e.scrollIntoView({block: 'start'})")
+    page.screenshot(path=str(artifacts_dir / "screenshot-compare-streaming.png"))
+    widget(page, "cmp:cancel").get_by_role("button").click()
+    page.get_by_text("Cancelled: the answers stop where they were.").wait_for(timeout=TIMEOUT_MS)
+    assert jobs.get(job.id).status == "cancelled"
+    page.get_by_text("Cancelled: the answers stop where they were.").scroll_into_view_if_needed()
+    page.screenshot(path=str(artifacts_dir / "screenshot-compare-cancelled.png"))
+    fill(page, "cmp:max-new", "16")
+    settle(page)
+    click(page, "Answer both ways")
+    page.get_by_text("Retrieved knowledge").wait_for(timeout=600_000)
+    page.get_by_text(re.compile(r"^Answer: .*(correct|wrong)")).nth(1).wait_for(timeout=600_000)
+    page.get_by_text(re.compile(r"0\.\d{3}\s+b0\d\d")).first.wait_for()  # entries with their scores
+    page.get_by_text("The exact prompt").nth(1).click()
+    page.get_by_text(re.compile("Supplementary knowledge: Fact")).first.wait_for()  # the with-side prompt
+    page.get_by_text("Retrieved knowledge").scroll_into_view_if_needed()
+    page.screenshot(path=str(artifacts_dir / "screenshot-compare-result.png"))
 
 
 # ------------------------------------------------ curation: selection, review, trash, first run
@@ -525,3 +570,77 @@ def test_graph_click_opens_the_entry_and_the_layout_is_stable(server, home, page
     assert again.keys() == first.keys()
     assert all(abs(again[n]["x"] - first[n]["x"]) < 1 and abs(again[n]["y"] - first[n]["y"]) < 1
                for n in first)
+
+
+# ------------------------------------------- jobs that produced nothing, joined curves, configs, impact
+# (last: they add jobs, which test_start_and_cancel_a_job above counts)
+
+def test_jobs_page_shows_why_a_job_failed_and_one_curve_for_a_resumed_job(server, home, page, artifacts_dir):
+    from openai_stub import Scripted, serve
+
+    Scripted.answers, Scripted.calls = ["The answer is 999999."], []
+    with serve(Scripted) as url:
+        empty = jobs.wait(jobs.submit(["teach", "rationales", "--dataset", "gsm8k", "--limit", "2", "--teacher",
+                                       url, "--model", "stub", "--api-key-env", "", "--out", "none-kept"],
+                                      "teach-rationales", name="rationales that all failed").id, timeout=120)
+    assert empty.status == "failed"
+    ckpt = home / "cache" / "browser-selftest.txt"
+    ckpt.parent.mkdir(exist_ok=True)
+    first = jobs.submit(["jobs", "selftest", "--steps", "30", "--seconds-per-step", "0.05", "--checkpoint",
+                         str(ckpt)], "selftest", name="counting to 30")
+    wait_until(lambda: (jobs.progress(first.id) or {}).get("step", 0) >= 5, 60, "step 5")
+    jobs.wait(jobs.cancel(first.id).id, timeout=30)
+    resumed = jobs.wait(jobs.resume(first.id).id, timeout=90)
+    open_page(page, server["url"] + "/jobs")
+    pick(page, "jobs:pick", f"{empty.id} · {empty.name} · failed")
+    page.get_by_text(re.compile("produced nothing: kept 0 of 2 rationales")).first.wait_for()
+    assert not page.get_by_text("Train a student on these rationales").count()
+    assert not page.get_by_role("button", name="Resume").count()
+    shot(page, artifacts_dir, "jobs-produced-nothing")
+    pick(page, "jobs:pick", f"{resumed.id} · {resumed.name} · succeeded")
+    page.get_by_text(re.compile(r"Curves join the 2 runs of this job .* steps 1–30")).wait_for()
+    page.locator('[data-testid="stVegaLiteChart"]').first.wait_for()
+    shot(page, artifacts_dir, "jobs-resumed-curve")
+
+
+def test_train_config_saved_in_the_browser_is_the_file_the_cli_reads(server, home, page, artifacts_dir):
+    from distill.methods.options import load_config
+
+    (home / "datasets" / "gsm8k-cot").mkdir(parents=True, exist_ok=True)
+    (home / "datasets" / "gsm8k-cot" / "records.jsonl").write_text("{}\n")
+    (home / "configs").mkdir(exist_ok=True)
+    (home / "configs" / "from-cli.yaml").write_text(
+        "method: skintern\ndata: gsm8k-cot\noutput: sk-small\nstages: 3\nlora_r: 8\n")
+    open_page(page, server["url"] + "/train")
+    pick(page, "t:config-pick", "from-cli")
+    click(page, "Load config")
+    page.get_by_text("Loaded config from-cli (skintern).").wait_for()
+    page.get_by_text("nesy train skintern --data gsm8k-cot --output sk-small --lora-r 8 --stages 3").wait_for()
+    fill(page, "t:config-name", "saved-here")
+    settle(page)
+    click(page, "Save config")
+    page.get_by_text(re.compile(r"nesy train skintern --config .*saved-here\.yaml")).first.wait_for()
+    shot(page, artifacts_dir, "train-saved-config")
+    assert load_config(str(home / "configs" / "saved-here.yaml"), "skintern") == {
+        "data": "gsm8k-cot", "output": "sk-small", "preset": "cpu", "lora_r": 8, "stages": 3}
+
+
+def test_impact_columns_and_graph_rings(server, home, page, artifacts_dir):
+    from distill.evaluate import record_impact
+
+    record_impact("eval:browser", {"b002": {"retrieved": 7, "fixed": 1, "broken": 4, "broken_shared": 2},
+                                   "b004": {"retrieved": 3, "fixed": 2}})
+    open_page(page, server["url"])
+    page.get_by_text(re.compile(r"Impact on answers \(2 entries")).click()
+    settle(page)
+    panel = page.locator('[data-testid="stExpander"]', has_text="Harmful entries first")
+    panel.locator('[data-testid="stDataFrame"]').wait_for()
+    assert widget(page, "kb:impact-pick").get_by_role("combobox").input_value() == "b002"  # most harmful first
+    panel.scroll_into_view_if_needed()
+    page.screenshot(path=str(artifacts_dir / "screenshot-kb-impact.png"))
+    open_page(page, server["url"] + "/graph")
+    frame = graph_frame(page)
+    ring = frame.evaluate("() => network.body.data.nodes.get('entry:b002')")
+    assert ring["impact"] == "harmful" and ring["color"]["border"] == "#d50000"
+    assert frame.evaluate("() => network.body.data.nodes.get('entry:b004').impact") == "helpful"
+    shot(page, artifacts_dir, "graph-impact")

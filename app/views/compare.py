@@ -105,7 +105,7 @@ def fold(job_ids: list[str]) -> dict:
 def verdict(extracted, q: dict) -> str:
     if q["gold"] is None:
         return ""
-    return " ✅ correct" if answers_match(extracted, q["gold"], q["answer_type"]) else " ❌ wrong"
+    return " (correct)" if answers_match(extracted, q["gold"], q["answer_type"]) else " (wrong)"
 
 
 @st.fragment(run_every=0.5)

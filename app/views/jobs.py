@@ -164,11 +164,12 @@ else:
         job_table(all_jobs)
     ids = [j.id for j in all_jobs]
     wanted = st.session_state.get("selected_job")
-    if wanted in ids:
-        st.session_state["jobs:pick"] = wanted
+    if wanted in ids and wanted != st.session_state.get("jobs:applied"):  # a new request (a job just
+        st.session_state["jobs:pick"] = wanted                            # started), not the last pick
+        st.session_state["jobs:applied"] = wanted
     labels = {j.id: f"{j.id} · {j.name} · {j.status}" for j in all_jobs}
     picked = st.selectbox("Job", ids, format_func=labels.get, key="jobs:pick")
-    st.session_state["selected_job"] = picked
+    st.session_state["selected_job"] = st.session_state["jobs:applied"] = picked
     if next(j for j in all_jobs if j.id == picked).active:
         live_job_detail(picked)
     else:

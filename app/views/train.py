@@ -42,8 +42,11 @@ def load_into_form(name: str) -> None:
 
 def saved_configs(method_name: str, cfg) -> None:
     """Save the form as a named YAML config, or load one: the files `nesy train --config` reads."""
-    with st.expander("Saved configs (YAML, the same files `nesy train METHOD --config` reads)"):
-        if flash := st.session_state.pop("t:config-flash", None):
+    flash = st.session_state.pop("t:config-flash", None)
+    st.subheader("Saved configs")
+    st.caption("YAML files in the workspace: the same files `nesy train METHOD --config FILE.yaml` reads.")
+    with st.container(border=True, key="t:configs"):
+        if flash:
             getattr(st, flash[0])(ui.md(flash[1]))
         c = st.columns([3, 1])
         name = c[0].text_input("Config name", key="t:config-name", placeholder="e.g. nesycd-r8")
