@@ -46,8 +46,9 @@ from distill.data import (DatasetError, Example, RationaleRecord, format_questio
 from distill.progress import STOPPED_EXIT_CODE, Progress, StopRequested, install_stop_handler
 from distill.prompts import TRIGGERS
 from distill.sandbox import extract_code, run_pot, solve_eot
-from distill.teacher import (TeacherCache, TeacherClient, TeacherConfig, TeacherError, clean_text,
-                             local_teacher, stop_local_teacher)
+from distill.teacher import (ServerOptions, TeacherCache, TeacherClient, TeacherConfig, TeacherError,
+                             clean_text, default_draft, local_teacher, prefix_order,
+                             stop_local_teacher)
 from kb.workspace import InvalidName, check_name, create_owned, named_path
 
 THOUGHTS = ("cot", "pot", "eot")
@@ -212,10 +213,27 @@ def verify(text: str, example: Example, thought: str, answer_type: str) -> Verdi
 
 # ---------------------------------------------------------------- teacher selection
 
+@dataclass
+class LocalServerChoice:
+    """What `nesy teach` asks of the local llama.cpp teacher (fields of distill.teacher.ServerOptions).
+    Speculative decoding is off by default: on this project's 2-core CPU the 0.5B draft made the
+    1.5B teacher slower (bench/bench_teacher_throughput.py); `--draft` turns it on."""
+    slots: int = ServerOptions.n_parallel
+    prompt_cache: bool = True
+    draft: bool = False     # the packaged draft model, when the teacher has one and it is installed
+
+    def options(self, gguf: Path) -> ServerOptions:
+        return ServerOptions(n_parallel=self.slots, cache_prompt=self.prompt_cache,
+                             draft=default_draft(gguf) if self.draft else None)
+
+
 def make_client(teacher: str, model: str | None, api_key_env: str, concurrency: int,
-                temperature: float, max_tokens: int, timeout: float, max_retries: int = 5) -> TeacherClient:
+                temperature: float, max_tokens: int, timeout: float, max_retries: int = 5,
+                server: LocalServerChoice | None = None) -> TeacherClient:
     """`local` = the shared llama.cpp server (model: a GGUF path or a packaged teacher name);
-    anything else is the base URL of an OpenAI-compatible server (model: its model name)."""
+    anything else is the base URL of an OpenAI-compatible server (model: its model name).
+    The local server sends at most one request per slot: more would only wait in its queue,
+    where the total deadline of a request (`timeout`) keeps running."""
     sampling = dict(concurrency=concurrency, temperature=temperature, max_tokens=max_tokens,
                     timeout=timeout, max_retries=max_retries)
     if teacher == "local":
@@ -224,9 +242,13 @@ def make_client(teacher: str, model: str | None, api_key_env: str, concurrency: 
         if model and model not in TEACHERS and not Path(model).is_file():
             _fail(f"--model must be a GGUF file or one of {', '.join(TEACHERS)} with --teacher local")
         try:
-            info = local_teacher(teacher_gguf_path(model), n_parallel=max(1, concurrency))
+            gguf = teacher_gguf_path(model)
+            options = (server or LocalServerChoice()).options(gguf)
+            info = local_teacher(gguf, options)
         except (ModelNotAvailable, TeacherError) as e:
             _fail(f"the local teacher is not available: {e} (run `make setup-teacher`)")
+        typer.echo(f"local teacher {info.model}: {options.describe()}", err=True)
+        sampling["concurrency"] = min(concurrency, options.n_parallel)
         config = info.config(**sampling)
     else:
         if not model:
@@ -290,7 +312,14 @@ def _run_requests(client: TeacherClient, requests: list[list[dict]], samples: li
             bar.update(1, tokens=client.usage.total_tokens, cached=client.usage.cached,
                        tokens_per_s=round(client.usage.completion_tokens / elapsed, 2))
             bar.check_stop()
-        client.complete_many(requests, on_done=on_done, samples=samples)
+        # prompts sharing their instruction and demonstrations go one group after the other,
+        # so the server's prompt cache computes that prefix once per group
+        try:
+            client.complete_many(requests, on_done=on_done, samples=samples,
+                                 order=prefix_order(requests))
+        finally:  # where the teacher's time went (llama.cpp's own timings), stopped or not
+            if line := client.usage.timings_line():
+                typer.echo(line)
 
 
 # ---------------------------------------------------------------- rationales
@@ -718,6 +747,20 @@ MODEL_HELP = "local: a GGUF path or packaged teacher name; URL: the model name"
 KEY_ENV_HELP = ("environment variable holding the API key (never written anywhere; '' sends no key). "
                 "The app offers only the variables declared in $NESY_TEACHER_KEY_ENVS")
 TIMEOUT_HELP = "total seconds of one request attempt (connect + send + read), then a retry"
+CONCURRENCY_HELP = "requests in flight (the local teacher: at most one per slot, see --slots)"
+SLOTS_HELP = ("local teacher: requests decoded together, each slot with its own prompt cache "
+              "(on 2 shared cores two slots were no faster than one)")
+PROMPT_CACHE_HELP = ("local teacher: reuse the computed prefix (instruction + demonstrations) of "
+                     "the previous call instead of reading it again")
+DRAFT_HELP = ("local teacher: speculative decoding with the packaged Qwen2.5-Coder-0.5B as draft "
+              "(the greedy output, up to floating-point near-ties). It pays where decoding waits on "
+              "memory (many cores, a GPU); on 2 CPU cores it was slower, so it is off by default")
+
+
+def _server_choice(slots: int, prompt_cache: bool, draft: bool) -> LocalServerChoice:
+    if slots < 1:
+        _fail("--slots must be at least 1")
+    return LocalServerChoice(slots, prompt_cache, draft)
 
 
 def _until_stopped(job):
@@ -748,9 +791,12 @@ def rationales_cmd(
     teacher: str = typer.Option("local", help=TEACHER_HELP),
     model: str = typer.Option(None, help=MODEL_HELP),
     api_key_env: str = typer.Option("OPENAI_API_KEY", help=KEY_ENV_HELP),
-    concurrency: int = typer.Option(4),
+    concurrency: int = typer.Option(4, help=CONCURRENCY_HELP),
     timeout: float = typer.Option(600.0, help=TIMEOUT_HELP),
     max_retries: int = typer.Option(5, help="retries on 429/5xx/timeouts, with exponential backoff"),
+    slots: int = typer.Option(ServerOptions.n_parallel, help=SLOTS_HELP),
+    prompt_cache: bool = typer.Option(True, "--prompt-cache/--no-prompt-cache", help=PROMPT_CACHE_HELP),
+    draft: bool = typer.Option(False, "--draft/--no-draft", help=DRAFT_HELP),
 ) -> None:
     """Generate CoT/PoT/EoT rationales, verify each against the gold answer, keep the verified."""
     _check_out(out, "datasets")
@@ -793,7 +839,8 @@ def rationales_cmd(
         return
     summary = _until_stopped(lambda: generate_rationales(
         make_client(teacher, model, api_key_env, concurrency, temperature, max_tokens, timeout,
-                    max_retries), examples, chosen, n_samples, name))
+                    max_retries, _server_choice(slots, prompt_cache, draft)),
+        examples, chosen, n_samples, name))
     typer.echo(f"kept {summary.kept} verified of {summary.calls} samples {summary.by_thought} -> "
                f"{summary.out}; failed calls {summary.failed_calls}; usage {summary.usage}")
     if summary.calls and summary.failed_calls == summary.calls:
@@ -816,9 +863,12 @@ def knowledge_cmd(
     teacher: str = typer.Option("local", help=TEACHER_HELP),
     model: str = typer.Option(None, help=MODEL_HELP),
     api_key_env: str = typer.Option("OPENAI_API_KEY", help=KEY_ENV_HELP),
-    concurrency: int = typer.Option(4),
+    concurrency: int = typer.Option(4, help=CONCURRENCY_HELP),
     timeout: float = typer.Option(600.0, help=TIMEOUT_HELP),
     max_retries: int = typer.Option(5, help="retries on 429/5xx/timeouts, with exponential backoff"),
+    slots: int = typer.Option(ServerOptions.n_parallel, help=SLOTS_HELP),
+    prompt_cache: bool = typer.Option(True, "--prompt-cache/--no-prompt-cache", help=PROMPT_CACHE_HELP),
+    draft: bool = typer.Option(False, "--draft/--no-draft", help=DRAFT_HELP),
 ) -> None:
     """Distil knowledge into pending KB entries (from student errors, or examples + answers)."""
     _check_out(out, "teach/knowledge")
@@ -846,7 +896,8 @@ def knowledge_cmd(
         _fail(str(e))
     summary = _until_stopped(lambda: distil_knowledge(
         make_client(teacher, model, api_key_env, concurrency, temperature, max_tokens, timeout,
-                    max_retries), cases, kind, name, auto_accept))
+                    max_retries, _server_choice(slots, prompt_cache, draft)),
+        cases, kind, name, auto_accept))
     typer.echo(f"{summary.created} entries ({'accepted' if auto_accept else 'pending'}) from "
                f"{summary.cases} cases; malformed {summary.malformed} (not stored); kept curated "
                f"{summary.skipped_existing}; failed calls {summary.failed_calls}; quality flags "

@@ -46,7 +46,7 @@ import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -87,10 +87,36 @@ class Usage:
     failures: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # llama.cpp's own `timings` of the real calls that reported them (other servers send none)
+    timed: int = 0                  # calls with timings
+    prompt_n: int = 0               # prompt tokens actually computed (the rest came from the cache)
+    cache_n: int = 0                # prompt tokens reused from the slot's KV cache
+    prompt_ms: float = 0.0
+    predicted_n: int = 0            # tokens decoded
+    predicted_ms: float = 0.0
+    draft_n: int = 0                # tokens the draft model proposed
+    draft_n_accepted: int = 0       # ... and the teacher accepted
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+    def timings_line(self) -> str | None:
+        """Where the teacher's time went, from the server's own timings (None without any)."""
+        if not self.timed:
+            return None
+        total = self.prompt_ms + self.predicted_ms
+        def rate(n, ms):
+            return f"{n / ms * 1000:.1f} tok/s" if ms > 0 else "-"
+        line = (f"teacher time over {self.timed} calls: {total / 1000:.1f} s = prompt "
+                f"{self.prompt_ms / 1000:.1f} s ({100 * self.prompt_ms / total if total else 0:.0f} %, "
+                f"{self.prompt_n} tokens computed at {rate(self.prompt_n, self.prompt_ms)}, "
+                f"{self.cache_n} reused from the cache) + decode {self.predicted_ms / 1000:.1f} s "
+                f"({self.predicted_n} tokens at {rate(self.predicted_n, self.predicted_ms)})")
+        if self.draft_n:
+            line += (f"; draft accepted {self.draft_n_accepted}/{self.draft_n} "
+                     f"({100 * self.draft_n_accepted / self.draft_n:.0f} %)")
+        return line
 
 
 @dataclass
@@ -101,6 +127,7 @@ class Completion:
     model: str | None = None
     cached: bool = False
     key: str | None = None
+    timings: dict = field(default_factory=dict)  # llama.cpp's timings of this call (not cached)
 
 
 class TeacherError(RuntimeError):
@@ -307,6 +334,40 @@ def _tokens(value) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
+TIMING_FIELDS = ("prompt_n", "cache_n", "prompt_ms", "predicted_n", "predicted_ms", "draft_n",
+                 "draft_n_accepted")
+
+
+def _timings(extra: dict) -> dict:
+    """llama.cpp's `timings` block (a server extension to chat completions) as plain numbers;
+    {} when the server sends none or something else."""
+    block = extra.get("timings")
+    if not isinstance(block, dict):
+        return {}
+    numbers = {}
+    for name in TIMING_FIELDS:
+        value = block.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1e12:
+            numbers[name] = float(value) if name.endswith("_ms") else int(value)
+    return numbers if "predicted_ms" in numbers or "prompt_ms" in numbers else {}
+
+
+def prefix_order(requests: list[Messages]) -> list[int]:
+    """The order to send `requests` in so that prompts sharing everything but their last message
+    (the system instruction and few-shot turns: per thought type and task) are contiguous.
+
+    A server's prompt cache keeps the previous prompt of a slot (llama.cpp) or a prefix tree
+    (vLLM): sent one group at a time, the shared prefix is computed once per group instead of
+    once per call, and interleaving never evicts it. Groups come in order of first appearance,
+    prompts keep their order within a group (so samples of one question stay adjacent).
+    """
+    first_seen: dict[str, int] = {}
+    def group(i: int) -> int:
+        head = json.dumps(requests[i][:-1], sort_keys=True, ensure_ascii=False)
+        return first_seen.setdefault(head, len(first_seen))
+    return sorted(range(len(requests)), key=lambda i: (group(i), i))
+
+
 RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
              openai.APIConnectionError)
 
@@ -355,13 +416,18 @@ class TeacherClient:
         return completion
 
     def complete_many(self, requests: list[Messages], on_done=None, samples: list[int] | None = None,
-                      **sampling) -> list[Completion | Exception]:
+                      order: list[int] | None = None, **sampling) -> list[Completion | Exception]:
         """Complete many prompts with at most `concurrency` in flight; results keep input order.
 
         A failed item is returned as its exception (the others still finish); `on_done(i, result)`
         runs in the calling thread as each one completes, for progress and incremental writes.
+        `order` is the order the prompts are sent in (default: as given; `prefix_order` groups
+        prompts that share a prefix, so the server's prompt cache can reuse it).
         """
         samples = samples or [0] * len(requests)
+        order = list(range(len(requests))) if order is None else order
+        if sorted(order) != list(range(len(requests))):
+            raise ValueError("order must be a permutation of the request indices")
         results: list[Completion | Exception | None] = [None] * len(requests)
 
         def run(i: int):
@@ -371,7 +437,7 @@ class TeacherClient:
                 return i, e
 
         with ThreadPoolExecutor(max_workers=max(1, self.config.concurrency)) as pool:
-            futures = [pool.submit(run, i) for i in range(len(requests))]
+            futures = [pool.submit(run, i) for i in order]
             try:
                 for future in as_completed(futures):
                     i, result = future.result()
@@ -453,8 +519,10 @@ class TeacherClient:
             raise TeacherError("the teacher's response is not a chat completion") from None
         usage = {name: _tokens(getattr(response.usage, name, 0))
                  for name in ("prompt_tokens", "completion_tokens")}
-        self._count(requests=1, **usage)
-        return Completion(self._safe(content) or "", usage, self._safe(finish), self._safe(model))
+        timings = _timings(getattr(response, "model_extra", None) or {})
+        self._count(requests=1, **usage, **({"timed": 1, **timings} if timings else {}))
+        return Completion(self._safe(content) or "", usage, self._safe(finish), self._safe(model),
+                          timings=timings)
 
     def _safe(self, value) -> str | None:
         """A server-given field as text fit to store: without the key, encodable as UTF-8."""
@@ -475,6 +543,7 @@ class ServerInfo:
     pid: int
     port: int
     gguf: str
+    options: dict = field(default_factory=dict)   # the ServerOptions it runs with
 
     def config(self, **overrides) -> TeacherConfig:
         return TeacherConfig(base_url=self.base_url, model=self.model, api_key_env="NESY_LOCAL_KEY",
@@ -486,6 +555,67 @@ def default_threads() -> int:
     collapse throughput (measured here on 2 shared cores: 1 thread 0.48 items/s, 2 threads 0.11).
     $NESY_TEACHER_THREADS overrides it on a machine where the teacher has the cores to itself."""
     return int(os.environ.get("NESY_TEACHER_THREADS") or max(1, (os.cpu_count() or 2) // 2))
+
+
+@dataclass
+class ServerOptions:
+    """How the local llama.cpp server runs. Recorded with the shared server, so a job asking for
+    other options gets a server started with them. Defaults measured on 2 cores
+    (bench/bench_teacher_throughput.py)."""
+    n_parallel: int = field(default=1, metadata={"help": (
+        "slots: requests decoded together. Each slot keeps its own prompt cache (and computes the "
+        "shared prefix once itself); on 2 shared cores two slots were no faster than one")})
+    n_ctx: int = field(default=4096, metadata={"help": "context tokens per slot"})
+    threads: int | None = field(default=None, metadata={"help": "CPU threads (default: half the cores)"})
+    cache_prompt: bool = field(default=True, metadata={"help": (
+        "reuse the slot's KV cache for the longest prefix shared with its previous prompt, so "
+        "the few-shot demonstrations are read once per thought type, not once per call")})
+    draft: str | None = field(default=None, metadata={"help": (
+        "GGUF of a draft model for speculative decoding (same tokenizer as the teacher; the "
+        "greedy output up to floating-point near-ties); None: off. `default_draft` gives the "
+        "packaged 0.5B for the 1.5B teacher. It pays where decoding waits on memory (many "
+        "cores, a GPU); on one CPU thread checking drafts costs about what it saves")})
+    # Few and confident drafts: on one CPU thread checking k drafted tokens costs about k/5 of a
+    # decode step (prompt speed / decode speed), so long drafts cost more than they save.
+    draft_max: int = field(default=4, metadata={"help": "most tokens the draft proposes per step"})
+    draft_min: int = field(default=0, metadata={"help": "fewest tokens of a draft worth verifying"})
+    draft_p_min: float = field(default=0.8, metadata={"help": (
+        "the draft stops proposing at a token it is less sure of than this (greedy)")})
+
+    def __post_init__(self):
+        self.threads = self.threads or default_threads()
+        if self.n_parallel < 1 or self.n_ctx < 64 or self.threads < 1:
+            raise TeacherError("server options: n_parallel and threads must be >= 1, n_ctx >= 64")
+
+    def describe(self) -> str:
+        """One line for a job's log: what the server does to be fast, and what it does not."""
+        draft = f"draft {Path(self.draft).stem} (max {self.draft_max})" if self.draft else "no draft"
+        cache = "prompt cache on" if self.cache_prompt else "prompt cache off"
+        return f"{self.n_parallel} slot(s), {self.threads} thread(s), {cache}, {draft}"
+
+
+# Packaged teacher -> the packaged model that drafts for it (same Qwen2.5 tokenizer, 3x smaller).
+DRAFT_FOR = {"qwen2.5-coder-1.5b": "qwen2.5-coder-0.5b"}
+_draft_notes: set[str] = set()   # the "no draft" note is said once per process
+
+
+def default_draft(gguf: str | Path) -> str | None:
+    """The draft model for a packaged teacher when its parts are installed, else None (saying
+    why once). A GGUF of one's own gets no draft: a draft with another vocabulary would make the
+    server refuse to start."""
+    from distill.models import TEACHERS, ModelNotAvailable, teacher_gguf_path
+
+    teacher = next((k for k, spec in TEACHERS.items() if Path(gguf).name == f"{spec.name}.gguf"), None)
+    if teacher not in DRAFT_FOR:
+        return None
+    try:
+        return str(teacher_gguf_path(DRAFT_FOR[teacher]))
+    except ModelNotAvailable as e:
+        if teacher not in _draft_notes:
+            _draft_notes.add(teacher)
+            print(f"note: no speculative decoding for {teacher}: its draft model is not available "
+                  f"({e})", file=sys.stderr)
+        return None
 
 
 def free_port() -> int:
@@ -509,11 +639,10 @@ def _default_gguf() -> Path:
     return teacher_gguf_path()
 
 
-def _spawn_server(gguf: Path, port: int, n_parallel: int, n_ctx: int, threads: int,
-                  detached: bool) -> subprocess.Popen:
+def _spawn_server(gguf: Path, port: int, options: ServerOptions, detached: bool) -> subprocess.Popen:
     log = open(subdir("teacher") / f"server-{port}.log", "ab")  # noqa: SIM115 - child owns it
     command = [sys.executable, "-m", "distill.teacher", "serve", "--gguf", str(gguf), "--port", str(port),
-               "--n-parallel", str(n_parallel), "--n-ctx", str(n_ctx), "--threads", str(threads)]
+               "--options", json.dumps(asdict(options))]
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=detached)
 
@@ -568,24 +697,24 @@ def _alive(pid: int) -> bool:
 
 
 class LocalTeacherServer:
-    """A real llama.cpp server for one `with` block: started, health-checked, stopped."""
+    """A real llama.cpp server for one `with` block: started, health-checked, stopped.
+    `options` is a ServerOptions; its fields may also be given as keywords (n_parallel=2, …)."""
 
-    def __init__(self, gguf: str | Path | None = None, port: int | None = None, n_parallel: int = 4,
-                 n_ctx: int = 4096, threads: int | None = None, startup_timeout: float = 180.0):
+    def __init__(self, gguf: str | Path | None = None, port: int | None = None,
+                 options: ServerOptions | None = None, startup_timeout: float = 180.0, **fields):
         self.gguf = Path(gguf) if gguf else _default_gguf()
         self.port = port or free_port()
-        self.n_parallel, self.n_ctx, self.threads = n_parallel, n_ctx, threads or default_threads()
+        self.options = options or ServerOptions(**fields)
         self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen | None = None
 
     @property
     def info(self) -> ServerInfo:
         return ServerInfo(f"http://127.0.0.1:{self.port}/v1", self.gguf.stem, self.proc.pid,
-                          self.port, str(self.gguf))
+                          self.port, str(self.gguf), asdict(self.options))
 
     def start(self) -> ServerInfo:
-        self.proc = _spawn_server(self.gguf, self.port, self.n_parallel, self.n_ctx, self.threads,
-                                  detached=False)
+        self.proc = _spawn_server(self.gguf, self.port, self.options, detached=False)
         _wait_healthy(self.proc, self.info.base_url, self.startup_timeout)
         return self.info
 
@@ -607,22 +736,25 @@ def _state_path() -> Path:
     return subdir("teacher") / "server.json"
 
 
-def local_teacher(gguf: str | Path | None = None, n_parallel: int = 4, n_ctx: int = 4096,
-                  threads: int | None = None) -> ServerInfo:
-    """The shared local teacher: reuse the recorded server if it is alive and serves `gguf`,
-    else start a detached one and record it. A file lock keeps two jobs from starting two."""
+def local_teacher(gguf: str | Path | None = None, options: ServerOptions | None = None,
+                  **fields) -> ServerInfo:
+    """The shared local teacher: reuse the recorded server if it is alive, serves `gguf` with the
+    same options and answers /health, else (re)start a detached one and record it. A file lock
+    keeps two jobs from starting two."""
     gguf = str(Path(gguf) if gguf else _default_gguf())
+    options = options or ServerOptions(**fields)
     with open(subdir("teacher") / "server.lock", "w") as lock:
         _lock_unless_stopped(lock)
         state = server_state()
-        if state and state["gguf"] == gguf and _alive(state["pid"]) and healthy(state["base_url"]):
+        if (state and state["gguf"] == gguf and state.get("options") == asdict(options)
+                and _alive(state["pid"]) and healthy(state["base_url"])):
             return ServerInfo(**state)
         if state and _alive(state["pid"]):
-            _stop(state["pid"])  # a different model, or a hung server
+            _stop(state["pid"])  # another model or other options, or a hung server
         port = free_port()
-        proc = _spawn_server(Path(gguf), port, n_parallel, n_ctx, threads or default_threads(),
-                             detached=True)
-        info = ServerInfo(f"http://127.0.0.1:{port}/v1", Path(gguf).stem, proc.pid, port, gguf)
+        proc = _spawn_server(Path(gguf), port, options, detached=True)
+        info = ServerInfo(f"http://127.0.0.1:{port}/v1", Path(gguf).stem, proc.pid, port, gguf,
+                          asdict(options))
         _wait_healthy(proc, info.base_url, timeout=180.0)
         _state_path().write_text(json.dumps(info.__dict__), encoding="utf-8")
         return info
@@ -657,7 +789,7 @@ def stop_local_teacher() -> bool:
     return False
 
 
-def serve(gguf: str, port: int, n_parallel: int, n_ctx: int, threads: int) -> None:
+def serve(gguf: str, port: int, options: ServerOptions) -> None:
     """Run xllamacpp.Server in this process until SIGTERM/SIGINT (the child of the classes above)."""
     import xllamacpp
 
@@ -666,11 +798,22 @@ def serve(gguf: str, port: int, n_parallel: int, n_ctx: int, threads: int) -> No
     params.model_alias = {Path(gguf).stem}
     params.hostnames = ["127.0.0.1"]
     params.port = port
-    params.n_parallel = n_parallel
-    params.n_ctx = n_ctx * n_parallel  # llama.cpp splits the context across slots
-    params.cpuparams.n_threads = threads
-    params.cpuparams_batch.n_threads = threads
+    params.n_parallel = options.n_parallel
+    params.n_ctx = options.n_ctx * options.n_parallel  # llama.cpp splits the context across slots
+    for cpu in (params.cpuparams, params.cpuparams_batch):
+        cpu.n_threads = options.threads
     params.endpoint_metrics = True
+    params.cache_prompt = options.cache_prompt
+    if not options.cache_prompt:
+        params.cache_ram_mib = 0  # nor the host-memory copy of finished prompts
+    if options.draft:
+        spec = params.speculative
+        spec.types = [xllamacpp.common_speculative_type.COMMON_SPECULATIVE_TYPE_DRAFT_SIMPLE]
+        spec.draft.mparams.path = options.draft
+        spec.draft.n_max, spec.draft.n_min = options.draft_max, options.draft_min
+        spec.draft.p_min = options.draft_p_min
+        for cpu in (spec.draft.cpuparams, spec.draft.cpuparams_batch):
+            cpu.n_threads = options.threads
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
@@ -685,11 +828,9 @@ def _main(argv: list[str] | None = None) -> None:
     serve_parser = sub.add_parser("serve", help="run a llama.cpp server on 127.0.0.1")
     serve_parser.add_argument("--gguf", required=True)
     serve_parser.add_argument("--port", type=int, required=True)
-    serve_parser.add_argument("--n-parallel", type=int, default=4)
-    serve_parser.add_argument("--n-ctx", type=int, default=4096)
-    serve_parser.add_argument("--threads", type=int, default=default_threads())
+    serve_parser.add_argument("--options", default="{}", help="ServerOptions as JSON")
     args = parser.parse_args(argv)
-    serve(args.gguf, args.port, args.n_parallel, args.n_ctx, args.threads)
+    serve(args.gguf, args.port, ServerOptions(**json.loads(args.options)))
 
 
 if __name__ == "__main__":

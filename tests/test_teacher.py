@@ -140,14 +140,20 @@ def test_local_teacher_is_shared_and_stopped(workspace):
     try:
         second = local_teacher(student_gguf_path(), **SMALL)
         assert second.pid == first.pid and second.base_url == first.base_url
-        assert json.loads((workspace / "teacher" / "server.json").read_text())["pid"] == first.pid
+        state = json.loads((workspace / "teacher" / "server.json").read_text())
+        assert state["pid"] == first.pid and state["options"]["cache_prompt"] is True
         assert TeacherClient(second.config(max_tokens=4)).complete(ask("Hi")).text is not None
+        # a job asking for other server options gets a server started with them
+        other = local_teacher(student_gguf_path(), **SMALL, cache_prompt=False)
+        assert other.pid != first.pid and other.options["cache_prompt"] is False
+        assert not healthy(first.base_url)
+        assert json.loads((workspace / "teacher" / "server.json").read_text())["pid"] == other.pid
     finally:
         assert stop_local_teacher()
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and healthy(first.base_url):
+    while time.monotonic() < deadline and healthy(other.base_url):
         time.sleep(0.2)
-    assert not healthy(first.base_url)
+    assert not healthy(other.base_url)
     assert not os.path.exists(workspace / "teacher" / "server.json")
 
 
