@@ -21,12 +21,18 @@
   are cached (an empty answer is asked again next time). Every real call is also logged (key,
   time) so a test or a user can prove it. Lone surrogates (not encodable as UTF-8) in anything
   written are replaced by U+FFFD, so one odd answer cannot make a write fail.
+- Throughput: llama.cpp returns its own `timings` with every answer (prompt tokens computed and
+  reused from the cache, prompt and decode milliseconds, draft tokens proposed and accepted);
+  `Usage` sums them and `Usage.timings_line()` says where the time went. `prefix_order(requests)`
+  sends prompts that share their instruction and demonstrations one group after the other, so a
+  prompt cache (llama.cpp's per slot, vLLM's prefix cache) computes that prefix once per group.
 - `LocalTeacherServer` runs a real llama.cpp server (the prebuilt `xllamacpp` wheel) in a child
-  process on 127.0.0.1 and a free port, waits for /health, and stops it on exit.
-  `local_teacher(gguf)` is the shared variant for jobs: the first job starts a detached server
-  and records {pid, port, gguf} in $NESY_HOME/teacher/server.json; later jobs find it there,
-  check that the process is alive, serves the same GGUF and answers /health, and reuse it.
-  `stop_local_teacher()` (`nesy teach server-stop`) ends it.
+  process on 127.0.0.1 and a free port, waits for /health, and stops it on exit; `ServerOptions`
+  says how (slots, threads, prompt cache, an optional draft model for speculative decoding).
+  `local_teacher(gguf, options)` is the shared variant for jobs: the first job starts a detached
+  server and records {pid, port, gguf, options} in $NESY_HOME/teacher/server.json; later jobs
+  find it there, check that the process is alive, serves the same GGUF with the same options and
+  answers /health, and reuse it. `stop_local_teacher()` (`nesy teach server --stop`) ends it.
 """
 from __future__ import annotations
 
