@@ -187,3 +187,31 @@ def test_speculative_decoding_gives_the_greedy_output_of_the_plain_server(target
     assert answers["draft"].text == answers["plain"].text and "7" in answers["plain"].text
     assert answers["draft"].timings["draft_n"] > 0, answers["draft"].timings
     assert "draft_n" not in answers["plain"].timings or answers["plain"].timings["draft_n"] == 0
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ([], dict(n_parallel=1, cache_prompt=True, draft=None)),
+    (["--slots", "2", "--no-prompt-cache", "--draft"],
+     dict(n_parallel=2, cache_prompt=False, draft="DRAFT")),
+])
+def test_teach_passes_the_server_options_to_the_local_teacher(timed, workspace, monkeypatch,
+                                                              tmp_path, flags, expected):
+    """The local teacher is started with the CLI's choices (the server itself is a stub here)."""
+    teacher_file = tmp_path / f"{models.TEACHERS['qwen2.5-coder-1.5b'].name}.gguf"
+    draft_file = tmp_path / "draft.gguf"
+    monkeypatch.setattr(models, "teacher_gguf_path",
+                        lambda choice=None: draft_file if choice == "qwen2.5-coder-0.5b" else teacher_file)
+    started = []
+
+    def fake_local_teacher(gguf, options):
+        started.append(options)
+        return teacher_mod.ServerInfo(timed, "m", 0, 0, str(gguf), {})
+
+    monkeypatch.setattr("distill.teach.local_teacher", fake_local_teacher)
+    result = CliRunner().invoke(app, ["teach", "rationales", "--dataset", "gsm8k", "--limit", "1",
+                                      *flags])
+    assert result.exit_code == 0, result.output
+    [options] = started
+    expected["draft"] = str(draft_file) if expected["draft"] else None
+    assert {k: getattr(options, k) for k in expected} == expected
+    assert f"{expected['n_parallel']} slot(s)" in result.output and len(Timed.calls) == 1
