@@ -221,7 +221,10 @@ class Student:
 
         user = self.user_text(question, thought, knowledge, task_description)
         if self.backend is not None:
-            yield from self.backend.stream(user, self.render(user), max_new_tokens or self.defaults["max_new_tokens"])
+            for piece in self.backend.stream(user, self.render(user), max_new_tokens or self.defaults["max_new_tokens"]):
+                yield piece
+                if stop is not None and stop():
+                    return  # closing the stream ends the request on the server
             return
         batch = self._encode([self.render(user)])
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)

@@ -184,6 +184,7 @@ def test_llama_cpp_backend_streams_and_refuses_the_logit_probe(served):
     text = served.answer(QUESTIONS[:1], max_new_tokens=24)[0].text
     pieces = list(served.stream(QUESTIONS[0], max_new_tokens=24))
     assert len(pieces) > 1 and "".join(pieces).strip() == text
+    assert len(list(served.stream(QUESTIONS[0], max_new_tokens=24, stop=lambda: True))) == 1  # a cancelled job
     with pytest.raises(InferenceError, match="--backend transformers"):
         served.answer(QUESTIONS[:1], max_new_tokens=4, kb_index=object(), adaptive_threshold=0.5)
 
