@@ -618,7 +618,13 @@ def test_train_config_saved_in_the_browser_is_the_file_the_cli_reads(server, hom
     page.get_by_text("nesy train skintern --data gsm8k-cot --output sk-small --lora-r 8 --stages 3").wait_for()
     fill(page, "t:config-name", "saved-here")
     settle(page)
-    click(page, "Save config")
+    saved = home / "configs" / "saved-here.yaml"
+    for _ in range(3):  # a click that lands during a rerun (loaded cores) is repeated
+        click(page, "Save config")
+        page.wait_for_timeout(1000)
+        if saved.exists():
+            break
+    assert saved.exists()
     page.get_by_text(re.compile(r"nesy train skintern --config .*saved-here\.yaml")).first.wait_for()
     shot(page, artifacts_dir, "train-saved-config")
     assert load_config(str(home / "configs" / "saved-here.yaml"), "skintern") == {
@@ -631,7 +637,7 @@ def test_impact_columns_and_graph_rings(server, home, page, artifacts_dir):
     record_impact("eval:browser", {"b002": {"retrieved": 7, "fixed": 1, "broken": 4, "broken_shared": 2},
                                    "b004": {"retrieved": 3, "fixed": 2}})
     open_page(page, server["url"])
-    page.get_by_text(re.compile(r"Impact on answers \(2 entries")).click()
+    page.get_by_text(re.compile(r"Impact on answers \(\d+ entries")).click()  # Compare may have added some
     settle(page)
     panel = page.locator('[data-testid="stExpander"]', has_text="Harmful entries first")
     panel.locator('[data-testid="stDataFrame"]').wait_for()

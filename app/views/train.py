@@ -52,12 +52,12 @@ def saved_configs(method_name: str, cfg) -> None:
         name = c[0].text_input("Config name", key="t:config-name", placeholder="e.g. nesycd-r8")
         if c[1].button("Save config", key="t:config-save", disabled=cfg is None or not name.strip()):
             try:
-                path = save_config(name.strip(), method_name, cfg)
+                st.session_state["t:config-saved"] = (method_name, str(save_config(name.strip(), method_name, cfg)))
             except NesyError as e:
                 st.error(ui.md(str(e)))
-            else:
-                st.success(ui.md(f"Saved {path}"))
-                st.code(f"nesy train {method_name} --config {path}", language="bash")
+        if saved := st.session_state.get("t:config-saved"):  # stays until the next save
+            st.success(ui.md(f"Saved {saved[1]}"))
+            st.code(f"nesy train {saved[0]} --config {saved[1]}", language="bash")
         names = list_configs()
         if names:
             c = st.columns([3, 1])
