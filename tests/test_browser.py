@@ -621,7 +621,9 @@ def test_train_config_saved_in_the_browser_is_the_file_the_cli_reads(server, hom
     saved = home / "configs" / "saved-here.yaml"
     for _ in range(3):  # a click that lands during a rerun (loaded cores) is repeated
         click(page, "Save config")
-        page.wait_for_timeout(1000)
+        deadline = time.monotonic() + 15
+        while not saved.exists() and time.monotonic() < deadline:
+            page.wait_for_timeout(250)
         if saved.exists():
             break
     assert saved.exists()
