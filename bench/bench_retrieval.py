@@ -5,13 +5,15 @@ for each --sizes N, top-10 latency per single query (p50/p95, one query at a tim
 asks) and recall@10 against exact inner-product search. "ours" searches as KBIndex does
 (kb.index.search_one: one OpenMP thread); "omp" is the same index searched with all threads.
 --lists and --nprobe sweep the IVF shape (lists per sqrt(N); lists scanned, 0 = shipped rule).
-Quality (real): --real-n GSM8K training questions embedded with the embedded MiniLM; the shipped
-index is forced to IVF (threshold lowered) and its recall@10 vs flat measured on held-out questions.
+Quality (real, --real): every bundled question and rationale embedded once with the embedded
+MiniLM (bench/_real_vectors.py caches them in the workspace); 1,000 held out as queries; the IVF
+shape KBIndex builds at 100k and at 1M forced on them, and HNSW32 beside it, recall@10 vs exact.
 
     .venv/bin/python bench/bench_retrieval.py --sizes 100000,1000000     # full run
     .venv/bin/python bench/bench_retrieval.py --sizes 100000 --lists 2,4 --nprobe 0,32,64  # sweep
-    .venv/bin/python bench/bench_retrieval.py --sizes 20000 --real-n 0    # quick run
-    .venv/bin/python bench/bench_retrieval.py --sizes "" --real-n 0 --bm25 100000  # BM25 / hybrid
+    .venv/bin/python bench/bench_retrieval.py --sizes 20000               # quick run
+    .venv/bin/python bench/bench_retrieval.py --sizes "" --real           # real vectors
+    .venv/bin/python bench/bench_retrieval.py --sizes "" --bm25 100000    # BM25 / hybrid
 
 --bm25 N: a KB of N synthetic entries (bench_import.synthetic_jsonl) searched through KBIndex in
 bm25 and hybrid mode (a hash embedder stands in for MiniLM): the first search (load + tokenise +
@@ -32,7 +34,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from kb.index import DIM, IndexConfig, build_faiss, ivf_lists, search_one  # noqa: E402
+sys.path.insert(0, str(REPO / "bench"))
+from _measure import Load, Spread, interleave, ratio  # noqa: E402
+from kb.index import DIM, IndexConfig, build_faiss, ivf_lists, ivf_nprobe, search_one  # noqa: E402
 
 
 def clustered_vectors(n: int, rng: np.random.Generator, clusters: int = 4096,
@@ -69,9 +73,11 @@ def all_threads(index, vectors: np.ndarray, k: int):
 
 
 def compare(base: np.ndarray, queries: np.ndarray, config: IndexConfig, k: int,
-            flat_latency_queries: int, nprobes: list[int]) -> list[dict]:
+            flat_latency_queries: int, nprobes: list[int], rounds: int = 3) -> list[dict]:
     """Build the index KBIndex would build once, then measure it at each nprobe (0 = the one it
-    ships) against exact search."""
+    ships) against exact search: per round, ours over all queries, then exact flat search over
+    the first `flat_latency_queries` (interleaved, so load hits both alike); p50 and the speed-up
+    are medians over rounds (with min–max)."""
     labels = np.arange(len(base), dtype=np.int64)
     start = time.perf_counter()
     ours, kind = build_faiss(base, labels, config)
@@ -79,24 +85,32 @@ def compare(base: np.ndarray, queries: np.ndarray, config: IndexConfig, k: int,
     flat = faiss.IndexFlatIP(DIM)
     flat.add(base)
     _, truth = flat.search(queries, k)  # batched exact ground truth
-    flat_ms, _ = latencies_ms(flat, queries[:flat_latency_queries], k)
-    shipped = ours.nprobe if kind == "ivf" else 0
+    ivf = faiss.extract_index_ivf(ours) if kind == "ivf" else None
+    shipped = ivf.nprobe if ivf else 0
     results = []
     for nprobe in nprobes if kind == "ivf" else [0]:
-        if kind == "ivf":
-            ours.nprobe = nprobe or shipped
-        our_ms, found = latencies_ms(ours, queries, k)
-        omp_ms, _ = latencies_ms(ours, queries, k, search=all_threads)
-        results.append({"kind": kind, "nlist": getattr(ours, "nlist", 0),
-                        "nprobe": ours.nprobe if kind == "ivf" else 0, "build_s": build_s,
-                        "recall": recall_at_k(found, truth), "p50": np.percentile(our_ms, 50),
-                        "p95": np.percentile(our_ms, 95), "omp_p50": np.percentile(omp_ms, 50),
-                        "flat_p50": np.percentile(flat_ms, 50)})
+        if ivf:
+            ivf.nprobe = nprobe or shipped
+        found = None
+
+        def run_ours():
+            nonlocal found
+            ms, found = latencies_ms(ours, queries, k)
+            return float(np.percentile(ms, 50))
+
+        sides = {"ours": run_ours,
+                 "flat": lambda: float(np.percentile(latencies_ms(flat, queries[:flat_latency_queries], k)[0], 50)),
+                 "omp": lambda: float(np.percentile(latencies_ms(ours, queries, k, search=all_threads)[0], 50))}
+        r = interleave(sides, rounds, progress=False)
+        results.append({"kind": kind, "nlist": ivf.nlist if ivf else 0, "nprobe": ivf.nprobe if ivf else 0,
+                        "build_s": build_s, "recall": recall_at_k(found, truth), "p50": Spread(r["ours"], " ms"),
+                        "omp_p50": Spread(r["omp"], " ms"), "flat_p50": Spread(r["flat"], " ms"),
+                        "speedup": ratio(r["flat"], r["ours"])})
     return results
 
 
 def scale_run(sizes: list[int], n_queries: int, k: int, configs: list[IndexConfig],
-              nprobes: list[int]) -> None:
+              nprobes: list[int], rounds: int = 3) -> None:
     rng = np.random.default_rng(0)
     print(f"threads={faiss.omp_get_max_threads()} approx_threshold={configs[0].approx_threshold} "
           f"shipped: {configs[0].lists_per_sqrt_n:g}*sqrt(N) lists, nprobe "
@@ -105,31 +119,50 @@ def scale_run(sizes: list[int], n_queries: int, k: int, configs: list[IndexConfi
         vectors = clustered_vectors(n + n_queries, rng)
         base, queries = vectors[:n], vectors[n:]
         for config in configs:
-            for r in compare(base, queries, config, k, min(n_queries, 30), nprobes):
+            for r in compare(base, queries, config, k, min(n_queries, 30), nprobes, rounds):
                 print(f"N={n:>9,}  ours={r['kind']}(nlist {r['nlist']:>5}, nprobe {r['nprobe']:>3}) "
-                      f"build {r['build_s']:6.1f}s  p50 {r['p50']:6.2f} ms  p95 {r['p95']:6.2f} ms  "
-                      f"recall@{k} {r['recall']:.3f}  | omp p50 {r['omp_p50']:6.2f} ms "
-                      f"({r['omp_p50'] / r['p50']:4.2f}x ours)  | flat p50 {r['flat_p50']:7.2f} ms "
-                      f"-> {r['flat_p50'] / r['p50']:5.1f}x faster", flush=True)
+                      f"build {r['build_s']:6.1f}s  recall@{k} {r['recall']:.3f}  p50 {r['p50']}  | "
+                      f"all-threads p50 {r['omp_p50']}  | flat p50 {r['flat_p50']} -> ours {r['speedup']} "
+                      f"faster", flush=True)
         del vectors, base, queries
 
 
-def real_run(n: int, k: int, config: IndexConfig) -> None:
-    from kb.index import embed_texts
+def real_run(k: int, config: IndexConfig, partial: bool, held_out: int = 1000) -> None:
+    """Real MiniLM vectors of every bundled question and rationale (bench/_real_vectors.py, cached
+    in the workspace): `held_out` of them are the queries, the rest the KB. The index is forced
+    into the IVF shape KBIndex builds at 100k and at 1M entries (lists and nprobe of that size,
+    k-means on these vectors), and HNSW32 is measured beside it; recall@k against exact search."""
+    from _real_vectors import real_vectors
 
-    with gzip.open(REPO / "data" / "gsm8k" / "train.jsonl.gz", "rt", encoding="utf-8") as f:
-        questions = [json.loads(line)["question"] for _, line in zip(range(n), f)]
+    texts, vectors = real_vectors(prefix=partial)
+    if vectors is None:
+        print("real vectors: not embedded yet; run `nice -n 19 .venv/bin/python bench/_real_vectors.py` "
+              "once (resumable), or pass --real-partial to use the chunks finished so far")
+        return
+    queries, base = vectors[:held_out], vectors[held_out:]
+    flat = faiss.IndexFlatIP(DIM)
+    flat.add(base)
+    _, truth = flat.search(queries, k)
+    flat_ms = Spread([float(np.percentile(latencies_ms(flat, queries[:100], k)[0], 50)) for _ in range(3)], " ms")
+    print(f"real MiniLM vectors: {len(base):,} bundled texts + {len(queries):,} held-out queries"
+          f"{' (PARTIAL: the chunks embedded so far, a uniform sample)' if partial and len(texts) < 70_000 else ''}; "
+          f"exact flat p50 {flat_ms}")
+    for scale in (100_000, 1_000_000):
+        nlist = min(ivf_lists(scale, config.lists_per_sqrt_n), len(base) // 4)
+        index = faiss.index_factory(DIM, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+        index.train(base)
+        index.add(base)
+        index.nprobe = ivf_nprobe(ivf_lists(scale, config.lists_per_sqrt_n), config)
+        ms, found = latencies_ms(index, queries, k)
+        print(f"  IVF as shipped at {scale:>9,}: nlist {nlist} (would be {ivf_lists(scale, config.lists_per_sqrt_n)}), "
+              f"nprobe {index.nprobe}: recall@{k} {recall_at_k(found, truth):.3f}, p50 {np.percentile(ms, 50):.2f} ms")
+    hnsw = faiss.IndexHNSWFlat(DIM, 32, faiss.METRIC_INNER_PRODUCT)
     start = time.perf_counter()
-    vectors = embed_texts(questions)
-    embed_s = time.perf_counter() - start
-    held_out = max(20, len(questions) // 10)
-    base, queries = vectors[held_out:], vectors[:held_out]
-    forced = IndexConfig(**{**config.__dict__, "approx_threshold": 1})  # IVF at small N
-    r = compare(base, queries, forced, k, held_out, [0])[0]
-    print(f"real MiniLM, {len(base)} GSM8K questions ({len(questions) / embed_s:.0f} texts/s "
-          f"embedded): {r['kind']}(nlist {ivf_lists(len(base), config.lists_per_sqrt_n)}, "
-          f"nprobe {r['nprobe']}) "
-          f"recall@{k} {r['recall']:.3f}, p50 {r['p50']:.2f} ms vs flat {r['flat_p50']:.2f} ms")
+    hnsw.add(base)
+    build = time.perf_counter() - start
+    ms, found = latencies_ms(hnsw, queries, k)
+    print(f"  HNSW32 (efSearch {hnsw.hnsw.efSearch}): build {build:.1f}s, recall@{k} {recall_at_k(found, truth):.3f}, "
+          f"p50 {np.percentile(ms, 50):.2f} ms")
 
 
 def bm25_run(n: int, queries: int, k: int) -> None:
@@ -185,16 +218,22 @@ def main() -> None:
                         help="comma list of lists scanned per query; 0 = the shipped rule")
     parser.add_argument("--lists", default=str(IndexConfig().lists_per_sqrt_n),
                         help="comma list of IVF lists per sqrt(N); the first is the shipped one")
-    parser.add_argument("--real-n", type=int, default=2000, help="0 skips the real-embedding run")
+    parser.add_argument("--real", action="store_true",
+                        help="recall on the real MiniLM vectors of the bundled texts (bench/_real_vectors.py)")
+    parser.add_argument("--real-partial", action="store_true", help="--real on the chunks embedded so far")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved latency rounds (ours, flat)")
     parser.add_argument("--bm25", type=int, default=0, help="KB size for the BM25/hybrid run; 0 skips")
     args = parser.parse_args()
     nprobes = [int(p) for p in args.nprobe.split(",")]
     configs = [IndexConfig(lists_per_sqrt_n=float(c)) for c in args.lists.split(",")]
-    scale_run([int(s) for s in args.sizes.split(",") if s], args.queries, args.k, configs, nprobes)
-    if args.real_n:
-        real_run(args.real_n, args.k, configs[0])
-    if args.bm25:
-        bm25_run(args.bm25, min(args.queries, 50), args.k)
+    with Load() as load:
+        scale_run([int(s) for s in args.sizes.split(",") if s], args.queries, args.k, configs, nprobes,
+                  args.rounds)
+        if args.real or args.real_partial:
+            real_run(args.k, configs[0], partial=args.real_partial)
+        if args.bm25:
+            bm25_run(args.bm25, min(args.queries, 50), args.k)
+    print(load)
 
 
 if __name__ == "__main__":

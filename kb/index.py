@@ -669,23 +669,63 @@ class _Lexical:
 
 
 def build_faiss(vectors: np.ndarray, labels: np.ndarray, config: IndexConfig):
-    """Exact inner-product index for small sets, IVF for large ones. Returns (index, kind)."""
+    """Exact inner-product index for small sets, IVF for large ones. Returns (index, kind).
+
+    An IVF build is nearly all one operation: the inner products of many vectors with thousands
+    of centroids (k-means on a sample, then every vector's list). faiss's own path for it ran at
+    about a third of torch's matmul on this machine, so both steps use torch (`kmeans_ip`,
+    `nearest_centroid`) and faiss receives the trained centroids and precomputed lists: same
+    lists, nprobe and recall (bench/bench_retrieval.py --build measures both builds)."""
     n, dim = len(vectors), vectors.shape[1] if len(vectors) else DIM
     if n < config.approx_threshold:
         index = faiss.index_factory(dim, "IDMap2,Flat", faiss.METRIC_INNER_PRODUCT)
-        kind = "flat"
-    else:
-        nlist = ivf_lists(n, config.lists_per_sqrt_n)
-        index = faiss.index_factory(dim, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
-        # k-means on a sample: 64 points per list is plenty for stable centroids, and training
-        # on all of 1M vectors would take minutes on 2 cores.
-        sample = np.random.default_rng(0).choice(n, size=min(n, 64 * nlist), replace=False)
-        index.train(vectors[np.sort(sample)])
-        index.nprobe = ivf_nprobe(nlist, config)
-        kind = "ivf"
-    if n:
-        index.add_with_ids(vectors, labels)
-    return index, kind
+        if n:
+            index.add_with_ids(vectors, labels)
+        return index, "flat"
+    nlist = ivf_lists(n, config.lists_per_sqrt_n)
+    index = faiss.index_factory(dim, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+    # k-means on a sample: 64 points per list is plenty for stable centroids
+    sample = np.random.default_rng(0).choice(n, size=min(n, 64 * nlist), replace=False)
+    centroids = kmeans_ip(vectors[np.sort(sample)], nlist)
+    index.quantizer.add(centroids)
+    index.is_trained = True
+    vectors, labels = np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(labels, dtype=np.int64)
+    lists = nearest_centroid(vectors, centroids)
+    index.add_core(n, faiss.swig_ptr(vectors), faiss.swig_ptr(labels), faiss.swig_ptr(lists))
+    index.nprobe = ivf_nprobe(nlist, config)
+    return index, "ivf"
+
+
+def nearest_centroid(vectors: np.ndarray, centroids: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """Index of the highest-inner-product centroid of each vector (torch matmul, in chunks)."""
+    import torch
+
+    c = torch.from_numpy(np.ascontiguousarray(centroids, dtype=np.float32))
+    out = np.empty(len(vectors), dtype=np.int64)
+    for start in range(0, len(vectors), chunk):
+        block = torch.from_numpy(vectors[start:start + chunk])
+        out[start:start + len(block)] = (block @ c.T).argmax(dim=1).numpy()
+    return out
+
+
+def kmeans_ip(x: np.ndarray, k: int, niter: int = 10, seed: int = 0) -> np.ndarray:
+    """Lloyd's k-means with inner-product assignment, as faiss's IndexIVF.train runs it (10
+    iterations, centroids = means); an emptied list restarts at a random training point."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    points = torch.from_numpy(x)
+    centroids = points[torch.from_numpy(rng.choice(len(x), size=k, replace=False))].clone()
+    for _ in range(niter):
+        assign = torch.from_numpy(nearest_centroid(x, centroids.numpy()))
+        sums = torch.zeros_like(centroids).index_add_(0, assign, points)
+        counts = torch.bincount(assign, minlength=k)
+        centroids = sums / counts.clamp(min=1).unsqueeze(1).to(sums.dtype)
+        empty = torch.nonzero(counts == 0).flatten()
+        if len(empty):
+            centroids[empty] = points[torch.from_numpy(rng.choice(len(x), size=len(empty), replace=False))]
+    return centroids.numpy()
 
 
 def ivf_lists(n: int, per_sqrt_n: float = IndexConfig.lists_per_sqrt_n) -> int:
