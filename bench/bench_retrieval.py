@@ -13,6 +13,7 @@ shape KBIndex builds at 100k and at 1M forced on them, and HNSW32 beside it, rec
     .venv/bin/python bench/bench_retrieval.py --sizes 100000 --lists 2,4 --nprobe 0,32,64  # sweep
     .venv/bin/python bench/bench_retrieval.py --sizes 20000               # quick run
     .venv/bin/python bench/bench_retrieval.py --sizes "" --real           # real vectors
+    .venv/bin/python bench/bench_retrieval.py --sizes "" --build 1000000 --rounds 2   # build time
     .venv/bin/python bench/bench_retrieval.py --sizes "" --bm25 100000    # BM25 / hybrid
 
 --bm25 N: a KB of N synthetic entries (bench_import.synthetic_jsonl) searched through KBIndex in
@@ -127,6 +128,45 @@ def scale_run(sizes: list[int], n_queries: int, k: int, configs: list[IndexConfi
         del vectors, base, queries
 
 
+def faiss_build(vectors: np.ndarray, labels: np.ndarray, config: IndexConfig):
+    """The previous build: faiss's own IVF training and add (same lists, sample and nprobe)."""
+    n = len(vectors)
+    nlist = ivf_lists(n, config.lists_per_sqrt_n)
+    index = faiss.index_factory(DIM, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+    sample = np.random.default_rng(0).choice(n, size=min(n, 64 * nlist), replace=False)
+    index.train(vectors[np.sort(sample)])
+    index.add_with_ids(vectors, labels)
+    index.nprobe = ivf_nprobe(nlist, config)
+    return index
+
+
+def build_run(n: int, n_queries: int, k: int, config: IndexConfig, rounds: int) -> None:
+    """IVF build at N synthetic vectors: the shipped build (torch k-means + precomputed lists) vs
+    faiss's own train + add, alternately; recall@k of each against exact search."""
+    rng = np.random.default_rng(0)
+    vectors = clustered_vectors(n + n_queries, rng)
+    base, queries = vectors[:n], vectors[n:]
+    labels = np.arange(n, dtype=np.int64)
+    _, truth = faiss.knn(queries, base, k, metric=faiss.METRIC_INNER_PRODUCT)
+    recall = {}
+    config = IndexConfig(**{**config.__dict__, "approx_threshold": 1})  # IVF at any N
+
+    def side(name, build):
+        def go():
+            start = time.perf_counter()
+            index = build()
+            seconds = time.perf_counter() - start
+            recall[name] = recall_at_k(index.search(queries, k)[1], truth)
+            return seconds
+        return go
+
+    r = interleave({"ours": side("ours", lambda: build_faiss(base, labels, config)[0]),
+                    "faiss": side("faiss", lambda: faiss_build(base, labels, config))}, rounds)
+    print(f"IVF build at N={n:,} ({ivf_lists(n, config.lists_per_sqrt_n)} lists): ours {Spread(r['ours'], ' s')} "
+          f"recall@{k} {recall['ours']:.3f}; faiss train+add {Spread(r['faiss'], ' s')} recall@{k} "
+          f"{recall['faiss']:.3f}; ours {ratio(r['faiss'], r['ours'])} faster (target < 60 s at 1M)")
+
+
 def real_run(k: int, config: IndexConfig, partial: bool, held_out: int = 1000) -> None:
     """Real MiniLM vectors of every bundled question and rationale (bench/_real_vectors.py, cached
     in the workspace): `held_out` of them are the queries, the rest the KB. The index is forced
@@ -218,6 +258,7 @@ def main() -> None:
                         help="comma list of lists scanned per query; 0 = the shipped rule")
     parser.add_argument("--lists", default=str(IndexConfig().lists_per_sqrt_n),
                         help="comma list of IVF lists per sqrt(N); the first is the shipped one")
+    parser.add_argument("--build", type=int, default=0, help="N: time the IVF build, ours vs faiss's own")
     parser.add_argument("--real", action="store_true",
                         help="recall on the real MiniLM vectors of the bundled texts (bench/_real_vectors.py)")
     parser.add_argument("--real-partial", action="store_true", help="--real on the chunks embedded so far")
@@ -229,6 +270,8 @@ def main() -> None:
     with Load() as load:
         scale_run([int(s) for s in args.sizes.split(",") if s], args.queries, args.k, configs, nprobes,
                   args.rounds)
+        if args.build:
+            build_run(args.build, args.queries, args.k, configs[0], args.rounds)
         if args.real or args.real_partial:
             real_run(args.k, configs[0], partial=args.real_partial)
         if args.bm25:
