@@ -48,8 +48,20 @@ test: setup browser
 test-fast: setup
 	$(VENV)/bin/pytest -m "not slow and not browser"
 
+## make bench: exactly the commands of the README's benchmarks table, in its order
 bench: setup
-	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	$(PY) bench/bench_retrieval.py --sizes 100000,1000000
+	$(PY) bench/bench_retrieval.py --sizes "" --real
+	$(PY) bench/bench_retrieval.py --sizes "" --build 1000000 --rounds 2
+	$(PY) bench/bench_kb_edit.py --n 100000
+	$(PY) bench/bench_import.py --n 100000
+	$(PY) bench/bench_verify.py --n 40
+	$(PY) bench/bench_teacher.py --n 8
+	$(PY) bench/bench_train.py --trainer --steps 4 --samples 16
+	$(PY) bench/bench_generate.py --questions 8
+	$(PY) bench/bench_generate.py --questions 16 --batch 16 --max-new-tokens 200
+	$(PY) bench/bench_prompt_tokens.py
+	$(PY) bench/bench_app.py
 
 clean:
 	rm -rf $(VENV) workspace .pytest_cache
