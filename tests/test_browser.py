@@ -341,10 +341,15 @@ def tick_row(page, row: int) -> None:
     """Tick the checkbox of a table row (0 = first data row) in the canvas grid, and wait for the
     app to report the new selection (a click that landed during a rerun is repeated)."""
     before = selection_caption(page)
+    from playwright.sync_api import Error as PlaywrightError
     for _ in range(3):
         grid = page.locator('[data-testid="stDataFrame"]').first
-        grid.scroll_into_view_if_needed()
-        box = grid.bounding_box()
+        try:
+            grid.scroll_into_view_if_needed()
+            box = grid.bounding_box()
+        except PlaywrightError:  # the grid was replaced by a rerun between finding and scrolling
+            settle(page)
+            continue
         header = row_height = 35
         page.mouse.click(box["x"] + 20, box["y"] + header + row_height * row + row_height / 2)
         deadline = time.monotonic() + 15
