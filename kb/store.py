@@ -660,6 +660,14 @@ class KBStore:
             con.execute("DELETE FROM entry_impact WHERE report = ?", (report,))
             con.executemany("INSERT INTO entry_impact VALUES (?,?,?,?,?,?,?,?)", rows)
 
+    def impact_stamp(self) -> str:
+        """Changes whenever any report's impact rows change (a cache key beside current_seq)."""
+        con = self._con
+        if not con.execute("SELECT 1 FROM sqlite_master WHERE name = 'entry_impact'").fetchone():
+            return ""
+        return "|".join(str(v) for v in con.execute("SELECT COUNT(*), MAX(at), SUM(retrieved + fixed + "
+                                                     "broken) FROM entry_impact").fetchone())
+
     def impact(self, ids: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
         """Totals over every report per entry id (+ `reports`: how many reports saw it)."""
         con = self._con

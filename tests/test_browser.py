@@ -451,6 +451,9 @@ def test_review_card_with_keyboard_shortcuts(server, home, page, artifacts_dir):
     card.get_by_text("Sam has 5 boxes of 4 pens. How many pens?").wait_for()
     page.keyboard.press("x")
     settle(page)
+    deadline = time.monotonic() + 15  # the key may land during a rerun on loaded cores
+    while KBStore().get("b042").status != "rejected" and time.monotonic() < deadline:
+        page.wait_for_timeout(250)
     assert KBStore().get("b042").status == "rejected" and KBStore().get("b041").status == "pending"
     page.get_by_text("You reached the end of the 1 entry matching the filters.").wait_for()
 

@@ -20,9 +20,10 @@ kb = ui.store()
 
 
 @st.cache_resource(show_spinner="Building the graph…", max_entries=8)
-def full_graph(db: str, seq: int, status: tuple, task: str | None, concept: str | None,
+def full_graph(db: str, seq: int, impact: str, status: tuple, task: str | None, concept: str | None,
                neighbours: float | None):
-    """The graph for these filters at this KB change sequence (a new edit = a new key)."""
+    """The graph for these filters at this KB change sequence and impact stamp (a new edit or a
+    new evaluation's impact = a new key)."""
     index = ui.index() if neighbours else None
     return kbgraph.build_graph(kb, index, neighbour_threshold=neighbours or 0.8,
                                status=list(status) or None, task=task, concept=concept)
@@ -53,7 +54,7 @@ threshold = n[2].slider("Similarity ≥", 0.5, 0.99, 0.85, key="graph:threshold"
 
 seq = ui.stats()["seq"]
 db = str(ui.home())
-g = full_graph(db, seq, tuple(status), None if task == ANY else task,
+g = full_graph(db, seq, kb.impact_stamp(), tuple(status), None if task == ANY else task,
                None if concept == ANY else concept, threshold)
 needle = search.strip().lower()
 matches = [node for node, data in g.nodes(data=True)
@@ -78,7 +79,8 @@ st.caption(f"{shown.number_of_nodes()} of {g.number_of_nodes()} nodes shown ({le
 
 left, right = st.columns([3, 2])
 with left:
-    html = page_html(db, seq, (tuple(status), task, concept, threshold, focus, depth, max_nodes), shown)
+    html = page_html(db, seq, (kb.impact_stamp(), tuple(status), task, concept, threshold, focus, depth,
+                               max_nodes), shown)
     clicked = ui.graph_view(html, key="graph:canvas")
 if clicked and clicked.startswith("entry:") and clicked.removeprefix("entry:") in entries:
     st.session_state["graph:node"] = clicked.removeprefix("entry:")
