@@ -566,8 +566,10 @@ def default_threads() -> int:
 @dataclass
 class ServerOptions:
     """How the local llama.cpp server runs. Recorded with the shared server, so a job asking for
-    other options gets a server started with them. Defaults measured on 2 cores
-    (bench/bench_teacher_throughput.py)."""
+    other options gets a server started with them. Defaults measured on 2 shared cores with the
+    1.5B teacher (bench/bench_teacher_throughput.py, GSM8K CoT + PoT): the prompt cache with
+    grouped requests 1.46x the plain server (the prompt was 62 % of its time); two slots and the
+    0.5B draft were slower than one slot without it."""
     n_parallel: int = field(default=1, metadata={"help": (
         "slots: requests decoded together. Each slot keeps its own prompt cache (and computes the "
         "shared prefix once itself); on 2 shared cores two slots were no faster than one")})
@@ -575,7 +577,10 @@ class ServerOptions:
     threads: int | None = field(default=None, metadata={"help": "CPU threads (default: half the cores)"})
     cache_prompt: bool = field(default=True, metadata={"help": (
         "reuse the slot's KV cache for the longest prefix shared with its previous prompt, so "
-        "the few-shot demonstrations are read once per thought type, not once per call")})
+        "the few-shot demonstrations are read once per thought type, not once per call. Greedy "
+        "answers can differ from a cold prompt's at floating-point near-ties: llama.cpp's CPU "
+        "kernels round differently by batch size, and the cached prefix was computed in another "
+        "batch than a cold prompt's")})
     draft: str | None = field(default=None, metadata={"help": (
         "GGUF of a draft model for speculative decoding (same tokenizer as the teacher; the "
         "greedy output up to floating-point near-ties); None: off. `default_draft` gives the "
