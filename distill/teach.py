@@ -658,11 +658,12 @@ def distil_knowledge(client: TeacherClient, cases: list[dict], kind: str, out: s
             counts["malformed"] += 1
             return
         try:
-            if store.get(entry_id).status != "pending":
+            existing = store.get(entry_id)
+            if existing.status != "pending":
                 counts["skipped"] += 1
                 return
         except EntryNotFound:
-            pass
+            existing = None
         source = Source(kind=kind, dataset=case["dataset"], example_id=case["example_id"],
                         question=case["question"],
                         student_response=clean_response(case["response"]) if case.get("response") else None,
@@ -671,7 +672,9 @@ def distil_knowledge(client: TeacherClient, cases: list[dict], kind: str, out: s
                       supplementary_knowledge=parsed.supplementary_knowledge,
                       status="accepted" if auto_accept else "pending",
                       title=", ".join(parsed.concepts[:3]) or None, concepts=parsed.concepts, source=source)
-        entry = entry.model_copy(update={"flags": quality.check_entry(entry)})
+        # a re-run keeps the batch checks' flags (generic) until the end of the run rechecks them
+        found = quality.check_entry(entry)
+        entry = entry.model_copy(update={"flags": quality.recheck(existing, found) if existing else found})
         store.upsert(entry, by=f"teacher:{client.config.model}")
         stored.append(entry_id)
         counts["created"] += 1

@@ -3,8 +3,9 @@
 Each check is one small function and answers with a `kb.schema.Flag` (code + detail) or None:
 
 - `restates_source(entry)`: the entry repeats its source problem instead of teaching something
-  general: a number with 2+ digits or a name shared with the source question, or a run of words
-  copied from it ("The pie shop charges $3 per slice of custard pie").
+  general: a number with 2+ digits (written in digits or words, "twenty" = 20) or a name shared
+  with the source question, or a run of words copied from it ("The pie shop charges $3 per slice
+  of custard pie").
 - `false_arithmetic(entry)`: a simple claim `a op b [op c …] = r` in the text is false
   ("$827 − $127 = $757"; checked exactly with fractions).
 - `empty_or_overlong(entry)`: a section with (next to) nothing in it, or one too long to be
@@ -94,12 +95,27 @@ _STOPWORDS = frozenset("""
 a an the of to in on at for by with and or is are was were be it its this that these those as
 from how many much what if then than each per every his her their he she they them there
 """.split())
-_WORD = re.compile(r"\$?\d[\d,]*(?:\.\d+)?%?|[a-z]+(?:'[a-z]+)?")
+_WORD = re.compile(r"\$?\d[\d,]*(?:[./]\d+)?%?|[a-z]+(?:'[a-z]+)?")
+# Number words from ten to ninety-nine: "twenty minutes" in a question is the 20 of an answer.
+_TEENS = ("ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen").split()
+_TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
+_UNITS = "one two three four five six seven eight nine".split()
+_NUMBER_WORD = re.compile(rf"\b(?:({'|'.join(_TEENS)})|({'|'.join(_TENS)})(?:[- ]({'|'.join(_UNITS)}))?)\b",
+                          re.IGNORECASE)
+
+
+def _number_words(text: str) -> str:
+    def digits(match: re.Match) -> str:
+        teen, tens, unit = (g and g.lower() for g in match.groups())
+        if teen:
+            return str(10 + _TEENS.index(teen))
+        return str(20 + 10 * _TENS.index(tens) + (_UNITS.index(unit) + 1 if unit else 0))
+    return _NUMBER_WORD.sub(digits, text)
 
 
 def _numbers(text: str, min_digits: int) -> set[str]:
     found = set()
-    for match in _NUMBER.finditer(text):
+    for match in _NUMBER.finditer(_number_words(text)):
         raw = match.group().strip("$%").replace(",", "")
         if not raw or not any(c.isdigit() for c in raw):
             continue

@@ -307,6 +307,29 @@ class CannedTeacher(QuietHandler):
         reply(self, 200, chat_completion(WELL_FORMED, "canned-teacher", completion_tokens=50))
 
 
+def test_boilerplate_from_one_run_is_flagged_generic_and_a_rerun_writes_nothing(workspace, tmp_path):
+    """Four cases, one canned answer: every entry's sections are said by the three others. A
+    re-run (answers from the cache) keeps those flags and writes no revision."""
+    from kb.store import KBStore
+
+    examples = get_dataset("gsm8k").load("train", limit=4, seed=5)
+    errors = tmp_path / "errs.jsonl"
+    errors.write_text("".join(json.dumps({"example_id": e.id, "dataset": "gsm8k", "task": "gsm8k",
+                                          "question": e.question, "prompt": f"Question: {e.question}",
+                                          "response": "The answer is 3.", "answer": e.answer}) + "\n"
+                              for e in examples))
+    argv = ["teach", "knowledge", "--errors", str(errors), "--model", "m"]
+    with serve(CannedTeacher) as url:
+        out = CliRunner().invoke(app, [*argv, "--teacher", url])
+        assert out.exit_code == 0, out.output
+        assert "quality flags generic 4;" in out.output
+        revisions = KBStore().stats()["revisions"]
+        out = CliRunner().invoke(app, [*argv, "--teacher", url])
+    assert out.exit_code == 0 and "quality flags generic 4;" in out.output
+    assert KBStore().stats()["revisions"] == revisions == 8  # created, then flagged generic; no more
+    assert all([f.code for f in e.flags] == ["generic"] for e in KBStore().query().entries)
+
+
 def test_knowledge_provenance_in_kb_and_curated_entries_kept(workspace, tmp_path):
     from kb.store import KBStore
 
