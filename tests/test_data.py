@@ -13,7 +13,7 @@ from distill.data import DatasetError, Example, format_question, get_dataset, re
 
 def test_bundled_datasets_load_with_answer_types():
     gsm = get_dataset("gsm8k")
-    assert gsm.answer_type == "number" and set(gsm.splits) == {"train", "test"}
+    assert gsm.answer_type == "number" and set(gsm.splits) == {"train", "dev", "test"}
     test = gsm.load("test")
     assert len(test) == 1319 and test[0].answer == "18" and test[0].rationale
     arc = get_dataset("arc_challenge").load("dev", limit=5)

@@ -211,10 +211,11 @@ def test_knowledge_live_call_stores_only_well_formed(proxied_teacher, workspace,
     assert result.exit_code == 0, result.output
     raw = [json.loads(l) for l in (workspace / "teach" / "knowledge" / "errors" / "raw.jsonl").read_text().splitlines()]
     assert len(raw) == 2
-    # the gold answer is never shown to the teacher; the student's loop is cut to one copy
+    # the gold answer is never shown to the teacher; the student's words reach it as written, cut
+    # to the first 256 words (answers.clean_response: no repeated phrase is rewritten)
     for row in raw:
         user = row["messages"][-1]["content"]
-        assert "First 2 + 2 = 5." in user and user.count("First 2 + 2 = 5.") == 1
+        assert "First 2 + 2 = 5. First 2 + 2 = 5." in user and user.count("First 2 + 2 = 5.") == 40
     from kb.store import KBStore
 
     stored = KBStore().query(source_kind="error_analysis").entries
