@@ -188,9 +188,8 @@ def results_table(entries: list[Entry], scores: list[float] | None, total: int,
     table = st.dataframe(
         pd.DataFrame(rows), hide_index=True, key=f"kb:table:{view}",
         on_select="rerun" if ticking else "ignore", selection_mode="multi-row",
-        column_order=["id", "title", "status", "summary", "knowledge", "task", "concepts",
-                      "flags", *(["score"] if scores else []), *IMPACT_COLUMNS, "updated", "by",
-                      "version"],
+        column_order=["id", "title", "status", "flags", "summary", "knowledge", "task", "concepts",
+                      *(["score"] if scores else []), *IMPACT_COLUMNS, "updated", "by", "version"],
         column_config={
             **{k: st.column_config.NumberColumn(k, help=h) for k, h in IMPACT_HELP.items()},
             "summary": st.column_config.TextColumn("learning summary", width="large",
