@@ -28,6 +28,7 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from fractions import Fraction
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
+from kb.errors import NesyError
 from kb.schema import MAX_FLAG_DETAIL, Entry, Flag
 
 if TYPE_CHECKING:
@@ -403,6 +404,10 @@ def flags_with_checks(entry: Entry, config: QualityConfig = DEFAULT) -> list[Fla
     return recheck(entry, check_entry(entry, config))
 
 
+class UnknownCheck(NesyError, ValueError):
+    """A check name that is not one of CHECKS."""
+
+
 @dataclass
 class CheckReport:
     checked: int = 0
@@ -430,7 +435,7 @@ def check_store(store: "KBStore", *, status=None, task=None, checks: Iterable[st
     checks = list(dict.fromkeys(checks))
     unknown = [c for c in checks if c not in CHECKS]
     if unknown:
-        raise ValueError(f"unknown check {unknown[0]!r}; choose from {', '.join(CHECKS)}")
+        raise UnknownCheck(f"unknown check {unknown[0]!r}; choose from {', '.join(CHECKS)}")
     if ids is not None:
         targets = list(store.get_many(list(ids)).values())
     else:
