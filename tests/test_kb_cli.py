@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -194,33 +195,41 @@ def test_search_syncs_and_finds(tmp_path):
     assert result.stdout.split("\t")[1] == "boil"
 
 
-@pytest.mark.slow  # two fresh processes load torch + MiniLM and embed 600 entries
+@pytest.mark.slow  # two fresh processes load torch + MiniLM and embed 1,500 entries
 def test_reindex_reports_progress_stops_cleanly_and_resumes(tmp_path):
     from kb.schema import entry_from_json
     from kb.store import KBStore
 
-    KBStore().import_entries([entry_from_json(line(f"e{i:03d}", learning_summary=f"fact {i}"))
-                              for i in range(600)], by="test")
+    total = 1500
+    KBStore().import_entries([entry_from_json(line(f"e{i:04d}", learning_summary=f"fact {i}"))
+                              for i in range(total)], by="test")
     metrics = tmp_path / "metrics.jsonl"
     env = {**os.environ, "NESY_JOB_DIR": str(tmp_path)}
     job = subprocess.Popen([sys.executable, "-m", "distill.cli", "kb", "reindex"], cwd=REPO,
                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def steps():
+        return [json.loads(x)["step"] for x in metrics.read_text().splitlines()] \
+            if metrics.exists() else []
+
     deadline = time.monotonic() + 240
-    while not metrics.exists() and time.monotonic() < deadline:  # progress(0, total) is out
-        time.sleep(0.05)
+    while max(steps(), default=0) < 256 and time.monotonic() < deadline:  # one batch is saved
+        time.sleep(0.02)
     job.send_signal(signal.SIGTERM)
     _, err = job.communicate(timeout=240)
     assert job.returncode == 3, err[-2000:]
-    assert "stopped after embedding 256 entries" in err
+    # the stop lands between batches: everything embedded before it is kept, nothing after
+    kept = int(re.search(r"stopped after embedding (\d+) entries", err).group(1))
+    assert kept % 256 == 0 and 256 <= kept < total, err[-2000:]
     first = [json.loads(x) for x in metrics.read_text().splitlines()]
-    assert (first[0]["step"], first[0]["total"], first[0]["stage"]) == (0, 600, "reindex")
+    assert (first[0]["step"], first[0]["total"], first[0]["stage"]) == (0, total, "reindex")
 
     result = subprocess.run([sys.executable, "-m", "distill.cli", "kb", "reindex"], cwd=REPO,
                             env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "embedded 600 (256 kept from a stopped run)" in result.stdout
+    assert f"embedded {total} ({kept} kept from a stopped run)" in result.stdout
     last = json.loads(metrics.read_text().splitlines()[-1])
-    assert (last["step"], last["total"]) == (344, 344)
+    assert (last["step"], last["total"]) == (total - kept, total - kept)
 
 
 # ------------------------------------------------------------------------- quality flags
