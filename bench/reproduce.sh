@@ -24,12 +24,13 @@ NEW_TOKENS=${NEW_TOKENS:-256}
 MAX_KNOWLEDGE=${MAX_KNOWLEDGE:-48}       # NesyCD: teacher analyses of at most this many errors
 export NESY_HOME=${NESY_HOME:-$PWD/../nesy-repro} HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 OUT=docs/results
-ALL_STAGES="data base dev std-cot pot eotd etd nesycd gsm8k-eval nesycd-flagged gsm8k-eval-curated skintern-knowledge skintern gsm8k-eval-skintern arc"
+ALL_STAGES="data base std-cot nesycd eotd pot etd nesycd-curated skintern dev arc"
 STAGES=${STAGES:-$ALL_STAGES}
 mkdir -p "$NESY_HOME/done" "$OUT/evals"
 [ -f "$OUT/stages.tsv" ] || printf 'stage\twall_s\tcpu_s\tfinished\n' > "$OUT/stages.tsv"
 
-nesy() { python -m distill.cli "$@"; }
+PY=${PY:-$PWD/.venv/bin/python}
+nesy() { "$PY" -m distill.cli "$@"; }
 TRAIN_OPTS=(--base-model "$STUDENT" --epochs 1 --lora-r 16 --lora-alpha 32 --learning-rate 2e-4
             --batch-size 4 --grad-accum 2 --max-new-tokens "$NEW_TOKENS" --resume)
 EVAL_OPTS=(--base-model "$STUDENT" --max-new-tokens "$NEW_TOKENS" --batch-size 16)
@@ -59,58 +60,55 @@ data() {  # the same TRAIN questions in all three thought types, none from dev o
   nesy data subset-rationales gsm8k-annot-pot --out r-pot --same-questions-as r-eot
   nesy data subset-rationales gsm8k-gold-cot --out r-cot --same-questions-as r-eot
 }
-base() { nesy eval --dataset gsm8k --split test --limit "$TEST" "${EVAL_OPTS[@]}" --name gsm8k-base \
-             --config base --config base-pot=base,thought=pot; keep_report gsm8k-base; }
+# One GSM8K report grows stage by stage: each stage passes the rows of every stage before it (their
+# samples are already there and are skipped) plus its own, so every table compares all methods on
+# the same questions with paired statistics.
+ROWS=()
+gsm8k() { nesy eval --dataset gsm8k --split test --limit "$TEST" "${EVAL_OPTS[@]}" --name gsm8k "${ROWS[@]}"
+          keep_report gsm8k; }
+
 # NesyCD's S_P *is* Std-CoT (question -> teacher CoT): the std-cot adapter serves as both rows
-std_cot() { nesy train std-cot --data r-cot --output r-std-cot "${TRAIN_OPTS[@]}"; }
-dev() { std_cot; nesy eval --dataset gsm8k --split dev --limit "$DEV" "${EVAL_OPTS[@]}" --name gsm8k-dev \
-            --config base --config std-cot=r-std-cot; keep_report gsm8k-dev; }
-pot() { nesy train etd --thoughts pot --data r-pot --output r-pot "${TRAIN_OPTS[@]}"; }
-eotd() { nesy train eotd --data r-eot --output r-eotd "${TRAIN_OPTS[@]}"; }
-etd() { nesy train etd --thoughts cot,pot,eot --data r-cot+r-pot+r-eot --output r-etd "${TRAIN_OPTS[@]}"; }
+std_cot() { nesy train std-cot --data r-cot --output r-std-cot "${TRAIN_OPTS[@]}"; gsm8k; }
 nesycd() {  # S_P is the std-cot adapter (same data and options), not trained twice
   nesy train nesycd --data r-cot --output r-nesycd --sp-adapter r-std-cot --teacher local \
       --max-knowledge "$MAX_KNOWLEDGE" --auto-accept "${TRAIN_OPTS[@]}"
   nesy kb export "$OUT/nesycd-knowledge.jsonl"
+  gsm8k
 }
-nesycd_flagged() {  # the same S_E with the knowledge the quality checks flagged rejected
+eotd() { nesy train eotd --data r-eot --output r-eotd "${TRAIN_OPTS[@]}"; gsm8k; }
+pot() { nesy train etd --thoughts pot --data r-pot --output r-pot "${TRAIN_OPTS[@]}"; gsm8k; }
+etd() { nesy train etd --thoughts cot,pot,eot --data r-cot+r-pot+r-eot --output r-etd "${TRAIN_OPTS[@]}"
+        gsm8k; }
+nesycd_curated() {  # the same S_E with the knowledge the quality checks flagged rejected
   nesy kb check
-  ids=$(nesy kb list --flag any --status accepted --limit 100000 --json | python -c \
+  ids=$(nesy kb list --flag any --status accepted --limit 100000 --json | "$PY" -c \
         'import json,sys; print(" ".join(json.loads(l)["id"] for l in sys.stdin if l.strip()))')
   [ -z "$ids" ] || nesy kb set-status rejected $ids
   nesy kb export "$OUT/nesycd-knowledge-curated.jsonl"
+  gsm8k
 }
-skintern_knowledge() {  # SKIntern: teacher knowledge for every training question (question + gold)
-  nesy teach knowledge --dataset gsm8k --split train --with-answer --from-set r-cot --out r-skintern-knowledge
+skintern() {  # SKIntern: teacher knowledge for every training question (question + gold answer)
+  nesy teach knowledge --from-set r-cot --out r-skintern-knowledge
+  nesy train skintern --data r-cot --output r-skintern "${TRAIN_OPTS[@]}"
+  gsm8k
 }
-skintern() { nesy train skintern --data r-cot --output r-skintern "${TRAIN_OPTS[@]}"; }
-
-gsm8k_eval() {  # every mandatory GSM8K row, one report (same questions, paired statistics)
-  nesy eval --dataset gsm8k --split test --limit "$TEST" "${EVAL_OPTS[@]}" --name gsm8k-methods \
-      --config base --config std-cot=r-std-cot --config pot=r-pot --config eotd=r-eotd \
-      --config etd-cot=r-etd,thought=cot --config etd-pot=r-etd,thought=pot \
-      --config etd-eot=r-etd,thought=eot --config etd-vote=r-etd,thought=vote \
-      --config nesycd-se=r-nesycd \
-      --config nesycd-se-kb=r-nesycd,kb "$@"
-  keep_report gsm8k-methods
-}
+dev() {  # the fixed settings checked on the held-out dev split, never on test questions
+  nesy eval --dataset gsm8k --split dev --limit "$DEV" "${EVAL_OPTS[@]}" --name gsm8k-dev \
+      --config base --config std-cot=r-std-cot; keep_report gsm8k-dev; }
 arc() { nesy eval --dataset arc_challenge --split test --limit "$TEST" "${EVAL_OPTS[@]}" --name arc-ood \
             --config base --config std-cot=r-std-cot --config nesycd-se-kb=r-nesycd,kb \
             --config skintern=r-skintern; keep_report arc-ood; }
 
 stage data data
-stage base base
+ROWS+=(--config base --config base-pot=base,thought=pot);          stage base gsm8k
+ROWS+=(--config std-cot=r-std-cot);                                stage std-cot std_cot
+ROWS+=(--config nesycd-se=r-nesycd --config nesycd-se-kb=r-nesycd,kb); stage nesycd nesycd
+ROWS+=(--config eotd=r-eotd);                                      stage eotd eotd
+ROWS+=(--config pot=r-pot);                                        stage pot pot
+ROWS+=(--config etd-cot=r-etd,thought=cot --config etd-pot=r-etd,thought=pot
+       --config etd-eot=r-etd,thought=eot --config etd-vote=r-etd,thought=vote); stage etd etd
+ROWS+=(--config nesycd-se-kb-curated=r-nesycd,kb);                 stage nesycd-curated nesycd_curated
+ROWS+=(--config skintern=r-skintern);                              stage skintern skintern
 stage dev dev
-stage std-cot std_cot
-stage pot pot
-stage eotd eotd
-stage etd etd
-stage nesycd nesycd
-stage gsm8k-eval gsm8k_eval
-stage nesycd-flagged nesycd_flagged
-stage gsm8k-eval-curated gsm8k_eval --config nesycd-se-kb-curated=r-nesycd,kb
-stage skintern-knowledge skintern_knowledge
-stage skintern skintern
-stage gsm8k-eval-skintern gsm8k_eval --config nesycd-se-kb-curated=r-nesycd,kb --config skintern=r-skintern
 stage arc arc
 echo "== all requested stages done; see $OUT/stages.tsv and $OUT/evals/"
