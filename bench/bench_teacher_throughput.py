@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 from distill.data import get_dataset
 from distill.models import teacher_gguf_path
-from distill.teach import THOUGHTS, rationale_messages, verify
+from distill.rationales import THOUGHTS, rationale_messages, verify
 from distill.teacher import (LocalTeacherServer, ServerOptions, TeacherClient, Usage, default_draft,
                              prefix_order)
 

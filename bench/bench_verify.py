@@ -11,7 +11,7 @@ import argparse
 import time
 
 from distill.sandbox import parse_eot, run_pot, solve_eot
-from distill.teach import GSM8K_DEMOS
+from distill.rationales import GSM8K_DEMOS
 
 
 def rate(fn, items, n):

@@ -3,7 +3,7 @@
 A free rationale source beside `nesy teach rationales --teacher gold` (which gives CoT only):
 every GSM8K training rationale marks its arithmetic as `<<48/2=24>>`. Those steps become
 
-- a PoT program in the style of the teacher demonstrations (`distill.teach.GSM8K_DEMOS`):
+- a PoT program in the style of the teacher demonstrations (`distill.rationales.GSM8K_DEMOS`):
   one `name = expression` line per step, an earlier step's result referred to by its name, the
   last line `ans = …`;
 - an EoT system in the style of the EoT demonstrations: a `% comment` line (the rationale
@@ -24,8 +24,8 @@ Rules (each one counted when it makes a row be skipped, see `REASONS`):
 - variable names come from the rationale text: up to three content words right after the result
   (`24 clips in May` -> `clips_may`), else the last ones of the clause before it, else `step<n>`;
 - the program is run (PoT) or the system solved (EoT) in the real sandbox by
-  `distill.teach.verify`, the same rule a teacher's samples go through, and kept only when the
-  answer equals the gold.
+  `distill.rationales.verify_program`, the same rule a teacher's samples go through, and kept
+  only when the answer equals the gold.
 
 Provenance: every record has `teacher_model = "gsm8k-annotations"` (RationaleRecord's provenance
 field) and an id ending in `-annot`. Sources never mix: one set per thought type, and writing into
@@ -52,7 +52,7 @@ import typer
 from distill.answers import answers_match, format_number
 from distill.data import (DATA_DIR, DatasetError, Example, RationaleRecord, get_dataset,
                           rationale_dir)
-from distill.sandbox import run_pot, solve_eot
+from distill.rationales import verify_program
 from kb.errors import NesyError
 
 ANNOTATION_SOURCE = "gsm8k-annotations"
@@ -453,28 +453,6 @@ def _build(example: Example, thought: str) -> tuple[str, list[Step]]:
 
 # ---------------------------------------------------------------- verified records
 
-VERIFY_TIMEOUT = 2.0  # s per check: arithmetic takes milliseconds
-
-
-@dataclass
-class Verdict:
-    rationale: str
-    extracted: str | None   # the executed / solved answer; None when the sandbox gave none
-    correct: bool
-    detail: str | None = None
-
-
-def verify(program: str, example: Example, thought: str) -> Verdict:
-    """Run the PoT program / solve the EoT system in the sandbox and compare with the gold, by
-    the same rule `distill.teach.verify` applies to a teacher's samples."""
-    run = run_pot if thought == "pot" else solve_eot
-    result = run(program, timeout=VERIFY_TIMEOUT)
-    if not result.ok:
-        return Verdict(program, None, False, result.error)
-    value = format_number(result.value) if isinstance(result.value, float) else str(result.value)
-    return Verdict(program, value, answers_match(value, example.answer, "number"))
-
-
 @dataclass
 class Conversion:
     example_id: str
@@ -493,7 +471,7 @@ def convert(example: Example, thought: str) -> Conversion:
     except _Skip as skip:
         return Conversion(example.id, thought, None, None, skip.reason, skip.detail or None)
     text = any(not s.annotated for s in steps)
-    verdict = verify(program, example, thought)
+    verdict = verify_program(program, example, thought)
     if verdict.correct:
         return Conversion(example.id, thought, verdict.rationale, verdict.extracted, None, None, text)
     reason = "sandbox_error" if verdict.extracted is None else "wrong_answer"
@@ -554,7 +532,7 @@ def json_line(line: str) -> str:
 
 
 def _append(path: Path, line: str) -> None:
-    """One JSONL line, as `distill.teach` appends records (`RationaleRecord.to_json()` + newline),
+    """One JSONL line, as `distill.rationales` appends records (`RationaleRecord.to_json()` + newline),
     with `json_line`'s escapes."""
     with open(path, "a", encoding="utf-8") as f:
         f.write(json_line(line) + "\n")
@@ -608,7 +586,7 @@ def annotation_rationales(examples: list[Example], thought: str, out: str) -> An
 
 def write_gzip(records_path: Path, target: Path) -> int:
     """records.jsonl -> a reproducible .jsonl.gz (no timestamp or name in the header), each line
-    through `json_line` (a set written by `distill.teach` may hold a raw U+2028); its bytes."""
+    through `json_line` (a set written by `distill.rationales` may hold a raw U+2028); its bytes."""
     text = Path(records_path).read_text(encoding="utf-8")
     data = "".join(json_line(line) + "\n" for line in text.split("\n") if line.strip()).encode("utf-8")
     target.parent.mkdir(parents=True, exist_ok=True)

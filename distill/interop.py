@@ -458,7 +458,7 @@ def import_trl(path: Path, out: str, *, verify: bool = True, progress=None) -> i
     extraction, PoT run / EoT solve in the sandbox). Any problem: ImportRejected, nothing written.
     """
     from distill.methods import get
-    from distill.teach import verify as verify_rationale
+    from distill.rationales import verify as verify_rationale
     from distill.train import question_of, task_description_of
 
     if not NAME_RE.match(out) or out == "user":

@@ -33,6 +33,11 @@
   server and records {pid, port, gguf, options} in $NESY_HOME/teacher/server.json; later jobs
   find it there, check that the process is alive, serves the same GGUF with the same options and
   answers /health, and reuse it. `stop_local_teacher()` (`nesy teach server --stop`) ends it.
+- What every teacher job shares (distill/rationales.py, distill/knowledge.py): `make_client`
+  turns a `--teacher` / `--model` choice into a client (a wrong choice is a TeacherChoiceError,
+  a NesyError, before any call), `run_requests` sends a job's prompts with progress and a
+  cooperative stop, `guarded` makes one answer that cannot be processed one failed sample, and
+  `append_line` writes one line of a job's raw JSONL.
 """
 from __future__ import annotations
 
@@ -60,7 +65,8 @@ import httpcore2
 import httpx2
 import openai
 
-from distill.progress import StopRequested, stop_requested, stop_requested_at
+from distill.progress import Progress, StopRequested, stop_requested, stop_requested_at
+from kb.errors import NesyError
 from kb.workspace import subdir
 
 Messages = list[dict]
@@ -798,6 +804,118 @@ def stop_local_teacher() -> bool:
         _stop(state["pid"])
         return True
     return False
+
+
+# ---------------------------------------------------------------- choosing a teacher
+
+class TeacherChoiceError(NesyError, ValueError):
+    """The teacher cannot be used as chosen (a bad model, no model name for a URL, the local
+    server not available, a bad slot count); found before any call is made."""
+
+
+@dataclass
+class LocalServerChoice:
+    """What a teacher job asks of the local llama.cpp teacher (fields of ServerOptions).
+    Speculative decoding is off by default: on this project's 2-core CPU the 0.5B draft made the
+    1.5B teacher slower (bench/bench_teacher_throughput.py); `--draft` turns it on."""
+    slots: int = ServerOptions.n_parallel
+    prompt_cache: bool = True
+    draft: bool = False     # the packaged draft model, when the teacher has one and it is installed
+
+    def __post_init__(self):
+        if self.slots < 1:
+            raise TeacherChoiceError("--slots must be at least 1")
+
+    def options(self, gguf: Path) -> ServerOptions:
+        return ServerOptions(n_parallel=self.slots, cache_prompt=self.prompt_cache,
+                             draft=default_draft(gguf) if self.draft else None)
+
+
+def make_client(teacher: str, model: str | None, api_key_env: str, concurrency: int,
+                temperature: float, max_tokens: int, timeout: float, max_retries: int = 5,
+                server: LocalServerChoice | None = None) -> TeacherClient:
+    """`local` = the shared llama.cpp server (model: a GGUF path or a packaged teacher name);
+    anything else is the base URL of an OpenAI-compatible server (model: its model name).
+    The local server sends at most one request per slot: more would only wait in its queue,
+    where the total deadline of a request (`timeout`) keeps running."""
+    sampling = dict(concurrency=concurrency, temperature=temperature, max_tokens=max_tokens,
+                    timeout=timeout, max_retries=max_retries)
+    if teacher == "local":
+        config = _local_config(model, server or LocalServerChoice(), sampling)
+    elif not model:
+        raise TeacherChoiceError("--model is required with a teacher URL")
+    else:
+        config = TeacherConfig(base_url=teacher, model=model, api_key_env=api_key_env, **sampling)
+    return TeacherClient(config, TeacherCache())
+
+
+def _local_config(model: str | None, server: LocalServerChoice, sampling: dict) -> TeacherConfig:
+    """The shared local server for `model` (started if need be) and a config that talks to it."""
+    from distill.models import TEACHERS, ModelNotAvailable, teacher_gguf_path
+
+    if model and model not in TEACHERS and not Path(model).is_file():
+        raise TeacherChoiceError(f"--model must be a GGUF file or one of {', '.join(TEACHERS)} "
+                                 f"with --teacher local")
+    try:
+        gguf = teacher_gguf_path(model)
+        options = server.options(gguf)
+        info = local_teacher(gguf, options)
+    except (ModelNotAvailable, TeacherError) as e:
+        raise TeacherChoiceError(f"the local teacher is not available: {e} "
+                                 f"(run `make setup-teacher`)") from None
+    print(f"local teacher {info.model}: {options.describe()}", file=sys.stderr)
+    return info.config(**{**sampling, "concurrency": min(sampling["concurrency"], options.n_parallel)})
+
+
+# ---------------------------------------------------------------- a teacher job's requests
+
+def append_line(path: Path, row: dict | str) -> None:
+    """One JSONL line (a dict, or an already serialised line); lone surrogates become U+FFFD."""
+    line = row if isinstance(row, str) else json.dumps(row, ensure_ascii=False)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(clean_text(line) + "\n")
+
+
+def guarded(process, fail):
+    """`process(i, result)`, where any error processing one answer becomes `fail(i, message)`:
+    the answer is cached, so letting it raise would kill every re-run of the job the same way."""
+    def handle(i, result):
+        if isinstance(result, Exception):
+            fail(i, str(result))
+            return
+        try:
+            process(i, result)
+        except Exception as e:  # noqa: BLE001 - one bad answer is one failed sample
+            fail(i, f"could not process the answer: {type(e).__name__}: {e}")
+    return handle
+
+
+def run_requests(client: TeacherClient, requests: list[Messages], samples: list[int],
+                 desc: str, handle) -> None:
+    """complete_many with progress (tokens, rate, ETA) and a cooperative stop between results."""
+    started = time.monotonic()
+    with Progress(len(requests), desc=desc, unit="call", stage=desc) as bar:
+        def on_done(i, result):
+            handle(i, result)
+            elapsed = max(time.monotonic() - started, 1e-6)
+            bar.update(1, tokens=client.usage.total_tokens, cached=client.usage.cached,
+                       tokens_per_s=round(client.usage.completion_tokens / elapsed, 2))
+            bar.check_stop()
+        # prompts sharing their instruction and demonstrations go one group after the other,
+        # so the server's prompt cache computes that prefix once per group
+        try:
+            client.complete_many(requests, on_done=on_done, samples=samples,
+                                 order=prefix_order(requests))
+        finally:  # where the teacher's time went (llama.cpp's own timings), stopped or not
+            if line := client.usage.timings_line():
+                print(line)
+
+
+def usage_summary(client: TeacherClient) -> dict:
+    """What a job's summary reports of the teacher's usage."""
+    u = client.usage
+    return {"requests": u.requests, "cached": u.cached, "retries": u.retries,
+            "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens}
 
 
 def serve(gguf: str, port: int, options: ServerOptions) -> None:

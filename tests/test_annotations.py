@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 import distill.annotations as annotations
+import distill.rationales as rationales
 from distill.annotations import (ANNOTATION_SOURCE, SHIPPED_DIR, AnnotationError, MixedSources,
                                  annotation_rationales, build, convert, install_shipped,
                                  normalise_expr)
@@ -129,10 +130,10 @@ def test_consistent_but_wrong_arithmetic_is_rejected(train):
 
 def test_nothing_is_kept_that_the_sandbox_did_not_confirm(train, monkeypatch):
     ex = train["gsm8k-train-00000"]
-    monkeypatch.setattr(annotations, "run_pot", lambda code, timeout: run_pot(code + "\nans = ans + 1"))
+    monkeypatch.setattr(rationales, "run_pot", lambda code, timeout: run_pot(code + "\nans = ans + 1"))
     conversion = convert(ex, "pot")
     assert conversion.reason == "wrong_answer" and conversion.extracted == "73"
-    monkeypatch.setattr(annotations, "solve_eot", lambda text, timeout: solve_eot("ans = "))
+    monkeypatch.setattr(rationales, "solve_eot", lambda text, timeout: solve_eot("ans = "))
     assert convert(ex, "eot").reason == "sandbox_error"
 
 
@@ -172,7 +173,7 @@ def test_pot_and_eot_never_share_a_set(train):
 
 
 def test_annotation_records_never_go_into_a_teacher_or_gold_set(train):
-    from distill.teach import gold_rationales
+    from distill.rationales import gold_rationales
 
     gold_rationales([train["gsm8k-train-00000"]], "gold-cot")
     with pytest.raises(MixedSources, match="'gold'"):

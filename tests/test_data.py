@@ -138,9 +138,9 @@ LINE_BREAKERS = "\u2028\u2029\x85"  # str.splitlines() breaks at these; JSON str
 def test_full_gold_cot_set_written_by_teach_loads(workspace):
     """`nesy teach rationales --teacher gold` on all of GSM8K train writes gsm8k-train-02381's U+2028
     raw (RationaleRecord.to_json keeps non-ASCII); the reader once split that line in two."""
-    from distill import teach
+    from distill import rationales
 
-    summary = teach.gold_rationales(get_dataset("gsm8k").load("train"), "gold")
+    summary = rationales.gold_rationales(get_dataset("gsm8k").load("train"), "gold")
     assert "\u2028" in summary.out.read_text(encoding="utf-8")  # raw, as the writer leaves it
     records = data.load_rationales("gold")
     assert len(records) == summary.kept == 7473

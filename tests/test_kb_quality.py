@@ -133,7 +133,7 @@ def test_recheck_replaces_only_the_checks_that_ran():
 
 
 def test_the_teacher_demonstration_passes_the_checks():
-    from distill.teach import KNOWLEDGE_DEMO, parse_knowledge
+    from distill.knowledge import KNOWLEDGE_DEMO, parse_knowledge
 
     parsed = parse_knowledge(KNOWLEDGE_DEMO["analysis"])
     demo = entry(parsed.learning_summary, parsed.supplementary_knowledge, KNOWLEDGE_DEMO["question"])

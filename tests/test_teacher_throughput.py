@@ -14,7 +14,7 @@ import distill.models as models
 from distill import teacher as teacher_mod
 from distill.cli import app
 from distill.data import get_dataset
-from distill.teach import GSM8K_DEMOS, generate_rationales, rationale_messages
+from distill.rationales import GSM8K_DEMOS, generate_rationales, rationale_messages
 from distill.teacher import (LocalTeacherServer, ServerOptions, TeacherCache, TeacherClient,
                              TeacherConfig, default_draft, prefix_order)
 
@@ -207,7 +207,7 @@ def test_teach_passes_the_server_options_to_the_local_teacher(timed, workspace, 
         started.append(options)
         return teacher_mod.ServerInfo(timed, "m", 0, 0, str(gguf), {})
 
-    monkeypatch.setattr("distill.teach.local_teacher", fake_local_teacher)
+    monkeypatch.setattr("distill.teacher.local_teacher", fake_local_teacher)
     result = CliRunner().invoke(app, ["teach", "rationales", "--dataset", "gsm8k", "--limit", "1",
                                       *flags])
     assert result.exit_code == 0, result.output

@@ -172,21 +172,21 @@ def _append_answers(path: Path, batch, results, check) -> None:
 
 
 def distil_knowledge(cfg: NesyCDConfig, errors: Path) -> dict:
-    """The teacher's knowledge job (distill.teach) on the error cases; optionally auto-accept.
+    """The teacher's knowledge job (distill.knowledge) on the error cases; optionally auto-accept.
 
     Finished teacher calls are cached by distill.teacher, so a stopped run repeats none.
     """
-    from distill import teach
+    from distill import knowledge, teacher
 
-    cases = teach.read_error_cases(errors)
+    cases = knowledge.read_error_cases(errors)
     if cfg.max_knowledge is not None and len(cases) > cfg.max_knowledge:
         # bounds the teacher bill; S_E still trains on every example, the unsampled errors plain
         cases = random.Random(cfg.seed).sample(cases, cfg.max_knowledge)
     if not cases:
         return {"errors": 0, "created": 0}
-    client = teach.make_client(cfg.teacher, cfg.teacher_model, cfg.api_key_env, concurrency=4,
-                               temperature=cfg.teacher_temperature, max_tokens=cfg.teacher_max_tokens,
-                               timeout=300.0)
-    summary = teach.distil_knowledge(client, cases, KIND, f"{cfg.output}-errors", auto_accept=cfg.auto_accept)
+    client = teacher.make_client(cfg.teacher, cfg.teacher_model, cfg.api_key_env, concurrency=4,
+                                 temperature=cfg.teacher_temperature, max_tokens=cfg.teacher_max_tokens,
+                                 timeout=300.0)
+    summary = knowledge.distil_knowledge(client, cases, KIND, f"{cfg.output}-errors", auto_accept=cfg.auto_accept)
     return {"errors": len(cases), "created": summary.created, "malformed": summary.malformed,
             "failed_calls": summary.failed_calls, "auto_accepted": bool(cfg.auto_accept)}
