@@ -9,9 +9,16 @@ comes from the adapter's card (distill/infer.py): the thought type it was traine
 3), retriever, entry kinds, minimum score and new tokens. Examples:
     --config base --config base,kb --config sp=nesycd-run --config se=nesycd-run,kb,k=3
 
+`--backend` (as on `nesy answer`; distill/student_server.py) says where every configuration generates:
+`transformers` (this process, batched; the default), `llama.cpp[:f32|f16|packaged]` (the embedded
+llama.cpp server with the adapter exported as a GGUF LoRA on the base GGUF) or the base URL of an
+OpenAI-compatible server serving the adapter under its own name (vLLM `--enable-lora`). Prompts,
+retrieval and scoring stay in this process whichever backend generates.
+
 Outputs in $NESY_HOME/evals/<name>/:
 - samples.jsonl: one line per (configuration, example): prompt, output, extracted (strict and
-  flexible), gold, correct, retrieved entry ids with scores, prompt tokens, latency;
+  flexible), gold, correct, retrieved entry ids with scores, prompt tokens, latency, the backend
+  that generated it;
 - results.json: per configuration accuracy (strict / flexible) overall and per task, each with
   its 95 % interval (Wilson by default, or a seeded bootstrap: `--interval bootstrap`), mean prompt
   tokens, estimated forward FLOPs per question (2 × parameters × prompt tokens: one forward
@@ -25,8 +32,8 @@ Outputs in $NESY_HOME/evals/<name>/:
 - the KB's impact table (kb/store.py): per entry, times retrieved, answers fixed and broken in
   this report (a flip with several entries credits each, marked shared); a rerun replaces them;
 - table.md: the comparison table (configurations as columns) and the paired comparisons;
-- models.json: per configuration what ran (base model, adapter and its sha256, template, chat
-  template and its sha256, parameters);
+- models.json: per configuration what ran (base model, adapter and its sha256, backend, template,
+  chat template and its sha256, parameters); config.json: the run's options, the backend included;
 - harness/<configuration>/results_<date>.json + samples_<task>_<date>.jsonl: the same run in
   lm-evaluation-harness's layout (distill/interop.py), with the generation settings, the chat
   template's hash, the adapter's hash and the tool's version.
@@ -52,6 +59,7 @@ from distill import interop
 from distill.progress import STOPPED_EXIT_CODE, Progress, StopRequested
 from distill.progress import read_jsonl
 from distill.stats import CONFIDENCE, accuracy_interval, paired_comparison, wilson_interval
+from distill.student_server import BACKEND_HELP
 from kb.errors import NesyError
 from kb.workspace import InvalidName, check_name, create_owned, home, named_path, subdir
 
@@ -132,6 +140,7 @@ class EvalConfig:
     max_new_tokens: int | None = None  # None: each adapter's card (else 256)
     batch_size: int = 8
     interval: str = "wilson"          # how accuracy intervals are computed: wilson | bootstrap
+    backend: str = "transformers"     # where the student generates (distill.student_server.check_backend)
 
 
 def eval_dir(name: str, option: str = "--name") -> Path:
@@ -194,18 +203,21 @@ def load_report(name: str) -> dict:
 def run_eval(cfg: EvalConfig) -> dict:
     """Evaluate every configuration on the dataset split; returns (and writes) results.json."""
     from distill.data import get_dataset
+    from distill.student_server import check_backend
 
     out = eval_dir(cfg.name)  # before any work: a bad name stops here, nothing created
     start = time.time()
     if cfg.interval not in INTERVALS:
         raise ValueError(f"--interval must be one of {', '.join(INTERVALS)}, not {cfg.interval!r}")
+    check_backend(cfg.backend)  # likewise a bad --backend (StudentBackendError)
     spec = get_dataset(cfg.dataset)
     examples = spec.load(cfg.split, limit=cfg.limit, seed=cfg.seed, task=cfg.task)
     if not out.exists():
         create_owned(out)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     samples_path = out / "samples.jsonl"
     previous = read_jsonl(samples_path)
+    _same_backend(out, cfg, previous)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     if previous or samples_path.exists():  # drop a half-written last line before appending
         samples_path.write_text("".join(json.dumps(r) + "\n" for r in previous), encoding="utf-8")
     done = {(r["config"], r["example_id"]) for r in previous}
@@ -223,6 +235,21 @@ def run_eval(cfg: EvalConfig) -> dict:
     write_harness(out / interop.HARNESS_DIR, cfg, [r for r in rows if r["example_id"] in keep],
                   read_models(out), start)
     return results
+
+
+def _same_backend(out: Path, cfg: EvalConfig, previous: list[dict]) -> None:
+    """A resumed report keeps its backend: rows of two backends under one configuration would be
+    scored as one model."""
+    saved = out / "config.json"
+    if not previous or not saved.is_file():
+        return
+    try:
+        spec = json.loads(saved.read_text(encoding="utf-8")).get("backend", "transformers")
+    except (OSError, json.JSONDecodeError):
+        return
+    if spec != cfg.backend:
+        raise ValueError(f"report {cfg.name!r} was generated with --backend {spec}: continue it with that "
+                         f"backend, or give this run another --name")
 
 
 def read_models(out: Path) -> dict[str, dict]:
@@ -275,9 +302,17 @@ def write_harness(folder: Path, cfg: EvalConfig, rows: list[dict], models: dict[
 
 
 def _generate(cfg: EvalConfig, spec, todo: dict, samples_path: Path, bar: Progress) -> None:
+    students: dict = {}  # adapter -> distill.infer.Student, one at a time
+    try:
+        _generate_with(cfg, spec, todo, samples_path, bar, students)
+    finally:  # a llama.cpp server ends with the evaluation, not when its Student is collected
+        for student in students.values():
+            student.close()
+
+
+def _generate_with(cfg: EvalConfig, spec, todo: dict, samples_path: Path, bar: Progress, students: dict) -> None:
     from distill.infer import Student
 
-    students: dict[str | None, Student] = {}
     index = None
     models_path = samples_path.parent / "models.json"
     models = read_models(samples_path.parent)
@@ -285,8 +320,10 @@ def _generate(cfg: EvalConfig, spec, todo: dict, samples_path: Path, bar: Progre
         if not todo[run.name]:
             continue
         if run.adapter not in students:
-            students.clear()  # one model in memory at a time
-            students[run.adapter] = Student(cfg.base_model, adapter=run.adapter)
+            for previous in students.values():  # one model (or server) at a time
+                previous.close()
+            students.clear()
+            students[run.adapter] = Student(cfg.base_model, adapter=run.adapter, backend=cfg.backend)
         student = students[run.adapter]
         models[run.name] = interop.model_info(student)
         models_path.write_text(json.dumps(models, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -350,6 +387,7 @@ def _score(run: RunConfig, spec, ex, res, student, settings: dict | None = None)
             "correct_flexible": bool(correct_flex), "retrieved": res.retrieved,
             "used_knowledge": res.used_knowledge, "prompt_tokens": res.prompt_tokens,
             "latency_s": res.latency_s, "params": student.params, "votes": res.votes, "thought": res.thought,
+            "backend": student.backend_name,
             "retrieval_empty": bool(res.retrieval_empty), **(settings or {}),
             "choices": [list(c) for c in ex.choices] if ex.choices else None,
             "rendered": student.render(res.prompt)}  # the prompt as the model saw it (template applied)
@@ -387,7 +425,8 @@ def _metrics(run: RunConfig, samples: list[dict], interval: str = "wilson", seed
     params = samples[0]["params"] if samples else 0
     mean_tokens = tokens / n if n else 0.0
     first = samples[0] if samples else {}
-    return {"model": run.adapter or "base", "with_kb": run.with_kb,
+    return {"model": run.adapter or "base", "backend": first.get("backend", "transformers"),
+            "with_kb": run.with_kb,
             "k": first.get("k", run.k or 0) if run.with_kb else 0,
             "thought": first.get("thought") or run.thought or "cot", "n": n,
             "retriever": first.get("retriever", run.retriever) if run.with_kb else None,
@@ -516,7 +555,8 @@ def flip_line(f: dict) -> str:
 def table(results: dict) -> str:
     """Markdown table: one column per configuration."""
     names = list(results["configs"])
-    rows = [("model", lambda m: m["model"]), ("knowledge", lambda m: f"top-{m['k']}" if m["with_kb"] else "none"),
+    rows = [("model", lambda m: m["model"]), ("backend", lambda m: m.get("backend") or "transformers"),
+            ("knowledge", lambda m: f"top-{m['k']}" if m["with_kb"] else "none"),
             ("thought", lambda m: m["thought"]), ("n", lambda m: m["n"]),
             ("no knowledge retrieved", lambda m: m.get("retrieval_empty", 0) if m["with_kb"] else "-"),
             ("accuracy (strict)", lambda m: with_interval(m["accuracy"], m.get("accuracy_ci"))),
@@ -713,9 +753,12 @@ def eval_cmd(
                                 help="score the saved outputs of REPORT (a report name, or a path to a report "
                                      "folder) again with --extractor; nothing is generated"),
     extractor: str = typer.Option(None, help="with --rescore: strict | flexible | last-number"),
+    backend: str = typer.Option("transformers", "--backend", help=BACKEND_HELP),
 ) -> None:
     """Evaluate student configurations side by side (resumable; reruns skip finished samples)."""
     if rescore is not None or extractor is not None:
+        if backend != "transformers":
+            raise RescoreError("--rescore scores saved outputs; nothing is generated, so --backend does not apply")
         _rescore_cmd(rescore, extractor, config, name)
         return
     report = name or f"{dataset}-{split}"
@@ -735,7 +778,7 @@ def eval_cmd(
         raise typer.BadParameter("configuration names must be distinct (use NAME=...)", param_hint="--config")
     cfg = EvalConfig(configs=runs, dataset=dataset, split=split, limit=limit, seed=seed, task=task,
                      name=report, base_model=base_model, max_new_tokens=max_new_tokens,
-                     batch_size=batch_size, interval=interval)
+                     batch_size=batch_size, interval=interval, backend=backend)
     try:
         results = run_eval(cfg)
     except StopRequested:

@@ -136,6 +136,7 @@ class Student:
             self.template = prompts.resolve_template(self.tokenizer, template or self.card.get("template", "auto"))
             self.backend = connect(backend, base_model=base_model, adapter=adapter, tokenizer=self.tokenizer,
                                    template=self.template)
+            self.backend_name = self.backend.name  # resolved: llama.cpp -> llama.cpp:f32 (what reports record)
             self.params = self.backend.params
             return
         self.model, self.tokenizer = load_base(base_model)
@@ -147,6 +148,11 @@ class Student:
         self.model.to(self.device)
         self.params = sum(p.numel() for p in self.model.parameters())
         self.template = prompts.resolve_template(self.tokenizer, template or self.card.get("template", "auto"))
+
+    def close(self) -> None:
+        """Stop the backend's server, if any (the llama.cpp one would otherwise live until collected)."""
+        if self.backend is not None:
+            self.backend.close()
 
     # --- prompts ---
 

@@ -11,9 +11,10 @@ results: `results` {task: {name, alias, sample_len, "exact_match,<filter>",
 "exact_match_stderr,<filter>"}}, `groups` + `group_subtasks` when a dataset has several tasks (a
 group's metrics are over all its questions; its stderr is that mean's, where the harness pools the
 tasks' variances), `configs` (task configs: split, prompt builder, generation kwargs, filters),
-`versions`, `n-shot`, `higher_is_better`, `n-samples`, `config` (model args, the adapter's sha256, batch size, limit,
-seed, gen_kwargs, plus this tool's configuration under `nesy`), `git_hash`, `date`, the tool's
-version, `chat_template` + `chat_template_sha`, `task_hashes`. In the harness a *filter* is the
+`versions`, `n-shot`, `higher_is_better`, `n-samples`, `config` (model args, with `backend=` when a
+server generated; the adapter's sha256, batch size, limit, seed, gen_kwargs, plus this tool's
+configuration and the backend under `nesy`), `git_hash`, `date`, the tool's version,
+`chat_template` + `chat_template_sha`, `task_hashes`. In the harness a *filter* is the
 answer-extraction step after generation (its GSM8K task has "strict-match" and "flexible-extract"),
 so ours are named by our extractors: `exact_match,strict` and `exact_match,flexible` for CoT; PoT,
 EoT and vote answers are executed / solved / voted, with no text filter: `exact_match,none`.
@@ -115,7 +116,8 @@ def model_info(student) -> dict:
             "template": student.template, "chat_template": tok.chat_template if student.template == "chat" else None,
             "params": student.params,
             "dtype": str(next(model.parameters()).dtype).removeprefix("torch.") if model is not None else None,
-            "device": student.device, "tokenizer_pad_token": [tok.pad_token, str(tok.pad_token_id)],
+            "device": student.device if model is not None else None,  # a server's device is its own
+            "tokenizer_pad_token": [tok.pad_token, str(tok.pad_token_id)],
             "tokenizer_eos_token": [tok.eos_token, str(tok.eos_token_id)],
             "tokenizer_bos_token": [tok.bos_token, str(tok.bos_token_id)]}
     info["chat_template_sha"] = sha256_text(info["chat_template"]) if info["chat_template"] else None
@@ -235,7 +237,8 @@ def harness_files(run: HarnessRun, scored: list[Scored]) -> tuple[dict, dict[str
                       for t, items in by_task.items()},
         "config": {
             "model": "nesy", "model_args": ",".join(f"{k}={v}" for k, v in (
-                ("pretrained", model.get("base_model")), ("peft", adapter)) if v),
+                ("pretrained", model.get("base_model")), ("peft", adapter),
+                ("backend", model.get("backend") if model.get("backend") != "transformers" else None)) if v),
             "model_num_parameters": model.get("params"), "model_dtype": model.get("dtype"),
             "model_sha": model.get("adapter_sha256"), "batch_size": run.batch_size, "batch_sizes": [],
             "device": model.get("device"), "use_cache": None, "limit": run.limit, "bootstrap_iters": 0,

@@ -1,6 +1,6 @@
 """The student as a served model: the backends `distill.infer.Student` can answer through.
 
-`--backend` (on `nesy answer` / `nesy eval`) takes one of:
+`--backend` (on `nesy answer`, `nesy eval` and the app's Compare page, which runs those two) takes one of:
 - `transformers` (default): the model in this process, batched greedy generation (distill/infer.py);
 - `llama.cpp[:f32|f16|packaged]`: the embedded llama.cpp server (xllamacpp) on 127.0.0.1 with the
   adapter exported as a GGUF LoRA (distill/gguf_export.py) on the base it was trained on — by

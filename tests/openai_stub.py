@@ -4,7 +4,9 @@ Besides `serve(handler)` and the reply helpers, ready-made hostile teachers:
 - `Scripted`: answers with the next content of a list (None = `content: null`), counting calls;
 - `Trickle`: a well-formed answer sent one byte per second, status line and headers included,
   so no per-read timeout ever fires;
-- `EchoKey`: echoes the bearer token it received, in a 401 error body or in the answer's fields.
+- `EchoKey`: echoes the bearer token it received, in a 401 error body or in the answer's fields;
+- `ServesAdapters`: a student server (vLLM `--enable-lora`): answers chat completions only for the
+  model names it serves (404 otherwise, as vLLM), recording each request body.
 """
 from __future__ import annotations
 
@@ -113,3 +115,20 @@ class EchoKey(QuietHandler):
             body["choices"][0]["finish_reason"] = token
             body["usage"]["prompt_tokens"] = token
             reply(self, 200, body)
+
+
+class ServesAdapters(QuietHandler):
+    """Answers chat completions for the model names in `models` with `answer`, recording each
+    request body; any other model name gets vLLM's 404."""
+    models = {"tiny-lora"}
+    answer = "3 + 4 = 7. Therefore, the answer is 7."
+    prompt_tokens = 77
+    bodies: list = []
+
+    def do_POST(self):  # noqa: N802 - http.server API
+        body = read_body(self)
+        ServesAdapters.bodies.append(body)
+        if body.get("model") not in self.models:
+            reply(self, 404, {"error": {"message": f"The model `{body.get('model')}` does not exist."}})
+            return
+        reply(self, 200, chat_completion(self.answer, model=body["model"], prompt_tokens=self.prompt_tokens))

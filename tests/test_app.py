@@ -647,6 +647,31 @@ def test_compare_answers_a_typed_question_both_ways_in_a_job():
     assert kb.get("e000").title == "Edited while comparing"
 
 
+def test_compare_runs_both_commands_through_the_chosen_student_backend(monkeypatch):
+    """The Compare page's backend is the CLI's --backend: checked by the CLI's check_backend, passed
+    to the batch `nesy eval` and to the answer job, which then answers through that server."""
+    from openai_stub import ServesAdapters, serve
+
+    monkeypatch.setattr(ServesAdapters, "models", {"base"})  # no adapter: the base under its name
+    ServesAdapters.bodies = []
+    at = run("compare")
+    at.text_area(key="cmp:question").set_value("Tom has 3 apples and buys 4 more. How many?")
+    at.selectbox(key="cmp:backend").set_value("OpenAI-compatible URL").run()
+    at.text_input(key="cmp:backend-url").set_value("ftp://gpu-box/v1").run()
+    assert any(w.value.startswith("--backend must be") for w in at.warning)
+    assert at.button(key="cmp:run").disabled and at.button(key="cmp:b-start").disabled
+    with serve(ServesAdapters) as url:
+        at.text_input(key="cmp:backend-url").set_value(url).run()
+        assert not at.warning and f"--backend {url} --max-new-tokens" in texts(at)  # the batch `nesy eval`
+        at.button(key="cmp:run").click().run()
+        [job] = jobs.list_jobs()
+        assert job.argv[job.argv.index("--backend") + 1] == url
+        assert jobs.wait(job.id, timeout=300).status == "succeeded", jobs.log_tail(job.id)
+    at.run()
+    assert "Answer: 7" in texts(at) and ServesAdapters.answer in texts(at)
+    assert [b["model"] for b in ServesAdapters.bodies] == ["base", "base"]  # without and with knowledge
+
+
 def test_empty_kb_offers_the_starter_kb_and_loads_it():
     from distill.data import STARTER_KB
 

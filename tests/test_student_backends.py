@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from openai_stub import QuietHandler, chat_completion, read_body, reply, serve
+from openai_stub import ServesAdapters, serve
 
 from distill import gguf_export
 from distill.gguf_export import GGUFExportError, TensorNames, rotary_rows
@@ -226,21 +226,6 @@ def test_backend_option_is_checked():
 
 # --- an OpenAI-compatible server (vLLM --enable-lora) ----------------------------------------------
 
-class ServesAdapters(QuietHandler):
-    """Answers chat completions, recording each request body; refuses unknown model names (as vLLM)."""
-    models = {"tiny-lora"}
-    bodies: list = []
-
-    def do_POST(self):  # noqa: N802 - http.server API
-        body = read_body(self)
-        ServesAdapters.bodies.append(body)
-        if body.get("model") not in self.models:
-            reply(self, 404, {"error": {"message": f"The model `{body.get('model')}` does not exist."}})
-            return
-        reply(self, 200, chat_completion("3 + 4 = 7. Therefore, the answer is 7.", model=body["model"],
-                                         prompt_tokens=77))
-
-
 def test_url_backend_asks_for_the_adapter_by_its_name(tiny_adapter):
     ServesAdapters.bodies = []
     with serve(ServesAdapters) as url:
@@ -262,6 +247,50 @@ def test_url_backend_errors_are_one_line(tiny_adapter, tiny_model, tmp_path):
     plain = make_adapter(tiny_model, tmp_path / "plain", template="plain")
     with pytest.raises(StudentBackendError, match="'plain' template"):
         Student(adapter=str(plain), backend="http://127.0.0.1:9/v1")
+
+
+def read_report(workspace: Path, name: str) -> tuple[list[dict], dict, dict, dict, dict]:
+    """(samples rows, results.json, models.json, config.json, the first harness results file) of a report."""
+    folder = workspace / "evals" / name
+    rows = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
+    results, models, config = (json.loads((folder / f).read_text())
+                               for f in ("results.json", "models.json", "config.json"))
+    harness = json.loads(next((folder / "harness").glob("*/results_*.json")).read_text())
+    return rows, results, models, config, harness
+
+
+def test_eval_through_a_url_backend_scores_what_the_server_answered(tiny_adapter, workspace):
+    """`nesy eval --backend URL`: every answer comes from the server (asked for the adapter by its
+    name), and the report says so in each row, per configuration and in the harness files."""
+    shutil.copytree(tiny_adapter, workspace / "adapters" / "tiny-lora")
+    ServesAdapters.bodies = []
+    with serve(ServesAdapters) as url:
+        code, output = nesy("eval", "--limit", "2", "--config", "sft=tiny-lora", "--backend", url,
+                            "--name", "served")
+    assert code == 0, output
+    rows, results, models, config, harness = read_report(workspace, "served")
+    assert len(rows) == 2 and len(ServesAdapters.bodies) == 2
+    assert sorted(b["messages"][0]["content"] for b in ServesAdapters.bodies) == sorted(r["prompt"] for r in rows)
+    assert {b["model"] for b in ServesAdapters.bodies} == {"tiny-lora"}
+    for r in rows:
+        assert (r["backend"], r["output"], r["extracted"], r["prompt_tokens"]) == (url, ServesAdapters.answer, "7", 77)
+    assert results["configs"]["sft"]["backend"] == url and f"| backend | {url} |" in output
+    assert models["sft"]["backend"] == url and models["sft"]["device"] is None and config["backend"] == url
+    assert harness["config"]["nesy"]["backend"] == url and harness["config"]["model_args"].endswith(f"backend={url}")
+    # continuing the report in process would score two backends' answers as one configuration
+    code, output = nesy("eval", "--limit", "3", "--config", "sft=tiny-lora", "--name", "served")
+    assert code == 2 and output.strip().splitlines()[-1] == (
+        f"error: report 'served' was generated with --backend {url}: continue it with that backend, "
+        "or give this run another --name")
+    assert len(read_report(workspace, "served")[0]) == 2
+
+
+@pytest.mark.parametrize("bad", ["vllm", "llama.cpp:q4", "ftp://gpu-box/v1"])
+def test_eval_refuses_a_bad_backend_before_making_a_report(bad, workspace):
+    code, output = nesy("eval", "--limit", "1", "--backend", bad, "--name", "never")
+    lines = output.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: --backend must be"), output
+    assert not (workspace / "evals" / "never").exists()  # checked before the report folder is made
 
 
 # --- the real 135M student -------------------------------------------------------------------------
@@ -289,3 +318,24 @@ def test_real_135m_student_with_a_lora_is_token_exact_on_the_f32_base(tmp_path):
             assert [t.text for t in theirs] == [o.text for o in ours]
         else:
             assert all(t.text for t in theirs)
+
+
+@pytest.mark.slow
+def test_real_135m_eval_through_llama_cpp_gives_the_transformers_rows(workspace):
+    """`nesy eval --backend llama.cpp` on the real student + a LoRA: the same outputs, extracted
+    answers and prompt lengths as the in-process batched path, recorded as llama.cpp:f32."""
+    from distill.models import student_path
+
+    make_adapter(student_path(), workspace / "adapters" / "real-lora", r=8, scale_b=0.02)
+    reports = {}
+    for backend in ("transformers", "llama.cpp"):
+        name = backend.replace(".", "-")
+        code, output = nesy("eval", "--limit", "3", "--config", "sft=real-lora", "--backend", backend, "--name", name)
+        assert code == 0, output
+        reports[backend] = read_report(workspace, name)
+    (ours, *_), (theirs, results, models, config, harness) = reports["transformers"], reports["llama.cpp"]
+    assert [r["backend"] for r in ours] == ["transformers"] * 3 and [r["backend"] for r in theirs] == ["llama.cpp:f32"] * 3
+    for key in ("example_id", "output", "extracted", "prompt_tokens"):
+        assert [r[key] for r in theirs] == [r[key] for r in ours], key
+    assert results["configs"]["sft"]["backend"] == models["sft"]["backend"] == "llama.cpp:f32"
+    assert config["backend"] == "llama.cpp" and harness["config"]["nesy"]["backend"] == "llama.cpp:f32"

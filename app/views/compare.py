@@ -6,6 +6,8 @@ retrieved entries of each side, each streamed token, done — to the job folder;
 that file twice a second and draws the tokens as they come. Cancel stops the job (SIGTERM: the
 answer ends at the next token). A whole dataset sample runs as a `nesy eval` job whose report is on
 Evaluation results. Retrieved entries open in an editor here; re-running shows what the edit changed.
+The student backend (in process, the embedded llama.cpp server, or an OpenAI-compatible URL) is the
+CLI's `--backend`, passed to both commands and checked by the CLI's own `check_backend`.
 """
 from __future__ import annotations
 
@@ -16,12 +18,15 @@ from config_form import HF_ID
 from distill import data, jobs
 from distill.answers import answers_match
 from distill.progress import read_jsonl
+from distill.student_server import BACKEND_HELP, LLAMA_CPP, LLAMA_CPP_BASES, StudentBackendError, check_backend
 from kb.workspace import subdir
 
 TYPED = "Type a question"
 TRAINED = "as trained"
 SIDES = ("without", "with")
 EVENTS = "answer_events.jsonl"  # distill.infer.EventWriter.FILE (not imported: torch loads with it)
+SERVED = "OpenAI-compatible URL"
+BACKENDS = ("transformers", *(f"{LLAMA_CPP}:{base}" for base in LLAMA_CPP_BASES), SERVED)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -65,6 +70,7 @@ def answer_argv(model: dict, q: dict, settings: dict, both: bool) -> list[str]:
     argv += ["--compare"] if both else []
     argv += ["--adapter", model["adapter"]] if model["adapter"] else []
     argv += ["--base-model", model["base"]] if model["base"] else []
+    argv += backend_argv(model)
     argv += ["--k", str(settings["k"])] if settings["k"] else []
     argv += ["--thought", settings["thought"]] if settings["thought"] else []
     argv += ["--min-score", str(settings["min_score"])] if settings["min_score"] else []
@@ -72,6 +78,25 @@ def answer_argv(model: dict, q: dict, settings: dict, both: bool) -> list[str]:
     argv += ["--task", q["task_description"]] if q["task_description"] else []
     argv += ["--gold", q["gold"]] if q["gold"] is not None and both else []
     return argv
+
+
+def backend_argv(model: dict) -> list[str]:
+    return ["--backend", model["backend"]] if model["backend"] != "transformers" else []
+
+
+def backend_picker() -> tuple[str, str | None]:
+    """(the --backend value, the CLI's complaint about it or None)."""
+    c = st.columns([2, 3])
+    kind = c[0].selectbox("Student backend", BACKENDS, key="cmp:backend", help=BACKEND_HELP)
+    if kind != SERVED:
+        return kind, None
+    url = c[1].text_input("Server URL", key="cmp:backend-url", placeholder="http://gpu-box:8000/v1",
+                          help="The server's OpenAI base URL; it must serve the adapter under the adapter's "
+                               "name (vLLM: --enable-lora --lora-modules NAME=PATH).").strip()
+    try:
+        return check_backend(url), None
+    except StudentBackendError as e:
+        return url, str(e)
 
 
 def start(model: dict, q: dict, settings: dict, both: bool = True) -> None:
@@ -218,7 +243,7 @@ def entry_editor() -> None:
                       args=("cmp:edit", None))
 
 
-def batch_job(model: dict, settings: dict) -> None:
+def batch_job(model: dict, settings: dict, problem: str | None) -> None:
     with st.expander("Batch: a dataset sample as a background job (accuracy without/with the KB, flips)"):
         c = st.columns(4)
         names = data.list_datasets()
@@ -238,10 +263,10 @@ def batch_job(model: dict, settings: dict) -> None:
         argv = ["eval", "--dataset", dataset, "--split", split, "--limit", str(limit),
                 "--name", name.strip(), "--config", f"without={spec}{thought}",
                 "--config", f"with={spec},kb{extra}",
-                *(["--base-model", model["base"]] if model["base"] else []),
+                *(["--base-model", model["base"]] if model["base"] else []), *backend_argv(model),
                 "--max-new-tokens", str(settings["max_new_tokens"])]
         ui.command_preview(argv)
-        if st.button("Start batch comparison", key="cmp:b-start", disabled=not name.strip()):
+        if st.button("Start batch comparison", key="cmp:b-start", disabled=not name.strip() or bool(problem)):
             ui.submit_job(argv, "eval", name=f"compare {name.strip()}")
 
 
@@ -258,14 +283,15 @@ max_new = c[4].number_input("Max new tokens", 16, 2048, 256, step=16, key="cmp:m
 min_score = c[5].number_input("Minimum similarity", 0.0, 100.0, 0.0, step=0.05, key="cmp:min-score",
                               help="Entries scoring below this are not retrieved (0 = the card's; cosine "
                                    "similarity for dense retrieval).")
+backend, problem = backend_picker()
 pending = st.checkbox("Also retrieve pending entries", key="cmp:pending")
-model = {"base": base.strip() or None, "adapter": None if adapter == "(base model)" else adapter}
+model = {"base": base.strip() or None, "adapter": None if adapter == "(base model)" else adapter, "backend": backend}
 settings = {"k": int(k), "thought": None if thought == TRAINED else thought, "max_new_tokens": int(max_new),
             "min_score": float(min_score) or None,
             "statuses": ("accepted", "pending") if pending else ("accepted",)}
-problem = None
 if model["base"] and not HF_ID.fullmatch(model["base"]):
     problem = "The base model must be a Hugging Face id like org/name (the app takes no paths)."
+if problem:
     st.warning(problem)
 
 q = question_picker()
@@ -284,4 +310,4 @@ if running:
 else:
     show_results()
 entry_editor()
-batch_job(model, settings)
+batch_job(model, settings, problem)
