@@ -49,11 +49,23 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def interleave(sides: dict[str, Callable[[], float]], rounds: int, warmup: int = 0,
-               progress: bool = True) -> dict[str, list[float]]:
+def per_second(count: int, fn: Callable[[], object]) -> float:
+    """Items per second of one call of `fn` that handles `count` items."""
+    return count / timed(fn)
+
+
+def _shown(value: float | dict[str, float]) -> str:
+    if isinstance(value, dict):
+        return "(" + ", ".join(f"{k} {v:.4g}" for k, v in value.items()) + ")"
+    return f"{value:.4g}"
+
+
+def interleave(sides: dict[str, Callable[[], float | dict[str, float]]], rounds: int, warmup: int = 0,
+               progress: bool = True) -> dict[str, list]:
     """Run each side once per round, in order A B … then the next round; each call returns its
-    measurement (seconds, tokens/s, …). `warmup` rounds run first and are dropped."""
-    out: dict[str, list[float]] = {name: [] for name in sides}
+    measurement (seconds, tokens/s, …), or a dict of them when one run yields several (then
+    `column` picks one out). `warmup` rounds run first and are dropped."""
+    out: dict[str, list] = {name: [] for name in sides}
     for r in range(warmup + rounds):
         for name, fn in sides.items():
             value = fn()
@@ -61,8 +73,13 @@ def interleave(sides: dict[str, Callable[[], float]], rounds: int, warmup: int =
                 out[name].append(value)
         if progress and r >= warmup:
             print(f"  round {r - warmup + 1}/{rounds}: " + ", ".join(
-                f"{n} {v[-1]:.4g}" for n, v in out.items()), flush=True)
+                f"{n} {_shown(v[-1])}" for n, v in out.items()), flush=True)
     return out
+
+
+def column(runs: list[dict[str, float]], key: str) -> list[float]:
+    """One measure over the rounds of a side whose runs each return a dict of measures."""
+    return [run[key] for run in runs]
 
 
 @dataclass

@@ -6,8 +6,14 @@ set), every intermediate stage of the linear schedule, and the question-only pro
 inference. Knowledge: the KB's `example_knowledge` entries when $NESY_HOME has them; otherwise
 the reference solution of a similar training question stands in for a teacher's knowledge
 (same order of length: a paragraph). Forward FLOPs per question = 2 x params x prompt tokens.
+The ratio is knowledge + demonstrations (stage 0) / question-only prompt tokens.
 
+    .venv/bin/python bench/bench_prompt_tokens.py                # README: 50 questions, 4 stages, 6 demos
     .venv/bin/python bench/bench_prompt_tokens.py [--questions 50] [--stages 4] [--demos 6]
+
+Unlike the other bench/ scripts this one times nothing: the counts are deterministic (the same
+tokenizer on the same prompts), so they are the same on every run and under any machine load.
+It therefore runs once, with no rounds and no load line (bench/_measure.py would only add noise).
 """
 from __future__ import annotations
 
@@ -34,7 +40,7 @@ def rows(split: str, n: int) -> list[dict]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--questions", type=int, default=50)
     p.add_argument("--pool", type=int, default=500)
     p.add_argument("--stages", type=int, default=4)
@@ -70,7 +76,8 @@ def main() -> None:
         print(f"stage {s.stage}: knowledge {100 * s.knowledge_share:5.1f}%, {s.demos} demos -> "
               f"{m:7.1f} prompt tokens, {2 * STUDENT_PARAMS * m / 1e9:6.1f} GFLOPs forward")
     print(f"knowledge + demonstrations vs question-only: {means[0] / means[-1]:.1f}x prompt tokens "
-          f"(the question-only prompt is what the SKIntern student sees at inference)")
+          f"(the question-only prompt is what the SKIntern student sees at inference; a count, the "
+          f"same on every run and under any load)")
 
 
 if __name__ == "__main__":

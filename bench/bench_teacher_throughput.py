@@ -4,14 +4,17 @@ by thought type so the instruction + demonstrations are computed once per group)
 GSM8K training questions at temperature 0. `--draft` adds a third setting, ours with speculative
 decoding (the packaged Qwen2.5-Coder-0.5B drafting for the 1.5B teacher).
 
+    .venv/bin/python bench/bench_teacher_throughput.py              # 12 questions x cot,pot, 2 rounds
     .venv/bin/python bench/bench_teacher_throughput.py [--n 12] [--thoughts cot,pot] [--rounds 2]
         [--max-tokens 320] [--slots 1] [--draft] [--teacher qwen2.5-coder-1.5b]
 
-Runs are interleaved (plain, ours[, ours+draft], plain, ours, …); every run starts its server
-afresh, so no run inherits another's cache (the model load is not timed). Prints items/s per run,
-the median ratio to plain with its min–max, llama.cpp's own prompt/decode split (`timings`),
-tokens/s, the draft's acceptance, the machine load, and whether the greedy outputs (text and
-extracted answer) are the plain server's. Target: ours >= 3x plain on this 2-core machine.
+Runs are interleaved (plain, ours[, ours+draft], plain, ours, …; bench/_measure.py); every run
+starts its server afresh, so no run inherits another's cache (the model load is not timed).
+Prints items/s per run, the median ratio ours/plain items/s with its min–max, llama.cpp's own
+prompt/decode split (`timings`), tokens/s, the draft's acceptance, the machine load (BUSY above
+half the cores), and whether the greedy outputs (text and extracted answer) are the plain
+server's. Target: ours >= 3x plain on this 2-core machine. --rounds defaults to 2: one run of
+the defaults is 24 calls of up to 320 tokens through the 1.5B teacher, minutes each.
 
 Measured here with the 1.5B teacher, other work sharing the 2 cores (1-min load 6-17):
 `--n 4 --rounds 2`: ours 1.46x (1.40-1.52x); the plain server spent 62 % of its time on the
@@ -25,17 +28,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 
 from distill.data import get_dataset
 from distill.models import teacher_gguf_path
 from distill.rationales import THOUGHTS, rationale_messages, verify
 from distill.teacher import (LocalTeacherServer, ServerOptions, TeacherClient, Usage, default_draft,
                              prefix_order)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import Load, Spread, interleave, ratio  # noqa: E402
 
 TARGET = 3.0
 
@@ -47,8 +53,6 @@ class Run:
     items: int
     usage: Usage
     texts: list[str]
-    load: tuple[float, float]            # 1-min load average before and after
-    extracted: list[str | None] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
@@ -60,15 +64,13 @@ def run_once(name: str, gguf, options: ServerOptions, requests, order, max_token
     with LocalTeacherServer(gguf, options=options) as info:
         client = TeacherClient(info.config(concurrency=options.n_parallel, max_tokens=max_tokens,
                                            temperature=0.0, timeout=3600.0))
-        before = os.getloadavg()[0]
         start = time.perf_counter()
         results = client.complete_many(requests, order=order)
         seconds = time.perf_counter() - start
     failed = [r for r in results if isinstance(r, Exception)]
     if failed:
         sys.exit(f"error: {name}: {len(failed)} calls failed, first: {failed[0]}")
-    return Run(name, seconds, len(requests), client.usage, [r.text for r in results],
-               (before, os.getloadavg()[0]))
+    return Run(name, seconds, len(requests), client.usage, [r.text for r in results])
 
 
 def split(u: Usage) -> str:
@@ -86,7 +88,8 @@ def first_difference(a: str, b: str) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=12, help="GSM8K training questions (seeded sample)")
     parser.add_argument("--thoughts", default="cot,pot")
     parser.add_argument("--rounds", type=int, default=2, help="plain/ours pairs, interleaved")
@@ -113,21 +116,25 @@ def main() -> None:
             sys.exit(f"error: no draft model for {gguf.name} here")
         settings["ours+draft"] = (ServerOptions(n_parallel=args.slots, threads=args.threads,
                                                 draft=draft), prefix_order(requests))
-    cores = os.cpu_count() or 1
     print(f"teacher {gguf.name}; {len(requests)} calls per run ({args.n} questions x {','.join(thoughts)}),"
-          f" max_tokens {args.max_tokens}, temperature 0; {cores} cores")
+          f" max_tokens {args.max_tokens}, temperature 0; {os.cpu_count()} cores")
     for name, (options, order) in settings.items():
         print(f"{name:10s}: {options.describe()}, requests "
               f"{'in job order' if order is None else 'grouped by thought type'}")
 
     runs: dict[str, list[Run]] = {name: [] for name in settings}
-    for r in range(args.rounds):
-        for name, (options, order) in settings.items():
+
+    def side(name: str, options: ServerOptions, order):
+        def go() -> float:
             run = run_once(name, gguf, options, requests, order, args.max_tokens)
             runs[name].append(run)
-            busy = " (busy)" if max(run.load) > cores / 2 else ""
-            print(f"round {r + 1} {name:10s}: {run.rate:.4f} items/s ({run.seconds:6.1f} s), "
-                  f"load {run.load[0]:.1f}->{run.load[1]:.1f}{busy}", flush=True)
+            return run.rate
+        return go
+
+    with Load() as load:
+        rates = interleave({name: side(name, *setting) for name, setting in settings.items()}, args.rounds)
+    for name, rs in runs.items():
+        print(f"{name:10s}: {Spread(rates[name], ' items/s')}, {Spread([run.seconds for run in rs], ' s')} per run")
 
     print("\nllama.cpp timings, summed over each setting's runs (wall time adds HTTP and queueing):")
     for name, rs in runs.items():
@@ -155,15 +162,12 @@ def main() -> None:
                 print(f"    {ex.id} {t}: from char {at} of {len(a)}: plain {a[at:at + 30]!r} vs "
                       f"{b[at:at + 30]!r}; answers {xa} / {xb}")
 
-    load = [x for rs in runs.values() for run in rs for x in run.load]
-    busy = " (busy: other work shared the cores)" if max(load) > cores / 2 else ""
-    print(f"\n1-min load {min(load):.1f}-{max(load):.1f} on {cores} cores{busy}")
+    print()
     for name in list(settings)[1:]:
-        ratios = [o.rate / p.rate for p, o in zip(runs["plain"], runs[name])]
-        median = statistics.median(ratios)
-        verdict = f"target {TARGET:.0f}x {'reached' if median >= TARGET else 'NOT reached'}"
-        print(f"speed-up {name}/plain: median {median:.2f}x (min {min(ratios):.2f}x, max "
-              f"{max(ratios):.2f}x) over {len(ratios)} interleaved pairs; {verdict}")
+        speedup = ratio(rates[name], rates["plain"])
+        verdict = f"target {TARGET:.0f}x {'reached' if speedup.median >= TARGET else 'NOT reached'}"
+        print(f"speed-up {name}/plain items/s: {speedup}; {verdict}")
+    print(load)
 
 
 if __name__ == "__main__":
