@@ -1,18 +1,38 @@
-"""App bench: what a user waits for, measured in Chromium against a real `streamlit run`.
+"""App bench: what a user waits for, measured in Chromium against a real `streamlit run`, each
+measure beside the plain Streamlit way of showing the same data, in interleaved rounds.
 
-  cold start      streamlit process start -> first page rendered in the browser   (target < 5 s)
-  KB page         open the KB page with 10k and 100k entries (paged), and one page flip / text
-                  search round trip                                                 (target < 1.5 s)
-  graph           graph page with ~500 and ~2,000 nodes: time to first draw, time until the
-                  physics layout settles, then redraw and zoom cost (interactive = tens of ms)
-  job polling     one poll of the Jobs page data (list + progress + log tail) with 200 jobs
+    .venv/bin/python bench/bench_app.py            # README: 10k and 100k entries, graphs of ~500
+                                                   # and ~2,000 nodes, 3 rounds
+    .venv/bin/python bench/bench_app.py --quick    # 10k entries and the ~500-node graph
 
-Each workspace is seeded through the kb store's bulk import. Run: .venv/bin/python bench/bench_app.py
-(--quick: 10k only and the 500-node graph).
+The app is started as `make app` starts it: `streamlit run app/main.py --server.address …
+--server.port … --server.headless true` from the repo root (so .streamlit/config.toml applies,
+with Streamlit's default file watcher) and the Makefile's environment; one fresh server per side
+and round, on a free loopback port.
+
+  KB page      per --sizes N entries (paged 50 at a time); ours = app/main.py, plain =
+               bench/_plain_kb_app.py (the same st.pagination and st.dataframe over a plain
+               sqlite3 query of the same KB: Streamlit's own floor)
+                 cold start   process start -> first page rendered                (target < 5 s)
+                 open         a full reload of the page, warm                      (target < 1.5 s)
+                 page flip    click "Page 2" -> rows 51-100 shown                  (target < 1.5 s)
+               ours only: the page reached from the sidebar, and a text search round trip
+  graph        per --graphs N nodes: first draw, and until vis-network's physics layout settles;
+               ours = the Graph page (caches warm), plain = the same kb.graph.render_html page
+               opened straight in the browser (vis-network alone); ours only: redraw and zoom
+               (interactive = tens of ms)
+  job polling  the data of one Jobs page refresh with --jobs jobs (list + progress of each), and
+               of one running job's detail (status, metrics, log tail), against the page's 2 s
+               refresh interval (no browser)
+
+Ratios (bench/_measure.py: median with its min–max, machine load): ours/plain seconds, i.e. how
+many times the plain page's wait ours takes; polling time / refresh interval. Each workspace is
+seeded through the kb store's bulk import.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import socket
@@ -25,11 +45,19 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(REPO / "bench"))
+MAKE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+os.environ.update(MAKE_ENV)
 
+from _measure import Load, Spread, column, interleave, ratio, timed  # noqa: E402
+
+APP = REPO / "app" / "main.py"
+PLAIN_APP = REPO / "bench" / "_plain_kb_app.py"
+JOBS_REFRESH_S = 2.0  # app/views/jobs.py: @st.fragment(run_every=2)
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+GRAPH_CAPTION = re.compile(r"\d+ of \d+ nodes shown \(")  # app/views/graph.py
 
 
 # ------------------------------------------------------------------------------------ seeding
@@ -58,6 +86,20 @@ def seed_kb(home: Path, n: int, tasks: int = 10, concepts: int = 50) -> float:
     return time.perf_counter() - start
 
 
+def seed_graph(home: Path, nodes: int) -> None:
+    """A KB whose graph has about `nodes` nodes: 95 % entries, 1 % tasks, 4 % concepts."""
+    seed_kb(home, nodes * 19 // 20, max(1, nodes // 100), max(1, nodes // 25))
+
+
+def graph_html(home: Path) -> str:
+    """The page the Graph view draws for this KB with its default filters (whole graph, 2,000 nodes)."""
+    from kb import graph as kbgraph
+    from kb.store import KBStore
+
+    shown, _ = kbgraph.cap_graph(kbgraph.build_graph(KBStore(home / "kb.sqlite")), 2000)
+    return kbgraph.render_html(shown, max_nodes=shown.number_of_nodes() or 1, height="700px")
+
+
 # ------------------------------------------------------------------------------ server/browser
 
 def free_port() -> int:
@@ -67,19 +109,24 @@ def free_port() -> int:
 
 
 class Server:
-    """One `streamlit run app/main.py` on a free port for one workspace."""
+    """One `streamlit run <script>` for one workspace, as `make app` runs it; stopped on exit."""
 
-    def __init__(self, home: Path):
+    def __init__(self, home: Path, script: Path = APP):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(REPO / "app" / "main.py"),
-             "--server.port", str(self.port), "--server.address", "127.0.0.1",
-             "--server.headless", "true", "--server.fileWatcherType", "none",
-             "--browser.gatherUsageStats", "false"],
+            [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", "127.0.0.1",
+             "--server.port", str(self.port), "--server.headless", "true"],
             cwd=REPO, env={**os.environ, "NESY_HOME": str(home)},
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
 
     def wait_healthy(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -92,9 +139,14 @@ class Server:
                 time.sleep(0.05)
         raise TimeoutError("streamlit did not start")
 
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+
+@contextlib.contextmanager
+def new_page(browser):
+    page = browser.new_page(viewport={"width": 1500, "height": 1000})
+    try:
+        yield page
+    finally:
+        page.close()
 
 
 def rendered(page, text: str | re.Pattern, timeout_ms: int = 120_000) -> None:
@@ -102,97 +154,95 @@ def rendered(page, text: str | re.Pattern, timeout_ms: int = 120_000) -> None:
 
 
 def timed_open(page, url: str, marker) -> float:
-    start = time.perf_counter()
-    page.goto(url)
-    rendered(page, marker)
-    return time.perf_counter() - start
+    return timed(lambda: (page.goto(url), rendered(page, marker)))
 
 
 # ------------------------------------------------------------------------------------- benches
 
-def bench_cold_start(browser, home: Path) -> float:
-    server = Server(home)
-    page = browser.new_page(viewport={"width": 1500, "height": 1000})
-    try:
+def kb_page(browser, home: Path, n: int, script: Path = APP) -> dict[str, float]:
+    """One fresh server: its cold start, then the warm KB page (the plain page has no sidebar
+    and no text search)."""
+    first_page = f"1–{min(50, n)} of {n} matching entries"
+    out = {}
+    with Server(home, script) as server, new_page(browser) as page:
         server.wait_healthy()
         page.goto(server.url)
-        rendered(page, re.compile(r"matching entries"))
-        return time.perf_counter() - server.started
-    finally:
-        page.close()
-        server.stop()
-
-
-def bench_kb_page(browser, home: Path, n: int) -> dict:
-    server = Server(home)
-    server.wait_healthy()
-    page = browser.new_page(viewport={"width": 1500, "height": 1000})
-    try:
-        timed_open(page, server.url, re.compile(r"matching entries"))  # warm: imports, caches
-        first = timed_open(page, server.url, f"1–50 of {n} matching entries")
-        timed_open(page, server.url + "/jobs", "Jobs")
-        start = time.perf_counter()  # in-app navigation: what a user does most
-        page.locator('[data-testid="stSidebarNav"]').get_by_text("Knowledge base").click()
-        rendered(page, f"1–50 of {n} matching entries")
-        navigate = time.perf_counter() - start
+        rendered(page, first_page)
+        out["cold start"] = time.perf_counter() - server.started
+        out["open"] = timed_open(page, server.url, first_page)
+        if script == APP:
+            timed_open(page, server.url + "/jobs", "Jobs")
+            out["via sidebar"] = timed(lambda: (  # in-app navigation: what a user does most
+                page.locator('[data-testid="stSidebarNav"]').get_by_text("Knowledge base").click(),
+                rendered(page, first_page)))
         flip_button = page.get_by_role("button", name="Page 2", exact=True)
         flip_button.wait_for()  # the pager's code loads lazily; time the rerun, not that
-        start = time.perf_counter()
-        flip_button.click()
-        rendered(page, f"51–100 of {n} matching entries")
-        flip = time.perf_counter() - start
-        start = time.perf_counter()
-        box = page.locator(".st-key-kb-text input")
-        box.fill("ratio 4242")
-        box.press("Enter")
-        rendered(page, re.compile(r"^1–(\d+) of \1 matching entries$"))  # one short page
-        page.get_by_text("k004242").first.wait_for(state="attached")  # grid cells are a canvas
-        search = time.perf_counter() - start
-        return {"open": first, "navigate": navigate, "page flip": flip, "text search": search}
-    finally:
-        page.close()
-        server.stop()
+        out["page flip"] = timed(lambda: (flip_button.click(),
+                                          rendered(page, f"51–{min(100, n)} of {n} matching entries")))
+        if script == APP:
+            out["text search"] = timed(lambda: text_search(page, n // 2))
+    return out
 
 
-def bench_graph(browser, home: Path) -> dict:
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
-    server = Server(home)
-    server.wait_healthy()
-    page = browser.new_page(viewport={"width": 1500, "height": 1000})
-    try:
-        timed_open(page, server.url + "/graph", re.compile(r"\d+ nodes \("))  # warm the caches
+def text_search(page, i: int) -> None:
+    """Search for entry i's own words; done when the one short page of hits shows it."""
+    box = page.locator(".st-key-kb-text input")
+    box.fill(f"ratio {i}")
+    box.press("Enter")
+    rendered(page, re.compile(r"^1–(\d+) of \1 matching entries$"))
+    page.get_by_text(f"k{i:06d}").first.wait_for(state="attached")  # grid cells are a canvas
+
+
+def graph_page(browser, home: Path) -> dict[str, float]:
+    """The Graph page on a fresh server, its caches warmed by a first visit."""
+    with Server(home) as server, new_page(browser) as page:
+        server.wait_healthy()
+        timed_open(page, server.url + "/graph", GRAPH_CAPTION)  # warm the caches
         start = time.perf_counter()
         page.goto(server.url + "/graph")
-        rendered(page, re.compile(r"\d+ nodes \("))
-        caption = page.get_by_text(re.compile(r"\d+ nodes \(")).first.inner_text()
+        rendered(page, GRAPH_CAPTION)
         page.frame_locator("iframe").first.locator("canvas").first.wait_for(timeout=120_000)
         first_draw = time.perf_counter() - start
         frame = next(f for f in page.frames if f != page.main_frame and "network" in f.evaluate(
             "() => Object.keys(window).join(' ')"))
-        try:
-            frame.wait_for_function(
-                "() => !document.getElementById('loadingBar') || "
-                "document.getElementById('loadingBar').style.display === 'none'", timeout=300_000)
-            settled = time.perf_counter() - start
-        except PlaywrightTimeout:
-            settled = float("inf")  # reported as "> 300 s"
+        settled = layout_settled(frame, start)
         redraw = frame.evaluate("() => { const t = performance.now(); network.redraw(); "
                                 "return performance.now() - t; }")
         zoom = frame.evaluate("() => { const t = performance.now(); network.moveTo({scale: 1.7}); "
                               "network.redraw(); return performance.now() - t; }")
         nodes = frame.evaluate("() => network.body.data.nodes.length")
-        return {"nodes": nodes, "caption": caption, "first draw": first_draw,
-                "layout settled": settled, "redraw ms": redraw, "zoom ms": zoom}
-    finally:
-        page.close()
-        server.stop()
+    return {"first draw": first_draw, "layout settled": settled, "redraw ms": redraw, "zoom ms": zoom,
+            "nodes": nodes}
 
 
-def bench_job_poll(home: Path, jobs_n: int = 200) -> dict:
+def graph_plain(browser, html: str) -> dict[str, float]:
+    """The same vis-network page opened straight in the browser: no Streamlit, no component."""
+    with new_page(browser) as page:
+        start = time.perf_counter()
+        page.set_content(html)
+        page.locator("canvas").first.wait_for(timeout=120_000)
+        first_draw = time.perf_counter() - start
+        return {"first draw": first_draw, "layout settled": layout_settled(page.main_frame, start)}
+
+
+def layout_settled(frame, start: float) -> float:
+    """Seconds since `start` until pyvis hides its loading bar (physics stabilised); inf after 300 s."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    try:
+        frame.wait_for_function(
+            "() => !document.getElementById('loadingBar') || "
+            "document.getElementById('loadingBar').style.display === 'none'", timeout=300_000)
+        return time.perf_counter() - start
+    except PlaywrightTimeout:
+        return float("inf")
+
+
+def job_polling(home: Path, jobs_n: int, rounds: int) -> dict[str, list[float]]:
+    """Milliseconds per refresh of the Jobs table and of a running job's detail, `rounds` times."""
     os.environ["NESY_HOME"] = str(home)
     from distill import jobs
 
-    conn = jobs._db()  # registry rows written directly: 200 real processes would only add noise
+    conn = jobs._db()  # registry rows written directly: real processes would only add noise
     now = time.time()
     for i in range(jobs_n):
         job_dir = home / "jobs" / f"j{i:04d}"
@@ -204,76 +254,86 @@ def bench_job_poll(home: Path, jobs_n: int = 200) -> dict:
                      "VALUES (?, 'train', 'x', '[\"train\"]', 'succeeded', '.', ?, 0)", (f"j{i:04d}", now + i))
     conn.close()
     running = jobs.submit(["jobs", "selftest", "--steps", "100000", "--seconds-per-step", "0.05"], "selftest")
-    try:
-        time.sleep(2)
-        reps = 20
-        start = time.perf_counter()
-        for _ in range(reps):
-            listed = jobs.list_jobs()
-            for job in listed:
+    reps = 20
+
+    def table() -> float:
+        def poll():
+            for job in jobs.list_jobs():
                 jobs.progress(job.id)
-        table = (time.perf_counter() - start) / reps
-        start = time.perf_counter()
-        for _ in range(reps):
+        return timed(lambda: [poll() for _ in range(reps)]) / reps * 1000
+
+    def detail() -> float:
+        def poll():
             jobs.get(running.id)
             jobs.progress(running.id)
             jobs.metrics(running.id)
             jobs.log_tail(running.id, 40)
-        detail = (time.perf_counter() - start) / reps
-        return {"jobs": len(listed), "table poll ms": table * 1000, "detail poll ms": detail * 1000}
+        return timed(lambda: [poll() for _ in range(reps)]) / reps * 1000
+
+    try:
+        time.sleep(2)
+        return interleave({"table": table, "detail": detail}, rounds)
     finally:
         jobs.cancel(running.id, grace=5)
         jobs.wait(running.id, timeout=30)
 
 
+# ---------------------------------------------------------------------------------------- main
+
+def show(label: str, ours: list[float], plain: list[float] | None = None, target: str = "",
+         unit: str = " s") -> None:
+    line = f"{label}: ours {Spread(ours, unit)}"
+    if plain is not None:
+        line += f"; plain {Spread(plain, unit)} -> ours/plain {ratio(ours, plain)}"
+    print(line + (f"  (target {target})" if target else ""), flush=True)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="10k KB and the 500-node graph only")
-    parser.add_argument("--no-graph", action="store_true", help="skip the graph measures")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10000,100000", help="KB entries, comma list")
+    parser.add_argument("--graphs", default="500,2000", help="graph nodes, comma list; '' skips")
+    parser.add_argument("--jobs", type=int, default=200, help="jobs in the registry for the polling measure")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="--sizes 10000 --graphs 500")
     args = parser.parse_args()
+    sizes = [10_000] if args.quick else [int(s) for s in args.sizes.split(",") if s]
+    graphs = [500] if args.quick else [int(s) for s in args.graphs.split(",") if s]
     from playwright.sync_api import sync_playwright
 
-    sizes = [10_000] if args.quick else [10_000, 100_000]
-    graphs = {500: (475, 5, 20)} if args.quick else {500: (475, 5, 20), 2000: (1900, 20, 80)}
-    graphs = {} if args.no_graph else graphs
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p:
+    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p, Load() as load:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        homes = {}
         for n in sizes:
-            homes[n] = Path(tmp) / f"kb{n}"
-            homes[n].mkdir()
-            print(f"seeded {n} entries in {seed_kb(homes[n], n):.1f} s", flush=True)
-        cold = bench_cold_start(browser, homes[sizes[0]])
-        rows.append(("cold start → KB page rendered (10k)", f"{cold:.2f} s", "< 5 s"))
-        for n in sizes:
-            r = bench_kb_page(browser, homes[n], n)
-            rows.append((f"KB page load (full reload), {n // 1000}k", f"{r['open']:.2f} s", "< 1.5 s"))
-            rows.append((f"KB page via sidebar, {n // 1000}k", f"{r['navigate']:.2f} s", "< 1.5 s"))
-            rows.append((f"KB page flip, {n // 1000}k entries", f"{r['page flip']:.2f} s", "< 1.5 s"))
-            rows.append((f"KB text search, {n // 1000}k entries", f"{r['text search']:.2f} s", ""))
-        for target, (entries, tasks, concepts) in graphs.items():
-            home = Path(tmp) / f"graph{target}"
+            home = Path(tmp) / f"kb{n}"
             home.mkdir()
-            seed_kb(home, entries, tasks, concepts)
-            g = bench_graph(browser, home)
-            label = f"graph {g['nodes']} nodes"
-            rows.append((f"{label}: first draw", f"{g['first draw']:.2f} s", ""))
-            settled = g["layout settled"]
-            rows.append((f"{label}: layout settled",
-                         f"{settled:.2f} s" if settled != float("inf") else "> 300 s", ""))
-            rows.append((f"{label}: redraw / zoom", f"{g['redraw ms']:.0f} / {g['zoom ms']:.0f} ms",
-                         "interactive"))
+            print(f"KB page, {n:,} entries (seeded in {seed_kb(home, n):.1f} s):", flush=True)
+            r = interleave({"ours": lambda: kb_page(browser, home, n),
+                            "plain": lambda: kb_page(browser, home, n, PLAIN_APP)}, args.rounds)
+            for key, target in (("cold start", "< 5 s"), ("open", "< 1.5 s"), ("page flip", "< 1.5 s")):
+                show(f"  {key}", column(r["ours"], key), column(r["plain"], key), target)
+            show("  via sidebar", column(r["ours"], "via sidebar"), target="< 1.5 s")
+            show("  text search", column(r["ours"], "text search"))
+        for nodes in graphs:
+            home = Path(tmp) / f"graph{nodes}"
+            home.mkdir()
+            seed_graph(home, nodes)
+            html = graph_html(home)
+            r = interleave({"ours": lambda: graph_page(browser, home),
+                            "plain": lambda: graph_plain(browser, html)}, args.rounds)
+            print(f"graph, {r['ours'][0]['nodes']:.0f} nodes:")
+            for key in ("first draw", "layout settled"):
+                show(f"  {key}", column(r["ours"], key), column(r["plain"], key))
+            show("  redraw", column(r["ours"], "redraw ms"), target="interactive", unit=" ms")
+            show("  zoom", column(r["ours"], "zoom ms"), target="interactive", unit=" ms")
         browser.close()
         home = Path(tmp) / "jobs"
         home.mkdir()
-        j = bench_job_poll(home)
-        rows.append((f"job table poll ({j['jobs']} jobs)", f"{j['table poll ms']:.1f} ms", ""))
-        rows.append(("job detail poll (status+metrics+log)", f"{j['detail poll ms']:.1f} ms", "≪ 2 s"))
-    width = max(len(r[0]) for r in rows)
-    print(f"\n{'measure':<{width}}  {'value':>14}  target")
-    for name, value, target in rows:
-        print(f"{name:<{width}}  {value:>14}  {target}")
+        print(f"job polling, {args.jobs} jobs:")
+        r = job_polling(home, args.jobs, args.rounds)
+        for name in ("table", "detail"):
+            share = Spread([100 * ms / (1000 * JOBS_REFRESH_S) for ms in r[name]], " %")
+            print(f"  {name} poll: {Spread(r[name], ' ms')} = {share} of the {JOBS_REFRESH_S:g} s refresh")
+    print(load)
 
 
 if __name__ == "__main__":
