@@ -23,7 +23,12 @@ Layout of $NESY_HOME/adapters/<output>/:
   state.json             finished stages (a rerun with --resume skips them)
   stages/<stage>/        each stage's adapter, checkpoints/, prompt_samples.jsonl (exact texts)
 
-Runs unchanged under `accelerate launch -m distill.cli train METHOD ...` (Trainer handles DDP).
+Runs unchanged under `accelerate launch --multi_gpu --num_processes N -m distill.cli train METHOD ...`
+(Trainer handles DDP; tests/test_scale_out.py): on GPUs with NCCL, on a machine without one as N CPU
+processes with gloo (`on_cpu`). Every process walks the same seeded sample order and accelerate hands
+out its batches round-robin, so N processes × batch B × accumulation A train on exactly the samples
+of one process at batch N·B × A; the mega-batches the sampler sorts by length are sized by that
+global batch, so the order itself does not depend on N.
 """
 from __future__ import annotations
 
@@ -319,7 +324,9 @@ class _Trainer(Trainer):
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         # 16 optimiser batches per mega-batch: enough spread to shuffle, tight enough to pad little.
-        group = self.args.train_batch_size * self.args.gradient_accumulation_steps * 16
+        # An optimiser batch is global (every process's share of it), so the same global batch gives
+        # the same order whatever the number of processes; accelerate then deals the batches out.
+        group = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size * 16
         return LengthGroupedSampler([len(f["input_ids"]) for f in dataset], group, self.args.seed)
 
 
@@ -390,7 +397,7 @@ def _training_args(cfg: TrainOptions, out: Path, packed: bool) -> TrainingArgume
         dataloader_pin_memory=torch.cuda.is_available(),
         # autocast to bf16 where the matmul is faster in it (distill/hardware.py), fp32 weights kept
         bf16=compute_dtype() == "bf16",
-        use_cpu=compute_dtype() == "bf16" and not torch.cuda.is_available())  # bf16 on a CPU asks for it
+        use_cpu=on_cpu())  # bf16 on a CPU asks for it; several CPU processes need it to use gloo
 
 
 def last_checkpoint(folder: Path) -> str | None:
@@ -458,6 +465,8 @@ def fit_lora(cfg: TrainOptions, samples: list[Sample], out: Path, *, stage: str,
                "tokens": int(trainer.state.num_input_tokens_seen),
                "tokens_per_s": round(trainer.state.num_input_tokens_seen / runtime, 2),
                "padding_fraction": round(collator.padding_fraction, 4), "packed": packed,
+               "processes": trainer.args.world_size, "distributed_backend": distributed().backend,
+               "global_batch": cfg.batch_size * cfg.grad_accum * trainer.args.world_size,
                "dtype": compute_dtype(), "runtime_s": round(runtime, 2),
                "resumed_from": Path(last).name if (cfg.resume and last) else None}
     if trainer.is_world_process_zero():
@@ -500,11 +509,18 @@ class Stages:
             self.path.write_text(json.dumps(self.state, indent=2))
 
 
+def on_cpu() -> bool:
+    """True on a machine with no GPU. accelerate then needs to be told (`cpu=True`): its processes,
+    started by `accelerate launch --multi_gpu`, otherwise each train alone instead of joining one
+    gloo process group (and `--cpu` launches one process only, unless through MPI)."""
+    return not torch.cuda.is_available() and not torch.backends.mps.is_available()
+
+
 def distributed():
-    """accelerate's process state (one process on a plain CPU run; N under accelerate launch)."""
+    """accelerate's process state (one process on a plain run; N under accelerate launch)."""
     from accelerate import PartialState
 
-    return PartialState()
+    return PartialState(cpu=on_cpu())
 
 
 def prepare_output(cfg: TrainOptions) -> tuple[Path, Stages]:
