@@ -24,7 +24,7 @@ NEW_TOKENS=${NEW_TOKENS:-256}
 MAX_KNOWLEDGE=${MAX_KNOWLEDGE:-48}       # NesyCD: teacher analyses of at most this many errors
 export NESY_HOME=${NESY_HOME:-$PWD/../nesy-repro} HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 OUT=docs/results
-ALL_STAGES="data base std-cot nesycd eotd pot etd nesycd-curated skintern dev arc"
+ALL_STAGES="data base std-cot eotd nesycd pot etd nesycd-curated skintern dev arc"
 STAGES=${STAGES:-$ALL_STAGES}
 mkdir -p "$NESY_HOME/done" "$OUT/evals"
 [ -f "$OUT/stages.tsv" ] || printf 'stage\twall_s\tcpu_s\tfinished\n' > "$OUT/stages.tsv"
@@ -102,8 +102,8 @@ arc() { nesy eval --dataset arc_challenge --split test --limit "$TEST" "${EVAL_O
 stage data data
 ROWS+=(--config base --config base-pot=base,thought=pot);          stage base gsm8k
 ROWS+=(--config std-cot=r-std-cot);                                stage std-cot std_cot
-ROWS+=(--config nesycd-se=r-nesycd --config nesycd-se-kb=r-nesycd,kb); stage nesycd nesycd
 ROWS+=(--config eotd=r-eotd);                                      stage eotd eotd
+ROWS+=(--config nesycd-se=r-nesycd --config nesycd-se-kb=r-nesycd,kb); stage nesycd nesycd
 ROWS+=(--config pot=r-pot);                                        stage pot pot
 ROWS+=(--config etd-cot=r-etd,thought=cot --config etd-pot=r-etd,thought=pot
        --config etd-eot=r-etd,thought=eot --config etd-vote=r-etd,thought=vote); stage etd etd
