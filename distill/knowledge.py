@@ -4,15 +4,20 @@
 Supplementary Knowledge, with the NesyCD reference's prompt shape (a list of requirements, one
 demonstration; sampled at temperature 0.8 with room for 1,024 tokens):
 - NesyCD (`error_messages`, `--errors FILE`): from the student's question (its prompt without the
-  "Answer:" tail) and its wrong response, cleaned of degenerate repetition and cut to 256 words;
-  the gold answer is not shown;
-- SKIntern (`example_messages`, `--dataset ... --with-answer`): from a training question and its
-  gold answer.
+  "Answer:" tail) and its wrong response, cut at its first degenerate run and to its first 256
+  space-separated pieces, never rewritten (answers.clean_response); the gold answer is not shown;
+- SKIntern (`example_messages`, `--dataset ... --with-answer` or `--from-set NAME`): from a
+  training question and its gold answer (and its reference solution when it has one).
+Knowledge is made for training questions only: a case whose question is in its dataset's test
+split is refused before any call (`refuse_test_questions`).
 Well-formed answers (`parse_knowledge`) become `pending` KB entries (id
 `{dataset}-{example_id}-{kind}`) with full provenance, concepts and quality flags (kb/quality.py,
 checked before the entry is stored; once all answers are in, the run's entries are checked for
 boilerplate against the KB's entries of the same tasks); malformed answers are counted, kept in
-raw.jsonl and never stored (our choice: the reference stores whatever the teacher returned).
+raw.jsonl and never stored (our choice: the reference stores whatever the teacher returned); a
+case answered malformed is asked again as a new sample, up to KNOWLEDGE_ATTEMPTS calls (at
+temperature 0 once: a new sample would be the same answer), since SKIntern needs knowledge for
+every training question.
 Concepts: the teacher is asked for a final `Concepts:` line; when it gives none, the terms it
 wrote in **bold** or `code` are used instead (at most 8, each at most 5 words).
 
@@ -28,7 +33,8 @@ from pathlib import Path
 
 from distill import jsonlines
 from distill.answers import clean_response
-from distill.data import Example, format_question, get_dataset
+from distill.data import (DatasetError, Example, RationaleRecord, format_question, get_dataset,
+                          load_rationales)
 from distill.teacher import TeacherClient, append_line, clean_text, guarded, run_requests, usage_summary
 from kb.errors import NesyError
 from kb.workspace import check_name, create_owned, named_path
@@ -48,12 +54,50 @@ def knowledge_dir(name: str) -> Path:
     return path if path.is_dir() else create_owned(path)
 
 
-# ---------------------------------------------------------------- cases: what the teacher is asked about
+# ---------------------------------------------------------------- cases (what the teacher is asked)
 
 def example_cases(examples: list[Example]) -> list[dict]:
     """SKIntern cases: one per training question, with its Example (question, gold answer, choices)."""
     return [{"example_id": e.id, "dataset": e.dataset, "task": e.task, "question": e.question, "example": e}
             for e in examples]
+
+
+def set_examples(name: str, limit: int | None = None) -> list[Example]:
+    """One Example per question of a rationale set, found as `nesy train --data` finds it (a
+    workspace set, else a shipped one; `a+b` joins sets), in set order; `limit`: the first N
+    questions, as `nesy train --limit` takes the first records. The reference solution the
+    teacher is shown is the question's CoT rationale when the set has one."""
+    records = [r for part in name.split("+") for r in load_rationales(part) if r.verified is not False]
+    if not records:
+        raise KnowledgeError(f"{name}: no verified rationale records")
+    first: dict[tuple[str, str], RationaleRecord] = {}
+    for r in records:
+        key = (r.dataset, r.example_id)
+        if key not in first or (r.thought == "cot" and first[key].thought != "cot"):
+            first[key] = r  # a replaced value keeps its key's place: the set order stays
+    return [r.example() for r in list(first.values())[:limit]]
+
+
+def refuse_test_questions(cases: list[dict]) -> None:
+    """Knowledge is made for training questions only: KnowledgeError when any case's question is
+    in its dataset's test split (compared by example id), so no test question's knowledge can
+    reach the KB or a student's training."""
+    test_ids = {dataset: _test_ids(dataset) for dataset in {c["dataset"] for c in cases}}
+    found = [c["example_id"] for c in cases if c["example_id"] in test_ids[c["dataset"]]]
+    if found:
+        shown = ", ".join(found[:5]) + (", …" if len(found) > 5 else "")
+        raise KnowledgeError(f"knowledge jobs take training questions only: {len(found)} of "
+                             f"{len(cases)} questions are in a test split ({shown})")
+
+
+def _test_ids(dataset: str) -> set[str]:
+    """The example ids of the dataset's test split (none for a dataset without one, or one no
+    longer registered: nothing to compare with)."""
+    try:
+        spec = get_dataset(dataset)
+    except DatasetError:
+        return set()
+    return {e.id for e in spec.load("test")} if "test" in spec.splits else set()
 
 
 ERROR_FIELDS = ("example_id", "dataset", "task", "question", "prompt", "response")
@@ -89,6 +133,7 @@ def read_error_cases(path: Path) -> list[dict]:
 KNOWLEDGE_SYSTEM = "You are a helpful assistant."  # the reference's system turn
 KNOWLEDGE_TEMPERATURE = 0.8  # the reference samples the teacher at 0.8
 KNOWLEDGE_MAX_TOKENS = 1024  # the reference sets no limit; 1,024 leaves room for both lists
+KNOWLEDGE_ATTEMPTS = 3  # calls per case at most: a malformed answer is asked again as a new sample
 
 KNOWLEDGE_RETURN_FORMAT = (
     "### Return Format:\n"
@@ -279,19 +324,21 @@ class KnowledgeSummary:
     cases: int
     created: int
     skipped_existing: int
-    malformed: int
+    malformed: int          # cases still malformed after every attempt (not stored)
     failed_calls: int
     raw: Path
     usage: dict
     flagged: dict = field(default_factory=dict)  # quality flag code -> entries of this run with it
+    asked_again: int = 0    # calls that asked again after a malformed answer
 
     def flags_line(self) -> str:
         return ", ".join(f"{code} {n}" for code, n in self.flagged.items()) or "none"
 
 
 def distil_knowledge(client: TeacherClient, cases: list[dict], kind: str, out: str,
-                     auto_accept: bool = False) -> KnowledgeSummary:
-    """One teacher call per case -> a pending (or accepted) KB entry, or a malformed count.
+                     auto_accept: bool = False, attempts: int = KNOWLEDGE_ATTEMPTS) -> KnowledgeSummary:
+    """One teacher call per case -> a pending (or accepted) KB entry, or a malformed count; a
+    malformed answer is asked again as sample 1, 2, … (each cached) up to `attempts` calls.
 
     `cases` rows: example_id, dataset, task, question, and for error analysis prompt + response
     (for example knowledge, `example`: the Example). Every entry is checked (kb/quality.py)
@@ -299,10 +346,16 @@ def distil_knowledge(client: TeacherClient, cases: list[dict], kind: str, out: s
     are checked for boilerplate (`generic`) against the KB's entries of the same tasks.
     """
     job = _KnowledgeJob(client.config.model, cases, kind, auto_accept, knowledge_dir(out) / "raw.jsonl")
-    run_requests(client, job.requests, [0] * len(cases), f"knowledge {out}", guarded(job.process, job.fail))
+    todo, asked_again = list(range(len(cases))), 0
+    for sample in range(attempts if client.config.temperature > 0 else 1):
+        if not todo:
+            break
+        asked_again += len(todo) if sample else 0
+        todo = job.ask(client, todo, sample, f"knowledge {out}" + (f" (sample {sample + 1})" if sample else ""))
     flagged = _check_generic(job.store, job.stored, job.by)
-    return KnowledgeSummary(len(cases), job.counts["created"], job.counts["skipped"], job.counts["malformed"],
-                            job.counts["failed"], job.raw_path, usage_summary(client), flagged)
+    return KnowledgeSummary(len(cases), job.counts["created"], job.counts["skipped"], len(todo),
+                            job.counts["failed"], job.raw_path, usage_summary(client), flagged=flagged,
+                            asked_again=asked_again)
 
 
 def knowledge_messages(case: dict, kind: str) -> list[dict]:
@@ -324,23 +377,33 @@ class _KnowledgeJob:
         self.by = f"teacher:{teacher}"
         self.store = KBStore()
         self.requests = [knowledge_messages(c, kind) for c in cases]
-        self.counts = {"created": 0, "skipped": 0, "malformed": 0, "failed": 0}
+        self.counts = {"created": 0, "skipped": 0, "failed": 0}
         self.stored: list[str] = []  # ids this run wrote (the generic check looks at them at the end)
+        self.malformed: list[int] = []  # cases answered malformed in the current round
         raw_path.write_text("")
 
-    def fail(self, i: int, error: str) -> None:
-        self.counts["failed"] += 1
-        append_line(self.raw_path, {"entry_id": _entry_id(self.cases[i], self.kind), "error": error})
+    def ask(self, client: TeacherClient, todo: list[int], sample: int, desc: str) -> list[int]:
+        """One call per case of `todo` as sample `sample`; returns the cases answered malformed."""
+        self.malformed = []
+        run_requests(client, [self.requests[i] for i in todo], [sample] * len(todo), desc,
+                     guarded(lambda j, result: self.process(todo[j], result, sample),
+                             lambda j, error: self.fail(todo[j], error, sample)))
+        return self.malformed
 
-    def process(self, i: int, result) -> None:
+    def fail(self, i: int, error: str, sample: int = 0) -> None:
+        self.counts["failed"] += 1
+        append_line(self.raw_path, {"entry_id": _entry_id(self.cases[i], self.kind), "sample": sample,
+                                    "error": error})
+
+    def process(self, i: int, result, sample: int = 0) -> None:
         # the KB refuses text UTF-8 cannot encode; an error file may hold lone surrogates
         case = {k: clean_text(v) if isinstance(v, str) else v for k, v in self.cases[i].items()}
         parsed = parse_knowledge(result.text)
-        append_line(self.raw_path, {"entry_id": _entry_id(case, self.kind), "messages": self.requests[i],
-                                    "response": result.text, "usage": result.usage, "cached": result.cached,
-                                    "malformed": parsed is None})
+        append_line(self.raw_path, {"entry_id": _entry_id(case, self.kind), "sample": sample,
+                                    "messages": self.requests[i], "response": result.text,
+                                    "usage": result.usage, "cached": result.cached, "malformed": parsed is None})
         if parsed is None:
-            self.counts["malformed"] += 1
+            self.malformed.append(i)
         else:
             self._store(case, parsed)
 

@@ -25,8 +25,9 @@ from pathlib import Path
 import typer
 
 from distill.data import get_dataset, rationale_dir
-from distill.knowledge import (ERROR_KIND, EXAMPLE_KIND, KNOWLEDGE_MAX_TOKENS, KNOWLEDGE_TEMPERATURE,
-                               distil_knowledge, example_cases, knowledge_dir, read_error_cases)
+from distill.knowledge import (ERROR_KIND, EXAMPLE_KIND, KNOWLEDGE_ATTEMPTS, KNOWLEDGE_MAX_TOKENS,
+                               KNOWLEDGE_TEMPERATURE, distil_knowledge, example_cases, knowledge_dir,
+                               read_error_cases, refuse_test_questions, set_examples)
 from distill.progress import STOPPED_EXIT_CODE, StopRequested, install_stop_handler
 from distill.rationales import GOLD_TEACHER, THOUGHTS, generate_rationales, gold_rationales
 from distill.teacher import (LocalServerChoice, ServerOptions, make_client, server_state,
@@ -52,10 +53,10 @@ def _one_line_errors(prefix: str = ""):
         _fail(f"{prefix}{e}")
 
 
-def _run_name(text: str) -> str:
-    """A plain run name made from a file name (the default --out of `teach knowledge --errors`)."""
+def _run_name(text: str, fallback: str = "errors") -> str:
+    """A plain run name made from a file or set name (the default --out of `teach knowledge`)."""
     name = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9._-]+", "-", text))
-    return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", name[:100]) or "errors"
+    return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", name[:100]) or fallback
 
 
 def _check_out(out: str | None, area: str) -> None:
@@ -82,6 +83,11 @@ SLOTS_HELP = ("local teacher: requests decoded together, each slot with its own 
               "(on 2 shared cores two slots were no faster than one)")
 PROMPT_CACHE_HELP = ("local teacher: reuse the computed prefix (instruction + demonstrations) of "
                      "the previous call instead of reading it again")
+FROM_SET_HELP = ("SKIntern: knowledge for every question of this rationale set, from the question and "
+                 "its gold answer (a set name as `nesy train --data` takes it: the workspace's set, "
+                 "else a shipped one)")
+ATTEMPTS_HELP = ("calls per question at most: a malformed answer (not stored) is asked again as a new "
+                 "sample, each one cached; at temperature 0 one call")
 DRAFT_HELP = ("local teacher: speculative decoding with the packaged Qwen2.5-Coder-0.5B as draft "
               "(the greedy output, up to floating-point near-ties). It pays where decoding waits on "
               "memory (many cores, a GPU); on 2 CPU cores it was slower, so it is off by default")
@@ -184,13 +190,16 @@ def _annotations(examples, chosen: list[str], name: str) -> None:
 def knowledge_cmd(
     errors: Path = typer.Option(None, help="student error JSONL (NesyCD error analysis)"),
     dataset: str = typer.Option(None, help="with --with-answer: training examples (SKIntern)"),
-    split: str = typer.Option("train"),
-    limit: int = typer.Option(None),
-    seed: int = typer.Option(0),
+    from_set: str = typer.Option(None, "--from-set", help=FROM_SET_HELP),
+    split: str = typer.Option("train", help="with --dataset (never test: knowledge is for training)"),
+    limit: int = typer.Option(None, help="--dataset: a seeded sample of this many questions; "
+                                         "--from-set: its first N questions (as nesy train --limit)"),
+    seed: int = typer.Option(0, help="the seed of --dataset's --limit sample"),
     with_answer: bool = typer.Option(False, help="SKIntern: knowledge from question + gold answer"),
     auto_accept: bool = typer.Option(False, help="store entries as accepted instead of pending"),
     max_tokens: int = typer.Option(KNOWLEDGE_MAX_TOKENS, help="room for the teacher's analysis"),
     temperature: float = typer.Option(KNOWLEDGE_TEMPERATURE, help="the reference samples at 0.8"),
+    attempts: int = typer.Option(KNOWLEDGE_ATTEMPTS, help=ATTEMPTS_HELP),
     out: str = typer.Option(None, help="name (not a path) of the run folder for raw teacher I/O, "
                                        "$NESY_HOME/teach/knowledge/<out>"),
     teacher: str = typer.Option("local", help=TEACHER_HELP),
@@ -203,29 +212,50 @@ def knowledge_cmd(
     prompt_cache: bool = typer.Option(True, "--prompt-cache/--no-prompt-cache", help=PROMPT_CACHE_HELP),
     draft: bool = typer.Option(False, "--draft/--no-draft", help=DRAFT_HELP),
 ) -> None:
-    """Distil knowledge into pending KB entries (from student errors, or examples + answers)."""
+    """Distil knowledge into pending KB entries (from student errors, or training questions + answers)."""
     _check_out(out, "teach/knowledge")
-    if (errors is None) == (dataset is None):
-        _fail("give either --errors FILE or --dataset NAME --with-answer")
-    if dataset is not None and not with_answer:
-        _fail("--dataset needs --with-answer (SKIntern knowledge from question + gold answer)")
+    _check_knowledge_source(errors, dataset, from_set, with_answer, split)
+    if attempts < 1:
+        _fail("--attempts must be at least 1")
     with _one_line_errors():
-        if errors is not None:
-            kind, cases, name = ERROR_KIND, _error_cases(errors), out or _run_name(errors.stem)
-        else:
-            examples = get_dataset(dataset).load(split, limit=limit, seed=seed)
-            kind, cases, name = EXAMPLE_KIND, example_cases(examples), out or f"{dataset}-{split}"
+        kind, cases, default_name = _knowledge_cases(errors, dataset, from_set, split, limit, seed)
+        refuse_test_questions(cases)
+        name = out or default_name
         knowledge_dir(name)
     summary = _until_stopped(lambda: distil_knowledge(
         make_client(teacher, model, api_key_env, concurrency, temperature, max_tokens, timeout,
                     max_retries, LocalServerChoice(slots, prompt_cache, draft)),
-        cases, kind, name, auto_accept))
+        cases, kind, name, auto_accept, attempts))
     typer.echo(f"{summary.created} entries ({'accepted' if auto_accept else 'pending'}) from "
-               f"{summary.cases} cases; malformed {summary.malformed} (not stored); kept curated "
-               f"{summary.skipped_existing}; failed calls {summary.failed_calls}; quality flags "
-               f"{summary.flags_line()}; raw {summary.raw}; usage {summary.usage}")
+               f"{summary.cases} cases; malformed {summary.malformed} (not stored); asked again "
+               f"{summary.asked_again}; kept curated {summary.skipped_existing}; failed calls "
+               f"{summary.failed_calls}; quality flags {summary.flags_line()}; raw {summary.raw}; "
+               f"usage {summary.usage}")
     if summary.cases and summary.failed_calls == summary.cases:
         _fail(f"every teacher call failed (see {summary.raw})")
+
+
+def _check_knowledge_source(errors, dataset, from_set, with_answer: bool, split: str) -> None:
+    """Exactly one source of cases, with the options that go with it."""
+    given = [flag for flag, value in (("--errors", errors), ("--dataset", dataset), ("--from-set", from_set))
+             if value is not None]
+    if len(given) != 1:
+        _fail("give exactly one source: --errors FILE (NesyCD), --dataset NAME --with-answer or "
+              "--from-set NAME (SKIntern)" + (f"; not {' and '.join(given)} together" if given else ""))
+    if dataset is not None and not with_answer:
+        _fail("--dataset needs --with-answer (SKIntern knowledge from question + gold answer)")
+    if from_set is not None and split != "train":
+        _fail("--split goes with --dataset; --from-set takes every question of the set")
+
+
+def _knowledge_cases(errors, dataset, from_set, split, limit, seed) -> tuple[str, list[dict], str]:
+    """(kind, cases, the default --out) of the one source given."""
+    if errors is not None:
+        return ERROR_KIND, _error_cases(errors), _run_name(errors.stem)
+    if dataset is not None:
+        examples = get_dataset(dataset).load(split, limit=limit, seed=seed)
+        return EXAMPLE_KIND, example_cases(examples), f"{dataset}-{split}"
+    return EXAMPLE_KIND, example_cases(set_examples(from_set, limit)), _run_name(from_set, "knowledge")
 
 
 def _error_cases(path: Path) -> list[dict]:

@@ -14,14 +14,15 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from openai_stub import EchoKey, QuietHandler, Scripted, Trickle, chat_completion, reply, serve
+from openai_stub import EchoKey, QuietHandler, Scripted, Trickle, chat_completion, read_body, reply, serve
+from student_fixtures import tiny_model  # noqa: F401
 from typer.testing import CliRunner
 
 from distill.answers import check
 from distill.cli import app
 from distill.data import get_dataset, load_rationales
-from distill.models import student_gguf_path
 from distill.knowledge import error_messages, example_messages, parse_knowledge
+from distill.models import student_gguf_path
 from distill.rationales import GSM8K_DEMOS, rationale_messages, verify
 from distill.teacher import LocalTeacherServer
 
@@ -199,7 +200,7 @@ def test_killed_job_resumes_without_repeated_calls(proxied_teacher, workspace, t
 @pytest.mark.slow
 def test_knowledge_live_call_stores_only_well_formed(proxied_teacher, workspace, tmp_path):
     url, info = proxied_teacher
-    examples = get_dataset("gsm8k").load("test", limit=2, seed=7)
+    examples = get_dataset("gsm8k").load("train", limit=2, seed=7)  # never test questions
     errors = tmp_path / "errors.jsonl"
     errors.write_text("".join(json.dumps({
         "example_id": e.id, "dataset": "gsm8k", "task": "gsm8k", "question": e.question,
@@ -210,7 +211,8 @@ def test_knowledge_live_call_stores_only_well_formed(proxied_teacher, workspace,
                                       "--model", info.model, "--max-tokens", "200"])
     assert result.exit_code == 0, result.output
     raw = [json.loads(l) for l in (workspace / "teach" / "knowledge" / "errors" / "raw.jsonl").read_text().splitlines()]
-    assert len(raw) == 2
+    last = {row["entry_id"]: row for row in raw}  # each case's last sample (a malformed one is asked again)
+    assert set(last) == {f"gsm8k-{e.id}-error_analysis" for e in examples}
     # the gold answer is never shown to the teacher; the student's words reach it as written, cut
     # to the first 256 words (answers.clean_response: no repeated phrase is rewritten)
     for row in raw:
@@ -219,8 +221,8 @@ def test_knowledge_live_call_stores_only_well_formed(proxied_teacher, workspace,
     from kb.store import KBStore
 
     stored = KBStore().query(source_kind="error_analysis").entries
-    assert len(stored) == sum(not r["malformed"] for r in raw)
-    assert f"malformed {sum(r['malformed'] for r in raw)}" in result.output
+    assert len(stored) == sum(not r["malformed"] for r in last.values())
+    assert f"malformed {sum(r['malformed'] for r in last.values())} (not stored)" in result.output
 
 
 # ------------------------------------------------------- knowledge prompt (NesyCD reference, issue 9)
@@ -358,6 +360,100 @@ def test_knowledge_provenance_in_kb_and_curated_entries_kept(workspace, tmp_path
         assert out.exit_code == 0, out.output
         skintern = KBStore().query(source_kind="example_knowledge").entries
         assert len(skintern) == 2 and all(x.status == "accepted" for x in skintern)
+
+
+# ------------------------------------------------ knowledge for a rationale set: --from-set (issue 9)
+
+class SecondSampleFixes(QuietHandler):
+    """Well-formed knowledge, except for the question holding `shy`: malformed at its first
+    sample (a request without a seed), well-formed at the next one."""
+    shy = ""
+    bodies: list = []
+
+    def do_POST(self):  # noqa: N802
+        body = read_body(self)
+        SecondSampleFixes.bodies.append(body)
+        malformed = self.shy in body["messages"][-1]["content"].split("### Your turn")[1] and "seed" not in body
+        reply(self, 200, chat_completion("I cannot help with that." if malformed else WELL_FORMED, "m"))
+
+
+def gold_set(name: str, split: str = "train", limit: int = 3) -> list:
+    """A real rationale set in the workspace: GSM8K's own CoT rationales (`--teacher gold`)."""
+    out = CliRunner().invoke(app, ["teach", "rationales", "--dataset", "gsm8k", "--split", split, "--limit",
+                                   str(limit), "--teacher", "gold", "--out", name])
+    assert out.exit_code == 0, out.output
+    return load_rationales(name)
+
+
+def test_from_set_makes_the_knowledge_that_train_skintern_finds(workspace, tiny_model):  # noqa: F811
+    """bench/reproduce.sh's pair: `teach knowledge --from-set r-cot --out r-skintern-knowledge`,
+    then `train skintern --data r-cot`. Every question of the set gets an example_knowledge entry
+    under its example id, asked with its gold answer, and stage 0's training prompt carries it.
+    One question's first answer is malformed: it is asked again as sample 2, not left out."""
+    from kb.store import KBStore
+
+    records = gold_set("r-cot")
+    SecondSampleFixes.shy, SecondSampleFixes.bodies = records[1].question, []
+    with serve(SecondSampleFixes) as url:
+        out = CliRunner().invoke(app, ["teach", "knowledge", "--from-set", "r-cot", "--out", "r-skintern-knowledge",
+                                       "--teacher", url, "--model", "m"])
+    assert out.exit_code == 0, out.output
+    assert "3 entries (pending) from 3 cases; malformed 0 (not stored); asked again 1;" in out.output
+    asked = [b["messages"][-1]["content"].split("### Your turn\n")[1] for b in SecondSampleFixes.bodies]
+    assert [sum(a.startswith(f"Question: {r.question}\nAnswer: {r.answer}\n") for a in asked) for r in records] \
+        == [1, 2, 1]
+    raw = (workspace / "teach" / "knowledge" / "r-skintern-knowledge" / "raw.jsonl").read_text().splitlines()
+    assert [json.loads(line)["sample"] for line in raw] == [0, 0, 0, 1]
+    entries = KBStore().query(source_kind="example_knowledge").entries
+    assert sorted(e.source.example_id for e in entries) == sorted(r.example_id for r in records)
+
+    trained = CliRunner().invoke(app, ["train", "skintern", "--data", "r-cot", "--output", "r-skintern",
+                                       "--base-model", tiny_model, "--stages", "2", "--demos", "0",
+                                       "--max-steps", "1", "--lora-r", "4", "--lora-alpha", "8"])
+    assert trained.exit_code == 0, trained.output
+    stage0 = (workspace / "adapters" / "r-skintern" / "stages" / "stage0" / "prompt_samples.jsonl").read_text()
+    first = json.loads(stage0.splitlines()[0])
+    assert "A fraction of a quantity is found by multiplying" in first["user"]  # the teacher's knowledge
+
+
+def test_from_set_takes_a_shipped_set_by_name_and_its_first_questions(workspace):
+    shipped = load_rationales("gsm8k-gold-cot")[:2]
+    with serve(CannedTeacher) as url:
+        out = CliRunner().invoke(app, ["teach", "knowledge", "--from-set", "gsm8k-gold-cot", "--limit", "2",
+                                       "--teacher", url, "--model", "m"])
+    assert out.exit_code == 0, out.output
+    from kb.store import KBStore
+
+    stored = KBStore().query(source_kind="example_knowledge").entries
+    assert sorted(e.source.example_id for e in stored) == sorted(r.example_id for r in shipped)
+    assert (workspace / "teach" / "knowledge" / "gsm8k-gold-cot" / "raw.jsonl").is_file()
+
+
+def test_knowledge_takes_one_source_and_never_a_test_question(workspace, tmp_path, errors_file):
+    gold_set("r-cot")
+    gold_set("r-test", split="test", limit=2)
+    test_errors = tmp_path / "test-errors.jsonl"
+    [e] = get_dataset("gsm8k").load("test", limit=1)
+    test_errors.write_text(json.dumps({"example_id": e.id, "dataset": "gsm8k", "task": "gsm8k", "question": e.question,
+                                       "prompt": f"Question: {e.question}", "response": "3"}) + "\n")
+    sources = "give exactly one source: --errors FILE (NesyCD), --dataset NAME --with-answer or --from-set NAME"
+    refused = {
+        (): sources,
+        ("--from-set", "r-cot", "--dataset", "gsm8k", "--with-answer"): "; not --dataset and --from-set together",
+        ("--errors", str(errors_file), "--from-set", "r-cot"): "; not --errors and --from-set together",
+        ("--from-set", "no-such-set"): "error: no rationale set 'no-such-set' (looked for ",
+        ("--from-set", "r-cot", "--split", "test"): "--split goes with --dataset",
+        ("--from-set", "r-test"): "knowledge jobs take training questions only: 2 of 2 questions are in a test split",
+        ("--dataset", "gsm8k", "--split", "test", "--limit", "2", "--with-answer"): "training questions only: 2 of 2",
+        ("--errors", str(test_errors)): f"training questions only: 1 of 1 questions are in a test split ({e.id})",
+    }
+    Scripted.calls = []
+    with serve(Scripted) as url:
+        for args, message in refused.items():
+            out = CliRunner().invoke(app, ["teach", "knowledge", *args, "--teacher", url, "--model", "m"])
+            assert out.exit_code == 2 and out.output.startswith("error: ") and out.output.count("\n") == 1, out.output
+            assert message in out.output, (args, out.output)
+    assert Scripted.calls == [] and not (workspace / "teach").exists()  # refused before any call or folder
 
 
 def test_teach_cli_rejects_bad_input(tmp_path):
@@ -585,7 +681,7 @@ def test_a_key_echoed_by_the_server_is_never_stored_or_printed(workspace, mode):
         out = nesy("teach", "knowledge", "--dataset", "gsm8k", "--limit", "1", "--with-answer",
                    "--teacher", url, "--model", "m", "--api-key-env", "MY_TEACHER_KEY", "--max-retries", "0",
                    env={"NESY_HOME": str(workspace), "MY_TEACHER_KEY": KEY})
-        assert EchoKey.seen == [f"Bearer {KEY}"]
+        assert set(EchoKey.seen) == {f"Bearer {KEY}"}  # a malformed answer is asked again: 3 calls
         assert out.returncode == (2 if mode == "error" else 0), out.stderr[-2000:]
         assert KEY not in out.stdout + out.stderr
         for path in files_under(workspace):

@@ -1,9 +1,10 @@
 """SKIntern (Liao et al., 2024): internalise symbolic knowledge by removing it stage by stage.
 
-Each training example carries its own teacher knowledge (`nesy teach knowledge --with-answer`,
-`example_knowledge` KB entries) and demonstrations; over T stages the knowledge is compressed to
-nothing and the demonstrations removed, each stage continuing from the previous stage's adapter,
-so the final student answers from the question alone. Prompt order as in the reference code:
+Each training example carries its own teacher knowledge (`example_knowledge` KB entries, found by
+example id: `nesy teach knowledge --from-set DATA` on the training set, or `--dataset …
+--with-answer`) and demonstrations; over T stages the knowledge is compressed to nothing and the
+demonstrations removed, each stage continuing from the previous stage's adapter, so the final
+student answers from the question alone. Prompt order as in the reference code:
 task line, knowledge, demonstrations, question.
 """
 from __future__ import annotations
@@ -67,7 +68,7 @@ def check_knowledge(records, knowledge: dict[str, list]) -> None:
         raise TrainingDataError(
             f"skintern needs knowledge for every training example; {len(missing)} of {len(records)} have "
             f"no {KIND} entry ({', '.join(STATUSES)}): {shown}. Create it with "
-            f"`nesy teach knowledge --dataset … --with-answer`, or train on the examples that have it")
+            f"`nesy teach knowledge --from-set <the --data set>`, or train on the examples that have it")
 
 
 def stage_samples(records, texts: dict[str, list[str]], demos: dict, schedule, idf) -> list[Sample]:
