@@ -51,8 +51,8 @@ stage() {
   touch "$NESY_HOME/done/$name"
 }
 
-# keep the small outputs of a report: tables, per-sample records, harness files (no weights)
-keep_report() { rsync -a --exclude '*.safetensors' "$NESY_HOME/evals/$1/" "$OUT/evals/$1/"; }
+# keep a report: tables, per-sample records, harness files (reports hold no weights)
+keep_report() { mkdir -p "$OUT/evals/$1"; cp -r "$NESY_HOME/evals/$1/." "$OUT/evals/$1/"; }
 
 data() {  # the same TRAIN questions in all three thought types, none from dev or test
   nesy data subset-rationales gsm8k-annot-eot --out r-eot --limit "$TRAIN" \
