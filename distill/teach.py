@@ -15,6 +15,7 @@ $NESY_HOME, checked before anything is created or started; the run folders are n
 re-run, only their raw.jsonl / records.jsonl are rewritten. Bad input is one line `error: …`,
 exit 2.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,13 +26,22 @@ from pathlib import Path
 import typer
 
 from distill.data import get_dataset, rationale_dir
-from distill.knowledge import (ERROR_KIND, EXAMPLE_KIND, KNOWLEDGE_ATTEMPTS, KNOWLEDGE_MAX_TOKENS,
-                               KNOWLEDGE_TEMPERATURE, distil_knowledge, example_cases, knowledge_dir,
-                               read_error_cases, refuse_test_questions, set_examples)
+from distill.knowledge import (
+    ERROR_KIND,
+    EXAMPLE_KIND,
+    KNOWLEDGE_ATTEMPTS,
+    KNOWLEDGE_MAX_TOKENS,
+    KNOWLEDGE_TEMPERATURE,
+    distil_knowledge,
+    example_cases,
+    knowledge_dir,
+    read_error_cases,
+    refuse_test_questions,
+    set_examples,
+)
 from distill.progress import STOPPED_EXIT_CODE, StopRequested, install_stop_handler
 from distill.rationales import GOLD_TEACHER, THOUGHTS, generate_rationales, gold_rationales
-from distill.teacher import (LocalServerChoice, ServerOptions, make_client, server_state,
-                             stop_local_teacher)
+from distill.teacher import LocalServerChoice, ServerOptions, make_client, server_state, stop_local_teacher
 from kb.errors import NesyError
 from kb.workspace import check_name, named_path
 
@@ -66,31 +76,49 @@ def _check_out(out: str | None, area: str) -> None:
             named_path(area, check_name(out, "--out"), "--out")
 
 
-cli = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None,
-                  help="Teacher jobs: verified rationales (CoT/PoT/EoT) and KB knowledge.")
+cli = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    help="Teacher jobs: verified rationales (CoT/PoT/EoT) and KB knowledge.",
+)
 
 
-TEACHER_HELP = ("'local' (the packaged llama.cpp teacher), the base URL of an OpenAI-compatible server, "
-                "'gold' (rationales only: the dataset's own human-written CoT, no teacher calls) or "
-                "'annotations' (GSM8K: PoT programs / EoT systems built from the calculator annotations, "
-                "each verified in the sandbox; one set per thought, named <out>-<thought>)")
+TEACHER_HELP = (
+    "'local' (the packaged llama.cpp teacher), the base URL of an OpenAI-compatible server, "
+    "'gold' (rationales only: the dataset's own human-written CoT, no teacher calls) or "
+    "'annotations' (GSM8K: PoT programs / EoT systems built from the calculator annotations, "
+    "each verified in the sandbox; one set per thought, named <out>-<thought>)"
+)
 MODEL_HELP = "local: a GGUF path or packaged teacher name; URL: the model name"
-KEY_ENV_HELP = ("environment variable holding the API key (never written anywhere; '' sends no key). "
-                "The app offers only the variables declared in $NESY_TEACHER_KEY_ENVS")
+KEY_ENV_HELP = (
+    "environment variable holding the API key (never written anywhere; '' sends no key). "
+    "The app offers only the variables declared in $NESY_TEACHER_KEY_ENVS"
+)
 TIMEOUT_HELP = "total seconds of one request attempt (connect + send + read), then a retry"
 CONCURRENCY_HELP = "requests in flight (the local teacher: at most one per slot, see --slots)"
-SLOTS_HELP = ("local teacher: requests decoded together, each slot with its own prompt cache "
-              "(on 2 shared cores two slots were no faster than one)")
-PROMPT_CACHE_HELP = ("local teacher: reuse the computed prefix (instruction + demonstrations) of "
-                     "the previous call instead of reading it again")
-FROM_SET_HELP = ("SKIntern: knowledge for every question of this rationale set, from the question and "
-                 "its gold answer (a set name as `nesy train --data` takes it: the workspace's set, "
-                 "else a shipped one)")
-ATTEMPTS_HELP = ("calls per question at most: a malformed answer (not stored) is asked again as a new "
-                 "sample, each one cached; at temperature 0 one call")
-DRAFT_HELP = ("local teacher: speculative decoding with the packaged Qwen2.5-Coder-0.5B as draft "
-              "(the greedy output, up to floating-point near-ties). It pays where decoding waits on "
-              "memory (many cores, a GPU); on 2 CPU cores it was slower, so it is off by default")
+SLOTS_HELP = (
+    "local teacher: requests decoded together, each slot with its own prompt cache "
+    "(on 2 shared cores two slots were no faster than one)"
+)
+PROMPT_CACHE_HELP = (
+    "local teacher: reuse the computed prefix (instruction + demonstrations) of "
+    "the previous call instead of reading it again"
+)
+FROM_SET_HELP = (
+    "SKIntern: knowledge for every question of this rationale set, from the question and "
+    "its gold answer (a set name as `nesy train --data` takes it: the workspace's set, "
+    "else a shipped one)"
+)
+ATTEMPTS_HELP = (
+    "calls per question at most: a malformed answer (not stored) is asked again as a new "
+    "sample, each one cached; at temperature 0 one call"
+)
+DRAFT_HELP = (
+    "local teacher: speculative decoding with the packaged Qwen2.5-Coder-0.5B as draft "
+    "(the greedy output, up to floating-point near-ties). It pays where decoding waits on "
+    "memory (many cores, a GPU); on 2 CPU cores it was slower, so it is off by default"
+)
 
 
 def _until_stopped(job):
@@ -105,7 +133,7 @@ def _until_stopped(job):
             return job()
     except StopRequested:
         typer.echo("stopped; run the same command again to continue (finished calls are cached)")
-        raise typer.Exit(STOPPED_EXIT_CODE)
+        raise typer.Exit(STOPPED_EXIT_CODE) from None
 
 
 def _thoughts(text: str) -> list[str]:
@@ -125,8 +153,9 @@ def rationales_cmd(
     n_samples: int = typer.Option(1, help="samples per question and thought type"),
     temperature: float = typer.Option(0.0, help="0 for one greedy sample; >0 with --n-samples > 1"),
     max_tokens: int = typer.Option(512),
-    out: str = typer.Option(None, help="rationale set name, not a path: $NESY_HOME/datasets/<out> "
-                                       "(default: <dataset>-<split>)"),
+    out: str = typer.Option(
+        None, help="rationale set name, not a path: $NESY_HOME/datasets/<out> (default: <dataset>-<split>)"
+    ),
     teacher: str = typer.Option("local", help=TEACHER_HELP),
     model: str = typer.Option(None, help=MODEL_HELP),
     api_key_env: str = typer.Option("OPENAI_API_KEY", help=KEY_ENV_HELP),
@@ -156,12 +185,29 @@ def rationales_cmd(
     elif teacher == ANNOTATIONS_TEACHER:
         _annotations(examples, chosen, name)
     else:
-        summary = _until_stopped(lambda: generate_rationales(
-            make_client(teacher, model, api_key_env, concurrency, temperature, max_tokens, timeout,
-                        max_retries, LocalServerChoice(slots, prompt_cache, draft)),
-            examples, chosen, n_samples, name))
-        typer.echo(f"kept {summary.kept} verified of {summary.calls} samples {summary.by_thought} -> "
-                   f"{summary.out}; failed calls {summary.failed_calls}; usage {summary.usage}")
+        summary = _until_stopped(
+            lambda: generate_rationales(
+                make_client(
+                    teacher,
+                    model,
+                    api_key_env,
+                    concurrency,
+                    temperature,
+                    max_tokens,
+                    timeout,
+                    max_retries,
+                    LocalServerChoice(slots, prompt_cache, draft),
+                ),
+                examples,
+                chosen,
+                n_samples,
+                name,
+            )
+        )
+        typer.echo(
+            f"kept {summary.kept} verified of {summary.calls} samples {summary.by_thought} -> "
+            f"{summary.out}; failed calls {summary.failed_calls}; usage {summary.usage}"
+        )
         if summary.calls and summary.failed_calls == summary.calls:
             _fail(f"every teacher call failed (see {summary.out.parent / 'raw.jsonl'})")
 
@@ -181,8 +227,11 @@ def _annotations(examples, chosen: list[str], name: str) -> None:
     if any(t not in annotations.THOUGHTS for t in chosen):
         _fail("--teacher annotations gives pot,eot; CoT from the same rationales is --teacher gold")
     for thought in chosen:  # one set per thought: sources and thoughts never mix
-        summary = _until_stopped(lambda: annotations.annotation_rationales(
-            examples, thought, annotations.default_name(thought, name)))
+        summary = _until_stopped(
+            lambda thought=thought: annotations.annotation_rationales(
+                examples, thought, annotations.default_name(thought, name)
+            )
+        )
         typer.echo(summary.line())
 
 
@@ -192,16 +241,20 @@ def knowledge_cmd(
     dataset: str = typer.Option(None, help="with --with-answer: training examples (SKIntern)"),
     from_set: str = typer.Option(None, "--from-set", help=FROM_SET_HELP),
     split: str = typer.Option("train", help="with --dataset (never test: knowledge is for training)"),
-    limit: int = typer.Option(None, help="--dataset: a seeded sample of this many questions; "
-                                         "--from-set: its first N questions (as nesy train --limit)"),
+    limit: int = typer.Option(
+        None,
+        help="--dataset: a seeded sample of this many questions; "
+        "--from-set: its first N questions (as nesy train --limit)",
+    ),
     seed: int = typer.Option(0, help="the seed of --dataset's --limit sample"),
     with_answer: bool = typer.Option(False, help="SKIntern: knowledge from question + gold answer"),
     auto_accept: bool = typer.Option(False, help="store entries as accepted instead of pending"),
     max_tokens: int = typer.Option(KNOWLEDGE_MAX_TOKENS, help="room for the teacher's analysis"),
     temperature: float = typer.Option(KNOWLEDGE_TEMPERATURE, help="the reference samples at 0.8"),
     attempts: int = typer.Option(KNOWLEDGE_ATTEMPTS, help=ATTEMPTS_HELP),
-    out: str = typer.Option(None, help="name (not a path) of the run folder for raw teacher I/O, "
-                                       "$NESY_HOME/teach/knowledge/<out>"),
+    out: str = typer.Option(
+        None, help="name (not a path) of the run folder for raw teacher I/O, $NESY_HOME/teach/knowledge/<out>"
+    ),
     teacher: str = typer.Option("local", help=TEACHER_HELP),
     model: str = typer.Option(None, help=MODEL_HELP),
     api_key_env: str = typer.Option("OPENAI_API_KEY", help=KEY_ENV_HELP),
@@ -222,26 +275,49 @@ def knowledge_cmd(
         refuse_test_questions(cases)
         name = out or default_name
         knowledge_dir(name)
-    summary = _until_stopped(lambda: distil_knowledge(
-        make_client(teacher, model, api_key_env, concurrency, temperature, max_tokens, timeout,
-                    max_retries, LocalServerChoice(slots, prompt_cache, draft)),
-        cases, kind, name, auto_accept, attempts))
-    typer.echo(f"{summary.created} entries ({'accepted' if auto_accept else 'pending'}) from "
-               f"{summary.cases} cases; malformed {summary.malformed} (not stored); asked again "
-               f"{summary.asked_again}; kept curated {summary.skipped_existing}; failed calls "
-               f"{summary.failed_calls}; quality flags {summary.flags_line()}; raw {summary.raw}; "
-               f"usage {summary.usage}")
+    summary = _until_stopped(
+        lambda: distil_knowledge(
+            make_client(
+                teacher,
+                model,
+                api_key_env,
+                concurrency,
+                temperature,
+                max_tokens,
+                timeout,
+                max_retries,
+                LocalServerChoice(slots, prompt_cache, draft),
+            ),
+            cases,
+            kind,
+            name,
+            auto_accept,
+            attempts,
+        )
+    )
+    typer.echo(
+        f"{summary.created} entries ({'accepted' if auto_accept else 'pending'}) from "
+        f"{summary.cases} cases; malformed {summary.malformed} (not stored); asked again "
+        f"{summary.asked_again}; kept curated {summary.skipped_existing}; failed calls "
+        f"{summary.failed_calls}; quality flags {summary.flags_line()}; raw {summary.raw}; "
+        f"usage {summary.usage}"
+    )
     if summary.cases and summary.failed_calls == summary.cases:
         _fail(f"every teacher call failed (see {summary.raw})")
 
 
 def _check_knowledge_source(errors, dataset, from_set, with_answer: bool, split: str) -> None:
     """Exactly one source of cases, with the options that go with it."""
-    given = [flag for flag, value in (("--errors", errors), ("--dataset", dataset), ("--from-set", from_set))
-             if value is not None]
+    given = [
+        flag
+        for flag, value in (("--errors", errors), ("--dataset", dataset), ("--from-set", from_set))
+        if value is not None
+    ]
     if len(given) != 1:
-        _fail("give exactly one source: --errors FILE (NesyCD), --dataset NAME --with-answer or "
-              "--from-set NAME (SKIntern)" + (f"; not {' and '.join(given)} together" if given else ""))
+        _fail(
+            "give exactly one source: --errors FILE (NesyCD), --dataset NAME --with-answer or "
+            "--from-set NAME (SKIntern)" + (f"; not {' and '.join(given)} together" if given else "")
+        )
     if dataset is not None and not with_answer:
         _fail("--dataset needs --with-answer (SKIntern knowledge from question + gold answer)")
     if from_set is not None and split != "train":

@@ -39,6 +39,7 @@
   cooperative stop, `guarded` makes one answer that cannot be processed one failed sample, and
   `append_line` writes one line of a job's raw JSONL.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -79,12 +80,12 @@ class TeacherConfig:
     api_key_env: str = "OPENAI_API_KEY"
     concurrency: int = 4
     max_retries: int = 5
-    timeout: float = 600.0          # total seconds of one request attempt (a busy CPU server is slow)
+    timeout: float = 600.0  # total seconds of one request attempt (a busy CPU server is slow)
     temperature: float = 0.0
     max_tokens: int = 512
-    backoff_base: float = 0.5       # seconds; attempt k waits base * 2**k (+ jitter), capped
+    backoff_base: float = 0.5  # seconds; attempt k waits base * 2**k (+ jitter), capped
     backoff_max: float = 30.0
-    backend: str | None = None      # cache namespace; defaults to base_url (local servers set a stable one)
+    backend: str | None = None  # cache namespace; defaults to base_url (local servers set a stable one)
 
     @property
     def cache_backend(self) -> str:
@@ -93,21 +94,21 @@ class TeacherConfig:
 
 @dataclass
 class Usage:
-    requests: int = 0               # real calls that succeeded
-    cached: int = 0                 # answered from the cache
+    requests: int = 0  # real calls that succeeded
+    cached: int = 0  # answered from the cache
     retries: int = 0
     failures: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     # llama.cpp's own `timings` of the real calls that reported them (other servers send none)
-    timed: int = 0                  # calls with timings
-    prompt_n: int = 0               # prompt tokens actually computed (the rest came from the cache)
-    cache_n: int = 0                # prompt tokens reused from the slot's KV cache
+    timed: int = 0  # calls with timings
+    prompt_n: int = 0  # prompt tokens actually computed (the rest came from the cache)
+    cache_n: int = 0  # prompt tokens reused from the slot's KV cache
     prompt_ms: float = 0.0
-    predicted_n: int = 0            # tokens decoded
+    predicted_n: int = 0  # tokens decoded
     predicted_ms: float = 0.0
-    draft_n: int = 0                # tokens the draft model proposed
-    draft_n_accepted: int = 0       # ... and the teacher accepted
+    draft_n: int = 0  # tokens the draft model proposed
+    draft_n_accepted: int = 0  # ... and the teacher accepted
 
     @property
     def total_tokens(self) -> int:
@@ -118,23 +119,29 @@ class Usage:
         if not self.timed:
             return None
         total = self.prompt_ms + self.predicted_ms
+
         def rate(n, ms):
             return f"{n / ms * 1000:.1f} tok/s" if ms > 0 else "-"
-        line = (f"teacher time over {self.timed} calls: {total / 1000:.1f} s = prompt "
-                f"{self.prompt_ms / 1000:.1f} s ({100 * self.prompt_ms / total if total else 0:.0f} %, "
-                f"{self.prompt_n} tokens computed at {rate(self.prompt_n, self.prompt_ms)}, "
-                f"{self.cache_n} reused from the cache) + decode {self.predicted_ms / 1000:.1f} s "
-                f"({self.predicted_n} tokens at {rate(self.predicted_n, self.predicted_ms)})")
+
+        line = (
+            f"teacher time over {self.timed} calls: {total / 1000:.1f} s = prompt "
+            f"{self.prompt_ms / 1000:.1f} s ({100 * self.prompt_ms / total if total else 0:.0f} %, "
+            f"{self.prompt_n} tokens computed at {rate(self.prompt_n, self.prompt_ms)}, "
+            f"{self.cache_n} reused from the cache) + decode {self.predicted_ms / 1000:.1f} s "
+            f"({self.predicted_n} tokens at {rate(self.predicted_n, self.predicted_ms)})"
+        )
         if self.draft_n:
-            line += (f"; draft accepted {self.draft_n_accepted}/{self.draft_n} "
-                     f"({100 * self.draft_n_accepted / self.draft_n:.0f} %)")
+            line += (
+                f"; draft accepted {self.draft_n_accepted}/{self.draft_n} "
+                f"({100 * self.draft_n_accepted / self.draft_n:.0f} %)"
+            )
         return line
 
 
 @dataclass
 class Completion:
     text: str
-    usage: dict = field(default_factory=dict)   # prompt_tokens, completion_tokens
+    usage: dict = field(default_factory=dict)  # prompt_tokens, completion_tokens
     finish_reason: str | None = None
     model: str | None = None
     cached: bool = False
@@ -183,8 +190,11 @@ def allowed_key_envs(secrets=None, base_url: str | None = None) -> list[str]:
     names = []
     for entry in (str(e).strip() for e in entries):
         name, _, host = entry.partition("@")
-        if KEY_ENV_RE.fullmatch(name) and name not in names and (
-                base_url is None or not host or _same_host(base_url, host)):
+        if (
+            KEY_ENV_RE.fullmatch(name)
+            and name not in names
+            and (base_url is None or not host or _same_host(base_url, host))
+        ):
             names.append(name)
     return names
 
@@ -201,10 +211,10 @@ def _same_host(base_url: str, host: str) -> bool:
 
 # ---------------------------------------------------------------- total deadline of one request
 
-STOP_GRACE = 3.0    # s a call in flight may still take after a stop request (then abandoned)
-WAIT_SLICE = 0.25   # s between looks at the deadline and the stop flag while a read blocks
+STOP_GRACE = 3.0  # s a call in flight may still take after a stop request (then abandoned)
+WAIT_SLICE = 0.25  # s between looks at the deadline and the stop flag while a read blocks
 
-_deadline = threading.local()   # .at: monotonic end of the current thread's request attempt
+_deadline = threading.local()  # .at: monotonic end of the current thread's request attempt
 
 
 def _seconds_left() -> float | None:
@@ -250,8 +260,9 @@ class _DeadlineStream(httpcore2.NetworkStream):
         self._stream.close()
 
     def start_tls(self, ssl_context, server_hostname=None, timeout=None) -> httpcore2.NetworkStream:
-        return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname,
-                                                      _bounded(timeout, httpcore2.ConnectTimeout)))
+        return _DeadlineStream(
+            self._stream.start_tls(ssl_context, server_hostname, _bounded(timeout, httpcore2.ConnectTimeout))
+        )
 
     def get_extra_info(self, info: str):
         return self._stream.get_extra_info(info)
@@ -262,12 +273,16 @@ class _DeadlineBackend(httpcore2.NetworkBackend):
         self._backend = backend
 
     def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
-        return _DeadlineStream(self._backend.connect_tcp(
-            host, port, _bounded(timeout, httpcore2.ConnectTimeout), local_address, socket_options))
+        return _DeadlineStream(
+            self._backend.connect_tcp(
+                host, port, _bounded(timeout, httpcore2.ConnectTimeout), local_address, socket_options
+            )
+        )
 
     def connect_unix_socket(self, path, timeout=None, socket_options=None):
-        return _DeadlineStream(self._backend.connect_unix_socket(
-            path, _bounded(timeout, httpcore2.ConnectTimeout), socket_options))
+        return _DeadlineStream(
+            self._backend.connect_unix_socket(path, _bounded(timeout, httpcore2.ConnectTimeout), socket_options)
+        )
 
     def sleep(self, seconds: float) -> None:
         self._backend.sleep(seconds)
@@ -292,6 +307,7 @@ def _env_proxy(url: str) -> str | None:
 
 # ---------------------------------------------------------------- cache
 
+
 class TeacherCache:
     """request key -> completion, plus a log of every real call; safe across threads and processes."""
 
@@ -299,8 +315,10 @@ class TeacherCache:
         self.path = path or subdir("cache") / "teacher.sqlite"
         self._local = threading.local()
         with self._db() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, request TEXT,"
-                       " text TEXT, usage TEXT, finish_reason TEXT, model TEXT, created REAL)")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, request TEXT,"
+                " text TEXT, usage TEXT, finish_reason TEXT, model TEXT, created REAL)"
+            )
             db.execute("CREATE TABLE IF NOT EXISTS calls (id INTEGER PRIMARY KEY, key TEXT, at REAL)")
 
     def _db(self) -> sqlite3.Connection:
@@ -317,17 +335,27 @@ class TeacherCache:
         return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
 
     def get(self, key: str) -> Completion | None:
-        row = self._db().execute("SELECT text, usage, finish_reason, model FROM completions WHERE key=?",
-                                 (key,)).fetchone()
+        row = (
+            self._db()
+            .execute("SELECT text, usage, finish_reason, model FROM completions WHERE key=?", (key,))
+            .fetchone()
+        )
         if row is None:
             return None
         return Completion(row[0], json.loads(row[1]), row[2], row[3], cached=True, key=key)
 
     def put(self, key: str, request: dict, completion: Completion) -> None:
-        row = (json.dumps(request, ensure_ascii=False), completion.text, json.dumps(completion.usage),
-               completion.finish_reason, completion.model)
-        self._db().execute("INSERT OR REPLACE INTO completions VALUES (?,?,?,?,?,?,?)",
-                           (key, *(None if v is None else clean_text(v) for v in row), time.time()))
+        row = (
+            json.dumps(request, ensure_ascii=False),
+            completion.text,
+            json.dumps(completion.usage),
+            completion.finish_reason,
+            completion.model,
+        )
+        self._db().execute(
+            "INSERT OR REPLACE INTO completions VALUES (?,?,?,?,?,?,?)",
+            (key, *(None if v is None else clean_text(v) for v in row), time.time()),
+        )
 
     def log_call(self, key: str) -> None:
         self._db().execute("INSERT INTO calls (key, at) VALUES (?, ?)", (key, time.time()))
@@ -341,13 +369,13 @@ class TeacherCache:
 
 # ---------------------------------------------------------------- client
 
+
 def _tokens(value) -> int:
     """A token count from the server's usage block (anything else counts as 0)."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
-TIMING_FIELDS = ("prompt_n", "cache_n", "prompt_ms", "predicted_n", "predicted_ms", "draft_n",
-                 "draft_n_accepted")
+TIMING_FIELDS = ("prompt_n", "cache_n", "prompt_ms", "predicted_n", "predicted_ms", "draft_n", "draft_n_accepted")
 
 
 def _timings(extra: dict) -> dict:
@@ -374,14 +402,15 @@ def prefix_order(requests: list[Messages]) -> list[int]:
     prompts keep their order within a group (so samples of one question stay adjacent).
     """
     first_seen: dict[str, int] = {}
+
     def group(i: int) -> int:
         head = json.dumps(requests[i][:-1], sort_keys=True, ensure_ascii=False)
         return first_seen.setdefault(head, len(first_seen))
+
     return sorted(range(len(requests)), key=lambda i: (group(i), i))
 
 
-RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
-             openai.APIConnectionError)
+RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError)
 
 
 class TeacherClient:
@@ -395,9 +424,13 @@ class TeacherClient:
         self._secret = api_key if api_key and len(api_key) >= 8 else None
         transport = DeadlineTransport(proxy=_env_proxy(config.base_url))
         # local servers need no key; our retries, not the SDK's, so they are the ones tested
-        self._client = openai.OpenAI(base_url=config.base_url, api_key=api_key or "no-key",
-                                     max_retries=0, timeout=config.timeout,
-                                     http_client=openai.DefaultHttpxClient(transport=transport))
+        self._client = openai.OpenAI(
+            base_url=config.base_url,
+            api_key=api_key or "no-key",
+            max_retries=0,
+            timeout=config.timeout,
+            http_client=openai.DefaultHttpxClient(transport=transport),
+        )
 
     def sampling(self, **overrides) -> dict:
         params = {"temperature": self.config.temperature, "max_tokens": self.config.max_tokens}
@@ -409,8 +442,7 @@ class TeacherClient:
         params = self.sampling(**sampling)
         if sample and "seed" not in params:
             params["seed"] = sample
-        key = TeacherCache.key(self.config.cache_backend, self.config.model, messages,
-                               {**params, "sample": sample})
+        key = TeacherCache.key(self.config.cache_backend, self.config.model, messages, {**params, "sample": sample})
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             self._count(cached=1)
             return hit
@@ -421,14 +453,22 @@ class TeacherClient:
         if not completion.text.strip():
             # not cached: an empty answer is not final, a re-run asks again
             self._count(failures=1)
-            raise TeacherError(f"the teacher returned an empty answer (finish_reason "
-                               f"{completion.finish_reason}); not cached, a re-run asks again")
+            raise TeacherError(
+                f"the teacher returned an empty answer (finish_reason "
+                f"{completion.finish_reason}); not cached, a re-run asks again"
+            )
         if self.cache is not None:
             self.cache.put(key, {"model": self.config.model, "messages": messages, **params}, completion)
         return completion
 
-    def complete_many(self, requests: list[Messages], on_done=None, samples: list[int] | None = None,
-                      order: list[int] | None = None, **sampling) -> list[Completion | Exception]:
+    def complete_many(
+        self,
+        requests: list[Messages],
+        on_done=None,
+        samples: list[int] | None = None,
+        order: list[int] | None = None,
+        **sampling,
+    ) -> list[Completion | Exception]:
         """Complete many prompts with at most `concurrency` in flight; results keep input order.
 
         A failed item is returned as its exception (the others still finish); `on_done(i, result)`
@@ -480,8 +520,9 @@ class TeacherClient:
                 continue
             except openai.APIStatusError as e:  # 4xx other than 429: retrying will not help
                 self._count(failures=1)
-                raise TeacherError(self._redact(f"teacher refused the request ({e.status_code}): "
-                                                f"{e.message}")) from None
+                raise TeacherError(
+                    self._redact(f"teacher refused the request ({e.status_code}): {e.message}")
+                ) from None
             except openai.APIError as e:  # e.g. a body that is not a chat completion
                 self._count(failures=1)
                 raise TeacherError(self._redact(f"unusable teacher response: {e}")) from None
@@ -492,8 +533,7 @@ class TeacherClient:
         """One attempt, bounded by `timeout` in total (DeadlineTransport reads the deadline)."""
         _deadline.at = time.monotonic() + self.config.timeout
         try:
-            return self._client.chat.completions.create(model=self.config.model, messages=messages,
-                                                        **params)
+            return self._client.chat.completions.create(model=self.config.model, messages=messages, **params)
         finally:
             _deadline.at = None
 
@@ -519,7 +559,7 @@ class TeacherClient:
                 return min(float(retry_after), self.config.backoff_max)
             except ValueError:
                 pass
-        delay = self.config.backoff_base * 2 ** attempt
+        delay = self.config.backoff_base * 2**attempt
         return min(delay * (0.5 + random.random() / 2), self.config.backoff_max)
 
     def _completion(self, response) -> Completion:
@@ -529,12 +569,10 @@ class TeacherClient:
         except (AttributeError, IndexError, KeyError, TypeError):
             self._count(failures=1)
             raise TeacherError("the teacher's response is not a chat completion") from None
-        usage = {name: _tokens(getattr(response.usage, name, 0))
-                 for name in ("prompt_tokens", "completion_tokens")}
+        usage = {name: _tokens(getattr(response.usage, name, 0)) for name in ("prompt_tokens", "completion_tokens")}
         timings = _timings(getattr(response, "model_extra", None) or {})
         self._count(requests=1, **usage, **({"timed": 1, **timings} if timings else {}))
-        return Completion(self._safe(content) or "", usage, self._safe(finish), self._safe(model),
-                          timings=timings)
+        return Completion(self._safe(content) or "", usage, self._safe(finish), self._safe(model), timings=timings)
 
     def _safe(self, value) -> str | None:
         """A server-given field as text fit to store: without the key, encodable as UTF-8."""
@@ -548,18 +586,24 @@ class TeacherClient:
 
 # ---------------------------------------------------------------- local llama.cpp server
 
+
 @dataclass
 class ServerInfo:
     base_url: str
-    model: str       # the name the server answers to (the GGUF file stem)
+    model: str  # the name the server answers to (the GGUF file stem)
     pid: int
     port: int
     gguf: str
-    options: dict = field(default_factory=dict)   # the ServerOptions it runs with
+    options: dict = field(default_factory=dict)  # the ServerOptions it runs with
 
     def config(self, **overrides) -> TeacherConfig:
-        return TeacherConfig(base_url=self.base_url, model=self.model, api_key_env="NESY_LOCAL_KEY",
-                             backend=f"llama.cpp:{Path(self.gguf).name}", **overrides)
+        return TeacherConfig(
+            base_url=self.base_url,
+            model=self.model,
+            api_key_env="NESY_LOCAL_KEY",
+            backend=f"llama.cpp:{Path(self.gguf).name}",
+            **overrides,
+        )
 
 
 def default_threads() -> int:
@@ -576,28 +620,48 @@ class ServerOptions:
     1.5B teacher (bench/bench_teacher_throughput.py, GSM8K CoT + PoT): the prompt cache with
     grouped requests 1.46x the plain server (the prompt was 62 % of its time); two slots and the
     0.5B draft were slower than one slot without it."""
-    n_parallel: int = field(default=1, metadata={"help": (
-        "slots: requests decoded together. Each slot keeps its own prompt cache (and computes the "
-        "shared prefix once itself); on 2 shared cores two slots were no faster than one")})
+
+    n_parallel: int = field(
+        default=1,
+        metadata={
+            "help": (
+                "slots: requests decoded together. Each slot keeps its own prompt cache (and computes the "
+                "shared prefix once itself); on 2 shared cores two slots were no faster than one"
+            )
+        },
+    )
     n_ctx: int = field(default=4096, metadata={"help": "context tokens per slot"})
     threads: int | None = field(default=None, metadata={"help": "CPU threads (default: half the cores)"})
-    cache_prompt: bool = field(default=True, metadata={"help": (
-        "reuse the slot's KV cache for the longest prefix shared with its previous prompt, so "
-        "the few-shot demonstrations are read once per thought type, not once per call. Greedy "
-        "answers can differ from a cold prompt's at floating-point near-ties: llama.cpp's CPU "
-        "kernels round differently by batch size, and the cached prefix was computed in another "
-        "batch than a cold prompt's")})
-    draft: str | None = field(default=None, metadata={"help": (
-        "GGUF of a draft model for speculative decoding (same tokenizer as the teacher; the "
-        "greedy output up to floating-point near-ties); None: off. `default_draft` gives the "
-        "packaged 0.5B for the 1.5B teacher. It pays where decoding waits on memory (many "
-        "cores, a GPU); on one CPU thread checking drafts costs about what it saves")})
+    cache_prompt: bool = field(
+        default=True,
+        metadata={
+            "help": (
+                "reuse the slot's KV cache for the longest prefix shared with its previous prompt, so "
+                "the few-shot demonstrations are read once per thought type, not once per call. Greedy "
+                "answers can differ from a cold prompt's at floating-point near-ties: llama.cpp's CPU "
+                "kernels round differently by batch size, and the cached prefix was computed in another "
+                "batch than a cold prompt's"
+            )
+        },
+    )
+    draft: str | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "GGUF of a draft model for speculative decoding (same tokenizer as the teacher; the "
+                "greedy output up to floating-point near-ties); None: off. `default_draft` gives the "
+                "packaged 0.5B for the 1.5B teacher. It pays where decoding waits on memory (many "
+                "cores, a GPU); on one CPU thread checking drafts costs about what it saves"
+            )
+        },
+    )
     # Few and confident drafts: on one CPU thread checking k drafted tokens costs about k/5 of a
     # decode step (prompt speed / decode speed), so long drafts cost more than they save.
     draft_max: int = field(default=4, metadata={"help": "most tokens the draft proposes per step"})
     draft_min: int = field(default=0, metadata={"help": "fewest tokens of a draft worth verifying"})
-    draft_p_min: float = field(default=0.8, metadata={"help": (
-        "the draft stops proposing at a token it is less sure of than this (greedy)")})
+    draft_p_min: float = field(
+        default=0.8, metadata={"help": ("the draft stops proposing at a token it is less sure of than this (greedy)")}
+    )
 
     def __post_init__(self):
         self.threads = self.threads or default_threads()
@@ -613,7 +677,7 @@ class ServerOptions:
 
 # Packaged teacher -> the packaged model that drafts for it (same Qwen2.5 tokenizer, 3x smaller).
 DRAFT_FOR = {"qwen2.5-coder-1.5b": "qwen2.5-coder-0.5b"}
-_draft_notes: set[str] = set()   # the "no draft" note is said once per process
+_draft_notes: set[str] = set()  # the "no draft" note is said once per process
 
 
 def default_draft(gguf: str | Path) -> str | None:
@@ -630,8 +694,9 @@ def default_draft(gguf: str | Path) -> str | None:
     except ModelNotAvailable as e:
         if teacher not in _draft_notes:
             _draft_notes.add(teacher)
-            print(f"note: no speculative decoding for {teacher}: its draft model is not available "
-                  f"({e})", file=sys.stderr)
+            print(
+                f"note: no speculative decoding for {teacher}: its draft model is not available ({e})", file=sys.stderr
+            )
         return None
 
 
@@ -658,10 +723,21 @@ def _default_gguf() -> Path:
 
 def _spawn_server(gguf: Path, port: int, options: ServerOptions, detached: bool) -> subprocess.Popen:
     log = open(subdir("teacher") / f"server-{port}.log", "ab")  # noqa: SIM115 - child owns it
-    command = [sys.executable, "-m", "distill.teacher", "serve", "--gguf", str(gguf), "--port", str(port),
-               "--options", json.dumps(asdict(options))]
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=detached)
+    command = [
+        sys.executable,
+        "-m",
+        "distill.teacher",
+        "serve",
+        "--gguf",
+        str(gguf),
+        "--port",
+        str(port),
+        "--options",
+        json.dumps(asdict(options)),
+    ]
+    return subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=detached
+    )
 
 
 def _wait_healthy(proc: subprocess.Popen, base_url: str, timeout: float) -> None:
@@ -671,8 +747,7 @@ def _wait_healthy(proc: subprocess.Popen, base_url: str, timeout: float) -> None
             _stop(proc.pid, grace=2.0)
             raise StopRequested()
         if proc.poll() is not None:
-            raise TeacherError(f"the local teacher server exited with {proc.returncode} "
-                               f"(log: {subdir('teacher')})")
+            raise TeacherError(f"the local teacher server exited with {proc.returncode} (log: {subdir('teacher')})")
         if healthy(base_url, timeout=1.0):
             return
         time.sleep(0.2)
@@ -717,8 +792,14 @@ class LocalTeacherServer:
     """A real llama.cpp server for one `with` block: started, health-checked, stopped.
     `options` is a ServerOptions; its fields may also be given as keywords (n_parallel=2, …)."""
 
-    def __init__(self, gguf: str | Path | None = None, port: int | None = None,
-                 options: ServerOptions | None = None, startup_timeout: float = 180.0, **fields):
+    def __init__(
+        self,
+        gguf: str | Path | None = None,
+        port: int | None = None,
+        options: ServerOptions | None = None,
+        startup_timeout: float = 180.0,
+        **fields,
+    ):
         self.gguf = Path(gguf) if gguf else _default_gguf()
         self.port = port or free_port()
         self.options = options or ServerOptions(**fields)
@@ -727,8 +808,14 @@ class LocalTeacherServer:
 
     @property
     def info(self) -> ServerInfo:
-        return ServerInfo(f"http://127.0.0.1:{self.port}/v1", self.gguf.stem, self.proc.pid,
-                          self.port, str(self.gguf), asdict(self.options))
+        return ServerInfo(
+            f"http://127.0.0.1:{self.port}/v1",
+            self.gguf.stem,
+            self.proc.pid,
+            self.port,
+            str(self.gguf),
+            asdict(self.options),
+        )
 
     def start(self) -> ServerInfo:
         self.proc = _spawn_server(self.gguf, self.port, self.options, detached=False)
@@ -753,8 +840,7 @@ def _state_path() -> Path:
     return subdir("teacher") / "server.json"
 
 
-def local_teacher(gguf: str | Path | None = None, options: ServerOptions | None = None,
-                  **fields) -> ServerInfo:
+def local_teacher(gguf: str | Path | None = None, options: ServerOptions | None = None, **fields) -> ServerInfo:
     """The shared local teacher: reuse the recorded server if it is alive, serves `gguf` with the
     same options and answers /health, else (re)start a detached one and record it. A file lock
     keeps two jobs from starting two."""
@@ -763,15 +849,19 @@ def local_teacher(gguf: str | Path | None = None, options: ServerOptions | None 
     with open(subdir("teacher") / "server.lock", "w") as lock:
         _lock_unless_stopped(lock)
         state = server_state()
-        if (state and state["gguf"] == gguf and state.get("options") == asdict(options)
-                and _alive(state["pid"]) and healthy(state["base_url"])):
+        if (
+            state
+            and state["gguf"] == gguf
+            and state.get("options") == asdict(options)
+            and _alive(state["pid"])
+            and healthy(state["base_url"])
+        ):
             return ServerInfo(**state)
         if state and _alive(state["pid"]):
             _stop(state["pid"])  # another model or other options, or a hung server
         port = free_port()
         proc = _spawn_server(Path(gguf), port, options, detached=True)
-        info = ServerInfo(f"http://127.0.0.1:{port}/v1", Path(gguf).stem, proc.pid, port, gguf,
-                          asdict(options))
+        info = ServerInfo(f"http://127.0.0.1:{port}/v1", Path(gguf).stem, proc.pid, port, gguf, asdict(options))
         _wait_healthy(proc, info.base_url, timeout=180.0)
         _state_path().write_text(json.dumps(info.__dict__), encoding="utf-8")
         return info
@@ -808,6 +898,7 @@ def stop_local_teacher() -> bool:
 
 # ---------------------------------------------------------------- choosing a teacher
 
+
 class TeacherChoiceError(NesyError, ValueError):
     """The teacher cannot be used as chosen (a bad model, no model name for a URL, the local
     server not available, a bad slot count); found before any call is made."""
@@ -818,28 +909,43 @@ class LocalServerChoice:
     """What a teacher job asks of the local llama.cpp teacher (fields of ServerOptions).
     Speculative decoding is off by default: on this project's 2-core CPU the 0.5B draft made the
     1.5B teacher slower (bench/bench_teacher_throughput.py); `--draft` turns it on."""
+
     slots: int = ServerOptions.n_parallel
     prompt_cache: bool = True
-    draft: bool = False     # the packaged draft model, when the teacher has one and it is installed
+    draft: bool = False  # the packaged draft model, when the teacher has one and it is installed
 
     def __post_init__(self):
         if self.slots < 1:
             raise TeacherChoiceError("--slots must be at least 1")
 
     def options(self, gguf: Path) -> ServerOptions:
-        return ServerOptions(n_parallel=self.slots, cache_prompt=self.prompt_cache,
-                             draft=default_draft(gguf) if self.draft else None)
+        return ServerOptions(
+            n_parallel=self.slots, cache_prompt=self.prompt_cache, draft=default_draft(gguf) if self.draft else None
+        )
 
 
-def make_client(teacher: str, model: str | None, api_key_env: str, concurrency: int,
-                temperature: float, max_tokens: int, timeout: float, max_retries: int = 5,
-                server: LocalServerChoice | None = None) -> TeacherClient:
+def make_client(
+    teacher: str,
+    model: str | None,
+    api_key_env: str,
+    concurrency: int,
+    temperature: float,
+    max_tokens: int,
+    timeout: float,
+    max_retries: int = 5,
+    server: LocalServerChoice | None = None,
+) -> TeacherClient:
     """`local` = the shared llama.cpp server (model: a GGUF path or a packaged teacher name);
     anything else is the base URL of an OpenAI-compatible server (model: its model name).
     The local server sends at most one request per slot: more would only wait in its queue,
     where the total deadline of a request (`timeout`) keeps running."""
-    sampling = dict(concurrency=concurrency, temperature=temperature, max_tokens=max_tokens,
-                    timeout=timeout, max_retries=max_retries)
+    sampling = dict(
+        concurrency=concurrency,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        timeout=timeout,
+        max_retries=max_retries,
+    )
     if teacher == "local":
         config = _local_config(model, server or LocalServerChoice(), sampling)
     elif not model:
@@ -854,20 +960,19 @@ def _local_config(model: str | None, server: LocalServerChoice, sampling: dict) 
     from distill.models import TEACHERS, ModelNotAvailable, teacher_gguf_path
 
     if model and model not in TEACHERS and not Path(model).is_file():
-        raise TeacherChoiceError(f"--model must be a GGUF file or one of {', '.join(TEACHERS)} "
-                                 f"with --teacher local")
+        raise TeacherChoiceError(f"--model must be a GGUF file or one of {', '.join(TEACHERS)} with --teacher local")
     try:
         gguf = teacher_gguf_path(model)
         options = server.options(gguf)
         info = local_teacher(gguf, options)
     except (ModelNotAvailable, TeacherError) as e:
-        raise TeacherChoiceError(f"the local teacher is not available: {e} "
-                                 f"(run `make setup-teacher`)") from None
+        raise TeacherChoiceError(f"the local teacher is not available: {e} (run `make setup-teacher`)") from None
     print(f"local teacher {info.model}: {options.describe()}", file=sys.stderr)
     return info.config(**{**sampling, "concurrency": min(sampling["concurrency"], options.n_parallel)})
 
 
 # ---------------------------------------------------------------- a teacher job's requests
+
 
 def append_line(path: Path, row: dict | str) -> None:
     """One JSONL line (a dict, or an already serialised line); lone surrogates become U+FFFD."""
@@ -879,6 +984,7 @@ def append_line(path: Path, row: dict | str) -> None:
 def guarded(process, fail):
     """`process(i, result)`, where any error processing one answer becomes `fail(i, message)`:
     the answer is cached, so letting it raise would kill every re-run of the job the same way."""
+
     def handle(i, result):
         if isinstance(result, Exception):
             fail(i, str(result))
@@ -887,25 +993,30 @@ def guarded(process, fail):
             process(i, result)
         except Exception as e:  # noqa: BLE001 - one bad answer is one failed sample
             fail(i, f"could not process the answer: {type(e).__name__}: {e}")
+
     return handle
 
 
-def run_requests(client: TeacherClient, requests: list[Messages], samples: list[int],
-                 desc: str, handle) -> None:
+def run_requests(client: TeacherClient, requests: list[Messages], samples: list[int], desc: str, handle) -> None:
     """complete_many with progress (tokens, rate, ETA) and a cooperative stop between results."""
     started = time.monotonic()
     with Progress(len(requests), desc=desc, unit="call", stage=desc) as bar:
+
         def on_done(i, result):
             handle(i, result)
             elapsed = max(time.monotonic() - started, 1e-6)
-            bar.update(1, tokens=client.usage.total_tokens, cached=client.usage.cached,
-                       tokens_per_s=round(client.usage.completion_tokens / elapsed, 2))
+            bar.update(
+                1,
+                tokens=client.usage.total_tokens,
+                cached=client.usage.cached,
+                tokens_per_s=round(client.usage.completion_tokens / elapsed, 2),
+            )
             bar.check_stop()
+
         # prompts sharing their instruction and demonstrations go one group after the other,
         # so the server's prompt cache computes that prefix once per group
         try:
-            client.complete_many(requests, on_done=on_done, samples=samples,
-                                 order=prefix_order(requests))
+            client.complete_many(requests, on_done=on_done, samples=samples, order=prefix_order(requests))
         finally:  # where the teacher's time went (llama.cpp's own timings), stopped or not
             if line := client.usage.timings_line():
                 print(line)
@@ -914,8 +1025,13 @@ def run_requests(client: TeacherClient, requests: list[Messages], samples: list[
 def usage_summary(client: TeacherClient) -> dict:
     """What a job's summary reports of the teacher's usage."""
     u = client.usage
-    return {"requests": u.requests, "cached": u.cached, "retries": u.retries,
-            "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens}
+    return {
+        "requests": u.requests,
+        "cached": u.cached,
+        "retries": u.retries,
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+    }
 
 
 def serve(gguf: str, port: int, options: ServerOptions) -> None:

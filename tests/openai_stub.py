@@ -8,28 +8,34 @@ Besides `serve(handler)` and the reply helpers, ready-made hostile teachers:
 - `ServesAdapters`: a student server (vLLM `--enable-lora`): answers chat completions only for the
   model names it serves (404 otherwise, as vLLM), recording each request body.
 """
+
 from __future__ import annotations
 
 import json
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterator
 
 
-def chat_completion(content: str, model: str = "stub", prompt_tokens: int = 10,
-                    completion_tokens: int = 20) -> dict:
+def chat_completion(content: str, model: str = "stub", prompt_tokens: int = 10, completion_tokens: int = 20) -> dict:
     """The body of a non-streaming chat.completion response."""
-    return {"id": "stub", "object": "chat.completion", "created": 0, "model": model,
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": content}}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens}}
+    return {
+        "id": "stub",
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
 
 
-def reply(handler: BaseHTTPRequestHandler, status: int, payload: dict | bytes,
-          headers: dict | None = None) -> None:
+def reply(handler: BaseHTTPRequestHandler, status: int, payload: dict | bytes, headers: dict | None = None) -> None:
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     handler.send_response(status)
     for name, value in (headers or {}).items():
@@ -63,8 +69,9 @@ def read_body(handler: BaseHTTPRequestHandler) -> dict:
 
 class Scripted(QuietHandler):
     """Answers chat completions with `answers[i]` for the i-th call (the last one repeats)."""
+
     answers: list = ["ok"]
-    calls: list = []     # the request bodies, in order
+    calls: list = []  # the request bodies, in order
 
     def do_POST(self):  # noqa: N802 - http.server API
         Scripted.calls.append(read_body(self))
@@ -75,15 +82,15 @@ class Scripted(QuietHandler):
 
 class Trickle(QuietHandler):
     """Sends a whole, valid response one byte every `interval` s until the client hangs up."""
+
     interval = 1.0
-    hits: list = []      # monotonic time of each request
+    hits: list = []  # monotonic time of each request
 
     def do_POST(self):  # noqa: N802
         read_body(self)
         Trickle.hits.append(time.monotonic())
         body = json.dumps(chat_completion("Therefore, the answer is 1.")).encode()
-        raw = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-               b"Content-Length: %d\r\n\r\n" % len(body)) + body
+        raw = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
         self.close_connection = True
         end = time.monotonic() + 300  # never outlive a test run by much
         for byte in raw:
@@ -99,8 +106,9 @@ class Trickle(QuietHandler):
 class EchoKey(QuietHandler):
     """Echoes the Authorization header: `mode` "error" (a 401 body), "answer" (the content) or
     "everywhere" (content, model, finish_reason and a usage count)."""
+
     mode = "error"
-    seen: list = []      # the Authorization headers received
+    seen: list = []  # the Authorization headers received
 
     def do_POST(self):  # noqa: N802
         read_body(self)
@@ -120,6 +128,7 @@ class EchoKey(QuietHandler):
 class ServesAdapters(QuietHandler):
     """Answers chat completions for the model names in `models` with `answer`, recording each
     request body; any other model name gets vLLM's 404."""
+
     models = {"tiny-lora"}
     answer = "3 + 4 = 7. Therefore, the answer is 7."
     prompt_tokens = 77
