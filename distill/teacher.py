@@ -10,7 +10,9 @@
   A stop request (SIGTERM/SIGINT, see distill/progress.py) lets calls in flight finish for
   STOP_GRACE seconds (so a paid answer still lands in the cache), then abandons them; no new
   call starts. The same code drives OpenAI, vLLM, Ollama, llama.cpp, LM Studio or TGI through
-  `base_url` + `model`.
+  `base_url` + `model`. `request()` gives a prompt's cache key and the exact body a call sends;
+  `call_api()` runs any call of the openai client with these retries, deadline and redaction
+  (the Batch API's file and batch calls too: distill/batch.py).
 - The API key is read from the environment variable named in the config and never written
   anywhere; every text the client hands on (answers, error bodies) has it replaced by
   `[redacted]`. The app may only offer the variables the operator declared:
@@ -36,8 +38,9 @@
 - What every teacher job shares (distill/rationales.py, distill/knowledge.py): `make_client`
   turns a `--teacher` / `--model` choice into a client (a wrong choice is a TeacherChoiceError,
   a NesyError, before any call), `run_requests` sends a job's prompts with progress and a
-  cooperative stop, `guarded` makes one answer that cannot be processed one failed sample, and
-  `append_line` writes one line of a job's raw JSONL.
+  cooperative stop (a prompt `Deferred` to a batch being prepared is left unanswered),
+  `guarded` makes one answer that cannot be processed one failed sample, and `append_line`
+  writes one line of a job's raw JSONL.
 """
 
 from __future__ import annotations
@@ -151,6 +154,11 @@ class Completion:
 
 class TeacherError(RuntimeError):
     """A teacher call failed after all retries (or with a non-retryable error)."""
+
+
+class Deferred(Exception):
+    """A request not sent now: it waits in a Batch API batch being prepared (distill/batch.py).
+    A job leaves its item unanswered (neither an answer nor a failed call)."""
 
 
 class TeacherStopped(TeacherError):
@@ -437,16 +445,26 @@ class TeacherClient:
         params.update({k: v for k, v in overrides.items() if v is not None})
         return params
 
-    def complete(self, messages: Messages, sample: int = 0, **sampling) -> Completion:
-        """One chat completion; `sample` (0..n-1) tells apart repeated samples of one prompt."""
+    def request(self, messages: Messages, sample: int = 0, **sampling) -> tuple[str, dict]:
+        """(cache key, chat-completions body) of one prompt: the body is exactly what is sent,
+        here or as a line of a Batch API batch (distill/batch.py)."""
         params = self.sampling(**sampling)
         if sample and "seed" not in params:
             params["seed"] = sample
         key = TeacherCache.key(self.config.cache_backend, self.config.model, messages, {**params, "sample": sample})
+        return key, {"model": self.config.model, "messages": messages, **params}
+
+    def complete(self, messages: Messages, sample: int = 0, **sampling) -> Completion:
+        """One chat completion; `sample` (0..n-1) tells apart repeated samples of one prompt."""
+        key, body = self.request(messages, sample, **sampling)
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             self._count(cached=1)
             return hit
-        completion = self._call_with_retries(messages, params)
+        return self._answer(key, body)
+
+    def _answer(self, key: str, body: dict) -> Completion:
+        """Ask the teacher (a request not in the cache); cache a usable answer."""
+        completion = self._completion(self.call_api(lambda api: api.chat.completions.create(**body)))
         completion.key = key
         if self.cache is not None:
             self.cache.log_call(key)
@@ -458,7 +476,7 @@ class TeacherClient:
                 f"{completion.finish_reason}); not cached, a re-run asks again"
             )
         if self.cache is not None:
-            self.cache.put(key, {"model": self.config.model, "messages": messages, **params}, completion)
+            self.cache.put(key, body, completion)
         return completion
 
     def complete_many(
@@ -504,38 +522,48 @@ class TeacherClient:
                 raise
         return results
 
-    def _call_with_retries(self, messages: Messages, params: dict) -> Completion:
+    def call_api(self, call):
+        """`call(openai_client)` with our retries (backoff on 429 / 5xx / timeouts / connection
+        errors), each attempt bounded by `timeout` in total; a failure is a TeacherError without
+        the key. Chat completions and the Batch API's file and batch endpoints
+        (distill/batch.py) go through here."""
         for attempt in range(self.config.max_retries + 1):
             self._check_stop()
             try:
-                response = self._create(messages, params)
+                return self._attempt(call)
             except RETRYABLE as e:
                 self._check_stop()  # cut short by a stop: not a failure worth retrying
                 if attempt == self.config.max_retries:
                     self._count(failures=1)
                     message = f"teacher failed after {attempt + 1} attempts: {e}"
-                    raise TeacherError(self._redact(message)) from None
+                    raise TeacherError(self.redact(message)) from None
                 self._count(retries=1)
                 self._pause(self._backoff(attempt, e))
-                continue
             except openai.APIStatusError as e:  # 4xx other than 429: retrying will not help
                 self._count(failures=1)
-                raise TeacherError(
-                    self._redact(f"teacher refused the request ({e.status_code}): {e.message}")
-                ) from None
+                raise TeacherError(self.redact(f"teacher refused the request ({e.status_code}): {e.message}")) from None
             except openai.APIError as e:  # e.g. a body that is not a chat completion
                 self._count(failures=1)
-                raise TeacherError(self._redact(f"unusable teacher response: {e}")) from None
-            return self._completion(response)
+                raise TeacherError(self.redact(f"unusable teacher response: {e}")) from None
         raise AssertionError("unreachable")
 
-    def _create(self, messages: Messages, params: dict):
+    def _attempt(self, call):
         """One attempt, bounded by `timeout` in total (DeadlineTransport reads the deadline)."""
         _deadline.at = time.monotonic() + self.config.timeout
         try:
-            return self._client.chat.completions.create(model=self.config.model, messages=messages, **params)
+            return call(self._client)
         finally:
             _deadline.at = None
+
+    def completion_from(self, body: object) -> Completion:
+        """A chat.completion given as JSON (an answer of a Batch API batch), read exactly as a
+        live answer: the key redacted, the usage counted; TeacherError if it is not one."""
+        from openai.types.chat import ChatCompletion
+
+        if not isinstance(body, dict):
+            self._count(failures=1)
+            raise TeacherError("the teacher's response is not a chat completion")
+        return self._completion(ChatCompletion.construct(**body))
 
     def _check_stop(self) -> None:
         if stop_requested():
@@ -548,7 +576,7 @@ class TeacherClient:
             self._check_stop()
             time.sleep(min(left, WAIT_SLICE))
 
-    def _redact(self, text: str) -> str:
+    def redact(self, text: str) -> str:
         """`text` without the API key (a server may echo it in an error body or an answer)."""
         return text.replace(self._secret, "[redacted]") if self._secret and text else text
 
@@ -576,7 +604,7 @@ class TeacherClient:
 
     def _safe(self, value) -> str | None:
         """A server-given field as text fit to store: without the key, encodable as UTF-8."""
-        return None if value is None else clean_text(self._redact(str(value)))
+        return None if value is None else clean_text(self.redact(str(value)))
 
     def _count(self, **deltas) -> None:
         with self._lock:
@@ -1003,7 +1031,8 @@ def run_requests(client: TeacherClient, requests: list[Messages], samples: list[
     with Progress(len(requests), desc=desc, unit="call", stage=desc) as bar:
 
         def on_done(i, result):
-            handle(i, result)
+            if not isinstance(result, Deferred):  # left for a batch: neither answered nor failed
+                handle(i, result)
             elapsed = max(time.monotonic() - started, 1e-6)
             bar.update(
                 1,
