@@ -5,7 +5,10 @@ The work is done elsewhere; this module turns options into calls and results int
   `--teacher gold` and `--teacher annotations` make them without a teacher);
 - `nesy teach knowledge` -> distill/knowledge.py (NesyCD error analyses, SKIntern per-example
   knowledge, as pending KB entries);
-- `nesy teach server` -> distill/teacher.py (show or stop the shared local llama.cpp teacher).
+- `nesy teach server` -> distill/teacher.py (show or stop the shared local llama.cpp teacher);
+- `--batch NAME` on rationales / knowledge, `nesy teach batch status|import NAME` ->
+  distill/batch.py (the OpenAI Batch API: the requests not in the cache are submitted as one
+  batch instead of being sent, its answers imported into the cache, the command run again).
 
 The teacher is chosen by `--teacher` (`local` or an OpenAI-compatible base URL) and `--model`
 (distill.teacher.make_client). Every finished call is cached, so a stopped job (SIGTERM/SIGINT:
@@ -25,6 +28,7 @@ from pathlib import Path
 
 import typer
 
+from distill.batch import BatchCollector, batch_dir, import_batch, status, status_line, submit
 from distill.data import get_dataset, rationale_dir
 from distill.knowledge import (
     ERROR_KIND,
@@ -41,7 +45,14 @@ from distill.knowledge import (
 )
 from distill.progress import STOPPED_EXIT_CODE, StopRequested, install_stop_handler
 from distill.rationales import GOLD_TEACHER, THOUGHTS, generate_rationales, gold_rationales
-from distill.teacher import LocalServerChoice, ServerOptions, make_client, server_state, stop_local_teacher
+from distill.teacher import (
+    LocalServerChoice,
+    ServerOptions,
+    TeacherClient,
+    make_client,
+    server_state,
+    stop_local_teacher,
+)
 from kb.errors import NesyError
 from kb.workspace import check_name, named_path
 
@@ -119,6 +130,11 @@ DRAFT_HELP = (
     "(the greedy output, up to floating-point near-ties). It pays where decoding waits on "
     "memory (many cores, a GPU); on 2 CPU cores it was slower, so it is off by default"
 )
+BATCH_HELP = (
+    "OpenAI Batch API: no live call; every request not in the teacher cache is submitted as one batch "
+    "recorded under this name (not a path); then `nesy teach batch status NAME`, `nesy teach batch "
+    "import NAME` and this command again without --batch"
+)
 
 
 def _until_stopped(job):
@@ -134,6 +150,40 @@ def _until_stopped(job):
     except StopRequested:
         typer.echo("stopped; run the same command again to continue (finished calls are cached)")
         raise typer.Exit(STOPPED_EXIT_CODE) from None
+
+
+def _check_batch(batch: str | None, teacher: str) -> None:
+    """--batch takes a plain name and a teacher URL, checked before anything is created or started."""
+    if batch is None:
+        return
+    with _one_line_errors():
+        batch_dir(batch)
+    if teacher in ("local", GOLD_TEACHER, ANNOTATIONS_TEACHER):
+        _fail("--batch needs the base URL of a server with the OpenAI Batch API as --teacher")
+
+
+def _teacher_client(batch: str | None, *choice) -> TeacherClient:
+    """make_client(*choice), or with --batch a client that queues what the cache cannot answer."""
+    client = make_client(*choice)
+    return client if batch is None else BatchCollector(client.config, client.cache)
+
+
+def _submitted(client: TeacherClient, batch: str | None) -> bool:
+    """--batch: submit what the job queued and say what comes next (True); False when nothing was
+    queued (every answer came from the cache: the job's own summary says what it made)."""
+    if batch is None:
+        return False
+    if not client.queued:
+        typer.echo(f"batch {batch}: nothing to submit, every answer is in the teacher cache")
+        return False
+    record = _until_stopped(lambda: submit(client, batch))
+    typer.echo(
+        f"batch {batch} ({record['batch_id']}): submitted {record['requests']} requests "
+        f"({client.usage.cached} answered from the cache); next `nesy teach batch status {batch}`, "
+        f"then `nesy teach batch import {batch}` (or with --wait SECONDS), then this command again "
+        f"without --batch"
+    )
+    return True
 
 
 def _thoughts(text: str) -> list[str]:
@@ -165,9 +215,11 @@ def rationales_cmd(
     slots: int = typer.Option(ServerOptions.n_parallel, help=SLOTS_HELP),
     prompt_cache: bool = typer.Option(True, "--prompt-cache/--no-prompt-cache", help=PROMPT_CACHE_HELP),
     draft: bool = typer.Option(False, "--draft/--no-draft", help=DRAFT_HELP),
+    batch: str = typer.Option(None, "--batch", help=BATCH_HELP),
 ) -> None:
     """Generate CoT/PoT/EoT rationales, verify each against the gold answer, keep the verified."""
     _check_out(out, "datasets")
+    _check_batch(batch, teacher)
     chosen = _thoughts(thoughts)
     if n_samples < 1 or concurrency < 1:
         _fail("--n-samples and --concurrency must be at least 1")
@@ -185,25 +237,25 @@ def rationales_cmd(
     elif teacher == ANNOTATIONS_TEACHER:
         _annotations(examples, chosen, name)
     else:
-        summary = _until_stopped(
-            lambda: generate_rationales(
-                make_client(
-                    teacher,
-                    model,
-                    api_key_env,
-                    concurrency,
-                    temperature,
-                    max_tokens,
-                    timeout,
-                    max_retries,
-                    LocalServerChoice(slots, prompt_cache, draft),
-                ),
-                examples,
-                chosen,
-                n_samples,
-                name,
+
+        def job():
+            client = _teacher_client(
+                batch,
+                teacher,
+                model,
+                api_key_env,
+                concurrency,
+                temperature,
+                max_tokens,
+                timeout,
+                max_retries,
+                LocalServerChoice(slots, prompt_cache, draft),
             )
-        )
+            return client, generate_rationales(client, examples, chosen, n_samples, name)
+
+        client, summary = _until_stopped(job)
+        if _submitted(client, batch):
+            return
         typer.echo(
             f"kept {summary.kept} verified of {summary.calls} samples {summary.by_thought} -> "
             f"{summary.out}; failed calls {summary.failed_calls}; usage {summary.usage}"
@@ -264,9 +316,11 @@ def knowledge_cmd(
     slots: int = typer.Option(ServerOptions.n_parallel, help=SLOTS_HELP),
     prompt_cache: bool = typer.Option(True, "--prompt-cache/--no-prompt-cache", help=PROMPT_CACHE_HELP),
     draft: bool = typer.Option(False, "--draft/--no-draft", help=DRAFT_HELP),
+    batch: str = typer.Option(None, "--batch", help=BATCH_HELP),
 ) -> None:
     """Distil knowledge into pending KB entries (from student errors, or training questions + answers)."""
     _check_out(out, "teach/knowledge")
+    _check_batch(batch, teacher)
     _check_knowledge_source(errors, dataset, from_set, with_answer, split)
     if attempts < 1:
         _fail("--attempts must be at least 1")
@@ -275,26 +329,25 @@ def knowledge_cmd(
         refuse_test_questions(cases)
         name = out or default_name
         knowledge_dir(name)
-    summary = _until_stopped(
-        lambda: distil_knowledge(
-            make_client(
-                teacher,
-                model,
-                api_key_env,
-                concurrency,
-                temperature,
-                max_tokens,
-                timeout,
-                max_retries,
-                LocalServerChoice(slots, prompt_cache, draft),
-            ),
-            cases,
-            kind,
-            name,
-            auto_accept,
-            attempts,
+
+    def job():
+        client = _teacher_client(
+            batch,
+            teacher,
+            model,
+            api_key_env,
+            concurrency,
+            temperature,
+            max_tokens,
+            timeout,
+            max_retries,
+            LocalServerChoice(slots, prompt_cache, draft),
         )
-    )
+        return client, distil_knowledge(client, cases, kind, name, auto_accept, attempts)
+
+    client, summary = _until_stopped(job)
+    if _submitted(client, batch):
+        return
     typer.echo(
         f"{summary.created} entries ({'accepted' if auto_accept else 'pending'}) from "
         f"{summary.cases} cases; malformed {summary.malformed} (not stored); asked again "
@@ -348,3 +401,36 @@ def server_cmd(stop: bool = typer.Option(False, "--stop", help="stop the shared 
         return
     state = server_state()
     typer.echo(json.dumps(state) if state else "no local teacher recorded")
+
+
+batch_cli = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    help="Teacher batches submitted with --batch NAME (OpenAI Batch API): their status, and their answers "
+    "imported into the teacher cache.",
+)
+cli.add_typer(batch_cli, name="batch")
+
+
+@batch_cli.command("status")
+def batch_status_cmd(name: str = typer.Argument(..., help="the name given to --batch")) -> None:
+    """The batch's status and request counts, as the server reports them."""
+    with _one_line_errors():
+        record, batch = status(name)
+    typer.echo(status_line(record, batch))
+
+
+@batch_cli.command("import")
+def batch_import_cmd(
+    name: str = typer.Argument(..., help="the name given to --batch"),
+    wait: float = typer.Option(
+        None, "--wait", help="seconds to keep polling (5 s apart at first, doubling up to 60 s) for the batch to end"
+    ),
+) -> None:
+    """Put the answers of an ended batch into the teacher cache; failed lines are counted, never
+    cached. Importing again changes nothing."""
+    summary = _until_stopped(lambda: import_batch(name, wait))
+    typer.echo(summary.line(name))
+    if summary.failed and not summary.imported + summary.already:
+        _fail(f"every line of batch {name} failed (see {summary.folder})")
