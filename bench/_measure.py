@@ -17,8 +17,8 @@ import os
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 
 @dataclass
@@ -89,7 +89,7 @@ class Load:
     cores: int = field(default_factory=lambda: os.cpu_count() or 1)
     samples: list[float] = field(default_factory=list)
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         self._stop = threading.Event()
         self.samples.append(os.getloadavg()[0])
         self._thread = threading.Thread(target=self._run, daemon=True)

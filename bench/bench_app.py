@@ -121,7 +121,7 @@ class Server:
             cwd=REPO, env={**os.environ, "NESY_HOME": str(home)},
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         return self
 
     def __exit__(self, *exc) -> None:

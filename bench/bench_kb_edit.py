@@ -50,6 +50,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ["NESY_HOME"] = tempfile.mkdtemp(prefix="nesy-bench-edit-")
     from bench_import import synthetic_jsonl
+
     from kb.index import IndexConfig, KBIndex, embed_texts, indexed_text
     from kb.jsonl import import_jsonl
     from kb.store import KBStore

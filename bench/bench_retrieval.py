@@ -23,8 +23,6 @@ build), query p50, and the next search after a status change, a text edit and a 
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import sys
 import time
 from pathlib import Path
@@ -37,6 +35,7 @@ sys.path.insert(0, str(REPO))
 
 sys.path.insert(0, str(REPO / "bench"))
 from _measure import Load, Spread, interleave, ratio  # noqa: E402
+
 from kb.index import DIM, IndexConfig, build_faiss, ivf_lists, ivf_nprobe, search_one  # noqa: E402
 
 
@@ -213,6 +212,7 @@ def bm25_run(n: int, queries: int, k: int) -> None:
     sys.path.insert(0, str(REPO / "bench"))
     from bench_import import synthetic_jsonl
     from bench_kb_edit import hash_embed
+
     from kb.index import KBIndex
     from kb.jsonl import import_jsonl
     from kb.store import KBStore

@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import Load, Spread, interleave, per_second, ratio  # noqa: E402
+
 from distill.data import get_dataset  # noqa: E402
 from distill.models import student_gguf_path  # noqa: E402
 from distill.teacher import LocalTeacherServer, TeacherCache, TeacherClient, Usage  # noqa: E402

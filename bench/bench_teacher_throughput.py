@@ -37,8 +37,7 @@ from pathlib import Path
 from distill.data import get_dataset
 from distill.models import teacher_gguf_path
 from distill.rationales import THOUGHTS, rationale_messages, verify
-from distill.teacher import (LocalTeacherServer, ServerOptions, TeacherClient, Usage, default_draft,
-                             prefix_order)
+from distill.teacher import LocalTeacherServer, ServerOptions, TeacherClient, Usage, default_draft, prefix_order
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import Load, Spread, interleave, ratio  # noqa: E402

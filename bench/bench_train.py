@@ -60,7 +60,7 @@ def matmul_peak(dtype=torch.float32, n: int = 2048, repeats: int = 4) -> float:
 def write_records(path: Path, n: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with gzip.open(REPO / "data" / "gsm8k" / "train.jsonl.gz", "rt") as f, open(path, "w") as out:
-        for i, line in zip(range(n), f):
+        for _, line in zip(range(n), f):
             row = json.loads(line)
             out.write(json.dumps({"id": row["id"], "example_id": row["id"], "dataset": "gsm8k", "task": "gsm8k",
                                   "question": row["question"], "answer": row["answer"], "thought": "cot",
@@ -266,6 +266,8 @@ def dtype_run(args, data: Path, params: int) -> None:
     curves = {"fp32": [], "bf16": []}
     peaks = {"fp32": [], "bf16": []}
 
+    from distill.jsonlines import read_jsonl
+
     def run(dtype):
         def go():
             os.environ["NESY_DTYPE"] = dtype
@@ -275,8 +277,7 @@ def dtype_run(args, data: Path, params: int) -> None:
                 r = ours(args, data, tag=f"bench-{dtype}")
             finally:
                 os.environ.pop("NESY_JOB_DIR")
-            curves[dtype].append([json.loads(l)["loss"] for l in (job / "metrics.jsonl").read_text().splitlines()
-                                  if "loss" in l])
+            curves[dtype].append([row["loss"] for row in read_jsonl(job / "metrics.jsonl") if "loss" in row])
             peaks[dtype].append(matmul_peak(torch.bfloat16 if dtype == "bf16" else torch.float32))
             return r["tokens"] / r["seconds"]
         return go

@@ -22,8 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import Load, Spread, interleave, per_second, ratio  # noqa: E402
-from distill.sandbox import parse_eot, run_pot, solve_eot  # noqa: E402
+
 from distill.rationales import GSM8K_DEMOS  # noqa: E402
+from distill.sandbox import parse_eot, run_pot, solve_eot  # noqa: E402
 
 
 def plain_pot(code):

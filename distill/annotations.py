@@ -50,8 +50,7 @@ from pathlib import Path
 import typer
 
 from distill.answers import answers_match, format_number
-from distill.data import (DATA_DIR, DatasetError, Example, RationaleRecord, get_dataset,
-                          rationale_dir)
+from distill.data import DATA_DIR, DatasetError, Example, RationaleRecord, get_dataset, rationale_dir
 from distill.rationales import verify_program
 from kb.errors import NesyError
 
@@ -659,7 +658,7 @@ def rationales_cmd(
         _fail(str(e))
     except StopRequested:
         typer.echo("stopped; run the same command again (it rebuilds the sets)")
-        raise typer.Exit(STOPPED_EXIT_CODE)
+        raise typer.Exit(STOPPED_EXIT_CODE) from None
 
 
 @cli.command("install")

@@ -31,10 +31,10 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import MISSING, asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Sequence
 
 import typer
 

@@ -56,8 +56,8 @@ from pathlib import Path
 import typer
 
 from distill import interop
-from distill.progress import STOPPED_EXIT_CODE, Progress, StopRequested
-from distill.progress import read_jsonl
+from distill.jsonlines import resume_jsonl
+from distill.progress import STOPPED_EXIT_CODE, Progress, StopRequested, read_jsonl
 from distill.stats import CONFIDENCE, accuracy_interval, paired_comparison, wilson_interval
 from distill.student_server import BACKEND_HELP
 from kb.errors import NesyError
@@ -218,8 +218,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     previous = read_jsonl(samples_path)
     _same_backend(out, cfg, previous)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    if previous or samples_path.exists():  # drop a half-written last line before appending
-        samples_path.write_text("".join(json.dumps(r) + "\n" for r in previous), encoding="utf-8")
+    resume_jsonl(samples_path)  # a half-written last line goes before we append
     done = {(r["config"], r["example_id"]) for r in previous}
     todo = {c.name: [e for e in examples if (c.name, e.id) not in done] for c in cfg.configs}
     total = len(examples) * len(cfg.configs)
@@ -783,10 +782,10 @@ def eval_cmd(
         results = run_eval(cfg)
     except StopRequested:
         typer.echo("stopped; run the same command again to continue", err=True)
-        raise typer.Exit(STOPPED_EXIT_CODE)
+        raise typer.Exit(STOPPED_EXIT_CODE) from None
     except (ValueError, FileNotFoundError) as e:
         typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     typer.echo(table(results))
     for line in empty_retrieval_warnings(results):
         typer.echo(line, err=True)

@@ -297,7 +297,7 @@ class Student:
                 used_knowledge=bool(hs), prompt=user, thought=thought))
         return results
 
-    def retrieve(self, questions, kb_index, retrieval: "Retrieval", thought: str, task_description: str = ""):
+    def retrieve(self, questions, kb_index, retrieval: Retrieval, thought: str, task_description: str = ""):
         """Per question: the hits, or None where no retrieval ran (no KB, k=0, or confident)."""
         if kb_index is None or retrieval.k <= 0:
             return [None for _ in questions]
@@ -461,7 +461,7 @@ class EventWriter:
         self.out.flush()
 
 
-def stream_events(student: "Student", question: str, sides: list[str], options: dict, answer_type: str,
+def stream_events(student: Student, question: str, sides: list[str], options: dict, answer_type: str,
                   emit) -> dict[str, dict]:
     """Answer once per side ("without" / "with" knowledge), streaming tokens as events; a stop
     request (SIGTERM: a cancelled job) ends the current answer at the next token and exits 3."""

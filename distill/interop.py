@@ -52,8 +52,7 @@ from importlib import metadata as package_metadata
 from pathlib import Path
 
 from distill import jsonlines
-from distill.data import (NAME_RE, DatasetError, RationaleRecord, get_dataset, rationale_dir,
-                          record_from_row)
+from distill.data import NAME_RE, DatasetError, RationaleRecord, get_dataset, rationale_dir, record_from_row
 from kb.errors import NesyError
 
 REPO = Path(__file__).resolve().parent.parent

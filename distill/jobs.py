@@ -587,7 +587,7 @@ def _get_or_exit(job_id: str) -> Job:
         return get(job_id)
     except KeyError:
         typer.echo(f"error: no job {job_id!r} (see `nesy jobs list`)", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
 
 
 def _progress_text(job_id: str) -> str:
@@ -645,7 +645,7 @@ def resume_cmd(job_id: str) -> None:
         job = resume(job_id)
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     typer.echo(f"{job.id} {job.status}  {job.command_line()}")
 
 
@@ -683,7 +683,7 @@ def selftest_cmd(steps: int = typer.Option(20, min=1), seconds_per_step: float =
                     checkpoint.write_text(str(step))
         except StopRequested:
             typer.echo(f"stopped after step {bar.step}")
-            raise typer.Exit(STOPPED_EXIT_CODE)
+            raise typer.Exit(STOPPED_EXIT_CODE) from None
     typer.echo(f"done: {steps} steps")
 
 

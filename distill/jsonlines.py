@@ -72,3 +72,13 @@ def read_jsonl(path: Path | str, *, skip_bad: bool = False) -> list:
         except json.JSONDecodeError:
             continue
     return rows
+
+
+def resume_jsonl(path: Path | str) -> list:
+    """The rows a stopped run appended to `path`, for a run that continues appending to it. A
+    half-written last line (a killed writer) is dropped from the file too, so the next append
+    starts on a fresh line instead of gluing a record onto the broken one."""
+    rows = read_jsonl(path, skip_bad=True)
+    if Path(path).exists():
+        Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return rows

@@ -33,8 +33,7 @@ from pathlib import Path
 
 from distill import jsonlines
 from distill.answers import clean_response
-from distill.data import (DatasetError, Example, RationaleRecord, format_question, get_dataset,
-                          load_rationales)
+from distill.data import DatasetError, Example, RationaleRecord, format_question, get_dataset, load_rationales
 from distill.teacher import TeacherClient, append_line, clean_text, guarded, run_requests, usage_summary
 from kb.errors import NesyError
 from kb.workspace import check_name, create_owned, named_path

@@ -11,7 +11,6 @@ Each resolver takes an override: any Hugging Face id or local path wins over the
 """
 from __future__ import annotations
 
-from kb.errors import NesyError
 import hashlib
 import importlib.util
 import os
@@ -20,6 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from kb.errors import NesyError
 from kb.workspace import subdir
 
 

@@ -27,4 +27,4 @@ def prepare(teacher: str = typer.Option(models.DEFAULT_TEACHER, help="Teacher to
             typer.echo(f"teacher  {models.teacher_gguf_path(teacher)}")
     except (models.ModelNotAvailable, KeyError) as e:
         typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None

@@ -25,8 +25,7 @@ from pathlib import Path
 
 from distill import jsonlines
 from distill.answers import answers_match, check, format_number
-from distill.data import (DATA_DIR, Example, RationaleRecord, format_question, get_dataset,
-                          rationale_dir)
+from distill.data import DATA_DIR, Example, RationaleRecord, format_question, get_dataset, rationale_dir
 from distill.prompts import TRIGGERS
 from distill.sandbox import extract_code, run_pot, solve_eot
 from distill.teacher import TeacherClient, append_line, guarded, run_requests, usage_summary

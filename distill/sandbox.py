@@ -40,8 +40,8 @@ import subprocess
 import sys
 import tempfile
 import threading
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 MAX_CODE_CHARS = 20_000
 MAX_EOT_LINES = 200

@@ -7,7 +7,14 @@ statically checked PoT program or EoT system, and writes one JSON answer per lin
 nothing from the project, so the isolated interpreter needs only the standard library (and sympy
 for EoT, imported before the limits apply).
 """
-import json, math, os, resource, select, signal, sys
+import json
+import math
+import os
+import resource
+import select
+import signal
+import sys
+
 
 def vm_bytes():
     with open("/proc/self/statm") as f:
@@ -87,7 +94,7 @@ def build(node, sympy, symbols):
 def solve_eot(equations):
     import sympy
     symbols = {}
-    system = [sympy.Eq(build(l, sympy, symbols), build(r, sympy, symbols)) for l, r in equations]
+    system = [sympy.Eq(build(left, sympy, symbols), build(right, sympy, symbols)) for left, right in equations]
     system = [eq for eq in system if eq is not sympy.true]
     if any(eq is sympy.false for eq in system):
         return {"ok": False, "error": "the equations contradict each other"}
@@ -149,7 +156,7 @@ def serve_one(request):
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             os.close(read_fd)
-            return {"ok": False, "error": "time limit exceeded (%.1f s)" % request["timeout"]}
+            return {"ok": False, "error": f"time limit exceeded ({request['timeout']:.1f} s)"}
         chunk = os.read(read_fd, 65536)
         if not chunk:
             break
@@ -159,7 +166,7 @@ def serve_one(request):
     if not chunks:
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
         reason = {signal.SIGXCPU: "CPU limit exceeded", signal.SIGKILL: "killed"}.get(sig, "crashed")
-        return {"ok": False, "error": "%s (status %s)" % (reason, status)}
+        return {"ok": False, "error": f"{reason} (status {status})"}
     return json.loads(b"".join(chunks))
 
 for line in sys.stdin:

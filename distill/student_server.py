@@ -106,7 +106,7 @@ class StudentServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "StudentServer":
+    def start(self) -> StudentServer:
         from distill.teacher import TeacherError, _wait_healthy
 
         log = open(subdir("student") / f"server-{self.port}.log", "ab")  # noqa: SIM115 - the child owns it
@@ -133,7 +133,7 @@ class StudentServer:
             self.proc.wait()
             self.proc = None
 
-    def __enter__(self) -> "StudentServer":
+    def __enter__(self) -> StudentServer:
         return self.start()
 
     def __exit__(self, *exc) -> bool:

@@ -612,7 +612,7 @@ def run_from_cli(cfg: TrainOptions) -> None:
         path = train(cfg)
     except StopRequested as e:
         typer.echo(f"stopped: {e}", err=True)
-        raise typer.Exit(STOPPED_EXIT_CODE)
+        raise typer.Exit(STOPPED_EXIT_CODE) from None
     typer.echo(str(path))
 
 

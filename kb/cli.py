@@ -12,7 +12,6 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -61,7 +60,7 @@ def _row(*cells: str) -> str:
         for cell in cells)
 
 
-def _check_status(status: Optional[str]) -> None:
+def _check_status(status: str | None) -> None:
     if status and status not in STATUSES:
         raise ValueError(f"status must be one of {', '.join(STATUSES)} (got {status!r})")
 
@@ -87,8 +86,8 @@ def import_(path: Path = typer.Argument(..., help="JSONL file, one entry per lin
 @cli.command("export")
 @_friendly
 def export(out: str = typer.Argument("-", help="Output file, or - for stdout."),
-           status: Optional[str] = typer.Option(None, help="Only this status (e.g. accepted)."),
-           task: Optional[str] = typer.Option(None, help="Only this task.")):
+           status: str | None = typer.Option(None, help="Only this status (e.g. accepted)."),
+           task: str | None = typer.Option(None, help="Only this task.")):
     """Write entries as canonical JSONL (id order; byte-stable across export/import)."""
     from kb.jsonl import export_jsonl
 
@@ -107,10 +106,10 @@ FLAG_HELP = (f"Only entries with this quality flag ({', '.join(CHECKS)}; repeata
 
 @cli.command("list")
 @_friendly
-def list_(status: Optional[str] = typer.Option(None), task: Optional[str] = typer.Option(None),
-          concept: Optional[str] = typer.Option(None),
+def list_(status: str | None = typer.Option(None), task: str | None = typer.Option(None),
+          concept: str | None = typer.Option(None),
           flag: list[str] = typer.Option([], help=FLAG_HELP),
-          text: Optional[str] = typer.Option(None, help="Words that must all occur."),
+          text: str | None = typer.Option(None, help="Words that must all occur."),
           sort: str = typer.Option("updated_at"), ascending: bool = typer.Option(False, "--asc"),
           limit: int = typer.Option(50), offset: int = typer.Option(0),
           as_json: bool = typer.Option(False, "--json", help="Canonical JSONL lines.")):
@@ -146,8 +145,8 @@ def _flag_filter(names: list[str]) -> dict:
 
 @cli.command()
 @_friendly
-def check(status: Optional[str] = typer.Option(None, help="Only entries with this status."),
-          task: Optional[str] = typer.Option(None, help="Only entries of this task."),
+def check(status: str | None = typer.Option(None, help="Only entries with this status."),
+          task: str | None = typer.Option(None, help="Only entries of this task."),
           checks: str = typer.Option(",".join(CHECKS), help="Comma-separated checks to run; the "
                                      "flags of the others are kept as they are."),
           by: str = typer.Option("nesy-quality", help="Name recorded in the revisions.")):
@@ -181,7 +180,7 @@ def show(entry_id: str, as_json: bool = typer.Option(False, "--json")):
 def search(query: str, k: int = typer.Option(5),
            status: list[str] = typer.Option(["accepted"], help="Statuses to include (repeatable)."),
            all_statuses: bool = typer.Option(False, "--all", help="Include every status."),
-           task: Optional[str] = typer.Option(None)):
+           task: str | None = typer.Option(None)):
     """Semantic search (MiniLM + FAISS); syncs the index first."""
     from kb.index import KBIndex
 
@@ -293,7 +292,7 @@ def history(entry_id: str):
 @cli.command()
 @_friendly
 def restore(entry_id: str, revision_id: int,
-            expected_version: Optional[int] = typer.Option(
+            expected_version: int | None = typer.Option(
                 None, help="Refuse if the entry is no longer at this version (default: current).")):
     """Bring back the content of a revision (a new revision records the restore)."""
     store = KBStore()
@@ -323,8 +322,8 @@ def merge(keep_id: str, drop_id: str):
 @cli.command()
 @_friendly
 def graph(out: Path = typer.Argument(..., help="HTML file to write."),
-          status: Optional[str] = typer.Option(None), task: Optional[str] = typer.Option(None),
-          focus: Optional[str] = typer.Option(None, help="Entry id to centre on."),
+          status: str | None = typer.Option(None), task: str | None = typer.Option(None),
+          focus: str | None = typer.Option(None, help="Entry id to centre on."),
           depth: int = typer.Option(1), neighbours: bool = typer.Option(
               False, help="Add semantic-neighbour edges (loads the embedder)."),
           threshold: float = typer.Option(0.8)):

@@ -50,9 +50,9 @@ import re
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import faiss
 import numpy as np
@@ -438,7 +438,7 @@ class KBIndex:
             ivf.nprobe = ivf_nprobe(ivf.nlist, self.config)
         return True
 
-    def _search_vector(self, vector: np.ndarray, k: int, filters: "_Filters", exclude,
+    def _search_vector(self, vector: np.ndarray, k: int, filters: _Filters, exclude,
                        min_score: float | None = None) -> list[Hit]:
         """Ask FAISS for more than k, drop what the filters reject, widen until k are found
         (or the scores fall below min_score)."""
@@ -457,13 +457,13 @@ class KBIndex:
             fetch = min(total, fetch * 4)
         return []
 
-    def _hits(self, scores, labels, filters: "_Filters", exclude) -> list[Hit]:
-        pairs = [(int(l), float(s)) for s, l in zip(scores, labels) if l >= 0]
+    def _hits(self, scores, labels, filters: _Filters, exclude) -> list[Hit]:
+        pairs = [(int(label), float(s)) for s, label in zip(scores, labels) if label >= 0]
         if not pairs:
             return []
         marks = ",".join("?" * len(pairs))
         ids = dict(self._db.execute(f"SELECT label, entry_id FROM vectors WHERE label IN ({marks})",
-                                    [l for l, _ in pairs]))
+                                    [label for label, _ in pairs]))
         entries = self.store.get_many(ids.values())
         hits = []
         for label, score in pairs:
@@ -502,7 +502,7 @@ class _Filters:
     kinds: frozenset | None
 
     @classmethod
-    def of(cls, statuses, task, kinds) -> "_Filters":
+    def of(cls, statuses, task, kinds) -> _Filters:
         def as_set(values):
             if values is None:
                 return None

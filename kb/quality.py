@@ -23,10 +23,11 @@ written by other tools, are kept), and `check_store` recomputes flags for stored
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from fractions import Fraction
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from kb.errors import NesyError
 from kb.schema import MAX_FLAG_DETAIL, Entry, Flag
@@ -324,7 +325,7 @@ def items(section: str) -> list[str]:
 
 def generic(entries: Sequence[Entry], reference: Iterable[Entry] = (),
             config: QualityConfig = DEFAULT,
-            embed: Callable[[list[str]], "object"] | None = None) -> dict[str, Flag]:
+            embed: Callable[[list[str]], object] | None = None) -> dict[str, Flag]:
     """entry id -> `generic` flag, for each of `entries` with a generic section, judged against
     `entries` and `reference` together (e.g. the rest of the KB).
 
@@ -423,7 +424,7 @@ class CheckReport:
                 f"{self.changed} entries changed{skipped}")
 
 
-def check_store(store: "KBStore", *, status=None, task=None, checks: Iterable[str] = CHECKS,
+def check_store(store: KBStore, *, status=None, task=None, checks: Iterable[str] = CHECKS,
                 ids: Iterable[str] | None = None, by: str = QUALITY_USER,
                 config: QualityConfig = DEFAULT, embed=None) -> CheckReport:
     """Recompute the flags of stored entries (filtered by status / task, or the given ids) and

@@ -5,15 +5,25 @@ so reordering fields changes the bytes of every export.
 """
 from __future__ import annotations
 
-from kb.errors import NesyError
 import json
 import re
 import threading
 from datetime import datetime, timezone
 from typing import Annotated, Literal
 
-from pydantic import (AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter,
-                      ValidationError, ValidationInfo, field_validator)
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from kb.errors import NesyError
 
 Status = Literal["pending", "accepted", "rejected"]
 STATUSES: tuple[str, ...] = ("pending", "accepted", "rejected")

@@ -13,21 +13,20 @@ Guarantees a curator relies on:
 """
 from __future__ import annotations
 
-from kb.errors import NesyError
 import json
 import os
 import re
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
+from kb.errors import NesyError
 from kb.quality import flags_with_checks
-from kb.schema import (EDITABLE_FIELDS, STATUSES, STORED, Entry, Revision, now_iso,
-                       validate_entry)
+from kb.schema import EDITABLE_FIELDS, STATUSES, STORED, Entry, Revision, now_iso, validate_entry
 from kb.workspace import home
 
 SORTABLE = ("updated_at", "created_at", "id", "task", "status", "title", "version")

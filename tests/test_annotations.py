@@ -14,9 +14,17 @@ from typer.testing import CliRunner
 
 import distill.annotations as annotations
 import distill.rationales as rationales
-from distill.annotations import (ANNOTATION_SOURCE, SHIPPED_DIR, AnnotationError, MixedSources,
-                                 annotation_rationales, build, convert, install_shipped,
-                                 normalise_expr)
+from distill.annotations import (
+    ANNOTATION_SOURCE,
+    SHIPPED_DIR,
+    AnnotationError,
+    MixedSources,
+    annotation_rationales,
+    build,
+    convert,
+    install_shipped,
+    normalise_expr,
+)
 from distill.answers import answers_match, check
 from distill.data import Example, get_dataset, load_rationales, rationale_dir
 from distill.sandbox import run_pot, solve_eot

@@ -8,8 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from distill.answers import (DEGENERATE_RUNS, answers_match, check, clean_response,
-                             extract_answer, gsm8k_gold)
+from distill.answers import DEGENERATE_RUNS, answers_match, check, clean_response, extract_answer, gsm8k_gold
 from distill.data import DATA_DIR, get_dataset
 
 

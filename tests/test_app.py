@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
+from student_fixtures import tiny_model  # noqa: F401
 
 from distill import jobs
 from kb.schema import Entry, Source
 from kb.store import KBStore
-from student_fixtures import tiny_model  # noqa: F401
 
 MAIN = str(Path(__file__).resolve().parent.parent / "app" / "main.py")
 

@@ -219,3 +219,15 @@ def test_gsm8k_dev_is_held_out_and_subsets_train_every_method_on_the_same_questi
 def test_subset_takes_a_name_not_a_path(workspace):
     result = CliRunner().invoke(app, ["data", "subset-rationales", "gsm8k-gold-cot", "--out", "../x"])
     assert result.exit_code != 0 and not (workspace.parent / "x").exists()
+
+
+def test_a_resumed_append_only_file_loses_only_the_half_written_line(tmp_path):
+    from distill.jsonlines import read_jsonl, resume_jsonl
+
+    path = tmp_path / "samples.jsonl"
+    assert resume_jsonl(path) == [] and not path.exists()  # nothing to resume: nothing created
+    path.write_text('{"id": 1}\n{"id": 2, "text": "a\u2028b"}\n{"id": 3, "te', encoding="utf-8")  # killed writer
+    assert resume_jsonl(path) == [{"id": 1}, {"id": 2, "text": "a\u2028b"}]
+    with open(path, "a", encoding="utf-8") as f:  # the continuing run appends its next record
+        f.write('{"id": 3}\n')
+    assert [row["id"] for row in read_jsonl(path)] == [1, 2, 3]

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
+from student_fixtures import tiny_model  # noqa: F401
 from typer.testing import CliRunner
 
 from distill.evaluate import EvalConfig, RunConfig, parse_config, run_eval, summarise, table
-from student_fixtures import tiny_model  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 MAIN = str(REPO / "app" / "main.py")
@@ -145,7 +145,7 @@ def test_run_eval_side_by_side_and_resumable(tiny_model, knowledge, workspace):
                      limit=3, name="t", base_model=tiny_model, max_new_tokens=6)
     results = run_eval(cfg)
     samples_path = workspace / "evals" / "t" / "samples.jsonl"
-    rows = [json.loads(l) for l in samples_path.read_text().splitlines()]
+    rows = [json.loads(line) for line in samples_path.read_text().splitlines()]
     assert len(rows) == 6 and {r["config"] for r in rows} == {"base", "base,kb"}
     examples = {e.id: e for e in get_dataset("gsm8k").load("test", limit=3, seed=0)}
     for r in rows:
@@ -165,7 +165,7 @@ def test_run_eval_side_by_side_and_resumable(tiny_model, knowledge, workspace):
     lines = samples_path.read_text().splitlines()
     samples_path.write_text("\n".join(lines[:4]) + "\n" + lines[4][:20])
     again = run_eval(cfg)
-    rows2 = [json.loads(l) for l in samples_path.read_text().splitlines()]  # every line valid again
+    rows2 = [json.loads(row) for row in samples_path.read_text().splitlines()]  # every line valid again
     assert sorted((r["config"], r["example_id"]) for r in rows2) == sorted((r["config"], r["example_id"]) for r in rows)
     assert again["configs"]["base"]["accuracy"] == results["configs"]["base"]["accuracy"]
 
@@ -286,7 +286,7 @@ def harness_files(folder: Path) -> tuple[dict, dict[str, list[dict]]]:
     """(results, {samples file name: lines}) of one configuration's harness folder (one run)."""
     [results_path] = folder.glob("results_*.json")
     date = results_path.name.removeprefix("results_").removesuffix(".json")
-    samples = {p.name: [json.loads(l) for l in p.read_text(encoding="utf-8").split("\n") if l]
+    samples = {p.name: [json.loads(line) for line in p.read_text(encoding="utf-8").split("\n") if line]
                for p in folder.glob(f"samples_*_{date}.jsonl")}
     return json.loads(results_path.read_text(encoding="utf-8")), samples
 
@@ -419,7 +419,7 @@ def test_rescore_changes_the_extractor_without_generating(workspace, monkeypatch
     assert results["results"]["gsm8k"]["exact_match_stderr,last-number"] == pytest.approx(0.25)
     assert results["config"]["nesy"]["rescored_with"] == "last-number"
     date = runs[-1].name.removeprefix("results_").removesuffix(".json")
-    lines = [json.loads(l) for l in (folder / f"samples_gsm8k_{date}.jsonl").read_text().split("\n") if l]
+    lines = [json.loads(line) for line in (folder / f"samples_gsm8k_{date}.jsonl").read_text().split("\n") if line]
     assert [(x["filtered_resps"], x["exact_match"]) for x in lines] == [
         (["15"], 1.0), (["8"], 1.0), (["20"], 1.0), (["7"], 0.0)]
 
@@ -545,7 +545,7 @@ def test_eval_follows_the_adapters_card_and_says_when_retrieval_found_nothing(ti
                                    "--config", f"card={tiny_adapter},kb",
                                    "--config", f"floor={tiny_adapter},kb,min_score=1000", "--name", "card"])
     assert out.exit_code == 0, out.output
-    rows = [json.loads(l) for l in (workspace / "evals" / "card" / "samples.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (workspace / "evals" / "card" / "samples.jsonl").read_text().splitlines()]
     card_rows = [r for r in rows if r["config"] == "card"]
     assert {(r["k"], r["retriever"], r["max_new_tokens"], r["thought"]) for r in card_rows} == {(2, "bm25", 7, "cot")}
     assert all(len(r["retrieved"]) == 2 for r in card_rows)  # BM25 over the card's kinds, top 2

@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from student_fixtures import tiny_model  # noqa: F401
 
 from distill import prompts
 from distill.infer import Student, extract, majority
-from student_fixtures import tiny_model  # noqa: F401
 
 QUESTIONS = ["What is the area of a circle with radius 2?",
              "A train travels 60 miles in 2 hours. What is its speed?",

@@ -8,12 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
+from student_fixtures import real_tokenizer, tiny_model  # noqa: F401
 from typer.testing import CliRunner
 
 from distill import data
 from distill.interop import ImportRejected, InteropError, export_trl, import_trl
 from distill.methods import METHODS, train
-from student_fixtures import real_tokenizer, tiny_model  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 

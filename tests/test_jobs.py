@@ -9,10 +9,10 @@ import sys
 import time
 
 import pytest
+from student_fixtures import tiny_model  # noqa: F401
 
 from distill import jobs
 from distill.progress import STOPPED_EXIT_CODE
-from student_fixtures import tiny_model  # noqa: F401
 
 
 def selftest(steps=400, per_step=0.05, *extra):

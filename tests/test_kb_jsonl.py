@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from kb.jsonl import (ImportRejected, dumps_entry, export_jsonl, import_jsonl, validate_jsonl)
+from kb.jsonl import ImportRejected, dumps_entry, export_jsonl, import_jsonl, validate_jsonl
 from kb.schema import Entry
 from kb.store import KBStore
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from openai_stub import QuietHandler, chat_completion, reply, serve
+from student_fixtures import tiny_model  # noqa: F401
 
 from distill import prompts
 from distill.data import RationaleRecord, format_question, get_dataset
@@ -20,7 +21,6 @@ from distill.infer import Student
 from distill.methods import METHODS, train
 from distill.methods.options import fields, from_options, to_argv
 from distill.train import ConfigError
-from student_fixtures import tiny_model  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -45,7 +45,7 @@ def tiny(model: str, data: Path, method: str, **kw):
 
 
 def training_prompts(stage_dir: Path) -> list[dict]:
-    return [json.loads(l) for l in (stage_dir / "prompt_samples.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (stage_dir / "prompt_samples.jsonl").read_text().splitlines()]
 
 
 def assert_same_text(root: Path, stage: str, record_of: dict, **answer_kw) -> None:
@@ -99,7 +99,7 @@ def test_nesycd_prompt_contract_with_retrieved_knowledge(tiny_model, tmp_path):
                           max_new_tokens=4))
     card = json.loads((root / "card.json").read_text())
     assert card["inference"]["k"] == 3 and card["inference"]["source_kinds"] == ["error_analysis"]
-    errors = [json.loads(l) for l in (root / "errors.jsonl").read_text().splitlines()]
+    errors = [json.loads(line) for line in (root / "errors.jsonl").read_text().splitlines()]
     assert errors and "Answer Choices: (A) " in errors[0]["prompt"]  # S_P saw the options too
     row = assert_same_text(root, "se", records_by_example(data), kb_index=_open_index(), k=1)
     assert prompts.KNOWLEDGE_INSTRUCTION + "\nLearning summary: Read every option" in row["user"]

@@ -13,9 +13,18 @@ import math
 
 import pytest
 
-from distill.stats import (NOT_SIGNIFICANT, SIGNIFICANT, StatsError, accuracy_interval,
-                           bootstrap_interval, mcnemar_exact_p, paired_comparison, paired_counts,
-                           verdict, wilson_interval)
+from distill.stats import (
+    NOT_SIGNIFICANT,
+    SIGNIFICANT,
+    StatsError,
+    accuracy_interval,
+    bootstrap_interval,
+    mcnemar_exact_p,
+    paired_comparison,
+    paired_counts,
+    verdict,
+    wilson_interval,
+)
 
 
 @pytest.mark.parametrize("k, n, low, high", [

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from openai_stub import ServesAdapters, serve
+from student_fixtures import tiny_model  # noqa: F401
 
 from distill import gguf_export
 from distill.gguf_export import GGUFExportError, TensorNames, rotary_rows
 from distill.infer import InferenceError, Student
 from distill.student_server import StudentBackendError, check_backend
-from student_fixtures import tiny_model  # noqa: F401
 
 QUESTIONS = ["Tom has 3 apples and buys 4 more. How many apples does he have?",
              "What is 7 times 6?",

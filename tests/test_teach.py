@@ -189,9 +189,9 @@ def test_killed_job_resumes_without_repeated_calls(proxied_teacher, workspace, t
     # them all; SIGTERM keeps those that finish within STOP_GRACE s and abandons slower ones, so
     # that the job ends within 5 s (on this CPU a call often takes longer than that).
     assert len(repeated) <= 2 and all(n == 2 for n in repeated.values())
-    raw = [json.loads(l) for l in (workspace / "datasets" / f"resume-{how.name.lower()}" / "raw.jsonl").read_text().splitlines()]
+    raw = [json.loads(line) for line in (workspace / "datasets" / f"resume-{how.name.lower()}" / "raw.jsonl").read_text().splitlines()]
     assert len(raw) == 6 and sum(r["cached"] for r in raw) >= sum(first_run.values()) - 2
-    metrics = [json.loads(l) for l in (job_dir / "metrics.jsonl").read_text().splitlines()]
+    metrics = [json.loads(line) for line in (job_dir / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["step"] == metrics[-1]["total"] == 6 and metrics[-1]["tokens"] > 0
     records = load_rationales(f"resume-{how.name.lower()}")
     assert all(check(r.rationale, r.example(), answer_type="number")[1] for r in records)
@@ -210,7 +210,7 @@ def test_knowledge_live_call_stores_only_well_formed(proxied_teacher, workspace,
     result = CliRunner().invoke(app, ["teach", "knowledge", "--errors", str(errors), "--teacher", url,
                                       "--model", info.model, "--max-tokens", "200"])
     assert result.exit_code == 0, result.output
-    raw = [json.loads(l) for l in (workspace / "teach" / "knowledge" / "errors" / "raw.jsonl").read_text().splitlines()]
+    raw = [json.loads(line) for line in (workspace / "teach" / "knowledge" / "errors" / "raw.jsonl").read_text().splitlines()]
     last = {row["entry_id"]: row for row in raw}  # each case's last sample (a malformed one is asked again)
     assert set(last) == {f"gsm8k-{e.id}-error_analysis" for e in examples}
     # the gold answer is never shown to the teacher; the student's words reach it as written, cut

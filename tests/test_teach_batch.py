@@ -247,3 +247,24 @@ def test_knowledge_through_a_batch_stores_the_entries_without_a_live_call(stub, 
     rerun = teach(*argv)
     assert rerun.exit_code == 0 and "2 entries (pending) from 2 cases" in rerun.output, rerun.output
     assert BatchTeacher.chat_calls == [] and len(KBStore().query().entries) == 2
+
+
+def test_knowledge_answers_asked_again_go_into_the_next_batch(stub, workspace, quick_polls):
+    """The README's word: a malformed knowledge answer is asked again as a new sample, and a new
+    --batch name batches that request. Mutant caught: a Deferred request counted as malformed
+    (asked again at once, as sample 1, in the first batch)."""
+    [first, second] = get_dataset("gsm8k").load("train", limit=2)
+    BatchTeacher.reset(answer=lambda body: "no sections" if first.question in str(body) and "seed" not in body
+                       else WELL_FORMED)  # fmt: skip
+    argv = ["knowledge", "--dataset", "gsm8k", "--with-answer", "--limit", "2", "--teacher", stub, "--model", "m"]
+    assert teach(*argv, "--batch", "k1").exit_code == 0
+    assert [line["body"].get("seed") for line in input_lines(workspace, "k1")] == [None, None]
+    assert teach("batch", "import", "k1", "--wait", "30").exit_code == 0
+    again = teach(*argv, "--batch", "k2")  # first's answer is malformed: sample 1 of it is batched
+    assert "submitted 1 requests" in again.output, again.output
+    [line] = input_lines(workspace, "k2")
+    assert line["body"]["seed"] == 1 and first.question in json.dumps(line["body"])
+    assert teach("batch", "import", "k2", "--wait", "30").exit_code == 0
+    rerun = teach(*argv)
+    assert rerun.exit_code == 0 and "2 entries (pending) from 2 cases" in rerun.output, rerun.output
+    assert BatchTeacher.chat_calls == []

@@ -10,9 +10,17 @@ import pytest
 from openai_stub import EchoKey, QuietHandler, Scripted, Trickle, chat_completion, reply, serve
 
 from distill.models import student_gguf_path
-from distill.teacher import (LocalTeacherServer, TeacherCache, TeacherClient, TeacherConfig,
-                             TeacherError, allowed_key_envs, healthy, local_teacher,
-                             stop_local_teacher)
+from distill.teacher import (
+    LocalTeacherServer,
+    TeacherCache,
+    TeacherClient,
+    TeacherConfig,
+    TeacherError,
+    allowed_key_envs,
+    healthy,
+    local_teacher,
+    stop_local_teacher,
+)
 
 SMALL = dict(n_parallel=2, n_ctx=1024, threads=1)
 

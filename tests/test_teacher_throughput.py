@@ -15,9 +15,15 @@ from distill import teacher as teacher_mod
 from distill.cli import app
 from distill.data import get_dataset
 from distill.rationales import GSM8K_DEMOS, generate_rationales, rationale_messages
-from distill.teacher import (LocalTeacherServer, ServerOptions, TeacherCache, TeacherClient,
-                             TeacherConfig, default_draft, prefix_order)
-
+from distill.teacher import (
+    LocalTeacherServer,
+    ServerOptions,
+    TeacherCache,
+    TeacherClient,
+    TeacherConfig,
+    default_draft,
+    prefix_order,
+)
 
 LLAMA_TIMINGS = {"prompt_n": 120, "cache_n": 600, "prompt_ms": 3000.0, "predicted_n": 80,
                  "predicted_ms": 8000.0, "draft_n": 50, "draft_n_accepted": 40,

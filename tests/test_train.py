@@ -14,14 +14,14 @@ import time
 from pathlib import Path
 
 import pytest
-from openai_stub import QuietHandler, chat_completion, reply, serve
 import torch
+from openai_stub import QuietHandler, chat_completion, reply, serve
 from safetensors.torch import load_file
+from student_fixtures import gsm8k_records, real_tokenizer, tiny_model, write_records  # noqa: F401
 
 from distill import prompts
 from distill.methods import METHODS, train
 from distill.train import LengthGroupedSampler, PadCollator, Sample, encode, load_records
-from student_fixtures import gsm8k_records, real_tokenizer, tiny_model, write_records  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -43,7 +43,7 @@ def card_of(root: Path) -> dict:
 
 
 def prompt_samples(stage_dir: Path) -> list[dict]:
-    return [json.loads(l) for l in (stage_dir / "prompt_samples.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (stage_dir / "prompt_samples.jsonl").read_text().splitlines()]
 
 
 def adapter_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -67,7 +67,7 @@ def test_loss_mask_covers_exactly_the_response_tokens(tokenizer):
         else:
             assert lab == tok, f"response token {i} ({tokenizer.decode([tok])!r}) is masked"
     assert tokenizer.decode(ids[:n_prompt]) == prompt_text
-    trained = tokenizer.decode([t for t, l in zip(ids, labels) if l != -100])
+    trained = tokenizer.decode([t for t, label in zip(ids, labels) if label != -100])
     assert trained == response_text and trained.startswith("3 + 2 = 5.")
     # The end-of-turn marker is trained (the student must learn to stop), though it is the pad id.
     assert ids[-2] == tokenizer.convert_tokens_to_ids("<|im_end|>") and labels[-2] == ids[-2]
@@ -86,7 +86,7 @@ def test_a_too_long_prompt_loses_whole_demonstrations_never_its_head(tokenizer):
     assert "Knowledge item." in text and "Question: Q?" in text  # knowledge outlives demonstrations
     kept = text.count("Demo question")
     assert 0 < kept < 6 and f"Demo question {kept - 1} " in text  # whole demos, the first ones
-    trained = [t for t, l in zip(enc["input_ids"], enc["labels"]) if l != -100]
+    trained = [t for t, label in zip(enc["input_ids"], enc["labels"]) if label != -100]
     assert tokenizer.decode(trained).startswith("It is 4.<|im_end|>")
     # Nothing droppable left: the response's tail goes, never the prompt; no room: skipped.
     cut, fit = encode(tokenizer, Sample(prompts.cot_prompt("Q?"), "word " * 400), max_length=64)
@@ -142,10 +142,10 @@ def test_std_cot_writes_metrics_card_and_a_plain_peft_loadable_adapter(tiny_mode
     monkeypatch.setenv("NESY_JOB_DIR", str(tmp_path))
     root = train(tiny_cfg(tiny_model, gsm8k_records, method="std-cot", max_steps=3))
     assert card_of(root)["truncated"] == 0 and card_of(root)["stages"]["main"]["fit"]["whole"] == 12
-    lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [l["step"] for l in lines] == [1, 2, 3] and all(l["total"] == 3 for l in lines)
-    assert all({"loss", "lr", "tokens_per_s", "elapsed", "eta"} <= l.keys() for l in lines)
-    assert all(l["tokens_per_s"] > 0 for l in lines[1:])
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2, 3] and all(line["total"] == 3 for line in lines)
+    assert all({"loss", "lr", "tokens_per_s", "elapsed", "eta"} <= line.keys() for line in lines)
+    assert all(line["tokens_per_s"] > 0 for line in lines[1:])
     card = json.loads((root / "card.json").read_text())
     assert card["method"] == "std-cot" and card["hyperparameters"]["lora_r"] == 4
     assert card["stages"]["main"]["steps"] == 3 and card["stages"]["main"]["samples"] == 12
@@ -266,7 +266,7 @@ def test_nesycd_full_pipeline_resumes_by_stage(tiny_model, tmp_path, fake_teache
     cfg = tiny_cfg(tiny_model, data, method="nesycd", output="ncd", max_steps=1, max_new_tokens=8,
                    teacher=fake_teacher, teacher_model="fake-teacher", auto_accept=True)
     root = train(cfg)
-    errors = [json.loads(l) for l in (root / "errors.jsonl").read_text().splitlines()]
+    errors = [json.loads(line) for line in (root / "errors.jsonl").read_text().splitlines()]
     # A random tiny student gets every question wrong; each error row has the documented fields.
     assert len(errors) == 6
     assert all({"example_id", "dataset", "task", "question", "prompt", "response", "answer"} <= e.keys()
@@ -298,7 +298,7 @@ def test_nesycd_reuses_a_std_cot_adapter_as_its_sp_only_when_trained_the_same_wa
     root = train(cfg)
     state = json.loads((root / "state.json").read_text())["stages"]
     assert "sp" not in state and not (root / "stages" / "sp").exists()  # not trained again
-    errors = [json.loads(l) for l in (root / "errors.jsonl").read_text().splitlines()]
+    errors = [json.loads(line) for line in (root / "errors.jsonl").read_text().splitlines()]
     assert len(errors) == 4 and sp.name == "baseline"
     other = write_records(tmp_path / "other" / "records.jsonl", n=3)
     with pytest.raises(ConfigError, match="--sp-adapter baseline"):

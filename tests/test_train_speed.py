@@ -8,11 +8,11 @@ import json
 
 import pytest
 import torch
+from student_fixtures import gsm8k_records, real_tokenizer, tiny_model, write_records  # noqa: F401
 
 from distill import hardware, prompts
 from distill.methods import METHODS, train
 from distill.train import PackCollator, PadCollator, Sample, encode, packing_is_exact
-from student_fixtures import gsm8k_records, real_tokenizer, tiny_model, write_records  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_packing_check_refuses_a_model_that_ignores_position_ids(model, features
 
 
 def losses(job_dir) -> list[float]:
-    return [json.loads(l)["loss"] for l in (job_dir / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line)["loss"] for line in (job_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_training_packs_counts_every_token_and_autocasts_to_the_machine_dtype(

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kb.workspace import (OWNED_MARKER, InvalidName, NotOwned, check_name, create_owned,
-                          named_path, remove_owned)
+from kb.workspace import OWNED_MARKER, InvalidName, NotOwned, check_name, create_owned, named_path, remove_owned
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -12,8 +12,15 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from distill.evaluate import (INTERVAL_LABELS, empty_retrieval_warnings, format_p, list_reports, load_report,
-                              report_file, with_interval)
+from distill.evaluate import (
+    INTERVAL_LABELS,
+    empty_retrieval_warnings,
+    format_p,
+    list_reports,
+    load_report,
+    report_file,
+    with_interval,
+)
 from distill.progress import read_jsonl
 from kb.workspace import InvalidName
 

@@ -8,8 +8,7 @@ import ui
 from config_form import KEEP, config_form, keep, remembered
 from distill import data
 from distill.methods import METHODS
-from distill.methods.options import (config_path, fields, from_options, list_configs, read_config, save_config,
-                                     to_argv)
+from distill.methods.options import config_path, fields, from_options, list_configs, read_config, save_config, to_argv
 from distill.train import PRESETS, TrainOptions
 from kb.errors import NesyError
 

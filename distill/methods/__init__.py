@@ -11,9 +11,9 @@ help text), its prompt builder (used by training AND inference), its sample buil
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from distill.methods import etd, nesycd, skintern, std_cot
 from distill.train import ConfigError, TrainOptions, check_output

@@ -7,14 +7,24 @@ the trigger selects the type (default: the type the adapter was trained on, from
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal, Sequence
+from typing import ClassVar, Literal
 
 from distill import prompts
 from distill.methods.options import check_list
-from distill.train import (Sample, TrainOptions, TrainingDataError, load_records, option, prepare_output,
-                           publish, question_of, run_stage)
+from distill.train import (
+    Sample,
+    TrainingDataError,
+    TrainOptions,
+    load_records,
+    option,
+    prepare_output,
+    publish,
+    question_of,
+    run_stage,
+)
 
 SUMMARY = "ETD: a mix of CoT, PoT and EoT rationales, each selected by its trigger at inference."
 EOTD_SUMMARY = "EoTD: equation-of-thought rationales (ETD with the EoT type only), solved by sympy."

@@ -13,17 +13,31 @@ from __future__ import annotations
 import json
 import random
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal, Sequence
+from typing import ClassVar, Literal
 
 from distill import prompts
+from distill.jsonlines import read_jsonl, resume_jsonl
 from distill.methods.options import check_list
 from distill.methods.std_cot import samples as std_cot_samples
 from distill.progress import Progress
+from distill.train import (
+    ConfigError,
+    Sample,
+    TrainOptions,
+    distributed,
+    knowledge_by_example,
+    load_records,
+    option,
+    prepare_output,
+    publish,
+    question_of,
+    run_stage,
+    task_description_of,
+)
 from kb.workspace import check_name
-from distill.train import (ConfigError, Sample, TrainOptions, distributed, knowledge_by_example, load_records,
-                           option, prepare_output, publish, question_of, run_stage, task_description_of)
 
 SUMMARY = ("NesyCD: S_P on rationales → collect its errors → teacher knowledge into the KB → S_E "
            "trained with that knowledge; answers with retrieval.")
@@ -108,7 +122,7 @@ def run(cfg: NesyCDConfig) -> Path:
         collect_errors(cfg, root, sp, records)
         stages.finish("knowledge", distil_knowledge(cfg, errors))
     dist.wait_for_everyone()
-    wrong = {json.loads(line)["example_id"] for line in errors.read_text().splitlines() if line.strip()}
+    wrong = {row["example_id"] for row in read_jsonl(errors)}
     knowledge = knowledge_by_example(KIND, cfg.knowledge_statuses)
     final = run_stage(cfg, stages, root, "se", lambda: samples(records, knowledge, wrong))  # fresh LoRA
     return publish(cfg, root, final, stages)
@@ -138,8 +152,7 @@ def collect_errors(cfg: NesyCDConfig, root: Path, sp_adapter: Path, records) -> 
     from distill.infer import Student
 
     answers_path, errors_path = root / "sp_answers.jsonl", root / "errors.jsonl"
-    done = {json.loads(l)["example_id"] for l in answers_path.read_text().splitlines()
-            if l.strip()} if answers_path.exists() else set()
+    done = {row["example_id"] for row in resume_jsonl(answers_path)}
     todo = list({r.example_id: r for r in records if r.example_id not in done}.values())
     student = Student(cfg.base_model, adapter=str(sp_adapter), method="std-cot", template=cfg.template)
     by_task = defaultdict(list)  # one call per task description: it is part of the prompt
@@ -154,7 +167,7 @@ def collect_errors(cfg: NesyCDConfig, root: Path, sp_adapter: Path, records) -> 
                                          max_new_tokens=cfg.max_new_tokens, thought="cot")
                 _append_answers(answers_path, batch, results, check)
                 bar.update(len(batch))
-    rows = [json.loads(l) for l in answers_path.read_text().splitlines() if l.strip()]
+    rows = read_jsonl(answers_path)
     with open(errors_path, "w", encoding="utf-8") as f:
         for row in rows:
             if not row.pop("correct"):

@@ -19,7 +19,7 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import typer
 
@@ -112,7 +112,7 @@ def cli_command(method, run):
 
     params = [inspect.Parameter(s.name, inspect.Parameter.KEYWORD_ONLY, default=_typer_option(s),
                                 annotation=_annotation(s)) for s in specs]
-    params.append(inspect.Parameter(CONFIG_OPTION, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],
+    params.append(inspect.Parameter(CONFIG_OPTION, inspect.Parameter.KEYWORD_ONLY, annotation=str | None,
                                     default=typer.Option(None, "--config", metavar="FILE.yaml", help=CONFIG_HELP)))
     command.__signature__ = inspect.Signature(params)
     command.__annotations__ = {p.name: p.annotation for p in params}
@@ -126,8 +126,8 @@ def _annotation(spec: OptionSpec):
     if spec.kind == "bool":
         return bool
     if spec.kind == "choice":
-        return Optional[Literal[spec.choices]]  # type: ignore[valid-type]
-    return Optional[{"int": int, "float": float}.get(spec.kind, str)]
+        return Literal[spec.choices] | None  # type: ignore[valid-type]
+    return {"int": int, "float": float}.get(spec.kind, str) | None
 
 
 def _typer_option(spec: OptionSpec):

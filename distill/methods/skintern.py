@@ -9,15 +9,27 @@ task line, knowledge, demonstrations, question.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal, Sequence
+from typing import ClassVar, Literal
 
 from distill import prompts
 from distill.methods.options import check_list
-from distill.train import (ConfigError, Sample, TrainOptions, TrainingDataError, knowledge_by_example,
-                           load_records, option, prepare_output, publish, question_of, run_stage,
-                           task_description_of)
+from distill.train import (
+    ConfigError,
+    Sample,
+    TrainingDataError,
+    TrainOptions,
+    knowledge_by_example,
+    load_records,
+    option,
+    prepare_output,
+    publish,
+    question_of,
+    run_stage,
+    task_description_of,
+)
 
 SUMMARY = ("SKIntern: staged training that removes knowledge and demonstrations step by step; "
            "answers from the question alone.")

@@ -5,13 +5,23 @@ code's task line, the question (options included), and "Answer: Let's think step
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 from distill import prompts
-from distill.train import (Sample, TrainOptions, TrainingDataError, load_records, prepare_output, publish,
-                           question_of, run_stage, task_description_of)
+from distill.train import (
+    Sample,
+    TrainingDataError,
+    TrainOptions,
+    load_records,
+    prepare_output,
+    publish,
+    question_of,
+    run_stage,
+    task_description_of,
+)
 
 SUMMARY = "Std-CoT: fine-tune on teacher rationales (question → rationale)."
 
