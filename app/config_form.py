@@ -10,6 +10,7 @@ and a Hugging Face model id.
 Values survive page switches: Streamlit forgets a widget's state when its page is not shown, so
 each value is also kept under a plain session key and put back when the widget is drawn again.
 """
+
 from __future__ import annotations
 
 import re
@@ -50,8 +51,7 @@ def widget(spec: OptionSpec, key: str, default, where=st):
     elif spec.kind in ("int", "float"):
         remembered(key, default)
         step = 1 if spec.kind == "int" else None
-        where.number_input(label, key=key, help=spec.help, step=step,
-                           format=None if spec.kind == "int" else "%g")
+        where.number_input(label, key=key, help=spec.help, step=step, format=None if spec.kind == "int" else "%g")
     elif spec.kind == "choice":
         remembered(key, default)
         where.selectbox(label, spec.choices, key=key, help=spec.help)
@@ -68,7 +68,8 @@ def widget(spec: OptionSpec, key: str, default, where=st):
 def problem_of(spec: OptionSpec, value) -> str | None:
     """Rules of the browser form beyond the config's own checks: names and ids, never paths."""
     if spec.widget == "hf_model" and value and not HF_ID.fullmatch(value.strip()):
-        return f"{spec.name.replace('_', ' ').capitalize()} must be a Hugging Face id like org/name (the app takes no paths)."
+        label = spec.name.replace("_", " ").capitalize()
+        return f"{label} must be a Hugging Face id like org/name (the app takes no paths)."
     return None
 
 
@@ -85,8 +86,10 @@ def config_form(config_class, shared_class, columns: int = 4) -> tuple[dict, lis
     baseline = config_class(data="-", output="preview", preset=preset)
     values, problems = {"preset": preset}, []
     own = [s for s in specs if s.name not in shared]
-    for title, group in (("Training options", [s for s in specs if s.name in shared and s.name != "preset"]),
-                         (f"{config_class.method} options", own)):
+    for title, group in (
+        ("Training options", [s for s in specs if s.name in shared and s.name != "preset"]),
+        (f"{config_class.method} options", own),
+    ):
         if not group:
             continue
         st.subheader(title)

@@ -13,9 +13,11 @@ never written into the page as markup: node data goes through Jinja's `tojson`, 
 < > & ' as \\u escapes, and vis-network shows labels on a canvas and tooltips via innerText, so
 an entry containing `<script>` is displayed as text. Our own legend/notes are html.escape'd.
 """
+
 from __future__ import annotations
 
 import html
+import json
 import re
 
 import networkx as nx
@@ -32,13 +34,32 @@ IMPACT_RINGS = {"harmful": "#d50000", "helpful": "#0091ea", "neutral": "#757575"
 EDGE_COLOURS = {"task": "#b39ddb", "concept": "#90caf9", "link": "#37474f", "similar": "#ff7043"}
 LABEL_CHARS, TOOLTIP_CHARS = 28, 600  # labels stay short on the canvas; hover shows the whole
 LAYOUT_SEED = 7  # the same graph is laid out the same way on every rerun
-SINGULAR_AS_IS = {"mathematics", "physics", "statistics", "economics", "series", "species", "news",
-                  "gas", "bus", "plus", "minus", "process", "always", "its", "has", "was", "is",
-                  "this", "less"}
+SINGULAR_AS_IS = {
+    "mathematics",
+    "physics",
+    "statistics",
+    "economics",
+    "series",
+    "species",
+    "news",
+    "gas",
+    "bus",
+    "plus",
+    "minus",
+    "process",
+    "always",
+    "its",
+    "has",
+    "was",
+    "is",
+    "this",
+    "less",
+}
 
 
-def build_graph(store: KBStore, index=None, *, neighbour_threshold: float = 0.8, status=None,
-                task=None, concept=None) -> nx.Graph:
+def build_graph(
+    store: KBStore, index=None, *, neighbour_threshold: float = 0.8, status=None, task=None, concept=None
+) -> nx.Graph:
     """Entries matching the filters with their tasks, concepts and links; with an index, also
     'similar' edges between entries whose cosine similarity is >= neighbour_threshold."""
     graph = nx.Graph()
@@ -46,9 +67,14 @@ def build_graph(store: KBStore, index=None, *, neighbour_threshold: float = 0.8,
     impact = store.impact() if hasattr(store, "impact") else {}
     for entry in entries:
         node = f"entry:{entry.id}"
-        graph.add_node(node, type="entry", status=entry.status,
-                       label=_clip(entry.title or entry.id, LABEL_CHARS),
-                       tooltip=_entry_tooltip(entry, impact.get(entry.id)), impact=impact.get(entry.id))
+        graph.add_node(
+            node,
+            type="entry",
+            status=entry.status,
+            label=_clip(entry.title or entry.id, LABEL_CHARS),
+            tooltip=_entry_tooltip(entry, impact.get(entry.id)),
+            impact=impact.get(entry.id),
+        )
         _attach(graph, node, f"task:{entry.task}", "task", entry.task)
         for name in entry.concepts:
             key = concept_key(name)
@@ -95,8 +121,10 @@ def cap_graph(graph: nx.Graph, max_nodes: int) -> tuple[nx.Graph, str | None]:
         return graph, None
     ranked = sorted(graph.degree, key=lambda pair: (-pair[1], pair[0]))
     kept = graph.subgraph(node for node, _ in ranked[:max_nodes]).copy()
-    note = (f"The graph has {graph.number_of_nodes()} nodes; showing the {max_nodes} most "
-            f"connected. Filter by status, task or concept, or focus on one entry, to see the rest.")
+    note = (
+        f"The graph has {graph.number_of_nodes()} nodes; showing the {max_nodes} most "
+        f"connected. Filter by status, task or concept, or focus on one entry, to see the rest."
+    )
     return kept, note
 
 
@@ -104,12 +132,14 @@ def cap_graph(graph: nx.Graph, max_nodes: int) -> tuple[nx.Graph, str | None]:
 # minutes to settle 2,000 nodes on 2 cores; these settle 500 nodes in ~4 s and 2,000 in ~20 s.
 # A seeded layout: the same graph lands in the same place on every rerun; physics is switched off
 # once it has settled (CLICK_SCRIPT), so nodes stay where they are (and where you drag them).
-VIS_OPTIONS = """{
-  "layout": {"improvedLayout": false, "randomSeed": %d},
-  "edges": {"smooth": {"type": "continuous"}},
-  "physics": {"stabilization": {"iterations": 200}},
-  "interaction": {"hover": true, "tooltipDelay": 150}
-}""" % LAYOUT_SEED  # noqa: UP031 - a JSON template: an f-string would double every brace
+VIS_OPTIONS = json.dumps(
+    {
+        "layout": {"improvedLayout": False, "randomSeed": LAYOUT_SEED},
+        "edges": {"smooth": {"type": "continuous"}},
+        "physics": {"stabilization": {"iterations": 200}},
+        "interaction": {"hover": True, "tooltipDelay": 150},
+    }
+)
 
 # Runs after pyvis's own script (which defines the global `network`): physics off once settled,
 # and a clicked node's id posted to the embedding page (the app's graph component opens it).
@@ -127,8 +157,9 @@ CLICK_SCRIPT = """<script>
 </script>"""
 
 
-def render_html(graph: nx.Graph, *, focus: str | None = None, depth: int = 1,
-                max_nodes: int = 2000, height: str = "720px") -> str:
+def render_html(
+    graph: nx.Graph, *, focus: str | None = None, depth: int = 1, max_nodes: int = 2000, height: str = "720px"
+) -> str:
     """A self-contained interactive HTML page (offline) with a legend and tooltips."""
     from pyvis.network import Network
 
@@ -142,8 +173,14 @@ def render_html(graph: nx.Graph, *, focus: str | None = None, depth: int = 1,
     for a, b, data in graph.edges(data=True):
         kind = data.get("kind", "")
         title = f"similar ({data['score']:.2f})" if kind == "similar" else kind
-        net.add_edge(a, b, color=EDGE_COLOURS.get(kind, "#999999"), title=title,
-                     dashes=kind == "similar", width=2 if kind == "link" else 1)
+        net.add_edge(
+            a,
+            b,
+            color=EDGE_COLOURS.get(kind, "#999999"),
+            title=title,
+            dashes=kind == "similar",
+            width=2 if kind == "link" else 1,
+        )
     page = _strip_remote(net.generate_html())
     header = _legend() + (f'<p class="nesy-graph-note">{html.escape(note)}</p>' if note else "")
     page = page.replace("<body>", "<body>\n" + header, 1)
@@ -178,12 +215,13 @@ def impact_kind(impact: dict | None) -> str | None:
 
 
 def _entry_tooltip(entry, impact: dict | None = None) -> str:
-    parts = [entry.title or entry.id, f"id: {entry.id}", f"task: {entry.task}",
-             f"status: {entry.status}"]
+    parts = [entry.title or entry.id, f"id: {entry.id}", f"task: {entry.task}", f"status: {entry.status}"]
     if impact:
         shared = impact.get("fixed_shared", 0) + impact.get("broken_shared", 0)
-        parts.append(f"impact: retrieved {impact['retrieved']}, fixed {impact['fixed']}, broke "
-                     f"{impact['broken']}" + (f" ({shared} shared with other entries)" if shared else ""))
+        parts.append(
+            f"impact: retrieved {impact['retrieved']}, fixed {impact['fixed']}, broke "
+            f"{impact['broken']}" + (f" ({shared} shared with other entries)" if shared else "")
+        )
     if entry.concepts:
         parts.append("concepts: " + ", ".join(entry.concepts))
     parts.append(entry.knowledge_text())
@@ -197,11 +235,15 @@ def _vis_node(data: dict) -> dict:
     ring = impact_kind(data.get("impact")) if data.get("type") == "entry" else None
     # label/title are plain text: vis-network draws labels on canvas and sets tooltips with
     # innerText; the template's tojson escapes them inside the <script>.
-    node = {"label": data.get("label", ""), "title": data.get("tooltip", ""), "color": colour,
-            "shape": shape, "size": 14 if data.get("type") == "entry" else 10}
+    node = {
+        "label": data.get("label", ""),
+        "title": data.get("tooltip", ""),
+        "color": colour,
+        "shape": shape,
+        "size": 14 if data.get("type") == "entry" else 10,
+    }
     if ring:
-        node.update(color={"background": colour, "border": IMPACT_RINGS[ring]}, borderWidth=5,
-                    impact=ring)
+        node.update(color={"background": colour, "border": IMPACT_RINGS[ring]}, borderWidth=5, impact=ring)
     return node
 
 
@@ -210,8 +252,10 @@ def _legend() -> str:
     items += [(f"ring: {kind} entry", colour, "◯") for kind, colour in IMPACT_RINGS.items()]
     items += [("task", TYPE_STYLE["task"][0], "■"), ("concept", TYPE_STYLE["concept"][0], "◆")]
     items += [(f"{kind} edge", colour, "—") for kind, colour in EDGE_COLOURS.items()]
-    spans = "".join(f'<span style="margin-right:14px"><span style="color:{colour}">{mark}</span> '
-                    f"{html.escape(name)}</span>" for name, colour, mark in items)
+    spans = "".join(
+        f'<span style="margin-right:14px"><span style="color:{colour}">{mark}</span> {html.escape(name)}</span>'
+        for name, colour, mark in items
+    )
     return f'<div class="nesy-graph-legend" style="font:13px sans-serif;padding:6px">{spans}</div>'
 
 
@@ -223,4 +267,4 @@ def _strip_remote(page: str) -> str:
 
 
 def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"

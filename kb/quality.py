@@ -20,6 +20,7 @@ written by other tools, are kept), and `check_store` recomputes flags for stored
 (`nesy kb check`), each change a revision by QUALITY_USER. Nothing here imports torch until
 `generic` embeds.
 """
+
 from __future__ import annotations
 
 import re
@@ -38,27 +39,34 @@ if TYPE_CHECKING:
 CHECKS = ("restates_source", "generic", "false_arithmetic", "empty_or_overlong")
 PER_ENTRY = ("restates_source", "false_arithmetic", "empty_or_overlong")
 QUALITY_USER = "nesy-quality"  # the name on revisions written by `nesy kb check`
-SECTIONS = {"learning_summary": "learning summary",
-            "supplementary_knowledge": "supplementary knowledge"}
+SECTIONS = {"learning_summary": "learning summary", "supplementary_knowledge": "supplementary knowledge"}
 
 
 @dataclass(frozen=True)
 class QualityConfig:
-    min_number_digits: int = field(default=2, metadata={
-        "help": "a number shared with the source question counts when it has this many digits"})
-    copied_words: int = field(default=6, metadata={
-        "help": "a run of this many words copied from the source question restates it"})
-    generic_similarity: float = field(default=0.85, metadata={
-        "help": "MiniLM cosine at which two items (list lines / sentences) say the same thing"})
-    generic_min_entries: int = field(default=3, metadata={
-        "help": "N: an item said by at least N other entries is boilerplate"})
-    generic_share: float = field(default=0.4, metadata={
-        "help": "a section is generic when at least this share of its items is boilerplate"})
-    min_section_words: int = field(default=3, metadata={
-        "help": "a section with fewer words than this is empty"})
-    max_section_words: int = field(default=200, metadata={
-        "help": "a section with more words than this is overlong (about twice a section of the "
-                "NesyCD reference's demonstration)"})
+    min_number_digits: int = field(
+        default=2, metadata={"help": "a number shared with the source question counts when it has this many digits"}
+    )
+    copied_words: int = field(
+        default=6, metadata={"help": "a run of this many words copied from the source question restates it"}
+    )
+    generic_similarity: float = field(
+        default=0.85, metadata={"help": "MiniLM cosine at which two items (list lines / sentences) say the same thing"}
+    )
+    generic_min_entries: int = field(
+        default=3, metadata={"help": "N: an item said by at least N other entries is boilerplate"}
+    )
+    generic_share: float = field(
+        default=0.4, metadata={"help": "a section is generic when at least this share of its items is boilerplate"}
+    )
+    min_section_words: int = field(default=3, metadata={"help": "a section with fewer words than this is empty"})
+    max_section_words: int = field(
+        default=200,
+        metadata={
+            "help": "a section with more words than this is overlong (about twice a section of the "
+            "NesyCD reference's demonstration)"
+        },
+    )
 
 
 DEFAULT = QualityConfig()
@@ -76,34 +84,40 @@ def _text(entry: Entry) -> str:
 
 def _detail(parts: list[str], lead: str) -> str:
     text = lead + "; ".join(parts)
-    return text if len(text) <= MAX_FLAG_DETAIL else text[:MAX_FLAG_DETAIL - 1] + "…"
+    return text if len(text) <= MAX_FLAG_DETAIL else text[: MAX_FLAG_DETAIL - 1] + "…"
 
 
 # -- restates_source ---------------------------------------------------------------------------
 # Numbers every unit conversion or percentage uses: sharing them says nothing about the problem.
 UNIT_NUMBERS = frozenset({"12", "24", "52", "60", "100", "365", "1000"})
 # Capitalised words that start sentences of word problems but are not names.
-_NOT_NAMES = frozenset("""
+_NOT_NAMES = frozenset(
+    """
 a about after all also altogether an and another any are as at before both but by can could
 currently did do does during each every find first for from given half he her his how i if in is
 it its last let meanwhile next now of on one or our she since so some suppose that the their then
 there these they this those to today together tomorrow what when where which while who why will
 with would yesterday you your two three four five six seven eight nine ten twelve twenty hundred
 thousand otherwise however therefore thus instead unfortunately luckily initially finally
-later afterwards overall usually sometimes monday tuesday wednesday thursday friday saturday sunday january february march april may
+later afterwards overall usually sometimes monday tuesday wednesday thursday friday saturday sunday
+january february march april may
 june july august september october november december mr mrs ms dr calculate determine compute
-""".split())
-_STOPWORDS = frozenset("""
+""".split()
+)
+_STOPWORDS = frozenset(
+    """
 a an the of to in on at for by with and or is are was were be it its this that these those as
 from how many much what if then than each per every his her their he she they them there
-""".split())
+""".split()
+)
 _WORD = re.compile(r"\$?\d[\d,]*(?:[./]\d+)?%?|[a-z]+(?:'[a-z]+)?")
 # Number words from ten to ninety-nine: "twenty minutes" in a question is the 20 of an answer.
 _TEENS = ("ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen").split()
 _TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
 _UNITS = "one two three four five six seven eight nine".split()
-_NUMBER_WORD = re.compile(rf"\b(?:({'|'.join(_TEENS)})|({'|'.join(_TENS)})(?:[- ]({'|'.join(_UNITS)}))?)\b",
-                          re.IGNORECASE)
+_NUMBER_WORD = re.compile(
+    rf"\b(?:({'|'.join(_TEENS)})|({'|'.join(_TENS)})(?:[- ]({'|'.join(_UNITS)}))?)\b", re.IGNORECASE
+)
 
 
 def _number_words(text: str) -> str:
@@ -112,6 +126,7 @@ def _number_words(text: str) -> str:
         if teen:
             return str(10 + _TEENS.index(teen))
         return str(20 + 10 * _TENS.index(tens) + (_UNITS.index(unit) + 1 if unit else 0))
+
     return _NUMBER_WORD.sub(digits, text)
 
 
@@ -135,8 +150,7 @@ def _names(question: str, text: str) -> list[str]:
     lower = set(re.findall(r"[a-z]+", question + " " + text))
     names = []
     for word in dict.fromkeys(re.findall(r"\b[A-Z][a-z]{1,}\b", question)):
-        if word.lower() not in _NOT_NAMES and word.lower() not in lower \
-                and re.search(rf"\b{word}\b", text):
+        if word.lower() not in _NOT_NAMES and word.lower() not in lower and re.search(rf"\b{word}\b", text):
             names.append(word)
     return names
 
@@ -152,9 +166,8 @@ def _copied_run(question: str, text: str, n: int) -> str | None:
         for j in range(1, len(q) + 1):
             if t[i - 1] == q[j - 1]:
                 current[j] = previous[j - 1] + 1
-                run = t[i - current[j]:i]
-                if (len(run) >= n and len(run) > len(best)
-                        and sum(w not in _STOPWORDS for w in run) * 2 >= len(run)):
+                run = t[i - current[j] : i]
+                if len(run) >= n and len(run) > len(best) and sum(w not in _STOPWORDS for w in run) * 2 >= len(run):
                     best = run
         previous = current
     return " ".join(best) or None
@@ -167,21 +180,20 @@ def restates_source(entry: Entry, config: QualityConfig = DEFAULT) -> Flag | Non
         return None
     text = _text(entry)
     parts = []
-    numbers = sorted(_numbers(text, config.min_number_digits)
-                     & _numbers(question, config.min_number_digits), key=lambda v: float(v))
+    numbers = sorted(
+        _numbers(text, config.min_number_digits) & _numbers(question, config.min_number_digits), key=lambda v: float(v)
+    )
     if numbers:
         parts.append("numbers " + ", ".join(numbers))
     if names := _names(question, text):
         parts.append("names " + ", ".join(names))
     if run := _copied_run(question, text, config.copied_words):
         parts.append(f"copies “{run}”")
-    return Flag(code="restates_source", detail=_detail(parts, "shares with its question: ")) \
-        if parts else None
+    return Flag(code="restates_source", detail=_detail(parts, "shares with its question: ")) if parts else None
 
 
 # -- false_arithmetic --------------------------------------------------------------------------
-_OPS = {"+": "+", "-": "-", "−": "-", "–": "-", "*": "*", "×": "*", "x": "*", "·": "*", "⋅": "*",
-        "/": "/", "÷": "/"}
+_OPS = {"+": "+", "-": "-", "−": "-", "–": "-", "*": "*", "×": "*", "x": "*", "·": "*", "⋅": "*", "/": "/", "÷": "/"}
 _NUM = r"(?:\$\s?)?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s?%)?"
 _OP = r"\s*(?:[-+*/×÷−–·⋅]|(?<=\s)x(?=\s))\s*"
 _CLAIM = re.compile(rf"(?P<left>{_NUM}(?:{_OP}{_NUM})+)\s*=\s*(?P<right>{_NUM})")
@@ -227,8 +239,7 @@ def _matches(claimed_text: str, exact: Fraction) -> bool:
             return True
         if decimals:
             step = Decimal(1).scaleb(-decimals)
-            rounded = (Decimal(exact.numerator) / Decimal(exact.denominator)).quantize(
-                step, rounding=ROUND_HALF_UP)
+            rounded = (Decimal(exact.numerator) / Decimal(exact.denominator)).quantize(step, rounding=ROUND_HALF_UP)
             if Fraction(rounded) == claimed:
                 return True
     return False
@@ -237,13 +248,12 @@ def _matches(claimed_text: str, exact: Fraction) -> bool:
 def _simple(text: str, match: re.Match) -> bool:
     """A claim standing on its own: not the tail of a longer expression ("x - 3 + 5 = 10") and
     not followed by more of one ("2 × 6 = 12 + 3")."""
-    before, after = text[:match.start()].rstrip(), text[match.end():].lstrip()
+    before, after = text[: match.start()].rstrip(), text[match.end() :].lstrip()
     if match.start() and (text[match.start() - 1].isalnum() or text[match.start() - 1] in ".,"):
         return False  # "v2 + 3 = 5", "1.2 + 3 = 4.2" seen from its second digit
     if before and (before[-1] in _TOUCHING or re.search(r"(?:^|\s)x$", before)):
         return False
-    return not (after and (after[0] in _TOUCHING or after[0].isdigit()
-                           or re.match(r"x\s", after)))
+    return not (after and (after[0] in _TOUCHING or after[0].isdigit() or re.match(r"x\s", after)))
 
 
 def arithmetic_claims(text: str) -> list[tuple[str, Fraction | None, bool]]:
@@ -276,8 +286,7 @@ def false_arithmetic(entry: Entry, config: QualityConfig = DEFAULT) -> Flag | No
     wrong = []
     for written, exact, true in arithmetic_claims(_text(entry)):
         if not true:
-            wrong.append(f"{written} (is {_show(exact)})" if exact is not None
-                         else f"{written} (division by zero)")
+            wrong.append(f"{written} (is {_show(exact)})" if exact is not None else f"{written} (division by zero)")
     return Flag(code="false_arithmetic", detail=_detail(wrong, "")) if wrong else None
 
 
@@ -289,8 +298,11 @@ def _show(value: Fraction) -> str:
 
 
 # -- empty_or_overlong -------------------------------------------------------------------------
-_PLACEHOLDER = re.compile(r"^\W*(?:n/?a|none|nothing|not applicable|tbd|todo|"
-                          r"learning summary|supplementary knowledge)\W*$", re.IGNORECASE)
+_PLACEHOLDER = re.compile(
+    r"^\W*(?:n/?a|none|nothing|not applicable|tbd|todo|"
+    r"learning summary|supplementary knowledge)\W*$",
+    re.IGNORECASE,
+)
 
 
 def empty_or_overlong(entry: Entry, config: QualityConfig = DEFAULT) -> Flag | None:
@@ -323,9 +335,12 @@ def items(section: str) -> list[str]:
     return found
 
 
-def generic(entries: Sequence[Entry], reference: Iterable[Entry] = (),
-            config: QualityConfig = DEFAULT,
-            embed: Callable[[list[str]], object] | None = None) -> dict[str, Flag]:
+def generic(
+    entries: Sequence[Entry],
+    reference: Iterable[Entry] = (),
+    config: QualityConfig = DEFAULT,
+    embed: Callable[[list[str]], object] | None = None,
+) -> dict[str, Flag]:
     """entry id -> `generic` flag, for each of `entries` with a generic section, judged against
     `entries` and `reference` together (e.g. the rest of the KB).
 
@@ -358,7 +373,8 @@ def generic(entries: Sequence[Entry], reference: Iterable[Entry] = (),
             if its and len(common) >= config.generic_share * len(its):
                 flags.setdefault(entry.id, []).append(
                     f"{label}: {len(common)} of {len(its)} items said by ≥ "
-                    f"{config.generic_min_entries} other entries (e.g. “{common[0]}”)")
+                    f"{config.generic_min_entries} other entries (e.g. “{common[0]}”)"
+                )
     return {i: Flag(code="generic", detail=_detail(parts, "")) for i, parts in flags.items()}
 
 
@@ -369,7 +385,7 @@ def _boilerplate(vectors, owners: list[set[int]], threshold: float, others: int)
 
     result = np.zeros(len(owners), dtype=bool)
     for start in range(0, len(owners), 512):
-        sims = vectors[start:start + 512] @ vectors.T
+        sims = vectors[start : start + 512] @ vectors.T
         for row, similar in enumerate(sims >= threshold - 1e-6):
             seen: set[int] = set()
             for v in np.flatnonzero(similar):
@@ -381,8 +397,11 @@ def _boilerplate(vectors, owners: list[set[int]], threshold: float, others: int)
 
 
 # -- running the checks ------------------------------------------------------------------------
-PER_ENTRY_CHECKS = {"restates_source": restates_source, "false_arithmetic": false_arithmetic,
-                    "empty_or_overlong": empty_or_overlong}
+PER_ENTRY_CHECKS = {
+    "restates_source": restates_source,
+    "false_arithmetic": false_arithmetic,
+    "empty_or_overlong": empty_or_overlong,
+}
 
 
 def check_entry(entry: Entry, config: QualityConfig = DEFAULT) -> list[Flag]:
@@ -418,15 +437,21 @@ class CheckReport:
 
     def line(self) -> str:
         counts = ", ".join(f"{code} {n}" for code, n in self.by_code.items()) or "none"
-        skipped = (f"; {len(self.conflicts)} changed meanwhile, skipped (run it again)"
-                   if self.conflicts else "")
-        return (f"checked {self.checked} entries: flags now {counts}; "
-                f"{self.changed} entries changed{skipped}")
+        skipped = f"; {len(self.conflicts)} changed meanwhile, skipped (run it again)" if self.conflicts else ""
+        return f"checked {self.checked} entries: flags now {counts}; {self.changed} entries changed{skipped}"
 
 
-def check_store(store: KBStore, *, status=None, task=None, checks: Iterable[str] = CHECKS,
-                ids: Iterable[str] | None = None, by: str = QUALITY_USER,
-                config: QualityConfig = DEFAULT, embed=None) -> CheckReport:
+def check_store(
+    store: KBStore,
+    *,
+    status=None,
+    task=None,
+    checks: Iterable[str] = CHECKS,
+    ids: Iterable[str] | None = None,
+    by: str = QUALITY_USER,
+    config: QualityConfig = DEFAULT,
+    embed=None,
+) -> CheckReport:
     """Recompute the flags of stored entries (filtered by status / task, or the given ids) and
     store each change as a revision by `by`. `generic` compares them with every live entry
     (the reference set is the whole KB, whatever the filter). An entry edited while the check
@@ -457,8 +482,7 @@ def check_store(store: KBStore, *, status=None, task=None, checks: Iterable[str]
         if flags == entry.flags:
             continue
         try:
-            store.update(entry.id, {"flags": [f.model_dump() for f in flags]},
-                         expected_version=entry.version, by=by)
+            store.update(entry.id, {"flags": [f.model_dump() for f in flags]}, expected_version=entry.version, by=by)
             report.changed += 1
         except (ConflictError, EntryNotFound):
             report.conflicts.append(entry.id)
