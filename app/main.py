@@ -4,6 +4,7 @@ The folder is not called pages/: Streamlit treats a pages/ folder beside the ent
 v1 multipage app and runs the FIRST session of a fresh server through it (a page script alone,
 without this router), whatever st.navigation says.
 """
+
 from __future__ import annotations
 
 import sys

@@ -3,6 +3,7 @@
 No business logic: every decision about entries, jobs or models is made in kb/ or distill/.
 KB text is user/model written, so it is shown with st.text / st.code / st.dataframe, never as HTML.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -18,13 +19,19 @@ from kb.store import ConflictError, EntryNotFound, KBStore
 from kb.workspace import home
 
 PAGES = {  # page id -> script, so pages can link to each other by name
-    "kb": "views/kb.py", "graph": "views/graph.py", "transfer": "views/transfer.py",
-    "distill": "views/distill.py", "train": "views/train.py", "jobs": "views/jobs.py",
-    "compare": "views/compare.py", "evaluate": "views/evaluate.py",
+    "kb": "views/kb.py",
+    "graph": "views/graph.py",
+    "transfer": "views/transfer.py",
+    "distill": "views/distill.py",
+    "train": "views/train.py",
+    "jobs": "views/jobs.py",
+    "compare": "views/compare.py",
+    "evaluate": "views/evaluate.py",
 }
 
 
 # ---------------------------------------------------------------------------- cached resources
+
 
 @st.cache_resource(show_spinner=False)
 def _store(path: str) -> KBStore:
@@ -59,6 +66,7 @@ def facets() -> dict:
 @st.cache_resource(show_spinner="Loading the embedding index…")
 def _index(path: str):
     from kb.index import KBIndex  # lazy: sentence-transformers is heavy, most pages never need it
+
     return KBIndex(_store(path))
 
 
@@ -92,7 +100,8 @@ OVERVIEW = (
     "specialised knowledge, written by the teacher from the student's own mistakes, goes into "
     "this symbolic knowledge base, where you read, edit, accept or reject it, see it as a graph, "
     "and the student retrieves the accepted entries at answer time. Everything runs on this "
-    "machine: nothing you do here leaves it.")
+    "machine: nothing you do here leaves it."
+)
 
 
 def welcome(page: str) -> None:
@@ -106,18 +115,19 @@ def welcome(page: str) -> None:
     with st.container(border=True, key="welcome"):
         st.subheader(f"Welcome to {PRODUCT}")
         st.write(OVERVIEW)
-        st.caption("Start on the Knowledge base page: review pending entries (Review), or load "
-                   "the starter knowledge base. Teacher jobs and training live under Distil.")
-        st.button("Got it", key="welcome:dismiss", on_click=st.session_state.__setitem__,
-                  args=("welcomed", True))
+        st.caption(
+            "Start on the Knowledge base page: review pending entries (Review), or load "
+            "the starter knowledge base. Teacher jobs and training live under Distil."
+        )
+        st.button("Got it", key="welcome:dismiss", on_click=st.session_state.__setitem__, args=("welcomed", True))
 
 
 def sidebar_user() -> None:
-    st.sidebar.text_input("Your name (needed to start jobs or delete)", key="user",
-                          placeholder="e.g. Ada Lovelace")
+    st.sidebar.text_input("Your name (needed to start jobs or delete)", key="user", placeholder="e.g. Ada Lovelace")
 
 
 # ---------------------------------------------------------------------------- entry navigation
+
 
 def open_entry(entry_id: str) -> None:
     """Ask the KB page (or an editor beside a graph) to open this entry."""
@@ -132,18 +142,26 @@ def md(text) -> str:
 
 def short(text: str | None, n: int = 120) -> str:
     text = " ".join((text or "").split())
-    return text if len(text) <= n else text[:n - 1] + "…"
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def entry_row(entry, **extra) -> dict:
     """One table row. Summary and knowledge are whole: the grid truncates them to the column
     width and shows the full text when a cell is opened (double-click)."""
-    return {"id": entry.id, "title": entry.title or "", "task": entry.task, "status": entry.status,
-            "summary": " ".join(entry.learning_summary.split()),
-            "knowledge": " ".join(entry.supplementary_knowledge.split()),
-            "concepts": ", ".join(entry.concepts), "flags": ", ".join(flags(entry)),
-            "updated": (entry.updated_at or "")[:19].replace("T", " "),
-            "by": entry.updated_by or "", "version": entry.version, **extra}
+    return {
+        "id": entry.id,
+        "title": entry.title or "",
+        "task": entry.task,
+        "status": entry.status,
+        "summary": " ".join(entry.learning_summary.split()),
+        "knowledge": " ".join(entry.supplementary_knowledge.split()),
+        "concepts": ", ".join(entry.concepts),
+        "flags": ", ".join(flags(entry)),
+        "updated": (entry.updated_at or "")[:19].replace("T", " "),
+        "by": entry.updated_by or "",
+        "version": entry.version,
+        **extra,
+    }
 
 
 def flags(entry) -> list[str]:
@@ -155,8 +173,9 @@ def flags(entry) -> list[str]:
     out = []
     for flag in raw:
         if isinstance(flag, dict):
-            flag = ": ".join(str(flag[k]) for k in ("code", "kind", "name", "message", "detail")
-                             if flag.get(k)) or json.dumps(flag, ensure_ascii=False)
+            flag = ": ".join(
+                str(flag[k]) for k in ("code", "kind", "name", "message", "detail") if flag.get(k)
+            ) or json.dumps(flag, ensure_ascii=False)
         elif hasattr(flag, "model_dump"):
             flag = ": ".join(str(v) for v in flag.model_dump().values() if v)
         out.append(str(flag))
@@ -170,14 +189,16 @@ def split_list(text: str) -> list[str]:
 
 # ------------------------------------------------------------------------------- entry editor
 
+
 def entry_editor(kb: KBStore, entry_id: str, *, key: str = "editor") -> None:
     """Edit one entry: form with per-field errors, conflict detection, history, restore, delete.
 
     The form edits the version that was loaded (kept in session state); saving passes that version
     to store.update, so someone else's newer save is reported, never overwritten.
     """
-    loaded_key, problems_key, conflict_key, flash_key = (f"{key}:{s}" for s in
-                                                         ("loaded", "problems", "conflict", "flash"))
+    loaded_key, problems_key, conflict_key, flash_key = (
+        f"{key}:{s}" for s in ("loaded", "problems", "conflict", "flash")
+    )
     loaded = st.session_state.get(loaded_key)
     if loaded is None or loaded.id != entry_id:
         try:
@@ -218,23 +239,27 @@ def _warn_if_stale(kb: KBStore, loaded, key: str) -> None:
         st.warning("This entry was deleted or merged by someone else; saving will fail.")
         return
     if latest.version != loaded.version:
-        st.info(f"{md(latest.updated_by)} changed this entry at {md(latest.updated_at)} (now version "
-                f"{latest.version}; you opened version {loaded.version}).")
-        st.button("Load the latest version", key=f"{key}:stale-reload",
-                  on_click=_reload, args=(key,))
+        st.info(
+            f"{md(latest.updated_by)} changed this entry at {md(latest.updated_at)} (now version "
+            f"{latest.version}; you opened version {loaded.version})."
+        )
+        st.button("Load the latest version", key=f"{key}:stale-reload", on_click=_reload, args=(key,))
 
 
 def _show_conflict(kb: KBStore, loaded, current, key: str) -> None:
-    st.error(f"Not saved: {md(current.updated_by or 'someone')} saved this entry at {md(current.updated_at)} "
-             f"(version {current.version}) while you were editing version {loaded.version}. "
-             "Your edits are still in the form; nothing was overwritten.")
+    st.error(
+        f"Not saved: {md(current.updated_by or 'someone')} saved this entry at {md(current.updated_at)} "
+        f"(version {current.version}) while you were editing version {loaded.version}. "
+        "Your edits are still in the form; nothing was overwritten."
+    )
     with st.expander(f"Their version {current.version}", expanded=True):
-        st.text(f"Title: {current.title or ''}\nStatus: {current.status}\nTask: {current.task}\n"
-                f"Concepts: {', '.join(current.concepts)}")
+        st.text(
+            f"Title: {current.title or ''}\nStatus: {current.status}\nTask: {current.task}\n"
+            f"Concepts: {', '.join(current.concepts)}"
+        )
         st.text("Learning summary:\n" + current.learning_summary)
         st.text("Supplementary knowledge:\n" + current.supplementary_knowledge)
-    st.button("Discard my edits and load their version", key=f"{key}:conflict-reload",
-              on_click=_reload, args=(key,))
+    st.button("Discard my edits and load their version", key=f"{key}:conflict-reload", on_click=_reload, args=(key,))
 
 
 def _entry_form(entry, problems: dict, key: str) -> dict | None:
@@ -247,33 +272,35 @@ def _entry_form(entry, problems: dict, key: str) -> dict | None:
                 st.error(md(f"{name}: {message}"))
 
     with st.form(f"{k}:form"):
-        st.caption(md(f"{entry.id} · version {entry.version} · updated {entry.updated_at} "
-                      f"by {entry.updated_by}"))
+        st.caption(md(f"{entry.id} · version {entry.version} · updated {entry.updated_at} by {entry.updated_by}"))
         title = st.text_input("Title", entry.title or "", key=f"{k}:title")
         error_for("title")
         left, right = st.columns(2)
         task = left.text_input("Task", entry.task, key=f"{k}:task")
         with left:
             error_for("task")
-        status = right.selectbox("Status", STATUSES, index=STATUSES.index(entry.status),
-                                 key=f"{k}:status")
-        concepts = st.text_input("Concepts (comma-separated)", ", ".join(entry.concepts),
-                                 key=f"{k}:concepts")
+        status = right.selectbox("Status", STATUSES, index=STATUSES.index(entry.status), key=f"{k}:status")
+        concepts = st.text_input("Concepts (comma-separated)", ", ".join(entry.concepts), key=f"{k}:concepts")
         error_for("concepts")
-        summary = st.text_area("Learning summary", entry.learning_summary, height=140,
-                               key=f"{k}:summary")
+        summary = st.text_area("Learning summary", entry.learning_summary, height=140, key=f"{k}:summary")
         error_for("learning_summary")
-        knowledge = st.text_area("Supplementary knowledge", entry.supplementary_knowledge,
-                                 height=140, key=f"{k}:knowledge")
+        knowledge = st.text_area(
+            "Supplementary knowledge", entry.supplementary_knowledge, height=140, key=f"{k}:knowledge"
+        )
         error_for("supplementary_knowledge")
-        links = st.text_input("Links (entry ids, comma-separated)", ", ".join(entry.links),
-                              key=f"{k}:links")
+        links = st.text_input("Links (entry ids, comma-separated)", ", ".join(entry.links), key=f"{k}:links")
         error_for("links")
         if not st.form_submit_button("Save", type="primary"):
             return None
-    return {"title": title.strip() or None, "task": task, "status": status,
-            "concepts": split_list(concepts), "learning_summary": summary,
-            "supplementary_knowledge": knowledge, "links": split_list(links)}
+    return {
+        "title": title.strip() or None,
+        "task": task,
+        "status": status,
+        "concepts": split_list(concepts),
+        "learning_summary": summary,
+        "supplementary_knowledge": knowledge,
+        "links": split_list(links),
+    }
 
 
 def _save(kb: KBStore, loaded, values: dict, key: str) -> None:
@@ -301,8 +328,10 @@ def _entry_source(entry) -> None:
         return
     with st.expander(f"Source ({md(entry.source.kind or 'unknown')})"):
         src = entry.source
-        st.text(f"dataset: {src.dataset or '-'}   example: {src.example_id or '-'}\n"
-                f"teacher: {src.teacher_model or '-'}   student: {src.student_model or '-'}")
+        st.text(
+            f"dataset: {src.dataset or '-'}   example: {src.example_id or '-'}\n"
+            f"teacher: {src.teacher_model or '-'}   student: {src.student_model or '-'}"
+        )
         if src.question:
             st.text("Question:\n" + src.question)
         if src.student_response:
@@ -312,8 +341,7 @@ def _entry_source(entry) -> None:
 def _entry_history(kb: KBStore, entry, key: str) -> None:
     with st.expander("History"):
         revisions = list(reversed(kb.history(entry.id)))
-        by_label = {f"v{r.version} · {r.action} · {r.by} · {r.at[:19]} · #{r.revision_id}": r
-                    for r in revisions}
+        by_label = {f"v{r.version} · {r.action} · {r.by} · {r.at[:19]} · #{r.revision_id}": r for r in revisions}
         label = st.selectbox("Revision", list(by_label), key=f"{key}:{entry.id}:{entry.version}:revision")
         rev = by_label.get(label)
         if rev is None:
@@ -321,8 +349,7 @@ def _entry_history(kb: KBStore, entry, key: str) -> None:
         st.code(revision_diff(rev.changes) or "(no field changes)", language="diff")
         if rev.snapshot and st.button(f"Restore v{rev.version}", key=f"{key}:restore"):
             try:
-                restored = kb.restore(entry.id, rev.revision_id, expected_version=entry.version,
-                                      by=user())
+                restored = kb.restore(entry.id, rev.revision_id, expected_version=entry.version, by=user())
             except ConflictError as e:
                 st.session_state[f"{key}:conflict"] = e.current
             else:
@@ -338,8 +365,10 @@ def revision_diff(changes: dict) -> str:
         old_lines = _as_lines(old)
         new_lines = _as_lines(new)
         out.append(f"## {field}")
-        out += list(difflib.unified_diff(old_lines, new_lines, lineterm="", n=2))[2:] or \
-            [f"- {old_lines}", f"+ {new_lines}"]
+        out += list(difflib.unified_diff(old_lines, new_lines, lineterm="", n=2))[2:] or [
+            f"- {old_lines}",
+            f"+ {new_lines}",
+        ]
     return "\n".join(out)
 
 
@@ -354,14 +383,16 @@ def _as_lines(value) -> list[str]:
 def _entry_delete(kb: KBStore, entry, key: str) -> None:
     confirm_key = f"{key}:confirm-delete"
     if not st.session_state.get(confirm_key):
-        st.button("Delete this entry…", key=f"{key}:delete", on_click=st.session_state.__setitem__,
-                  args=(confirm_key, True))
+        st.button(
+            "Delete this entry…", key=f"{key}:delete", on_click=st.session_state.__setitem__, args=(confirm_key, True)
+        )
         return
-    st.warning(f"Delete {md(entry.id)}? It disappears from search and retrieval; history keeps it "
-               "and it can be restored from the Knowledge base page's Trash view.")
+    st.warning(
+        f"Delete {md(entry.id)}? It disappears from search and retrieval; history keeps it "
+        "and it can be restored from the Knowledge base page's Trash view."
+    )
     yes, no = st.columns(2)
-    if yes.button("Yes, delete", key=f"{key}:delete-yes", type="primary") and \
-            require_curator("delete entries"):
+    if yes.button("Yes, delete", key=f"{key}:delete-yes", type="primary") and require_curator("delete entries"):
         try:
             kb.delete(entry.id, expected_version=entry.version, by=user())
         except ConflictError as e:
@@ -386,24 +417,25 @@ _graph_component = st.components.v2.component("nesy_graph", js=_GRAPH_JS)
 def graph_view(html: str, *, key: str, height: int = 760) -> str | None:
     """The pyvis page (kb.graph.render_html, all KB text escaped) in a bidirectional component;
     returns the node id clicked in this run ("entry:<id>", "concept:<name>", ...), else None."""
-    data = {"html": html, "height": height,
-            "key": hashlib.sha1(html.encode("utf-8")).hexdigest()}
-    result = _graph_component(key=key, data=data, height=height + 10,
-                              on_clicked_change=lambda: None)
+    data = {"html": html, "height": height, "key": hashlib.sha1(html.encode("utf-8")).hexdigest()}
+    result = _graph_component(key=key, data=data, height=height + 10, on_clicked_change=lambda: None)
     return getattr(result, "clicked", None)
 
 
 # ------------------------------------------------------------------------------------ jobs
 
+
 def command_preview(argv: list[str]) -> None:
     """Show the equivalent CLI command (the same argv the job will run)."""
     import shlex
+
     st.caption("Equivalent command")
     st.code(shlex.join(["nesy", *argv]), language="bash", wrap_lines=True)
 
 
 def submit_job(argv: list[str], kind: str, name: str | None = None) -> None:
     from distill import jobs
+
     if not require_curator("start jobs"):
         return
     job = jobs.submit(argv, kind, name=name)

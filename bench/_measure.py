@@ -11,6 +11,7 @@ says so (absolute numbers are pessimistic; ratios from one round share the load)
         rounds = interleave({"ours": run_ours, "naive": run_naive}, rounds=5)
     print(ratio(rounds["ours"], rounds["naive"], "speed-up"), load)
 """
+
 from __future__ import annotations
 
 import os
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 @dataclass
 class Spread:
     """A median with its min–max over rounds."""
+
     values: list[float]
     unit: str = ""
 
@@ -34,8 +36,10 @@ class Spread:
     def __str__(self) -> str:
         if len(self.values) == 1:
             return f"{self.values[0]:.3g}{self.unit} (1 round)"
-        return (f"{self.median:.3g}{self.unit} (min {min(self.values):.3g}, max {max(self.values):.3g}, "
-                f"{len(self.values)} rounds)")
+        return (
+            f"{self.median:.3g}{self.unit} (min {min(self.values):.3g}, max {max(self.values):.3g}, "
+            f"{len(self.values)} rounds)"
+        )
 
 
 def ratio(a: list[float], b: list[float], unit: str = "x") -> Spread:
@@ -60,8 +64,9 @@ def _shown(value: float | dict[str, float]) -> str:
     return f"{value:.4g}"
 
 
-def interleave(sides: dict[str, Callable[[], float | dict[str, float]]], rounds: int, warmup: int = 0,
-               progress: bool = True) -> dict[str, list]:
+def interleave(
+    sides: dict[str, Callable[[], float | dict[str, float]]], rounds: int, warmup: int = 0, progress: bool = True
+) -> dict[str, list]:
     """Run each side once per round, in order A B … then the next round; each call returns its
     measurement (seconds, tokens/s, …), or a dict of them when one run yields several (then
     `column` picks one out). `warmup` rounds run first and are dropped."""
@@ -72,8 +77,10 @@ def interleave(sides: dict[str, Callable[[], float | dict[str, float]]], rounds:
             if r >= warmup:
                 out[name].append(value)
         if progress and r >= warmup:
-            print(f"  round {r - warmup + 1}/{rounds}: " + ", ".join(
-                f"{n} {_shown(v[-1])}" for n, v in out.items()), flush=True)
+            print(
+                f"  round {r - warmup + 1}/{rounds}: " + ", ".join(f"{n} {_shown(v[-1])}" for n, v in out.items()),
+                flush=True,
+            )
     return out
 
 
@@ -85,6 +92,7 @@ def column(runs: list[dict[str, float]], key: str) -> list[float]:
 @dataclass
 class Load:
     """Samples os.getloadavg() every `every` seconds while in its `with` block."""
+
     every: float = 2.0
     cores: int = field(default_factory=lambda: os.cpu_count() or 1)
     samples: list[float] = field(default_factory=list)
@@ -111,7 +119,10 @@ class Load:
 
     def __str__(self) -> str:
         lo, hi = min(self.samples), max(self.samples)
-        verdict = (f"BUSY (above {self.cores / 2:g}): other work shared the cores, absolute numbers are "
-                   f"pessimistic; the ratios compare sides measured under the same load" if self.busy
-                   else f"idle (at most {self.cores / 2:g})")
+        verdict = (
+            f"BUSY (above {self.cores / 2:g}): other work shared the cores, absolute numbers are "
+            f"pessimistic; the ratios compare sides measured under the same load"
+            if self.busy
+            else f"idle (at most {self.cores / 2:g})"
+        )
         return f"machine load (1-min average) {lo:.2f}–{hi:.2f} on {self.cores} cores: {verdict}"

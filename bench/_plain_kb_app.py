@@ -7,6 +7,7 @@ showing that page, so our page's time / this page's time is what the app adds on
 
     streamlit run bench/_plain_kb_app.py     (with NESY_HOME set; bench_app.py starts it)
 """
+
 import math
 import os
 import sqlite3
@@ -20,7 +21,12 @@ total = con.execute("SELECT count(*) FROM entries WHERE deleted = 0").fetchone()
 page = st.pagination(max(1, math.ceil(total / PAGE)), key="page")
 first = (page - 1) * PAGE
 st.caption(f"{first + 1}–{min(first + PAGE, total)} of {total} matching entries")
-st.dataframe(pd.read_sql_query(
-    "SELECT id, title, status, json_extract(data, '$.learning_summary') AS summary, task, updated_at "
-    "FROM entries WHERE deleted = 0 ORDER BY updated_at DESC, id LIMIT ? OFFSET ?",
-    con, params=(PAGE, first)), hide_index=True)
+st.dataframe(
+    pd.read_sql_query(
+        "SELECT id, title, status, json_extract(data, '$.learning_summary') AS summary, task, updated_at "
+        "FROM entries WHERE deleted = 0 ORDER BY updated_at DESC, id LIMIT ? OFFSET ?",
+        con,
+        params=(PAGE, first),
+    ),
+    hide_index=True,
+)

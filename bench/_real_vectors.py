@@ -7,6 +7,7 @@ texts takes a while on 2 shared cores, so it is saved in chunks and resumes wher
 
     nice -n 19 .venv/bin/python bench/_real_vectors.py     # embed (or finish embedding) once
 """
+
 from __future__ import annotations
 
 import gzip
@@ -61,16 +62,18 @@ def real_vectors(embed_missing: bool = False, prefix: bool = False) -> tuple[lis
             if not embed_missing:
                 if prefix and chunks:
                     done = np.concatenate(chunks)
-                    return texts[:len(done)], done
+                    return texts[: len(done)], done
                 return texts, None
             from kb.index import embed_texts
 
             began = time.perf_counter()
-            vectors = embed_texts(texts[start:start + CHUNK])
+            vectors = embed_texts(texts[start : start + CHUNK])
             np.save(folder / f"{n:04d}.tmp.npy", vectors)
             os.replace(folder / f"{n:04d}.tmp.npy", path)
-            print(f"chunk {n + 1}/{-(-len(texts) // CHUNK)}: {len(vectors)} texts in "
-                  f"{time.perf_counter() - began:.0f}s", flush=True)
+            print(
+                f"chunk {n + 1}/{-(-len(texts) // CHUNK)}: {len(vectors)} texts in {time.perf_counter() - began:.0f}s",
+                flush=True,
+            )
         chunks.append(np.load(path))
     return texts, np.concatenate(chunks)
 

@@ -29,6 +29,7 @@ Ratios (bench/_measure.py: median with its min–max, machine load): ours/plain 
 many times the plain page's wait ours takes; polling time / refresh interval. Each workspace is
 seeded through the kb store's bulk import.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,12 +56,20 @@ APP = REPO / "app" / "main.py"
 PLAIN_APP = REPO / "bench" / "_plain_kb_app.py"
 JOBS_REFRESH_S = 2.0  # app/views/jobs.py: @st.fragment(run_every=2)
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 GRAPH_CAPTION = re.compile(r"\d+ of \d+ nodes shown \(")  # app/views/graph.py
 
 
 # ------------------------------------------------------------------------------------ seeding
+
 
 def seed_kb(home: Path, n: int, tasks: int = 10, concepts: int = 50) -> float:
     from kb.schema import Entry, Source
@@ -70,13 +79,18 @@ def seed_kb(home: Path, n: int, tasks: int = 10, concepts: int = 50) -> float:
     kb = KBStore(home / "kb.sqlite")
     batch = []
     for i in range(n):
-        batch.append(Entry(
-            id=f"k{i:06d}", task=f"task{i % tasks}", status=("accepted", "pending", "rejected")[i % 3],
-            title=f"Knowledge {i}", learning_summary=f"Check each step of problem type {i % 97}; "
-                                                     "restate the question before computing.",
-            supplementary_knowledge=f"Fact {i}: a ratio compares two quantities by division.",
-            concepts=[f"concept{i % concepts}"],
-            source=Source(kind="error_analysis", dataset="gsm8k", question=f"Question number {i}?")))
+        batch.append(
+            Entry(
+                id=f"k{i:06d}",
+                task=f"task{i % tasks}",
+                status=("accepted", "pending", "rejected")[i % 3],
+                title=f"Knowledge {i}",
+                learning_summary=f"Check each step of problem type {i % 97}; restate the question before computing.",
+                supplementary_knowledge=f"Fact {i}: a ratio compares two quantities by division.",
+                concepts=[f"concept{i % concepts}"],
+                source=Source(kind="error_analysis", dataset="gsm8k", question=f"Question number {i}?"),
+            )
+        )
         if len(batch) == 5000:
             kb.import_entries(batch, by="bench")
             batch = []
@@ -102,6 +116,7 @@ def graph_html(home: Path) -> str:
 
 # ------------------------------------------------------------------------------ server/browser
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -116,10 +131,24 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", "127.0.0.1",
-             "--server.port", str(self.port), "--server.headless", "true"],
-            cwd=REPO, env={**os.environ, "NESY_HOME": str(home)},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                str(script),
+                "--server.address",
+                "127.0.0.1",
+                "--server.port",
+                str(self.port),
+                "--server.headless",
+                "true",
+            ],
+            cwd=REPO,
+            env={**os.environ, "NESY_HOME": str(home)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def __enter__(self) -> Server:
         return self
@@ -159,6 +188,7 @@ def timed_open(page, url: str, marker) -> float:
 
 # ------------------------------------------------------------------------------------- benches
 
+
 def kb_page(browser, home: Path, n: int, script: Path = APP) -> dict[str, float]:
     """One fresh server: its cold start, then the warm KB page (the plain page has no sidebar
     and no text search)."""
@@ -172,13 +202,17 @@ def kb_page(browser, home: Path, n: int, script: Path = APP) -> dict[str, float]
         out["open"] = timed_open(page, server.url, first_page)
         if script == APP:
             timed_open(page, server.url + "/jobs", "Jobs")
-            out["via sidebar"] = timed(lambda: (  # in-app navigation: what a user does most
-                page.locator('[data-testid="stSidebarNav"]').get_by_text("Knowledge base").click(),
-                rendered(page, first_page)))
+            out["via sidebar"] = timed(
+                lambda: (  # in-app navigation: what a user does most
+                    page.locator('[data-testid="stSidebarNav"]').get_by_text("Knowledge base").click(),
+                    rendered(page, first_page),
+                )
+            )
         flip_button = page.get_by_role("button", name="Page 2", exact=True)
         flip_button.wait_for()  # the pager's code loads lazily; time the rerun, not that
-        out["page flip"] = timed(lambda: (flip_button.click(),
-                                          rendered(page, f"51–{min(100, n)} of {n} matching entries")))
+        out["page flip"] = timed(
+            lambda: (flip_button.click(), rendered(page, f"51–{min(100, n)} of {n} matching entries"))
+        )
         if script == APP:
             out["text search"] = timed(lambda: text_search(page, n // 2))
     return out
@@ -203,16 +237,21 @@ def graph_page(browser, home: Path) -> dict[str, float]:
         rendered(page, GRAPH_CAPTION)
         page.frame_locator("iframe").first.locator("canvas").first.wait_for(timeout=120_000)
         first_draw = time.perf_counter() - start
-        frame = next(f for f in page.frames if f != page.main_frame and "network" in f.evaluate(
-            "() => Object.keys(window).join(' ')"))
+        frame = next(
+            f
+            for f in page.frames
+            if f != page.main_frame and "network" in f.evaluate("() => Object.keys(window).join(' ')")
+        )
         settled = layout_settled(frame, start)
-        redraw = frame.evaluate("() => { const t = performance.now(); network.redraw(); "
-                                "return performance.now() - t; }")
-        zoom = frame.evaluate("() => { const t = performance.now(); network.moveTo({scale: 1.7}); "
-                              "network.redraw(); return performance.now() - t; }")
+        redraw = frame.evaluate(
+            "() => { const t = performance.now(); network.redraw(); return performance.now() - t; }"
+        )
+        zoom = frame.evaluate(
+            "() => { const t = performance.now(); network.moveTo({scale: 1.7}); "
+            "network.redraw(); return performance.now() - t; }"
+        )
         nodes = frame.evaluate("() => network.body.data.nodes.length")
-    return {"first draw": first_draw, "layout settled": settled, "redraw ms": redraw, "zoom ms": zoom,
-            "nodes": nodes}
+    return {"first draw": first_draw, "layout settled": settled, "redraw ms": redraw, "zoom ms": zoom, "nodes": nodes}
 
 
 def graph_plain(browser, html: str) -> dict[str, float]:
@@ -228,10 +267,13 @@ def graph_plain(browser, html: str) -> dict[str, float]:
 def layout_settled(frame, start: float) -> float:
     """Seconds since `start` until pyvis hides its loading bar (physics stabilised); inf after 300 s."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     try:
         frame.wait_for_function(
             "() => !document.getElementById('loadingBar') || "
-            "document.getElementById('loadingBar').style.display === 'none'", timeout=300_000)
+            "document.getElementById('loadingBar').style.display === 'none'",
+            timeout=300_000,
+        )
         return time.perf_counter() - start
     except PlaywrightTimeout:
         return float("inf")
@@ -247,11 +289,15 @@ def job_polling(home: Path, jobs_n: int, rounds: int) -> dict[str, list[float]]:
     for i in range(jobs_n):
         job_dir = home / "jobs" / f"j{i:04d}"
         job_dir.mkdir(parents=True, exist_ok=True)
-        (job_dir / "metrics.jsonl").write_text("".join(
-            f'{{"step": {s}, "total": 1000, "loss": 1.0, "eta": 10}}\n' for s in range(1000)))
+        (job_dir / "metrics.jsonl").write_text(
+            "".join(f'{{"step": {s}, "total": 1000, "loss": 1.0, "eta": 10}}\n' for s in range(1000))
+        )
         (job_dir / "log.txt").write_text("line\n" * 5000)
-        conn.execute("INSERT INTO jobs (id, kind, name, argv, status, cwd, created, exit_code) "
-                     "VALUES (?, 'train', 'x', '[\"train\"]', 'succeeded', '.', ?, 0)", (f"j{i:04d}", now + i))
+        conn.execute(
+            "INSERT INTO jobs (id, kind, name, argv, status, cwd, created, exit_code) "
+            "VALUES (?, 'train', 'x', '[\"train\"]', 'succeeded', '.', ?, 0)",
+            (f"j{i:04d}", now + i),
+        )
     conn.close()
     running = jobs.submit(["jobs", "selftest", "--steps", "100000", "--seconds-per-step", "0.05"], "selftest")
     reps = 20
@@ -260,6 +306,7 @@ def job_polling(home: Path, jobs_n: int, rounds: int) -> dict[str, list[float]]:
         def poll():
             for job in jobs.list_jobs():
                 jobs.progress(job.id)
+
         return timed(lambda: [poll() for _ in range(reps)]) / reps * 1000
 
     def detail() -> float:
@@ -268,6 +315,7 @@ def job_polling(home: Path, jobs_n: int, rounds: int) -> dict[str, list[float]]:
             jobs.progress(running.id)
             jobs.metrics(running.id)
             jobs.log_tail(running.id, 40)
+
         return timed(lambda: [poll() for _ in range(reps)]) / reps * 1000
 
     try:
@@ -280,8 +328,8 @@ def job_polling(home: Path, jobs_n: int, rounds: int) -> dict[str, list[float]]:
 
 # ---------------------------------------------------------------------------------------- main
 
-def show(label: str, ours: list[float], plain: list[float] | None = None, target: str = "",
-         unit: str = " s") -> None:
+
+def show(label: str, ours: list[float], plain: list[float] | None = None, target: str = "", unit: str = " s") -> None:
     line = f"{label}: ours {Spread(ours, unit)}"
     if plain is not None:
         line += f"; plain {Spread(plain, unit)} -> ours/plain {ratio(ours, plain)}"
@@ -289,8 +337,7 @@ def show(label: str, ours: list[float], plain: list[float] | None = None, target
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,100000", help="KB entries, comma list")
     parser.add_argument("--graphs", default="500,2000", help="graph nodes, comma list; '' skips")
     parser.add_argument("--jobs", type=int, default=200, help="jobs in the registry for the polling measure")
@@ -307,8 +354,10 @@ def main() -> None:
             home = Path(tmp) / f"kb{n}"
             home.mkdir()
             print(f"KB page, {n:,} entries (seeded in {seed_kb(home, n):.1f} s):", flush=True)
-            r = interleave({"ours": lambda: kb_page(browser, home, n),
-                            "plain": lambda: kb_page(browser, home, n, PLAIN_APP)}, args.rounds)
+            r = interleave(
+                {"ours": lambda: kb_page(browser, home, n), "plain": lambda: kb_page(browser, home, n, PLAIN_APP)},
+                args.rounds,
+            )
             for key, target in (("cold start", "< 5 s"), ("open", "< 1.5 s"), ("page flip", "< 1.5 s")):
                 show(f"  {key}", column(r["ours"], key), column(r["plain"], key), target)
             show("  via sidebar", column(r["ours"], "via sidebar"), target="< 1.5 s")
@@ -318,8 +367,9 @@ def main() -> None:
             home.mkdir()
             seed_graph(home, nodes)
             html = graph_html(home)
-            r = interleave({"ours": lambda: graph_page(browser, home),
-                            "plain": lambda: graph_plain(browser, html)}, args.rounds)
+            r = interleave(
+                {"ours": lambda: graph_page(browser, home), "plain": lambda: graph_plain(browser, html)}, args.rounds
+            )
             print(f"graph, {r['ours'][0]['nodes']:.0f} nodes:")
             for key in ("first draw", "layout settled"):
                 show(f"  {key}", column(r["ours"], key), column(r["plain"], key))

@@ -13,6 +13,7 @@ tokens each pass generated (up to the first end-of-sequence of each answer).
 The same student served by llama.cpp (GGUF, its own batching) is measured by
 bench/bench_student_backends.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,26 +56,38 @@ def main() -> None:
     def run(name: str, call):
         def go():
             seconds = timed(lambda: answers.__setitem__(name, call()))
-            tokens[name] = sum(len(student.tokenizer(a.text, add_special_tokens=False)["input_ids"]) + 1
-                               for a in answers[name])
+            tokens[name] = sum(
+                len(student.tokenizer(a.text, add_special_tokens=False)["input_ids"]) + 1 for a in answers[name]
+            )
             return seconds
+
         return go
 
-    sides = {"single": run("single", lambda: [student.answer([q], max_new_tokens=args.max_new_tokens)[0]
-                                              for q in questions]),
-             "batched": run("batched", lambda: student.answer(questions, max_new_tokens=args.max_new_tokens,
-                                                              batch_size=batch))}
+    sides = {
+        "single": run(
+            "single", lambda: [student.answer([q], max_new_tokens=args.max_new_tokens)[0] for q in questions]
+        ),
+        "batched": run(
+            "batched", lambda: student.answer(questions, max_new_tokens=args.max_new_tokens, batch_size=batch)
+        ),
+    }
     with Load() as load:
         rounds = interleave(sides, args.rounds)
     same = sum(a.text == b.text for a, b in zip(answers["single"], answers["batched"]))
-    print(f"{len(questions)} questions, batch {batch}, max_new_tokens {args.max_new_tokens}, greedy, "
-          f"torch threads {torch.get_num_threads()}, weights {next(student.model.parameters()).dtype}")
+    print(
+        f"{len(questions)} questions, batch {batch}, max_new_tokens {args.max_new_tokens}, greedy, "
+        f"torch threads {torch.get_num_threads()}, weights {next(student.model.parameters()).dtype}"
+    )
     for name in sides:
         secs = rounds[name]
-        print(f"{name:8s}: {Spread(secs, ' s')} per pass = {Spread([len(questions) / s for s in secs], ' q/s')}, "
-              f"{Spread([tokens[name] / s for s in secs], ' tok/s')} (~{tokens[name]} tokens per pass)")
-    print(f"speed-up batched/single: {ratio(rounds['single'], rounds['batched'])} (target >= 3x); "
-          f"identical answers {same}/{len(questions)}")
+        print(
+            f"{name:8s}: {Spread(secs, ' s')} per pass = {Spread([len(questions) / s for s in secs], ' q/s')}, "
+            f"{Spread([tokens[name] / s for s in secs], ' tok/s')} (~{tokens[name]} tokens per pass)"
+        )
+    print(
+        f"speed-up batched/single: {ratio(rounds['single'], rounds['batched'])} (target >= 3x); "
+        f"identical answers {same}/{len(questions)}"
+    )
     print(load)
 
 

@@ -15,6 +15,7 @@ Ratios (bench/_measure.py: median with its min–max, machine load): rebuild/edi
 rebuild with MiniLM / edit, where that rebuild is the measured one minus its hash embedding
 (N / hash texts/s) plus N / MiniLM texts/s of the same round (target >= 1000x).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,12 +42,12 @@ def hash_embed(texts: list[str]) -> np.ndarray:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--real-sample", type=int, default=256,
-                        help="texts embedded with MiniLM each round to measure its throughput")
+    parser.add_argument(
+        "--real-sample", type=int, default=256, help="texts embedded with MiniLM each round to measure its throughput"
+    )
     args = parser.parse_args()
     os.environ["NESY_HOME"] = tempfile.mkdtemp(prefix="nesy-bench-edit-")
     from bench_import import synthetic_jsonl
@@ -85,19 +86,28 @@ def main() -> None:
         index.embed = hash_embed
         return timed(index.rebuild)
 
-    sides = {"edit": edit, "rebuild": rebuild,
-             "embed": lambda: {"minilm": per_second(len(sample), lambda: embed_texts(sample)),
-                               "hash": per_second(len(sample), lambda: hash_embed(sample))}}
+    sides = {
+        "edit": edit,
+        "rebuild": rebuild,
+        "embed": lambda: {
+            "minilm": per_second(len(sample), lambda: embed_texts(sample)),
+            "hash": per_second(len(sample), lambda: hash_embed(sample)),
+        },
+    }
     with Load() as load:
         rounds = interleave(sides, args.rounds)
     minilm, hashed = column(rounds["embed"], "minilm"), column(rounds["embed"], "hash")
     with_minilm = [s - args.n / h + args.n / m for s, h, m in zip(rounds["rebuild"], hashed, minilm)]
     print(f"MiniLM embedding: {Spread(minilm, ' texts/s')} on this machine")
     print(f"edit one entry -> searchable: {Spread([s * 1000 for s in rounds['edit']], ' ms')} (update + sync)")
-    print(f"full rebuild, measured (hash embedder): {Spread(rounds['rebuild'], ' s')} "
-          f"-> {ratio(rounds['rebuild'], rounds['edit'])} the edit's time")
-    print(f"full rebuild, with MiniLM (estimated) : {Spread(with_minilm, ' s')} "
-          f"-> {ratio(with_minilm, rounds['edit'])} the edit's time (target >= 1000x)")
+    print(
+        f"full rebuild, measured (hash embedder): {Spread(rounds['rebuild'], ' s')} "
+        f"-> {ratio(rounds['rebuild'], rounds['edit'])} the edit's time"
+    )
+    print(
+        f"full rebuild, with MiniLM (estimated) : {Spread(with_minilm, ' s')} "
+        f"-> {ratio(with_minilm, rounds['edit'])} the edit's time (target >= 1000x)"
+    )
     print(load)
 
 

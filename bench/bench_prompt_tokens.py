@@ -15,6 +15,7 @@ Unlike the other bench/ scripts this one times nothing: the counts are determini
 tokenizer on the same prompts), so they are the same on every run and under any machine load.
 It therefore runs once, with no rounds and no load line (bench/_measure.py would only add noise).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,17 +68,22 @@ def main() -> None:
         demos = prompts.select_demos(r["question"], pool, args.demos, "similar")
         knowledge = prompts.select_demos(r["question"], pool, 1, "similar")[0][1]  # stand-in knowledge
         for i, s in enumerate(schedule):
-            user = prompts.student_prompt(r["question"], TASK, [prompts.compress(knowledge, s.knowledge_share, idf)],
-                                          demos[:s.demos])
+            user = prompts.student_prompt(
+                r["question"], TASK, [prompts.compress(knowledge, s.knowledge_share, idf)], demos[: s.demos]
+            )
             totals[i] += n_tokens(user)
     means = [t / len(tests) for t in totals]
     print(f"{len(tests)} GSM8K test questions, {args.stages} stages, {args.demos} similar demonstrations at stage 0")
     for s, m in zip(schedule, means):
-        print(f"stage {s.stage}: knowledge {100 * s.knowledge_share:5.1f}%, {s.demos} demos -> "
-              f"{m:7.1f} prompt tokens, {2 * STUDENT_PARAMS * m / 1e9:6.1f} GFLOPs forward")
-    print(f"knowledge + demonstrations vs question-only: {means[0] / means[-1]:.1f}x prompt tokens "
-          f"(the question-only prompt is what the SKIntern student sees at inference; a count, the "
-          f"same on every run and under any load)")
+        print(
+            f"stage {s.stage}: knowledge {100 * s.knowledge_share:5.1f}%, {s.demos} demos -> "
+            f"{m:7.1f} prompt tokens, {2 * STUDENT_PARAMS * m / 1e9:6.1f} GFLOPs forward"
+        )
+    print(
+        f"knowledge + demonstrations vs question-only: {means[0] / means[-1]:.1f}x prompt tokens "
+        f"(the question-only prompt is what the SKIntern student sees at inference; a count, the "
+        f"same on every run and under any load)"
+    )
 
 
 if __name__ == "__main__":

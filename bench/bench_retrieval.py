@@ -20,6 +20,7 @@ shape KBIndex builds at 100k and at 1M forced on them, and HNSW32 beside it, rec
 bm25 and hybrid mode (a hash embedder stands in for MiniLM): the first search (load + tokenise +
 build), query p50, and the next search after a status change, a text edit and a delete.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,7 @@ from _measure import Load, Spread, interleave, ratio  # noqa: E402
 from kb.index import DIM, IndexConfig, build_faiss, ivf_lists, ivf_nprobe, search_one  # noqa: E402
 
 
-def clustered_vectors(n: int, rng: np.random.Generator, clusters: int = 4096,
-                      spread: float = 0.9) -> np.ndarray:
+def clustered_vectors(n: int, rng: np.random.Generator, clusters: int = 4096, spread: float = 0.9) -> np.ndarray:
     """Unit vectors around random centres (a point's cosine to its centre is ~0.7)."""
     centres = rng.standard_normal((clusters, DIM), dtype=np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
@@ -49,12 +49,11 @@ def clustered_vectors(n: int, rng: np.random.Generator, clusters: int = 4096,
         m = min(100_000, n - start)
         noise = rng.standard_normal((m, DIM), dtype=np.float32) * (spread / np.sqrt(DIM))
         block = centres[rng.integers(0, clusters, m)] + noise
-        out[start:start + m] = block / np.linalg.norm(block, axis=1, keepdims=True)
+        out[start : start + m] = block / np.linalg.norm(block, axis=1, keepdims=True)
     return out
 
 
-def latencies_ms(index, queries: np.ndarray, k: int, search=search_one
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def latencies_ms(index, queries: np.ndarray, k: int, search=search_one) -> tuple[np.ndarray, np.ndarray]:
     times, found = [], []
     for q in queries:
         start = time.perf_counter()
@@ -72,8 +71,15 @@ def all_threads(index, vectors: np.ndarray, k: int):
     return index.search(vectors, k)
 
 
-def compare(base: np.ndarray, queries: np.ndarray, config: IndexConfig, k: int,
-            flat_latency_queries: int, nprobes: list[int], rounds: int = 3) -> list[dict]:
+def compare(
+    base: np.ndarray,
+    queries: np.ndarray,
+    config: IndexConfig,
+    k: int,
+    flat_latency_queries: int,
+    nprobes: list[int],
+    rounds: int = 3,
+) -> list[dict]:
     """Build the index KBIndex would build once, then measure it at each nprobe (0 = the one it
     ships) against exact search: per round, ours over all queries, then exact flat search over
     the first `flat_latency_queries` (interleaved, so load hits both alike); p50 and the speed-up
@@ -98,32 +104,49 @@ def compare(base: np.ndarray, queries: np.ndarray, config: IndexConfig, k: int,
             ms, found = latencies_ms(ours, queries, k)
             return float(np.percentile(ms, 50))
 
-        sides = {"ours": run_ours,
-                 "flat": lambda: float(np.percentile(latencies_ms(flat, queries[:flat_latency_queries], k)[0], 50)),
-                 "omp": lambda: float(np.percentile(latencies_ms(ours, queries, k, search=all_threads)[0], 50))}
+        sides = {
+            "ours": run_ours,
+            "flat": lambda: float(np.percentile(latencies_ms(flat, queries[:flat_latency_queries], k)[0], 50)),
+            "omp": lambda: float(np.percentile(latencies_ms(ours, queries, k, search=all_threads)[0], 50)),
+        }
         r = interleave(sides, rounds, progress=False)
-        results.append({"kind": kind, "nlist": ivf.nlist if ivf else 0, "nprobe": ivf.nprobe if ivf else 0,
-                        "build_s": build_s, "recall": recall_at_k(found, truth), "p50": Spread(r["ours"], " ms"),
-                        "omp_p50": Spread(r["omp"], " ms"), "flat_p50": Spread(r["flat"], " ms"),
-                        "speedup": ratio(r["flat"], r["ours"])})
+        results.append(
+            {
+                "kind": kind,
+                "nlist": ivf.nlist if ivf else 0,
+                "nprobe": ivf.nprobe if ivf else 0,
+                "build_s": build_s,
+                "recall": recall_at_k(found, truth),
+                "p50": Spread(r["ours"], " ms"),
+                "omp_p50": Spread(r["omp"], " ms"),
+                "flat_p50": Spread(r["flat"], " ms"),
+                "speedup": ratio(r["flat"], r["ours"]),
+            }
+        )
     return results
 
 
-def scale_run(sizes: list[int], n_queries: int, k: int, configs: list[IndexConfig],
-              nprobes: list[int], rounds: int = 3) -> None:
+def scale_run(
+    sizes: list[int], n_queries: int, k: int, configs: list[IndexConfig], nprobes: list[int], rounds: int = 3
+) -> None:
     rng = np.random.default_rng(0)
-    print(f"threads={faiss.omp_get_max_threads()} approx_threshold={configs[0].approx_threshold} "
-          f"shipped: {configs[0].lists_per_sqrt_n:g}*sqrt(N) lists, nprobe "
-          f"{configs[0].nprobe or f'{configs[0].probe_factor:g}*sqrt(lists)'}")
+    print(
+        f"threads={faiss.omp_get_max_threads()} approx_threshold={configs[0].approx_threshold} "
+        f"shipped: {configs[0].lists_per_sqrt_n:g}*sqrt(N) lists, nprobe "
+        f"{configs[0].nprobe or f'{configs[0].probe_factor:g}*sqrt(lists)'}"
+    )
     for n in sizes:
         vectors = clustered_vectors(n + n_queries, rng)
         base, queries = vectors[:n], vectors[n:]
         for config in configs:
             for r in compare(base, queries, config, k, min(n_queries, 30), nprobes, rounds):
-                print(f"N={n:>9,}  ours={r['kind']}(nlist {r['nlist']:>5}, nprobe {r['nprobe']:>3}) "
-                      f"build {r['build_s']:6.1f}s  recall@{k} {r['recall']:.3f}  p50 {r['p50']}  | "
-                      f"all-threads p50 {r['omp_p50']}  | flat p50 {r['flat_p50']} -> ours {r['speedup']} "
-                      f"faster", flush=True)
+                print(
+                    f"N={n:>9,}  ours={r['kind']}(nlist {r['nlist']:>5}, nprobe {r['nprobe']:>3}) "
+                    f"build {r['build_s']:6.1f}s  recall@{k} {r['recall']:.3f}  p50 {r['p50']}  | "
+                    f"all-threads p50 {r['omp_p50']}  | flat p50 {r['flat_p50']} -> ours {r['speedup']} "
+                    f"faster",
+                    flush=True,
+                )
         del vectors, base, queries
 
 
@@ -157,13 +180,21 @@ def build_run(n: int, n_queries: int, k: int, config: IndexConfig, rounds: int) 
             seconds = time.perf_counter() - start
             recall[name] = recall_at_k(index.search(queries, k)[1], truth)
             return seconds
+
         return go
 
-    r = interleave({"ours": side("ours", lambda: build_faiss(base, labels, config)[0]),
-                    "faiss": side("faiss", lambda: faiss_build(base, labels, config))}, rounds)
-    print(f"IVF build at N={n:,} ({ivf_lists(n, config.lists_per_sqrt_n)} lists): ours {Spread(r['ours'], ' s')} "
-          f"recall@{k} {recall['ours']:.3f}; faiss train+add {Spread(r['faiss'], ' s')} recall@{k} "
-          f"{recall['faiss']:.3f}; ours {ratio(r['faiss'], r['ours'])} faster (target < 60 s at 1M)")
+    r = interleave(
+        {
+            "ours": side("ours", lambda: build_faiss(base, labels, config)[0]),
+            "faiss": side("faiss", lambda: faiss_build(base, labels, config)),
+        },
+        rounds,
+    )
+    print(
+        f"IVF build at N={n:,} ({ivf_lists(n, config.lists_per_sqrt_n)} lists): ours {Spread(r['ours'], ' s')} "
+        f"recall@{k} {recall['ours']:.3f}; faiss train+add {Spread(r['faiss'], ' s')} recall@{k} "
+        f"{recall['faiss']:.3f}; ours {ratio(r['faiss'], r['ours'])} faster (target < 60 s at 1M)"
+    )
 
 
 def real_run(k: int, config: IndexConfig, partial: bool, held_out: int = 1000) -> None:
@@ -175,17 +206,21 @@ def real_run(k: int, config: IndexConfig, partial: bool, held_out: int = 1000) -
 
     texts, vectors = real_vectors(prefix=partial)
     if vectors is None:
-        print("real vectors: not embedded yet; run `nice -n 19 .venv/bin/python bench/_real_vectors.py` "
-              "once (resumable), or pass --real-partial to use the chunks finished so far")
+        print(
+            "real vectors: not embedded yet; run `nice -n 19 .venv/bin/python bench/_real_vectors.py` "
+            "once (resumable), or pass --real-partial to use the chunks finished so far"
+        )
         return
     queries, base = vectors[:held_out], vectors[held_out:]
     flat = faiss.IndexFlatIP(DIM)
     flat.add(base)
     _, truth = flat.search(queries, k)
     flat_ms = Spread([float(np.percentile(latencies_ms(flat, queries[:100], k)[0], 50)) for _ in range(3)], " ms")
-    print(f"real MiniLM vectors: {len(base):,} bundled texts + {len(queries):,} held-out queries"
-          f"{' (PARTIAL: the chunks embedded so far, a uniform sample)' if partial and len(texts) < 70_000 else ''}; "
-          f"exact flat p50 {flat_ms}")
+    print(
+        f"real MiniLM vectors: {len(base):,} bundled texts + {len(queries):,} held-out queries"
+        f"{' (PARTIAL: the chunks embedded so far, a uniform sample)' if partial and len(texts) < 70_000 else ''}; "
+        f"exact flat p50 {flat_ms}"
+    )
     for scale in (100_000, 1_000_000):
         nlist = min(ivf_lists(scale, config.lists_per_sqrt_n), len(base) // 4)
         index = faiss.index_factory(DIM, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
@@ -193,15 +228,19 @@ def real_run(k: int, config: IndexConfig, partial: bool, held_out: int = 1000) -
         index.add(base)
         index.nprobe = ivf_nprobe(ivf_lists(scale, config.lists_per_sqrt_n), config)
         ms, found = latencies_ms(index, queries, k)
-        print(f"  IVF as shipped at {scale:>9,}: nlist {nlist} (would be {ivf_lists(scale, config.lists_per_sqrt_n)}), "
-              f"nprobe {index.nprobe}: recall@{k} {recall_at_k(found, truth):.3f}, p50 {np.percentile(ms, 50):.2f} ms")
+        print(
+            f"  IVF as shipped at {scale:>9,}: nlist {nlist} (would be {ivf_lists(scale, config.lists_per_sqrt_n)}), "
+            f"nprobe {index.nprobe}: recall@{k} {recall_at_k(found, truth):.3f}, p50 {np.percentile(ms, 50):.2f} ms"
+        )
     hnsw = faiss.IndexHNSWFlat(DIM, 32, faiss.METRIC_INNER_PRODUCT)
     start = time.perf_counter()
     hnsw.add(base)
     build = time.perf_counter() - start
     ms, found = latencies_ms(hnsw, queries, k)
-    print(f"  HNSW32 (efSearch {hnsw.hnsw.efSearch}): build {build:.1f}s, recall@{k} {recall_at_k(found, truth):.3f}, "
-          f"p50 {np.percentile(ms, 50):.2f} ms")
+    print(
+        f"  HNSW32 (efSearch {hnsw.hnsw.efSearch}): build {build:.1f}s, recall@{k} {recall_at_k(found, truth):.3f}, "
+        f"p50 {np.percentile(ms, 50):.2f} ms"
+    )
 
 
 def bm25_run(n: int, queries: int, k: int) -> None:
@@ -220,8 +259,9 @@ def bm25_run(n: int, queries: int, k: int) -> None:
     store = KBStore()
     import_jsonl(store, synthetic_jsonl(n), max_bytes=1 << 40, by="bench")
     index = KBIndex(store, config=IndexConfig(embedder="synthetic"), embed=hash_embed)
-    texts = [f"A train goes {i % 300} km in {i % 7 + 1} hours, rate {i % 97}, item ({i * 7 % n})"
-             for i in range(queries)]
+    texts = [
+        f"A train goes {i % 300} km in {i % 7 + 1} hours, rate {i % 97}, item ({i * 7 % n})" for i in range(queries)
+    ]
 
     def timed(call) -> float:
         start = time.perf_counter()
@@ -231,36 +271,55 @@ def bm25_run(n: int, queries: int, k: int) -> None:
     first = timed(lambda: index.search(texts[0], k=k, mode="bm25"))
     p50 = np.median([timed(lambda: index.search(t, k=k, mode="bm25")) for t in texts]) * 1000
     some = store.get("gsm8k-0000001-error_analysis")
-    status = timed(lambda: (store.set_status([some.id], "rejected", by="bench"),
-                            index.search(texts[0], k=k, mode="bm25")))
-    edit = timed(lambda: (store.update(some.id, {"title": "an edited title"}, some.version + 1, by="bench"),
-                          index.search("edited", k=k, mode="bm25")))
-    delete = timed(lambda: (store.delete("gsm8k-0000002-error_analysis", None, by="bench"),
-                            index.search(texts[0], k=k, mode="bm25")))
-    print(f"BM25, {n:,} entries ({len(index._lexical.vocab):,} distinct words): first search "
-          f"{first:.1f} s (load + tokenise + build), query p50 {p50:.1f} ms (accepted filter); "
-          f"next search after a status change {status * 1000:.0f} ms (re-mask), after a text edit "
-          f"{edit:.2f} s, after a delete {delete:.2f} s (each rebuilds bm25s)", flush=True)
+    status = timed(
+        lambda: (store.set_status([some.id], "rejected", by="bench"), index.search(texts[0], k=k, mode="bm25"))
+    )
+    edit = timed(
+        lambda: (
+            store.update(some.id, {"title": "an edited title"}, some.version + 1, by="bench"),
+            index.search("edited", k=k, mode="bm25"),
+        )
+    )
+    delete = timed(
+        lambda: (
+            store.delete("gsm8k-0000002-error_analysis", None, by="bench"),
+            index.search(texts[0], k=k, mode="bm25"),
+        )
+    )
+    print(
+        f"BM25, {n:,} entries ({len(index._lexical.vocab):,} distinct words): first search "
+        f"{first:.1f} s (load + tokenise + build), query p50 {p50:.1f} ms (accepted filter); "
+        f"next search after a status change {status * 1000:.0f} ms (re-mask), after a text edit "
+        f"{edit:.2f} s, after a delete {delete:.2f} s (each rebuilds bm25s)",
+        flush=True,
+    )
     sync = timed(lambda: index.sync())
     hybrid = np.median([timed(lambda: index.search(t, k=k, mode="hybrid")) for t in texts]) * 1000
     dense = np.median([timed(lambda: index.search(t, k=k, mode="dense")) for t in texts]) * 1000
-    print(f"hybrid query p50 {hybrid:.1f} ms vs dense {dense:.1f} ms (hash embedder; MiniLM adds "
-          f"~10 ms per query to both); dense first sync {sync:.0f} s", flush=True)
+    print(
+        f"hybrid query p50 {hybrid:.1f} ms vs dense {dense:.1f} ms (hash embedder; MiniLM adds "
+        f"~10 ms per query to both); dense first sync {sync:.0f} s",
+        flush=True,
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--nprobe", default="0",
-                        help="comma list of lists scanned per query; 0 = the shipped rule")
-    parser.add_argument("--lists", default=str(IndexConfig().lists_per_sqrt_n),
-                        help="comma list of IVF lists per sqrt(N); the first is the shipped one")
+    parser.add_argument("--nprobe", default="0", help="comma list of lists scanned per query; 0 = the shipped rule")
+    parser.add_argument(
+        "--lists",
+        default=str(IndexConfig().lists_per_sqrt_n),
+        help="comma list of IVF lists per sqrt(N); the first is the shipped one",
+    )
     parser.add_argument("--build", type=int, default=0, help="N: time the IVF build, ours vs faiss's own")
-    parser.add_argument("--real", action="store_true",
-                        help="recall on the real MiniLM vectors of the bundled texts (bench/_real_vectors.py)")
+    parser.add_argument(
+        "--real",
+        action="store_true",
+        help="recall on the real MiniLM vectors of the bundled texts (bench/_real_vectors.py)",
+    )
     parser.add_argument("--real-partial", action="store_true", help="--real on the chunks embedded so far")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved latency rounds (ours, flat)")
     parser.add_argument("--bm25", type=int, default=0, help="KB size for the BM25/hybrid run; 0 skips")
@@ -268,8 +327,7 @@ def main() -> None:
     nprobes = [int(p) for p in args.nprobe.split(",")]
     configs = [IndexConfig(lists_per_sqrt_n=float(c)) for c in args.lists.split(",")]
     with Load() as load:
-        scale_run([int(s) for s in args.sizes.split(",") if s], args.queries, args.k, configs, nprobes,
-                  args.rounds)
+        scale_run([int(s) for s in args.sizes.split(",") if s], args.queries, args.k, configs, nprobes, args.rounds)
         if args.build:
             build_run(args.build, args.queries, args.k, configs[0], args.rounds)
         if args.real or args.real_partial:

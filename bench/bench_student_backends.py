@@ -16,6 +16,7 @@ torch does (or --threads for both). The machine load is printed; colleagues shar
 
     .venv/bin/python bench/bench_student_backends.py --questions 16 --max-new-tokens 200 --rounds 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,7 @@ os.environ.setdefault("NESY_HOME", str(REPO / ".cache" / "bench-student-backends
 
 from _measure import Load, Spread, interleave, ratio  # noqa: E402
 
-STUDENTS = {"135m": None, "0.5b": "qwen2.5-coder-0.5b"}   # name -> --base-model
+STUDENTS = {"135m": None, "0.5b": "qwen2.5-coder-0.5b"}  # name -> --base-model
 BACKENDS = ("transformers", "llama.cpp:f32", "llama.cpp:packaged")
 AGREEMENT_TARGET = 0.9
 
@@ -49,9 +50,19 @@ def quick_adapter(student: str, base_model: str | None, steps: int) -> str:
         return name
     print(f"training {name} ({steps} steps, batch 4, r 16) …", flush=True)
     start = time.perf_counter()
-    train(METHODS["std-cot"].config(data="gsm8k-gold-cot", output=name, base_model=base_model, limit=4 * steps,
-                                    max_steps=steps, batch_size=4, lora_r=16, lora_alpha=32,
-                                    learning_rate=1e-3))
+    train(
+        METHODS["std-cot"].config(
+            data="gsm8k-gold-cot",
+            output=name,
+            base_model=base_model,
+            limit=4 * steps,
+            max_steps=steps,
+            batch_size=4,
+            lora_r=16,
+            lora_alpha=32,
+            learning_rate=1e-3,
+        )
+    )
     print(f"  trained in {time.perf_counter() - start:.0f} s", flush=True)
     return name
 
@@ -69,8 +80,9 @@ def run(student, qs: list[str], task: str, max_new_tokens: int, batch_size: int)
     start = time.perf_counter()
     results = []
     for i in range(0, len(qs), batch_size):
-        results += student.answer(qs[i:i + batch_size], max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                  task_description=task)
+        results += student.answer(
+            qs[i : i + batch_size], max_new_tokens=max_new_tokens, batch_size=batch_size, task_description=task
+        )
     return results, time.perf_counter() - start
 
 
@@ -107,8 +119,10 @@ def bench_student(key: str, adapter: str, args) -> list[str]:
         if s.backend is not None:
             s.backend.close()
     ref = answers["transformers"]
-    lines = [f"\n{key} student, adapter {adapter}: {len(qs)} GSM8K test questions, {args.max_new_tokens} new "
-             f"tokens, greedy, eval batch {args.batch_size}; {threads} thread(s) each"]
+    lines = [
+        f"\n{key} student, adapter {adapter}: {len(qs)} GSM8K test questions, {args.max_new_tokens} new "
+        f"tokens, greedy, eval batch {args.batch_size}; {threads} thread(s) each"
+    ]
     for backend in BACKENDS:
         rates = Spread([len(qs) / t for t in seconds[backend]], " q/s")
         tps = Spread([n / t for n, t in zip(tokens[backend], seconds[backend])], " tok/s")
@@ -118,17 +132,21 @@ def bench_student(key: str, adapter: str, args) -> list[str]:
         line = f"  {backend:18} {rates}; generated {tps}; accuracy {correct}/{len(qs)}"
         if backend != "transformers":
             flag = "" if agree >= AGREEMENT_TARGET * len(qs) else "  <- below 90 %: a bug to find"
-            line += (f"\n  {'':18} speed vs transformers {ratio(seconds['transformers'], seconds[backend], '×')}; "
-                     f"extracted answers agree {agree}/{len(qs)} ({100 * agree / len(qs):.0f} %){flag}, "
-                     f"texts identical {same}/{len(qs)}")
+            line += (
+                f"\n  {'':18} speed vs transformers {ratio(seconds['transformers'], seconds[backend], '×')}; "
+                f"extracted answers agree {agree}/{len(qs)} ({100 * agree / len(qs):.0f} %){flag}, "
+                f"texts identical {same}/{len(qs)}"
+            )
         lines.append(line)
     for backend in BACKENDS[1:]:
         for i, (a, b) in enumerate(zip(answers[backend], ref)):
             if a.text != b.text:
                 cut = next((j for j, (x, y) in enumerate(zip(a.text, b.text)) if x != y), min(len(a.text), len(b.text)))
-                lines.append(f"    {backend} q{i}: the texts part at character {cut} (answers {b.extracted!r} vs "
-                             f"{a.extracted!r}): {b.text[max(cut - 25, 0):cut + 25]!r} vs "
-                             f"{a.text[max(cut - 25, 0):cut + 25]!r}")
+                lines.append(
+                    f"    {backend} q{i}: the texts part at character {cut} (answers {b.extracted!r} vs "
+                    f"{a.extracted!r}): {b.text[max(cut - 25, 0) : cut + 25]!r} vs "
+                    f"{a.text[max(cut - 25, 0) : cut + 25]!r}"
+                )
     lines.append(f"  {load}")
     return lines
 
@@ -140,8 +158,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--students", default="135m,0.5b", help="comma list of 135m, 0.5b")
-    p.add_argument("--threads", type=int, default=None,
-                   help="threads for both backends [default: torch's default]")
+    p.add_argument("--threads", type=int, default=None, help="threads for both backends [default: torch's default]")
     p.add_argument("--train-steps", type=int, default=8, help="steps of the quick adapters")
     p.add_argument("--adapter-135m", default=None, help="an adapter name to use instead of training one")
     p.add_argument("--adapter-0.5b", dest="adapter_05b", default=None)

@@ -16,6 +16,7 @@ Ratios (bench/_measure.py: median with its min–max, machine load): c4/c1 and c
 a 2-core machine the gain can only come from batching the decode steps of parallel requests),
 and cached/c4 items/s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,10 @@ from distill.teacher import LocalTeacherServer, TeacherCache, TeacherClient, Usa
 
 
 def prompts(questions, offset: int, n: int) -> list[list[dict]]:
-    return [[{"role": "user", "content": f"Question: {e.question}\nLet's think step by step."}]
-            for e in questions[offset:offset + n]]
+    return [
+        [{"role": "user", "content": f"Question: {e.question}\nLet's think step by step."}]
+        for e in questions[offset : offset + n]
+    ]
 
 
 def check(results: list) -> None:
@@ -44,8 +47,7 @@ def check(results: list) -> None:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gguf", default=None)
     parser.add_argument("--n", type=int, default=8, help="questions per side and round")
     parser.add_argument("--rounds", type=int, default=3)
@@ -63,8 +65,9 @@ def main():
         cache, last = TeacherCache(), {}
 
         def run(name: str, concurrency: int, requests, with_cache: bool = False) -> float:
-            client = TeacherClient(info.config(concurrency=concurrency, max_tokens=args.max_tokens),
-                                   cache if with_cache else None)
+            client = TeacherClient(
+                info.config(concurrency=concurrency, max_tokens=args.max_tokens), cache if with_cache else None
+            )
             rate = per_second(len(requests), lambda: check(client.complete_many(requests)))
             for key, value in client.usage.__dict__.items():
                 setattr(usage[name], key, getattr(usage[name], key) + value)
@@ -74,17 +77,21 @@ def main():
             last["requests"] = prompts(questions, next(fresh), args.n)
             return run("c4", 4, last["requests"], with_cache=True)
 
-        sides = {"c1": lambda: run("c1", 1, prompts(questions, next(fresh), args.n)),
-                 "c4": first_run,
-                 "cached": lambda: run("cached", 4, last["requests"], with_cache=True),
-                 "c8": lambda: run("c8", 8, prompts(questions, next(fresh), args.n))}
+        sides = {
+            "c1": lambda: run("c1", 1, prompts(questions, next(fresh), args.n)),
+            "c4": first_run,
+            "cached": lambda: run("cached", 4, last["requests"], with_cache=True),
+            "c8": lambda: run("c8", 8, prompts(questions, next(fresh), args.n)),
+        }
         with Load() as load:
             rounds = interleave(sides, args.rounds)
 
     for name, rates in rounds.items():
         u = usage[name]
-        print(f"{name:7s}: {Spread(rates, ' items/s')}; {u.requests} teacher calls, {u.cached} from cache, "
-              f"{u.completion_tokens} completion tokens")
+        print(
+            f"{name:7s}: {Spread(rates, ' items/s')}; {u.requests} teacher calls, {u.cached} from cache, "
+            f"{u.completion_tokens} completion tokens"
+        )
     print(f"concurrency 4 / 1: {ratio(rounds['c4'], rounds['c1'])} items/s")
     print(f"concurrency 8 / 1: {ratio(rounds['c8'], rounds['c1'])} items/s")
     print(f"cached re-run / first run (concurrency 4): {ratio(rounds['cached'], rounds['c4'])} items/s")

@@ -24,6 +24,7 @@ on one thread the 0.5B's drafting and the batched check cost more than the steps
 Greedy texts: 3-5 of 6-8 calls identical to the plain server's (floating-point near-ties, see
 distill.teacher.ServerOptions.cache_prompt); each setting repeats itself exactly.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,8 +62,9 @@ class Run:
 def run_once(name: str, gguf, options: ServerOptions, requests, order, max_tokens: int) -> Run:
     """One timed pass over every request on a freshly started server (load not timed)."""
     with LocalTeacherServer(gguf, options=options) as info:
-        client = TeacherClient(info.config(concurrency=options.n_parallel, max_tokens=max_tokens,
-                                           temperature=0.0, timeout=3600.0))
+        client = TeacherClient(
+            info.config(concurrency=options.n_parallel, max_tokens=max_tokens, temperature=0.0, timeout=3600.0)
+        )
         start = time.perf_counter()
         results = client.complete_many(requests, order=order)
         seconds = time.perf_counter() - start
@@ -74,9 +76,11 @@ def run_once(name: str, gguf, options: ServerOptions, requests, order, max_token
 
 def split(u: Usage) -> str:
     total = u.prompt_ms + u.predicted_ms
-    line = (f"prompt {u.prompt_ms / 1000:6.1f} s ({100 * u.prompt_ms / total:3.0f} %; "
-            f"{u.prompt_n} computed, {u.cache_n} from cache)  decode {u.predicted_ms / 1000:6.1f} s "
-            f"({u.predicted_n} tokens, {u.predicted_n / u.predicted_ms * 1000:.2f} tok/s)")
+    line = (
+        f"prompt {u.prompt_ms / 1000:6.1f} s ({100 * u.prompt_ms / total:3.0f} %; "
+        f"{u.prompt_n} computed, {u.cache_n} from cache)  decode {u.predicted_ms / 1000:6.1f} s "
+        f"({u.predicted_n} tokens, {u.predicted_n / u.predicted_ms * 1000:.2f} tok/s)"
+    )
     if u.draft_n:
         line += f"  draft accepted {u.draft_n_accepted}/{u.draft_n} ({100 * u.draft_n_accepted / u.draft_n:.0f} %)"
     return line
@@ -87,8 +91,7 @@ def first_difference(a: str, b: str) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=12, help="GSM8K training questions (seeded sample)")
     parser.add_argument("--thoughts", default="cot,pot")
     parser.add_argument("--rounds", type=int, default=2, help="plain/ours pairs, interleaved")
@@ -103,23 +106,30 @@ def main() -> None:
 
     thoughts = [t for t in args.thoughts.split(",") if t in THOUGHTS]
     examples = get_dataset("gsm8k").load("train", limit=args.n, seed=args.seed)
-    jobs = [(ex, t) for ex in examples for t in thoughts]            # the job's own order
+    jobs = [(ex, t) for ex in examples for t in thoughts]  # the job's own order
     requests = [rationale_messages(ex, t) for ex, t in jobs]
     gguf = teacher_gguf_path(args.teacher)
     settings = {  # name -> (server options, order of the requests)
         "plain": (ServerOptions(n_parallel=args.slots, threads=args.threads, cache_prompt=False), None),
-        "ours": (ServerOptions(n_parallel=args.slots, threads=args.threads), prefix_order(requests))}
+        "ours": (ServerOptions(n_parallel=args.slots, threads=args.threads), prefix_order(requests)),
+    }
     if args.draft:
         draft = default_draft(gguf)
         if draft is None:
             sys.exit(f"error: no draft model for {gguf.name} here")
-        settings["ours+draft"] = (ServerOptions(n_parallel=args.slots, threads=args.threads,
-                                                draft=draft), prefix_order(requests))
-    print(f"teacher {gguf.name}; {len(requests)} calls per run ({args.n} questions x {','.join(thoughts)}),"
-          f" max_tokens {args.max_tokens}, temperature 0; {os.cpu_count()} cores")
+        settings["ours+draft"] = (
+            ServerOptions(n_parallel=args.slots, threads=args.threads, draft=draft),
+            prefix_order(requests),
+        )
+    print(
+        f"teacher {gguf.name}; {len(requests)} calls per run ({args.n} questions x {','.join(thoughts)}),"
+        f" max_tokens {args.max_tokens}, temperature 0; {os.cpu_count()} cores"
+    )
     for name, (options, order) in settings.items():
-        print(f"{name:10s}: {options.describe()}, requests "
-              f"{'in job order' if order is None else 'grouped by thought type'}")
+        print(
+            f"{name:10s}: {options.describe()}, requests "
+            f"{'in job order' if order is None else 'grouped by thought type'}"
+        )
 
     runs: dict[str, list[Run]] = {name: [] for name in settings}
 
@@ -128,6 +138,7 @@ def main() -> None:
             run = run_once(name, gguf, options, requests, order, args.max_tokens)
             runs[name].append(run)
             return run.rate
+
         return go
 
     with Load() as load:
@@ -149,17 +160,26 @@ def main() -> None:
     print("\ngreedy outputs (temperature 0) against the plain server's:")
     for name, rs in runs.items():
         texts = rs[0].texts
-        repeat = ("" if len(rs) < 2 else "; repeats itself exactly across rounds"
-                  if all(run.texts == texts for run in rs) else "; does NOT repeat itself across rounds")
+        repeat = (
+            ""
+            if len(rs) < 2
+            else "; repeats itself exactly across rounds"
+            if all(run.texts == texts for run in rs)
+            else "; does NOT repeat itself across rounds"
+        )
         answers = [verify(text, ex, t, "number").extracted for (ex, t), text in zip(jobs, texts)]
-        print(f"  {name:10s}: {sum(a == b for a, b in zip(texts, plain_texts))}/{len(jobs)} identical "
-              f"texts, {sum(a == b for a, b in zip(answers, plain_answers))}/{len(jobs)} identical "
-              f"extracted answers{repeat}")
+        print(
+            f"  {name:10s}: {sum(a == b for a, b in zip(texts, plain_texts))}/{len(jobs)} identical "
+            f"texts, {sum(a == b for a, b in zip(answers, plain_answers))}/{len(jobs)} identical "
+            f"extracted answers{repeat}"
+        )
         for (ex, t), a, b, xa, xb in zip(jobs, plain_texts, texts, plain_answers, answers):
             if a != b:
                 at = first_difference(a, b)
-                print(f"    {ex.id} {t}: from char {at} of {len(a)}: plain {a[at:at + 30]!r} vs "
-                      f"{b[at:at + 30]!r}; answers {xa} / {xb}")
+                print(
+                    f"    {ex.id} {t}: from char {at} of {len(a)}: plain {a[at : at + 30]!r} vs "
+                    f"{b[at : at + 30]!r}; answers {xa} / {xb}"
+                )
 
     print()
     for name in list(settings)[1:]:

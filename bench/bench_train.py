@@ -26,6 +26,7 @@ percentage understates the work done).
     .venv/bin/python bench/bench_train.py --variants packed,packed-bf16,packed-1thread
     .venv/bin/python bench/bench_train.py --dtypes --steps 8 --samples 32
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,7 +55,7 @@ def matmul_peak(dtype=torch.float32, n: int = 2048, repeats: int = 4) -> float:
     start = time.perf_counter()
     for _ in range(repeats):
         torch.mm(a, b)
-    return 2 * n ** 3 * repeats / (time.perf_counter() - start)
+    return 2 * n**3 * repeats / (time.perf_counter() - start)
 
 
 def write_records(path: Path, n: int) -> Path:
@@ -62,10 +63,22 @@ def write_records(path: Path, n: int) -> Path:
     with gzip.open(REPO / "data" / "gsm8k" / "train.jsonl.gz", "rt") as f, open(path, "w") as out:
         for _, line in zip(range(n), f):
             row = json.loads(line)
-            out.write(json.dumps({"id": row["id"], "example_id": row["id"], "dataset": "gsm8k", "task": "gsm8k",
-                                  "question": row["question"], "answer": row["answer"], "thought": "cot",
-                                  "rationale": f"{row['rationale']}\nThe answer is {row['answer']}.",
-                                  "verified": True}) + "\n")
+            out.write(
+                json.dumps(
+                    {
+                        "id": row["id"],
+                        "example_id": row["id"],
+                        "dataset": "gsm8k",
+                        "task": "gsm8k",
+                        "question": row["question"],
+                        "answer": row["answer"],
+                        "thought": "cot",
+                        "rationale": f"{row['rationale']}\nThe answer is {row['answer']}.",
+                        "verified": True,
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
@@ -74,9 +87,17 @@ def ours(args, data: Path, tag: str = "bench") -> dict:
     from distill.methods import METHODS, train
 
     hardware.compute_dtype.cache_clear()
-    root = train(METHODS["std-cot"].config(data=str(data), output=tag, base_model=args.model,
-                                           max_steps=args.steps, batch_size=args.batch,
-                                           max_length=args.max_length, save_steps=10_000))
+    root = train(
+        METHODS["std-cot"].config(
+            data=str(data),
+            output=tag,
+            base_model=args.model,
+            max_steps=args.steps,
+            batch_size=args.batch,
+            max_length=args.max_length,
+            save_steps=10_000,
+        )
+    )
     m = json.loads((root / "card.json").read_text())["stages"]["main"]
     return {"tokens": m["tokens"], "seconds": m["runtime_s"], "packed": m["packed"], "dtype": m["dtype"]}
 
@@ -96,18 +117,34 @@ def naive(args, data: Path) -> dict:
     for s in cot_samples(load_records(str(data))):
         e = encode(tok, s, args.max_length)[0]
         gap = args.max_length - len(e["input_ids"])
-        feats.append({"input_ids": e["input_ids"] + [tok.pad_token_id] * gap,
-                      "labels": e["labels"] + [-100] * gap,
-                      "attention_mask": [1] * len(e["input_ids"]) + [0] * gap})
-    model = get_peft_model(model, LoraConfig(r=32, lora_alpha=64, lora_dropout=0.0, target_modules="all-linear",
-                                             task_type="CAUSAL_LM"))
+        feats.append(
+            {
+                "input_ids": e["input_ids"] + [tok.pad_token_id] * gap,
+                "labels": e["labels"] + [-100] * gap,
+                "attention_mask": [1] * len(e["input_ids"]) + [0] * gap,
+            }
+        )
+    model = get_peft_model(
+        model, LoraConfig(r=32, lora_alpha=64, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    )
     out = tempfile.mkdtemp(prefix="naive-")
-    trainer = Trainer(model=model, train_dataset=feats, data_collator=default_data_collator,
-                      args=TrainingArguments(output_dir=out, per_device_train_batch_size=args.batch,
-                                             max_steps=args.steps, learning_rate=2e-4, report_to="none",
-                                             save_strategy="no", logging_steps=1, disable_tqdm=True,
-                                             include_num_input_tokens_seen="non_padding",
-                                             dataloader_pin_memory=False))
+    trainer = Trainer(
+        model=model,
+        train_dataset=feats,
+        data_collator=default_data_collator,
+        args=TrainingArguments(
+            output_dir=out,
+            per_device_train_batch_size=args.batch,
+            max_steps=args.steps,
+            learning_rate=2e-4,
+            report_to="none",
+            save_strategy="no",
+            logging_steps=1,
+            disable_tqdm=True,
+            include_num_input_tokens_seen="non_padding",
+            dataloader_pin_memory=False,
+        ),
+    )
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
@@ -126,8 +163,9 @@ def step_variants(args, data: Path) -> tuple[dict, dict]:
     set_seed(0)
     model, tok = load_base(args.model)
     model.config.use_cache = False
-    model = get_peft_model(model, LoraConfig(r=32, lora_alpha=64, lora_dropout=0.0, target_modules="all-linear",
-                                             task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        model, LoraConfig(r=32, lora_alpha=64, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    )
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
     feats = [encode(tok, s, args.max_length)[0] for s in cot_samples(load_records(str(data)))]
@@ -140,9 +178,13 @@ def step_variants(args, data: Path) -> tuple[dict, dict]:
         return {k: v[:-1] for k, v in pad(rows + [filler]).items()}
 
     batches = {
-        "naive": [naive_batch([feats[j] for j in shuffled[i:i + args.batch]]) for i in range(0, len(feats), args.batch)],
-        "padded": [pad([feats[j] for j in grouped[i:i + args.batch]]) for i in range(0, len(feats), args.batch)],
-        "packed": [PackCollator()([feats[j] for j in grouped[i:i + args.batch]]) for i in range(0, len(feats), args.batch)],
+        "naive": [
+            naive_batch([feats[j] for j in shuffled[i : i + args.batch]]) for i in range(0, len(feats), args.batch)
+        ],
+        "padded": [pad([feats[j] for j in grouped[i : i + args.batch]]) for i in range(0, len(feats), args.batch)],
+        "packed": [
+            PackCollator()([feats[j] for j in grouped[i : i + args.batch]]) for i in range(0, len(feats), args.batch)
+        ],
     }
     compiled = {}
 
@@ -157,7 +199,7 @@ def step_variants(args, data: Path) -> tuple[dict, dict]:
             tokens, start = 0, time.perf_counter()
             cast = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
             try:
-                for batch in batches[name][:args.steps]:
+                for batch in batches[name][: args.steps]:
                     with cast:
                         loss = net(**batch).loss
                     loss.backward()
@@ -168,14 +210,21 @@ def step_variants(args, data: Path) -> tuple[dict, dict]:
             finally:
                 torch.set_num_threads(before)
             return tokens / (time.perf_counter() - start)
+
         return run
 
-    variants = {"naive": epoch("naive"), "padded": epoch("padded"), "packed": epoch("packed"),
-                "packed-bf16": epoch("packed", autocast=True), "packed-1thread": epoch("packed", threads=1),
-                "packed-compile": epoch("packed", compile=True)}
-    useful = sum(len(f["input_ids"]) for f in feats[:args.steps * args.batch])
-    return variants, {"padding": {n: 1 - useful / sum(b["input_ids"].numel() for b in bs[:args.steps])
-                                  for n, bs in batches.items()}}
+    variants = {
+        "naive": epoch("naive"),
+        "padded": epoch("padded"),
+        "packed": epoch("packed"),
+        "packed-bf16": epoch("packed", autocast=True),
+        "packed-1thread": epoch("packed", threads=1),
+        "packed-compile": epoch("packed", compile=True),
+    }
+    useful = sum(len(f["input_ids"]) for f in feats[: args.steps * args.batch])
+    return variants, {
+        "padding": {n: 1 - useful / sum(b["input_ids"].numel() for b in bs[: args.steps]) for n, bs in batches.items()}
+    }
 
 
 def params_of(model_path: str) -> int:
@@ -188,9 +237,11 @@ def params_of(model_path: str) -> int:
 
 def report_flops(name: str, rates: list[float], peaks: list[float], params: int, dtype: str) -> None:
     flops = [4 * params * r for r in rates]
-    print(f"{name}: {Spread([f / 1e9 for f in flops], ' GFLOP/s')} = "
-          f"{Spread([100 * f / p for f, p in zip(flops, peaks)], ' %')} of the {dtype} matmul peak measured in "
-          f"the same rounds ({Spread([p / 1e9 for p in peaks], ' GFLOP/s')}); 4 x {params / 1e6:.0f}M params x tokens/s")
+    print(
+        f"{name}: {Spread([f / 1e9 for f in flops], ' GFLOP/s')} = "
+        f"{Spread([100 * f / p for f, p in zip(flops, peaks)], ' %')} of the {dtype} matmul peak measured in "
+        f"the same rounds ({Spread([p / 1e9 for p in peaks], ' GFLOP/s')}); 4 x {params / 1e6:.0f}M params x tokens/s"
+    )
 
 
 def main() -> None:
@@ -203,9 +254,11 @@ def main() -> None:
     p.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M")
     p.add_argument("--trainer", action="store_true", help="end-to-end Trainer runs instead of optimiser steps")
     p.add_argument("--dtypes", action="store_true", help="ours end to end in fp32 and bf16: speed and loss curves")
-    p.add_argument("--variants", default="naive,padded,packed",
-                   help="step variants (naive first): naive, padded, packed, packed-bf16, packed-1thread, "
-                        "packed-compile")
+    p.add_argument(
+        "--variants",
+        default="naive,padded,packed",
+        help="step variants (naive first): naive, padded, packed, packed-bf16, packed-1thread, packed-compile",
+    )
     args = p.parse_args()
     os.environ["NESY_HOME"] = tempfile.mkdtemp(prefix="nesy-bench-")
     from distill.hardware import compute_dtype, describe, torch_dtype
@@ -214,8 +267,10 @@ def main() -> None:
     args.model = student_path(args.model)
     data = write_records(Path(os.environ["NESY_HOME"]) / "records.jsonl", args.samples)
     params = params_of(args.model)
-    print(f"model {Path(args.model).name} ({params / 1e6:.0f}M params), {args.steps} steps x batch {args.batch}, "
-          f"max_length {args.max_length}, torch threads {torch.get_num_threads()}, dtype {describe()}")
+    print(
+        f"model {Path(args.model).name} ({params / 1e6:.0f}M params), {args.steps} steps x batch {args.batch}, "
+        f"max_length {args.max_length}, torch threads {torch.get_num_threads()}, dtype {describe()}"
+    )
     with Load() as load:
         if args.dtypes:
             dtype_run(args, data, params)
@@ -249,11 +304,15 @@ def main() -> None:
             peaks = {"fp32": lambda: matmul_peak(torch.float32), "bf16": lambda: matmul_peak(torch.bfloat16)}
             sides = {n: variants[n] for n in names} | {f"peak-{d}": f for d, f in peaks.items()}
             rounds = interleave(sides, args.rounds, warmup=1)
-            print("interleaved optimiser steps (one warm-up round dropped); padding: " + ", ".join(
-                f"{n} {100 * v:.0f}%" for n, v in info["padding"].items()))
+            print(
+                "interleaved optimiser steps (one warm-up round dropped); padding: "
+                + ", ".join(f"{n} {100 * v:.0f}%" for n, v in info["padding"].items())
+            )
             for n in names:
-                print(f"{n:15s}: {Spread(rounds[n], ' tok/s')}" + (
-                    f"  vs naive {ratio(rounds[n], rounds['naive'])}" if n != "naive" and "naive" in rounds else ""))
+                print(
+                    f"{n:15s}: {Spread(rounds[n], ' tok/s')}"
+                    + (f"  vs naive {ratio(rounds[n], rounds['naive'])}" if n != "naive" and "naive" in rounds else "")
+                )
             for n in names:
                 if n.startswith("packed"):
                     dtype = "bf16" if "bf16" in n else "fp32"
@@ -280,14 +339,19 @@ def dtype_run(args, data: Path, params: int) -> None:
             curves[dtype].append([row["loss"] for row in read_jsonl(job / "metrics.jsonl") if "loss" in row])
             peaks[dtype].append(matmul_peak(torch.bfloat16 if dtype == "bf16" else torch.float32))
             return r["tokens"] / r["seconds"]
+
         return go
 
     rounds = interleave({"fp32": run("fp32"), "bf16": run("bf16")}, args.rounds)
     os.environ.pop("NESY_DTYPE")
-    print(f"ours fp32: {Spread(rounds['fp32'], ' tok/s')}; bf16 autocast: {Spread(rounds['bf16'], ' tok/s')}; "
-          f"bf16/fp32 {ratio(rounds['bf16'], rounds['fp32'])}")
-    print(f"matmul peak fp32 {Spread([p / 1e9 for p in peaks['fp32']], ' GFLOP/s')}, "
-          f"bf16 {Spread([p / 1e9 for p in peaks['bf16']], ' GFLOP/s')}")
+    print(
+        f"ours fp32: {Spread(rounds['fp32'], ' tok/s')}; bf16 autocast: {Spread(rounds['bf16'], ' tok/s')}; "
+        f"bf16/fp32 {ratio(rounds['bf16'], rounds['fp32'])}"
+    )
+    print(
+        f"matmul peak fp32 {Spread([p / 1e9 for p in peaks['fp32']], ' GFLOP/s')}, "
+        f"bf16 {Spread([p / 1e9 for p in peaks['bf16']], ' GFLOP/s')}"
+    )
     for dtype in ("fp32", "bf16"):
         report_flops(f"ours {dtype}", rounds[dtype], peaks[dtype], params, dtype)
     for step, (a, b) in enumerate(zip(curves["fp32"][0], curves["bf16"][0]), start=1):

@@ -14,6 +14,7 @@ Each round runs --n checks of each kind, back to back, over the GSM8K demonstrat
 Ratios (bench/_measure.py: median with its min–max, machine load): plain/sandboxed checks per
 second, i.e. how many times slower the sandbox is: the price of running untrusted code safely.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,9 +60,14 @@ def _build(node, symbols):
     if kind == "var":
         return symbols.setdefault(node[1], sympy.Symbol(node[1]))
     args = [_build(c, symbols) for c in node[1:]]
-    return {"neg": lambda: -args[0], "add": lambda: args[0] + args[1], "sub": lambda: args[0] - args[1],
-            "mul": lambda: args[0] * args[1], "div": lambda: args[0] / args[1],
-            "pow": lambda: args[0] ** args[1]}[kind]()
+    return {
+        "neg": lambda: -args[0],
+        "add": lambda: args[0] + args[1],
+        "sub": lambda: args[0] - args[1],
+        "mul": lambda: args[0] * args[1],
+        "div": lambda: args[0] / args[1],
+        "pow": lambda: args[0] ** args[1],
+    }[kind]()
 
 
 def checks_per_second(check, items: list[str], n: int):
@@ -71,25 +77,28 @@ def checks_per_second(check, items: list[str], n: int):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=50, help="checks of each kind per round")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     pot = [d["pot"] for d in GSM8K_DEMOS]
     eot = [d["eot"] for d in GSM8K_DEMOS]
-    sides = {"PoT sandboxed": checks_per_second(run_pot, pot, args.n),
-             "PoT plain": checks_per_second(plain_pot, pot, args.n),
-             "EoT sandboxed": checks_per_second(solve_eot, eot, args.n),
-             "EoT plain": checks_per_second(plain_eot, eot, args.n),
-             "EoT plain, cold": checks_per_second(plain_eot_cold, eot, args.n)}
+    sides = {
+        "PoT sandboxed": checks_per_second(run_pot, pot, args.n),
+        "PoT plain": checks_per_second(plain_pot, pot, args.n),
+        "EoT sandboxed": checks_per_second(solve_eot, eot, args.n),
+        "EoT plain": checks_per_second(plain_eot, eot, args.n),
+        "EoT plain, cold": checks_per_second(plain_eot_cold, eot, args.n),
+    }
     with Load() as load:
         rounds = interleave(sides, args.rounds)
     for name, per_s in rounds.items():
         print(f"{name:16}: {Spread(per_s, ' checks/s')} = {Spread([1000 / r for r in per_s], ' ms/call')}")
     print(f"PoT: sandboxed {ratio(rounds['PoT plain'], rounds['PoT sandboxed'])} slower than plain exec")
-    print(f"EoT: sandboxed {ratio(rounds['EoT plain'], rounds['EoT sandboxed'])} slower than plain sympy, "
-          f"{ratio(rounds['EoT plain, cold'], rounds['EoT sandboxed'])} slower than plain sympy with a cold cache")
+    print(
+        f"EoT: sandboxed {ratio(rounds['EoT plain'], rounds['EoT sandboxed'])} slower than plain sympy, "
+        f"{ratio(rounds['EoT plain, cold'], rounds['EoT sandboxed'])} slower than plain sympy with a cold cache"
+    )
     print(load)
 
 

@@ -32,6 +32,7 @@ field) and an id ending in `-annot`. Sources never mix: one set per thought type
 a set that holds records of another source or thought type is refused (`MixedSources`).
 The sets this produced on the full train split ship in data/rationales/ (see SOURCE.md there).
 """
+
 from __future__ import annotations
 
 import ast
@@ -94,7 +95,8 @@ ANNOTATION_RE = re.compile(r"<<([^<>]*)>>")
 ANNOTATION_IN_TEXT_RE = re.compile(r"(?:\s*=)?\s*\$?<<[^<>]*>>\s*\$?(?:\d[\d,]*(?:\.\d+)?)?%?")
 # A plain-text equation: arithmetic over numbers (with $ , x × ÷ − % and parentheses) = number.
 TEXT_EQUATION_RE = re.compile(
-    r"(?<![\w.])(\(?\s*\$?\d[\d\s$.,+\-−–*xX×/÷()%^]*?)\s*=\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?)(%?)(?![\d<])")
+    r"(?<![\w.])(\(?\s*\$?\d[\d\s$.,+\-−–*xX×/÷()%^]*?)\s*=\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?)(%?)(?![\d<])"
+)
 
 
 RESTATED_RE = re.compile(r"(?<![\w.])(\(?\s*\$?\d[\d\s$.,+\-−–*xX×/÷()%^]*?)\s*=\s*\$?\s*$")
@@ -146,8 +148,13 @@ def normalise_expr(text: str) -> list[tuple[str, str]]:
     return tokens
 
 
-_BINOPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
-           ast.Mult: lambda a, b: a * b, ast.Div: lambda a, b: a / b, ast.FloorDiv: lambda a, b: a // b}
+_BINOPS = {
+    ast.Add: lambda a, b: a + b,
+    ast.Sub: lambda a, b: a - b,
+    ast.Mult: lambda a, b: a * b,
+    ast.Div: lambda a, b: a / b,
+    ast.FloorDiv: lambda a, b: a // b,
+}
 
 
 def evaluate(tokens: list[tuple[str, str]]) -> float:
@@ -170,7 +177,7 @@ def evaluate(tokens: list[tuple[str, str]]) -> float:
             if isinstance(node.op, ast.Pow):
                 if abs(right) > 64 or (left == 0 and right < 0):
                     raise _Skip("bad_expression", f"unsupported power in {source!r}")
-                return left ** right
+                return left**right
             if type(node.op) in _BINOPS:
                 if isinstance(node.op, (ast.Div, ast.FloorDiv)) and right == 0:
                     raise _Skip("bad_expression", f"division by zero in {source!r}")
@@ -189,31 +196,36 @@ def _close(a: float, b: float, tol: float = 1e-9) -> bool:
 
 # ---------------------------------------------------------------- steps
 
+
 @dataclass
 class Step:
-    tokens: list[tuple[str, str]]    # normalised arithmetic
-    result: float                    # the stated result
-    line: int                        # rationale line (0-based)
-    hint: str                        # a variable name from the text ("" = none)
-    annotated: bool                  # False: a plain-text equation
-    rounding: int | None = None      # round(expr, rounding) reproduces the stated result
+    tokens: list[tuple[str, str]]  # normalised arithmetic
+    result: float  # the stated result
+    line: int  # rationale line (0-based)
+    hint: str  # a variable name from the text ("" = none)
+    annotated: bool  # False: a plain-text equation
+    rounding: int | None = None  # round(expr, rounding) reproduces the stated result
     refs: dict[int, int] = field(default_factory=dict)  # token index -> earlier step index
 
 
-STOP = frozenset("""
+STOP = frozenset(
+    """
 a an the and or but if then else of to in on at by for with from into onto over under about as
 is are was were be been being am do does did have has had it its this that these those there
 here which who whom whose what when where why how so than too very will just should would
 could might must shall i me my we our you your he him his she her they them their us also
 up out off because while during before after through until per each every only now still
 thus therefore means total altogether overall get gets got make makes made need needs
-""".split())
-CLAUSE_BREAK = re.compile(r"[.,;:!?()\[\]]|"
-                          r"\b(?:because|since|so|which|and|but|than|if|then|while|that|for|to)\b",
-                          re.IGNORECASE)
-NUMBER_WORDS = {w: i for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve".split())} | {
-    "half": 2, "twice": 2, "double": 2, "triple": 3, "dozen": 12, "hundred": 100, "thousand": 1000}
+""".split()
+)
+CLAUSE_BREAK = re.compile(
+    r"[.,;:!?()\[\]]|"
+    r"\b(?:because|since|so|which|and|but|than|if|then|while|that|for|to)\b",
+    re.IGNORECASE,
+)
+NUMBER_WORDS = {
+    w: i for i, w in enumerate("zero one two three four five six seven eight nine ten eleven twelve".split())
+} | {"half": 2, "twice": 2, "double": 2, "triple": 3, "dozen": 12, "hundred": 100, "thousand": 1000}
 RESERVED = frozenset({"ans", "math", "solution", "x", "y", "z", "step"}) | frozenset(dir(builtins))
 
 
@@ -254,7 +266,7 @@ def steps_from_rationale(rationale: str) -> list[Step]:
             if re.fullmatch(r"\s*[+]?\s*\$?\s*[\d.,]+\s*%?\s*", expr):
                 # <<1035=1035>> restates a number; the arithmetic, if any, is the text before it
                 # ("$575+$460 = $<<1035=1035>>1035")
-                written = RESTATED_RE.search(line[:match.start()])
+                written = RESTATED_RE.search(line[: match.start()])
                 if not written:
                     continue
                 expr = written.group(1)
@@ -268,8 +280,8 @@ def steps_from_rationale(rationale: str) -> list[Step]:
             stated, rounding = _match_result(value, result)
             if stated is None:
                 raise _Skip("annotation_wrong", f"<<{body}>>: {expr.strip()} is {format_number(value)}")
-            tail = re.sub(r"^\s*\$?\s*\d[\d,]*(?:\.\d+)?%?", "", line[match.end():])
-            steps.append(Step(tokens, stated, number, _hint(line[:match.start()], tail), True, rounding))
+            tail = re.sub(r"^\s*\$?\s*\d[\d,]*(?:\.\d+)?%?", "", line[match.end() :])
+            steps.append(Step(tokens, stated, number, _hint(line[: match.start()], tail), True, rounding))
         if annotations:
             continue
         for match in TEXT_EQUATION_RE.finditer(line):
@@ -279,8 +291,9 @@ def steps_from_rationale(rationale: str) -> list[Step]:
             except _Skip:
                 continue
             if stated is not None:
-                steps.append(Step(tokens, stated, number,
-                                  _hint(line[:match.start()], line[match.end():]), False, rounding))
+                steps.append(
+                    Step(tokens, stated, number, _hint(line[: match.start()], line[match.end() :]), False, rounding)
+                )
     if not steps:
         raise _Skip("no_steps")
     return steps
@@ -318,8 +331,11 @@ def _match_result(value: float, result: str) -> tuple[float | None, int | None]:
 
 
 def _question_numbers(question: str) -> set[float]:
-    numbers = {float(n.replace(",", "")) for n in re.findall(r"\d[\d,]*(?:\.\d+)?|\.\d+", question)
-               if n.replace(",", "").replace(".", "", 1).isdigit()}
+    numbers = {
+        float(n.replace(",", ""))
+        for n in re.findall(r"\d[\d,]*(?:\.\d+)?|\.\d+", question)
+        if n.replace(",", "").replace(".", "", 1).isdigit()
+    }
     words = set(re.findall(r"[a-z]+", question.lower()))
     return numbers | {float(v) for w, v in NUMBER_WORDS.items() if w in words}
 
@@ -330,8 +346,7 @@ def plan(example: Example) -> tuple[list[Step], int]:
     if not example.rationale:
         raise _Skip("no_rationale")
     steps = steps_from_rationale(example.rationale)
-    gold = [i for i, s in enumerate(steps)
-            if answers_match(format_number(s.result), example.answer, "number")]
+    gold = [i for i, s in enumerate(steps) if answers_match(format_number(s.result), example.answer, "number")]
     if not gold:
         raise _Skip("gold_not_computed", f"steps give {[format_number(s.result) for s in steps]}")
     final = gold[-1]
@@ -367,8 +382,17 @@ def plan(example: Example) -> tuple[list[Step], int]:
     kept = []
     for old in order:
         step = steps[old]
-        kept.append(Step(step.tokens, step.result, step.line, step.hint, step.annotated, step.rounding,
-                         {t: renumber[j] for t, j in step.refs.items()}))
+        kept.append(
+            Step(
+                step.tokens,
+                step.result,
+                step.line,
+                step.hint,
+                step.annotated,
+                step.rounding,
+                {t: renumber[j] for t, j in step.refs.items()},
+            )
+        )
     return kept, len(kept) - 1
 
 
@@ -392,8 +416,9 @@ def render(step: Step, names: list[str]) -> str:
     for t, (kind, value) in enumerate(step.tokens):
         if kind == "num":
             out.append(names[step.refs[t]] if t in step.refs else value)
-        elif value in "+-" and (previous is None or previous == ("op", "(") or
-                                (previous[0] == "op" and previous[1] != ")")):
+        elif value in "+-" and (
+            previous is None or previous == ("op", "(") or (previous[0] == "op" and previous[1] != ")")
+        ):
             out.append(value)  # unary sign: attached to what follows
             previous = ("op", "unary")
             continue
@@ -452,13 +477,14 @@ def _build(example: Example, thought: str) -> tuple[str, list[Step]]:
 
 # ---------------------------------------------------------------- verified records
 
+
 @dataclass
 class Conversion:
     example_id: str
     thought: str
     rationale: str | None
     extracted: str | None
-    reason: str | None      # None: verified; else a key of REASONS
+    reason: str | None  # None: verified; else a key of REASONS
     detail: str | None = None
     text_equations: bool = False  # a step came from a plain-text equation, not an annotation
 
@@ -479,10 +505,19 @@ def convert(example: Example, thought: str) -> Conversion:
 
 def record_for(example: Example, conversion: Conversion) -> RationaleRecord:
     return RationaleRecord(
-        id=f"{example.id}-{conversion.thought}-annot", example_id=example.id, dataset=example.dataset,
-        task=example.task, question=example.question, answer=example.answer,
-        thought=conversion.thought, rationale=conversion.rationale, extracted=conversion.extracted,
-        choices=example.choices, verified=True, teacher_model=ANNOTATION_SOURCE)
+        id=f"{example.id}-{conversion.thought}-annot",
+        example_id=example.id,
+        dataset=example.dataset,
+        task=example.task,
+        question=example.question,
+        answer=example.answer,
+        thought=conversion.thought,
+        rationale=conversion.rationale,
+        extracted=conversion.extracted,
+        choices=example.choices,
+        verified=True,
+        teacher_model=ANNOTATION_SOURCE,
+    )
 
 
 @dataclass
@@ -492,12 +527,13 @@ class AnnotationSummary:
     examples: int
     kept: int
     skipped: dict[str, int]
-    text_equation_records: int   # kept records that use at least one plain-text equation
+    text_equation_records: int  # kept records that use at least one plain-text equation
 
     def line(self) -> str:
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.skipped.items(), key=lambda kv: -kv[1]))
-        return (f"{self.thought}: kept {self.kept} verified of {self.examples} "
-                f"(skipped: {reasons or 'none'}) -> {self.out}")
+        return (
+            f"{self.thought}: kept {self.kept} verified of {self.examples} (skipped: {reasons or 'none'}) -> {self.out}"
+        )
 
 
 def check_unmixed(out: str, thought: str) -> None:
@@ -515,7 +551,8 @@ def check_unmixed(out: str, thought: str) -> None:
                 raise MixedSources(
                     f"rationale set {out!r} already holds {row.get('thought')} records from "
                     f"{row.get('teacher_model')!r} (line {number}); annotation {thought} records go "
-                    f"to a set of their own: choose another name, e.g. {default_name(thought)!r}")
+                    f"to a set of their own: choose another name, e.g. {default_name(thought)!r}"
+                )
 
 
 # Characters str.splitlines() breaks a line at that json.dumps(ensure_ascii=False) leaves raw:
@@ -548,8 +585,10 @@ def annotation_rationales(examples: list[Example], thought: str, out: str) -> An
     from distill.progress import Progress
 
     if thought not in THOUGHTS:
-        raise AnnotationError(f"annotations give PoT or EoT ({', '.join(THOUGHTS)}), not {thought!r}; "
-                              "CoT from the same rationales is `--teacher gold`")
+        raise AnnotationError(
+            f"annotations give PoT or EoT ({', '.join(THOUGHTS)}), not {thought!r}; "
+            "CoT from the same rationales is `--teacher gold`"
+        )
     others = sorted({ex.dataset for ex in examples} - {"gsm8k"})
     if others:
         raise AnnotationError(f"calculator annotations are GSM8K's; not {', '.join(others)}")
@@ -564,8 +603,9 @@ def annotation_rationales(examples: list[Example], thought: str, out: str) -> An
     raw_path.write_text("")
     skipped: Counter = Counter()
     kept = with_text = 0
-    with Progress(len(examples), desc=f"annotations {thought} -> {out}", unit="ex",
-                  stage=f"annotations {thought}") as bar:
+    with Progress(
+        len(examples), desc=f"annotations {thought} -> {out}", unit="ex", stage=f"annotations {thought}"
+    ) as bar:
         for ex in examples:
             conversion = convert(ex, thought)
             _append(raw_path, json.dumps(asdict(conversion), ensure_ascii=False))
@@ -583,14 +623,14 @@ def annotation_rationales(examples: list[Example], thought: str, out: str) -> An
 
 # ---------------------------------------------------------------- shipped sets
 
+
 def write_gzip(records_path: Path, target: Path) -> int:
     """records.jsonl -> a reproducible .jsonl.gz (no timestamp or name in the header), each line
     through `json_line` (a set written by `distill.rationales` may hold a raw U+2028); its bytes."""
     text = Path(records_path).read_text(encoding="utf-8")
     data = "".join(json_line(line) + "\n" for line in text.split("\n") if line.strip()).encode("utf-8")
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
-                                                   compresslevel=9) as f:
+    with open(target, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as f:
         f.write(data)
     return target.stat().st_size
 
@@ -609,16 +649,21 @@ def install_shipped(name: str, out: str | None = None) -> Path:
     except DatasetError as e:
         raise AnnotationError(str(e)) from None
     if target.exists() and target.read_bytes() not in (b"", data):
-        raise MixedSources(f"rationale set {out or name!r} already exists with other records; "
-                           "choose another name with --out")
+        raise MixedSources(
+            f"rationale set {out or name!r} already exists with other records; choose another name with --out"
+        )
     target.write_bytes(data)
     return target
 
 
 # ---------------------------------------------------------------- CLI
 
-cli = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None,
-                  help="Free verified PoT/EoT rationales from GSM8K's calculator annotations.")
+cli = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    help="Free verified PoT/EoT rationales from GSM8K's calculator annotations.",
+)
 
 
 def _fail(message: str) -> None:
@@ -641,8 +686,10 @@ def rationales_cmd(
 
     chosen = [t.strip() for t in thoughts.split(",") if t.strip()]
     if not chosen or any(t not in THOUGHTS for t in chosen) or len(set(chosen)) != len(chosen):
-        _fail(f"--thoughts must be a comma-separated subset of {','.join(THOUGHTS)} "
-              "(CoT from the same rationales is --teacher gold)")
+        _fail(
+            f"--thoughts must be a comma-separated subset of {','.join(THOUGHTS)} "
+            "(CoT from the same rationales is --teacher gold)"
+        )
     try:
         examples = get_dataset(dataset).load(split, limit=limit, seed=seed)
         names = {t: default_name(t, out) for t in chosen}
@@ -662,8 +709,10 @@ def rationales_cmd(
 
 
 @cli.command("install")
-def install_cmd(name: str = typer.Argument(..., help="a shipped set, e.g. gsm8k-annot-pot"),
-                out: str = typer.Option(None, help="rationale set name (default: NAME)")) -> None:
+def install_cmd(
+    name: str = typer.Argument(..., help="a shipped set, e.g. gsm8k-annot-pot"),
+    out: str = typer.Option(None, help="rationale set name (default: NAME)"),
+) -> None:
     """Unpack a set shipped in data/rationales/ into $NESY_HOME/datasets/<out>."""
     try:
         path = install_shipped(name, out)

@@ -10,6 +10,7 @@ Conventions (shared/METHODS.md, "Evaluation conventions"):
 - free text (BBH True/valid/Yes, StrategyQA Yes/No, word lists): the phrase after "the answer is"
   (strict) or the last line (flexible), compared case- and punctuation-insensitively.
 """
+
 from __future__ import annotations
 
 import re
@@ -44,7 +45,7 @@ def _after_answer_phrase(text: str) -> str | None:
     matches = list(ANSWER_IS_RE.finditer(text))
     if not matches:
         return None
-    return text[matches[-1].end():].split("\n", 1)[0]
+    return text[matches[-1].end() :].split("\n", 1)[0]
 
 
 def extract_number(text: str, mode: str = "strict") -> str | None:
@@ -63,9 +64,11 @@ def extract_option(text: str, mode: str = "strict", labels: str = LETTERS) -> st
         match = re.match(rf"\s*\**\s*\(?({letter})\)?(?![A-Za-z])", tail)
         if match:
             return match.group(1)
-    looser = [rf"(?i:answer)\s*(?:is|:)?\s*(?i:option\s*)?\(?({letter})\)?(?![A-Za-z])",
-              rf"(?i:option|choice)\s*\(?({letter})\)?(?![A-Za-z])",
-              rf"\(({letter})\)"]
+    looser = [
+        rf"(?i:answer)\s*(?:is|:)?\s*(?i:option\s*)?\(?({letter})\)?(?![A-Za-z])",
+        rf"(?i:option|choice)\s*\(?({letter})\)?(?![A-Za-z])",
+        rf"\(({letter})\)",
+    ]
     if mode == "flexible":
         looser.append(rf"(?<![A-Za-z])({letter})(?![A-Za-z'])")
     for pattern in looser:
@@ -87,8 +90,7 @@ def extract_text(text: str, mode: str = "strict") -> str | None:
     return tail or None
 
 
-def extract_answer(text: str, answer_type: str, mode: str = "strict",
-                   labels: str = LETTERS) -> str | None:
+def extract_answer(text: str, answer_type: str, mode: str = "strict", labels: str = LETTERS) -> str | None:
     """The answer in a model output, or None. `mode` is "strict" or "flexible"."""
     if mode not in ("strict", "flexible"):
         raise ValueError(f"mode must be 'strict' or 'flexible', not {mode!r}")
@@ -112,8 +114,7 @@ def normalise_option(text: str) -> str:
 NUMBER_TOLERANCE = Decimal("1e-6")  # absolute, for non-integer golds only
 
 
-def answers_match(pred: str | None, gold: str, answer_type: str,
-                  tol: Decimal | float = NUMBER_TOLERANCE) -> bool:
+def answers_match(pred: str | None, gold: str, answer_type: str, tol: Decimal | float = NUMBER_TOLERANCE) -> bool:
     """Numbers: exactly equal when the gold is an integer (18 == 18.0, 18 != 18.00001), within
     `tol` absolute otherwise; letters or normalised text equal.
 
@@ -158,8 +159,7 @@ def gsm8k_gold(answer_field: str) -> str:
     return number
 
 
-def check(text: str, example, mode: str = "strict", answer_type: str | None = None
-          ) -> tuple[str | None, bool]:
+def check(text: str, example, mode: str = "strict", answer_type: str | None = None) -> tuple[str | None, bool]:
     """(extracted answer, correct) for a model output on an Example (distill.data.Example).
 
     For option questions the text of a choice after "the answer is" (e.g. "the answer is
@@ -169,9 +169,11 @@ def check(text: str, example, mode: str = "strict", answer_type: str | None = No
         from distill.data import get_dataset
 
         answer_type = get_dataset(example.dataset).answer_type_for(example.task)
-    labels = "".join(label for label, _ in example.choices) if (
-        answer_type == "option" and example.choices and all(len(lab) == 1 for lab, _ in example.choices)
-    ) else LETTERS
+    labels = (
+        "".join(label for label, _ in example.choices)
+        if (answer_type == "option" and example.choices and all(len(lab) == 1 for lab, _ in example.choices))
+        else LETTERS
+    )
     extracted = None
     if answer_type == "option" and example.choices:
         extracted = _choice_by_text(text, example.choices)

@@ -3,6 +3,7 @@
 Each area owns its commands as a `cli = typer.Typer()` in its own module; the root maps command
 names to those modules and imports lazily, so `nesy kb list` never pays for importing torch.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -45,8 +46,13 @@ class LazyGroup(TyperGroup):
             formatter.write_dl([(name, help_) for name, (_, help_) in SUBCOMMANDS.items()])
 
 
-app = typer.Typer(cls=LazyGroup, no_args_is_help=True, add_completion=False, rich_markup_mode=None,
-                  help="NeSy Studio: distil a teacher LLM into a small student, the neural-symbolic way.")
+app = typer.Typer(
+    cls=LazyGroup,
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    help="NeSy Studio: distil a teacher LLM into a small student, the neural-symbolic way.",
+)
 
 
 @app.callback()

@@ -22,6 +22,7 @@ name the workspace does not have falls back to the set shipped as data/rationale
 
 Every JSONL file here is read by distill.jsonlines (lines end at \n, never at U+2028 / U+0085).
 """
+
 from __future__ import annotations
 
 import json
@@ -75,6 +76,7 @@ class DatasetSpec:
     `answer_type` is the dataset's default; `task_answer_types` overrides it per task (BBH mixes
     option letters, numbers and free text; AGIEval `math` is free text).
     """
+
     name: str
     answer_type: str
     splits: tuple[str, ...]
@@ -93,8 +95,9 @@ class DatasetSpec:
     def tasks(self) -> list[str]:
         return sorted({row.get("task") or self.name for row in self.read_rows(self.splits[0])})
 
-    def load(self, split: str, limit: int | None = None, seed: int = DEFAULT_SEED,
-             task: str | None = None) -> list[Example]:
+    def load(
+        self, split: str, limit: int | None = None, seed: int = DEFAULT_SEED, task: str | None = None
+    ) -> list[Example]:
         """The split's examples in file order; `limit` keeps a seeded random sample of that size."""
         if split not in self.splits:
             raise DatasetError(f"{self.name} has no split {split!r} (splits: {', '.join(self.splits)})")
@@ -119,9 +122,15 @@ def _example(dataset: str, row: dict) -> Example:
         # ~10% of ARC rows label options 1-4; letters keep one answer format across datasets
         choices = [(NUMERIC_LABELS[label], text) for label, text in choices]
         answer = NUMERIC_LABELS.get(answer, answer)
-    return Example(id=str(row["id"]), dataset=dataset, question=row["question"],
-                   answer=answer, task=row.get("task") or dataset,
-                   choices=choices, rationale=row.get("rationale"))
+    return Example(
+        id=str(row["id"]),
+        dataset=dataset,
+        question=row["question"],
+        answer=answer,
+        task=row.get("task") or dataset,
+        choices=choices,
+        rationale=row.get("rationale"),
+    )
 
 
 def format_question(example: Example) -> str:
@@ -137,6 +146,7 @@ def format_question(example: Example) -> str:
 
 
 # ---------------------------------------------------------------- bundled files
+
 
 @lru_cache(maxsize=64)
 def _read_jsonl_gz(path: Path) -> tuple[dict, ...]:
@@ -159,8 +169,9 @@ def _gsm8k_rows(split: str) -> list[dict]:
     return _bundled("gsm8k", split)
 
 
-def seeded_split(rows: list[dict], split: str, seed: int = DEFAULT_SEED,
-                 test_fraction: float = TEST_FRACTION) -> list[dict]:
+def seeded_split(
+    rows: list[dict], split: str, seed: int = DEFAULT_SEED, test_fraction: float = TEST_FRACTION
+) -> list[dict]:
     """Per task: shuffle row ids with Random(f"{seed}:{task}"), first ceil(30%) -> test, rest train."""
     if split == "all":
         return rows
@@ -196,41 +207,86 @@ def _agieval_rows(split: str) -> list[dict]:
 
 def _bbh_task_descriptions() -> dict[str, str]:
     rows = _read_jsonl_gz(DATA_DIR / "bbh" / "cot_prompts.jsonl.gz")
-    return {r["task"]: r["prompt"].split("\n", 1)[0].removeprefix("Task description: ").strip()
-            for r in rows}
+    return {r["task"]: r["prompt"].split("\n", 1)[0].removeprefix("Task description: ").strip() for r in rows}
 
 
 BBH_NUMBER_TASKS = ("multistep_arithmetic_two", "object_counting")
-BBH_TEXT_TASKS = ("boolean_expressions", "causal_judgement", "dyck_languages", "formal_fallacies",
-                  "navigate", "sports_understanding", "web_of_lies", "word_sorting")
+BBH_TEXT_TASKS = (
+    "boolean_expressions",
+    "causal_judgement",
+    "dyck_languages",
+    "formal_fallacies",
+    "navigate",
+    "sports_understanding",
+    "web_of_lies",
+    "word_sorting",
+)
 
 
 def _builtin_specs() -> dict[str, DatasetSpec]:
     mc = "Answer the following multiple-choice question. Choose the correct option letter."
     bbh_types = {t: "number" for t in BBH_NUMBER_TASKS} | {t: "text" for t in BBH_TEXT_TASKS}
     specs = [
-        DatasetSpec("gsm8k", "number", ("train", "dev", "test"),
-                    "Solve the following grade-school math word problem.", _gsm8k_rows, licence="MIT"),
-        DatasetSpec("bbh", "option", ("train", "test", "all"),
-                    "Answer the following BIG-Bench Hard question.", _bbh_rows,
-                    task_descriptions=_bbh_task_descriptions(), task_answer_types=bbh_types,
-                    licence="MIT (canary: keep out of training corpora)"),
-        DatasetSpec("arc_easy", "option", ("train", "dev", "test"),
-                    "Answer the following grade-school science question. Choose the correct option letter.",
-                    lambda s: _bundled("arc_easy", s), licence="CC BY-SA 4.0"),
-        DatasetSpec("arc_challenge", "option", ("train", "dev", "test"),
-                    "Answer the following grade-school science question. Choose the correct option letter.",
-                    lambda s: _bundled("arc_challenge", s), licence="CC BY-SA 4.0"),
-        DatasetSpec("agieval", "option", ("test",), mc, _agieval_rows,
-                    task_descriptions={"math": "Solve the following competition math problem."},
-                    task_answer_types={"math": "text"},
-                    licence="MIT / Apache-2.0; logiqa-en CC BY-NC-SA 4.0"),
-        DatasetSpec("commonsenseqa", "option", ("train", "dev"),
-                    "Answer the following commonsense question. Choose the correct option letter.",
-                    lambda s: _bundled("commonsenseqa", s), licence="MIT"),
-        DatasetSpec("strategyqa", "text", ("train", "test", "all"),
-                    "Answer the following yes/no question that needs implicit multi-step reasoning. "
-                    "Answer Yes or No.", _strategyqa_rows, licence="Apache-2.0 (BIG-bench canary)"),
+        DatasetSpec(
+            "gsm8k",
+            "number",
+            ("train", "dev", "test"),
+            "Solve the following grade-school math word problem.",
+            _gsm8k_rows,
+            licence="MIT",
+        ),
+        DatasetSpec(
+            "bbh",
+            "option",
+            ("train", "test", "all"),
+            "Answer the following BIG-Bench Hard question.",
+            _bbh_rows,
+            task_descriptions=_bbh_task_descriptions(),
+            task_answer_types=bbh_types,
+            licence="MIT (canary: keep out of training corpora)",
+        ),
+        DatasetSpec(
+            "arc_easy",
+            "option",
+            ("train", "dev", "test"),
+            "Answer the following grade-school science question. Choose the correct option letter.",
+            lambda s: _bundled("arc_easy", s),
+            licence="CC BY-SA 4.0",
+        ),
+        DatasetSpec(
+            "arc_challenge",
+            "option",
+            ("train", "dev", "test"),
+            "Answer the following grade-school science question. Choose the correct option letter.",
+            lambda s: _bundled("arc_challenge", s),
+            licence="CC BY-SA 4.0",
+        ),
+        DatasetSpec(
+            "agieval",
+            "option",
+            ("test",),
+            mc,
+            _agieval_rows,
+            task_descriptions={"math": "Solve the following competition math problem."},
+            task_answer_types={"math": "text"},
+            licence="MIT / Apache-2.0; logiqa-en CC BY-NC-SA 4.0",
+        ),
+        DatasetSpec(
+            "commonsenseqa",
+            "option",
+            ("train", "dev"),
+            "Answer the following commonsense question. Choose the correct option letter.",
+            lambda s: _bundled("commonsenseqa", s),
+            licence="MIT",
+        ),
+        DatasetSpec(
+            "strategyqa",
+            "text",
+            ("train", "test", "all"),
+            "Answer the following yes/no question that needs implicit multi-step reasoning. Answer Yes or No.",
+            _strategyqa_rows,
+            licence="Apache-2.0 (BIG-bench canary)",
+        ),
     ]
     return {s.name: s for s in specs}
 
@@ -273,9 +329,15 @@ def validate_user_rows(text: str) -> list[dict]:
         if problem:
             problems.append(f"line {number}: {problem}")
             continue
-        rows.append({"id": str(row.get("id", f"row-{number}")), "question": row["question"],
-                     "answer": str(row["answer"]), "task": row.get("task"),
-                     "choices": _normalise_choices(row.get("choices"))})
+        rows.append(
+            {
+                "id": str(row.get("id", f"row-{number}")),
+                "question": row["question"],
+                "answer": str(row["answer"]),
+                "task": row.get("task"),
+                "choices": _normalise_choices(row.get("choices")),
+            }
+        )
     if not rows and not problems:
         problems.append("line 1: the file has no rows")
     ids = [r["id"] for r in rows]
@@ -297,12 +359,17 @@ def _row_problem(row) -> str | None:
         return "'task' must be a string"
     choices = row.get("choices")
     if choices is not None:
-        ok = isinstance(choices, list) and choices and all(
-            (isinstance(c, dict) and isinstance(c.get("label"), str) and isinstance(c.get("text"), str))
-            or (isinstance(c, list) and len(c) == 2 and all(isinstance(x, str) for x in c))
-            for c in choices)
+        ok = (
+            isinstance(choices, list)
+            and choices
+            and all(
+                (isinstance(c, dict) and isinstance(c.get("label"), str) and isinstance(c.get("text"), str))
+                or (isinstance(c, list) and len(c) == 2 and all(isinstance(x, str) for x in c))
+                for c in choices
+            )
+        )
         if not ok:
-            return "'choices' must be a list of {\"label\", \"text\"} objects or [label, text] pairs"
+            return '\'choices\' must be a list of {"label", "text"} objects or [label, text] pairs'
         labels = [c["label"] if isinstance(c, dict) else c[0] for c in choices]
         if str(row["answer"]).strip("() ") not in labels:
             return f"'answer' {row['answer']!r} is not one of the choice labels {labels}"
@@ -323,8 +390,9 @@ def _infer_answer_type(rows: list[dict]) -> str:
     return "text"
 
 
-def register_dataset(name: str, path: str | Path, answer_type: str | None = None,
-                     description: str | None = None) -> DatasetSpec:
+def register_dataset(
+    name: str, path: str | Path, answer_type: str | None = None, description: str | None = None
+) -> DatasetSpec:
     """Validate a user JSONL, copy it into the workspace and remember it under `name`."""
     if not NAME_RE.match(name) or name in _builtins():
         raise DatasetError(f"invalid or reserved dataset name {name!r} (use a-z, 0-9, _ and -)")
@@ -337,9 +405,12 @@ def register_dataset(name: str, path: str | Path, answer_type: str | None = None
     target = user_dir() / f"{name}.jsonl"
     shutil.copyfile(path, target)
     registry = _user_registry()
-    registry[name] = {"answer_type": answer_type or _infer_answer_type(rows), "rows": len(rows),
-                      "description": description or f"Answer the following {name} question.",
-                      "source": str(path.resolve())}
+    registry[name] = {
+        "answer_type": answer_type or _infer_answer_type(rows),
+        "rows": len(rows),
+        "description": description or f"Answer the following {name} question.",
+        "source": str(path.resolve()),
+    }
     (user_dir() / "registry.json").write_text(json.dumps(registry, indent=2), encoding="utf-8")
     return get_dataset(name)
 
@@ -350,11 +421,13 @@ def _user_spec(name: str, meta: dict) -> DatasetSpec:
         rows = validate_user_rows(text)
         return seeded_split(rows, split)
 
-    return DatasetSpec(name, meta["answer_type"], ("all", "train", "test"), meta["description"],
-                       read_rows, licence="user")
+    return DatasetSpec(
+        name, meta["answer_type"], ("all", "train", "test"), meta["description"], read_rows, licence="user"
+    )
 
 
 # ---------------------------------------------------------------- registry
+
 
 def list_datasets() -> list[str]:
     return sorted(_builtins()) + sorted(_user_registry())
@@ -371,9 +444,11 @@ def get_dataset(name: str) -> DatasetSpec:
 
 # ---------------------------------------------------------------- rationale sets
 
+
 @dataclass
 class RationaleRecord:
     """One verified teacher rationale (a line of datasets/<name>/records.jsonl)."""
+
     id: str
     example_id: str
     dataset: str
@@ -391,8 +466,9 @@ class RationaleRecord:
         return json.dumps(asdict(self), ensure_ascii=False)
 
     def example(self) -> Example:
-        return Example(self.example_id, self.dataset, self.question, self.answer, self.task,
-                       self.choices, self.rationale)
+        return Example(
+            self.example_id, self.dataset, self.question, self.answer, self.task, self.choices, self.rationale
+        )
 
 
 def rationale_dir(name: str) -> Path:
@@ -427,16 +503,19 @@ def rationale_file(name: str) -> Path:
         return Path(name) / "records.jsonl"
     if not looked:
         raise DatasetError(f"invalid rationale set name {name!r} (use a-z, 0-9, _ and -)")
-    raise DatasetError(f"no rationale set {name!r} (looked for {' and '.join(looked)}; shipped sets: "
-                       f"{', '.join(shipped_rationale_sets()) or 'none'})")
+    raise DatasetError(
+        f"no rationale set {name!r} (looked for {' and '.join(looked)}; shipped sets: "
+        f"{', '.join(shipped_rationale_sets()) or 'none'})"
+    )
 
 
 def load_rationales(name: str) -> list[RationaleRecord]:
     """A rationale set by name or path (see `rationale_file`); says so when the shipped copy is used."""
     path = rationale_file(name)
     if path.parent == SHIPPED_RATIONALES and "/" not in name:
-        log.warning("rationale set %r is not in the workspace; using the shipped %s", name,
-                    path.relative_to(DATA_DIR.parent))
+        log.warning(
+            "rationale set %r is not in the workspace; using the shipped %s", name, path.relative_to(DATA_DIR.parent)
+        )
     return read_rationale_file(path)
 
 
@@ -454,8 +533,7 @@ def read_rationale_file(path: Path) -> list[RationaleRecord]:
     return records
 
 
-REQUIRED_RECORD_FIELDS = tuple(name for name, f in RationaleRecord.__dataclass_fields__.items()
-                               if f.default is MISSING)
+REQUIRED_RECORD_FIELDS = tuple(name for name, f in RationaleRecord.__dataclass_fields__.items() if f.default is MISSING)
 
 
 def record_from_row(row) -> RationaleRecord:
@@ -484,9 +562,12 @@ def shipped_rationale_sets() -> list[str]:
 
 # ---------------------------------------------------------------- CLI: nesy data ...
 
-cli = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None,
-                  help="List datasets, show examples, register your own JSONL; export / import rationale "
-                       "sets in TRL's formats.")
+cli = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    help="List datasets, show examples, register your own JSONL; export / import rationale sets in TRL's formats.",
+)
 
 
 def _fail(message: str) -> None:
@@ -509,9 +590,12 @@ def list_cmd() -> None:
 
 
 @cli.command("show")
-def show_cmd(name: str, split: str = typer.Option(None, help="default: the first split"),
-             limit: int = typer.Option(3, help="how many examples"),
-             task: str = typer.Option(None, help="only this task")) -> None:
+def show_cmd(
+    name: str,
+    split: str = typer.Option(None, help="default: the first split"),
+    limit: int = typer.Option(3, help="how many examples"),
+    task: str = typer.Option(None, help="only this task"),
+) -> None:
     """Print a few examples of a dataset split as the prompts see them."""
     try:
         spec = get_dataset(name)
@@ -525,9 +609,12 @@ def show_cmd(name: str, split: str = typer.Option(None, help="default: the first
 
 
 @cli.command("register")
-def register_cmd(name: str, path: Path,
-                 answer_type: str = typer.Option(None, help="number|option|text (default: inferred)"),
-                 description: str = typer.Option(None, help="task description used in prompts")) -> None:
+def register_cmd(
+    name: str,
+    path: Path,
+    answer_type: str = typer.Option(None, help="number|option|text (default: inferred)"),
+    description: str = typer.Option(None, help="task description used in prompts"),
+) -> None:
     """Register a JSONL file (question, answer, optional choices, task) as a dataset."""
     try:
         spec = register_dataset(name, path, answer_type, description)
@@ -537,8 +624,14 @@ def register_cmd(name: str, path: Path,
     typer.echo(f"registered {name}: {rows} rows, answer type {spec.answer_type}")
 
 
-def subset_rationales(source: str, out: str, *, limit: int | None = None,
-                      same_questions_as: Sequence[str] = (), exclude: Sequence[str] = ()) -> int:
+def subset_rationales(
+    source: str,
+    out: str,
+    *,
+    limit: int | None = None,
+    same_questions_as: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+) -> int:
     """Write a new set with the records of `source` whose question is in every `same_questions_as`
     set and in no excluded split (`dataset:split`), the first `limit` questions in `source` order.
     Experiments use it to train every method on the same questions; records keep their provenance."""
@@ -567,13 +660,19 @@ def subset_rationales_cmd(
     out: str = typer.Option(..., "--out", help="the new set's name (a name, not a path)"),
     limit: int = typer.Option(None, help="keep the first N questions (in the source's order)"),
     same_questions_as: str = typer.Option("", help="comma list of sets: keep only questions every one has"),
-    exclude_split: str = typer.Option("", help="comma list of dataset:split whose questions are dropped, "
-                                               "e.g. gsm8k:dev,gsm8k:test"),
+    exclude_split: str = typer.Option(
+        "", help="comma list of dataset:split whose questions are dropped, e.g. gsm8k:dev,gsm8k:test"
+    ),
 ) -> None:
     """A subset of a rationale set: the same questions as other sets, none from a held-out split."""
     split = lambda text: [t.strip() for t in text.split(",") if t.strip()]  # noqa: E731
-    count = subset_rationales(source, check_name(out, "--out"), limit=limit,
-                              same_questions_as=split(same_questions_as), exclude=split(exclude_split))
+    count = subset_rationales(
+        source,
+        check_name(out, "--out"),
+        limit=limit,
+        same_questions_as=split(same_questions_as),
+        exclude=split(exclude_split),
+    )
     typer.echo(f"kept {count} records -> {rationale_dir(out) / 'records.jsonl'}")
 
 
@@ -581,9 +680,12 @@ def subset_rationales_cmd(
 def export_rationales_cmd(
     name: str = typer.Argument(..., help="rationale set name (or a records.jsonl / .jsonl.gz path)"),
     out: Path = typer.Argument(..., help="the JSONL file to write (replaced if it exists)"),
-    fmt: str = typer.Option("messages", "--format",
-                            help="messages (TRL conversational: the chat template applies) | "
-                                 "prompt-completion (TRL standard: prompt + completion = --template plain)"),
+    fmt: str = typer.Option(
+        "messages",
+        "--format",
+        help="messages (TRL conversational: the chat template applies) | "
+        "prompt-completion (TRL standard: prompt + completion = --template plain)",
+    ),
     method: str = typer.Option("std-cot", help="whose training prompt: std-cot | etd | eotd"),
 ) -> None:
     """Write a verified rationale set as the training data of a method in TRL's dataset format,
@@ -599,9 +701,12 @@ def export_rationales_cmd(
 def import_rationales_cmd(
     path: Path = typer.Argument(..., help="a JSONL file in the export's schema (messages or prompt-completion)"),
     out: str = typer.Option(..., "--out", help="the new rationale set's name (a name, not a path)"),
-    verify: bool = typer.Option(True, "--verify/--no-verify",
-                                help="check every rationale against its gold answer again (CoT extraction, "
-                                     "PoT/EoT in the sandbox: ~40 ms per EoT record)"),
+    verify: bool = typer.Option(
+        True,
+        "--verify/--no-verify",
+        help="check every rationale against its gold answer again (CoT extraction, "
+        "PoT/EoT in the sandbox: ~40 ms per EoT record)",
+    ),
 ) -> None:
     """Import a TRL-format rationale file as a rationale set: every line is checked first (shape,
     metadata, the method's exact prompt, ids, verification); any problem imports nothing."""

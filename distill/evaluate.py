@@ -46,6 +46,7 @@ harness files (filter = the extractor) beside the report's, or under `--name`.
 
 `name` (the report folder) is a validated name, never a path (kb.workspace.check_name).
 """
+
 from __future__ import annotations
 
 import json
@@ -76,15 +77,16 @@ class RescoreError(NesyError, ValueError):
 @dataclass
 class RunConfig:
     """One configuration evaluated: a model, with or without knowledge, a thought type."""
+
     name: str
-    adapter: str | None = None        # None: the base model
+    adapter: str | None = None  # None: the base model
     with_kb: bool = False
-    k: int | None = None              # None: the adapter's card (else 3)
-    thought: str | None = None        # None: the thought type the adapter was trained on
+    k: int | None = None  # None: the adapter's card (else 3)
+    thought: str | None = None  # None: the thought type the adapter was trained on
     include_pending: bool = False
     adaptive_threshold: float | None = None
-    retriever: str | None = None      # dense | bm25 | hybrid; None: the card's
-    min_score: float | None = None    # drop hits scoring below; None: the card's
+    retriever: str | None = None  # dense | bm25 | hybrid; None: the card's
+    min_score: float | None = None  # drop hits scoring below; None: the card's
 
     @property
     def statuses(self) -> tuple[str, ...]:
@@ -122,8 +124,10 @@ def parse_config(spec: str) -> RunConfig:
             else:
                 cfg.min_score = number
         else:
-            raise ValueError(f"{spec!r}: unknown option {opt!r} (kb, k=N, thought=cot|pot|eot|vote, "
-                             f"retriever={'|'.join(RETRIEVERS)}, min_score=X, pending, adaptive=X)")
+            raise ValueError(
+                f"{spec!r}: unknown option {opt!r} (kb, k=N, thought=cot|pot|eot|vote, "
+                f"retriever={'|'.join(RETRIEVERS)}, min_score=X, pending, adaptive=X)"
+            )
     return cfg
 
 
@@ -139,8 +143,8 @@ class EvalConfig:
     base_model: str | None = None
     max_new_tokens: int | None = None  # None: each adapter's card (else 256)
     batch_size: int = 8
-    interval: str = "wilson"          # how accuracy intervals are computed: wilson | bootstrap
-    backend: str = "transformers"     # where the student generates (distill.student_server.check_backend)
+    interval: str = "wilson"  # how accuracy intervals are computed: wilson | bootstrap
+    backend: str = "transformers"  # where the student generates (distill.student_server.check_backend)
 
 
 def eval_dir(name: str, option: str = "--name") -> Path:
@@ -222,8 +226,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     done = {(r["config"], r["example_id"]) for r in previous}
     todo = {c.name: [e for e in examples if (c.name, e.id) not in done] for c in cfg.configs}
     total = len(examples) * len(cfg.configs)
-    with Progress(total, desc=f"eval {cfg.name}", initial=total - sum(map(len, todo.values())),
-                  stage="eval") as bar:
+    with Progress(total, desc=f"eval {cfg.name}", initial=total - sum(map(len, todo.values())), stage="eval") as bar:
         _generate(cfg, spec, todo, samples_path, bar)
     rows = read_jsonl(samples_path)
     results = summarise(rows, cfg, [e.id for e in examples])
@@ -231,8 +234,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     keep = {e.id for e in examples}
     record_impact(f"eval:{cfg.name}", entry_impact([r for r in rows if r["example_id"] in keep], results))
     (out / "table.md").write_text(table(results))
-    write_harness(out / interop.HARNESS_DIR, cfg, [r for r in rows if r["example_id"] in keep],
-                  read_models(out), start)
+    write_harness(out / interop.HARNESS_DIR, cfg, [r for r in rows if r["example_id"] in keep], read_models(out), start)
     return results
 
 
@@ -247,8 +249,10 @@ def _same_backend(out: Path, cfg: EvalConfig, previous: list[dict]) -> None:
     except (OSError, json.JSONDecodeError):
         return
     if spec != cfg.backend:
-        raise ValueError(f"report {cfg.name!r} was generated with --backend {spec}: continue it with that "
-                         f"backend, or give this run another --name")
+        raise ValueError(
+            f"report {cfg.name!r} was generated with --backend {spec}: continue it with that "
+            f"backend, or give this run another --name"
+        )
 
 
 def read_models(out: Path) -> dict[str, dict]:
@@ -277,8 +281,15 @@ def split_index(dataset: str, split: str, task: str | None) -> tuple[dict[str, i
     return doc_ids, originals
 
 
-def write_harness(folder: Path, cfg: EvalConfig, rows: list[dict], models: dict[str, dict], start: float,
-                  scored: dict[str, list] | None = None, extractor: str | None = None) -> list[Path]:
+def write_harness(
+    folder: Path,
+    cfg: EvalConfig,
+    rows: list[dict],
+    models: dict[str, dict],
+    start: float,
+    scored: dict[str, list] | None = None,
+    extractor: str | None = None,
+) -> list[Path]:
     """One lm-evaluation-harness results file (+ samples per task) per configuration."""
     doc_ids, originals = split_index(cfg.dataset, cfg.split, cfg.task)
     date, paths = interop.date_id(), []
@@ -286,16 +297,29 @@ def write_harness(folder: Path, cfg: EvalConfig, rows: list[dict], models: dict[
         if scored is not None:
             items = scored.get(run.name, [])
         else:
-            items = [interop.Scored(r, interop.stored_filters(r, run.thought or "cot")) for r in rows
-                     if r["config"] == run.name]
+            items = [
+                interop.Scored(r, interop.stored_filters(r, run.thought or "cot"))
+                for r in rows
+                if r["config"] == run.name
+            ]
         if not items:
             continue
         ran = next((s.row.get("max_new_tokens") for s in items if s.row.get("max_new_tokens")), None)
         harness_run = interop.HarnessRun(
-            report=cfg.name, dataset=cfg.dataset, split=cfg.split, limit=cfg.limit, seed=cfg.seed,
-            max_new_tokens=ran or cfg.max_new_tokens or 256, batch_size=cfg.batch_size, start=start,
-            configuration=asdict(run), model=models.get(run.name, {}), doc_ids=doc_ids, originals=originals,
-            rescored_with=extractor)
+            report=cfg.name,
+            dataset=cfg.dataset,
+            split=cfg.split,
+            limit=cfg.limit,
+            seed=cfg.seed,
+            max_new_tokens=ran or cfg.max_new_tokens or 256,
+            batch_size=cfg.batch_size,
+            start=start,
+            configuration=asdict(run),
+            model=models.get(run.name, {}),
+            doc_ids=doc_ids,
+            originals=originals,
+            rescored_with=extractor,
+        )
         paths.append(interop.write_harness(folder, harness_run, items, date))
     return paths
 
@@ -328,14 +352,17 @@ def _generate_with(cfg: EvalConfig, spec, todo: dict, samples_path: Path, bar: P
         models_path.write_text(json.dumps(models, indent=2, ensure_ascii=False), encoding="utf-8")
         if run.with_kb and index is None:
             from distill.infer import _open_index
+
             index = _open_index()
         examples = todo[run.name]
         settings = resolved(run, student, cfg)
         for i in range(0, len(examples), cfg.batch_size):
             bar.check_stop()
-            batch = examples[i:i + cfg.batch_size]
-            rows = [_score(run, spec, ex, res, student, settings)
-                    for ex, res in zip(batch, _answer(student, run, spec, batch, cfg, index))]
+            batch = examples[i : i + cfg.batch_size]
+            rows = [
+                _score(run, spec, ex, res, student, settings)
+                for ex, res in zip(batch, _answer(student, run, spec, batch, cfg, index))
+            ]
             with open(samples_path, "a", encoding="utf-8") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
             bar.update(len(batch))
@@ -351,11 +378,19 @@ def _answer(student, run: RunConfig, spec, batch, cfg: EvalConfig, index):
         groups.setdefault((spec.task_description(ex.task), spec.answer_type_for(ex.task)), []).append(i)
     for (description, answer_type), idx in groups.items():
         answers = student.answer(
-            [format_question(batch[i]) for i in idx], kb_index=index if run.with_kb else None, k=run.k,
-            statuses=run.statuses, thought=run.thought, max_new_tokens=cfg.max_new_tokens,
-            adaptive_threshold=run.adaptive_threshold, answer_type=answer_type,
-            task_description=description, batch_size=cfg.batch_size, retriever=run.retriever,
-            min_score=run.min_score)
+            [format_question(batch[i]) for i in idx],
+            kb_index=index if run.with_kb else None,
+            k=run.k,
+            statuses=run.statuses,
+            thought=run.thought,
+            max_new_tokens=cfg.max_new_tokens,
+            adaptive_threshold=run.adaptive_threshold,
+            answer_type=answer_type,
+            task_description=description,
+            batch_size=cfg.batch_size,
+            retriever=run.retriever,
+            min_score=run.min_score,
+        )
         for i, a in zip(idx, answers):
             results[i] = a
     return results
@@ -364,10 +399,21 @@ def _answer(student, run: RunConfig, spec, batch, cfg: EvalConfig, index):
 def resolved(run: RunConfig, student, cfg: EvalConfig) -> dict:
     """What the configuration ran with: its own settings, else the adapter card's."""
     thought, retrieval, max_new_tokens = student.settings(
-        k=run.k, statuses=run.statuses, thought=run.thought, max_new_tokens=cfg.max_new_tokens,
-        adaptive_threshold=run.adaptive_threshold, retriever=run.retriever, min_score=run.min_score)
-    return {"thought": thought, "k": retrieval.k if run.with_kb else 0, "retriever": retrieval.retriever,
-            "min_score": retrieval.min_score, "max_new_tokens": max_new_tokens}
+        k=run.k,
+        statuses=run.statuses,
+        thought=run.thought,
+        max_new_tokens=cfg.max_new_tokens,
+        adaptive_threshold=run.adaptive_threshold,
+        retriever=run.retriever,
+        min_score=run.min_score,
+    )
+    return {
+        "thought": thought,
+        "k": retrieval.k if run.with_kb else 0,
+        "retriever": retrieval.retriever,
+        "min_score": retrieval.min_score,
+        "max_new_tokens": max_new_tokens,
+    }
 
 
 def _score(run: RunConfig, spec, ex, res, student, settings: dict | None = None) -> dict:
@@ -380,16 +426,32 @@ def _score(run: RunConfig, spec, ex, res, student, settings: dict | None = None)
     else:  # PoT / EoT / vote: the executed / solved / voted answer is the only one
         strict = flexible = res.extracted
         correct = correct_flex = answers_match(res.extracted, ex.answer, answer_type)
-    return {"config": run.name, "example_id": ex.id, "dataset": ex.dataset, "task": ex.task,
-            "question": ex.question, "prompt": res.prompt, "output": res.text, "extracted": strict,
-            "extracted_flexible": flexible, "gold": ex.answer, "correct": bool(correct),
-            "correct_flexible": bool(correct_flex), "retrieved": res.retrieved,
-            "used_knowledge": res.used_knowledge, "prompt_tokens": res.prompt_tokens,
-            "latency_s": res.latency_s, "params": student.params, "votes": res.votes, "thought": res.thought,
-            "backend": student.backend_name,
-            "retrieval_empty": bool(res.retrieval_empty), **(settings or {}),
-            "choices": [list(c) for c in ex.choices] if ex.choices else None,
-            "rendered": student.render(res.prompt)}  # the prompt as the model saw it (template applied)
+    return {
+        "config": run.name,
+        "example_id": ex.id,
+        "dataset": ex.dataset,
+        "task": ex.task,
+        "question": ex.question,
+        "prompt": res.prompt,
+        "output": res.text,
+        "extracted": strict,
+        "extracted_flexible": flexible,
+        "gold": ex.answer,
+        "correct": bool(correct),
+        "correct_flexible": bool(correct_flex),
+        "retrieved": res.retrieved,
+        "used_knowledge": res.used_knowledge,
+        "prompt_tokens": res.prompt_tokens,
+        "latency_s": res.latency_s,
+        "params": student.params,
+        "votes": res.votes,
+        "thought": res.thought,
+        "backend": student.backend_name,
+        "retrieval_empty": bool(res.retrieval_empty),
+        **(settings or {}),
+        "choices": [list(c) for c in ex.choices] if ex.choices else None,
+        "rendered": student.render(res.prompt),
+    }  # the prompt as the model saw it (template applied)
 
 
 def summarise(rows: list[dict], cfg: EvalConfig, example_ids: list[str] | None = None) -> dict:
@@ -403,10 +465,15 @@ def summarise(rows: list[dict], cfg: EvalConfig, example_ids: list[str] | None =
     for run in cfg.configs:
         samples = [s for _, s in sorted(by_config.get(run.name, {}).items())]  # stable order
         configs[run.name] = _metrics(run, samples, cfg.interval, cfg.seed)
-    return {"dataset": cfg.dataset, "split": cfg.split, "limit": cfg.limit,
-            "interval": {"method": cfg.interval, "confidence": CONFIDENCE}, "configs": configs,
-            "comparisons": comparisons([r.name for r in cfg.configs], by_config),
-            "flips": flips(cfg.configs, by_config)}
+    return {
+        "dataset": cfg.dataset,
+        "split": cfg.split,
+        "limit": cfg.limit,
+        "interval": {"method": cfg.interval, "confidence": CONFIDENCE},
+        "configs": configs,
+        "comparisons": comparisons([r.name for r in cfg.configs], by_config),
+        "flips": flips(cfg.configs, by_config),
+    }
 
 
 def _interval(outcomes: list[bool], method: str, seed: int) -> list[float]:
@@ -424,47 +491,55 @@ def _metrics(run: RunConfig, samples: list[dict], interval: str = "wilson", seed
     params = samples[0]["params"] if samples else 0
     mean_tokens = tokens / n if n else 0.0
     first = samples[0] if samples else {}
-    return {"model": run.adapter or "base", "backend": first.get("backend", "transformers"),
-            "with_kb": run.with_kb,
-            "k": first.get("k", run.k or 0) if run.with_kb else 0,
-            "thought": first.get("thought") or run.thought or "cot", "n": n,
-            "retriever": first.get("retriever", run.retriever) if run.with_kb else None,
-            "min_score": first.get("min_score", run.min_score) if run.with_kb else None,
-            "retrieval_empty": sum(bool(s.get("retrieval_empty")) for s in samples),
-            "correct": sum(strict), "correct_flexible": sum(flexible),
-            "accuracy": sum(strict) / n if n else 0.0,
-            "accuracy_ci": _interval(strict, interval, seed),
-            "accuracy_flexible": sum(flexible) / n if n else 0.0,
-            "accuracy_flexible_ci": _interval(flexible, interval, seed),
-            "per_task": {t: sum(v) / len(v) for t, v in sorted(per_task.items())},
-            "per_task_n": {t: len(v) for t, v in sorted(per_task.items())},
-            "per_task_ci": {t: _interval(v, interval, seed) for t, v in sorted(per_task.items())},
-            "prompt_tokens_mean": mean_tokens, "params": params,
-            "flops_per_question": 2 * params * mean_tokens,
-            "knowledge_used": sum(bool(s["used_knowledge"]) for s in samples),
-            "latency_s_mean": sum(s["latency_s"] for s in samples) / n if n else 0.0}
+    return {
+        "model": run.adapter or "base",
+        "backend": first.get("backend", "transformers"),
+        "with_kb": run.with_kb,
+        "k": first.get("k", run.k or 0) if run.with_kb else 0,
+        "thought": first.get("thought") or run.thought or "cot",
+        "n": n,
+        "retriever": first.get("retriever", run.retriever) if run.with_kb else None,
+        "min_score": first.get("min_score", run.min_score) if run.with_kb else None,
+        "retrieval_empty": sum(bool(s.get("retrieval_empty")) for s in samples),
+        "correct": sum(strict),
+        "correct_flexible": sum(flexible),
+        "accuracy": sum(strict) / n if n else 0.0,
+        "accuracy_ci": _interval(strict, interval, seed),
+        "accuracy_flexible": sum(flexible) / n if n else 0.0,
+        "accuracy_flexible_ci": _interval(flexible, interval, seed),
+        "per_task": {t: sum(v) / len(v) for t, v in sorted(per_task.items())},
+        "per_task_n": {t: len(v) for t, v in sorted(per_task.items())},
+        "per_task_ci": {t: _interval(v, interval, seed) for t, v in sorted(per_task.items())},
+        "prompt_tokens_mean": mean_tokens,
+        "params": params,
+        "flops_per_question": 2 * params * mean_tokens,
+        "knowledge_used": sum(bool(s["used_knowledge"]) for s in samples),
+        "latency_s_mean": sum(s["latency_s"] for s in samples) / n if n else 0.0,
+    }
 
 
 def compare_pair(a: dict[str, dict], b: dict[str, dict]) -> dict:
     """Paired comparison (strict) of two configurations' samples {example_id: row} on shared questions."""
     shared = sorted(a.keys() & b.keys())
-    return paired_comparison([bool(a[e]["correct"]) for e in shared],
-                             [bool(b[e]["correct"]) for e in shared]).as_dict()
+    return paired_comparison([bool(a[e]["correct"]) for e in shared], [bool(b[e]["correct"]) for e in shared]).as_dict()
 
 
 def comparisons(names: list[str], by_config: dict[str, dict[str, dict]]) -> list[dict]:
     """Every pair of configurations (in column order) with flip counts and the exact McNemar p."""
-    return [{"first": first, "second": second,
-             **compare_pair(by_config.get(first, {}), by_config.get(second, {}))}
-            for i, first in enumerate(names) for second in names[i + 1:]]
+    return [
+        {"first": first, "second": second, **compare_pair(by_config.get(first, {}), by_config.get(second, {}))}
+        for i, first in enumerate(names)
+        for second in names[i + 1 :]
+    ]
 
 
 def flips(runs: list[RunConfig], by_config: dict[str, dict[str, dict]]) -> list[dict]:
     """For each kb configuration vs the same model/thought without kb: which answers flipped, and why."""
     out = []
     for with_kb in (r for r in runs if r.with_kb):
-        plain = next((r for r in runs if not r.with_kb and r.adapter == with_kb.adapter
-                      and r.thought == with_kb.thought), None)
+        plain = next(
+            (r for r in runs if not r.with_kb and r.adapter == with_kb.adapter and r.thought == with_kb.thought), None
+        )
         if plain is None:
             continue
         a, b = by_config.get(plain.name, {}), by_config.get(with_kb.name, {})
@@ -472,14 +547,28 @@ def flips(runs: list[RunConfig], by_config: dict[str, dict[str, dict]]) -> list[
         for ex_id in sorted(a.keys() & b.keys()):
             before, after = a[ex_id]["correct"], b[ex_id]["correct"]
             if before != after:
-                (fixed if after else broken).append({
-                    "example_id": ex_id, "entries": [e for e, _ in b[ex_id]["retrieved"]],
-                    "before": a[ex_id]["extracted"], "after": b[ex_id]["extracted"],
-                    "gold": b[ex_id]["gold"]})
+                (fixed if after else broken).append(
+                    {
+                        "example_id": ex_id,
+                        "entries": [e for e, _ in b[ex_id]["retrieved"]],
+                        "before": a[ex_id]["extracted"],
+                        "after": b[ex_id]["extracted"],
+                        "gold": b[ex_id]["gold"],
+                    }
+                )
         pair = compare_pair(a, b)
-        out.append({"without": plain.name, "with": with_kb.name, "fixed": fixed, "broken": broken,
-                    "n": pair["n"], "p_value": pair["p_value"], "significant": pair["significant"],
-                    "verdict": pair["verdict"]})
+        out.append(
+            {
+                "without": plain.name,
+                "with": with_kb.name,
+                "fixed": fixed,
+                "broken": broken,
+                "n": pair["n"],
+                "p_value": pair["p_value"],
+                "significant": pair["significant"],
+                "verdict": pair["verdict"],
+            }
+        )
     return out
 
 
@@ -524,9 +613,11 @@ def empty_retrieval_warnings(results: dict) -> list[str]:
     for name, m in results["configs"].items():
         if m.get("with_kb") and m.get("retrieval_empty"):
             floor = f", minimum score {m['min_score']}" if m.get("min_score") is not None else ""
-            out.append(f"warning: {name}: retrieval found no knowledge for {m['retrieval_empty']} of {m['n']} "
-                       f"questions (answered without it; retriever {m.get('retriever') or 'dense'}{floor}): "
-                       f"accept entries, add `pending`, or lower min_score")
+            out.append(
+                f"warning: {name}: retrieval found no knowledge for {m['retrieval_empty']} of {m['n']} "
+                f"questions (answered without it; retriever {m.get('retriever') or 'dense'}{floor}): "
+                f"accept entries, add `pending`, or lower min_score"
+            )
     return out
 
 
@@ -554,34 +645,51 @@ def flip_line(f: dict) -> str:
 def table(results: dict) -> str:
     """Markdown table: one column per configuration."""
     names = list(results["configs"])
-    rows = [("model", lambda m: m["model"]), ("backend", lambda m: m.get("backend") or "transformers"),
-            ("knowledge", lambda m: f"top-{m['k']}" if m["with_kb"] else "none"),
-            ("thought", lambda m: m["thought"]), ("n", lambda m: m["n"]),
-            ("no knowledge retrieved", lambda m: m.get("retrieval_empty", 0) if m["with_kb"] else "-"),
-            ("accuracy (strict)", lambda m: with_interval(m["accuracy"], m.get("accuracy_ci"))),
-            ("accuracy (flexible)", lambda m: with_interval(m["accuracy_flexible"], m.get("accuracy_flexible_ci"))),
-            ("prompt tokens / question", lambda m: f"{m['prompt_tokens_mean']:.1f}"),
-            ("forward GFLOPs / question", lambda m: f"{m['flops_per_question'] / 1e9:.2f}")]
+    rows = [
+        ("model", lambda m: m["model"]),
+        ("backend", lambda m: m.get("backend") or "transformers"),
+        ("knowledge", lambda m: f"top-{m['k']}" if m["with_kb"] else "none"),
+        ("thought", lambda m: m["thought"]),
+        ("n", lambda m: m["n"]),
+        ("no knowledge retrieved", lambda m: m.get("retrieval_empty", 0) if m["with_kb"] else "-"),
+        ("accuracy (strict)", lambda m: with_interval(m["accuracy"], m.get("accuracy_ci"))),
+        ("accuracy (flexible)", lambda m: with_interval(m["accuracy_flexible"], m.get("accuracy_flexible_ci"))),
+        ("prompt tokens / question", lambda m: f"{m['prompt_tokens_mean']:.1f}"),
+        ("forward GFLOPs / question", lambda m: f"{m['flops_per_question'] / 1e9:.2f}"),
+    ]
     tasks = sorted({t for m in results["configs"].values() for t in m["per_task"]})
     if len(tasks) > 1:
-        rows += [(f"task {t}", lambda m, t=t: with_interval(m["per_task"][t], m.get("per_task_ci", {}).get(t))
-                  if t in m["per_task"] else "-") for t in tasks]
+        rows += [
+            (
+                f"task {t}",
+                lambda m, t=t: (
+                    with_interval(m["per_task"][t], m.get("per_task_ci", {}).get(t)) if t in m["per_task"] else "-"
+                ),
+            )
+            for t in tasks
+        ]
     lines = ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    lines += ["| " + label + " | " + " | ".join(str(fn(results["configs"][n])) for n in names) + " |"
-              for label, fn in rows]
+    lines += [
+        "| " + label + " | " + " | ".join(str(fn(results["configs"][n])) for n in names) + " |" for label, fn in rows
+    ]
     method = (results.get("interval") or {}).get("method")
     if method:
         lines.append(f"\nAccuracies with their 95 % {INTERVAL_LABELS.get(method, method)} interval in brackets.")
     pairs = results.get("comparisons") or []
     if pairs:
-        lines += ["\nPaired comparisons on the same questions (strict; b = only the first right, "
-                  "c = only the second right; exact McNemar test, not corrected for "
-                  f"{len(pairs)} comparison{'s' if len(pairs) > 1 else ''}):\n",
-                  "| first | second | n | both right | b | c | both wrong | second − first | p | verdict |",
-                  "|---" * 10 + "|"]
-        lines += [f"| {c['first']} | {c['second']} | {c['n']} | {c['both_right']} | {c['first_only']} | "
-                  f"{c['second_only']} | {c['both_wrong']} | {100 * c['difference']:+.1f} pts | "
-                  f"{format_p(c['p_value'])} | {c['verdict']} |" for c in pairs]
+        lines += [
+            "\nPaired comparisons on the same questions (strict; b = only the first right, "
+            "c = only the second right; exact McNemar test, not corrected for "
+            f"{len(pairs)} comparison{'s' if len(pairs) > 1 else ''}):\n",
+            "| first | second | n | both right | b | c | both wrong | second − first | p | verdict |",
+            "|---" * 10 + "|",
+        ]
+        lines += [
+            f"| {c['first']} | {c['second']} | {c['n']} | {c['both_right']} | {c['first_only']} | "
+            f"{c['second_only']} | {c['both_wrong']} | {100 * c['difference']:+.1f} pts | "
+            f"{format_p(c['p_value'])} | {c['verdict']} |"
+            for c in pairs
+        ]
     for f in results["flips"]:
         lines.append("\n" + flip_line(f))
     return "\n".join(lines) + "\n"
@@ -589,9 +697,11 @@ def table(results: dict) -> str:
 
 # --- re-scoring saved outputs ---------------------------------------------------------------------
 
+
 @dataclass
 class SavedReport:
     """A report's saved outputs, its configuration and what ran (models.json)."""
+
     samples: Path
     cfg: EvalConfig
     models: dict[str, dict]
@@ -624,8 +734,10 @@ def open_report(report: str) -> SavedReport:
 def _saved_config(saved: dict, rows: list[dict], name: str) -> EvalConfig:
     """The EvalConfig a report ran with (config.json), or what its rows tell when it has none."""
     known = EvalConfig.__dataclass_fields__
-    runs = [RunConfig(**{k: v for k, v in c.items() if k in RunConfig.__dataclass_fields__})
-            for c in saved.get("configs", [])]
+    runs = [
+        RunConfig(**{k: v for k, v in c.items() if k in RunConfig.__dataclass_fields__})
+        for c in saved.get("configs", [])
+    ]
     runs += [RunConfig(n) for n in dict.fromkeys(r["config"] for r in rows) if n not in {r.name for r in runs}]
     values = {k: v for k, v in saved.items() if k in known and k != "configs"}
     values.setdefault("dataset", rows[0].get("dataset", ""))
@@ -668,8 +780,14 @@ def rescore_report(report: str, extractor: str, save_as: str | None = None) -> d
                 except DatasetError:
                     lookup["-"] = None
             choices = getattr(lookup.get(row["example_id"]), "choices", None)
-        return Example(row["example_id"], row["dataset"], row["question"], str(row["gold"]), row["task"],
-                       [tuple(c) for c in choices] if choices else None)
+        return Example(
+            row["example_id"],
+            row["dataset"],
+            row["question"],
+            str(row["gold"]),
+            row["task"],
+            [tuple(c) for c in choices] if choices else None,
+        )
 
     types: dict[tuple[str, str], str] = {}
     for row in saved.rows:
@@ -682,8 +800,10 @@ def rescore_report(report: str, extractor: str, save_as: str | None = None) -> d
     if extractor == "last-number":
         other = sorted(f"{d}/{t} ({a})" for (d, t), a in types.items() if a != "number")
         if other:
-            raise RescoreError(f"--extractor last-number reads numbers; these tasks' answers are not: "
-                               f"{', '.join(other)} (use strict or flexible)")
+            raise RescoreError(
+                f"--extractor last-number reads numbers; these tasks' answers are not: "
+                f"{', '.join(other)} (use strict or flexible)"
+            )
     scored: dict[str, list[interop.Scored]] = {}
     summary: dict[str, dict] = {}
     for row in saved.rows:
@@ -694,13 +814,14 @@ def rescore_report(report: str, extractor: str, save_as: str | None = None) -> d
         else:  # executed / solved / voted: there is no text to extract from again
             filters = interop.stored_filters(row, thought)
         scored.setdefault(row["config"], []).append(interop.Scored(row, filters))
-        (extracted, correct), = filters.values()
-        m = summary.setdefault(row["config"], {"n": 0, "saved": 0, "rescored": [], "changed": 0, "flipped": 0,
-                                               "thought": thought})
+        ((extracted, correct),) = filters.values()
+        m = summary.setdefault(
+            row["config"], {"n": 0, "saved": 0, "rescored": [], "changed": 0, "flipped": 0, "thought": thought}
+        )
         m["n"] += 1
         m["saved"] += bool(row["correct"])
         m["rescored"].append(float(correct))
-        m["changed"] += extracted != row["extracted"]          # vs the saved strict answer
+        m["changed"] += extracted != row["extracted"]  # vs the saved strict answer
         m["flipped"] += bool(correct) != bool(row["correct"])  # right <-> wrong
     for m in summary.values():
         outcomes = m.pop("rescored")
@@ -710,20 +831,25 @@ def rescore_report(report: str, extractor: str, save_as: str | None = None) -> d
     if target is not None:
         if not target.exists():
             create_owned(target)
-        files = write_harness(target / interop.HARNESS_DIR, saved.cfg, saved.rows, saved.models, start,
-                              scored=scored, extractor=extractor)
+        files = write_harness(
+            target / interop.HARNESS_DIR, saved.cfg, saved.rows, saved.models, start, scored=scored, extractor=extractor
+        )
     return {"report": report, "extractor": extractor, "configs": summary, "files": [str(p) for p in files]}
 
 
 def rescore_table(result: dict) -> str:
     ex = result["extractor"]
-    lines = [f"| configuration | n | strict (saved) | {ex} (re-scored) | stderr | answers changed | "
-             "right/wrong flipped |", "|---" * 7 + "|"]
+    lines = [
+        f"| configuration | n | strict (saved) | {ex} (re-scored) | stderr | answers changed | right/wrong flipped |",
+        "|---" * 7 + "|",
+    ]
     for name, m in result["configs"].items():
         stderr = m["stderr"] if isinstance(m["stderr"], str) else f"{100 * m['stderr']:.1f} pts"
         note = "" if m["thought"] == "cot" else f" ({m['thought']}: kept as executed)"
-        lines.append(f"| {name} | {m['n']} | {pct(m['saved'])} | {pct(m['accuracy'])}{note} | {stderr} | "
-                     f"{m['changed']} | {m['flipped']} |")
+        lines.append(
+            f"| {name} | {m['n']} | {pct(m['saved'])} | {pct(m['accuracy'])}{note} | {stderr} | "
+            f"{m['changed']} | {m['flipped']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -739,18 +865,29 @@ def eval_cmd(
     limit: int = typer.Option(None, help="a seeded sample of N examples"),
     seed: int = typer.Option(0),
     task: str = typer.Option(None, help="only this task (BBH / AGIEval)"),
-    config: list[str] = typer.Option(None, "--config", help="[NAME=]MODEL[,kb][,k=N][,thought=T][,retriever=R]"
-                                     "[,min_score=X][,pending][,adaptive=X]; MODEL = base | adapter; unset "
-                                     "options follow the adapter's card. Repeat for columns."),
-    name: str = typer.Option(None, help="report name (a name, not a path) -> $NESY_HOME/evals/<name> (default "
-                             "dataset-split; with --rescore: where the re-scored files go, default the report)"),
+    config: list[str] = typer.Option(
+        None,
+        "--config",
+        help="[NAME=]MODEL[,kb][,k=N][,thought=T][,retriever=R]"
+        "[,min_score=X][,pending][,adaptive=X]; MODEL = base | adapter; unset "
+        "options follow the adapter's card. Repeat for columns.",
+    ),
+    name: str = typer.Option(
+        None,
+        help="report name (a name, not a path) -> $NESY_HOME/evals/<name> (default "
+        "dataset-split; with --rescore: where the re-scored files go, default the report)",
+    ),
     base_model: str = typer.Option(None, help="HF id or local path of the base model"),
     max_new_tokens: int = typer.Option(None, help="[default: each adapter's card, else 256]"),
     batch_size: int = typer.Option(8),
     interval: str = typer.Option("wilson", help="95 % accuracy interval: wilson | bootstrap (seeded by --seed)"),
-    rescore: str = typer.Option(None, "--rescore", metavar="REPORT",
-                                help="score the saved outputs of REPORT (a report name, or a path to a report "
-                                     "folder) again with --extractor; nothing is generated"),
+    rescore: str = typer.Option(
+        None,
+        "--rescore",
+        metavar="REPORT",
+        help="score the saved outputs of REPORT (a report name, or a path to a report "
+        "folder) again with --extractor; nothing is generated",
+    ),
     extractor: str = typer.Option(None, help="with --rescore: strict | flexible | last-number"),
     backend: str = typer.Option("transformers", "--backend", help=BACKEND_HELP),
 ) -> None:
@@ -775,9 +912,20 @@ def eval_cmd(
         raise typer.BadParameter(str(e), param_hint="--config") from None
     if len({r.name for r in runs}) != len(runs):
         raise typer.BadParameter("configuration names must be distinct (use NAME=...)", param_hint="--config")
-    cfg = EvalConfig(configs=runs, dataset=dataset, split=split, limit=limit, seed=seed, task=task,
-                     name=report, base_model=base_model, max_new_tokens=max_new_tokens,
-                     batch_size=batch_size, interval=interval, backend=backend)
+    cfg = EvalConfig(
+        configs=runs,
+        dataset=dataset,
+        split=split,
+        limit=limit,
+        seed=seed,
+        task=task,
+        name=report,
+        base_model=base_model,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        interval=interval,
+        backend=backend,
+    )
     try:
         results = run_eval(cfg)
     except StopRequested:
@@ -802,5 +950,7 @@ def _rescore_cmd(report: str | None, extractor: str | None, config: list[str] | 
     for path in result["files"]:
         typer.echo(f"harness results: {path}")
     if not result["files"]:
-        typer.echo(f"not saved ({report} is a path): add --name NAME to keep the re-scored files in "
-                   f"$NESY_HOME/evals/NAME/{interop.HARNESS_DIR}")
+        typer.echo(
+            f"not saved ({report} is a path): add --name NAME to keep the re-scored files in "
+            f"$NESY_HOME/evals/NAME/{interop.HARNESS_DIR}"
+        )

@@ -16,6 +16,7 @@ Names come from gguf's TensorNameMap (HF -> GGUF). llama's q/k rows are reordere
 layout (per head: first half, second half) to GGUF's (interleaved pairs), as llama.cpp's converter
 does and transformers undoes when it reads a GGUF; for a LoRA only B's rows move (ΔW = B A).
 """
+
 from __future__ import annotations
 
 import json
@@ -31,7 +32,7 @@ from kb.errors import NesyError
 
 ARCHITECTURES = ("llama", "qwen2")
 DTYPES = ("f32", "f16")
-ADAPTER_FILE = "adapter-{dtype}.gguf"   # written inside the adapter's folder
+ADAPTER_FILE = "adapter-{dtype}.gguf"  # written inside the adapter's folder
 
 
 class GGUFExportError(NesyError, ValueError):
@@ -40,14 +41,17 @@ class GGUFExportError(NesyError, ValueError):
 
 # --- names and layout ------------------------------------------------------------------------------
 
+
 def _config(hf_dir: Path) -> dict:
     try:
         config = json.loads((Path(hf_dir) / "config.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise GGUFExportError(f"{hf_dir}: no readable config.json ({e})") from None
     if config.get("model_type") not in ARCHITECTURES:
-        raise GGUFExportError(f"{hf_dir}: model type {config.get('model_type')!r} is not supported "
-                              f"(GGUF export knows {', '.join(ARCHITECTURES)})")
+        raise GGUFExportError(
+            f"{hf_dir}: model type {config.get('model_type')!r} is not supported "
+            f"(GGUF export knows {', '.join(ARCHITECTURES)})"
+        )
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
     if rope.get("rope_type", "default") != "default":
         raise GGUFExportError(f"{hf_dir}: rope scaling {rope.get('rope_type')!r} is not supported")
@@ -136,6 +140,7 @@ def _cast(data: np.ndarray, dtype: str) -> np.ndarray:
 
 # --- the base model --------------------------------------------------------------------------------
 
+
 def hf_to_gguf(hf_dir: str | Path, out: str | Path, tokenizer_gguf: str | Path, dtype: str = "f32") -> Path:
     """Write the HF model in `hf_dir` as a GGUF llama.cpp serves (weights as they are, in f32 or f16)."""
     import gguf
@@ -187,8 +192,10 @@ def _copy_tokenizer(writer, source, config: dict) -> None:
 
     tokens = source.fields.get("tokenizer.ggml.tokens")
     if tokens is None or len(tokens.data) != config["vocab_size"]:
-        raise GGUFExportError(f"the tokenizer GGUF has {0 if tokens is None else len(tokens.data)} tokens, "
-                              f"the model {config['vocab_size']}")
+        raise GGUFExportError(
+            f"the tokenizer GGUF has {0 if tokens is None else len(tokens.data)} tokens, "
+            f"the model {config['vocab_size']}"
+        )
     for field in source.fields.values():
         if not field.name.startswith("tokenizer."):
             continue
@@ -198,6 +205,7 @@ def _copy_tokenizer(writer, source, config: dict) -> None:
 
 
 # --- the adapter -----------------------------------------------------------------------------------
+
 
 def lora_to_gguf(adapter_dir: str | Path, out: str | Path, base_dir: str | Path, dtype: str = "f32") -> Path:
     """Write the peft LoRA adapter in `adapter_dir` (trained on the HF model `base_dir`) as a GGUF LoRA."""
@@ -212,16 +220,20 @@ def lora_to_gguf(adapter_dir: str | Path, out: str | Path, base_dir: str | Path,
     pairs = _lora_pairs(adapter_dir)
     ranks = {a.shape[0] for a, _ in pairs.values()}
     if len(ranks) != 1:
-        raise GGUFExportError(f"{adapter_dir}: modules of different ranks {sorted(ranks)} (rank_pattern) "
-                              "cannot share one adapter.lora.alpha")
+        raise GGUFExportError(
+            f"{adapter_dir}: modules of different ranks {sorted(ranks)} (rank_pattern) "
+            "cannot share one adapter.lora.alpha"
+        )
     writer, tmp = _atomic_writer(out, gguf.MODEL_ARCH_NAMES[_arch(config)])
     writer.add_type(gguf.GGUFType.ADAPTER)
     writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
     writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, _alpha(lora, ranks.pop()))
     for base_name, (a, b) in sorted(pairs.items()):
         if base_name == "lm_head.weight" and config.get("tie_word_embeddings", False):
-            raise GGUFExportError("the adapter changes lm_head, which this base ties to the embeddings "
-                                  "(llama.cpp has no separate output weight to adapt)")
+            raise GGUFExportError(
+                "the adapter changes lm_head, which this base ties to the embeddings "
+                "(llama.cpp has no separate output weight to adapt)"
+            )
         name, heads = names(base_name)
         writer.add_tensor(f"{name}.lora_a", _cast(a, dtype))
         writer.add_tensor(f"{name}.lora_b", _cast(rotary_rows(b, heads) if heads else b, dtype))
@@ -235,8 +247,11 @@ def _lora_config(adapter_dir: Path) -> dict:
         raise GGUFExportError(f"{adapter_dir}: no readable adapter_config.json ({e})") from None
     if lora.get("peft_type", "LORA") != "LORA":
         raise GGUFExportError(f"{adapter_dir}: a {lora.get('peft_type')} adapter, not LoRA")
-    unsupported = [key for key in ("use_dora", "rank_pattern", "alpha_pattern", "modules_to_save",
-                                   "trainable_token_indices") if lora.get(key)]
+    unsupported = [
+        key
+        for key in ("use_dora", "rank_pattern", "alpha_pattern", "modules_to_save", "trainable_token_indices")
+        if lora.get(key)
+    ]
     if unsupported:
         raise GGUFExportError(f"{adapter_dir}: {', '.join(unsupported)} cannot be written as a GGUF LoRA")
     return lora
@@ -260,8 +275,10 @@ def _lora_pairs(adapter_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                 found.setdefault(base, {})[part] = data
                 break
         else:
-            raise GGUFExportError(f"{adapter_dir}: tensor {key!r} is not a LoRA A/B matrix "
-                                  "(embedding LoRA or saved modules are not supported)")
+            raise GGUFExportError(
+                f"{adapter_dir}: tensor {key!r} is not a LoRA A/B matrix "
+                "(embedding LoRA or saved modules are not supported)"
+            )
     missing = [base for base, parts in found.items() if len(parts) != 2]
     if missing:
         raise GGUFExportError(f"{adapter_dir}: {missing[0]} has only one of lora_A / lora_B")
@@ -279,6 +296,7 @@ def _safetensors_file(path: Path):
 
 
 # --- what the llama.cpp student backend serves ---------------------------------------------------
+
 
 def tokenizer_source(hf_dir: str | Path) -> Path:
     """The packaged GGUF whose tokenizer `hf_dir` uses: a packaged student's own GGUF, or, for any
@@ -298,8 +316,10 @@ def tokenizer_source(hf_dir: str | Path) -> Path:
         converted = models.models_dir() / folder
         if (converted / "tokenizer.json").exists() and AutoTokenizer.from_pretrained(converted).get_vocab() == vocab:
             return gguf_file()
-    raise GGUFExportError(f"{hf_dir}: its tokenizer is none of the packaged students' ({', '.join(candidates)}); "
-                          "llama.cpp serving needs one of them")
+    raise GGUFExportError(
+        f"{hf_dir}: its tokenizer is none of the packaged students' ({', '.join(candidates)}); "
+        "llama.cpp serving needs one of them"
+    )
 
 
 def base_gguf(base_model: str | None = None, dtype: str = "f32") -> Path:
@@ -395,8 +415,9 @@ def export_adapter_cmd(
     adapter: str = typer.Argument(..., help="the adapter's name (under $NESY_HOME/adapters)"),
     format: str = typer.Option("gguf", "--format", help="gguf: a GGUF LoRA llama.cpp loads with --lora"),
     dtype: str = typer.Option("f32", "--dtype", help="f32 | f16"),
-    with_base: bool = typer.Option(False, "--with-base",
-                                   help="also write the GGUF of the base it was trained on (same dtype)"),
+    with_base: bool = typer.Option(
+        False, "--with-base", help="also write the GGUF of the base it was trained on (same dtype)"
+    ),
 ) -> None:
     """Export a peft LoRA adapter as a GGUF LoRA for llama.cpp (written inside the adapter's folder)."""
     from distill.infer import AdapterNotFound

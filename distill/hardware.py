@@ -5,6 +5,7 @@ alone it measured *slower* than fp32 here (67 vs 100 GFLOP/s, 2 threads), and wi
 emulated. So: bf16 on AMX CPUs and on GPUs that support it, fp32 elsewhere. `NESY_DTYPE=fp32|bf16`
 overrides the choice (e.g. to compare loss curves).
 """
+
 from __future__ import annotations
 
 import functools
@@ -47,6 +48,13 @@ def torch_dtype():
 def describe() -> str:
     """One line for logs and cards: which dtype and why."""
     flags = cpu_flags()
-    isa = "AMX" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else \
-        "AVX2" if "avx2" in flags else "baseline"
+    isa = (
+        "AMX"
+        if "amx_bf16" in flags
+        else "AVX512-BF16"
+        if "avx512_bf16" in flags
+        else "AVX2"
+        if "avx2" in flags
+        else "baseline"
+    )
     return f"{compute_dtype()} (CPU {isa}{', NESY_DTYPE set' if os.environ.get('NESY_DTYPE') else ''})"

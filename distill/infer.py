@@ -21,6 +21,7 @@
 - `backend`: "transformers" (this process), "llama.cpp[:f32|f16|packaged]" or an OpenAI-compatible
   URL (distill/student_server.py): the same prompts, retrieval and extraction, generated elsewhere.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,16 @@ PROBE_TOKENS = 16
 PROBE_TEMPERATURE = 0.6
 PROBE_SEED = 42
 # Used when an adapter's card does not say (an old adapter, or the base model).
-FALLBACK = {"method": "std-cot", "thought": "cot", "k": 3, "retriever": "dense", "source_kinds": None,
-            "min_score": None, "adaptive_threshold": None, "max_new_tokens": 256}
+FALLBACK = {
+    "method": "std-cot",
+    "thought": "cot",
+    "k": 3,
+    "retriever": "dense",
+    "source_kinds": None,
+    "min_score": None,
+    "adaptive_threshold": None,
+    "max_new_tokens": 256,
+}
 
 
 class AdapterNotFound(NesyError, FileNotFoundError):
@@ -67,9 +76,9 @@ class AnswerResult:
     prompt_tokens: int = 0
     latency_s: float = 0.0
     used_knowledge: bool = False
-    prompt: str = ""             # the user-turn text given to the student
+    prompt: str = ""  # the user-turn text given to the student
     thought: str = "cot"
-    votes: dict[str, str | None] | None = None   # thought -> extracted, when voting
+    votes: dict[str, str | None] | None = None  # thought -> extracted, when voting
 
 
 def load_tokenizer(base_model: str | None = None):
@@ -118,8 +127,15 @@ def read_card(adapter: str) -> dict:
 class Student:
     """The student model, loaded once: base + optional LoRA adapter, with its method's prompt."""
 
-    def __init__(self, base_model: str | None = None, adapter: str | None = None, *,
-                 method: str | None = None, template: str | None = None, backend: str = "transformers"):
+    def __init__(
+        self,
+        base_model: str | None = None,
+        adapter: str | None = None,
+        *,
+        method: str | None = None,
+        template: str | None = None,
+        backend: str = "transformers",
+    ):
         from distill.methods import get
         from distill.student_server import check_backend, connect
 
@@ -134,8 +150,9 @@ class Student:
         if backend != "transformers":  # a server generates; prompts, retrieval, extraction stay here
             self.model, self.tokenizer = None, load_tokenizer(base_model)
             self.template = prompts.resolve_template(self.tokenizer, template or self.card.get("template", "auto"))
-            self.backend = connect(backend, base_model=base_model, adapter=adapter, tokenizer=self.tokenizer,
-                                   template=self.template)
+            self.backend = connect(
+                backend, base_model=base_model, adapter=adapter, tokenizer=self.tokenizer, template=self.template
+            )
             self.backend_name = self.backend.name  # resolved: llama.cpp -> llama.cpp:f32 (what reports record)
             self.params = self.backend.params
             return
@@ -165,8 +182,7 @@ class Student:
 
         thought = thought or self.defaults["thought"]
         method = self.method if thought == "cot" or self.method.name in ("etd", "eotd") else get("etd")
-        return method.build_prompt(question, task_description=task_description, knowledge=knowledge,
-                                   thought=thought)
+        return method.build_prompt(question, task_description=task_description, knowledge=knowledge, thought=thought)
 
     def render(self, user: str) -> str:
         return prompts.render(self.tokenizer, user, None, self.template)[0]
@@ -178,8 +194,9 @@ class Student:
     # --- generation ---
 
     @torch.no_grad()
-    def generate(self, users: list[str], max_new_tokens: int = 256, batch_size: int = 8
-                 ) -> list[tuple[str, int, float]]:
+    def generate(
+        self, users: list[str], max_new_tokens: int = 256, batch_size: int = 8
+    ) -> list[tuple[str, int, float]]:
         """Greedy completions for user texts: (text, prompt_tokens, latency_s) each."""
         if self.backend is not None:  # the server batches what it is sent at once
             start = time.perf_counter()
@@ -188,11 +205,12 @@ class Student:
             return [(g.text, g.prompt_tokens, latency) for g in done]
         out = []
         for i in range(0, len(users), batch_size):
-            chunk = users[i:i + batch_size]
+            chunk = users[i : i + batch_size]
             batch = self._encode([self.render(u) for u in chunk])
             start = time.perf_counter()
-            gen = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                      pad_token_id=self.tokenizer.pad_token_id)
+            gen = self.model.generate(
+                **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id
+            )
             latency = (time.perf_counter() - start) / len(chunk)
             width = batch["input_ids"].shape[1]
             for row, mask in zip(gen, batch["attention_mask"]):
@@ -206,40 +224,67 @@ class Student:
         same prompt always gets the same value), mean top-1 − top-2 gap of the tempered
         distribution, in [0, 1]; it stops at the end-of-sequence token."""
         if self.backend is not None:
-            raise InferenceError(f"adaptive retrieval reads the student's logits, which --backend "
-                                 f"{self.backend_name} does not return: use --backend transformers")
+            raise InferenceError(
+                f"adaptive retrieval reads the student's logits, which --backend "
+                f"{self.backend_name} does not return: use --backend transformers"
+            )
         gaps = []
         for user in users:
             batch = self._encode([self.render(user)])
             torch.manual_seed(PROBE_SEED)
-            gen = self.model.generate(**batch, max_new_tokens=tokens, do_sample=True,
-                                      temperature=PROBE_TEMPERATURE, top_k=0, top_p=1.0, output_logits=True,
-                                      return_dict_in_generate=True, pad_token_id=self.tokenizer.pad_token_id)
+            gen = self.model.generate(
+                **batch,
+                max_new_tokens=tokens,
+                do_sample=True,
+                temperature=PROBE_TEMPERATURE,
+                top_k=0,
+                top_p=1.0,
+                output_logits=True,
+                return_dict_in_generate=True,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
             steps = [(logits[0].float() / PROBE_TEMPERATURE).softmax(-1).topk(2).values for logits in gen.logits]
             gaps.append(float(sum(top[0] - top[1] for top in steps) / len(steps)))
         return gaps
 
-    def stream(self, question: str, *, knowledge=(), thought: str | None = None, max_new_tokens: int | None = None,
-               task_description: str = "", stop=None):
+    def stream(
+        self,
+        question: str,
+        *,
+        knowledge=(),
+        thought: str | None = None,
+        max_new_tokens: int | None = None,
+        task_description: str = "",
+        stop=None,
+    ):
         """Yield the answer to one question piece by piece as it is generated; `stop()` returning
         True ends generation at the next token (a cancelled job)."""
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         user = self.user_text(question, thought, knowledge, task_description)
         if self.backend is not None:
-            for piece in self.backend.stream(user, self.render(user), max_new_tokens or self.defaults["max_new_tokens"]):
+            for piece in self.backend.stream(
+                user, self.render(user), max_new_tokens or self.defaults["max_new_tokens"]
+            ):
                 yield piece
                 if stop is not None and stop():
                     return  # closing the stream ends the request on the server
             return
         batch = self._encode([self.render(user)])
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        kwargs = dict(**batch, max_new_tokens=max_new_tokens or self.defaults["max_new_tokens"], do_sample=False,
-                      streamer=streamer, pad_token_id=self.tokenizer.pad_token_id)
+        kwargs = dict(
+            **batch,
+            max_new_tokens=max_new_tokens or self.defaults["max_new_tokens"],
+            do_sample=False,
+            streamer=streamer,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
         if stop is not None:
+
             class Stop(StoppingCriteria):
                 def __call__(self, input_ids, scores, **kwargs):
                     return torch.full((input_ids.shape[0],), bool(stop()), dtype=torch.bool)
+
             kwargs["stopping_criteria"] = StoppingCriteriaList([Stop()])
         thread = threading.Thread(target=self.model.generate, kwargs=kwargs, daemon=True)
         thread.start()
@@ -248,14 +293,28 @@ class Student:
 
     # --- answering ---
 
-    def settings(self, *, k=None, statuses=("accepted",), thought=None, max_new_tokens=None,
-                 adaptive_threshold=None, retriever=None, source_kinds=None, min_score=None):
+    def settings(
+        self,
+        *,
+        k=None,
+        statuses=("accepted",),
+        thought=None,
+        max_new_tokens=None,
+        adaptive_threshold=None,
+        retriever=None,
+        source_kinds=None,
+        min_score=None,
+    ):
         """(thought, Retrieval, max_new_tokens): the arguments given, else the adapter card's."""
         d = self.defaults
-        retrieval = Retrieval(k if k is not None else d["k"], tuple(statuses), retriever or d["retriever"],
-                              tuple(source_kinds if source_kinds is not None else d["source_kinds"] or ()),
-                              min_score if min_score is not None else d["min_score"],
-                              adaptive_threshold if adaptive_threshold is not None else d["adaptive_threshold"])
+        retrieval = Retrieval(
+            k if k is not None else d["k"],
+            tuple(statuses),
+            retriever or d["retriever"],
+            tuple(source_kinds if source_kinds is not None else d["source_kinds"] or ()),
+            min_score if min_score is not None else d["min_score"],
+            adaptive_threshold if adaptive_threshold is not None else d["adaptive_threshold"],
+        )
         thought = thought or d["thought"]
         if thought not in THOUGHTS + ("vote",):
             raise InferenceError(f"--thought must be one of {', '.join(THOUGHTS + ('vote',))}, not {thought!r}")
@@ -267,34 +326,63 @@ class Student:
         """`stream` after the same retrieval `answer` does (options as in `answer`)."""
         thought, retrieval, max_new_tokens = self.settings(**options)
         hits = self.retrieve([question], kb_index, retrieval, thought, task_description)[0] or []
-        yield from self.stream(question, knowledge=[h.entry for h in hits], thought=thought,
-                               max_new_tokens=max_new_tokens, task_description=task_description)
+        yield from self.stream(
+            question,
+            knowledge=[h.entry for h in hits],
+            thought=thought,
+            max_new_tokens=max_new_tokens,
+            task_description=task_description,
+        )
 
-    def answer(self, questions: list[str], *, kb_index=None, k: int | None = None,
-               statuses: tuple[str, ...] = ("accepted",), thought: str | None = None,
-               max_new_tokens: int | None = None, adaptive_threshold: float | None = None,
-               answer_type: str = "number", task_description: str = "", batch_size: int = 8,
-               retriever: str | None = None, source_kinds: tuple[str, ...] | None = None,
-               min_score: float | None = None) -> list[AnswerResult]:
+    def answer(
+        self,
+        questions: list[str],
+        *,
+        kb_index=None,
+        k: int | None = None,
+        statuses: tuple[str, ...] = ("accepted",),
+        thought: str | None = None,
+        max_new_tokens: int | None = None,
+        adaptive_threshold: float | None = None,
+        answer_type: str = "number",
+        task_description: str = "",
+        batch_size: int = 8,
+        retriever: str | None = None,
+        source_kinds: tuple[str, ...] | None = None,
+        min_score: float | None = None,
+    ) -> list[AnswerResult]:
         """Answer many questions (batched). None means: what the adapter's card says."""
         thought, retrieval, max_new_tokens = self.settings(
-            k=k, statuses=statuses, thought=thought, max_new_tokens=max_new_tokens,
-            adaptive_threshold=adaptive_threshold, retriever=retriever, source_kinds=source_kinds,
-            min_score=min_score)
+            k=k,
+            statuses=statuses,
+            thought=thought,
+            max_new_tokens=max_new_tokens,
+            adaptive_threshold=adaptive_threshold,
+            retriever=retriever,
+            source_kinds=source_kinds,
+            min_score=min_score,
+        )
         if thought == "vote":
-            return self._vote(questions, kb_index, retrieval, max_new_tokens, answer_type, task_description,
-                              batch_size)
+            return self._vote(questions, kb_index, retrieval, max_new_tokens, answer_type, task_description, batch_size)
         hits = self.retrieve(questions, kb_index, retrieval, thought, task_description)
-        users = [self.user_text(q, thought, [h.entry for h in hs or []], task_description)
-                 for q, hs in zip(questions, hits)]
+        users = [
+            self.user_text(q, thought, [h.entry for h in hs or []], task_description) for q, hs in zip(questions, hits)
+        ]
         results = []
-        for user, hs, (text, n_prompt, latency) in zip(
-                users, hits, self.generate(users, max_new_tokens, batch_size)):
-            results.append(AnswerResult(
-                text=text, extracted=extract(text, thought, answer_type),
-                retrieved=[(h.entry.id, round(float(h.score), 4)) for h in hs or []],
-                retrieval_empty=hs == [], prompt_tokens=n_prompt, latency_s=round(latency, 4),
-                used_knowledge=bool(hs), prompt=user, thought=thought))
+        for user, hs, (text, n_prompt, latency) in zip(users, hits, self.generate(users, max_new_tokens, batch_size)):
+            results.append(
+                AnswerResult(
+                    text=text,
+                    extracted=extract(text, thought, answer_type),
+                    retrieved=[(h.entry.id, round(float(h.score), 4)) for h in hs or []],
+                    retrieval_empty=hs == [],
+                    prompt_tokens=n_prompt,
+                    latency_s=round(latency, 4),
+                    used_knowledge=bool(hs),
+                    prompt=user,
+                    thought=thought,
+                )
+            )
         return results
 
     def retrieve(self, questions, kb_index, retrieval: Retrieval, thought: str, task_description: str = ""):
@@ -309,35 +397,62 @@ class Student:
         hits = [search(kb_index, query + q, retrieval) if n else None for q, n in zip(questions, need)]
         empty = sum(h == [] for h in hits)
         if empty:
-            log.warning("knowledge retrieval found nothing for %d of %d questions (kinds %s, statuses %s, "
-                        "min score %s): those answers use no knowledge", empty, sum(need),
-                        ",".join(retrieval.source_kinds or ("any",)), ",".join(retrieval.statuses),
-                        retrieval.min_score)
+            log.warning(
+                "knowledge retrieval found nothing for %d of %d questions (kinds %s, statuses %s, "
+                "min score %s): those answers use no knowledge",
+                empty,
+                sum(need),
+                ",".join(retrieval.source_kinds or ("any",)),
+                ",".join(retrieval.statuses),
+                retrieval.min_score,
+            )
         return hits
 
     def _vote(self, questions, kb_index, retrieval, max_new_tokens, answer_type, task_description, batch_size):
-        per_type = {t: self.answer(questions, kb_index=kb_index, k=retrieval.k, statuses=retrieval.statuses,
-                                   thought=t, max_new_tokens=max_new_tokens,
-                                   adaptive_threshold=retrieval.adaptive_threshold, answer_type=answer_type,
-                                   task_description=task_description, batch_size=batch_size,
-                                   retriever=retrieval.retriever, source_kinds=retrieval.source_kinds,
-                                   min_score=retrieval.min_score) for t in THOUGHTS}
+        per_type = {
+            t: self.answer(
+                questions,
+                kb_index=kb_index,
+                k=retrieval.k,
+                statuses=retrieval.statuses,
+                thought=t,
+                max_new_tokens=max_new_tokens,
+                adaptive_threshold=retrieval.adaptive_threshold,
+                answer_type=answer_type,
+                task_description=task_description,
+                batch_size=batch_size,
+                retriever=retrieval.retriever,
+                source_kinds=retrieval.source_kinds,
+                min_score=retrieval.min_score,
+            )
+            for t in THOUGHTS
+        }
         out = []
         for i in range(len(questions)):
             votes = {t: per_type[t][i].extracted for t in THOUGHTS}
             winner = majority(votes)
             best = next((per_type[t][i] for t in THOUGHTS if votes[t] == winner), per_type["cot"][i])
-            out.append(AnswerResult(
-                text=best.text, extracted=winner, retrieved=best.retrieved, retrieval_empty=best.retrieval_empty,
-                prompt_tokens=sum(per_type[t][i].prompt_tokens for t in THOUGHTS),
-                latency_s=round(sum(per_type[t][i].latency_s for t in THOUGHTS), 4),
-                used_knowledge=best.used_knowledge, prompt=best.prompt, thought="vote", votes=votes))
+            out.append(
+                AnswerResult(
+                    text=best.text,
+                    extracted=winner,
+                    retrieved=best.retrieved,
+                    retrieval_empty=best.retrieval_empty,
+                    prompt_tokens=sum(per_type[t][i].prompt_tokens for t in THOUGHTS),
+                    latency_s=round(sum(per_type[t][i].latency_s for t in THOUGHTS), 4),
+                    used_knowledge=best.used_knowledge,
+                    prompt=best.prompt,
+                    thought="vote",
+                    votes=votes,
+                )
+            )
         return out
 
 
 @dataclass(frozen=True)
 class Retrieval:
     """How knowledge is retrieved for one answering call."""
+
     k: int
     statuses: tuple[str, ...]
     retriever: str = "dense"
@@ -348,8 +463,14 @@ class Retrieval:
 
 def search(kb_index, query: str, retrieval: Retrieval) -> list:
     """KBIndex.search with the method's retriever, entry kinds and minimum score."""
-    return kb_index.search(query, k=retrieval.k, statuses=retrieval.statuses, mode=retrieval.retriever,
-                           source_kinds=retrieval.source_kinds or None, min_score=retrieval.min_score)
+    return kb_index.search(
+        query,
+        k=retrieval.k,
+        statuses=retrieval.statuses,
+        mode=retrieval.retriever,
+        source_kinds=retrieval.source_kinds or None,
+        min_score=retrieval.min_score,
+    )
 
 
 def majority(votes: dict[str, str | None]) -> str | None:
@@ -386,28 +507,39 @@ def answer_cmd(
     question: str = typer.Argument(..., help="the question to answer (options included, if any)"),
     kb: bool = typer.Option(False, "--kb", help="retrieve knowledge from the KB"),
     k: int = typer.Option(None, "--k", help="KB entries to insert [default: the adapter's card, else 3]"),
-    retriever: str = typer.Option(None, "--retriever",
-                                  help="dense | bm25 | hybrid [default: the adapter's card, else dense]"),
+    retriever: str = typer.Option(
+        None, "--retriever", help="dense | bm25 | hybrid [default: the adapter's card, else dense]"
+    ),
     min_score: float = typer.Option(None, "--min-score", help="ignore entries scoring below this"),
     adapter: str = typer.Option(None, "--adapter", help="adapter name or folder; default: the base model"),
     base_model: str = typer.Option(None, "--base-model", help="HF id or local path"),
     task: str = typer.Option("", "--task", help="task description (part of the prompt and the query)"),
     include_pending: bool = typer.Option(False, "--include-pending", help="also retrieve pending entries"),
-    thought: str = typer.Option(None, "--thought",
-                                help="cot | pot | eot | vote [default: what the adapter was trained on]"),
-    adaptive: float = typer.Option(None, "--adaptive", help="skip retrieval when the confidence gap > this "
-                                                             "(the reference: 0.68)"),
+    thought: str = typer.Option(
+        None, "--thought", help="cot | pot | eot | vote [default: what the adapter was trained on]"
+    ),
+    adaptive: float = typer.Option(
+        None, "--adaptive", help="skip retrieval when the confidence gap > this (the reference: 0.68)"
+    ),
     max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="[default: the adapter's card, else 256]"),
     as_json: bool = typer.Option(False, "--json", help="print the full result as JSON"),
     stream: bool = typer.Option(False, "--stream", help="print tokens as they come (cot/pot/eot)"),
-    events: bool = typer.Option(False, "--events", help="write JSON lines (loaded, start with the exact prompt "
-                                "and retrieved entries, token, done) to $NESY_JOB_DIR/answer_events.jsonl when "
-                                "run as a job, else to stdout"),
-    compare: bool = typer.Option(False, "--compare", help="with --events: answer without knowledge, then with "
-                                 "it (--kb)"),
+    events: bool = typer.Option(
+        False,
+        "--events",
+        help="write JSON lines (loaded, start with the exact prompt "
+        "and retrieved entries, token, done) to $NESY_JOB_DIR/answer_events.jsonl when "
+        "run as a job, else to stdout",
+    ),
+    compare: bool = typer.Option(
+        False, "--compare", help="with --events: answer without knowledge, then with it (--kb)"
+    ),
     answer_type: str = typer.Option("number", "--answer-type", help="number | option | text (answer extraction)"),
-    gold: str = typer.Option(None, "--gold", help="with --compare: the right answer; a flip is credited to the "
-                             "retrieved entries in the KB's impact table"),
+    gold: str = typer.Option(
+        None,
+        "--gold",
+        help="with --compare: the right answer; a flip is credited to the retrieved entries in the KB's impact table",
+    ),
     backend: str = typer.Option("transformers", "--backend", help=BACKEND_HELP),
 ) -> None:
     """Answer a question with the student, with or without the KB."""
@@ -415,8 +547,17 @@ def answer_cmd(
     student = Student(base_model, adapter=adapter, backend=backend)
     index = _open_index() if kb else None
     statuses = ("accepted", "pending") if include_pending else ("accepted",)
-    options = dict(kb_index=index, k=k, statuses=statuses, thought=thought, max_new_tokens=max_new_tokens,
-                   adaptive_threshold=adaptive, task_description=task, retriever=retriever, min_score=min_score)
+    options = dict(
+        kb_index=index,
+        k=k,
+        statuses=statuses,
+        thought=thought,
+        max_new_tokens=max_new_tokens,
+        adaptive_threshold=adaptive,
+        task_description=task,
+        retriever=retriever,
+        min_score=min_score,
+    )
     if events:
         sides = (["without"] if compare or not kb else []) + (["with"] if kb else [])
         emit = EventWriter()
@@ -447,6 +588,7 @@ def answer_cmd(
 class EventWriter:
     """Answer events as JSON lines: to $NESY_JOB_DIR/answer_events.jsonl in a job (the Compare page
     polls it), else to stdout; each line is flushed as it is written."""
+
     FILE = "answer_events.jsonl"
 
     def __init__(self):
@@ -461,8 +603,9 @@ class EventWriter:
         self.out.flush()
 
 
-def stream_events(student: Student, question: str, sides: list[str], options: dict, answer_type: str,
-                  emit) -> dict[str, dict]:
+def stream_events(
+    student: Student, question: str, sides: list[str], options: dict, answer_type: str, emit
+) -> dict[str, dict]:
     """Answer once per side ("without" / "with" knowledge), streaming tokens as events; a stop
     request (SIGTERM: a cancelled job) ends the current answer at the next token and exits 3."""
     from distill.progress import STOPPED_EXIT_CODE, Progress, StopRequested
@@ -485,12 +628,20 @@ def _stream_side(student, question, side, options, answer_type, emit, bar) -> di
     from distill.progress import stop_requested
 
     task = options.get("task_description", "")
-    settings = {k: options.get(k) for k in ("k", "statuses", "thought", "max_new_tokens", "adaptive_threshold",
-                                            "retriever", "min_score")}
+    settings = {
+        k: options.get(k)
+        for k in ("k", "statuses", "thought", "max_new_tokens", "adaptive_threshold", "retriever", "min_score")
+    }
     thought, retrieval, max_new_tokens = student.settings(**settings)
     start = time.perf_counter()
-    about = dict(side=side, thought=thought, min_score=retrieval.min_score, k=retrieval.k,
-                 retriever=retrieval.retriever, retrieval_ran=options["kb_index"] is not None)
+    about = dict(
+        side=side,
+        thought=thought,
+        min_score=retrieval.min_score,
+        k=retrieval.k,
+        retriever=retrieval.retriever,
+        retrieval_ran=options["kb_index"] is not None,
+    )
     if thought == "vote":  # three answers and a majority: nothing to stream
         result = student.answer([question], answer_type=answer_type, **options)[0]
         user, retrieved, empty, text = result.prompt, result.retrieved, result.retrieval_empty, result.text
@@ -500,11 +651,23 @@ def _stream_side(student, question, side, options, answer_type, emit, bar) -> di
         knowledge = [h.entry for h in hits or []]
         user = student.user_text(question, thought, knowledge, task)
         retrieved = [(h.entry.id, round(float(h.score), 4)) for h in hits or []]
-        emit("start", prompt=user, rendered=student.render(user), retrieved=retrieved, retrieval_empty=hits == [],
-             **about)
+        emit(
+            "start",
+            prompt=user,
+            rendered=student.render(user),
+            retrieved=retrieved,
+            retrieval_empty=hits == [],
+            **about,
+        )
         pieces = []
-        for piece in student.stream(question, knowledge=knowledge, thought=thought, max_new_tokens=max_new_tokens,
-                                    task_description=task, stop=stop_requested):
+        for piece in student.stream(
+            question,
+            knowledge=knowledge,
+            thought=thought,
+            max_new_tokens=max_new_tokens,
+            task_description=task,
+            stop=stop_requested,
+        ):
             pieces.append(piece)
             if piece:
                 emit("token", side=side, text=piece)
@@ -517,8 +680,9 @@ def _stream_side(student, question, side, options, answer_type, emit, bar) -> di
     return {"text": text, "extracted": extracted, "entries": [e for e, _ in retrieved]}
 
 
-def record_compare_impact(question: str, adapter: str | None, done: dict[str, dict], gold: str,
-                          answer_type: str) -> None:
+def record_compare_impact(
+    question: str, adapter: str | None, done: dict[str, dict], gold: str, answer_type: str
+) -> None:
     """A comparison's flip (if any) credited to the entries the with-knowledge answer retrieved,
     under one report per (question, adapter): comparing the same question again replaces it."""
     import hashlib
@@ -532,8 +696,9 @@ def record_compare_impact(question: str, adapter: str | None, done: dict[str, di
     after = answers_match(done["with"]["extracted"], gold, answer_type)
     entries = done["with"].get("entries") or []
     kind = None if before == after else ("fixed" if after else "broken")
-    impact = {e: {"retrieved": 1, **({kind: 1, f"{kind}_shared": int(len(entries) > 1)} if kind else {})}
-              for e in entries}
+    impact = {
+        e: {"retrieved": 1, **({kind: 1, f"{kind}_shared": int(len(entries) > 1)} if kind else {})} for e in entries
+    }
     key = hashlib.sha1(f"{adapter or 'base'}\n{question}".encode()).hexdigest()[:12]
     record_impact(f"compare:{key}", impact)
 

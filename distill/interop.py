@@ -36,6 +36,7 @@ The prompt is the method's own training text (its `samples()`), so the data trai
 TRL, LLaMA-Factory (sharegpt with role/content tags) or here. Every row carries `metadata` (the
 record without its rationale, and the method), which is what `import_trl` rebuilds records from.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -57,7 +58,7 @@ from kb.errors import NesyError
 
 REPO = Path(__file__).resolve().parent.parent
 HARNESS_DIR = "harness"
-TASK_VERSION = 1.0        # bump when what a task's metric means changes
+TASK_VERSION = 1.0  # bump when what a task's metric means changes
 METRIC = "exact_match"
 NO_FILTER = "none"
 
@@ -67,6 +68,7 @@ class InteropError(NesyError, ValueError):
 
 
 # ------------------------------------------------------------------------------------ hashes, env
+
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -97,8 +99,9 @@ def package_version(name: str) -> str | None:
 def git_hash() -> str | None:
     """The checkout's short commit, as the harness records its own (None outside a checkout)."""
     try:
-        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return (out.stdout.strip() or None) if out.returncode == 0 else None
@@ -110,26 +113,33 @@ def model_info(student) -> dict:
     from distill.infer import adapter_dir
 
     tok, model = student.tokenizer, getattr(student, "model", None)  # no model: a server generates
-    info = {"base_model": tok.name_or_path, "adapter": student.adapter, "method": student.method.name,
-            "backend": getattr(student, "backend_name", "transformers"),
-            "template": student.template, "chat_template": tok.chat_template if student.template == "chat" else None,
-            "params": student.params,
-            "dtype": str(next(model.parameters()).dtype).removeprefix("torch.") if model is not None else None,
-            "device": student.device if model is not None else None,  # a server's device is its own
-            "tokenizer_pad_token": [tok.pad_token, str(tok.pad_token_id)],
-            "tokenizer_eos_token": [tok.eos_token, str(tok.eos_token_id)],
-            "tokenizer_bos_token": [tok.bos_token, str(tok.bos_token_id)]}
+    info = {
+        "base_model": tok.name_or_path,
+        "adapter": student.adapter,
+        "method": student.method.name,
+        "backend": getattr(student, "backend_name", "transformers"),
+        "template": student.template,
+        "chat_template": tok.chat_template if student.template == "chat" else None,
+        "params": student.params,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch.") if model is not None else None,
+        "device": student.device if model is not None else None,  # a server's device is its own
+        "tokenizer_pad_token": [tok.pad_token, str(tok.pad_token_id)],
+        "tokenizer_eos_token": [tok.eos_token, str(tok.eos_token_id)],
+        "tokenizer_bos_token": [tok.bos_token, str(tok.bos_token_id)],
+    }
     info["chat_template_sha"] = sha256_text(info["chat_template"]) if info["chat_template"] else None
     if student.adapter:
         folder = adapter_dir(student.adapter)
-        weights = next((p for p in (folder / "adapter_model.safetensors", folder / "adapter_model.bin")
-                        if p.is_file()), None)
+        weights = next(
+            (p for p in (folder / "adapter_model.safetensors", folder / "adapter_model.bin") if p.is_file()), None
+        )
         info["adapter_sha256"] = sha256_file(weights) if weights else None
         info["adapter_config_sha256"] = sha256_file(folder / "adapter_config.json")
     return info
 
 
 # ---------------------------------------------------------------------- lm-evaluation-harness
+
 
 def mean_stderr(values: list[float]) -> float | str:
     """The harness's stderr of a mean (metrics.mean_stderr): sample stdev / sqrt(n); "N/A" if n < 2."""
@@ -154,6 +164,7 @@ def safe_file_part(name: str) -> str:
 class Scored:
     """One evaluated question of one configuration: its samples.jsonl row and, per filter, the
     (extracted answer, correct) the filter gives."""
+
     row: dict
     filters: dict[str, tuple[str | None, bool]]
 
@@ -162,14 +173,17 @@ def stored_filters(row: dict, thought: str = "cot") -> dict[str, tuple[str | Non
     """The filters an evaluation run scored a row with: strict + flexible for CoT text; "none" for
     executed / solved / voted answers (`thought`: the configuration's, for rows that lack one)."""
     if (row.get("thought") or thought) == "cot":
-        return {"strict": (row["extracted"], bool(row["correct"])),
-                "flexible": (row.get("extracted_flexible"), bool(row.get("correct_flexible")))}
+        return {
+            "strict": (row["extracted"], bool(row["correct"])),
+            "flexible": (row.get("extracted_flexible"), bool(row.get("correct_flexible"))),
+        }
     return {NO_FILTER: (row["extracted"], bool(row["correct"]))}
 
 
 @dataclass
 class HarnessRun:
     """What one results file describes besides its samples."""
+
     report: str
     dataset: str
     split: str
@@ -177,10 +191,10 @@ class HarnessRun:
     seed: int
     max_new_tokens: int
     batch_size: int
-    start: float                              # time.time() when the run (or re-scoring) began
-    configuration: dict                       # RunConfig as a dict
+    start: float  # time.time() when the run (or re-scoring) began
+    configuration: dict  # RunConfig as a dict
     model: dict = field(default_factory=dict)  # model_info(), {} when unknown (an older report)
-    doc_ids: dict[str, int] = field(default_factory=dict)   # example id -> index in its task's split
+    doc_ids: dict[str, int] = field(default_factory=dict)  # example id -> index in its task's split
     originals: dict[str, int] = field(default_factory=dict)  # task -> questions in the split
     rescored_with: str | None = None
 
@@ -203,10 +217,10 @@ def harness_files(run: HarnessRun, scored: list[Scored]) -> tuple[dict, dict[str
             values = [float(s.filters[f][1]) for s in items if f in s.filters]
             results[task][f"{METRIC},{f}"] = sum(values) / len(values)
             results[task][f"{METRIC}_stderr,{f}"] = mean_stderr(values)
-        samples[task] = [_sample_line(s, f, i, gen_kwargs, run) for f in filters
-                         for i, s in enumerate(items) if f in s.filters]
-        hashes[task] = sha256_text("".join(x["doc_hash"] + x["prompt_hash"] + x["target_hash"]
-                                           for x in samples[task]))
+        samples[task] = [
+            _sample_line(s, f, i, gen_kwargs, run) for f in filters for i, s in enumerate(items) if f in s.filters
+        ]
+        hashes[task] = sha256_text("".join(x["doc_hash"] + x["prompt_hash"] + x["target_hash"] for x in samples[task]))
         configs[task] = _task_config(task, items[0].row, filters, gen_kwargs, run)
     out = {"results": results}
     datasets = {s.row["dataset"] for s in scored}
@@ -221,46 +235,79 @@ def harness_files(run: HarnessRun, scored: list[Scored]) -> tuple[dict, dict[str
                 group[f"{METRIC}_stderr,{f}"] = mean_stderr(values)
             out["groups"][dataset] = group
             results[dataset] = group  # the harness lists a group among the results too
-        out["group_subtasks"] = {d: sorted(t for t in by_task if t == d or t.startswith(d + "_"))
-                                 for d in sorted(datasets)}
+        out["group_subtasks"] = {
+            d: sorted(t for t in by_task if t == d or t.startswith(d + "_")) for d in sorted(datasets)
+        }
     else:
         out["group_subtasks"] = {task: [] for task in by_task}
     model = run.model
     adapter = run.configuration.get("adapter")
-    out.update({
-        "configs": configs,
-        "versions": {t: TASK_VERSION for t in by_task},
-        "n-shot": {t: 0 for t in by_task},
-        "higher_is_better": {t: {METRIC: True} for t in by_task},
-        "n-samples": {t: {"original": run.originals.get(t, len(items)), "effective": len(items)}
-                      for t, items in by_task.items()},
-        "config": {
-            "model": "nesy", "model_args": ",".join(f"{k}={v}" for k, v in (
-                ("pretrained", model.get("base_model")), ("peft", adapter),
-                ("backend", model.get("backend") if model.get("backend") != "transformers" else None)) if v),
-            "model_num_parameters": model.get("params"), "model_dtype": model.get("dtype"),
-            "model_sha": model.get("adapter_sha256"), "batch_size": run.batch_size, "batch_sizes": [],
-            "device": model.get("device"), "use_cache": None, "limit": run.limit, "bootstrap_iters": 0,
-            "gen_kwargs": gen_kwargs, "random_seed": run.seed, "numpy_seed": None, "torch_seed": None,
-            "fewshot_seed": None,
-            "nesy": {"report": run.report, "configuration": run.configuration, "method": model.get("method"),
-                     "backend": model.get("backend"),
-                     "template": model.get("template"), "adapter_sha256": model.get("adapter_sha256"),
-                     "adapter_config_sha256": model.get("adapter_config_sha256"),
-                     "rescored_with": run.rescored_with}},
-        "git_hash": git_hash(), "date": run.start,
-        "nesy_version": tool_version(), "transformers_version": package_version("transformers"),
-        "torch_version": package_version("torch"),
-        "tokenizer_pad_token": model.get("tokenizer_pad_token"),
-        "tokenizer_eos_token": model.get("tokenizer_eos_token"),
-        "tokenizer_bos_token": model.get("tokenizer_bos_token"),
-        "model_source": "nesy", "model_name": run.configuration["name"],
-        "model_name_sanitized": safe_file_part(run.configuration["name"]),
-        "system_instruction": None, "system_instruction_sha": None, "fewshot_as_multiturn": False,
-        "chat_template": model.get("chat_template"), "chat_template_sha": model.get("chat_template_sha"),
-        "task_hashes": hashes,
-        "total_evaluation_time_seconds": str(round(sum(s.row.get("latency_s") or 0 for s in scored), 3)),
-    })
+    out.update(
+        {
+            "configs": configs,
+            "versions": {t: TASK_VERSION for t in by_task},
+            "n-shot": {t: 0 for t in by_task},
+            "higher_is_better": {t: {METRIC: True} for t in by_task},
+            "n-samples": {
+                t: {"original": run.originals.get(t, len(items)), "effective": len(items)}
+                for t, items in by_task.items()
+            },
+            "config": {
+                "model": "nesy",
+                "model_args": ",".join(
+                    f"{k}={v}"
+                    for k, v in (
+                        ("pretrained", model.get("base_model")),
+                        ("peft", adapter),
+                        ("backend", model.get("backend") if model.get("backend") != "transformers" else None),
+                    )
+                    if v
+                ),
+                "model_num_parameters": model.get("params"),
+                "model_dtype": model.get("dtype"),
+                "model_sha": model.get("adapter_sha256"),
+                "batch_size": run.batch_size,
+                "batch_sizes": [],
+                "device": model.get("device"),
+                "use_cache": None,
+                "limit": run.limit,
+                "bootstrap_iters": 0,
+                "gen_kwargs": gen_kwargs,
+                "random_seed": run.seed,
+                "numpy_seed": None,
+                "torch_seed": None,
+                "fewshot_seed": None,
+                "nesy": {
+                    "report": run.report,
+                    "configuration": run.configuration,
+                    "method": model.get("method"),
+                    "backend": model.get("backend"),
+                    "template": model.get("template"),
+                    "adapter_sha256": model.get("adapter_sha256"),
+                    "adapter_config_sha256": model.get("adapter_config_sha256"),
+                    "rescored_with": run.rescored_with,
+                },
+            },
+            "git_hash": git_hash(),
+            "date": run.start,
+            "nesy_version": tool_version(),
+            "transformers_version": package_version("transformers"),
+            "torch_version": package_version("torch"),
+            "tokenizer_pad_token": model.get("tokenizer_pad_token"),
+            "tokenizer_eos_token": model.get("tokenizer_eos_token"),
+            "tokenizer_bos_token": model.get("tokenizer_bos_token"),
+            "model_source": "nesy",
+            "model_name": run.configuration["name"],
+            "model_name_sanitized": safe_file_part(run.configuration["name"]),
+            "system_instruction": None,
+            "system_instruction_sha": None,
+            "fewshot_as_multiturn": False,
+            "chat_template": model.get("chat_template"),
+            "chat_template_sha": model.get("chat_template_sha"),
+            "task_hashes": hashes,
+            "total_evaluation_time_seconds": str(round(sum(s.row.get("latency_s") or 0 for s in scored), 3)),
+        }
+    )
     return out, samples
 
 
@@ -270,36 +317,72 @@ def _task_config(task: str, row: dict, filters: list[str], gen_kwargs: dict, run
         description = get_dataset(row["dataset"]).task_description(row["task"])
     except DatasetError:
         description = None
-    return {"task": task, "tag": [row["dataset"]], "dataset_path": f"nesy:{row['dataset']}",
-            "dataset_name": row["task"], "test_split": run.split, "output_type": "generate_until",
-            "doc_to_text": f"distill.methods.get({run.model['method']!r}).build_prompt" if run.model.get("method")
-            else "the adapter's method's build_prompt (not recorded in this report)",
-            "doc_to_target": "answer", "description": description, "num_fewshot": 0, "repeats": 1,
-            "metric_list": [{"metric": METRIC, "aggregation": "mean", "higher_is_better": True}],
-            "filter_list": [{"name": f, "filter": [{"function": "distill.evaluate.extract_with", "extractor": f}]
-                             if f != NO_FILTER else []} for f in filters],
-            "generation_kwargs": gen_kwargs,
-            "metadata": {"version": TASK_VERSION, "thought": cfg.get("thought"),
-                         "knowledge": {k: cfg.get(k) for k in ("with_kb", "k", "include_pending",
-                                                                "adaptive_threshold")}}}
+    return {
+        "task": task,
+        "tag": [row["dataset"]],
+        "dataset_path": f"nesy:{row['dataset']}",
+        "dataset_name": row["task"],
+        "test_split": run.split,
+        "output_type": "generate_until",
+        "doc_to_text": f"distill.methods.get({run.model['method']!r}).build_prompt"
+        if run.model.get("method")
+        else "the adapter's method's build_prompt (not recorded in this report)",
+        "doc_to_target": "answer",
+        "description": description,
+        "num_fewshot": 0,
+        "repeats": 1,
+        "metric_list": [{"metric": METRIC, "aggregation": "mean", "higher_is_better": True}],
+        "filter_list": [
+            {
+                "name": f,
+                "filter": [{"function": "distill.evaluate.extract_with", "extractor": f}] if f != NO_FILTER else [],
+            }
+            for f in filters
+        ],
+        "generation_kwargs": gen_kwargs,
+        "metadata": {
+            "version": TASK_VERSION,
+            "thought": cfg.get("thought"),
+            "knowledge": {k: cfg.get(k) for k in ("with_kb", "k", "include_pending", "adaptive_threshold")},
+        },
+    }
 
 
 def _sample_line(s: Scored, filter_name: str, position: int, gen_kwargs: dict, run: HarnessRun) -> dict:
     row = s.row
-    doc = {"id": row["example_id"], "dataset": row["dataset"], "task": row["task"],
-           "question": row["question"], "answer": row["gold"], "choices": row.get("choices")}
+    doc = {
+        "id": row["example_id"],
+        "dataset": row["dataset"],
+        "task": row["task"],
+        "question": row["question"],
+        "answer": row["gold"],
+        "choices": row.get("choices"),
+    }
     prompt = row.get("rendered") or row["prompt"]  # rendered: the chat-templated text (newer reports)
     extracted, correct = s.filters[filter_name]
-    return {"doc_id": run.doc_ids.get(row["example_id"], position), "doc": doc, "target": str(row["gold"]),
-            "arguments": {"gen_args_0": {"arg_0": prompt, "arg_1": gen_kwargs}},
-            "resps": [[row["output"]]], "filtered_resps": [extracted if extracted is not None else "[invalid]"],
-            "filter": filter_name, "metrics": [METRIC],
-            "doc_hash": sha256_text(json.dumps(doc, indent=2, ensure_ascii=False)),
-            "prompt_hash": sha256_text(prompt), "target_hash": sha256_text(str(row["gold"])),
-            METRIC: float(correct),
-            "nesy": {"config": row["config"], "example_id": row["example_id"], "retrieved": row.get("retrieved"),
-                     "used_knowledge": row.get("used_knowledge"), "prompt_tokens": row.get("prompt_tokens"),
-                     "latency_s": row.get("latency_s"), "votes": row.get("votes")}}
+    return {
+        "doc_id": run.doc_ids.get(row["example_id"], position),
+        "doc": doc,
+        "target": str(row["gold"]),
+        "arguments": {"gen_args_0": {"arg_0": prompt, "arg_1": gen_kwargs}},
+        "resps": [[row["output"]]],
+        "filtered_resps": [extracted if extracted is not None else "[invalid]"],
+        "filter": filter_name,
+        "metrics": [METRIC],
+        "doc_hash": sha256_text(json.dumps(doc, indent=2, ensure_ascii=False)),
+        "prompt_hash": sha256_text(prompt),
+        "target_hash": sha256_text(str(row["gold"])),
+        METRIC: float(correct),
+        "nesy": {
+            "config": row["config"],
+            "example_id": row["example_id"],
+            "retrieved": row.get("retrieved"),
+            "used_knowledge": row.get("used_knowledge"),
+            "prompt_tokens": row.get("prompt_tokens"),
+            "latency_s": row.get("latency_s"),
+            "votes": row.get("votes"),
+        },
+    }
 
 
 def write_harness(folder: Path, run: HarnessRun, scored: list[Scored], date: str | None = None) -> Path:
@@ -336,9 +419,13 @@ def training_pairs(records: list[RationaleRecord], method: str) -> list[tuple[Ra
     else:
         raise InteropError(
             f"--method {method!r} cannot be exported from a rationale set alone: "
-            + ("nesycd's S_E and skintern's stages put knowledge from the KB and a training run into "
-               "the prompt; export std-cot (nesycd's S_P) instead" if method in ("nesycd", "skintern")
-               else f"choose one of {', '.join(EXPORTABLE)}"))
+            + (
+                "nesycd's S_E and skintern's stages put knowledge from the KB and a training run into "
+                "the prompt; export std-cot (nesycd's S_P) instead"
+                if method in ("nesycd", "skintern")
+                else f"choose one of {', '.join(EXPORTABLE)}"
+            )
+        )
     kept = [r for r in records if (r.thought or "cot") in thoughts]
     if len(kept) != len(samples) or any(r.example_id != s.example_id for r, s in zip(kept, samples)):
         raise InteropError(f"{method}'s samples no longer follow its records one to one; export needs updating")
@@ -350,13 +437,14 @@ def trl_row(record: RationaleRecord, sample, method: str, fmt: str) -> dict:
     meta["choices"] = [list(c) for c in record.choices] if record.choices else None
     meta["method"] = method
     if fmt == "messages":
-        return {"messages": [{"role": "user", "content": sample.user},
-                             {"role": "assistant", "content": sample.response}], "metadata": meta}
+        return {
+            "messages": [{"role": "user", "content": sample.user}, {"role": "assistant", "content": sample.response}],
+            "metadata": meta,
+        }
     return {"prompt": sample.user, "completion": sample.response, "metadata": meta}
 
 
-def export_trl(records: list[RationaleRecord], out: Path, *, method: str = "std-cot",
-               fmt: str = "messages") -> int:
+def export_trl(records: list[RationaleRecord], out: Path, *, method: str = "std-cot", fmt: str = "messages") -> int:
     """Write the records `method` trains on as TRL `fmt` JSONL at `out` (replaced atomically)."""
     if fmt not in TRL_FORMATS:
         raise InteropError(f"--format must be one of {', '.join(TRL_FORMATS)}, not {fmt!r}")
@@ -391,8 +479,11 @@ class ImportRejected(InteropError):
 
     def __init__(self, source: str, problems: list[Problem]):
         self.problems = problems
-        more = f" (and {len(problems) - 1} more problems; nothing was imported)" if len(problems) > 1 else \
-            " (nothing was imported)"
+        more = (
+            f" (and {len(problems) - 1} more problems; nothing was imported)"
+            if len(problems) > 1
+            else " (nothing was imported)"
+        )
         super().__init__(problems[0].describe(source) + more)
 
 
@@ -402,6 +493,7 @@ META_STRINGS = ("id", "example_id", "dataset", "task", "question", "answer", "th
 @dataclass
 class Turns:
     """The prompt and completion of a row, with the field each came from (for problem messages)."""
+
     prompt: str
     completion: str
     prompt_field: str
@@ -427,8 +519,12 @@ def _turns(row: dict) -> tuple[Turns | None, list[Problem]]:
         texts, problems = [], []
         for key, role in (("prompt", "user"), ("completion", "assistant")):
             value = row.get(key)
-            if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict) \
-                    and value[0].get("role") == role:  # TRL's conversational prompt-completion
+            if (
+                isinstance(value, list)
+                and len(value) == 1
+                and isinstance(value[0], dict)
+                and value[0].get("role") == role
+            ):  # TRL's conversational prompt-completion
                 value = value[0].get("content")
             if not isinstance(value, str):
                 problems.append(Problem(0, key, f"must be a string (or one {role} message)"))
@@ -440,13 +536,18 @@ def _turns(row: dict) -> tuple[Turns | None, list[Problem]]:
 def _metadata_problems(meta) -> list[Problem]:
     if not isinstance(meta, dict):
         return [Problem(0, "metadata", "must be an object with the record's fields (as export writes)")]
-    problems = [Problem(0, f"metadata.{k}", "must be a non-empty string") for k in META_STRINGS
-                if not isinstance(meta.get(k), str) or not meta[k].strip()]
+    problems = [
+        Problem(0, f"metadata.{k}", "must be a non-empty string")
+        for k in META_STRINGS
+        if not isinstance(meta.get(k), str) or not meta[k].strip()
+    ]
     if isinstance(meta.get("thought"), str) and meta["thought"] not in ("cot", "pot", "eot"):
         problems.append(Problem(0, "metadata.thought", "must be cot, pot or eot"))
     choices = meta.get("choices")
-    if choices is not None and not (isinstance(choices, list) and all(
-            isinstance(c, list) and len(c) == 2 and all(isinstance(x, str) for x in c) for c in choices)):
+    if choices is not None and not (
+        isinstance(choices, list)
+        and all(isinstance(c, list) and len(c) == 2 and all(isinstance(x, str) for x in c) for c in choices)
+    ):
         problems.append(Problem(0, "metadata.choices", "must be null or a list of [label, text] pairs"))
     return problems
 
@@ -486,16 +587,23 @@ def import_trl(path: Path, out: str, *, verify: bool = True, progress=None) -> i
     for number, record, turns, method in records:
         prompt = turns.prompt
         try:
-            expected = get(method).build_prompt(question_of(record), task_description=task_description_of(record),
-                                                thought=record.thought)
+            expected = get(method).build_prompt(
+                question_of(record), task_description=task_description_of(record), thought=record.thought
+            )
         except NesyError as e:
             problems.append(Problem(number, "metadata.method", str(e)))
             continue
         if prompt != expected:
             at = next((i for i, (a, b) in enumerate(zip(prompt, expected)) if a != b), min(len(prompt), len(expected)))
-            problems.append(Problem(number, turns.prompt_field, f"is not {method}'s training prompt for this record "
-                                    f"(first difference at character {at}: {prompt[at:at + 30]!r} "
-                                    f"instead of {expected[at:at + 30]!r})"))
+            problems.append(
+                Problem(
+                    number,
+                    turns.prompt_field,
+                    f"is not {method}'s training prompt for this record "
+                    f"(first difference at character {at}: {prompt[at : at + 30]!r} "
+                    f"instead of {expected[at : at + 30]!r})",
+                )
+            )
             continue
         checked.append((number, record, turns))
     if verify:
@@ -505,9 +613,15 @@ def import_trl(path: Path, out: str, *, verify: bool = True, progress=None) -> i
             if progress:
                 progress()
             if not verdict.correct:
-                problems.append(Problem(number, turns.completion_field, f"the {record.thought} rationale does not verify: "
-                                        f"it gives {verdict.extracted!r}, the gold answer is {record.answer!r}"
-                                        + (f" ({verdict.detail})" if verdict.detail else "")))
+                problems.append(
+                    Problem(
+                        number,
+                        turns.completion_field,
+                        f"the {record.thought} rationale does not verify: "
+                        f"it gives {verdict.extracted!r}, the gold answer is {record.answer!r}"
+                        + (f" ({verdict.detail})" if verdict.detail else ""),
+                    )
+                )
             else:
                 record.extracted = verdict.extracted
     if problems:
@@ -537,8 +651,9 @@ def _check_row(line: str, seen: dict[str, int]):
     if not turns.completion.strip():
         return None, [Problem(0, turns.completion_field, "the rationale is empty")]
     try:
-        record = record_from_row({**{k: v for k, v in meta.items() if k != "method"},
-                                  "rationale": turns.completion, "verified": True})
+        record = record_from_row(
+            {**{k: v for k, v in meta.items() if k != "method"}, "rationale": turns.completion, "verified": True}
+        )
     except (TypeError, ValueError) as e:
         return None, [Problem(0, "metadata", str(e))]
     try:

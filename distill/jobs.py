@@ -15,6 +15,7 @@ Cancel = SIGTERM (Progress stops cleanly at the next step and the command exits 
 SIGKILL by the runner after a grace period. At most `max_running()` jobs run at once; the rest wait
 in the queue and start when a slot frees (each runner starts the next one when it finishes).
 """
+
 from __future__ import annotations
 
 import json
@@ -92,9 +93,26 @@ class Job:
 
 # ---------------------------------------------------------------------------------------- registry
 
-_COLUMNS = ("id", "kind", "name", "argv", "status", "cwd", "created", "started", "finished", "pid",
-            "pid_created", "runner_pid", "runner_created", "exit_code", "reason", "resumed_from",
-            "cancel_requested", "grace")
+_COLUMNS = (
+    "id",
+    "kind",
+    "name",
+    "argv",
+    "status",
+    "cwd",
+    "created",
+    "started",
+    "finished",
+    "pid",
+    "pid_created",
+    "runner_pid",
+    "runner_created",
+    "exit_code",
+    "reason",
+    "resumed_from",
+    "cancel_requested",
+    "grace",
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -156,27 +174,45 @@ def max_running() -> int:
 
 # --------------------------------------------------------------------------------- submit / start
 
+
 def _new_id(kind: str) -> str:
     slug = "".join(c if c.isalnum() else "-" for c in kind.lower()).strip("-") or "job"
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{slug}-{secrets.token_hex(2)}"
 
 
-def submit(argv: list[str], kind: str, *, name: str | None = None,
-           resumed_from: str | None = None) -> Job:
+def submit(argv: list[str], kind: str, *, name: str | None = None, resumed_from: str | None = None) -> Job:
     """Queue `nesy <argv>` as a background job and start it if a slot is free."""
     if not argv:
         raise ValueError("empty command")
     job_id = _new_id(kind)
-    job = Job(id=job_id, kind=kind, name=name or " ".join(argv[:2]), argv=list(argv),
-              status="queued", cwd=os.getcwd(), created=time.time(), resumed_from=resumed_from)
+    job = Job(
+        id=job_id,
+        kind=kind,
+        name=name or " ".join(argv[:2]),
+        argv=list(argv),
+        status="queued",
+        cwd=os.getcwd(),
+        created=time.time(),
+        resumed_from=resumed_from,
+    )
     job.dir.mkdir(parents=True, exist_ok=True)
-    config = {"id": job.id, "kind": kind, "name": job.name, "argv": job.argv, "cwd": job.cwd,
-              "command": job.command_line(), "created": job.created, "resumed_from": resumed_from}
+    config = {
+        "id": job.id,
+        "kind": kind,
+        "name": job.name,
+        "argv": job.argv,
+        "cwd": job.cwd,
+        "command": job.command_line(),
+        "created": job.created,
+        "resumed_from": resumed_from,
+    }
     (job.dir / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     with _db() as conn:
-        conn.execute("INSERT INTO jobs (id, kind, name, argv, status, cwd, created, resumed_from) "
-                      "VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
-                      (job.id, kind, job.name, json.dumps(job.argv), job.cwd, job.created, resumed_from))
+        conn.execute(
+            "INSERT INTO jobs (id, kind, name, argv, status, cwd, created, resumed_from) "
+            "VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
+            (job.id, kind, job.name, json.dumps(job.argv), job.cwd, job.created, resumed_from),
+        )
     refresh()
     return get(job_id, refresh_first=False)
 
@@ -188,8 +224,16 @@ def _claim_queued() -> list[str]:
         conn.execute("BEGIN IMMEDIATE")  # two app sessions refreshing at once must not double-start
         running = conn.execute("SELECT COUNT(*) FROM jobs WHERE status = 'running'").fetchone()[0]
         free = max_running() - running
-        ids = [] if free <= 0 else [r[0] for r in conn.execute(
-            "SELECT id FROM jobs WHERE status = 'queued' ORDER BY created, id LIMIT ?", (free,))]
+        ids = (
+            []
+            if free <= 0
+            else [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM jobs WHERE status = 'queued' ORDER BY created, id LIMIT ?", (free,)
+                )
+            ]
+        )
         now = time.time()
         for job_id in ids:
             conn.execute("UPDATE jobs SET status = 'running', started = ? WHERE id = ?", (now, job_id))
@@ -207,14 +251,19 @@ def _start_runner(job_id: str) -> None:
     with open(job_dir / "log.txt", "ab") as log:
         runner = subprocess.Popen(
             [sys.executable, "-m", "distill.jobs", "run-runner", job_id],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, "NESY_HOME": str(home())}, start_new_session=True)
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "NESY_HOME": str(home())},
+            start_new_session=True,
+        )
     _set(job_id, runner_pid=runner.pid, runner_created=_create_time(runner.pid))
     # Reap the runner when it exits so a long-lived launcher (the app) never collects zombies.
     threading.Thread(target=runner.wait, daemon=True).start()
 
 
 # ---------------------------------------------------------------------------- liveness / refresh
+
 
 def _create_time(pid: int | None) -> float | None:
     try:
@@ -266,8 +315,11 @@ def refresh() -> None:
 def _reconcile(row: dict) -> None:
     runner_alive = _alive(row["runner_pid"], row["runner_created"])
     command_alive = _alive(row["pid"], row["pid_created"])
-    if row["cancel_requested"] and command_alive and \
-            time.time() - row["cancel_requested"] > (row["grace"] or DEFAULT_GRACE_S):
+    if (
+        row["cancel_requested"]
+        and command_alive
+        and time.time() - row["cancel_requested"] > (row["grace"] or DEFAULT_GRACE_S)
+    ):
         _kill_tree(row["pid"])
     if runner_alive or command_alive:
         return
@@ -280,9 +332,13 @@ def _reconcile(row: dict) -> None:
         status, reason = outcome(row["id"], json.loads(row["argv"]), code, bool(row["cancel_requested"]))
         _finish(row["id"], status, code, reason)
     else:
-        _finish(row["id"], "failed", None,
-                f"the job's processes disappeared without an exit code (runner pid {row['runner_pid']}, "
-                f"command pid {row['pid']}): killed, or the machine restarted")
+        _finish(
+            row["id"],
+            "failed",
+            None,
+            f"the job's processes disappeared without an exit code (runner pid {row['runner_pid']}, "
+            f"command pid {row['pid']}): killed, or the machine restarted",
+        )
 
 
 def _read_exit_code(job_id: str, name: str = "exit_code") -> int | None:
@@ -335,11 +391,16 @@ def _flag_value(argv: list[str], flag: str) -> str | None:
 
 
 def _no_rationales(job_id: str, argv: list[str]) -> str | None:
-    kept = [tuple(map(int, m.groups())) for line in _tail_lines(home() / "jobs" / job_id / "log.txt", 64 * 1024)
-            if (m := re.search(r"kept (\d+) verified of (\d+)", line))]
+    kept = [
+        tuple(map(int, m.groups()))
+        for line in _tail_lines(home() / "jobs" / job_id / "log.txt", 64 * 1024)
+        if (m := re.search(r"kept (\d+) verified of (\d+)", line))
+    ]
     if kept and not sum(k for k, _ in kept):
-        return (f"produced nothing: kept 0 of {sum(n for _, n in kept)} rationales (none verified), "
-                "so there is nothing to train on")
+        return (
+            f"produced nothing: kept 0 of {sum(n for _, n in kept)} rationales (none verified), "
+            "so there is nothing to train on"
+        )
     return None
 
 
@@ -359,25 +420,27 @@ def _no_adapter(job_id: str, argv: list[str]) -> str | None:
 
 
 # What a successful command must leave behind, by argv prefix; a check returns why it did not.
-PRODUCED = {("teach", "rationales"): _no_rationales, ("teach", "knowledge"): _no_entries,
-            ("train",): _no_adapter}
+PRODUCED = {("teach", "rationales"): _no_rationales, ("teach", "knowledge"): _no_entries, ("train",): _no_adapter}
 
 
 def produced_nothing(job_id: str, argv: list[str]) -> str | None:
     for prefix, check in PRODUCED.items():
-        if tuple(argv[:len(prefix)]) == prefix:
+        if tuple(argv[: len(prefix)]) == prefix:
             return check(job_id, argv)
     return None
 
 
 def _finish(job_id: str, status: str, code: int | None, reason: str | None) -> None:
     with _db() as conn:  # only a job still marked active is finished: first writer wins
-        conn.execute("UPDATE jobs SET status = ?, exit_code = ?, reason = ?, finished = ? "
-                     "WHERE id = ? AND status IN ('queued', 'running')",
-                     (status, code, reason, time.time(), job_id))
+        conn.execute(
+            "UPDATE jobs SET status = ?, exit_code = ?, reason = ?, finished = ? "
+            "WHERE id = ? AND status IN ('queued', 'running')",
+            (status, code, reason, time.time(), job_id),
+        )
 
 
 # ------------------------------------------------------------------------------------ the runner
+
 
 def run_runner(job_id: str) -> int:
     """Run one job's command, wait for it, record its exit code; then start the next queued job."""
@@ -385,12 +448,16 @@ def run_runner(job_id: str) -> int:
     _set(job_id, runner_pid=os.getpid(), runner_created=_create_time(os.getpid()))
     log = open(job.dir / "log.txt", "ab", buffering=0)
     log.write(f"$ {job.command_line()}\n".encode())
-    env = {**os.environ, "NESY_HOME": str(home()), "NESY_JOB_DIR": str(job.dir),
-           "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "NESY_HOME": str(home()), "NESY_JOB_DIR": str(job.dir), "PYTHONUNBUFFERED": "1"}
     try:
-        child = subprocess.Popen([sys.executable, "-m", "distill.cli", *job.argv], cwd=job.cwd,
-                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 env=env)
+        child = subprocess.Popen(
+            [sys.executable, "-m", "distill.cli", *job.argv],
+            cwd=job.cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
     except OSError as e:  # e.g. the folder it was submitted from is gone
         log.write(f"error: could not start the command: {e}\n".encode())
         _finish(job_id, "failed", None, f"could not start: {e}")
@@ -433,6 +500,7 @@ def _wait_escalating(job_id: str, child: subprocess.Popen) -> int:
 
 # ------------------------------------------------------------------------------ cancel / resume
 
+
 def cancel(job_id: str, *, grace: float = DEFAULT_GRACE_S) -> Job:
     """Ask a job to stop: a queued job is dropped; a running one gets SIGTERM, SIGKILL after `grace` s."""
     job = get(job_id)
@@ -458,7 +526,7 @@ def _signal(pid: int, sig: int) -> None:
 
 def resume_argv(argv: list[str]) -> list[str]:
     """The command that continues `argv`: the per-command rule from RESUME_FLAG."""
-    prefixes = [p for p in RESUME_FLAG if tuple(argv[:len(p)]) == p]
+    prefixes = [p for p in RESUME_FLAG if tuple(argv[: len(p)]) == p]
     flag = RESUME_FLAG[max(prefixes, key=len)] if prefixes else None
     if flag and flag not in argv:
         return [*argv, flag]
@@ -471,7 +539,7 @@ def why_not_resume(job: Job) -> str | None:
         return f"it is {job.status}"
     if job.status == "succeeded":
         return "it succeeded"
-    if not any(tuple(job.argv[:len(p)]) == p for p in RESUME_FLAG):
+    if not any(tuple(job.argv[: len(p)]) == p for p in RESUME_FLAG):
         return "this command has nothing to continue from (run it again instead)"
     if job.reason and job.reason.startswith("produced nothing"):
         return "it ran to the end and produced nothing: the same command would do the same"
@@ -501,6 +569,7 @@ def wait(job_id: str, timeout: float | None = None, poll: float = 0.2) -> Job:
 
 
 # --------------------------------------------------------------------------- progress and logs
+
 
 def metrics(job_id: str) -> list[dict]:
     """Every metrics line the job's Progress wrote (for curves)."""
@@ -599,15 +668,16 @@ def _progress_text(job_id: str) -> str:
 
 
 @cli.command("list")
-def list_cmd(status: str = typer.Option(None, help="Only jobs with this status."),
-             as_json: bool = typer.Option(False, "--json", help="One JSON object per line.")) -> None:
+def list_cmd(
+    status: str = typer.Option(None, help="Only jobs with this status."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+) -> None:
     """Every job, newest first."""
     if status and status not in STATUSES:
         raise typer.BadParameter(f"status must be one of {', '.join(STATUSES)}")
     for job in list_jobs(status):
         if as_json:
-            typer.echo(json.dumps({**job.__dict__, "command": job.command_line(),
-                                   "progress": progress(job.id)}))
+            typer.echo(json.dumps({**job.__dict__, "command": job.command_line(), "progress": progress(job.id)}))
         else:
             typer.echo(f"{job.id:<40} {job.status:<10} {_progress_text(job.id):<18} {job.command_line()}")
 
@@ -616,19 +686,23 @@ def list_cmd(status: str = typer.Option(None, help="Only jobs with this status."
 def show_cmd(job_id: str, log: int = typer.Option(20, help="Lines of log to show.")) -> None:
     """One job: status, command, progress, times and the end of its log."""
     job = _get_or_exit(job_id)
-    typer.echo(f"id        {job.id}\nkind      {job.kind}\nstatus    {job.status}"
-               + (f" ({job.reason})" if job.reason else "")
-               + f"\ncommand   {job.command_line()}\nprogress  {_progress_text(job.id)}"
-               f"\ncreated   {_fmt_time(job.created)}\nstarted   {_fmt_time(job.started)}"
-               f"\nfinished  {_fmt_time(job.finished)}\nexit code {job.exit_code}\nfolder    {job.dir}")
+    typer.echo(
+        f"id        {job.id}\nkind      {job.kind}\nstatus    {job.status}"
+        + (f" ({job.reason})" if job.reason else "")
+        + f"\ncommand   {job.command_line()}\nprogress  {_progress_text(job.id)}"
+        f"\ncreated   {_fmt_time(job.created)}\nstarted   {_fmt_time(job.started)}"
+        f"\nfinished  {_fmt_time(job.finished)}\nexit code {job.exit_code}\nfolder    {job.dir}"
+    )
     if log:
         typer.echo("--- log ---\n" + log_tail(job.id, log))
 
 
 @cli.command("cancel")
-def cancel_cmd(job_id: str,
-               grace: float = typer.Option(DEFAULT_GRACE_S, help="Seconds before SIGKILL."),
-               wait_: bool = typer.Option(False, "--wait", help="Wait until it has stopped.")) -> None:
+def cancel_cmd(
+    job_id: str,
+    grace: float = typer.Option(DEFAULT_GRACE_S, help="Seconds before SIGKILL."),
+    wait_: bool = typer.Option(False, "--wait", help="Wait until it has stopped."),
+) -> None:
     """Stop a job cleanly at its next step (SIGTERM; SIGKILL after the grace period)."""
     _get_or_exit(job_id)
     job = cancel(job_id, grace=grace)
@@ -650,10 +724,12 @@ def resume_cmd(job_id: str) -> None:
 
 
 @cli.command("submit")
-def submit_cmd(argv: list[str] = typer.Argument(..., help="The nesy command, after `--`."),
-               kind: str = typer.Option(None, help="Job kind (default: the subcommand)."),
-               name: str = typer.Option(None, help="A name to recognise it by."),
-               wait_: bool = typer.Option(False, "--wait", help="Wait and exit with its exit code.")) -> None:
+def submit_cmd(
+    argv: list[str] = typer.Argument(..., help="The nesy command, after `--`."),
+    kind: str = typer.Option(None, help="Job kind (default: the subcommand)."),
+    name: str = typer.Option(None, help="A name to recognise it by."),
+    wait_: bool = typer.Option(False, "--wait", help="Wait and exit with its exit code."),
+) -> None:
     """Run any nesy command as a background job: `nesy jobs submit -- teach rationales ...`."""
     job = submit(argv, kind or argv[0], name=name)
     typer.echo(f"{job.id} {job.status}")
@@ -664,10 +740,13 @@ def submit_cmd(argv: list[str] = typer.Argument(..., help="The nesy command, aft
 
 
 @cli.command("selftest")
-def selftest_cmd(steps: int = typer.Option(20, min=1), seconds_per_step: float = typer.Option(0.1, min=0),
-                 checkpoint: Path = typer.Option(None, help="File holding the last finished step."),
-                 resume_: bool = typer.Option(False, "--resume", help="Continue from --checkpoint."),
-                 fail_at: int = typer.Option(None, help="Exit with code 1 at this step.")) -> None:
+def selftest_cmd(
+    steps: int = typer.Option(20, min=1),
+    seconds_per_step: float = typer.Option(0.1, min=0),
+    checkpoint: Path = typer.Option(None, help="File holding the last finished step."),
+    resume_: bool = typer.Option(False, "--resume", help="Continue from --checkpoint."),
+    fail_at: int = typer.Option(None, help="Exit with code 1 at this step."),
+) -> None:
     """A tiny counting job that checks the job machinery: progress, loss curve, cancel, resume."""
     start = int(checkpoint.read_text()) if resume_ and checkpoint and checkpoint.exists() else 0
     with Progress(steps, desc="selftest", initial=start) as bar:

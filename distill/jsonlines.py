@@ -8,6 +8,7 @@ holds U+2028), so splitting there cuts a record in two. The control characters s
 knows (\\x0b, \\x0c, \\x1c-\\x1e) cannot be raw inside a JSON string, so they never end a record.
 kb/jsonl.py, the KB's validated importer, reads bytes by the same rule.
 """
+
 from __future__ import annotations
 
 import gzip

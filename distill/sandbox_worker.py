@@ -7,6 +7,7 @@ statically checked PoT program or EoT system, and writes one JSON answer per lin
 nothing from the project, so the isolated interpreter needs only the standard library (and sympy
 for EoT, imported before the limits apply).
 """
+
 import json
 import math
 import os
@@ -20,6 +21,7 @@ def vm_bytes():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[0]) * resource.getpagesize()
 
+
 def limit(memory_mb, cpu_s):
     address_space = vm_bytes() + memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
@@ -32,8 +34,10 @@ def limit(memory_mb, cpu_s):
         os.dup2(devnull, fd)
     resource.setrlimit(resource.RLIMIT_NOFILE, (16, 16))
 
+
 class NotFinite(Exception):
     pass
+
 
 def plain(value):
     """A JSON-safe answer: a finite float, or a short string (lone surrogates replaced)."""
@@ -45,16 +49,51 @@ def plain(value):
         return float(value)
     return str(value)[:200].encode("utf-8", "replace").decode("utf-8")
 
-SAFE_BUILTINS = {name: getattr(__builtins__, name) if not isinstance(__builtins__, dict) else __builtins__[name]
-                 for name in ("abs", "all", "any", "bool", "dict", "divmod", "enumerate", "filter", "float",
-                              "int", "isinstance", "len", "list", "map", "max", "min", "pow", "range",
-                              "reversed", "round", "set", "sorted", "str", "sum", "tuple", "zip",
-                              "ValueError", "ZeroDivisionError", "Exception", "True", "False", "None")}
+
+SAFE_BUILTINS = {
+    name: getattr(__builtins__, name) if not isinstance(__builtins__, dict) else __builtins__[name]
+    for name in (
+        "abs",
+        "all",
+        "any",
+        "bool",
+        "dict",
+        "divmod",
+        "enumerate",
+        "filter",
+        "float",
+        "int",
+        "isinstance",
+        "len",
+        "list",
+        "map",
+        "max",
+        "min",
+        "pow",
+        "range",
+        "reversed",
+        "round",
+        "set",
+        "sorted",
+        "str",
+        "sum",
+        "tuple",
+        "zip",
+        "ValueError",
+        "ZeroDivisionError",
+        "Exception",
+        "True",
+        "False",
+        "None",
+    )
+}
+
 
 def safe_import(name, globals=None, locals=None, fromlist=(), level=0):
     if name != "math" or level:
         raise ImportError("only math can be imported")
     return math
+
 
 def run_pot(code):
     builtins = dict(SAFE_BUILTINS, __import__=safe_import, print=lambda *a, **k: None)
@@ -65,6 +104,7 @@ def run_pot(code):
     if "ans" not in scope:
         return {"ok": False, "error": "the program sets no 'ans'"}
     return {"ok": True, "value": plain(scope["ans"])}
+
 
 def build(node, sympy, symbols):
     kind = node[0]
@@ -91,8 +131,10 @@ def build(node, sympy, symbols):
         return sympy.Pow(args[0], args[1])
     raise ValueError("unknown node " + repr(kind))
 
+
 def solve_eot(equations):
     import sympy
+
     symbols = {}
     system = [sympy.Eq(build(left, sympy, symbols), build(right, sympy, symbols)) for left, right in equations]
     system = [eq for eq in system if eq is not sympy.true]
@@ -109,6 +151,7 @@ def solve_eot(equations):
             if abs(number.imag) < 1e-9:
                 return {"ok": True, "value": plain(number.real)}
     return {"ok": False, "error": "no unique numeric value for ans" if solutions else "no solution"}
+
 
 def child(request, write_fd):
     limit(request["memory_mb"], request["cpu_s"])
@@ -131,14 +174,21 @@ def child(request, write_fd):
     os.write(write_fd, data)
     os._exit(0)
 
+
 WARM = False
+
 
 def serve_one(request):
     global WARM
     if request["kind"] == "eot" and not WARM:
         # Import and exercise sympy once before forking, so every child starts warm.
-        solve_eot([[["var", "a"], ["num", "2"]], [["var", "ans"], ["mul", ["var", "a"], ["var", "x"]]],
-                   [["var", "x"], ["div", ["num", "1"], ["num", "3"]]]])
+        solve_eot(
+            [
+                [["var", "a"], ["num", "2"]],
+                [["var", "ans"], ["mul", ["var", "a"], ["var", "x"]]],
+                [["var", "x"], ["div", ["num", "1"], ["num", "3"]]],
+            ]
+        )
         WARM = True
     read_fd, write_fd = os.pipe()
     pid = os.fork()
@@ -148,6 +198,7 @@ def serve_one(request):
     os.close(write_fd)
     chunks, deadline_left = [], request["timeout"]
     import time
+
     end = time.monotonic() + deadline_left
     while True:
         left = end - time.monotonic()
@@ -168,6 +219,7 @@ def serve_one(request):
         reason = {signal.SIGXCPU: "CPU limit exceeded", signal.SIGKILL: "killed"}.get(sig, "crashed")
         return {"ok": False, "error": f"{reason} (status {status})"}
     return json.loads(b"".join(chunks))
+
 
 for line in sys.stdin:
     sys.stdout.write(json.dumps(serve_one(json.loads(line))) + "\n")

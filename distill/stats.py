@@ -11,6 +11,7 @@ Pure Python (math, random, statistics), no scipy: the exact binomial sums use in
   exact McNemar p-value (two-sided binomial test of b against b + c at p = 0.5, the same number as
   `scipy.stats.binomtest(b, b + c, 0.5).pvalue`); and a verdict label.
 """
+
 from __future__ import annotations
 
 import math
@@ -57,8 +58,9 @@ def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE) -> t
     return low, high
 
 
-def bootstrap_interval(outcomes: Sequence[bool], confidence: float = CONFIDENCE, resamples: int = 2000,
-                       seed: int = 0) -> tuple[float, float]:
+def bootstrap_interval(
+    outcomes: Sequence[bool], confidence: float = CONFIDENCE, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the accuracy of 0/1 `outcomes` (seeded, reproducible)."""
     _check_level(confidence)
     if resamples < 1:
@@ -77,8 +79,9 @@ def bootstrap_interval(outcomes: Sequence[bool], confidence: float = CONFIDENCE,
     return means[lo_i], means[hi_i]
 
 
-def accuracy_interval(outcomes: Sequence[bool], method: str = "wilson", confidence: float = CONFIDENCE,
-                      seed: int = 0) -> tuple[float, float]:
+def accuracy_interval(
+    outcomes: Sequence[bool], method: str = "wilson", confidence: float = CONFIDENCE, seed: int = 0
+) -> tuple[float, float]:
     """The interval of the accuracy of `outcomes` by `method` ("wilson" or "bootstrap")."""
     if method == "wilson":
         return wilson_interval(sum(bool(o) for o in outcomes), len(outcomes), confidence)
@@ -99,7 +102,7 @@ def mcnemar_exact_p(b: int, c: int) -> float:
     if n == 0:
         return 1.0
     tail = sum(math.comb(n, i) for i in range(min(b, c) + 1))
-    return min(1.0, 2 * tail / 2 ** n)
+    return min(1.0, 2 * tail / 2**n)
 
 
 def verdict(p_value: float, alpha: float = ALPHA) -> str:
@@ -112,12 +115,13 @@ def verdict(p_value: float, alpha: float = ALPHA) -> str:
 @dataclass(frozen=True)
 class PairedComparison:
     """Two configurations on the same n questions (first vs second)."""
+
     n: int
     both_right: int
-    first_only: int    # b: first right, second wrong
-    second_only: int   # c: first wrong, second right
+    first_only: int  # b: first right, second wrong
+    second_only: int  # c: first wrong, second right
     both_wrong: int
-    p_value: float     # exact McNemar, two-sided
+    p_value: float  # exact McNemar, two-sided
     alpha: float = ALPHA
 
     @property
@@ -142,9 +146,14 @@ class PairedComparison:
         return verdict(self.p_value, self.alpha)
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "accuracy_first": self.accuracy_first,
-                "accuracy_second": self.accuracy_second, "difference": self.difference,
-                "significant": self.significant, "verdict": self.verdict}
+        return {
+            **asdict(self),
+            "accuracy_first": self.accuracy_first,
+            "accuracy_second": self.accuracy_second,
+            "difference": self.difference,
+            "significant": self.significant,
+            "verdict": self.verdict,
+        }
 
 
 def paired_counts(first: Sequence[bool], second: Sequence[bool]) -> tuple[int, int, int, int]:
@@ -152,12 +161,23 @@ def paired_counts(first: Sequence[bool], second: Sequence[bool]) -> tuple[int, i
     if len(first) != len(second):
         raise StatsError(f"paired outcomes must have the same length, got {len(first)} and {len(second)}")
     pairs = [(bool(a), bool(b)) for a, b in zip(first, second)]
-    return (pairs.count((True, True)), pairs.count((True, False)), pairs.count((False, True)),
-            pairs.count((False, False)))
+    return (
+        pairs.count((True, True)),
+        pairs.count((True, False)),
+        pairs.count((False, True)),
+        pairs.count((False, False)),
+    )
 
 
 def paired_comparison(first: Sequence[bool], second: Sequence[bool], alpha: float = ALPHA) -> PairedComparison:
     """Compare two configurations' outcomes on the same questions (aligned lists of right/wrong)."""
     both_right, b, c, both_wrong = paired_counts(first, second)
-    return PairedComparison(n=len(first), both_right=both_right, first_only=b, second_only=c,
-                            both_wrong=both_wrong, p_value=mcnemar_exact_p(b, c), alpha=alpha)
+    return PairedComparison(
+        n=len(first),
+        both_right=both_right,
+        first_only=b,
+        second_only=c,
+        both_wrong=both_wrong,
+        p_value=mcnemar_exact_p(b, c),
+        alpha=alpha,
+    )

@@ -17,6 +17,7 @@
 The llama.cpp server is started like the local teacher (distill/teacher.py: same spawn, health
 wait and stop), one per loaded student, and stopped when the student is dropped or at exit.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,9 +38,11 @@ from kb.workspace import subdir
 LLAMA_CPP = "llama.cpp"
 LLAMA_CPP_BASES = ("f32", "f16", "packaged")
 KEY_ENV = "NESY_STUDENT_API_KEY"
-BACKEND_HELP = ("transformers (in process) | llama.cpp[:f32|f16|packaged] (the embedded llama.cpp server, "
-                "adapter as GGUF LoRA; f32 = the exact trained base) | an OpenAI-compatible URL "
-                "(vLLM --enable-lora: the adapter is served under its name)")
+BACKEND_HELP = (
+    "transformers (in process) | llama.cpp[:f32|f16|packaged] (the embedded llama.cpp server, "
+    "adapter as GGUF LoRA; f32 = the exact trained base) | an OpenAI-compatible URL "
+    "(vLLM --enable-lora: the adapter is served under its name)"
+)
 
 
 class StudentBackendError(NesyError, RuntimeError):
@@ -51,7 +54,7 @@ class Generated:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    tokens: tuple[int, ...] = ()     # the generated token ids, when the backend returns them
+    tokens: tuple[int, ...] = ()  # the generated token ids, when the backend returns them
 
 
 def check_backend(spec: str) -> str:
@@ -61,8 +64,9 @@ def check_backend(spec: str) -> str:
         return spec
     if kind == LLAMA_CPP and (not variant or variant in LLAMA_CPP_BASES):
         return spec
-    raise StudentBackendError(f"--backend must be transformers, llama.cpp[:{'|'.join(LLAMA_CPP_BASES)}] or "
-                              f"an http(s):// URL, not {spec!r}")
+    raise StudentBackendError(
+        f"--backend must be transformers, llama.cpp[:{'|'.join(LLAMA_CPP_BASES)}] or an http(s):// URL, not {spec!r}"
+    )
 
 
 def connect(spec: str, *, base_model: str | None, adapter: str | None, tokenizer, template: str):
@@ -70,9 +74,11 @@ def connect(spec: str, *, base_model: str | None, adapter: str | None, tokenizer
     check_backend(spec)
     if spec.startswith(("http://", "https://")):
         if template != "chat":
-            raise StudentBackendError("an OpenAI-compatible server applies its own chat template; this "
-                                      f"adapter was trained with the {template!r} template: use "
-                                      "--backend transformers or llama.cpp")
+            raise StudentBackendError(
+                "an OpenAI-compatible server applies its own chat template; this "
+                f"adapter was trained with the {template!r} template: use "
+                "--backend transformers or llama.cpp"
+            )
         model = Path(adapter).name if adapter else (base_model or "base")
         return OpenAIStudent(spec, model)
     _, _, variant = spec.partition(":")
@@ -80,6 +86,7 @@ def connect(spec: str, *, base_model: str | None, adapter: str | None, tokenizer
 
 
 # --- the embedded llama.cpp server -----------------------------------------------------------------
+
 
 def default_threads() -> int:
     """$NESY_STUDENT_THREADS, else the teacher's rule (half the cores: llama.cpp threads busy-wait)."""
@@ -91,9 +98,17 @@ def default_threads() -> int:
 class StudentServer:
     """A llama.cpp server with an optional LoRA, for one `with` block or until `stop()`."""
 
-    def __init__(self, gguf: str | Path, lora: str | Path | None = None, *, n_parallel: int = 8,
-                 n_ctx: int = 4096, threads: int | None = None, cache_type: str = "f32",
-                 startup_timeout: float = 180.0):
+    def __init__(
+        self,
+        gguf: str | Path,
+        lora: str | Path | None = None,
+        *,
+        n_parallel: int = 8,
+        n_ctx: int = 4096,
+        threads: int | None = None,
+        cache_type: str = "f32",
+        startup_timeout: float = 180.0,
+    ):
         from distill.teacher import free_port
 
         self.gguf, self.lora = Path(gguf), Path(lora) if lora else None
@@ -110,9 +125,24 @@ class StudentServer:
         from distill.teacher import TeacherError, _wait_healthy
 
         log = open(subdir("student") / f"server-{self.port}.log", "ab")  # noqa: SIM115 - the child owns it
-        command = [sys.executable, "-m", "distill.student_server", "serve", "--gguf", str(self.gguf),
-                   "--port", str(self.port), "--n-parallel", str(self.n_parallel), "--n-ctx", str(self.n_ctx),
-                   "--threads", str(self.threads), "--cache-type", self.cache_type]
+        command = [
+            sys.executable,
+            "-m",
+            "distill.student_server",
+            "serve",
+            "--gguf",
+            str(self.gguf),
+            "--port",
+            str(self.port),
+            "--n-parallel",
+            str(self.n_parallel),
+            "--n-ctx",
+            str(self.n_ctx),
+            "--threads",
+            str(self.threads),
+            "--cache-type",
+            self.cache_type,
+        ]
         if self.lora:
             command += ["--lora", str(self.lora)]
         self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -121,8 +151,10 @@ class StudentServer:
             _wait_healthy(self.proc, f"{self.url}/v1", self.startup_timeout)
         except TeacherError as e:  # the teacher's wording; the log is the student's
             self.stop()
-            raise StudentBackendError(f"the llama.cpp student server did not start ({e}); log: "
-                                      f"{subdir('student') / f'server-{self.port}.log'}") from None
+            raise StudentBackendError(
+                f"the llama.cpp student server did not start ({e}); log: "
+                f"{subdir('student') / f'server-{self.port}.log'}"
+            ) from None
         return self
 
     def stop(self) -> None:
@@ -141,8 +173,7 @@ class StudentServer:
         return False
 
 
-def serve(gguf: str, port: int, n_parallel: int, n_ctx: int, threads: int, lora: str | None,
-          cache_type: str) -> None:
+def serve(gguf: str, port: int, n_parallel: int, n_ctx: int, threads: int, lora: str | None, cache_type: str) -> None:
     """Run xllamacpp.Server in this process until SIGTERM/SIGINT (the child of StudentServer)."""
     import xllamacpp
 
@@ -179,14 +210,29 @@ def _end_with_parent(parent: int, done: threading.Event) -> None:
 class LlamaCppStudent:
     """Greedy completions from a StudentServer, fed the exact token ids transformers would get."""
 
-    def __init__(self, base_model: str | None, adapter: str | None, tokenizer, *, base: str = "f32",
-                 n_parallel: int = 8, n_ctx: int = 4096, threads: int | None = None):
+    def __init__(
+        self,
+        base_model: str | None,
+        adapter: str | None,
+        tokenizer,
+        *,
+        base: str = "f32",
+        n_parallel: int = 8,
+        n_ctx: int = 4096,
+        threads: int | None = None,
+    ):
         from distill import gguf_export
 
         self.tokenizer = tokenizer
         self.base_gguf, self.lora_gguf = _served(base_model, adapter, base)
-        self.server = StudentServer(self.base_gguf, self.lora_gguf, n_parallel=n_parallel, n_ctx=n_ctx,
-                                    threads=threads, cache_type="f32" if base == "f32" else "f16").start()
+        self.server = StudentServer(
+            self.base_gguf,
+            self.lora_gguf,
+            n_parallel=n_parallel,
+            n_ctx=n_ctx,
+            threads=threads,
+            cache_type="f32" if base == "f32" else "f16",
+        ).start()
         weakref.finalize(self, self.server.stop)  # the server ends with the student (or at exit)
         self.name = f"{LLAMA_CPP}:{base}"
         self.params = gguf_export.parameter_count(self.base_gguf, self.lora_gguf)
@@ -198,8 +244,14 @@ class LlamaCppStudent:
         """One raw /completion request: greedy (temperature 0), the generated token ids returned."""
         import httpx
 
-        body = {"prompt": ids, "n_predict": max_new_tokens, "temperature": 0.0, "return_tokens": True,
-                "cache_prompt": True, "stream": stream}
+        body = {
+            "prompt": ids,
+            "n_predict": max_new_tokens,
+            "temperature": 0.0,
+            "return_tokens": True,
+            "cache_prompt": True,
+            "stream": stream,
+        }
         client = client or httpx.Client(timeout=None)
         try:
             if stream:
@@ -208,8 +260,9 @@ class LlamaCppStudent:
         except httpx.HTTPError as e:
             raise StudentBackendError(f"the llama.cpp student server failed: {e}") from None
         if response.status_code != 200:
-            raise StudentBackendError(f"the llama.cpp student server refused the request "
-                                      f"({response.status_code}): {response.text[:300]}")
+            raise StudentBackendError(
+                f"the llama.cpp student server refused the request ({response.status_code}): {response.text[:300]}"
+            )
         return response.json()
 
     def generate(self, users: list[str], prompts: list[str], max_new_tokens: int) -> list[Generated]:
@@ -232,11 +285,13 @@ class LlamaCppStudent:
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         with httpx.Client(timeout=None) as client, self.complete(ids, max_new_tokens, True, client) as reply:
             if reply.status_code != 200:
-                raise StudentBackendError(f"the llama.cpp student server refused the request "
-                                          f"({reply.status_code}): {reply.read().decode(errors='replace')[:300]}")
+                raise StudentBackendError(
+                    f"the llama.cpp student server refused the request "
+                    f"({reply.status_code}): {reply.read().decode(errors='replace')[:300]}"
+                )
             for line in reply.iter_lines():
                 if line.startswith("data: "):
-                    piece = json.loads(line[len("data: "):])
+                    piece = json.loads(line[len("data: ") :])
                     if piece.get("content"):
                         yield piece["content"]
 
@@ -252,6 +307,7 @@ def _served(base_model: str | None, adapter: str | None, base: str) -> tuple[Pat
 
 # --- any OpenAI-compatible server (vLLM with --enable-lora) ----------------------------------------
 
+
 class OpenAIStudent:
     """Greedy chat completions from a server that serves the adapter under its own name."""
 
@@ -261,8 +317,9 @@ class OpenAIStudent:
         self.name, self.model, self.params = base_url, model, 0  # a remote model's size is not known here
         self.concurrency = concurrency
         # openai's own retries (429 / 5xx / connection errors, with backoff) are the ones that run
-        self.client = openai.OpenAI(base_url=base_url, api_key=os.environ.get(KEY_ENV) or "no-key",
-                                    max_retries=3, timeout=timeout)
+        self.client = openai.OpenAI(
+            base_url=base_url, api_key=os.environ.get(KEY_ENV) or "no-key", max_retries=3, timeout=timeout
+        )
 
     def close(self) -> None:
         self.client.close()
@@ -272,17 +329,20 @@ class OpenAIStudent:
 
         try:
             reply = self.client.chat.completions.create(
-                model=self.model, messages=[{"role": "user", "content": user}], temperature=0.0,
-                max_tokens=max_new_tokens)
+                model=self.model,
+                messages=[{"role": "user", "content": user}],
+                temperature=0.0,
+                max_tokens=max_new_tokens,
+            )
             text = reply.choices[0].message.content or ""
         except openai.APIError as e:
-            raise StudentBackendError(f"the student server at {self.name} (model {self.model!r}) "
-                                      f"failed: {e}") from None
+            raise StudentBackendError(f"the student server at {self.name} (model {self.model!r}) failed: {e}") from None
         except (AttributeError, IndexError, TypeError):
             raise StudentBackendError(f"the student server at {self.name} sent no chat completion") from None
         usage = reply.usage
-        return Generated(text.strip(), getattr(usage, "prompt_tokens", 0) or 0,
-                         getattr(usage, "completion_tokens", 0) or 0)
+        return Generated(
+            text.strip(), getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0
+        )
 
     def generate(self, users: list[str], prompts: list[str], max_new_tokens: int) -> list[Generated]:
         with ThreadPoolExecutor(self.concurrency) as pool:
@@ -293,6 +353,7 @@ class OpenAIStudent:
 
 
 # --- the server process ----------------------------------------------------------------------------
+
 
 def _main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m distill.student_server")

@@ -30,6 +30,7 @@ out its batches round-robin, so N processes × batch B × accumulation A train o
 of one process at batch N·B × A; the mega-batches the sampler sorts by length are sized by that
 global batch, so the order itself does not depend on N.
 """
+
 from __future__ import annotations
 
 import json
@@ -77,20 +78,31 @@ def option(help: str, default=None, **meta):
 @dataclass
 class TrainOptions:
     """Options every method shares: data, output, base model, LoRA, optimiser, lengths, seed, preset."""
+
     method: ClassVar[str] = ""
-    data: str = option("rationale set name (`nesy teach rationales --out NAME`) or a records.jsonl path",
-                       "", required=True, widget="rationale_set")
-    output: str = option("adapter name: saved as $NESY_HOME/adapters/<output> (a name, not a path)",
-                         "", required=True, widget="name")
-    base_model: str | None = option("Hugging Face id or local path of the student; empty = the embedded "
-                                    "SmolLM2-135M", widget="hf_model")
+    data: str = option(
+        "rationale set name (`nesy teach rationales --out NAME`) or a records.jsonl path",
+        "",
+        required=True,
+        widget="rationale_set",
+    )
+    output: str = option(
+        "adapter name: saved as $NESY_HOME/adapters/<output> (a name, not a path)", "", required=True, widget="name"
+    )
+    base_model: str | None = option(
+        "Hugging Face id or local path of the student; empty = the embedded SmolLM2-135M", widget="hf_model"
+    )
     preset: Literal["cpu", "paper"] = option(
         "defaults for epochs, batch, accumulation, max length and new tokens: 'cpu' (3 epochs, batch 4, "
         "length fitted to the data, 256 new tokens) or 'paper' (10 epochs, global batch 32 = 8 × 4 "
-        "accumulation, max length 2048, 1,024 new tokens)", "cpu")
+        "accumulation, max length 2048, 1,024 new tokens)",
+        "cpu",
+    )
     template: Literal["auto", "chat", "plain"] = option(
         "prompt template: 'chat' = the tokenizer's chat template, 'plain' = raw text as in the reference "
-        "code (for base models), 'auto' = chat when the tokenizer has one", "auto")
+        "code (for base models), 'auto' = chat when the tokenizer has one",
+        "auto",
+    )
     lora_r: int = option("LoRA rank", 32)
     lora_alpha: int = option("LoRA alpha (the reference uses 2 × r)", 64)
     lora_dropout: float = option("LoRA dropout", 0.0)
@@ -102,10 +114,13 @@ class TrainOptions:
     max_steps: int = option("> 0: stop each stage after this many optimiser steps (overrides epochs)", -1)
     batch_size: int | None = option("samples per device per step [preset: cpu 4, paper 8]")
     grad_accum: int | None = option("gradient accumulation steps [preset: cpu 1, paper 4]")
-    max_length: int | None = option("token limit per sample; empty = the longest sample, capped by the "
-                                    "model's maximum [preset: cpu fitted, paper 2048]")
-    max_new_tokens: int | None = option("new tokens when this adapter answers (evaluation default, "
-                                        "NesyCD's error pass) [preset: cpu 256, paper 1024]")
+    max_length: int | None = option(
+        "token limit per sample; empty = the longest sample, capped by the "
+        "model's maximum [preset: cpu fitted, paper 2048]"
+    )
+    max_new_tokens: int | None = option(
+        "new tokens when this adapter answers (evaluation default, NesyCD's error pass) [preset: cpu 256, paper 1024]"
+    )
     seed: int = option("seed for LoRA init, data order, sampling", 42)
     save_steps: int = option("checkpoint every N optimiser steps", 50)
     save_total_limit: int = option("checkpoints kept per stage", 2)
@@ -136,13 +151,14 @@ class TrainOptions:
 
 @dataclass
 class Sample:
-    user: str                      # the user text (before the template)
-    response: str                  # the target the loss is computed on
+    user: str  # the user text (before the template)
+    response: str  # the target the loss is computed on
     example_id: str = ""
     shorter: tuple[str, ...] = ()  # the same prompt with fewer whole parts, longest first
 
 
 # --- data -----------------------------------------------------------------------------------------
+
 
 def load_records(data: str, limit: int | None = None) -> list:
     """Verified rationale records from a set name or a records.jsonl path (docs/ARCHITECTURE.md).
@@ -211,13 +227,14 @@ def encode(tokenizer, sample: Sample, max_length: int, template: str = "auto") -
         response_ids = tokenizer(response_text, add_special_tokens=False)["input_ids"]
         if len(prompt_ids) + len(response_ids) <= max_length:
             fit = "whole" if i == 0 else "shortened"
-            return {"input_ids": prompt_ids + response_ids,
-                    "labels": [-100] * len(prompt_ids) + response_ids}, fit
+            return {"input_ids": prompt_ids + response_ids, "labels": [-100] * len(prompt_ids) + response_ids}, fit
     if len(prompt_ids) >= max_length:
         return None, "skipped"
     room = max_length - len(prompt_ids)
-    return {"input_ids": prompt_ids + response_ids[:room],
-            "labels": [-100] * len(prompt_ids) + response_ids[:room]}, "response_cut"
+    return {
+        "input_ids": prompt_ids + response_ids[:room],
+        "labels": [-100] * len(prompt_ids) + response_ids[:room],
+    }, "response_cut"
 
 
 def length_limit(tokenizer, model, samples: list[Sample], max_length: int | None, template: str) -> int:
@@ -228,8 +245,11 @@ def length_limit(tokenizer, model, samples: list[Sample], max_length: int | None
     longest = 0
     for s in samples:
         prompt_text, response_text = prompts.render(tokenizer, s.user, s.response, template)
-        longest = max(longest, len(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
-                      + len(tokenizer(response_text, add_special_tokens=False)["input_ids"]))
+        longest = max(
+            longest,
+            len(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
+            + len(tokenizer(response_text, add_special_tokens=False)["input_ids"]),
+        )
     return min(longest, model_max)
 
 
@@ -251,8 +271,7 @@ class PadCollator:
             mask.append([1] * len(f["input_ids"]) + [0] * gap)
         self.real += sum(len(f["input_ids"]) for f in features)
         self.padded += width * len(features)
-        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels),
-                "attention_mask": torch.tensor(mask)}
+        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
 
     @property
     def padding_fraction(self) -> float:
@@ -316,7 +335,7 @@ class LengthGroupedSampler(Sampler):
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(len(self.lengths), generator=g).tolist()
         for start in range(0, len(order), self.group):
-            chunk = order[start:start + self.group]
+            chunk = order[start : start + self.group]
             yield from sorted(chunk, key=lambda i: -self.lengths[i])
 
 
@@ -344,8 +363,13 @@ class ProgressCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.progress is None and state.is_world_process_zero:
-            self.progress = Progress(state.max_steps, desc=f"train {self.stage}", unit="step",
-                                     initial=state.global_step - 1, stage=self.stage)
+            self.progress = Progress(
+                state.max_steps,
+                desc=f"train {self.stage}",
+                unit="step",
+                initial=state.global_step - 1,
+                stage=self.stage,
+            )
         if stop_requested():
             self.stopped = True
             control.should_save = True
@@ -359,8 +383,12 @@ class ProgressCallback(TrainerCallback):
         t0, tokens0 = self._last or (now, tokens)
         self._last = (now, tokens)
         rate = (tokens - tokens0) / (now - t0) if now > t0 else 0.0
-        self.progress.update(state.global_step - self.progress.step, loss=float(logs["loss"]),
-                             lr=float(logs.get("learning_rate", 0.0)), tokens_per_s=round(rate, 1))
+        self.progress.update(
+            state.global_step - self.progress.step,
+            loss=float(logs["loss"]),
+            lr=float(logs.get("learning_rate", 0.0)),
+            tokens_per_s=round(rate, 1),
+        )
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.progress is not None:
@@ -369,35 +397,59 @@ class ProgressCallback(TrainerCallback):
 
 # --- one LoRA stage -------------------------------------------------------------------------------
 
+
 def _lora(model, cfg: TrainOptions, init_adapter: Path | None):
     from peft import LoraConfig, PeftModel, get_peft_model
 
     if init_adapter is not None:  # SKIntern: each stage continues from the previous adapter
         return PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
-    targets = cfg.target_modules if cfg.target_modules == "all-linear" else [
-        t.strip() for t in cfg.target_modules.split(",") if t.strip()]
-    return get_peft_model(model, LoraConfig(
-        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-        target_modules=targets, task_type="CAUSAL_LM"))
+    targets = (
+        cfg.target_modules
+        if cfg.target_modules == "all-linear"
+        else [t.strip() for t in cfg.target_modules.split(",") if t.strip()]
+    )
+    return get_peft_model(
+        model,
+        LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=targets,
+            task_type="CAUSAL_LM",
+        ),
+    )
 
 
 def _training_args(cfg: TrainOptions, out: Path, packed: bool) -> TrainingArguments:
     from distill.hardware import compute_dtype
 
     return TrainingArguments(
-        output_dir=str(out / "checkpoints"), per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio,  # < 1 means a ratio in v5
-        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, seed=cfg.seed, data_seed=cfg.seed,
-        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
-        logging_steps=1, report_to="none", disable_tqdm=True, remove_unused_columns=False,
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # < 1 means a ratio in v5
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        logging_steps=1,
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
         # packed batches hold no padding (and the pad id may be the end-of-turn token, which they
         # do contain), so every token counts
-        include_num_input_tokens_seen="all" if packed else "non_padding", dataloader_num_workers=0,
+        include_num_input_tokens_seen="all" if packed else "non_padding",
+        dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         # autocast to bf16 where the matmul is faster in it (distill/hardware.py), fp32 weights kept
         bf16=compute_dtype() == "bf16",
-        use_cpu=on_cpu())  # bf16 on a CPU asks for it; several CPU processes need it to use gloo
+        use_cpu=on_cpu(),
+    )  # bf16 on a CPU asks for it; several CPU processes need it to use gloo
 
 
 def last_checkpoint(folder: Path) -> str | None:
@@ -405,16 +457,20 @@ def last_checkpoint(folder: Path) -> str | None:
     interrupted mid-save (no state file yet) is skipped in favour of the previous one."""
     if not folder.is_dir():
         return None
-    done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").exists()
-            and p.name.split("-")[-1].isdigit()]
+    done = [
+        p
+        for p in folder.glob("checkpoint-*")
+        if (p / "trainer_state.json").exists() and p.name.split("-")[-1].isdigit()
+    ]
     return str(max(done, key=lambda p: int(p.name.split("-")[-1]))) if done else None
 
 
 PROMPT_SAMPLES = 20  # exact rendered texts kept per stage, to audit train = test prompts
 
 
-def fit_lora(cfg: TrainOptions, samples: list[Sample], out: Path, *, stage: str,
-             init_adapter: Path | None = None) -> dict:
+def fit_lora(
+    cfg: TrainOptions, samples: list[Sample], out: Path, *, stage: str, init_adapter: Path | None = None
+) -> dict:
     """Train one LoRA stage on samples, save the adapter in `out`, return its metrics.
 
     Raises StopRequested after writing a checkpoint when a stop was requested.
@@ -437,9 +493,12 @@ def fit_lora(cfg: TrainOptions, samples: list[Sample], out: Path, *, stage: str,
     if not encoded:
         raise TrainingDataError(f"stage {stage}: no training sample fits max_length={limit}")
     if fits["whole"] < len(samples):
-        print(f"warning: stage {stage}: of {len(samples)} samples at max_length={limit}, "
-              f"{fits['shortened']} lost whole demonstrations/knowledge items, {fits['response_cut']} "
-              f"lost the end of their response, {fits['skipped']} were skipped", file=sys.stderr)
+        print(
+            f"warning: stage {stage}: of {len(samples)} samples at max_length={limit}, "
+            f"{fits['shortened']} lost whole demonstrations/knowledge items, {fits['response_cut']} "
+            f"lost the end of their response, {fits['skipped']} were skipped",
+            file=sys.stderr,
+        )
     _write_prompt_samples(out, tokenizer, samples[:PROMPT_SAMPLES], template)
     # Training never reads a KV cache, and with one masking_utils ignores the packed-sample
     # boundaries (samples would attend to each other): off, as TRL does for padding-free batches.
@@ -448,8 +507,14 @@ def fit_lora(cfg: TrainOptions, samples: list[Sample], out: Path, *, stage: str,
     packed = packing_is_exact(model, encoded)
     collator = PackCollator() if packed else PadCollator(tokenizer.pad_token_id)
     callback = ProgressCallback(stage)
-    trainer = _Trainer(model=model, args=_training_args(cfg, out, packed), train_dataset=encoded,
-                       data_collator=collator, processing_class=tokenizer, callbacks=[callback])
+    trainer = _Trainer(
+        model=model,
+        args=_training_args(cfg, out, packed),
+        train_dataset=encoded,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=[callback],
+    )
     trainer.remove_callback(PrinterCallback)  # Progress is the one place that reports
     last = last_checkpoint(out / "checkpoints")
     started = time.monotonic()
@@ -458,17 +523,27 @@ def fit_lora(cfg: TrainOptions, samples: list[Sample], out: Path, *, stage: str,
         raise StopRequested(f"stopped at step {trainer.state.global_step}; rerun with --resume")
     trainer.save_model(str(out))
     runtime = time.monotonic() - started
-    metrics = {"stage": stage, "samples": len(encoded), "max_length": limit, "template": template,
-               "fit": fits, "truncated": len(samples) - fits["whole"],
-               "prompt_tokens_mean": sum(e["labels"].count(-100) for e in encoded) / len(encoded),
-               "steps": trainer.state.global_step, "train_loss": round(result.training_loss, 5),
-               "tokens": int(trainer.state.num_input_tokens_seen),
-               "tokens_per_s": round(trainer.state.num_input_tokens_seen / runtime, 2),
-               "padding_fraction": round(collator.padding_fraction, 4), "packed": packed,
-               "processes": trainer.args.world_size, "distributed_backend": distributed().backend,
-               "global_batch": cfg.batch_size * cfg.grad_accum * trainer.args.world_size,
-               "dtype": compute_dtype(), "runtime_s": round(runtime, 2),
-               "resumed_from": Path(last).name if (cfg.resume and last) else None}
+    metrics = {
+        "stage": stage,
+        "samples": len(encoded),
+        "max_length": limit,
+        "template": template,
+        "fit": fits,
+        "truncated": len(samples) - fits["whole"],
+        "prompt_tokens_mean": sum(e["labels"].count(-100) for e in encoded) / len(encoded),
+        "steps": trainer.state.global_step,
+        "train_loss": round(result.training_loss, 5),
+        "tokens": int(trainer.state.num_input_tokens_seen),
+        "tokens_per_s": round(trainer.state.num_input_tokens_seen / runtime, 2),
+        "padding_fraction": round(collator.padding_fraction, 4),
+        "packed": packed,
+        "processes": trainer.args.world_size,
+        "distributed_backend": distributed().backend,
+        "global_batch": cfg.batch_size * cfg.grad_accum * trainer.args.world_size,
+        "dtype": compute_dtype(),
+        "runtime_s": round(runtime, 2),
+        "resumed_from": Path(last).name if (cfg.resume and last) else None,
+    }
     if trainer.is_world_process_zero():
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
@@ -482,11 +557,17 @@ def _write_prompt_samples(out: Path, tokenizer, samples: list[Sample], template:
     with open(out / "prompt_samples.jsonl", "w", encoding="utf-8") as f:
         for s in samples:
             rendered = prompts.render(tokenizer, s.user, None, template)[0]
-            f.write(json.dumps({"example_id": s.example_id, "user": s.user, "prompt": rendered,
-                                "response": s.response}, ensure_ascii=False) + "\n")
+            f.write(
+                json.dumps(
+                    {"example_id": s.example_id, "user": s.user, "prompt": rendered, "response": s.response},
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
 
 
 # --- stage bookkeeping ----------------------------------------------------------------------------
+
 
 def adapter_root(name: str) -> Path:
     """$NESY_HOME/adapters/<name>; the name is validated (never a path)."""
@@ -542,8 +623,7 @@ def check_output(cfg: TrainOptions) -> None:
         remove_owned(root)
 
 
-def run_stage(cfg: TrainOptions, stages: Stages, root: Path, stage: str, samples_fn,
-              init: Path | None = None) -> Path:
+def run_stage(cfg: TrainOptions, stages: Stages, root: Path, stage: str, samples_fn, init: Path | None = None) -> Path:
     """Fit one stage unless state.json says it is done; returns the stage's adapter folder."""
     out = root / "stages" / stage
     if not stages.done(stage):
@@ -573,34 +653,44 @@ def write_card(root: Path, cfg: TrainOptions, metrics: dict) -> None:
     from distill.models import student_path
 
     template = next((m["template"] for m in metrics.values() if "template" in m), cfg.template)
-    card = {"method": cfg.method, "data": cfg.data, "base_model": cfg.base_model or student_path(),
-            "template": template, "inference": cfg.inference(), "hyperparameters": config_record(cfg),
-            "stages": metrics, "truncated": sum(m.get("truncated", 0) for m in metrics.values()),
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    card = {
+        "method": cfg.method,
+        "data": cfg.data,
+        "base_model": cfg.base_model or student_path(),
+        "template": template,
+        "inference": cfg.inference(),
+        "hyperparameters": config_record(cfg),
+        "stages": metrics,
+        "truncated": sum(m.get("truncated", 0) for m in metrics.values()),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     (root / "card.json").write_text(json.dumps(card, indent=2))
     rows = "\n".join(f"| {k} | {v} |" for k, v in config_record(cfg).items())
-    stage_rows = "\n".join(f"- **{k}**: " + ", ".join(f"{a}={b}" for a, b in m.items())
-                           for k, m in metrics.items())
+    stage_rows = "\n".join(f"- **{k}**: " + ", ".join(f"{a}={b}" for a, b in m.items()) for k, m in metrics.items())
     (root / "README.md").write_text(
         f"# NeSy Studio student adapter `{cfg.output}`\n\nMethod **{cfg.method}**, data `{cfg.data}`, "
         f"base model `{card['base_model']}`, template `{template}`.\n\nLoad with plain transformers + "
         f"peft:\n\n```python\nfrom peft import AutoPeftModelForCausalLM\n"
         f"model = AutoPeftModelForCausalLM.from_pretrained('{root}')\n```\n\n"
-        f"## Hyperparameters\n\n| name | value |\n|---|---|\n{rows}\n\n## Stages\n\n{stage_rows}\n")
+        f"## Hyperparameters\n\n| name | value |\n|---|---|\n{rows}\n\n## Stages\n\n{stage_rows}\n"
+    )
 
 
 # --- CLI: `nesy train METHOD [options]`, one command per method, generated from its config -------
+
 
 class MethodCommands(TyperGroup):
     """`nesy train` lists the registered methods; each one's options come from its config."""
 
     def list_commands(self, ctx):
         from distill.methods import METHODS
+
         return list(METHODS)
 
     def get_command(self, ctx, name):
         from distill.methods import METHODS
         from distill.methods.options import cli_command
+
         return cli_command(METHODS[name], run_from_cli) if name in METHODS else None
 
 

@@ -3,6 +3,7 @@
 Bad input ends with one line `error: ...` on stderr and exit code 2, never a traceback.
 Nothing heavy is imported at module level: search/similar/reindex load torch when they run.
 """
+
 from __future__ import annotations
 
 import functools
@@ -19,8 +20,12 @@ from kb.quality import CHECKS
 from kb.schema import FLAG_CODE, STATUSES, EntryInvalid
 from kb.store import ConflictError, EntryNotFound, KBLocked, KBStore
 
-cli = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None,
-                  help="Browse, edit, search, import and export the knowledge base.")
+cli = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    help="Browse, edit, search, import and export the knowledge base.",
+)
 
 USER_ERRORS = (ValueError, KeyError, ConflictError, EntryInvalid, KBLocked, OSError)
 
@@ -34,6 +39,7 @@ def _user() -> str:
 
 def _friendly(command):
     """Turn expected failures into `error: ...` + exit 2."""
+
     @functools.wraps(command)
     def run(*args, **kwargs):
         from kb.jsonl import ImportRejected
@@ -43,6 +49,7 @@ def _friendly(command):
         except (ImportRejected, *USER_ERRORS) as e:
             typer.echo(f"error: {_one_line(e)}", err=True)
             raise typer.Exit(2) from None
+
     return run
 
 
@@ -55,9 +62,12 @@ def _one_line(error: Exception) -> str:
 def _row(*cells: str) -> str:
     """One tab-separated output line; a tab or line break inside a cell (a title, a task, a
     name) is escaped, so no value can forge a column or an extra row."""
-    return "\t".join(cell if cell.isprintable() else "".join(
-        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in cell)
-        for cell in cells)
+    return "\t".join(
+        cell
+        if cell.isprintable()
+        else "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in cell)
+        for cell in cells
+    )
 
 
 def _check_status(status: str | None) -> None:
@@ -67,17 +77,18 @@ def _check_status(status: str | None) -> None:
 
 @cli.command("import")
 @_friendly
-def import_(path: Path = typer.Argument(..., help="JSONL file, one entry per line."),
-            on_duplicate: str = typer.Option("fail", help="Ids already present: fail | skip | overwrite."),
-            max_mb: float = typer.Option(50.0, help="Refuse files larger than this (MB)."),
-            by: str = typer.Option(None, help="Name recorded in the revisions (default: $USER).")):
+def import_(
+    path: Path = typer.Argument(..., help="JSONL file, one entry per line."),
+    on_duplicate: str = typer.Option("fail", help="Ids already present: fail | skip | overwrite."),
+    max_mb: float = typer.Option(50.0, help="Refuse files larger than this (MB)."),
+    by: str = typer.Option(None, help="Name recorded in the revisions (default: $USER)."),
+):
     """Validate the whole file, then import all of it or nothing."""
     from kb.jsonl import import_jsonl
 
     if not (math.isfinite(max_mb) and max_mb > 0):
         raise ValueError(f"--max-mb must be a positive number of megabytes (got {max_mb})")
-    report = import_jsonl(KBStore(), path, on_duplicate=on_duplicate, by=by or _user(),
-                          max_bytes=int(max_mb * 1e6))
+    report = import_jsonl(KBStore(), path, on_duplicate=on_duplicate, by=by or _user(), max_bytes=int(max_mb * 1e6))
     if report.warnings:
         typer.echo(f"warning: {_one_line(report.first_warning())}", err=True)
     typer.echo(report.summary())
@@ -85,9 +96,11 @@ def import_(path: Path = typer.Argument(..., help="JSONL file, one entry per lin
 
 @cli.command("export")
 @_friendly
-def export(out: str = typer.Argument("-", help="Output file, or - for stdout."),
-           status: str | None = typer.Option(None, help="Only this status (e.g. accepted)."),
-           task: str | None = typer.Option(None, help="Only this task.")):
+def export(
+    out: str = typer.Argument("-", help="Output file, or - for stdout."),
+    status: str | None = typer.Option(None, help="Only this status (e.g. accepted)."),
+    task: str | None = typer.Option(None, help="Only this task."),
+):
     """Write entries as canonical JSONL (id order; byte-stable across export/import)."""
     from kb.jsonl import export_jsonl
 
@@ -100,30 +113,55 @@ def export(out: str = typer.Argument("-", help="Output file, or - for stdout."),
         typer.echo(f"exported {count} entries to {out}")
 
 
-FLAG_HELP = (f"Only entries with this quality flag ({', '.join(CHECKS)}; repeatable: any of "
-             "them), 'any' for entries with a flag, 'none' for entries without.")
+FLAG_HELP = (
+    f"Only entries with this quality flag ({', '.join(CHECKS)}; repeatable: any of "
+    "them), 'any' for entries with a flag, 'none' for entries without."
+)
 
 
 @cli.command("list")
 @_friendly
-def list_(status: str | None = typer.Option(None), task: str | None = typer.Option(None),
-          concept: str | None = typer.Option(None),
-          flag: list[str] = typer.Option([], help=FLAG_HELP),
-          text: str | None = typer.Option(None, help="Words that must all occur."),
-          sort: str = typer.Option("updated_at"), ascending: bool = typer.Option(False, "--asc"),
-          limit: int = typer.Option(50), offset: int = typer.Option(0),
-          as_json: bool = typer.Option(False, "--json", help="Canonical JSONL lines.")):
+def list_(
+    status: str | None = typer.Option(None),
+    task: str | None = typer.Option(None),
+    concept: str | None = typer.Option(None),
+    flag: list[str] = typer.Option([], help=FLAG_HELP),
+    text: str | None = typer.Option(None, help="Words that must all occur."),
+    sort: str = typer.Option("updated_at"),
+    ascending: bool = typer.Option(False, "--asc"),
+    limit: int = typer.Option(50),
+    offset: int = typer.Option(0),
+    as_json: bool = typer.Option(False, "--json", help="Canonical JSONL lines."),
+):
     """List entries with filters, sorted and paged. Columns: id, status, task, version, quality
     flags (comma-separated codes, - for none), title."""
     from kb.jsonl import dumps_entry
 
     _check_status(status)
-    page = KBStore().query(status=status, task=task, concept=concept, text=text, sort=sort,
-                           descending=not ascending, offset=offset, limit=limit, **_flag_filter(flag))
+    page = KBStore().query(
+        status=status,
+        task=task,
+        concept=concept,
+        text=text,
+        sort=sort,
+        descending=not ascending,
+        offset=offset,
+        limit=limit,
+        **_flag_filter(flag),
+    )
     for entry in page.entries:
-        typer.echo(dumps_entry(entry) if as_json else _row(
-            entry.id, entry.status, entry.task, f"v{entry.version}",
-            ",".join(f.code for f in entry.flags) or "-", entry.title or ""))
+        typer.echo(
+            dumps_entry(entry)
+            if as_json
+            else _row(
+                entry.id,
+                entry.status,
+                entry.task,
+                f"v{entry.version}",
+                ",".join(f.code for f in entry.flags) or "-",
+                entry.title or "",
+            )
+        )
     if not as_json:
         typer.echo(f"-- {len(page.entries)} of {page.total} (offset {offset})", err=True)
 
@@ -145,11 +183,14 @@ def _flag_filter(names: list[str]) -> dict:
 
 @cli.command()
 @_friendly
-def check(status: str | None = typer.Option(None, help="Only entries with this status."),
-          task: str | None = typer.Option(None, help="Only entries of this task."),
-          checks: str = typer.Option(",".join(CHECKS), help="Comma-separated checks to run; the "
-                                     "flags of the others are kept as they are."),
-          by: str = typer.Option("nesy-quality", help="Name recorded in the revisions.")):
+def check(
+    status: str | None = typer.Option(None, help="Only entries with this status."),
+    task: str | None = typer.Option(None, help="Only entries of this task."),
+    checks: str = typer.Option(
+        ",".join(CHECKS), help="Comma-separated checks to run; the flags of the others are kept as they are."
+    ),
+    by: str = typer.Option("nesy-quality", help="Name recorded in the revisions."),
+):
     """Recompute the quality flags of existing entries (kb/quality.py); each entry whose flags
     change gets a revision. 'generic' compares with every entry of the KB and loads the
     embedder; an entry edited meanwhile is skipped."""
@@ -177,10 +218,13 @@ def show(entry_id: str, as_json: bool = typer.Option(False, "--json")):
 
 @cli.command()
 @_friendly
-def search(query: str, k: int = typer.Option(5),
-           status: list[str] = typer.Option(["accepted"], help="Statuses to include (repeatable)."),
-           all_statuses: bool = typer.Option(False, "--all", help="Include every status."),
-           task: str | None = typer.Option(None)):
+def search(
+    query: str,
+    k: int = typer.Option(5),
+    status: list[str] = typer.Option(["accepted"], help="Statuses to include (repeatable)."),
+    all_statuses: bool = typer.Option(False, "--all", help="Include every status."),
+    task: str | None = typer.Option(None),
+):
     """Semantic search (MiniLM + FAISS); syncs the index first."""
     from kb.index import KBIndex
 
@@ -226,14 +270,18 @@ def reindex(rebuild: bool = typer.Option(False, help="Re-embed everything, not j
     try:
         report = (index.rebuild if rebuild else index.sync)(progress=reporter)
     except StopRequested:
-        typer.echo(f"stopped after embedding {reporter.done} entries; they are kept, "
-                   f"run `nesy kb reindex` again to continue", err=True)
+        typer.echo(
+            f"stopped after embedding {reporter.done} entries; they are kept, run `nesy kb reindex` again to continue",
+            err=True,
+        )
         raise typer.Exit(STOPPED_EXIT_CODE) from None
     finally:
         reporter.close()
     resumed = f" ({report.resumed} kept from a stopped run)" if report.resumed else ""
-    typer.echo(f"embedded {report.embedded}{resumed}, removed {report.removed}, "
-               f"{report.total} vectors ({report.kind}) in {report.seconds:.1f}s")
+    typer.echo(
+        f"embedded {report.embedded}{resumed}, removed {report.removed}, "
+        f"{report.total} vectors ({report.kind}) in {report.seconds:.1f}s"
+    )
 
 
 class _EmbeddingProgress:
@@ -265,8 +313,7 @@ def stats(as_json: bool = typer.Option(False, "--json")):
     if as_json:
         typer.echo(json.dumps(numbers, ensure_ascii=False))
         return
-    typer.echo(f"entries: {numbers['total']}  (deleted {numbers['deleted']}, "
-               f"revisions {numbers['revisions']})")
+    typer.echo(f"entries: {numbers['total']}  (deleted {numbers['deleted']}, revisions {numbers['revisions']})")
     for name, count in numbers["by_status"].items():
         typer.echo(f"  {name}: {count}")
     for name, count in numbers["by_task"].items():
@@ -285,15 +332,18 @@ def history(entry_id: str):
         raise EntryNotFound(entry_id)
     for rev in revisions:
         fields = ", ".join(rev.changes)
-        typer.echo(_row(f"#{rev.revision_id}", f"v{rev.version}", rev.action, rev.by, rev.at,
-                        rev.entry_id, fields))
+        typer.echo(_row(f"#{rev.revision_id}", f"v{rev.version}", rev.action, rev.by, rev.at, rev.entry_id, fields))
 
 
 @cli.command()
 @_friendly
-def restore(entry_id: str, revision_id: int,
-            expected_version: int | None = typer.Option(
-                None, help="Refuse if the entry is no longer at this version (default: current).")):
+def restore(
+    entry_id: str,
+    revision_id: int,
+    expected_version: int | None = typer.Option(
+        None, help="Refuse if the entry is no longer at this version (default: current)."
+    ),
+):
     """Bring back the content of a revision (a new revision records the restore)."""
     store = KBStore()
     if expected_version is None:
@@ -321,12 +371,15 @@ def merge(keep_id: str, drop_id: str):
 
 @cli.command()
 @_friendly
-def graph(out: Path = typer.Argument(..., help="HTML file to write."),
-          status: str | None = typer.Option(None), task: str | None = typer.Option(None),
-          focus: str | None = typer.Option(None, help="Entry id to centre on."),
-          depth: int = typer.Option(1), neighbours: bool = typer.Option(
-              False, help="Add semantic-neighbour edges (loads the embedder)."),
-          threshold: float = typer.Option(0.8)):
+def graph(
+    out: Path = typer.Argument(..., help="HTML file to write."),
+    status: str | None = typer.Option(None),
+    task: str | None = typer.Option(None),
+    focus: str | None = typer.Option(None, help="Entry id to centre on."),
+    depth: int = typer.Option(1),
+    neighbours: bool = typer.Option(False, help="Add semantic-neighbour edges (loads the embedder)."),
+    threshold: float = typer.Option(0.8),
+):
     """Write the KB graph as a self-contained HTML page (works offline)."""
     from kb.graph import build_graph, render_html
 
@@ -335,6 +388,7 @@ def graph(out: Path = typer.Argument(..., help="HTML file to write."),
     index = None
     if neighbours:
         from kb.index import KBIndex
+
         index = KBIndex(store)
     built = build_graph(store, index, neighbour_threshold=threshold, status=status, task=task)
     out.write_text(render_html(built, focus=focus, depth=depth), encoding="utf-8")

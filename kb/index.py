@@ -39,6 +39,7 @@ statuses), kept in step with the store through changes_since() like the vectors.
 only changes the mask of the filters; a text change (add, edit, delete) rebuilds the bm25s index
 over all live entries at the next bm25/hybrid search (bench/bench_retrieval.py --bm25 measures it).
 """
+
 from __future__ import annotations
 
 import functools
@@ -91,8 +92,9 @@ def embed_texts(texts: list[str], path: str | None = None, batch_size: int = 64)
     if not texts:
         return np.zeros((0, DIM), dtype=np.float32)
     model = load_embedder(path or default_embedder_path())
-    vectors = model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
-                           convert_to_numpy=True, show_progress_bar=False)
+    vectors = model.encode(
+        texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+    )
     return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
@@ -104,48 +106,54 @@ def indexed_text(entry: Entry) -> str:
 @dataclass
 class IndexConfig:
     approx_threshold: int = 50_000  # exact search below this many vectors, IVF at or above
-    lists_per_sqrt_n: float = 4.0   # IVF lists = this * sqrt(vectors) (bench_retrieval.py)
-    nprobe: int | None = None       # IVF lists scanned per query; None: probe_factor*sqrt(lists)
-    probe_factor: float = 1.0       # recall vs latency (bench_retrieval.py)
-    checkpoint_every: int = 1000    # rewrite faiss.index after this many changed vectors
+    lists_per_sqrt_n: float = 4.0  # IVF lists = this * sqrt(vectors) (bench_retrieval.py)
+    nprobe: int | None = None  # IVF lists scanned per query; None: probe_factor*sqrt(lists)
+    probe_factor: float = 1.0  # recall vs latency (bench_retrieval.py)
+    checkpoint_every: int = 1000  # rewrite faiss.index after this many changed vectors
     batch_size: int = 64
-    stage_every: int = 256          # save embedded vectors after this many (resume unit; progress)
-    embedder: str | None = None     # a sentence-transformers folder; default: embedded MiniLM
-    auto_sync: bool = True          # search()/similar() first pick up KB changes
+    stage_every: int = 256  # save embedded vectors after this many (resume unit; progress)
+    embedder: str | None = None  # a sentence-transformers folder; default: embedded MiniLM
+    auto_sync: bool = True  # search()/similar() first pick up KB changes
 
 
 @dataclass
 class SyncReport:
-    embedded: int = 0   # entries whose new vector was written (resumed ones included)
-    resumed: int = 0    # of those, vectors reused from a stopped earlier sync (not re-embedded)
-    removed: int = 0    # entries taken out (deleted in the KB)
-    seq: int = 0        # KB change seq the index now reflects
-    total: int = 0      # vectors in the index
-    kind: str = ""      # "flat" | "ivf"
+    embedded: int = 0  # entries whose new vector was written (resumed ones included)
+    resumed: int = 0  # of those, vectors reused from a stopped earlier sync (not re-embedded)
+    removed: int = 0  # entries taken out (deleted in the KB)
+    seq: int = 0  # KB change seq the index now reflects
+    total: int = 0  # vectors in the index
+    kind: str = ""  # "flat" | "ivf"
     seconds: float = 0.0
 
 
 @dataclass
 class Hit:
     entry: Entry
-    score: float                 # the mode's score: cosine (dense), BM25 (bm25), RRF (hybrid)
-    dense: float | None = None   # cosine to the query, when computed
-    bm25: float | None = None    # BM25 score, when this entry was in the BM25 list
+    score: float  # the mode's score: cosine (dense), BM25 (bm25), RRF (hybrid)
+    dense: float | None = None  # cosine to the query, when computed
+    bm25: float | None = None  # BM25 score, when this entry was in the BM25 list
 
 
 def _locked(method):
     """Run a KBIndex method under its lock (one sqlite connection and FAISS index per object)."""
+
     @functools.wraps(method)
     def run(self, *args, **kwargs):
         with self._lock:
             return method(self, *args, **kwargs)
+
     return run
 
 
 class KBIndex:
-    def __init__(self, store: KBStore, path: Path | str | None = None,
-                 config: IndexConfig | None = None,
-                 embed: Callable[[list[str]], np.ndarray] | None = None):
+    def __init__(
+        self,
+        store: KBStore,
+        path: Path | str | None = None,
+        config: IndexConfig | None = None,
+        embed: Callable[[list[str]], np.ndarray] | None = None,
+    ):
         """`embed` replaces the sentence-transformers model (benchmarks use a cheap one at
         scale); config.embedder then names it, so vectors of different models never mix."""
         self.store = store
@@ -153,13 +161,12 @@ class KBIndex:
         self.path = Path(path) if path else home() / "index"
         self.path.mkdir(parents=True, exist_ok=True)
         self.embedder = self.config.embedder or default_embedder_path()
-        self.embed = embed or functools.partial(embed_texts, path=self.embedder,
-                                                batch_size=self.config.batch_size)
+        self.embed = embed or functools.partial(embed_texts, path=self.embedder, batch_size=self.config.batch_size)
         self.embedded_total = 0  # every text this object embedded (tests and benches read it)
         self._db = _open_vectors(self.path / "vectors.sqlite")
         self._lock = threading.RLock()  # Streamlit calls from several threads; one at a time
-        self._faiss = None       # loaded lazily: opening the index must stay cheap
-        self._faiss_seq = -1     # vectors rows up to this seq are in self._faiss
+        self._faiss = None  # loaded lazily: opening the index must stay cheap
+        self._faiss_seq = -1  # vectors rows up to this seq are in self._faiss
         self._kind = "flat"
         self._lexical = _Lexical()
 
@@ -180,7 +187,8 @@ class KBIndex:
         report = SyncReport(seq=seq)
         if seq != synced:
             report.embedded, report.resumed, report.removed = self._write_vectors(
-                synced, seq, changed, deleted, progress)
+                synced, seq, changed, deleted, progress
+            )
         self._catch_up()
         report.total, report.kind = self._faiss.ntotal, self._kind
         report.seconds = time.perf_counter() - start
@@ -211,10 +219,16 @@ class KBIndex:
 
     # -- queries -----------------------------------------------------------------------------
     @_locked
-    def search(self, query: str, k: int = 3, statuses: Iterable[str] | None = ("accepted",),
-               task: str | None = None, mode: str = "dense",
-               source_kinds: Iterable[str] | None = None, min_score: float | None = None
-               ) -> list[Hit]:
+    def search(
+        self,
+        query: str,
+        k: int = 3,
+        statuses: Iterable[str] | None = ("accepted",),
+        task: str | None = None,
+        mode: str = "dense",
+        source_kinds: Iterable[str] | None = None,
+        min_score: float | None = None,
+    ) -> list[Hit]:
         """Top-k entries for a query, best first, among the given statuses (None = all), task and
         source kinds (source.kind, e.g. "error_analysis", "example_knowledge"; None = any).
         mode: "dense" | "bm25" | "hybrid"; min_score: see the module docstring (fewer than k, or
@@ -226,23 +240,30 @@ class KBIndex:
         filters = _Filters.of(statuses, task, source_kinds)
         if mode == "bm25":
             self._ready_lexical()
-            return [h for h in self._lexical.search(query, k, filters, self.store)
-                    if min_score is None or h.score >= min_score]
+            return [
+                h
+                for h in self._lexical.search(query, k, filters, self.store)
+                if min_score is None or h.score >= min_score
+            ]
         self._ready()
         vector = self.embed([query])
         if mode == "dense":
             return self._search_vector(vector, k, filters, exclude=None, min_score=min_score)
         self._ready_lexical()
         depth = max(50, 4 * k)
-        return self._fuse(vector, self._search_vector(vector, depth, filters, exclude=None),
-                          self._lexical.search(query, depth, filters, self.store), k, min_score)
+        return self._fuse(
+            vector,
+            self._search_vector(vector, depth, filters, exclude=None),
+            self._lexical.search(query, depth, filters, self.store),
+            k,
+            min_score,
+        )
 
     @_locked
     def similar(self, entry_id: str, k: int = 5, statuses: Iterable[str] | None = None) -> list[Hit]:
         """Entries closest to this one (itself excluded)."""
         self._ready()
-        row = self._db.execute("SELECT vector FROM vectors WHERE entry_id = ?",
-                               (entry_id,)).fetchone()
+        row = self._db.execute("SELECT vector FROM vectors WHERE entry_id = ?", (entry_id,)).fetchone()
         if row is None or row[0] is None:
             self.store.get(entry_id)  # raises EntryNotFound for an unknown id
             raise ValueError(f"entry {entry_id!r} is not in the index yet")
@@ -250,8 +271,9 @@ class KBIndex:
         return self._search_vector(vector, k, _Filters.of(statuses, None, None), exclude=entry_id)
 
     @_locked
-    def near_duplicates(self, threshold: float = 0.9, statuses: Iterable[str] | None = None
-                        ) -> list[tuple[str, str, float]]:
+    def near_duplicates(
+        self, threshold: float = 0.9, statuses: Iterable[str] | None = None
+    ) -> list[tuple[str, str, float]]:
         """Pairs (a, b, similarity) with cosine >= threshold, most similar first: merge proposals.
         Exact (all pairs via a flat range search), so meant for curation-sized sets."""
         self._ready()
@@ -290,8 +312,9 @@ class KBIndex:
         if (sync and self.config.auto_sync) or self._lexical.seq < 0:
             self._lexical.refresh(self.store)
 
-    def _write_vectors(self, synced: int, seq: int, changed: list[str], deleted: list[str],
-                       progress) -> tuple[int, int, int]:
+    def _write_vectors(
+        self, synced: int, seq: int, changed: list[str], deleted: list[str], progress
+    ) -> tuple[int, int, int]:
         """Embed (saving batches to `staged`), then write the vectors table in one transaction
         unless another process already synced past us (then its rows are at least as new).
         Returns (vectors written, of which resumed from staged, vectors removed)."""
@@ -310,18 +333,21 @@ class KBIndex:
                 "INSERT INTO vectors (entry_id, text_hash, seq, vector) VALUES (?,?,?,?) "
                 "ON CONFLICT(entry_id) DO UPDATE SET text_hash = excluded.text_hash, "
                 "seq = excluded.seq, vector = excluded.vector",
-                [(i, hashes[i], seq, ready[i]) for i in todo])
+                [(i, hashes[i], seq, ready[i]) for i in todo],
+            )
             self._db.executemany("DELETE FROM staged WHERE entry_id = ?", [(i,) for i in todo])
             gone = [i for i in deleted if i not in entries]
             removed = self._db.executemany(
-                "UPDATE vectors SET vector = NULL, text_hash = '', seq = ? "
-                "WHERE entry_id = ? AND vector IS NOT NULL", [(seq, i) for i in gone]).rowcount
+                "UPDATE vectors SET vector = NULL, text_hash = '', seq = ? WHERE entry_id = ? AND vector IS NOT NULL",
+                [(seq, i) for i in gone],
+            ).rowcount
             self._set_meta("synced_seq", seq)
             self._set_meta("model", self.embedder)
         return len(todo), len(todo) - len(fresh), max(removed, 0)
 
-    def _embed_and_stage(self, ids: list[str], texts: dict[str, str], hashes: dict[str, str],
-                         progress) -> dict[str, bytes]:
+    def _embed_and_stage(
+        self, ids: list[str], texts: dict[str, str], hashes: dict[str, str], progress
+    ) -> dict[str, bytes]:
         """Embed in batches of stage_every, committing each batch to `staged` before reporting
         progress, so a stop raised by the progress callback keeps everything embedded so far.
         Returns id -> vector blob."""
@@ -330,22 +356,26 @@ class KBIndex:
             progress(0, len(ids))
         step = self.config.stage_every
         for start in range(0, len(ids), step):
-            batch = ids[start:start + step]
+            batch = ids[start : start + step]
             vectors = self.embed([texts[i] for i in batch])
             self.embedded_total += len(batch)
             blobs.update((i, v.tobytes()) for i, v in zip(batch, vectors))
             with _transaction(self._db):
                 self._db.executemany(
-                    "INSERT OR REPLACE INTO staged (entry_id, model, text_hash, vector) "
-                    "VALUES (?,?,?,?)", [(i, self.embedder, hashes[i], blobs[i]) for i in batch])
+                    "INSERT OR REPLACE INTO staged (entry_id, model, text_hash, vector) VALUES (?,?,?,?)",
+                    [(i, self.embedder, hashes[i], blobs[i]) for i in batch],
+                )
             if progress:
                 progress(start + len(batch), len(ids))
         return blobs
 
     def _staged_vectors(self, wanted: dict[str, str]) -> dict[str, bytes]:
         """Staged vectors of these ids whose model and text hash still match (id -> blob)."""
-        rows = self._rows_for_ids("SELECT entry_id, text_hash, vector FROM staged WHERE model = ? "
-                                  "AND entry_id IN ({ids})", list(wanted), self.embedder)
+        rows = self._rows_for_ids(
+            "SELECT entry_id, text_hash, vector FROM staged WHERE model = ? AND entry_id IN ({ids})",
+            list(wanted),
+            self.embedder,
+        )
         return {entry_id: blob for entry_id, text_hash, blob in rows if wanted[entry_id] == text_hash}
 
     def _rows_for_ids(self, sql: str, ids: list[str], *params) -> list[tuple]:
@@ -353,17 +383,23 @@ class KBIndex:
         variable limit); `params` bind before the ids."""
         rows = []
         for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
+            chunk = ids[start : start + 500]
             rows += self._db.execute(sql.format(ids=",".join("?" * len(chunk))), [*params, *chunk])
         return rows
 
     def _known_hashes(self, ids: list[str]) -> dict[str, str]:
-        return dict(self._rows_for_ids("SELECT entry_id, text_hash FROM vectors WHERE entry_id IN ({ids}) "
-                                       "AND vector IS NOT NULL", ids))
+        return dict(
+            self._rows_for_ids(
+                "SELECT entry_id, text_hash FROM vectors WHERE entry_id IN ({ids}) AND vector IS NOT NULL", ids
+            )
+        )
 
     def _vectors_of(self, ids: list[str]) -> tuple[list[str], np.ndarray]:
-        found = dict(self._rows_for_ids("SELECT entry_id, vector FROM vectors WHERE entry_id IN ({ids}) "
-                                        "AND vector IS NOT NULL", ids))
+        found = dict(
+            self._rows_for_ids(
+                "SELECT entry_id, vector FROM vectors WHERE entry_id IN ({ids}) AND vector IS NOT NULL", ids
+            )
+        )
         kept = [i for i in ids if i in found]
         return kept, _stack([found[i] for i in kept])
 
@@ -372,8 +408,9 @@ class KBIndex:
         return row[0] if row else None
 
     def _set_meta(self, key: str, value) -> None:
-        self._db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
-                         "SET value = excluded.value", (key, str(value)))
+        self._db.execute(
+            "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, str(value))
+        )
 
     # -- internals: FAISS --------------------------------------------------------------------
     def _catch_up(self) -> None:
@@ -381,16 +418,14 @@ class KBIndex:
         if self._faiss is None and not self._load_checkpoint():
             self._build_from_table()
             return
-        rows = self._db.execute("SELECT label, vector, seq FROM vectors WHERE seq > ?",
-                                (self._faiss_seq,)).fetchall()
+        rows = self._db.execute("SELECT label, vector, seq FROM vectors WHERE seq > ?", (self._faiss_seq,)).fetchall()
         if not rows:
             return
         labels = np.array([r[0] for r in rows], dtype=np.int64)
         self._faiss.remove_ids(labels)
         live = [r for r in rows if r[1] is not None]
         if live:
-            self._faiss.add_with_ids(_stack([r[1] for r in live]),
-                                     np.array([r[0] for r in live], dtype=np.int64))
+            self._faiss.add_with_ids(_stack([r[1] for r in live]), np.array([r[0] for r in live], dtype=np.int64))
         self._faiss_seq = max(r[2] for r in rows)
         if self._wrong_kind():
             self._build_from_table()
@@ -404,10 +439,8 @@ class KBIndex:
         return n < self.config.approx_threshold // 2  # hysteresis: no flapping at the boundary
 
     def _build_from_table(self) -> None:
-        rows = self._db.execute("SELECT label, vector FROM vectors WHERE vector IS NOT NULL "
-                                "ORDER BY label").fetchall()
-        self._faiss_seq = self._db.execute("SELECT COALESCE(MAX(seq), -1) FROM vectors"
-                                           ).fetchone()[0]
+        rows = self._db.execute("SELECT label, vector FROM vectors WHERE vector IS NOT NULL ORDER BY label").fetchall()
+        self._faiss_seq = self._db.execute("SELECT COALESCE(MAX(seq), -1) FROM vectors").fetchone()[0]
         vectors = _stack([r[1] for r in rows])
         labels = np.array([r[0] for r in rows], dtype=np.int64)
         self._faiss, self._kind = build_faiss(vectors, labels, self.config)
@@ -438,8 +471,9 @@ class KBIndex:
             ivf.nprobe = ivf_nprobe(ivf.nlist, self.config)
         return True
 
-    def _search_vector(self, vector: np.ndarray, k: int, filters: _Filters, exclude,
-                       min_score: float | None = None) -> list[Hit]:
+    def _search_vector(
+        self, vector: np.ndarray, k: int, filters: _Filters, exclude, min_score: float | None = None
+    ) -> list[Hit]:
         """Ask FAISS for more than k, drop what the filters reject, widen until k are found
         (or the scores fall below min_score)."""
         total = self._faiss.ntotal
@@ -462,8 +496,11 @@ class KBIndex:
         if not pairs:
             return []
         marks = ",".join("?" * len(pairs))
-        ids = dict(self._db.execute(f"SELECT label, entry_id FROM vectors WHERE label IN ({marks})",
-                                    [label for label, _ in pairs]))
+        ids = dict(
+            self._db.execute(
+                f"SELECT label, entry_id FROM vectors WHERE label IN ({marks})", [label for label, _ in pairs]
+            )
+        )
         entries = self.store.get_many(ids.values())
         hits = []
         for label, score in pairs:
@@ -473,8 +510,9 @@ class KBIndex:
             hits.append(Hit(entry, score, dense=score))
         return hits
 
-    def _fuse(self, vector: np.ndarray, dense: list[Hit], lexical: list[Hit], k: int,
-              min_score: float | None) -> list[Hit]:
+    def _fuse(
+        self, vector: np.ndarray, dense: list[Hit], lexical: list[Hit], k: int, min_score: float | None
+    ) -> list[Hit]:
         """Reciprocal rank fusion: score = sum of 1/(RRF_K + rank) over the lists an entry is in."""
         fused: dict[str, Hit] = {}
         best: dict[str, int] = {}
@@ -507,15 +545,18 @@ class _Filters:
             if values is None:
                 return None
             return frozenset((values,) if isinstance(values, str) else values) or None
+
         return cls(as_set(statuses), task, as_set(kinds))
 
     def accepts(self, entry: Entry) -> bool:
         return self.accepts_fields(entry.status, entry.task, _kind(entry))
 
     def accepts_fields(self, status: str, task: str, kind: str | None) -> bool:
-        return ((self.statuses is None or status in self.statuses)
-                and (self.task is None or task == self.task)
-                and (self.kinds is None or kind in self.kinds))
+        return (
+            (self.statuses is None or status in self.statuses)
+            and (self.task is None or task == self.task)
+            and (self.kinds is None or kind in self.kinds)
+        )
 
 
 def _kind(entry: Entry) -> str | None:
@@ -553,37 +594,38 @@ def _bm25_class():
 
     class FastBM25(bm25s.BM25):
         @staticmethod
-        def _compute_relevance_from_scores(data, indptr, indices, num_docs, query_tokens_ids,
-                                           dtype):
+        def _compute_relevance_from_scores(data, indptr, indices, num_docs, query_tokens_ids, dtype):
             scores = np.zeros(num_docs, dtype=dtype)
             for token in query_tokens_ids:
                 start, end = indptr[token], indptr[token + 1]
                 scores[indices[start:end]] += data[start:end]
             return scores
 
-        def build_index_from_ids(self, unique_token_ids, corpus_token_ids, show_progress=True,
-                                 leave_progress=False):
+        def build_index_from_ids(self, unique_token_ids, corpus_token_ids, show_progress=True, leave_progress=False):
             if self.method != "lucene":
-                return super().build_index_from_ids(unique_token_ids, corpus_token_ids,
-                                                    show_progress, leave_progress)
+                return super().build_index_from_ids(unique_token_ids, corpus_token_ids, show_progress, leave_progress)
             n_docs, n_vocab = len(corpus_token_ids), len(unique_token_ids)
             lengths = np.fromiter(map(len, corpus_token_ids), dtype=np.int64, count=n_docs)
-            flat = np.fromiter(itertools.chain.from_iterable(corpus_token_ids), dtype=np.int64,
-                               count=int(lengths.sum()))
-            pairs, tf = np.unique(np.repeat(np.arange(n_docs), lengths) * n_vocab + flat,
-                                  return_counts=True)
+            flat = np.fromiter(
+                itertools.chain.from_iterable(corpus_token_ids), dtype=np.int64, count=int(lengths.sum())
+            )
+            pairs, tf = np.unique(np.repeat(np.arange(n_docs), lengths) * n_vocab + flat, return_counts=True)
             doc, token = pairs // n_vocab, pairs % n_vocab
             df = np.bincount(token, minlength=n_vocab)
             idf = np.log1p((n_docs - df + 0.5) / (df + 0.5))  # bm25s' Lucene idf
-            tfc = _select_tfc_scorer(self.method)(tf_array=tf.astype(self.dtype), l_d=lengths[doc],
-                                                  l_avg=lengths.mean(), k1=self.k1, b=self.b)
+            tfc = _select_tfc_scorer(self.method)(
+                tf_array=tf.astype(self.dtype), l_d=lengths[doc], l_avg=lengths.mean(), k1=self.k1, b=self.b
+            )
             order = np.argsort(token, kind="stable")  # by token, documents ascending within
             indptr = np.zeros(n_vocab + 1, dtype=np.int64)
             np.cumsum(df, out=indptr[1:])
             self.nonoccurrence_array = None
-            return {"data": (idf[token] * tfc)[order].astype(self.dtype),
-                    "indices": doc[order].astype(self.int_dtype), "indptr": indptr,
-                    "num_docs": n_docs}
+            return {
+                "data": (idf[token] * tfc)[order].astype(self.dtype),
+                "indices": doc[order].astype(self.int_dtype),
+                "indptr": indptr,
+                "num_docs": n_docs,
+            }
 
     return FastBM25
 
@@ -596,11 +638,11 @@ class _Lexical:
     def __init__(self):
         self.seq = -1
         self.vocab: dict[str, int] = {}
-        self.docs: dict[str, tuple] = {}   # id -> (status, task, kind, text hash, token ids)
-        self.model = None                  # bm25s.BM25 over self.order
-        self.order: list[str] = []         # document position -> entry id
-        self.masks: dict = {}              # _Filters -> np.ndarray mask over self.order
-        self.rebuilds = 0                  # times the bm25s index was built (tests, bench)
+        self.docs: dict[str, tuple] = {}  # id -> (status, task, kind, text hash, token ids)
+        self.model = None  # bm25s.BM25 over self.order
+        self.order: list[str] = []  # document position -> entry id
+        self.masks: dict = {}  # _Filters -> np.ndarray mask over self.order
+        self.rebuilds = 0  # times the bm25s index was built (tests, bench)
 
     def refresh(self, store: KBStore) -> None:
         seq = store.current_seq()
@@ -620,8 +662,11 @@ class _Lexical:
             text = indexed_text(entry)
             digest = _hash(text)
             old = self.docs.get(entry_id)
-            tokens = old[4] if old and old[3] == digest else tuple(
-                self.vocab.setdefault(t, len(self.vocab)) for t in lexical_tokens(text))
+            tokens = (
+                old[4]
+                if old and old[3] == digest
+                else tuple(self.vocab.setdefault(t, len(self.vocab)) for t in lexical_tokens(text))
+            )
             text_changed |= old is None or old[3] != digest
             self.docs[entry_id] = (entry.status, entry.task, _kind(entry), digest, tokens)
         if text_changed:
@@ -634,8 +679,7 @@ class _Lexical:
         self.model = _bm25_class()()  # k1=1.5, b=0.75, method="lucene"
         if self.order:
             # every vocab id must appear; ids no entry uses any more just get df 0
-            self.model.index(([self.docs[i][4] for i in self.order], dict(self.vocab)),
-                             show_progress=False)
+            self.model.index(([self.docs[i][4] for i in self.order], dict(self.vocab)), show_progress=False)
         self.rebuilds += 1
 
     def _mask(self, filters: _Filters) -> np.ndarray | None:
@@ -643,8 +687,8 @@ class _Lexical:
             return None
         if filters not in self.masks:
             self.masks[filters] = np.fromiter(
-                (filters.accepts_fields(*self.docs[i][:3]) for i in self.order),
-                dtype=np.float32, count=len(self.order))
+                (filters.accepts_fields(*self.docs[i][:3]) for i in self.order), dtype=np.float32, count=len(self.order)
+            )
         return self.masks[filters]
 
     def search(self, query: str, k: int, filters: _Filters, store: KBStore) -> list[Hit]:
@@ -664,8 +708,11 @@ class _Lexical:
             top = top[np.argpartition(-scores[top], k - 1)[:k]]
         top = sorted(top, key=lambda j: (-scores[j], self.order[j]))
         entries = store.get_many([self.order[j] for j in top])
-        return [Hit(entries[self.order[j]], float(scores[j]), bm25=float(scores[j]))
-                for j in top if self.order[j] in entries]
+        return [
+            Hit(entries[self.order[j]], float(scores[j]), bm25=float(scores[j]))
+            for j in top
+            if self.order[j] in entries
+        ]
 
 
 def build_faiss(vectors: np.ndarray, labels: np.ndarray, config: IndexConfig):
@@ -703,8 +750,8 @@ def nearest_centroid(vectors: np.ndarray, centroids: np.ndarray, chunk: int = 81
     c = torch.from_numpy(np.ascontiguousarray(centroids, dtype=np.float32))
     out = np.empty(len(vectors), dtype=np.int64)
     for start in range(0, len(vectors), chunk):
-        block = torch.from_numpy(vectors[start:start + chunk])
-        out[start:start + len(block)] = (block @ c.T).argmax(dim=1).numpy()
+        block = torch.from_numpy(vectors[start : start + chunk])
+        out[start : start + len(block)] = (block @ c.T).argmax(dim=1).numpy()
     return out
 
 

@@ -6,6 +6,7 @@ content and travel with the entry).
 Import reads and validates the WHOLE file before touching the store, then writes every entry in one
 transaction: a file with any problem changes nothing. Each problem names the line and the field.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,7 @@ class Problem:
 
     def describe(self, source: str) -> str:
         where = f"{source} line {self.line}" if self.line else source
-        return f"{where}, field '{self.field}': {self.message}" if self.field else \
-            f"{where}: {self.message}"
+        return f"{where}, field '{self.field}': {self.message}" if self.field else f"{where}: {self.message}"
 
 
 @dataclass
@@ -82,8 +82,10 @@ class ImportReport:
         return self.warnings[0].describe(self.source) + (f" (and {more} more)" if more else "")
 
     def summary(self) -> str:
-        return (f"{self.source}: {self.added} added, {self.overwritten} overwritten, "
-                f"{self.skipped} skipped, {self.unchanged} unchanged")
+        return (
+            f"{self.source}: {self.added} added, {self.overwritten} overwritten, "
+            f"{self.skipped} skipped, {self.unchanged} unchanged"
+        )
 
 
 class ImportRejected(Exception):
@@ -111,8 +113,9 @@ def export_jsonl(store: KBStore, out: Path | str | IO, *, status=None, task=None
     return count
 
 
-def validate_jsonl(source: Path | str | bytes, *, on_duplicate: DuplicatePolicy = "fail",
-                   max_bytes: int = DEFAULT_MAX_BYTES) -> ImportReport:
+def validate_jsonl(
+    source: Path | str | bytes, *, on_duplicate: DuplicatePolicy = "fail", max_bytes: int = DEFAULT_MAX_BYTES
+) -> ImportReport:
     """Read and check a whole file without touching any store.
     Duplicate ids inside the file: fail -> a problem; skip -> first wins; overwrite -> last wins."""
     if on_duplicate not in POLICIES:
@@ -130,9 +133,14 @@ def validate_jsonl(source: Path | str | bytes, *, on_duplicate: DuplicatePolicy 
     return report
 
 
-def import_jsonl(store: KBStore, source: Path | str | bytes, *,
-                 on_duplicate: DuplicatePolicy = "fail", by: str = "import",
-                 max_bytes: int = DEFAULT_MAX_BYTES) -> ImportReport:
+def import_jsonl(
+    store: KBStore,
+    source: Path | str | bytes,
+    *,
+    on_duplicate: DuplicatePolicy = "fail",
+    by: str = "import",
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> ImportReport:
     """Validate the whole file, then write all of it in one transaction (or nothing:
     ImportRejected with every problem)."""
     report = validate_jsonl(source, on_duplicate=on_duplicate, max_bytes=max_bytes)
@@ -171,8 +179,16 @@ def _read(source, max_bytes: int) -> tuple[str, bytes, Problem | None]:
             return name, b"", Problem(0, None, "no such file")
         size = path.stat().st_size
     if size > max_bytes:  # checked before reading, so a huge file costs nothing
-        return name, b"", Problem(0, None, f"file is {size / 1e6:.1f} MB, over the import limit "
-                                           f"of {max_bytes / 1e6:.1f} MB; split it or raise the limit")
+        return (
+            name,
+            b"",
+            Problem(
+                0,
+                None,
+                f"file is {size / 1e6:.1f} MB, over the import limit "
+                f"of {max_bytes / 1e6:.1f} MB; split it or raise the limit",
+            ),
+        )
     data = bytes(source) if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
     return name, data, None
 
@@ -184,8 +200,9 @@ def _decode(data: bytes) -> tuple[str, Problem | None]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = len(_NEWLINE_BYTES.findall(data, 0, e.start)) + 1
-        return "", Problem(line, None, f"not valid UTF-8 at byte offset {e.start} "
-                                       f"(byte 0x{data[e.start]:02x}); save the file as UTF-8")
+        return "", Problem(
+            line, None, f"not valid UTF-8 at byte offset {e.start} (byte 0x{data[e.start]:02x}); save the file as UTF-8"
+        )
     return text.removeprefix("\ufeff"), None
 
 
@@ -202,8 +219,9 @@ def _parse_lines(text: str, problems: list[Problem]) -> tuple[int, list[tuple[in
             parsed.append((number, entry_from_json(line)))
         except EntryInvalid as e:
             if number == len(lines) and not ends_with_newline and isinstance(e, NotJSON):
-                problems.append(Problem(number, None, "truncated: the file ends in the middle "
-                                                      "of this entry (no closing newline)"))
+                problems.append(
+                    Problem(number, None, "truncated: the file ends in the middle of this entry (no closing newline)")
+                )
                 continue
             problems += [Problem(number, None if f == "(line)" else f, m) for f, m in e.problems]
     return len(lines), parsed
@@ -218,8 +236,9 @@ def _dedupe_within_file(parsed, on_duplicate: str, report: ImportReport) -> list
             continue
         report.duplicates.append((line, entry.id, "file"))
         if on_duplicate == "fail":
-            report.problems.append(Problem(line, "id", f"duplicate id {entry.id!r} "
-                                                       f"(first on line {report.lines_of[entry.id]})"))
+            report.problems.append(
+                Problem(line, "id", f"duplicate id {entry.id!r} (first on line {report.lines_of[entry.id]})")
+            )
         elif on_duplicate == "skip":
             report.skipped += 1
         else:  # overwrite: the last one wins
@@ -235,10 +254,13 @@ def report_missing_links(store: KBStore, report: ImportReport) -> None:
     outside = {link for e in report.entries for link in e.links if link not in in_file}
     known = store.live_ids(outside)
     report.warnings = [
-        Problem(in_file[e.id], f"links.{i}", f"links to {link!r}, which is neither in this file "
-                                             "nor in the knowledge base")
-        for e in report.entries for i, link in enumerate(e.links)
-        if link not in in_file and link not in known]
+        Problem(
+            in_file[e.id], f"links.{i}", f"links to {link!r}, which is neither in this file nor in the knowledge base"
+        )
+        for e in report.entries
+        for i, link in enumerate(e.links)
+        if link not in in_file and link not in known
+    ]
 
 
 def _check_against_store(store: KBStore, report: ImportReport, on_duplicate: str) -> None:
@@ -247,7 +269,13 @@ def _check_against_store(store: KBStore, report: ImportReport, on_duplicate: str
         if entry_id in existing:
             report.duplicates.append((line, entry_id, "store"))
             if on_duplicate == "fail":
-                report.problems.append(Problem(line, "id", f"id {entry_id!r} already exists in "
-                                                           "the knowledge base (import with "
-                                                           "skip or overwrite for duplicates)"))
+                report.problems.append(
+                    Problem(
+                        line,
+                        "id",
+                        f"id {entry_id!r} already exists in "
+                        "the knowledge base (import with "
+                        "skip or overwrite for duplicates)",
+                    )
+                )
     report.problems.sort(key=lambda p: p.line)

@@ -3,6 +3,7 @@
 Field order here IS the key order of an exported JSONL line (kb/jsonl.py dumps in model order),
 so reordering fields changes the bytes of every export.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,17 +29,25 @@ from kb.errors import NesyError
 Status = Literal["pending", "accepted", "rejected"]
 STATUSES: tuple[str, ...] = ("pending", "accepted", "rejected")
 # Fields a user edits; id/version/timestamps are owned by the store.
-EDITABLE_FIELDS = ("task", "learning_summary", "supplementary_knowledge", "status", "title",
-                   "concepts", "source", "links", "flags")
+EDITABLE_FIELDS = (
+    "task",
+    "learning_summary",
+    "supplementary_knowledge",
+    "status",
+    "title",
+    "concepts",
+    "source",
+    "links",
+    "flags",
+)
 MAX_ID_LENGTH = 256
 # Versions stay exact in every JSON reader (JavaScript's safe integers) and fit SQLite's INTEGER.
-MAX_VERSION = 2 ** 53 - 1
+MAX_VERSION = 2**53 - 1
 # A stored row was validated when it was written; reading it back (context=STORED) skips the rules
 # added later, so a knowledge base written by an older version stays readable.
 STORED = {"stored": True}
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})",
-                       re.IGNORECASE)
+_ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})", re.IGNORECASE)
 _CANONICAL_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")  # what now_iso() writes
 _AWARE = TypeAdapter(AwareDatetime)
 # A quality flag's code: a short snake_case name (kb/quality.py writes restates_source, generic,
@@ -57,8 +66,10 @@ def _valid_unicode(value: str) -> str:
     # A lone surrogate (JSON "\ud800") is not a character: it cannot be written as UTF-8, so it
     # would fail later, far from the field that holds it.
     if not value.isascii() and (bad := _SURROGATE.search(value)):  # isascii: a flag, no scan
-        raise ValueError(f"contains a lone surrogate U+{ord(bad.group()):04X} at position "
-                         f"{bad.start() + 1}, which is not a character")
+        raise ValueError(
+            f"contains a lone surrogate U+{ord(bad.group()):04X} at position "
+            f"{bad.start() + 1}, which is not a character"
+        )
     return value
 
 
@@ -67,12 +78,13 @@ def _valid_id(value: str, info: ValidationInfo) -> str:
     if _stored(info):
         return value
     if len(value) > MAX_ID_LENGTH:
-        raise ValueError(f"must be at most {MAX_ID_LENGTH} characters (this one has "
-                         f"{len(value):,})")
+        raise ValueError(f"must be at most {MAX_ID_LENGTH} characters (this one has {len(value):,})")
     if not value.isprintable():
         bad = next(c for c in value if not c.isprintable())
-        raise ValueError(f"must be printable characters only, no control characters or line "
-                         f"breaks (U+{ord(bad):04X} at position {value.index(bad) + 1})")
+        raise ValueError(
+            f"must be printable characters only, no control characters or line "
+            f"breaks (U+{ord(bad):04X} at position {value.index(bad) + 1})"
+        )
     return value
 
 
@@ -87,8 +99,7 @@ def _valid_time(value: str, info: ValidationInfo) -> str:
         moment = _AWARE.validate_python(value)  # the calendar check (no 2024-13-45)
         return value if canonical else now_iso(moment.astimezone(timezone.utc))
     except (ValueError, OverflowError):  # ValidationError is a ValueError
-        raise ValueError("must be an ISO 8601 time with a time zone, "
-                         "like 2024-05-01T12:00:00Z") from None
+        raise ValueError("must be an ISO 8601 time with a time zone, like 2024-05-01T12:00:00Z") from None
 
 
 def _stored(info: ValidationInfo) -> bool:
@@ -97,8 +108,9 @@ def _stored(info: ValidationInfo) -> bool:
 
 def _valid_flag_code(value: str, info: ValidationInfo) -> str:
     if not _stored(info) and not FLAG_CODE.fullmatch(value):
-        raise ValueError("must be a short snake_case name: a-z, 0-9 and _, starting with a "
-                         "letter, at most 40 characters")
+        raise ValueError(
+            "must be a short snake_case name: a-z, 0-9 and _, starting with a letter, at most 40 characters"
+        )
     return value
 
 
@@ -110,6 +122,7 @@ FlagCode = Annotated[Text, AfterValidator(_valid_flag_code)]
 
 class Source(BaseModel):
     """Where an entry came from (a student error case, a training example, or a person)."""
+
     model_config = ConfigDict(extra="forbid")
     kind: Text | None = None
     dataset: Text | None = None
@@ -123,6 +136,7 @@ class Source(BaseModel):
 class Flag(BaseModel):
     """A quality flag found by a check (kb/quality.py): what is wrong (code) and where (detail).
     Flags inform a curator; they never change the status of an entry by themselves."""
+
     model_config = ConfigDict(extra="forbid")
     code: FlagCode
     detail: Text | None = Field(None, max_length=MAX_FLAG_DETAIL)
@@ -173,8 +187,7 @@ class Entry(BaseModel):
     def _one_flag_per_code(cls, flags: list[Flag]) -> list[Flag]:
         codes = [f.code for f in flags]
         if repeated := next((c for c in codes if codes.count(c) > 1), None):
-            raise ValueError(f"flag code {repeated!r} is given {codes.count(repeated)} times; "
-                             "keep one per code")
+            raise ValueError(f"flag code {repeated!r} is given {codes.count(repeated)} times; keep one per code")
         return flags
 
     @field_validator("version")
@@ -188,8 +201,7 @@ class Entry(BaseModel):
 
     def knowledge_text(self) -> str:
         """The text inserted into a student prompt (NesyCD knowledge block)."""
-        return (f"Learning summary: {self.learning_summary}\n"
-                f"Supplementary knowledge: {self.supplementary_knowledge}")
+        return f"Learning summary: {self.learning_summary}\nSupplementary knowledge: {self.supplementary_knowledge}"
 
     def content(self) -> dict:
         """The editable fields only (what a revision diff compares)."""
@@ -252,8 +264,9 @@ def entry_from_json(line: str) -> Entry:
     except json.JSONDecodeError as e:
         raise NotJSON([("(line)", f"not valid JSON: {e.msg} at column {e.colno}")]) from None
     except RecursionError:  # json's own guard against deep nesting (100,000 '[' in a row)
-        raise EntryInvalid([(_deep_field(line), "nested too deeply: an entry holds text, lists "
-                                                "of text and one source object")]) from None
+        raise EntryInvalid(
+            [(_deep_field(line), "nested too deeply: an entry holds text, lists of text and one source object")]
+        ) from None
     if not isinstance(data, dict):
         raise EntryInvalid([("(line)", f"expected a JSON object, got {_json_type(data)}")])
     problems = _key_problems(data) if _odd.objects else []
@@ -275,6 +288,7 @@ _TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 class _OddKeys(dict):
     """A JSON object with keys pydantic cannot judge: one named more than once (json keeps the
     last silently), or one holding a lone surrogate. .notes: key -> problem."""
+
     notes: dict[str, str]
 
 
@@ -290,14 +304,17 @@ class _BigNumber:
 
 def _object(pairs: list[tuple[str, object]]) -> dict:
     obj = dict(pairs)
-    if len(obj) == len(pairs) and ((keys := "".join(obj)).isascii()
-                                   or not _SURROGATE.search(keys)):
+    if len(obj) == len(pairs) and ((keys := "".join(obj)).isascii() or not _SURROGATE.search(keys)):
         return obj
     obj, keys = _OddKeys(obj), [k for k, _ in pairs]
-    obj.notes = {k: f"is given {keys.count(k)} times in one object; keep one (JSON readers "
-                    "disagree on which one counts)" for k in obj if keys.count(k) > 1}
-    obj.notes.update({k: "field name contains a lone surrogate, which is not a character"
-                      for k in obj if _SURROGATE.search(k)})
+    obj.notes = {
+        k: f"is given {keys.count(k)} times in one object; keep one (JSON readers disagree on which one counts)"
+        for k in obj
+        if keys.count(k) > 1
+    }
+    obj.notes.update(
+        {k: "field name contains a lone surrogate, which is not a character" for k in obj if _SURROGATE.search(k)}
+    )
     _odd.objects.append(obj)
     return obj
 
@@ -317,8 +334,7 @@ def _key_problems(data: dict) -> list[tuple[str, str]]:
         path, node = stack.pop()
         if isinstance(node, _OddKeys):
             problems += [(_field_name((*path, key)), note) for key, note in node.notes.items()]
-        children = node.items() if isinstance(node, dict) else \
-            enumerate(node) if isinstance(node, list) else ()
+        children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
         stack += [((*path, key), value) for key, value in children]
     return sorted(problems)
 
@@ -350,20 +366,27 @@ def _field_name(loc) -> str:
     escaped, long keys cut (a key is user input too)."""
     name = ".".join(str(part) for part in loc)
     if not name.isprintable():
-        name = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
-                       for c in name)
+        name = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in name)
     return _cut(name, 80)
 
 
 def _json_type(value) -> str:
-    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-             int: "a number", float: "a number", type(None): "null", _BigNumber: "a number"}
+    names = {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+        _BigNumber: "a number",
+    }
     return names.get(type(value), type(value).__name__)
 
 
 def _short_repr(value, limit: int = 60) -> str:
     if isinstance(value, str):  # repr of the first part only: ids of megabytes are user input
-        return _cut(repr(value[:limit + 1]), limit)
+        return _cut(repr(value[: limit + 1]), limit)
     return _cut(repr(value), limit)
 
 

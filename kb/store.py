@@ -11,6 +11,7 @@ Guarantees a curator relies on:
   seconds in all, default $NESY_KB_LOCK_TIMEOUT or 60), then KBLocked says so in one sentence.
   Readers never wait for writers (WAL), and opening an existing store writes nothing.
 """
+
 from __future__ import annotations
 
 import json
@@ -68,8 +69,10 @@ FTS_SCHEMA = """CREATE VIRTUAL TABLE IF NOT EXISTS entries_fts USING fts5(
     id, title, learning_summary, supplementary_knowledge, concepts, question,
     tokenize = 'unicode61 remove_diacritics 2')"""
 
-FTS_INSERT = ("INSERT INTO entries_fts (rowid, id, title, learning_summary, supplementary_knowledge, "
-              "concepts, question) VALUES (?,?,?,?,?,?,?)")
+FTS_INSERT = (
+    "INSERT INTO entries_fts (rowid, id, title, learning_summary, supplementary_knowledge, "
+    "concepts, question) VALUES (?,?,?,?,?,?,?)"
+)
 
 
 class ConflictError(NesyError):
@@ -80,7 +83,8 @@ class ConflictError(NesyError):
         super().__init__(
             f"entry '{entry_id}' was changed by {current.updated_by or 'someone'} at "
             f"{current.updated_at} (now version {current.version}); you edited version "
-            f"{expected_version}. Reload it and apply your change again.")
+            f"{expected_version}. Reload it and apply your change again."
+        )
 
 
 class EntryNotFound(KeyError):
@@ -93,8 +97,10 @@ class KBLocked(NesyError, TimeoutError):
 
     def __init__(self, path: Path, waited: float):
         self.path, self.waited = path, waited
-        super().__init__(f"the knowledge base {path} is locked by another process (waited "
-                         f"{waited:g} s); try again when that process has finished")
+        super().__init__(
+            f"the knowledge base {path} is locked by another process (waited "
+            f"{waited:g} s); try again when that process has finished"
+        )
 
 
 class DuplicateEntry(NesyError, ValueError):
@@ -142,9 +148,13 @@ class KBStore:
             # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so the write lock is taken
             # before the version check, not at the first write.
             # factory: every statement waits out another process's lock (see _PatientConnection).
-            con = sqlite3.connect(self.path, timeout=min(_BUSY_WAIT, self.lock_timeout),
-                                  isolation_level=None,
-                                  check_same_thread=False, factory=_PatientConnection)
+            con = sqlite3.connect(
+                self.path,
+                timeout=min(_BUSY_WAIT, self.lock_timeout),
+                isolation_level=None,
+                check_same_thread=False,
+                factory=_PatientConnection,
+            )
             con.lock_timeout, con.path = self.lock_timeout, self.path
             con.execute("PRAGMA journal_mode=WAL")
             con.execute("PRAGMA synchronous=NORMAL")
@@ -203,8 +213,9 @@ class KBStore:
         ids, found = list(ids), set()
         for chunk in _chunks(ids, 500):
             marks = ",".join("?" * len(chunk))
-            found.update(i for (i,) in self._con.execute(
-                f"SELECT id FROM entries WHERE id IN ({marks}) AND +deleted = 0", chunk))
+            found.update(
+                i for (i,) in self._con.execute(f"SELECT id FROM entries WHERE id IN ({marks}) AND +deleted = 0", chunk)
+            )
         return found
 
     def get_many(self, ids: Iterable[str]) -> dict[str, Entry]:
@@ -212,8 +223,7 @@ class KBStore:
         ids, found = list(ids), {}
         for chunk in _chunks(ids, 500):
             marks = ",".join("?" * len(chunk))
-            for (data,) in self._con.execute(
-                    f"SELECT data FROM entries WHERE id IN ({marks}) AND +deleted = 0", chunk):
+            for (data,) in self._con.execute(f"SELECT data FROM entries WHERE id IN ({marks}) AND +deleted = 0", chunk):
                 entry = _load(data)
                 found[entry.id] = entry
         return found
@@ -222,8 +232,7 @@ class KBStore:
         """Apply field changes if the entry is still at expected_version, else ConflictError."""
         unknown = sorted(set(changes) - set(EDITABLE_FIELDS))
         if unknown:
-            raise ValueError(f"cannot change field(s) {', '.join(unknown)}; "
-                             f"editable: {', '.join(EDITABLE_FIELDS)}")
+            raise ValueError(f"cannot change field(s) {', '.join(unknown)}; editable: {', '.join(EDITABLE_FIELDS)}")
         with self._write() as con:
             row = self._live_row(con, entry_id)
             _check_version(row, expected_version)
@@ -241,8 +250,7 @@ class KBStore:
                 _check_version(row, expected_version)
             self._retire(con, row, by, action="delete", changes={"deleted": [False, True]})
 
-    def set_status(self, ids: list[str], status: str, by: str,
-                   expected_versions: dict[str, int] | None = None) -> int:
+    def set_status(self, ids: list[str], status: str, by: str, expected_versions: dict[str, int] | None = None) -> int:
         """Set the status of many entries in one transaction; returns how many changed.
         An unknown id refuses the whole batch. expected_versions (id -> the version the reviewer
         saw) refuses the whole batch with ConflictError when any of those entries moved on;
@@ -269,7 +277,9 @@ class KBStore:
         marks = ",".join("?" * len(ids))
         rows = self._con.execute(
             f"SELECT revision_id, entry_id, version, action, by, at, changes, snapshot "
-            f"FROM revisions WHERE entry_id IN ({marks}) ORDER BY revision_id", ids)
+            f"FROM revisions WHERE entry_id IN ({marks}) ORDER BY revision_id",
+            ids,
+        )
         return [_revision(r) for r in rows]
 
     def restore(self, entry_id: str, revision_id: int, expected_version: int, by: str) -> Entry:
@@ -278,18 +288,17 @@ class KBStore:
             rev = self._revision(con, revision_id)
             allowed = {entry_id, *self._merged_sources(con, entry_id)}
             if rev is None or rev.entry_id not in allowed or rev.snapshot is None:
-                raise ValueError(f"revision {revision_id} is not a restorable revision of "
-                                 f"entry '{entry_id}'")
+                raise ValueError(f"revision {revision_id} is not a restorable revision of entry '{entry_id}'")
             row = self._row(con, entry_id)
             if row is None:
                 raise EntryNotFound(entry_id)
             _check_version(row, expected_version)
             content = {k: rev.snapshot[k] for k in EDITABLE_FIELDS if k in rev.snapshot}
-            return self._change(con, row, content, by, action="restore",
-                                extra={"revision": [None, revision_id]}, force=True)
+            return self._change(
+                con, row, content, by, action="restore", extra={"revision": [None, revision_id]}, force=True
+            )
 
-    def merge(self, keep_id: str, drop_id: str, by: str,
-              expected_versions: tuple[int, int] | None = None) -> Entry:
+    def merge(self, keep_id: str, drop_id: str, by: str, expected_versions: tuple[int, int] | None = None) -> Entry:
         """Fold drop into keep: concepts and links unioned, drop marked deleted with a 'merge'
         revision pointing at keep; history(keep) then includes drop's revisions. Other entries
         linking to drop are re-pointed to keep (one 'update' revision each), so no link dangles."""
@@ -301,13 +310,19 @@ class KBStore:
                 _check_version(keep, expected_versions[0])
                 _check_version(drop, expected_versions[1])
             concepts = _union(keep.entry.concepts, drop.entry.concepts)
-            links = [i for i in _union(keep.entry.links, drop.entry.links)
-                     if i not in (keep_id, drop_id)]
-            merged = self._change(con, keep, {"concepts": concepts, "links": links}, by,
-                                  action="merge", extra={"merged_from": [None, drop_id]},
-                                  force=True)
-            self._retire(con, drop, by, action="merge",
-                         changes={"deleted": [False, True], "merged_into": [None, keep_id]})
+            links = [i for i in _union(keep.entry.links, drop.entry.links) if i not in (keep_id, drop_id)]
+            merged = self._change(
+                con,
+                keep,
+                {"concepts": concepts, "links": links},
+                by,
+                action="merge",
+                extra={"merged_from": [None, drop_id]},
+                force=True,
+            )
+            self._retire(
+                con, drop, by, action="merge", changes={"deleted": [False, True], "merged_into": [None, keep_id]}
+            )
             self._relink(con, drop_id, keep_id, by)
             return merged
 
@@ -315,20 +330,38 @@ class KBStore:
         """Replace old_id by new_id in the links of every live entry (a merge's follow-up).
         instr() on the stored JSON narrows the scan; the exact check is on the parsed links."""
         needle = json.dumps(old_id, ensure_ascii=False)
-        for pk, data in con.execute("SELECT pk, data FROM entries WHERE deleted = 0 "
-                                    "AND instr(data, ?) > 0", (needle,)).fetchall():
+        for pk, data in con.execute(
+            "SELECT pk, data FROM entries WHERE deleted = 0 AND instr(data, ?) > 0", (needle,)
+        ).fetchall():
             entry = _load(data)
             if old_id not in entry.links:
                 continue
             links = _union([new_id if i == old_id else i for i in entry.links], [])
-            self._change(con, _Row(pk, entry, False),
-                         {"links": [i for i in links if i != entry.id]}, by, action="update",
-                         extra={"relinked": [old_id, new_id]})
+            self._change(
+                con,
+                _Row(pk, entry, False),
+                {"links": [i for i in links if i != entry.id]},
+                by,
+                action="update",
+                extra={"relinked": [old_id, new_id]},
+            )
 
     # -- queries -----------------------------------------------------------------------------
-    def query(self, *, status=None, task=None, concept=None, text=None, source_kind=None,
-              flag=None, flagged: bool | None = None, sort="updated_at", descending=True,
-              offset=0, limit=50) -> Page:
+    def query(
+        self,
+        *,
+        status=None,
+        task=None,
+        concept=None,
+        text=None,
+        source_kind=None,
+        flag=None,
+        flagged: bool | None = None,
+        sort="updated_at",
+        descending=True,
+        offset=0,
+        limit=50,
+    ) -> Page:
         """One page of live entries matching every given filter; Page.total counts all matches.
         status / task / source_kind / flag accept one value or a list (any of them); flag is a
         quality flag code; flagged=True: entries with any flag, False: entries with none."""
@@ -338,19 +371,19 @@ class KBStore:
         total = self._con.execute(f"SELECT COUNT(*) FROM entries WHERE {where}", args).fetchone()[0]
         order = "DESC" if descending else "ASC"
         rows = self._con.execute(
-            f"SELECT data FROM entries WHERE {where} ORDER BY {sort} {order}, id {order} "
-            f"LIMIT ? OFFSET ?", [*args, limit, offset])
+            f"SELECT data FROM entries WHERE {where} ORDER BY {sort} {order}, id {order} LIMIT ? OFFSET ?",
+            [*args, limit, offset],
+        )
         return Page([_load(d) for (d,) in rows], total, offset, limit)
 
-    def iter_entries(self, *, status=None, task=None, concept=None, flag=None, batch: int = 1000
-                     ) -> Iterator[Entry]:
+    def iter_entries(self, *, status=None, task=None, concept=None, flag=None, batch: int = 1000) -> Iterator[Entry]:
         """Every matching live entry in id order, streamed (export, index rebuild, graph)."""
         where, args = self._filters(status, task, concept, None, None, flag)
         last = ""
         while True:
             rows = self._con.execute(
-                f"SELECT id, data FROM entries WHERE {where} AND id > ? ORDER BY id LIMIT ?",
-                [*args, last, batch]).fetchall()
+                f"SELECT id, data FROM entries WHERE {where} AND id > ? ORDER BY id LIMIT ?", [*args, last, batch]
+            ).fetchall()
             for _, data in rows:
                 yield _load(data)
             if len(rows) < batch:
@@ -359,35 +392,39 @@ class KBStore:
 
     def stats(self) -> dict:
         con = self._con
-        by_status = dict(con.execute(
-            "SELECT status, COUNT(*) FROM entries WHERE deleted = 0 GROUP BY status"))
-        by_task = dict(con.execute(
-            "SELECT task, COUNT(*) FROM entries WHERE deleted = 0 GROUP BY task ORDER BY task"))
-        by_flag = dict(con.execute(  # only live entries have rows in entry_flags
-            "SELECT code, COUNT(*) FROM entry_flags GROUP BY code ORDER BY code"))
-        return {"total": sum(by_status.values()),
-                "by_status": {s: by_status.get(s, 0) for s in STATUSES},
-                "by_task": by_task,
-                "by_flag": by_flag,
-                "flagged": con.execute(
-                    "SELECT COUNT(DISTINCT entry_pk) FROM entry_flags").fetchone()[0],
-                "deleted": con.execute("SELECT COUNT(*) FROM entries WHERE deleted = 1").fetchone()[0],
-                "revisions": con.execute("SELECT COUNT(*) FROM revisions").fetchone()[0],
-                "seq": self.current_seq()}
+        by_status = dict(con.execute("SELECT status, COUNT(*) FROM entries WHERE deleted = 0 GROUP BY status"))
+        by_task = dict(con.execute("SELECT task, COUNT(*) FROM entries WHERE deleted = 0 GROUP BY task ORDER BY task"))
+        by_flag = dict(
+            con.execute(  # only live entries have rows in entry_flags
+                "SELECT code, COUNT(*) FROM entry_flags GROUP BY code ORDER BY code"
+            )
+        )
+        return {
+            "total": sum(by_status.values()),
+            "by_status": {s: by_status.get(s, 0) for s in STATUSES},
+            "by_task": by_task,
+            "by_flag": by_flag,
+            "flagged": con.execute("SELECT COUNT(DISTINCT entry_pk) FROM entry_flags").fetchone()[0],
+            "deleted": con.execute("SELECT COUNT(*) FROM entries WHERE deleted = 1").fetchone()[0],
+            "revisions": con.execute("SELECT COUNT(*) FROM revisions").fetchone()[0],
+            "seq": self.current_seq(),
+        }
 
     def facets(self) -> dict:
         """Distinct values to offer as filters."""
         con = self._con
         return {
-            "tasks": [t for (t,) in con.execute(
-                "SELECT DISTINCT task FROM entries WHERE deleted = 0 ORDER BY task")],
-            "concepts": [c for (c,) in con.execute(
-                "SELECT DISTINCT concept FROM entry_concepts ORDER BY concept")],
-            "source_kinds": [k for (k,) in con.execute(
-                "SELECT DISTINCT source_kind FROM entries WHERE deleted = 0 "
-                "AND source_kind IS NOT NULL ORDER BY source_kind")],
-            "flags": [c for (c,) in con.execute(
-                "SELECT DISTINCT code FROM entry_flags ORDER BY code")]}
+            "tasks": [t for (t,) in con.execute("SELECT DISTINCT task FROM entries WHERE deleted = 0 ORDER BY task")],
+            "concepts": [c for (c,) in con.execute("SELECT DISTINCT concept FROM entry_concepts ORDER BY concept")],
+            "source_kinds": [
+                k
+                for (k,) in con.execute(
+                    "SELECT DISTINCT source_kind FROM entries WHERE deleted = 0 "
+                    "AND source_kind IS NOT NULL ORDER BY source_kind"
+                )
+            ],
+            "flags": [c for (c,) in con.execute("SELECT DISTINCT code FROM entry_flags ORDER BY code")],
+        }
 
     def current_seq(self) -> int:
         return self._con.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()[0]
@@ -404,7 +441,8 @@ class KBStore:
             now = self.current_seq()
             changed, deleted = [], []
             for entry_id, is_deleted in con.execute(
-                    "SELECT id, deleted FROM entries WHERE seq > ? ORDER BY seq", (seq,)):
+                "SELECT id, deleted FROM entries WHERE seq > ? ORDER BY seq", (seq,)
+            ):
                 (deleted if is_deleted else changed).append(entry_id)
         finally:
             con.execute("COMMIT")
@@ -433,37 +471,55 @@ class KBStore:
         if not entries:
             return
         at = now_iso()
-        seq = con.execute(
-            "UPDATE meta SET value = value + 1 WHERE key = 'seq' RETURNING value").fetchone()[0]
+        seq = con.execute("UPDATE meta SET value = value + 1 WHERE key = 'seq' RETURNING value").fetchone()[0]
         first_pk = con.execute("SELECT COALESCE(MAX(pk), 0) + 1 FROM entries").fetchone()[0]
-        entries = [e.model_copy(update={"created_at": e.created_at or at,
-                                        "updated_at": e.updated_at or at,
-                                        "updated_by": e.updated_by or by}) for e in entries]
+        entries = [
+            e.model_copy(
+                update={
+                    "created_at": e.created_at or at,
+                    "updated_at": e.updated_at or at,
+                    "updated_by": e.updated_by or by,
+                }
+            )
+            for e in entries
+        ]
         pks = range(first_pk, first_pk + len(entries))
         data = [e.model_dump_json() for e in entries]  # stored row and revision snapshot
         con.executemany(
             "INSERT INTO entries (pk, id, task, status, title, source_kind, version, created_at, "
             "updated_at, updated_by, deleted, seq, data) VALUES (?,?,?,?,?,?,?,?,?,?,0,?,?)",
-            [(pk, e.id, *_columns(e), seq, d) for pk, e, d in zip(pks, entries, data)])
-        con.executemany("INSERT INTO entry_concepts VALUES (?, ?)",
-                        [(pk, c) for pk, e in zip(pks, entries) for c in dict.fromkeys(e.concepts)])
-        con.executemany("INSERT INTO entry_flags VALUES (?, ?)",
-                        [(pk, f.code) for pk, e in zip(pks, entries) for f in e.flags])
+            [(pk, e.id, *_columns(e), seq, d) for pk, e, d in zip(pks, entries, data)],
+        )
+        con.executemany(
+            "INSERT INTO entry_concepts VALUES (?, ?)",
+            [(pk, c) for pk, e in zip(pks, entries) for c in dict.fromkeys(e.concepts)],
+        )
+        con.executemany(
+            "INSERT INTO entry_flags VALUES (?, ?)", [(pk, f.code) for pk, e in zip(pks, entries) for f in e.flags]
+        )
         if self.fts:
             con.executemany(FTS_INSERT, [(pk, *_fts_values(e)) for pk, e in zip(pks, entries)])
         con.executemany(
             "INSERT INTO revisions (entry_id, version, action, by, at, changes, snapshot) "
             "VALUES (?,?,'import',?,?,?,?)",
-            [(e.id, e.version, by, at, json.dumps(_diff({}, e.content()), ensure_ascii=False), d)
-             for e, d in zip(entries, data)])
+            [
+                (e.id, e.version, by, at, json.dumps(_diff({}, e.content()), ensure_ascii=False), d)
+                for e, d in zip(entries, data)
+            ],
+        )
 
     def _import_one(self, con, entry: Entry, row: _Row, by: str, on_duplicate: str) -> str:
         at = now_iso()
         if row.deleted:
             version = max(entry.version, row.entry.version + 1)
-            entry = entry.model_copy(update={
-                "version": version, "created_at": entry.created_at or at,
-                "updated_at": entry.updated_at or at, "updated_by": entry.updated_by or by})
+            entry = entry.model_copy(
+                update={
+                    "version": version,
+                    "created_at": entry.created_at or at,
+                    "updated_at": entry.updated_at or at,
+                    "updated_by": entry.updated_by or by,
+                }
+            )
             self._save(con, entry, row)
             self._log(con, entry, "import", by, at, _diff({}, entry.content()))
             return "added"
@@ -472,9 +528,14 @@ class KBStore:
         current = row.entry
         if entry.content() == current.content():
             return "unchanged"  # metadata alone is not worth a new version
-        entry = entry.model_copy(update={
-            "version": max(entry.version, current.version + 1), "created_at": current.created_at,
-            "updated_at": entry.updated_at or at, "updated_by": entry.updated_by or by})
+        entry = entry.model_copy(
+            update={
+                "version": max(entry.version, current.version + 1),
+                "created_at": current.created_at,
+                "updated_at": entry.updated_at or at,
+                "updated_by": entry.updated_by or by,
+            }
+        )
         self._save(con, entry, row)
         self._log(con, entry, "import", by, at, _diff(current.content(), entry.content()))
         return "overwritten"
@@ -483,21 +544,29 @@ class KBStore:
     def _create(self, con, entry: Entry, by: str, row: _Row | None, action: str) -> Entry:
         at = now_iso()
         version = 1 if row is None else row.entry.version + 1  # re-adding a deleted id continues
-        entry = entry.model_copy(update={"version": version, "created_at": at, "updated_at": at,
-                                         "updated_by": by})
+        entry = entry.model_copy(update={"version": version, "created_at": at, "updated_at": at, "updated_by": by})
         self._save(con, entry, row)
         self._log(con, entry, action, by, at, _diff({}, entry.content()))
         return entry
 
-    def _change(self, con, row: _Row, changes: dict, by: str, action: str,
-                extra: dict | None = None, force: bool = False, reflag: bool = False) -> Entry:
+    def _change(
+        self,
+        con,
+        row: _Row,
+        changes: dict,
+        by: str,
+        action: str,
+        extra: dict | None = None,
+        force: bool = False,
+        reflag: bool = False,
+    ) -> Entry:
         """Validate and write new content; a no-op change writes nothing unless forced.
         reflag: the per-entry quality checks run on the new content (kb/quality.py)."""
         current = row.entry
         at = now_iso()
-        candidate = validate_entry({**current.model_dump(), **changes,
-                                    "version": current.version + 1, "updated_at": at,
-                                    "updated_by": by})
+        candidate = validate_entry(
+            {**current.model_dump(), **changes, "version": current.version + 1, "updated_at": at, "updated_by": by}
+        )
         if reflag:
             candidate = candidate.model_copy(update={"flags": flags_with_checks(candidate)})
         diff = _diff(current.content(), candidate.content())
@@ -509,55 +578,52 @@ class KBStore:
 
     def _retire(self, con, row: _Row, by: str, action: str, changes: dict) -> None:
         at = now_iso()
-        entry = row.entry.model_copy(update={"version": row.entry.version + 1, "updated_at": at,
-                                             "updated_by": by})
+        entry = row.entry.model_copy(update={"version": row.entry.version + 1, "updated_at": at, "updated_by": by})
         self._save(con, entry, row, deleted=True)
         self._log(con, entry, action, by, at, changes)
 
     def _save(self, con, entry: Entry, row: _Row | None, deleted: bool = False) -> None:
-        seq = con.execute(
-            "UPDATE meta SET value = value + 1 WHERE key = 'seq' RETURNING value").fetchone()[0]
+        seq = con.execute("UPDATE meta SET value = value + 1 WHERE key = 'seq' RETURNING value").fetchone()[0]
         values = (*_columns(entry), int(deleted), seq, entry.model_dump_json())
         if row is None:
             pk = con.execute(
                 "INSERT INTO entries (task, status, title, source_kind, version, created_at, "
                 "updated_at, updated_by, deleted, seq, data, id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (*values, entry.id)).lastrowid
+                (*values, entry.id),
+            ).lastrowid
         else:
             pk = row.pk
             con.execute(
                 "UPDATE entries SET task=?, status=?, title=?, source_kind=?, version=?, "
                 "created_at=?, updated_at=?, updated_by=?, deleted=?, seq=?, data=? WHERE pk=?",
-                (*values, pk))
+                (*values, pk),
+            )
             con.execute("DELETE FROM entry_concepts WHERE entry_pk = ?", (pk,))
             con.execute("DELETE FROM entry_flags WHERE entry_pk = ?", (pk,))
             if self.fts:
                 con.execute("DELETE FROM entries_fts WHERE rowid = ?", (pk,))
         if deleted:
             return  # a deleted entry is invisible to concept and flag facets and text search
-        con.executemany("INSERT INTO entry_concepts VALUES (?, ?)",
-                        [(pk, c) for c in dict.fromkeys(entry.concepts)])
+        con.executemany("INSERT INTO entry_concepts VALUES (?, ?)", [(pk, c) for c in dict.fromkeys(entry.concepts)])
         con.executemany("INSERT INTO entry_flags VALUES (?, ?)", [(pk, f.code) for f in entry.flags])
         if self.fts:
             con.execute(FTS_INSERT, (pk, *_fts_values(entry)))
 
     def _log(self, con, entry: Entry, action: str, by: str, at: str, changes: dict) -> None:
-        con.execute("INSERT INTO revisions (entry_id, version, action, by, at, changes, snapshot) "
-                    "VALUES (?,?,?,?,?,?,?)",
-                    (entry.id, entry.version, action, by, at,
-                     json.dumps(changes, ensure_ascii=False), entry.model_dump_json()))
+        con.execute(
+            "INSERT INTO revisions (entry_id, version, action, by, at, changes, snapshot) VALUES (?,?,?,?,?,?,?)",
+            (entry.id, entry.version, action, by, at, json.dumps(changes, ensure_ascii=False), entry.model_dump_json()),
+        )
 
     def _row(self, con, entry_id: str) -> _Row | None:
-        found = con.execute("SELECT pk, data, deleted FROM entries WHERE id = ?",
-                            (entry_id,)).fetchone()
+        found = con.execute("SELECT pk, data, deleted FROM entries WHERE id = ?", (entry_id,)).fetchone()
         return _Row(found[0], _load(found[1]), bool(found[2])) if found else None
 
     def _rows(self, con, ids: list[str]) -> dict[str, _Row]:
         rows = {}
         for chunk in _chunks(ids, 500):
             marks = ",".join("?" * len(chunk))
-            for pk, data, deleted in con.execute(
-                    f"SELECT pk, data, deleted FROM entries WHERE id IN ({marks})", chunk):
+            for pk, data, deleted in con.execute(f"SELECT pk, data, deleted FROM entries WHERE id IN ({marks})", chunk):
                 entry = _load(data)
                 rows[entry.id] = _Row(pk, entry, bool(deleted))
         return rows
@@ -569,9 +635,11 @@ class KBStore:
         return row
 
     def _revision(self, con, revision_id: int) -> Revision | None:
-        found = con.execute("SELECT revision_id, entry_id, version, action, by, at, changes, "
-                            "snapshot FROM revisions WHERE revision_id = ?",
-                            (revision_id,)).fetchone()
+        found = con.execute(
+            "SELECT revision_id, entry_id, version, action, by, at, changes, "
+            "snapshot FROM revisions WHERE revision_id = ?",
+            (revision_id,),
+        ).fetchone()
         return _revision(found) if found else None
 
     def _merged_sources(self, con, entry_id: str) -> list[str]:
@@ -580,21 +648,21 @@ class KBStore:
         while frontier:
             current = frontier.pop()
             for (changes,) in con.execute(
-                    "SELECT changes FROM revisions WHERE entry_id = ? AND action = 'merge'",
-                    (current,)):
+                "SELECT changes FROM revisions WHERE entry_id = ? AND action = 'merge'", (current,)
+            ):
                 source = json.loads(changes).get("merged_from", [None, None])[1]
                 if source and source not in found and source != entry_id:
                     found.append(source)
                     frontier.append(source)
         return found
 
-    def _filters(self, status, task, concept, text, source_kind, flag=None,
-                 flagged: bool | None = None) -> tuple[str, list]:
+    def _filters(
+        self, status, task, concept, text, source_kind, flag=None, flagged: bool | None = None
+    ) -> tuple[str, list]:
         clauses, args = ["deleted = 0"], []
         if flag:
             codes = [flag] if isinstance(flag, str) else list(flag)
-            clauses.append(f"pk IN (SELECT entry_pk FROM entry_flags WHERE code IN "
-                           f"({','.join('?' * len(codes))}))")
+            clauses.append(f"pk IN (SELECT entry_pk FROM entry_flags WHERE code IN ({','.join('?' * len(codes))}))")
             args += codes
         if flagged is not None:
             clauses.append(f"pk {'' if flagged else 'NOT '}IN (SELECT entry_pk FROM entry_flags)")
@@ -622,9 +690,13 @@ class KBStore:
         restore(id, history(id)[-1].revision_id, expected_version=entry.version, by=...)."""
         con = self._con
         total = con.execute("SELECT COUNT(*) FROM entries WHERE deleted = 1").fetchone()[0]
-        ids = [i for (i,) in con.execute(
-            "SELECT id FROM entries WHERE deleted = 1 ORDER BY updated_at DESC, id DESC "
-            "LIMIT ? OFFSET ?", (limit, offset))]
+        ids = [
+            i
+            for (i,) in con.execute(
+                "SELECT id FROM entries WHERE deleted = 1 ORDER BY updated_at DESC, id DESC LIMIT ? OFFSET ?",
+                (limit, offset),
+            )
+        ]
         rows = [self._row(con, i) for i in ids]
         return Page([r.entry for r in rows if r is not None], total, offset, limit)
 
@@ -635,9 +707,13 @@ class KBStore:
         con = self._con
         keep, drop = self._live_row(con, keep_id), self._live_row(con, drop_id)
         links = [i for i in _union(keep.entry.links, drop.entry.links) if i not in (keep_id, drop_id)]
-        return keep.entry.model_copy(update={
-            "concepts": _union(keep.entry.concepts, drop.entry.concepts), "links": links,
-            "version": keep.entry.version + 1})
+        return keep.entry.model_copy(
+            update={
+                "concepts": _union(keep.entry.concepts, drop.entry.concepts),
+                "links": links,
+                "version": keep.entry.version + 1,
+            }
+        )
 
     # -- impact of entries on answers (written by evaluations and comparisons) ---------------
     # One row per (entry, report): a report's rows are replaced as a whole when it runs again.
@@ -652,8 +728,10 @@ class KBStore:
         """Replace what `report` (e.g. "eval:<name>", "compare:<key>") says about entries:
         entry id -> {retrieved, fixed, broken, fixed_shared, broken_shared}."""
         at = now_iso()
-        rows = [(entry_id, report, *(int(counts.get(f, 0)) for f in self.IMPACT_FIELDS), at)
-                for entry_id, counts in impact.items()]
+        rows = [
+            (entry_id, report, *(int(counts.get(f, 0)) for f in self.IMPACT_FIELDS), at)
+            for entry_id, counts in impact.items()
+        ]
         with self._write() as con:
             con.execute(self._IMPACT_TABLE)
             con.execute("DELETE FROM entry_impact WHERE report = ?", (report,))
@@ -664,8 +742,12 @@ class KBStore:
         con = self._con
         if not con.execute("SELECT 1 FROM sqlite_master WHERE name = 'entry_impact'").fetchone():
             return ""
-        return "|".join(str(v) for v in con.execute("SELECT COUNT(*), MAX(at), SUM(retrieved + fixed + "
-                                                     "broken) FROM entry_impact").fetchone())
+        return "|".join(
+            str(v)
+            for v in con.execute(
+                "SELECT COUNT(*), MAX(at), SUM(retrieved + fixed + broken) FROM entry_impact"
+            ).fetchone()
+        )
 
     def impact(self, ids: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
         """Totals over every report per entry id (+ `reports`: how many reports saw it)."""
@@ -677,8 +759,10 @@ class KBStore:
         if ids is not None:
             args = list(ids)
             sql += f" WHERE entry_id IN ({','.join('?' * len(args))})"
-        return {row[0]: dict(zip((*self.IMPACT_FIELDS, "reports"), row[1:]))
-                for row in con.execute(sql + " GROUP BY entry_id", args)}
+        return {
+            row[0]: dict(zip((*self.IMPACT_FIELDS, "reports"), row[1:]))
+            for row in con.execute(sql + " GROUP BY entry_id", args)
+        }
 
 
 _BUSY_WAIT = 1.0  # seconds SQLite's own busy handler waits per attempt before we pause and retry
@@ -691,6 +775,7 @@ class _PatientConnection(sqlite3.Connection):
     SQLITE_BUSY did nothing, and writes begin with BEGIN IMMEDIATE, so none waits half-way
     through a transaction. (executemany is retried with the same list: never pass it a generator.)
     """
+
     lock_timeout: float = 60.0
     path: Path | None = None
 
@@ -759,14 +844,28 @@ def _fts_query(text: str) -> str:
 
 def _columns(entry: Entry) -> tuple:
     """The entry fields mirrored as columns (for filters and sorting), in table order."""
-    return (entry.task, entry.status, entry.title, entry.source.kind if entry.source else None,
-            entry.version, entry.created_at, entry.updated_at, entry.updated_by)
+    return (
+        entry.task,
+        entry.status,
+        entry.title,
+        entry.source.kind if entry.source else None,
+        entry.version,
+        entry.created_at,
+        entry.updated_at,
+        entry.updated_by,
+    )
 
 
 def _fts_values(entry: Entry) -> tuple:
     question = entry.source.question if entry.source else None
-    return (entry.id, entry.title or "", entry.learning_summary, entry.supplementary_knowledge,
-            " ".join(entry.concepts), question or "")
+    return (
+        entry.id,
+        entry.title or "",
+        entry.learning_summary,
+        entry.supplementary_knowledge,
+        " ".join(entry.concepts),
+        question or "",
+    )
 
 
 def _check_version(row: _Row, expected_version: int) -> None:
@@ -784,11 +883,18 @@ def _union(first: list[str], second: list[str]) -> list[str]:
 
 def _chunks(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 def _revision(row) -> Revision:
     rid, entry_id, version, action, by, at, changes, snapshot = row
-    return Revision(revision_id=rid, entry_id=entry_id, version=version, action=action, by=by,
-                    at=at, changes=json.loads(changes),
-                    snapshot=json.loads(snapshot) if snapshot else None)
+    return Revision(
+        revision_id=rid,
+        entry_id=entry_id,
+        version=version,
+        action=action,
+        by=by,
+        at=at,
+        changes=json.loads(changes),
+        snapshot=json.loads(snapshot) if snapshot else None,
+    )

@@ -13,6 +13,7 @@ Layout (one place so every module agrees):
   adapters/<name>/ trained LoRA adapters with their card
   evals/<name>/    evaluation reports (results.json + samples.jsonl)
 """
+
 from __future__ import annotations
 
 import os
@@ -56,8 +57,9 @@ class NotOwned(NesyError, ValueError):
 def check_name(name: object, option: str) -> str:
     """`name` if it is a plain name; otherwise InvalidName naming the option."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name) or ".." in name:
-        raise InvalidName(f"{option} takes a name (letters, digits, '.', '_', '-'; at most 100 "
-                          f"characters), not a path: {name!r}")
+        raise InvalidName(
+            f"{option} takes a name (letters, digits, '.', '_', '-'; at most 100 characters), not a path: {name!r}"
+        )
     return name
 
 
@@ -82,7 +84,9 @@ def remove_owned(path: Path) -> None:
     if not path.exists() and not path.is_symlink():
         return
     if path.is_symlink() or not (path / OWNED_MARKER).is_file():
-        raise NotOwned(f"{path} was not created by this version of nesy (no {OWNED_MARKER} marker), "
-                       "so it is never deleted automatically: remove or rename it yourself, or "
-                       "choose another name")
+        raise NotOwned(
+            f"{path} was not created by this version of nesy (no {OWNED_MARKER} marker), "
+            "so it is never deleted automatically: remove or rename it yourself, or "
+            "choose another name"
+        )
     shutil.rmtree(path)

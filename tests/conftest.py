@@ -4,6 +4,7 @@ Environment for every test: offline model hub, a fresh $NESY_HOME per test, and 
 pointing at one cache under the repo (.cache/models) so the student GGUF->HF conversion and the
 teacher assembly happen once per machine, not once per test.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,7 @@ os.environ.setdefault("NESY_MODELS", str(REPO / ".cache" / "models"))
 # Locally: fresh random examples each run, failures remembered and replayed first. Hypothesis'
 # own files (example database, caches) go to .cache/hypothesis, not a .hypothesis/ in the cwd.
 set_hypothesis_home_dir(REPO / ".cache" / "hypothesis")
-settings.register_profile("ci", derandomize=True, max_examples=40, deadline=None, database=None,
-                          print_blob=True)
+settings.register_profile("ci", derandomize=True, max_examples=40, deadline=None, database=None, print_blob=True)
 settings.register_profile("dev", max_examples=100, deadline=None)
 settings.load_profile("ci" if os.environ.get("CI", "").lower() == "true" else "dev")
 

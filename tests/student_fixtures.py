@@ -5,6 +5,7 @@ tokenizer and chat template, so prompts, masking and generation go through the s
 real 135M student, at a fraction of the cost. Import the fixtures in a test module with
 `from student_fixtures import tiny_model, gsm8k_records  # noqa: F401`.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -30,10 +31,19 @@ def build_tiny_model(target: Path, seed: int = 0) -> Path:
 
     tok = real_tokenizer()
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                         tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     LlamaForCausalLM(config).save_pretrained(target)
     tok.save_pretrained(target)
     return target
@@ -64,11 +74,25 @@ def write_records(path: Path, n: int = 12, thoughts=("cot",)) -> Path:
     with open(path, "w", encoding="utf-8") as f:
         for row in gsm8k_rows(n):
             for thought in thoughts:
-                f.write(json.dumps({
-                    "id": f"{row['id']}-{thought}", "example_id": row["id"], "dataset": "gsm8k",
-                    "task": "gsm8k", "question": row["question"], "answer": row["answer"],
-                    "choices": None, "thought": thought, "rationale": rationale(row, thought),
-                    "extracted": row["answer"], "verified": True, "teacher_model": "fixture"}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "id": f"{row['id']}-{thought}",
+                            "example_id": row["id"],
+                            "dataset": "gsm8k",
+                            "task": "gsm8k",
+                            "question": row["question"],
+                            "answer": row["answer"],
+                            "choices": None,
+                            "thought": thought,
+                            "rationale": rationale(row, thought),
+                            "extracted": row["answer"],
+                            "verified": True,
+                            "teacher_model": "fixture",
+                        }
+                    )
+                    + "\n"
+                )
     return path
 
 

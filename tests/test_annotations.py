@@ -1,5 +1,6 @@
 """The free PoT/EoT source: GSM8K's calculator annotations -> programs / equation systems, each
 verified in the real sandbox; provenance on every record; sets never mixed; the shipped sets."""
+
 from __future__ import annotations
 
 import gzip
@@ -38,16 +39,24 @@ def train() -> dict[str, Example]:
 
 # ---------------------------------------------------------------- conversion, real rows
 
-REAL_ROWS = ["gsm8k-train-00000", "gsm8k-train-00002", "gsm8k-train-00003", "gsm8k-train-00005",
-             "gsm8k-train-00044", "gsm8k-train-00053"]
+REAL_ROWS = [
+    "gsm8k-train-00000",
+    "gsm8k-train-00002",
+    "gsm8k-train-00003",
+    "gsm8k-train-00005",
+    "gsm8k-train-00044",
+    "gsm8k-train-00053",
+]
 
 
 def test_natalia_in_the_demonstration_style(train):
-    ex = train["gsm8k-train-00000"]   # 48/2 = <<48/2=24>>24 clips in May; 48+24 = <<48+24=72>>72
+    ex = train["gsm8k-train-00000"]  # 48/2 = <<48/2=24>>24 clips in May; 48+24 = <<48+24=72>>72
     assert build(ex, "pot") == "clips_may = 48 / 2\nans = 48 + clips_may"
-    assert build(ex, "eot") == ("% Natalia sold 48/2 clips in May.\nclips_may = 48 / 2\n"
-                                "% Natalia sold 48+24 clips altogether in April and May.\n"
-                                "clips_april = 48 + clips_may\nans = clips_april")
+    assert build(ex, "eot") == (
+        "% Natalia sold 48/2 clips in May.\nclips_may = 48 / 2\n"
+        "% Natalia sold 48+24 clips altogether in April and May.\n"
+        "clips_april = 48 + clips_may\nans = clips_april"
+    )
     assert run_pot(build(ex, "pot")).value == 72
     assert solve_eot(build(ex, "eot")).value == 72
 
@@ -59,7 +68,7 @@ def test_real_rows_convert_and_verify_in_the_sandbox(train, thought):
         conversion = convert(ex, thought)
         assert conversion.reason is None, (example_id, conversion)
         run = run_pot if thought == "pot" else solve_eot
-        result = run(conversion.rationale)              # again, independently of convert()
+        result = run(conversion.rationale)  # again, independently of convert()
         assert result.ok and answers_match(str(result.value), ex.answer, "number"), example_id
         lines = conversion.rationale.splitlines()
         if thought == "pot":
@@ -70,18 +79,17 @@ def test_real_rows_convert_and_verify_in_the_sandbox(train, thought):
 
 
 def test_earlier_results_are_referred_to_by_name(train):
-    program = build(train["gsm8k-train-00003"], "pot")   # 12*2=24, 12+24=36, 120-36=84, 84/2=42
-    assert program == ("pages_today = 12 * 2\npages = 12 + pages_today\n"
-                       "pages_left = 120 - pages\nans = pages_left / 2")
+    program = build(train["gsm8k-train-00003"], "pot")  # 12*2=24, 12+24=36, 120-36=84, 84/2=42
+    assert program == ("pages_today = 12 * 2\npages = 12 + pages_today\npages_left = 120 - pages\nans = pages_left / 2")
 
 
 def test_plain_text_equations_with_dollars_and_times_signs(train):
-    ex = train["gsm8k-train-00053"]   # "... 10 × $4 = $<<...>>", last line "$40 − $4 = $36" (no <<>>)
+    ex = train["gsm8k-train-00053"]  # "... 10 × $4 = $<<...>>", last line "$40 − $4 = $36" (no <<>>)
     assert "<<" not in ex.rationale.splitlines()[-1]
     assert build(ex, "pot").splitlines()[-1] == "ans = cost_ice_cream - cost_frozen_yoghurt"
     conversion = convert(ex, "eot")
     assert conversion.reason is None and conversion.text_equations
-    assert "36" not in conversion.rationale.splitlines()[-3]   # the comment never gives the result
+    assert "36" not in conversion.rationale.splitlines()[-3]  # the comment never gives the result
 
 
 def test_normalise_expr_common_forms():
@@ -99,15 +107,27 @@ def test_restated_annotations_and_exact_floor_division(train):
     ex = train["gsm8k-train-00394"]
     assert "<<560//10=56>>" in ex.rationale
     assert "//" not in build(ex, "pot") and convert(ex, "eot").reason is None
-    floor = Example("t-2", "gsm8k", "How many full boxes of 4 do 10 eggs fill?", "2", "gsm8k",
-                    rationale="They fill 10//4 = <<10//4=2>>2 boxes.")
+    floor = Example(
+        "t-2",
+        "gsm8k",
+        "How many full boxes of 4 do 10 eggs fill?",
+        "2",
+        "gsm8k",
+        rationale="They fill 10//4 = <<10//4=2>>2 boxes.",
+    )
     assert build(floor, "pot") == "ans = 10 // 4" and convert(floor, "pot").reason is None
     assert convert(floor, "eot").reason == "rounded_step"
 
 
 def test_rounded_result_pot_rounds_eot_skips():
-    ex = Example("t-1", "gsm8k", "Three friends share $10 equally. What do two of them get?", "6.66",
-                 "gsm8k", rationale="Each friend gets 10 / 3 = $3.33.\nTwo of them get 3.33 * 2 = $6.66.")
+    ex = Example(
+        "t-1",
+        "gsm8k",
+        "Three friends share $10 equally. What do two of them get?",
+        "6.66",
+        "gsm8k",
+        rationale="Each friend gets 10 / 3 = $3.33.\nTwo of them get 3.33 * 2 = $6.66.",
+    )
     program = build(ex, "pot")
     assert program == "friend = round(10 / 3, 2)\nans = friend * 2"
     assert convert(ex, "pot").reason is None
@@ -115,6 +135,7 @@ def test_rounded_result_pot_rounds_eot_skips():
 
 
 # ---------------------------------------------------------------- rejections
+
 
 def _with_rationale(ex: Example, rationale: str) -> Example:
     return replace(ex, rationale=rationale)
@@ -129,9 +150,10 @@ def test_a_wrong_annotation_is_rejected(train):
 
 
 def test_consistent_but_wrong_arithmetic_is_rejected(train):
-    ex = train["gsm8k-train-00000"]   # divides by 3 instead of 2: every step holds, the answer is 64
-    wrong = _with_rationale(ex, "Natalia sold 48/3 = <<48/3=16>>16 clips in May.\n"
-                                "Natalia sold 48+16 = <<48+16=64>>64 clips altogether.")
+    ex = train["gsm8k-train-00000"]  # divides by 3 instead of 2: every step holds, the answer is 64
+    wrong = _with_rationale(
+        ex, "Natalia sold 48/3 = <<48/3=16>>16 clips in May.\nNatalia sold 48+16 = <<48+16=64>>64 clips altogether."
+    )
     assert convert(wrong, "pot").reason == "gold_not_computed"
     assert convert(_with_rationale(ex, "No arithmetic here."), "eot").reason == "no_steps"
 
@@ -147,9 +169,11 @@ def test_nothing_is_kept_that_the_sandbox_did_not_confirm(train, monkeypatch):
 
 # ---------------------------------------------------------------- records, provenance, no mixing
 
+
 def test_records_say_where_they_came_from(train):
     examples = [train[i] for i in REAL_ROWS] + [
-        _with_rationale(train["gsm8k-train-00001"], "Weng earns 12/60 = $<<12/60=0.3>>0.3 per minute.")]
+        _with_rationale(train["gsm8k-train-00001"], "Weng earns 12/60 = $<<12/60=0.3>>0.3 per minute.")
+    ]
     summary = annotation_rationales(examples, "pot", "annot-pot")
     assert (summary.kept, summary.skipped) == (len(REAL_ROWS), {"annotation_wrong": 1})
     records = load_rationales("annot-pot")
@@ -175,8 +199,8 @@ def test_pot_and_eot_never_share_a_set(train):
     annotation_rationales(examples, "pot", "mixed")
     with pytest.raises(MixedSources, match="pot records"):
         annotation_rationales(examples, "eot", "mixed")
-    assert {r.thought for r in load_rationales("mixed")} == {"pot"}   # untouched
-    annotation_rationales(examples, "pot", "mixed")                  # a re-run of the same is fine
+    assert {r.thought for r in load_rationales("mixed")} == {"pot"}  # untouched
+    annotation_rationales(examples, "pot", "mixed")  # a re-run of the same is fine
     assert issubclass(MixedSources, NesyError)
 
 
@@ -208,8 +232,11 @@ def test_cli_writes_one_set_per_thought():
 
 # ---------------------------------------------------------------- the shipped sets
 
-SHIPPED = {"gsm8k-annot-pot": ("pot", ANNOTATION_SOURCE), "gsm8k-annot-eot": ("eot", ANNOTATION_SOURCE),
-           "gsm8k-gold-cot": ("cot", "gold")}
+SHIPPED = {
+    "gsm8k-annot-pot": ("pot", ANNOTATION_SOURCE),
+    "gsm8k-annot-eot": ("eot", ANNOTATION_SOURCE),
+    "gsm8k-gold-cot": ("cot", "gold"),
+}
 
 
 def _load_shipped(name: str, tmp_path: Path):
@@ -232,7 +259,7 @@ def test_shipped_sets_load_and_are_verified(name, train, tmp_path):
     assert f"`{name}.jsonl.gz`" in documented and f"| {len(records):,} |" in documented
     for record in records:
         assert (record.thought, record.teacher_model, record.verified) == (thought, source, True)
-        assert record.answer == train[record.example_id].answer   # the dataset's gold, not a copy
+        assert record.answer == train[record.example_id].answer  # the dataset's gold, not a copy
     for record in random.Random(f"shipped:{name}").sample(records, 50):
         gold = train[record.example_id]
         if thought == "cot":
@@ -246,7 +273,7 @@ def test_a_shipped_set_installs_as_a_rationale_set():
     path = install_shipped("gsm8k-annot-eot")
     assert path == rationale_dir("gsm8k-annot-eot") / "records.jsonl"
     assert {r.thought for r in load_rationales("gsm8k-annot-eot")} == {"eot"}
-    install_shipped("gsm8k-annot-eot")                        # the same bytes again: fine
+    install_shipped("gsm8k-annot-eot")  # the same bytes again: fine
     with pytest.raises(MixedSources):
         install_shipped("gsm8k-annot-pot", "gsm8k-annot-eot")  # never over another set
     with pytest.raises(AnnotationError, match="shipped"):

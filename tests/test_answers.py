@@ -1,4 +1,5 @@
 """Answer extraction and checking against the real answers of every bundled dataset."""
+
 from __future__ import annotations
 
 import gzip
@@ -22,8 +23,11 @@ def test_gsm8k_strict_and_flexible_on_real_rationales():
     hits = sum(extract_answer(ex.rationale, "number", "flexible") == ex.answer for ex in examples)
     assert hits / len(examples) > 0.9
     # strict requires the answer phrase
-    assert all(extract_answer(ex.rationale, "number", "strict") is None
-               for ex in examples if "answer is" not in ex.rationale.lower())
+    assert all(
+        extract_answer(ex.rationale, "number", "strict") is None
+        for ex in examples
+        if "answer is" not in ex.rationale.lower()
+    )
 
 
 def test_number_normalisation_and_tolerance():
@@ -68,15 +72,21 @@ def test_bbh_every_task_real_gold_and_official_demos(task):
     assert demos and all(extract_answer(f"So the answer is {a}.", answer_type) for a in demos)
 
 
-@pytest.mark.parametrize("name,split", [("arc_easy", "test"), ("arc_challenge", "test"),
-                                        ("commonsenseqa", "dev"), ("agieval", "test")])
+@pytest.mark.parametrize(
+    "name,split", [("arc_easy", "test"), ("arc_challenge", "test"), ("commonsenseqa", "dev"), ("agieval", "test")]
+)
 def test_option_letters_real_gold_with_fallbacks(name, split):
     spec = get_dataset(name)
     examples = [e for e in spec.load(split, limit=60, seed=2) if e.choices]
     for ex in examples:
         gold = ex.answer
-        for text in (f"Therefore, the answer is ({gold}).", f"The answer is {gold}",
-                     f"Reasoning...\nAnswer: {gold}", f"I pick option {gold}.", f"... so ({gold}) it is"):
+        for text in (
+            f"Therefore, the answer is ({gold}).",
+            f"The answer is {gold}",
+            f"Reasoning...\nAnswer: {gold}",
+            f"I pick option {gold}.",
+            f"... so ({gold}) it is",
+        ):
             assert check(text, ex) == (gold, True), text
         label_text = dict(ex.choices)[gold]
         assert check(f"The answer is {label_text}.", ex)[1]  # choice text fallback
@@ -98,14 +108,18 @@ def test_agieval_math_and_strategyqa_free_text():
 
 # ---------------------------------------------------------------- numeric tolerance (issue 9)
 
+
 def test_integer_golds_compare_exactly_on_every_real_gsm8k_test_gold():
     """A tolerance relative to the gold let 47 of the 1,319 GSM8K test golds accept gold-1 and
     67 accept gold+0.5."""
     examples = get_dataset("gsm8k").load("test")
     assert len(examples) == 1319
-    accepted = [ex.answer for ex in examples for wrong in
-                (Decimal(ex.answer) - 1, Decimal(ex.answer) + 1, Decimal(ex.answer) + Decimal("0.5"))
-                if answers_match(str(wrong), ex.answer, "number")]
+    accepted = [
+        ex.answer
+        for ex in examples
+        for wrong in (Decimal(ex.answer) - 1, Decimal(ex.answer) + 1, Decimal(ex.answer) + Decimal("0.5"))
+        if answers_match(str(wrong), ex.answer, "number")
+    ]
     assert accepted == []
     assert all(answers_match(f"{ex.answer}.0", ex.answer, "number") for ex in examples)
     assert all(answers_match(f"{int(ex.answer):,}", ex.answer, "number") for ex in examples)
@@ -123,9 +137,11 @@ def test_non_integer_golds_use_a_small_absolute_tolerance():
 
 # ---------------------------------------------------------------- clean_response (issue 9)
 
-SOLUTION = ("Natalia sold 48 clips in April.\nIn May she sold 48 / 2 = 24 clips.\n"
-            "So she made 1,111 + 111 = 1222 dollars, or 1000000 cents, a ratio of 0.333.\n\n"
-            "Therefore, the answer is 1222.")
+SOLUTION = (
+    "Natalia sold 48 clips in April.\nIn May she sold 48 / 2 = 24 clips.\n"
+    "So she made 1,111 + 111 = 1222 dollars, or 1000000 cents, a ratio of 0.333.\n\n"
+    "Therefore, the answer is 1222."
+)
 
 
 def test_clean_response_never_rewrites_what_it_keeps():

@@ -1,4 +1,5 @@
 """AppTest: every page renders against a real workspace, forms validate, actions change the store."""
+
 from __future__ import annotations
 
 import json
@@ -18,11 +19,17 @@ MAIN = str(Path(__file__).resolve().parent.parent / "app" / "main.py")
 
 
 def entry(i: int, task="gsm8k", status="pending", **kw) -> Entry:
-    return Entry(id=f"e{i:03d}", task=task, status=status, title=f"Title {i}",
-                 learning_summary=kw.pop("summary", f"Check units before adding (case {i})."),
-                 supplementary_knowledge=f"Knowledge {i}: a fraction is part of a whole.",
-                 concepts=kw.pop("concepts", ["fractions"] if i % 2 else ["units"]),
-                 source=Source(kind="error_analysis", dataset=task, question=f"Q{i}?"), **kw)
+    return Entry(
+        id=f"e{i:03d}",
+        task=task,
+        status=status,
+        title=f"Title {i}",
+        learning_summary=kw.pop("summary", f"Check units before adding (case {i})."),
+        supplementary_knowledge=f"Knowledge {i}: a fraction is part of a whole.",
+        concepts=kw.pop("concepts", ["fractions"] if i % 2 else ["units"]),
+        source=Source(kind="error_analysis", dataset=task, question=f"Q{i}?"),
+        **kw,
+    )
 
 
 def seed(n: int, **kw) -> KBStore:
@@ -45,8 +52,11 @@ def run(page: str | None = None, curator: str | None = "Ada") -> AppTest:
 
 def texts(at: AppTest) -> str:
     """Everything shown as text, for 'is this message on screen' checks."""
-    parts = [e.value for kind in ("markdown", "text", "code", "caption", "success", "info",
-                                  "warning", "error") for e in getattr(at, kind)]
+    parts = [
+        e.value
+        for kind in ("markdown", "text", "code", "caption", "success", "info", "warning", "error")
+        for e in getattr(at, kind)
+    ]
     return re.sub(r"\\(.)", r"\1", "\n".join(str(p) for p in parts))  # as the reader sees it
 
 
@@ -60,6 +70,7 @@ def editor_key(entry_id: str, version: int, field: str) -> str:
 
 
 # ---------------------------------------------------------------------------------- KB page
+
 
 def test_empty_workspace_shows_the_guide_and_adds_an_entry_by_hand():
     at = run()
@@ -237,9 +248,19 @@ def test_table_shows_summary_and_knowledge():
 def test_review_card_accepts_rejects_edits_and_moves_on():
     kb = KBStore()
     for i in range(3):
-        kb.add(entry(i).model_copy(update={"source": Source(
-            kind="error_analysis", dataset="gsm8k", question=f"How many apples in basket {i}?",
-            student_response=f"The answer is {i + 40}.")}), by="seed")
+        kb.add(
+            entry(i).model_copy(
+                update={
+                    "source": Source(
+                        kind="error_analysis",
+                        dataset="gsm8k",
+                        question=f"How many apples in basket {i}?",
+                        student_response=f"The answer is {i + 40}.",
+                    )
+                }
+            ),
+            by="seed",
+        )
     kb.add(entry(9, status="accepted"), by="seed")
     at = run()
     at.multiselect(key="kb:status").set_value(["pending"]).run()
@@ -250,8 +271,7 @@ def test_review_card_accepts_rejects_edits_and_moves_on():
     assert "Knowledge 0: a fraction is part of a whole." in shown
     assert "How many apples in basket 0?" in shown and "The answer is 40." in shown
     assert "Quality flags: none" in shown
-    shortcuts = {b.key: b.proto.shortcut.upper() for b in at.button
-                 if b.key and b.key.startswith("kb:review")}
+    shortcuts = {b.key: b.proto.shortcut.upper() for b in at.button if b.key and b.key.startswith("kb:review")}
     assert shortcuts["kb:review-accept"] == "A" and shortcuts["kb:review-reject"] == "X"
     assert shortcuts["kb:review-edit-button"] == "E" and shortcuts["kb:review-next"] == "N"
     at.button(key="kb:review-accept").click().run()
@@ -389,6 +409,7 @@ def test_semantic_search_with_a_large_backlog_offers_a_job_instead_of_embedding(
 
 # -------------------------------------------------------------------------------- Jobs page
 
+
 def test_jobs_page_empty_state_and_selftest_launch():
     at = run("jobs")
     assert "No jobs yet" in texts(at)
@@ -428,6 +449,7 @@ def test_every_page_renders_on_an_empty_workspace(page):
 
 # ------------------------------------------------------------------------- graph and transfer
 
+
 def test_graph_focuses_a_found_node_and_edits_it_beside_the_graph():
     kb = seed(6)
     kb.add(entry(7, task="bbh", summary="<script>alert(1)</script> is just text"), by="seed")
@@ -452,8 +474,12 @@ def graph_html(at: AppTest) -> str:
 def test_graph_folds_concept_names_and_keeps_labels_short():
     kb = KBStore()
     for i, concept in enumerate(["Percentages", "percentage", "percent  change"]):
-        kb.add(entry(i, concepts=[concept]).model_copy(update={
-            "title": "A very long title that would cover its neighbours on the canvas"}), by="seed")
+        kb.add(
+            entry(i, concepts=[concept]).model_copy(
+                update={"title": "A very long title that would cover its neighbours on the canvas"}
+            ),
+            by="seed",
+        )
     at = run("graph")
     nodes = json.loads(re.search(r"nodes = new vis\.DataSet\((\[.*?\])\);", graph_html(at)).group(1))
     concepts = sorted(n["label"] for n in nodes if n["id"].startswith("concept:"))
@@ -503,10 +529,12 @@ def test_import_shows_the_report_before_applying_then_export_counts():
 
 def jsonl_line(i: int) -> str:
     from kb.jsonl import dumps_entry
+
     return dumps_entry(entry(i))
 
 
 # -------------------------------------------------------------- teacher / train job launchers
+
 
 def started_job(at: AppTest, button_key: str) -> jobs.Job:
     at.button(key=button_key).click().run()
@@ -548,6 +576,7 @@ def test_knowledge_tab_requires_an_error_file_or_uses_examples():
 
 def test_train_page_builds_a_skintern_command_and_takes_no_paths():
     from kb.workspace import home
+
     at = run("train")
     assert "No rationale sets yet" in texts(at)
     assert at.button(key="t:start").disabled  # no data yet
@@ -568,19 +597,26 @@ def test_train_page_builds_a_skintern_command_and_takes_no_paths():
     assert "nesy train skintern --data gsm8k-cot --output skintern-gsm8k-cot --preset paper --stages 3" in texts(at)
     job = started_job(at, "t:start")
     assert job.kind == "train"
-    assert job.command_line() == "nesy train skintern --data gsm8k-cot --output skintern-gsm8k-cot --preset paper --stages 3"
+    assert (
+        job.command_line()
+        == "nesy train skintern --data gsm8k-cot --output skintern-gsm8k-cot --preset paper --stages 3"
+    )
 
 
 def test_train_page_form_is_the_methods_config_and_survives_a_page_switch():
     from distill.methods import METHODS
     from distill.methods.options import fields
     from kb.workspace import home
+
     (home() / "datasets" / "gsm8k-cot").mkdir(parents=True)
     (home() / "datasets" / "gsm8k-cot" / "records.jsonl").write_text("{}\n")
     at = run("train")
     at.selectbox(key="t:method").select("nesycd").run()
-    shown = {w.key for kind in ("text_input", "number_input", "selectbox", "checkbox", "multiselect")
-             for w in getattr(at, kind)}
+    shown = {
+        w.key
+        for kind in ("text_input", "number_input", "selectbox", "checkbox", "multiselect")
+        for w in getattr(at, kind)
+    }
     for spec in fields(METHODS["nesycd"].config):  # every option of `nesy train nesycd`, no other
         assert any(k.endswith(":" + spec.name) for k in shown), spec.name
     assert not any(k.endswith(":stages") for k in shown)
@@ -594,6 +630,7 @@ def test_train_page_form_is_the_methods_config_and_survives_a_page_switch():
 
 # ---------------------------------------------------------------------- compare and evaluate
 
+
 def test_compare_batch_command_and_evaluate_report_with_flips():
     from distill.evaluate import EvalConfig, parse_config, summarise, table
 
@@ -603,10 +640,23 @@ def test_compare_batch_command_and_evaluate_report_with_flips():
     assert "--config without=base --config with=base,kb --max-new-tokens" in texts(at)  # k, thought: the card's
     # a report as `nesy eval` writes it (its own summarise), with one flip caused by e001
     cfg = EvalConfig(configs=[parse_config("without=base"), parse_config("with=base,kb")], name="r1")
-    rows = [{"config": c, "example_id": "x1", "task": "gsm8k", "correct": ok, "correct_flexible": ok,
-             "extracted": ans, "gold": "4", "retrieved": [["e001", 0.8]] if c == "with" else [],
-             "used_knowledge": c == "with", "prompt_tokens": 10, "params": 100, "latency_s": 0.1}
-            for c, ok, ans in (("without", False, "5"), ("with", True, "4"))]
+    rows = [
+        {
+            "config": c,
+            "example_id": "x1",
+            "task": "gsm8k",
+            "correct": ok,
+            "correct_flexible": ok,
+            "extracted": ans,
+            "gold": "4",
+            "retrieved": [["e001", 0.8]] if c == "with" else [],
+            "used_knowledge": c == "with",
+            "prompt_tokens": 10,
+            "params": 100,
+            "latency_s": 0.1,
+        }
+        for c, ok, ans in (("without", False, "5"), ("with", True, "4"))
+    ]
     results = summarise(rows, cfg, ["x1"])
     report = Path(jobs.home()) / "evals" / "r1"
     report.mkdir(parents=True)
@@ -688,20 +738,32 @@ def test_empty_kb_offers_the_starter_kb_and_loads_it():
 
 # ------------------------------------------------------------ impact, jobs, saved configs, compare
 
+
 def record(report: str, impact: dict) -> None:
     from distill.evaluate import record_impact
+
     record_impact(report, impact)
 
 
 def test_impact_columns_sort_the_harmful_entries_first_and_ring_the_graph_nodes():
     seed(4, status="accepted")
-    record("eval:r1", {"e001": {"retrieved": 5, "fixed": 1, "broken": 3, "broken_shared": 2},
-                       "e002": {"retrieved": 4, "fixed": 2}, "e003": {"retrieved": 2}})
+    record(
+        "eval:r1",
+        {
+            "e001": {"retrieved": 5, "fixed": 1, "broken": 3, "broken_shared": 2},
+            "e002": {"retrieved": 4, "fixed": 2},
+            "e003": {"retrieved": 2},
+        },
+    )
     record("compare:q", {"e001": {"retrieved": 1, "broken": 1}})
     at = run()
     table = at.dataframe[0].value.set_index("id")
-    assert (table.loc["e001", "retrieved"], table.loc["e001", "fixed"], table.loc["e001", "broken"],
-            table.loc["e001", "shared"]) == (6, 1, 4, 2)
+    assert (
+        table.loc["e001", "retrieved"],
+        table.loc["e001", "fixed"],
+        table.loc["e001", "broken"],
+        table.loc["e001", "shared"],
+    ) == (6, 1, 4, 2)
     assert table.loc["e000", "retrieved"] == 0
     impact = at.dataframe[1].value  # the impact panel's table
     assert list(impact["id"]) == ["e001", "e003", "e002"]  # most broken first, then the least net help
@@ -709,8 +771,9 @@ def test_impact_columns_sort_the_harmful_entries_first_and_ring_the_graph_nodes(
     at.button(key="kb:impact-open").click().run()
     assert at.selectbox(key="kb:edit").value == "e001"
     at = run("graph")
-    nodes = {n["id"]: n for n in json.loads(re.search(r"nodes = new vis\.DataSet\((\[.*?\])\);",
-                                                     graph_html(at)).group(1))}
+    nodes = {
+        n["id"]: n for n in json.loads(re.search(r"nodes = new vis\.DataSet\((\[.*?\])\);", graph_html(at)).group(1))
+    }
     assert nodes["entry:e001"]["impact"] == "harmful" and nodes["entry:e001"]["color"]["border"] == "#d50000"
     assert nodes["entry:e002"]["impact"] == "helpful" and nodes["entry:e003"]["impact"] == "neutral"
     assert "impact" not in nodes["entry:e000"]
@@ -726,8 +789,25 @@ def test_jobs_page_a_job_that_produced_nothing_is_failed_with_its_reason_and_off
 
     Scripted.answers, Scripted.calls = ["The answer is 999999."], []
     with serve(Scripted) as url:
-        job = finished_job(["teach", "rationales", "--dataset", "gsm8k", "--limit", "2", "--teacher", url,
-                            "--model", "stub", "--api-key-env", "", "--out", "none-kept"], "teach-rationales")
+        job = finished_job(
+            [
+                "teach",
+                "rationales",
+                "--dataset",
+                "gsm8k",
+                "--limit",
+                "2",
+                "--teacher",
+                url,
+                "--model",
+                "stub",
+                "--api-key-env",
+                "",
+                "--out",
+                "none-kept",
+            ],
+            "teach-rationales",
+        )
     at = run("jobs")
     assert "Status: **failed**" in texts(at)
     assert any("produced nothing: kept 0 of 2 rationales" in e.value.replace("\\", "") for e in at.error)
@@ -742,8 +822,9 @@ def test_jobs_page_shows_one_failure_line_and_the_joined_curve_of_a_resumed_job(
     assert [e.value.replace("\\", "") for e in at.error] == ["exit code 1: failing at step 3 as asked"]
     assert at.button(key=f"jobs:resume-{failed.id}")  # a checkpointed command: Resume can help
     ckpt = tmp_path / "c.txt"
-    first = jobs.submit(["jobs", "selftest", "--steps", "40", "--seconds-per-step", "0.05",
-                         "--checkpoint", str(ckpt)], "selftest")
+    first = jobs.submit(
+        ["jobs", "selftest", "--steps", "40", "--seconds-per-step", "0.05", "--checkpoint", str(ckpt)], "selftest"
+    )
     deadline = time.monotonic() + 60
     while (jobs.progress(first.id) or {}).get("step", 0) < 4 and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -760,6 +841,7 @@ def test_train_config_saved_on_the_page_is_what_the_cli_reads_and_loads_back():
 
     from distill.methods.options import load_config
     from kb.workspace import home
+
     (home() / "datasets" / "gsm8k-cot").mkdir(parents=True)
     (home() / "datasets" / "gsm8k-cot" / "records.jsonl").write_text("{}\n")
     at = run("train")
@@ -772,17 +854,23 @@ def test_train_config_saved_on_the_page_is_what_the_cli_reads_and_loads_back():
     at.button(key="t:config-save").click().run()
     path = home() / "configs" / "small-r.yaml"
     assert path.is_file() and f"nesy train nesycd --config {path}" in texts(at)
-    assert load_config(str(path), "nesycd") == {"data": "gsm8k-cot", "output": "nesycd-gsm8k-cot",
-                                                "preset": "cpu", "lora_r": 8}
+    assert load_config(str(path), "nesycd") == {
+        "data": "gsm8k-cot",
+        "output": "nesycd-gsm8k-cot",
+        "preset": "cpu",
+        "lora_r": 8,
+    }
     # the CLI reads the same file (options given on the command line win): its error names lora_r 0
     from distill.cli import app
+
     out = CliRunner().invoke(app, ["train", "nesycd", "--config", str(path), "--lora-r", "0"])
     assert out.exit_code != 0 and "--lora-r must be at least 1" in str(out.exception or out.output)
     wrong = CliRunner().invoke(app, ["train", "skintern", "--config", str(path)])
     assert "is a nesycd config, not skintern" in str(wrong.exception or wrong.output)
     # a config written by hand (as for the CLI) loads into the form
-    path.with_name("by-hand.yaml").write_text("method: skintern\ndata: gsm8k-cot\noutput: sk\nstages: 3\n"
-                                              "preset: paper\n")
+    path.with_name("by-hand.yaml").write_text(
+        "method: skintern\ndata: gsm8k-cot\noutput: sk\nstages: 3\npreset: paper\n"
+    )
     at = run("train")
     at.selectbox(key="t:config-pick").select("by-hand").run()
     at.button(key="t:config-load").click().run()
@@ -807,16 +895,38 @@ def test_compare_page_draws_a_jobs_events_prompts_scores_and_an_empty_minimum(mo
     seed(1, status="accepted")
     job = finished_job(["jobs", "selftest", "--steps", "1", "--seconds-per-step", "0"], "compare")
     start = {"event": "start", "thought": "cot", "k": 3, "retriever": "dense", "retrieval_ran": True}
-    events = [{"event": "loaded", "seconds": 1.5},
-              {**start, "side": "without", "prompt": "Question: Q?\nAnswer: ", "rendered": "<|im_start|>user Q",
-               "retrieved": [], "retrieval_empty": False, "min_score": None},
-              {"event": "token", "side": "without", "text": "It is "}, {"event": "token", "side": "without", "text": "4"},
-              {"event": "done", "side": "without", "text": "It is 4", "extracted": "4", "prompt_tokens": 9,
-               "latency_s": 0.2},
-              {**start, "side": "with", "prompt": "Knowledge: Check units\nQuestion: Q?", "rendered": "<|im_start|>…",
-               "retrieved": [["e000", 0.7312]], "retrieval_empty": False, "min_score": 0.5},
-              {"event": "done", "side": "with", "text": "The answer is 5", "extracted": "5", "prompt_tokens": 30,
-               "latency_s": 0.3}]
+    events = [
+        {"event": "loaded", "seconds": 1.5},
+        {
+            **start,
+            "side": "without",
+            "prompt": "Question: Q?\nAnswer: ",
+            "rendered": "<|im_start|>user Q",
+            "retrieved": [],
+            "retrieval_empty": False,
+            "min_score": None,
+        },
+        {"event": "token", "side": "without", "text": "It is "},
+        {"event": "token", "side": "without", "text": "4"},
+        {"event": "done", "side": "without", "text": "It is 4", "extracted": "4", "prompt_tokens": 9, "latency_s": 0.2},
+        {
+            **start,
+            "side": "with",
+            "prompt": "Knowledge: Check units\nQuestion: Q?",
+            "rendered": "<|im_start|>…",
+            "retrieved": [["e000", 0.7312]],
+            "retrieval_empty": False,
+            "min_score": 0.5,
+        },
+        {
+            "event": "done",
+            "side": "with",
+            "text": "The answer is 5",
+            "extracted": "5",
+            "prompt_tokens": 30,
+            "latency_s": 0.3,
+        },
+    ]
     (job.dir / "answer_events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
     at = AppTest.from_file(MAIN, default_timeout=60)
     at.session_state["user"] = "Ada"

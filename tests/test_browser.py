@@ -4,6 +4,7 @@ The server gets its own $NESY_HOME, seeded through the kb API; each test talks t
 workspace (tests point $NESY_HOME at it too, so jobs and the store see what the app sees).
 Screenshots of every page land in test-artifacts/.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,15 @@ from kb.store import KBStore
 pytestmark = pytest.mark.browser
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 TIMEOUT_MS = 60_000
 
 
@@ -41,10 +49,28 @@ def start_streamlit(home: Path, port: int) -> subprocess.Popen:
     env.pop("NESY_JOB_DIR", None)
     log = open(home / "streamlit.log", "wb")
     return subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(REPO / "app" / "main.py"),
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
-         "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(REPO / "app" / "main.py"),
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--server.headless",
+            "true",
+            "--server.fileWatcherType",
+            "none",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -62,11 +88,17 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
 
 
 def seed_entry(i: int, **kw) -> Entry:
-    return Entry(id=f"b{i:03d}", task=kw.pop("task", "gsm8k"), status=kw.pop("status", "accepted"),
-                 title=f"Entry {i}", learning_summary=f"Read the question twice; case {i}.",
-                 supplementary_knowledge=f"Fact {i}: multiply before adding.",
-                 concepts=kw.pop("concepts", ["order of operations"] if i % 2 else ["units"]),
-                 source=Source(kind="error_analysis", dataset="gsm8k", question=f"Question {i}?"), **kw)
+    return Entry(
+        id=f"b{i:03d}",
+        task=kw.pop("task", "gsm8k"),
+        status=kw.pop("status", "accepted"),
+        title=f"Entry {i}",
+        learning_summary=f"Read the question twice; case {i}.",
+        supplementary_knowledge=f"Fact {i}: multiply before adding.",
+        concepts=kw.pop("concepts", ["order of operations"] if i % 2 else ["units"]),
+        source=Source(kind="error_analysis", dataset="gsm8k", question=f"Question {i}?"),
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +125,7 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright
+
     with sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         yield chromium
@@ -116,6 +149,7 @@ def page(browser):
 
 # ----------------------------------------------------------------------------------- helpers
 
+
 def open_page(page, url: str) -> None:
     page.goto(url)
     page.locator('[data-testid="stMain"] h1').first.wait_for()  # every page has a title
@@ -129,13 +163,14 @@ def settle(page) -> None:
     page.wait_for_function(
         "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
         " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')",
-        timeout=TIMEOUT_MS)
+        timeout=TIMEOUT_MS,
+    )
     page.wait_for_timeout(200)
 
 
 def widget(page, key: str):
     """The element Streamlit tags with class st-key-<key> (other characters become '-')."""
-    return page.locator(f'.st-key-{re.sub(r"[^A-Za-z0-9_-]", "-", key)}').first
+    return page.locator(f".st-key-{re.sub(r'[^A-Za-z0-9_-]', '-', key)}").first
 
 
 def fill(page, key: str, value: str) -> None:
@@ -165,16 +200,19 @@ def click(page, name: str) -> None:
 
 def shot(page, artifacts_dir: Path, name: str) -> None:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     try:  # widgets load their code lazily; give them a moment so the picture is not placeholders
-        page.wait_for_function("() => document.querySelectorAll("
-                               "'[data-testid=stMain] [data-testid=stSkeleton]').length <= 1",
-                               timeout=15_000)
+        page.wait_for_function(
+            "() => document.querySelectorAll('[data-testid=stMain] [data-testid=stSkeleton]').length <= 1",
+            timeout=15_000,
+        )
     except PlaywrightTimeout:
         pass
     page.screenshot(path=str(artifacts_dir / f"screenshot-{name}.png"), full_page=True)
 
 
 # ------------------------------------------------------------------------------------- tests
+
 
 def test_edit_an_entry_and_see_it_saved(server, home, page, artifacts_dir):
     open_page(page, server["url"])
@@ -281,6 +319,7 @@ def page_text(page) -> str:
 
 def answer_events(job_id: str) -> list[dict]:
     from distill.progress import read_jsonl
+
     return read_jsonl(jobs.home() / "jobs" / job_id / "answer_events.jsonl")
 
 
@@ -305,14 +344,24 @@ def test_compare_streams_tokens_in_the_background_and_cancels(server, home, page
     settle(page)
     click(page, "Answer both ways")
     job = wait_until(lambda: next((j for j in jobs.list_jobs() if j.kind == "compare"), None), 30, "the job")
-    tokens = wait_until(lambda: [e for e in answer_events(job.id) if e["event"] == "token"][:4] if len(
-        [e for e in answer_events(job.id) if e["event"] == "token"]) >= 4 else None, 600, "streamed tokens")
+    tokens = wait_until(
+        lambda: (
+            [e for e in answer_events(job.id) if e["event"] == "token"][:4]
+            if len([e for e in answer_events(job.id) if e["event"] == "token"]) >= 4
+            else None
+        ),
+        600,
+        "streamed tokens",
+    )
     loaded = next(e for e in answer_events(job.id) if e["event"] == "loaded")
-    print(f"first token {tokens[0]['time'] - loaded['time']:.2f} s after the student was loaded "
-          f"(loading {loaded['seconds']:.1f} s; load average {os.getloadavg()[0]:.1f})")
+    print(
+        f"first token {tokens[0]['time'] - loaded['time']:.2f} s after the student was loaded "
+        f"(loading {loaded['seconds']:.1f} s; load average {os.getloadavg()[0]:.1f})"
+    )
     streamed = "".join(t["text"] for t in tokens).strip()
-    page.wait_for_function("(t) => document.querySelector('[data-testid=stMain]').innerText.includes(t)",
-                           arg=streamed, timeout=TIMEOUT_MS)  # on screen while the job still runs
+    page.wait_for_function(
+        "(t) => document.querySelector('[data-testid=stMain]').innerText.includes(t)", arg=streamed, timeout=TIMEOUT_MS
+    )  # on screen while the job still runs
     assert jobs.get(job.id).active
     page.get_by_text("The exact prompt").first.wait_for()
     page.get_by_text("Without knowledge").evaluate("e => e.scrollIntoView({block: 'start'})")
@@ -337,11 +386,13 @@ def test_compare_streams_tokens_in_the_background_and_cancels(server, home, page
 # ------------------------------------------------ curation: selection, review, trash, first run
 # (these run last: they change statuses and delete, which the export test above must not see)
 
+
 def tick_row(page, row: int) -> None:
     """Tick the checkbox of a table row (0 = first data row) in the canvas grid, and wait for the
     app to report the new selection (a click that landed during a rerun is repeated)."""
     before = selection_caption(page)
     from playwright.sync_api import Error as PlaywrightError
+
     for _ in range(3):
         grid = page.locator('[data-testid="stDataFrame"]').first
         try:
@@ -364,6 +415,7 @@ def tick_row(page, row: int) -> None:
 def pick(page, key: str, option: str) -> None:
     """choose(), repeated when the list closed under a rerun (shared cores make reruns slow)."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     for _ in range(3):
         settle(page)
         widget(page, key).get_by_role("combobox").click()
@@ -385,8 +437,7 @@ def sort_by_id(page) -> None:
     pick(page, "kb:sort", "id")
 
 
-def test_selection_follows_entries_across_filter_changes_and_bulk_actions(server, home, page,
-                                                                           artifacts_dir):
+def test_selection_follows_entries_across_filter_changes_and_bulk_actions(server, home, page, artifacts_dir):
     open_page(page, server["url"])
     sort_by_id(page)  # b011, b010, … (descending)
     tick_row(page, 0)
@@ -403,6 +454,7 @@ def test_selection_follows_entries_across_filter_changes_and_bulk_actions(server
     click(page, "Reject selected")
     page.get_by_text("Reject this entry? Nothing changes until you confirm.").wait_for()
     from playwright.sync_api import expect
+
     expect(widget(page, "kb:bulk-ids")).to_have_text("b010")  # the confirmation lists the id
     click(page, "Confirm: reject 1 entry")
     page.get_by_text("Marked 1 entry rejected: b010.").wait_for()
@@ -424,9 +476,19 @@ def test_selection_follows_entries_across_filter_changes_and_bulk_actions(server
 def test_review_card_with_keyboard_shortcuts(server, home, page, artifacts_dir):
     kb = KBStore()
     for i in range(3):
-        kb.add(seed_entry(40 + i, status="pending").model_copy(update={"source": Source(
-            kind="error_analysis", dataset="gsm8k", question=f"Sam has {i + 3} boxes of 4 pens. "
-            "How many pens?", student_response=f"Sam has {i + 7} pens.")}), by="seed")
+        kb.add(
+            seed_entry(40 + i, status="pending").model_copy(
+                update={
+                    "source": Source(
+                        kind="error_analysis",
+                        dataset="gsm8k",
+                        question=f"Sam has {i + 3} boxes of 4 pens. How many pens?",
+                        student_response=f"Sam has {i + 7} pens.",
+                    )
+                }
+            ),
+            by="seed",
+        )
     open_page(page, server["url"])
     widget(page, "kb:view").get_by_text("Review one by one").click()
     settle(page)
@@ -496,8 +558,9 @@ def test_first_open_is_named_explained_and_fully_offline(server, home, browser, 
     icon = page.evaluate("() => [...document.querySelectorAll('link[rel*=icon]')].map(l => l.href)")
     context.close()
     local = ("http://127.0.0.1:", "ws://127.0.0.1:", "data:", "blob:", "about:")
-    assert requests and all(url.startswith(local) for url in requests), \
-        [url for url in requests if not url.startswith(local)]
+    assert requests and all(url.startswith(local) for url in requests), [
+        url for url in requests if not url.startswith(local)
+    ]
     assert icon and all(href.startswith(local) for href in icon), icon
 
 
@@ -508,19 +571,20 @@ def test_kb_page_is_readable_at_820_px(server, home, browser, artifacts_dir):
     open_page(page, server["url"])
     labels = ["Search", "Mode", "Status", "Task", "Concept", "Source", "Sort by", "Descending"]
     for text in labels:
-        label = page.locator('[data-testid="stMain"] [data-testid="stWidgetLabel"]',
-                             has_text=re.compile(f"^{text}$")).first
+        label = page.locator(
+            '[data-testid="stMain"] [data-testid="stWidgetLabel"]', has_text=re.compile(f"^{text}$")
+        ).first
         label.wait_for()
         box = label.bounding_box()
-        clipped = label.evaluate("e => [...e.querySelectorAll('*'), e].some("
-                                 "n => n.scrollWidth > n.clientWidth + 1)")
+        clipped = label.evaluate("e => [...e.querySelectorAll('*'), e].some(n => n.scrollWidth > n.clientWidth + 1)")
         assert box["width"] >= 40 and not clipped, (text, box)
     grid = page.locator('[data-testid="stDataFrame"]').first
     assert grid.bounding_box()["width"] >= 480
     for name in ("Accept selected", "Reject selected", "Delete selected"):
         button = page.get_by_role("button", name=name)
-        assert not button.evaluate("e => [...e.querySelectorAll('*'), e].some("
-                                   "n => n.scrollWidth > n.clientWidth + 1)"), name
+        assert not button.evaluate(
+            "e => [...e.querySelectorAll('*'), e].some(n => n.scrollWidth > n.clientWidth + 1)"
+        ), name
     shot(page, artifacts_dir, "kb-820px")
     grid.scroll_into_view_if_needed()
     page.screenshot(path=str(artifacts_dir / "screenshot-kb-820px-table.png"))
@@ -549,12 +613,15 @@ def click_node(page, frame, node: str) -> None:
     """Click a node where vis-network drew it (canvas coordinates -> page coordinates)."""
     frame.frame_element().evaluate("e => e.scrollIntoView({block: 'center'})")
     page.wait_for_timeout(300)
-    spot = frame.evaluate("""(node) => {
+    spot = frame.evaluate(
+        """(node) => {
         const pos = network.getPositions([node])[node];
         const dom = network.canvasToDOM(pos);
         const box = document.getElementById('mynetwork').getBoundingClientRect();
         return {x: box.left + dom.x, y: box.top + dom.y};
-    }""", node)
+    }""",
+        node,
+    )
     box = frame.frame_element().bounding_box()
     page.mouse.click(box["x"] + spot["x"], box["y"] + spot["y"])
     settle(page)
@@ -576,26 +643,49 @@ def test_graph_click_opens_the_entry_and_the_layout_is_stable(server, home, page
     open_page(page, server["url"] + "/graph")  # a new session: the same seeded layout
     again = node_positions(graph_frame(page))
     assert again.keys() == first.keys()
-    assert all(abs(again[n]["x"] - first[n]["x"]) < 1 and abs(again[n]["y"] - first[n]["y"]) < 1
-               for n in first)
+    assert all(abs(again[n]["x"] - first[n]["x"]) < 1 and abs(again[n]["y"] - first[n]["y"]) < 1 for n in first)
 
 
 # ------------------------------------------- jobs that produced nothing, joined curves, configs, impact
 # (last: they add jobs, which test_start_and_cancel_a_job above counts)
+
 
 def test_jobs_page_shows_why_a_job_failed_and_one_curve_for_a_resumed_job(server, home, page, artifacts_dir):
     from openai_stub import Scripted, serve
 
     Scripted.answers, Scripted.calls = ["The answer is 999999."], []
     with serve(Scripted) as url:
-        empty = jobs.wait(jobs.submit(["teach", "rationales", "--dataset", "gsm8k", "--limit", "2", "--teacher",
-                                       url, "--model", "stub", "--api-key-env", "", "--out", "none-kept"],
-                                      "teach-rationales", name="rationales that all failed").id, timeout=120)
+        empty = jobs.wait(
+            jobs.submit(
+                [
+                    "teach",
+                    "rationales",
+                    "--dataset",
+                    "gsm8k",
+                    "--limit",
+                    "2",
+                    "--teacher",
+                    url,
+                    "--model",
+                    "stub",
+                    "--api-key-env",
+                    "",
+                    "--out",
+                    "none-kept",
+                ],
+                "teach-rationales",
+                name="rationales that all failed",
+            ).id,
+            timeout=120,
+        )
     assert empty.status == "failed"
     ckpt = home / "cache" / "browser-selftest.txt"
     ckpt.parent.mkdir(exist_ok=True)
-    first = jobs.submit(["jobs", "selftest", "--steps", "30", "--seconds-per-step", "0.05", "--checkpoint",
-                         str(ckpt)], "selftest", name="counting to 30")
+    first = jobs.submit(
+        ["jobs", "selftest", "--steps", "30", "--seconds-per-step", "0.05", "--checkpoint", str(ckpt)],
+        "selftest",
+        name="counting to 30",
+    )
     wait_until(lambda: (jobs.progress(first.id) or {}).get("step", 0) >= 5, 60, "step 5")
     jobs.wait(jobs.cancel(first.id).id, timeout=30)
     resumed = jobs.wait(jobs.resume(first.id).id, timeout=90)
@@ -618,7 +708,8 @@ def test_train_config_saved_in_the_browser_is_the_file_the_cli_reads(server, hom
     (home / "datasets" / "gsm8k-cot" / "records.jsonl").write_text("{}\n")
     (home / "configs").mkdir(exist_ok=True)
     (home / "configs" / "from-cli.yaml").write_text(
-        "method: skintern\ndata: gsm8k-cot\noutput: sk-small\nstages: 3\nlora_r: 8\n")
+        "method: skintern\ndata: gsm8k-cot\noutput: sk-small\nstages: 3\nlora_r: 8\n"
+    )
     open_page(page, server["url"] + "/train")
     pick(page, "t:config-pick", "from-cli")
     click(page, "Load config")
@@ -638,14 +729,21 @@ def test_train_config_saved_in_the_browser_is_the_file_the_cli_reads(server, hom
     page.get_by_text(re.compile(r"nesy train skintern --config .*saved-here\.yaml")).first.wait_for()
     shot(page, artifacts_dir, "train-saved-config")
     assert load_config(str(home / "configs" / "saved-here.yaml"), "skintern") == {
-        "data": "gsm8k-cot", "output": "sk-small", "preset": "cpu", "lora_r": 8, "stages": 3}
+        "data": "gsm8k-cot",
+        "output": "sk-small",
+        "preset": "cpu",
+        "lora_r": 8,
+        "stages": 3,
+    }
 
 
 def test_impact_columns_and_graph_rings(server, home, page, artifacts_dir):
     from distill.evaluate import record_impact
 
-    record_impact("eval:browser", {"b002": {"retrieved": 7, "fixed": 1, "broken": 4, "broken_shared": 2},
-                                   "b004": {"retrieved": 3, "fixed": 2}})
+    record_impact(
+        "eval:browser",
+        {"b002": {"retrieved": 7, "fixed": 1, "broken": 4, "broken_shared": 2}, "b004": {"retrieved": 3, "fixed": 2}},
+    )
     open_page(page, server["url"])
     page.get_by_text(re.compile(r"Impact on answers \(\d+ entries")).click()  # Compare may have added some
     settle(page)

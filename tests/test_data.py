@@ -1,4 +1,5 @@
 """Dataset registry: bundled splits, seeded BBH/StrategyQA splits, user JSONL registration, CLI."""
+
 from __future__ import annotations
 
 import json
@@ -81,10 +82,12 @@ def test_register_user_dataset_roundtrip(tmp_path, workspace):
 
 def test_register_bad_file_reports_line_numbers(tmp_path):
     src = tmp_path / "bad.jsonl"
-    src.write_text('{"question": "ok?", "answer": "1"}\n'
-                   'not json\n'
-                   '{"question": "", "answer": "2"}\n'
-                   '{"question": "q", "answer": "Z", "choices": [{"label": "A", "text": "a"}]}\n')
+    src.write_text(
+        '{"question": "ok?", "answer": "1"}\n'
+        "not json\n"
+        '{"question": "", "answer": "2"}\n'
+        '{"question": "q", "answer": "Z", "choices": [{"label": "A", "text": "a"}]}\n'
+    )
     with pytest.raises(DatasetError) as err:
         register_dataset("bad", src)
     message = str(err.value)
@@ -110,9 +113,18 @@ def test_data_cli_list_show_register(tmp_path):
 
 
 def test_rationale_set_roundtrip(workspace):
-    record = data.RationaleRecord(id="r1", example_id="gsm8k-train-00000", dataset="gsm8k", task="gsm8k",
-                                  question="q", answer="72", thought="eot", rationale="ans = x",
-                                  extracted="72", teacher_model="m")
+    record = data.RationaleRecord(
+        id="r1",
+        example_id="gsm8k-train-00000",
+        dataset="gsm8k",
+        task="gsm8k",
+        question="q",
+        answer="72",
+        thought="eot",
+        rationale="ans = x",
+        extracted="72",
+        teacher_model="m",
+    )
     (data.rationale_dir("set1") / "records.jsonl").write_text(record.to_json() + "\n")
     assert data.load_rationales("set1") == [record]
     assert data.list_rationale_sets() == ["set1"]
@@ -153,8 +165,16 @@ def test_every_line_breaker_survives_the_readers(tmp_path, workspace):
     from distill.progress import read_jsonl
 
     text = f"a{LINE_BREAKERS}b"
-    record = data.RationaleRecord(id="r1", example_id="e1", dataset="gsm8k", task="gsm8k", question=text,
-                                  answer="1", thought="cot", rationale=text)
+    record = data.RationaleRecord(
+        id="r1",
+        example_id="e1",
+        dataset="gsm8k",
+        task="gsm8k",
+        question=text,
+        answer="1",
+        thought="cot",
+        rationale=text,
+    )
     (data.rationale_dir("odd") / "records.jsonl").write_text(record.to_json() + "\n", encoding="utf-8")
     assert data.load_rationales("odd") == [record]
     # eval samples / job metrics (a half-written last line is still skipped)
@@ -204,8 +224,9 @@ def test_gsm8k_dev_is_held_out_and_subsets_train_every_method_on_the_same_questi
 
     dev = {ex.id for ex in get_dataset("gsm8k").load("dev")}
     assert len(dev) == 300 and dev <= {ex.id for ex in get_dataset("gsm8k").load("train")}
-    n = subset_rationales("gsm8k-annot-eot", "q-eot", limit=40, same_questions_as=["gsm8k-annot-pot"],
-                          exclude=["gsm8k:dev"])
+    n = subset_rationales(
+        "gsm8k-annot-eot", "q-eot", limit=40, same_questions_as=["gsm8k-annot-pot"], exclude=["gsm8k:dev"]
+    )
     subset_rationales("gsm8k-gold-cot", "q-cot", same_questions_as=["q-eot"])
     subset_rationales("gsm8k-annot-pot", "q-pot", same_questions_as=["q-eot"])
     ids = {t: [r.example_id for r in load_rationales(f"q-{t}")] for t in ("cot", "pot", "eot")}

@@ -1,5 +1,6 @@
 """Evaluation: configuration syntax, hand-checked numbers, intervals, paired tests and flips, a
 resumable real run, the CLI (report names are names, never paths) and the Evaluation page."""
+
 from __future__ import annotations
 
 import json
@@ -24,24 +25,46 @@ def test_parse_config_syntax():
     assert (se.name, se.adapter, se.with_kb, se.k) == ("se", "nesycd-run", True, 3)
     etd = parse_config("etd-run,thought=vote,pending,adaptive=0.4")
     assert (etd.name, etd.thought, etd.statuses, etd.adaptive_threshold, etd.with_kb) == (
-        "etd-run,thought=vote,pending,adaptive=0.4", "vote", ("accepted", "pending"), 0.4, False)
+        "etd-run,thought=vote,pending,adaptive=0.4",
+        "vote",
+        ("accepted", "pending"),
+        0.4,
+        False,
+    )
     for bad in ("", "base,kb=2", "base,k=0", "base,thought=tot", "base,adaptive=high", "base,gpu"):
         with pytest.raises(ValueError):
             parse_config(bad)
 
 
 def row(config, ex, correct, tokens, task="t1", retrieved=()):
-    return {"config": config, "example_id": ex, "task": task, "correct": correct, "correct_flexible": True,
-            "prompt_tokens": tokens, "params": 1000, "retrieved": [[e, 0.9] for e in retrieved],
-            "used_knowledge": bool(retrieved), "latency_s": 0.5, "extracted": str(correct), "gold": "True"}
+    return {
+        "config": config,
+        "example_id": ex,
+        "task": task,
+        "correct": correct,
+        "correct_flexible": True,
+        "prompt_tokens": tokens,
+        "params": 1000,
+        "retrieved": [[e, 0.9] for e in retrieved],
+        "used_knowledge": bool(retrieved),
+        "latency_s": 0.5,
+        "extracted": str(correct),
+        "gold": "True",
+    }
 
 
 def test_summary_numbers_and_flips_by_hand():
     runs = [RunConfig("plain"), RunConfig("kb", with_kb=True, k=1)]
-    rows = [row("plain", "a", True, 10), row("plain", "b", False, 20), row("plain", "c", False, 30, "t2"),
-            row("plain", "d", True, 40, "t2"),
-            row("kb", "a", True, 50, retrieved=["k1"]), row("kb", "b", True, 60, retrieved=["k2"]),
-            row("kb", "c", False, 70, "t2", ["k3"]), row("kb", "d", False, 80, "t2", ["k4", "k5"])]
+    rows = [
+        row("plain", "a", True, 10),
+        row("plain", "b", False, 20),
+        row("plain", "c", False, 30, "t2"),
+        row("plain", "d", True, 40, "t2"),
+        row("kb", "a", True, 50, retrieved=["k1"]),
+        row("kb", "b", True, 60, retrieved=["k2"]),
+        row("kb", "c", False, 70, "t2", ["k3"]),
+        row("kb", "d", False, 80, "t2", ["k4", "k5"]),
+    ]
     res = summarise(rows, EvalConfig(configs=runs))
     plain, kb = res["configs"]["plain"], res["configs"]["kb"]
     assert plain["accuracy"] == 0.5 and kb["accuracy"] == 0.5 and plain["accuracy_flexible"] == 1.0
@@ -63,8 +86,15 @@ def test_summary_numbers_and_flips_by_hand():
     assert [(f["example_id"], f["entries"]) for f in flip["broken"]] == [("d", ["k4", "k5"])]
     assert (flip["n"], flip["p_value"], flip["significant"], flip["verdict"]) == (4, 1.0, False, "not significant")
     [pair] = res["comparisons"]
-    assert (pair["first"], pair["second"], pair["n"], pair["both_right"], pair["first_only"],
-            pair["second_only"], pair["both_wrong"]) == ("plain", "kb", 4, 1, 1, 1, 1)
+    assert (
+        pair["first"],
+        pair["second"],
+        pair["n"],
+        pair["both_right"],
+        pair["first_only"],
+        pair["second_only"],
+        pair["both_wrong"],
+    ) == ("plain", "kb", 4, 1, 1, 1, 1)
     assert pair["p_value"] == 1.0 and pair["verdict"] == "not significant"
     text = table(res)
     assert "| accuracy (strict) | 50.0% [15.0–85.0] | 50.0% [15.0–85.0] |" in text
@@ -98,7 +128,12 @@ def test_every_pair_is_compared_with_exact_mcnemar():
     assert (three["both_right"], three["first_only"], three["second_only"], three["both_wrong"]) == (8, 1, 1, 2)
     assert three["p_value"] == 1.0 and three["verdict"] == "not significant"
     [flip] = res["flips"]  # sft vs sft,kb: the knowledge pair carries the same test
-    assert (flip["without"], flip["with"], flip["p_value"], flip["verdict"]) == ("sft", "sft,kb", 1.0, "not significant")
+    assert (flip["without"], flip["with"], flip["p_value"], flip["verdict"]) == (
+        "sft",
+        "sft,kb",
+        1.0,
+        "not significant",
+    )
     text = table(res)
     assert "| base | sft | 12 | 2 | 0 | 7 | 3 | +58.3 pts | 0.016 | significant at 5 % |" in text
     assert "| sft | sft,kb | 12 | 8 | 1 | 1 | 2 | +0.0 pts | 1.000 | not significant |" in text
@@ -123,7 +158,9 @@ def test_bootstrap_intervals_are_stored_and_reproducible():
     assert a["configs"]["plain"]["accuracy_ci"] == b["configs"]["plain"]["accuracy_ci"]
     assert a["interval"]["method"] == "bootstrap"
     low, high = a["configs"]["plain"]["accuracy_ci"]
-    assert low < 0.3 < high and [low, high] != summarise(rows, EvalConfig(configs=runs))["configs"]["plain"]["accuracy_ci"]
+    assert (
+        low < 0.3 < high and [low, high] != summarise(rows, EvalConfig(configs=runs))["configs"]["plain"]["accuracy_ci"]
+    )
     assert "percentile bootstrap" in table(a)
 
 
@@ -132,17 +169,31 @@ def knowledge():
     from kb.schema import Entry
     from kb.store import KBStore
 
-    KBStore().add(Entry(id="rates", task="gsm8k", status="accepted",
-                        learning_summary="Multiply a rate by the time to get an amount.",
-                        supplementary_knowledge="Earnings = hourly rate x hours worked."), by="test")
+    KBStore().add(
+        Entry(
+            id="rates",
+            task="gsm8k",
+            status="accepted",
+            learning_summary="Multiply a rate by the time to get an amount.",
+            supplementary_knowledge="Earnings = hourly rate x hours worked.",
+        ),
+        by="test",
+    )
 
 
 def test_run_eval_side_by_side_and_resumable(tiny_model, knowledge, workspace):
     from distill.answers import check
     from distill.data import get_dataset
 
-    cfg = EvalConfig(configs=[parse_config("base"), parse_config("base,kb")], dataset="gsm8k", split="test",
-                     limit=3, name="t", base_model=tiny_model, max_new_tokens=6)
+    cfg = EvalConfig(
+        configs=[parse_config("base"), parse_config("base,kb")],
+        dataset="gsm8k",
+        split="test",
+        limit=3,
+        name="t",
+        base_model=tiny_model,
+        max_new_tokens=6,
+    )
     results = run_eval(cfg)
     samples_path = workspace / "evals" / "t" / "samples.jsonl"
     rows = [json.loads(line) for line in samples_path.read_text().splitlines()]
@@ -174,8 +225,26 @@ def test_cli_eval(tiny_model):
     from distill.cli import app
 
     runner = CliRunner()
-    out = runner.invoke(app, ["eval", "--dataset", "gsm8k", "--split", "test", "--limit", "2", "--config",
-                              "base", "--base-model", tiny_model, "--max-new-tokens", "4", "--name", "cli"])
+    out = runner.invoke(
+        app,
+        [
+            "eval",
+            "--dataset",
+            "gsm8k",
+            "--split",
+            "test",
+            "--limit",
+            "2",
+            "--config",
+            "base",
+            "--base-model",
+            tiny_model,
+            "--max-new-tokens",
+            "4",
+            "--name",
+            "cli",
+        ],
+    )
     assert out.exit_code == 0, out.output
     assert "| accuracy (strict) |" in out.output and "report:" in out.output
     assert "95 % Wilson score interval" in out.output
@@ -188,10 +257,23 @@ def test_cli_eval_name_is_a_name_not_a_path(tmp_path, workspace, how):
     from distill.cli import app
 
     outside = tmp_path / "outside"
-    value = {"absolute": str(outside / "report"), "traversal": "../../outside/report",
-             "slash": "a/b"}[how]
-    out = CliRunner().invoke(app, ["eval", "--dataset", "gsm8k", "--split", "test", "--limit", "1",
-                                   "--base-model", str(tmp_path / "no-model"), "--name", value])
+    value = {"absolute": str(outside / "report"), "traversal": "../../outside/report", "slash": "a/b"}[how]
+    out = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "--dataset",
+            "gsm8k",
+            "--split",
+            "test",
+            "--limit",
+            "1",
+            "--base-model",
+            str(tmp_path / "no-model"),
+            "--name",
+            value,
+        ],
+    )
     assert out.exit_code == 2, out.output
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --name takes a name"), out.stderr
@@ -208,6 +290,7 @@ def test_cli_eval_rejects_an_unknown_interval(workspace):
 
 
 # ------------------------------------------------------------------------- the Evaluation page
+
 
 def write_report(folder: Path, results: dict, rows: list[dict] | None = None) -> None:
     folder.mkdir(parents=True)
@@ -232,11 +315,20 @@ def test_page_shows_intervals_pairs_and_error_bars(workspace):
     assert list(configs["configuration"]) == ["base", "sft", "sft,kb"]
     assert list(configs["95% interval"]) == ["4.7–44.8%", "46.8–91.1%", "46.8–91.1%"]
     pairs = at.dataframe[1].value
-    assert list(zip(pairs["first"], pairs["second"], pairs["only first right (b)"],
-                    pairs["only second right (c)"], pairs["exact McNemar p"], pairs["verdict"])) == [
+    assert list(
+        zip(
+            pairs["first"],
+            pairs["second"],
+            pairs["only first right (b)"],
+            pairs["only second right (c)"],
+            pairs["exact McNemar p"],
+            pairs["verdict"],
+        )
+    ) == [
         ("base", "sft", 0, 7, "0.016", "significant at 5 %"),
         ("base", "sft,kb", 0, 7, "0.016", "significant at 5 %"),
-        ("sft", "sft,kb", 1, 1, "1.000", "not significant")]
+        ("sft", "sft,kb", 1, 1, "1.000", "not significant"),
+    ]
     assert "Paired comparisons" in [h.value for h in at.subheader]
     assert any("exact McNemar p = 1.000, **not significant**" in c.value for c in at.caption)
     bars, errors = json.loads(at.get("vega_lite_chart")[0].proto.spec)["layer"]  # bars + error bars
@@ -263,13 +355,16 @@ def test_page_fills_in_statistics_for_an_old_report(workspace):
 
 def test_page_cannot_be_steered_outside_the_workspace(tmp_path, workspace):
     secret = tmp_path / "elsewhere"
-    write_report(secret, {"dataset": "SECRET", "split": "x", "limit": 1, "configs": {}},
-                 [{"config": "SECRET", "example_id": "1"}])
+    write_report(
+        secret,
+        {"dataset": "SECRET", "split": "x", "limit": 1, "configs": {}},
+        [{"config": "SECRET", "example_id": "1"}],
+    )
     (workspace / "evals").mkdir(parents=True)
     (workspace / "evals" / "linked").symlink_to(secret, target_is_directory=True)  # a folder link
     inside = workspace / "evals" / "filelink"
     inside.mkdir()
-    (inside / "results.json").symlink_to(secret / "results.json")                 # a file link
+    (inside / "results.json").symlink_to(secret / "results.json")  # a file link
     at = open_page()
     assert "No evaluation reports yet" in "".join(i.value for i in at.info)
     from distill.evaluate import load_report
@@ -282,12 +377,15 @@ def test_page_cannot_be_steered_outside_the_workspace(tmp_path, workspace):
 
 # ------------------------------------------------------------- lm-evaluation-harness files, rescoring
 
+
 def harness_files(folder: Path) -> tuple[dict, dict[str, list[dict]]]:
     """(results, {samples file name: lines}) of one configuration's harness folder (one run)."""
     [results_path] = folder.glob("results_*.json")
     date = results_path.name.removeprefix("results_").removesuffix(".json")
-    samples = {p.name: [json.loads(line) for line in p.read_text(encoding="utf-8").split("\n") if line]
-               for p in folder.glob(f"samples_*_{date}.jsonl")}
+    samples = {
+        p.name: [json.loads(line) for line in p.read_text(encoding="utf-8").split("\n") if line]
+        for p in folder.glob(f"samples_*_{date}.jsonl")
+    }
     return json.loads(results_path.read_text(encoding="utf-8")), samples
 
 
@@ -305,8 +403,10 @@ def tiny_adapter(tiny_model, workspace) -> str:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model),
-                           LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model),
+        LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
     model.save_pretrained(workspace / "adapters" / "lora")
     return "lora"
 
@@ -317,19 +417,39 @@ def test_run_eval_writes_lm_eval_harness_files(tiny_model, tiny_adapter, workspa
     import datasets
     from transformers import AutoTokenizer
 
-    cfg = EvalConfig(configs=[parse_config("base"), parse_config(f"sft={tiny_adapter}")], dataset="gsm8k",
-                     split="test", limit=3, name="h", base_model=tiny_model, max_new_tokens=5, seed=1)
+    cfg = EvalConfig(
+        configs=[parse_config("base"), parse_config(f"sft={tiny_adapter}")],
+        dataset="gsm8k",
+        split="test",
+        limit=3,
+        name="h",
+        base_model=tiny_model,
+        max_new_tokens=5,
+        seed=1,
+    )
     run_eval(cfg)
     report = workspace / "evals" / "h"
     rows = {(r["config"], r["example_id"]): r for r in map(json.loads, (report / "samples.jsonl").open())}
     results, samples = harness_files(report / "harness" / "sft")
-    assert set(results) >= {"results", "configs", "versions", "n-shot", "higher_is_better", "n-samples",
-                            "config", "git_hash", "date", "task_hashes", "chat_template", "chat_template_sha"}
+    assert set(results) >= {
+        "results",
+        "configs",
+        "versions",
+        "n-shot",
+        "higher_is_better",
+        "n-samples",
+        "config",
+        "git_hash",
+        "date",
+        "task_hashes",
+        "chat_template",
+        "chat_template_sha",
+    }
     task = results["results"]["gsm8k"]
     outcomes = [float(rows["sft", e]["correct"]) for e in sorted(e for c, e in rows if c == "sft")]
     assert task["exact_match,strict"] == pytest.approx(sum(outcomes) / 3)
     mean = sum(outcomes) / 3
-    stderr = (sum((x - mean) ** 2 for x in outcomes) / 2) ** 0.5 / 3 ** 0.5  # the harness's mean_stderr
+    stderr = (sum((x - mean) ** 2 for x in outcomes) / 2) ** 0.5 / 3**0.5  # the harness's mean_stderr
     assert task["exact_match_stderr,strict"] == pytest.approx(stderr)
     assert {"exact_match,flexible", "exact_match_stderr,flexible"} <= set(task) and task["sample_len"] == 3
     assert results["n-samples"]["gsm8k"] == {"original": 1319, "effective": 3}
@@ -339,6 +459,7 @@ def test_run_eval_writes_lm_eval_harness_files(tiny_model, tiny_adapter, workspa
     assert config["limit"] == 3 and config["random_seed"] == 1 and config["model_args"].endswith("peft=lora")
     weights = workspace / "adapters" / "lora" / "adapter_model.safetensors"
     import hashlib
+
     assert config["model_sha"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert config["nesy"]["adapter_sha256"] == config["model_sha"]
     template = AutoTokenizer.from_pretrained(tiny_model).chat_template
@@ -349,26 +470,41 @@ def test_run_eval_writes_lm_eval_harness_files(tiny_model, tiny_adapter, workspa
     assert name.startswith("samples_gsm8k_") and len(lines) == 6
     assert [x["filter"] for x in lines] == ["strict"] * 3 + ["flexible"] * 3
     first = lines[0]
-    assert set(first) >= {"doc_id", "doc", "target", "arguments", "resps", "filtered_resps", "filter",
-                          "metrics", "doc_hash", "prompt_hash", "target_hash", "exact_match"}
+    assert set(first) >= {
+        "doc_id",
+        "doc",
+        "target",
+        "arguments",
+        "resps",
+        "filtered_resps",
+        "filter",
+        "metrics",
+        "doc_hash",
+        "prompt_hash",
+        "target_hash",
+        "exact_match",
+    }
     row = rows["sft", first["doc"]["id"]]
     prompt = first["arguments"]["gen_args_0"]["arg_0"]
     assert prompt.startswith("<|im_start|>") and row["prompt"] in prompt and first["prompt_hash"] == sha256(prompt)
     assert first["resps"] == [[row["output"]]] and first["target"] == row["gold"]
     assert first["doc_id"] == int(row["example_id"].rsplit("-", 1)[1])  # its place in the test split
     assert first["exact_match"] == float(row["correct"])
-    assert results["task_hashes"]["gsm8k"] == sha256("".join(x["doc_hash"] + x["prompt_hash"] + x["target_hash"]
-                                                             for x in lines))
+    assert results["task_hashes"]["gsm8k"] == sha256(
+        "".join(x["doc_hash"] + x["prompt_hash"] + x["target_hash"] for x in lines)
+    )
     base, _ = harness_files(report / "harness" / "base")
     assert base["config"]["model_sha"] is None and base["config"]["model_args"] == f"pretrained={tiny_model}"
     # the harness's own loader reads these with datasets
-    loaded = datasets.load_dataset("json", data_files=str(report / "harness" / "sft" / name), split="train",
-                                   cache_dir=str(workspace / "hf-cache"))
+    loaded = datasets.load_dataset(
+        "json", data_files=str(report / "harness" / "sft" / name), split="train", cache_dir=str(workspace / "hf-cache")
+    )
     assert loaded.num_rows == 6 and loaded[0]["filter"] == "strict"
 
 
-def saved_report(workspace: Path, name: str, outputs: list[tuple[str, str]], dataset="gsm8k", task="gsm8k",
-                 thought="cot") -> Path:
+def saved_report(
+    workspace: Path, name: str, outputs: list[tuple[str, str]], dataset="gsm8k", task="gsm8k", thought="cot"
+) -> Path:
     """A report as `nesy eval` leaves it, from (output, gold) pairs scored as the run scores them."""
     from distill.answers import check
     from distill.data import Example
@@ -380,21 +516,51 @@ def saved_report(workspace: Path, name: str, outputs: list[tuple[str, str]], dat
         ex = Example(f"q{i}", dataset, f"question {i}", gold, task)
         strict, ok = check(output, ex, "strict", "number")
         flexible, ok_flex = check(output, ex, "flexible", "number")
-        rows.append({"config": "base", "example_id": ex.id, "dataset": dataset, "task": task,
-                     "question": ex.question, "prompt": f"Question: {ex.question}", "output": output,
-                     "extracted": strict, "extracted_flexible": flexible, "gold": gold, "correct": ok,
-                     "correct_flexible": ok_flex, "retrieved": [], "used_knowledge": False, "prompt_tokens": 9,
-                     "latency_s": 0.1, "params": 1, "votes": None})
+        rows.append(
+            {
+                "config": "base",
+                "example_id": ex.id,
+                "dataset": dataset,
+                "task": task,
+                "question": ex.question,
+                "prompt": f"Question: {ex.question}",
+                "output": output,
+                "extracted": strict,
+                "extracted_flexible": flexible,
+                "gold": gold,
+                "correct": ok,
+                "correct_flexible": ok_flex,
+                "retrieved": [],
+                "used_knowledge": False,
+                "prompt_tokens": 9,
+                "latency_s": 0.1,
+                "params": 1,
+                "votes": None,
+            }
+        )
     (folder / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (folder / "config.json").write_text(json.dumps(asdict(EvalConfig(
-        configs=[RunConfig("base", thought=thought)], dataset=dataset, split="test", limit=len(rows), name=name))))
+    (folder / "config.json").write_text(
+        json.dumps(
+            asdict(
+                EvalConfig(
+                    configs=[RunConfig("base", thought=thought)],
+                    dataset=dataset,
+                    split="test",
+                    limit=len(rows),
+                    name=name,
+                )
+            )
+        )
+    )
     return folder
 
 
-OUTPUTS = [("12 apples, then 3. Therefore, the answer is 15.", "15"),   # right by every extractor
-           ("The answer is 4 cakes, so 8 in all.", "8"),                   # strict 4 (wrong), last number 8
-           ("We get 10. Then 20", "20"),                                   # no answer phrase: strict None
-           ("The answer is 7.", "9")]                                      # wrong by every extractor
+OUTPUTS = [
+    ("12 apples, then 3. Therefore, the answer is 15.", "15"),  # right by every extractor
+    ("The answer is 4 cakes, so 8 in all.", "8"),  # strict 4 (wrong), last number 8
+    ("We get 10. Then 20", "20"),  # no answer phrase: strict None
+    ("The answer is 7.", "9"),
+]  # wrong by every extractor
 
 
 def test_rescore_changes_the_extractor_without_generating(workspace, monkeypatch):
@@ -405,8 +571,15 @@ def test_rescore_changes_the_extractor_without_generating(workspace, monkeypatch
 
     saved_report(workspace, "r", OUTPUTS)
     strict = rescore_report("r", "strict")
-    assert strict["configs"]["base"] == {"n": 4, "saved": 0.25, "accuracy": 0.25, "changed": 0,
-                                              "flipped": 0, "thought": "cot", "stderr": pytest.approx(0.25)}
+    assert strict["configs"]["base"] == {
+        "n": 4,
+        "saved": 0.25,
+        "accuracy": 0.25,
+        "changed": 0,
+        "flipped": 0,
+        "thought": "cot",
+        "stderr": pytest.approx(0.25),
+    }
     last = rescore_report("r", "last-number")["configs"]["base"]
     assert (last["accuracy"], last["changed"], last["flipped"]) == (0.75, 2, 2)
     # stderr of [1, 1, 1, 0]: stdev 0.5 / sqrt(4)
@@ -421,7 +594,11 @@ def test_rescore_changes_the_extractor_without_generating(workspace, monkeypatch
     date = runs[-1].name.removeprefix("results_").removesuffix(".json")
     lines = [json.loads(line) for line in (folder / f"samples_gsm8k_{date}.jsonl").read_text().split("\n") if line]
     assert [(x["filtered_resps"], x["exact_match"]) for x in lines] == [
-        (["15"], 1.0), (["8"], 1.0), (["20"], 1.0), (["7"], 0.0)]
+        (["15"], 1.0),
+        (["8"], 1.0),
+        (["20"], 1.0),
+        (["7"], 0.0),
+    ]
 
 
 def test_rescore_keeps_executed_answers_and_refuses_last_number_for_options(workspace):
@@ -450,12 +627,14 @@ def test_cli_rescore_by_name_and_by_path(tmp_path, workspace, capsys):
     assert out.exit_code == 0 and "not saved" in out.output and not (copy / "harness").exists()
     out = runner.invoke(app, ["eval", "--rescore", str(copy), "--extractor", "flexible", "--name", "kept"])
     assert out.exit_code == 0 and list((workspace / "evals" / "kept" / "harness" / "base").glob("results_*"))
-    for argv, message in [(["--rescore", "r..x"], "error: report takes a name"),
-                          (["--rescore", "r", "--extractor", "regex"], "error: --extractor must be one of"),
-                          (["--extractor", "strict"], "error: --extractor goes with --rescore"),
-                          (["--rescore", "r", "--config", "base"], "error: --rescore scores"),
-                          (["--rescore", "r", "--name", "a/b"], "error: --name takes a name"),
-                          (["--rescore", "missing"], "error: report 'missing' has no saved outputs")]:
+    for argv, message in [
+        (["--rescore", "r..x"], "error: report takes a name"),
+        (["--rescore", "r", "--extractor", "regex"], "error: --extractor must be one of"),
+        (["--extractor", "strict"], "error: --extractor goes with --rescore"),
+        (["--rescore", "r", "--config", "base"], "error: --rescore scores"),
+        (["--rescore", "r", "--name", "a/b"], "error: --name takes a name"),
+        (["--rescore", "missing"], "error: report 'missing' has no saved outputs"),
+    ]:
         with pytest.raises(SystemExit) as done:
             run(["eval", *argv])
         err = capsys.readouterr().err.strip()
@@ -477,9 +656,23 @@ def test_a_dataset_of_several_tasks_is_a_harness_group(workspace):
     from distill import interop
 
     tasks = ["navigate", "navigate", "date_understanding", "date_understanding", "date_understanding"]
-    rows = [{"config": "c", "example_id": f"e{i}", "dataset": "bbh", "task": t, "question": "q", "prompt": "p",
-             "output": "o", "gold": "(A)", "extracted": "A" if i % 2 else "B", "correct": bool(i % 2),
-             "extracted_flexible": "A", "correct_flexible": True} for i, t in enumerate(tasks)]
+    rows = [
+        {
+            "config": "c",
+            "example_id": f"e{i}",
+            "dataset": "bbh",
+            "task": t,
+            "question": "q",
+            "prompt": "p",
+            "output": "o",
+            "gold": "(A)",
+            "extracted": "A" if i % 2 else "B",
+            "correct": bool(i % 2),
+            "extracted_flexible": "A",
+            "correct_flexible": True,
+        }
+        for i, t in enumerate(tasks)
+    ]
     run = interop.HarnessRun("r", "bbh", "test", None, 0, 8, 2, 0.0, {"name": "c"})
     results, samples = interop.harness_files(run, [interop.Scored(r, interop.stored_filters(r)) for r in rows])
     assert set(samples) == {"bbh_navigate", "bbh_date_understanding"}
@@ -491,6 +684,7 @@ def test_a_dataset_of_several_tasks_is_a_harness_group(workspace):
 
 
 # ------------------------------------------- the adapter's card decides; empty retrieval is loud
+
 
 def test_parse_config_leaves_unset_options_to_the_card_and_takes_retriever_and_min_score():
     plain = parse_config("base,kb")
@@ -507,9 +701,14 @@ def test_entry_impact_credits_every_entry_of_a_flip_and_a_rerun_replaces_it(work
     from kb.store import KBStore
 
     runs = [RunConfig("plain"), RunConfig("kb", with_kb=True, k=2)]
-    rows = [row("plain", "a", False, 10), row("plain", "b", True, 10), row("plain", "c", True, 10),
-            row("kb", "a", True, 10, retrieved=["k1"]), row("kb", "b", False, 10, retrieved=["k1", "k2"]),
-            row("kb", "c", True, 10, retrieved=["k2"])]
+    rows = [
+        row("plain", "a", False, 10),
+        row("plain", "b", True, 10),
+        row("plain", "c", True, 10),
+        row("kb", "a", True, 10, retrieved=["k1"]),
+        row("kb", "b", False, 10, retrieved=["k1", "k2"]),
+        row("kb", "c", True, 10, retrieved=["k2"]),
+    ]
     impact = entry_impact(rows, summarise(rows, EvalConfig(configs=runs)))
     assert impact["k1"] == {"retrieved": 2, "fixed": 1, "broken": 1, "fixed_shared": 0, "broken_shared": 1}
     assert impact["k2"] == {"retrieved": 2, "fixed": 0, "broken": 1, "fixed_shared": 0, "broken_shared": 1}
@@ -517,33 +716,72 @@ def test_entry_impact_credits_every_entry_of_a_flip_and_a_rerun_replaces_it(work
     record_impact("compare:q", {"k1": {"retrieved": 1, "fixed": 1}})
     record_impact("eval:r", {"k2": {"retrieved": 5, "broken": 2}})  # the same report again: replaced
     totals = KBStore().impact()
-    assert totals["k1"] == {"retrieved": 1, "fixed": 1, "broken": 0, "fixed_shared": 0, "broken_shared": 0,
-                            "reports": 1}
+    assert totals["k1"] == {
+        "retrieved": 1,
+        "fixed": 1,
+        "broken": 0,
+        "fixed_shared": 0,
+        "broken_shared": 0,
+        "reports": 1,
+    }
     assert totals["k2"]["broken"] == 2 and totals["k2"]["retrieved"] == 5
     assert KBStore().impact(["k2"]).keys() == {"k2"}
 
 
-def test_eval_follows_the_adapters_card_and_says_when_retrieval_found_nothing(tiny_model, tiny_adapter,
-                                                                                workspace):
+def test_eval_follows_the_adapters_card_and_says_when_retrieval_found_nothing(tiny_model, tiny_adapter, workspace):
     from distill.cli import app
     from kb.schema import Entry, Source
     from kb.store import KBStore
 
-    card = {"method": "std-cot", "template": "chat", "base_model": tiny_model,
-            "inference": {"thought": "cot", "k": 2, "retriever": "bm25", "min_score": None,
-                          "source_kinds": ["error_analysis"], "adaptive_threshold": None, "max_new_tokens": 7}}
+    card = {
+        "method": "std-cot",
+        "template": "chat",
+        "base_model": tiny_model,
+        "inference": {
+            "thought": "cot",
+            "k": 2,
+            "retriever": "bm25",
+            "min_score": None,
+            "source_kinds": ["error_analysis"],
+            "adaptive_threshold": None,
+            "max_new_tokens": 7,
+        },
+    }
     (workspace / "adapters" / tiny_adapter / "card.json").write_text(json.dumps(card))
     from distill.data import get_dataset
 
     kb = KBStore()
     questions = [e.question for e in get_dataset("gsm8k").load("test", limit=2, seed=0)]
     for i, words in enumerate(questions * 2):  # each question's words: BM25 finds two entries for it
-        kb.add(Entry(id=f"k{i}", task="gsm8k", status="accepted", learning_summary=f"Summary about {words}.",
-                     supplementary_knowledge=f"Knowledge about {words}.",
-                     source=Source(kind="error_analysis", dataset="gsm8k")), by="test")
-    out = CliRunner().invoke(app, ["eval", "--dataset", "gsm8k", "--split", "test", "--limit", "2",
-                                   "--config", f"card={tiny_adapter},kb",
-                                   "--config", f"floor={tiny_adapter},kb,min_score=1000", "--name", "card"])
+        kb.add(
+            Entry(
+                id=f"k{i}",
+                task="gsm8k",
+                status="accepted",
+                learning_summary=f"Summary about {words}.",
+                supplementary_knowledge=f"Knowledge about {words}.",
+                source=Source(kind="error_analysis", dataset="gsm8k"),
+            ),
+            by="test",
+        )
+    out = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "--dataset",
+            "gsm8k",
+            "--split",
+            "test",
+            "--limit",
+            "2",
+            "--config",
+            f"card={tiny_adapter},kb",
+            "--config",
+            f"floor={tiny_adapter},kb,min_score=1000",
+            "--name",
+            "card",
+        ],
+    )
     assert out.exit_code == 0, out.output
     rows = [json.loads(line) for line in (workspace / "evals" / "card" / "samples.jsonl").read_text().splitlines()]
     card_rows = [r for r in rows if r["config"] == "card"]

@@ -1,4 +1,5 @@
 """The compute dtype follows what the CPU is fast at: bf16 with AMX, fp32 otherwise."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,9 +16,15 @@ def fresh(monkeypatch):
     hardware.compute_dtype.cache_clear()
 
 
-@pytest.mark.parametrize("flags, expected", [({"avx2", "avx512_bf16", "amx_bf16", "amx_tile"}, "bf16"),
-                                             ({"avx2", "avx512f", "avx512_bf16"}, "fp32"),
-                                             ({"avx2"}, "fp32"), (set(), "fp32")])
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ({"avx2", "avx512_bf16", "amx_bf16", "amx_tile"}, "bf16"),
+        ({"avx2", "avx512f", "avx512_bf16"}, "fp32"),
+        ({"avx2"}, "fp32"),
+        (set(), "fp32"),
+    ],
+)
 def test_bf16_only_where_the_cpu_has_amx(monkeypatch, flags, expected):
     monkeypatch.setattr(hardware, "cpu_flags", lambda: flags)
     assert hardware.compute_dtype() == expected

@@ -1,4 +1,5 @@
 """Answering: batched = one at a time, streaming, KB retrieval (real store + index), ETD, CLI."""
+
 from __future__ import annotations
 
 import json
@@ -9,9 +10,11 @@ from student_fixtures import tiny_model  # noqa: F401
 from distill import prompts
 from distill.infer import Student, extract, majority
 
-QUESTIONS = ["What is the area of a circle with radius 2?",
-             "A train travels 60 miles in 2 hours. What is its speed?",
-             "Tom has 3 apples and buys 4 more. How many apples does he have?"]
+QUESTIONS = [
+    "What is the area of a circle with radius 2?",
+    "A train travels 60 miles in 2 hours. What is its speed?",
+    "Tom has 3 apples and buys 4 more. How many apples does he have?",
+]
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +46,20 @@ def kb():
 
     store = KBStore()
     for id_, status, summary, fact in [
-        ("circle", "accepted", "For circle problems find the radius first.", "The area of a circle is pi times r squared."),
+        (
+            "circle",
+            "accepted",
+            "For circle problems find the radius first.",
+            "The area of a circle is pi times r squared.",
+        ),
         ("circle-draft", "pending", "Circles: square the radius before multiplying.", "A circle's area equals pi r^2."),
         ("speed", "accepted", "Speed problems divide distance by time.", "Speed = distance / time, in miles per hour."),
         ("bad", "rejected", "Circles have corners.", "The area of a circle is 2 r."),
     ]:
-        store.add(Entry(id=id_, task="gsm8k", status=status, learning_summary=summary,
-                        supplementary_knowledge=fact), by="test")
+        store.add(
+            Entry(id=id_, task="gsm8k", status=status, learning_summary=summary, supplementary_knowledge=fact),
+            by="test",
+        )
     index = KBIndex(store)
     index.sync()
     return index
@@ -65,8 +75,9 @@ def test_retrieval_inserts_accepted_entries_only_by_default(student, kb):
     plain = student.answer([QUESTIONS[0]], max_new_tokens=4)[0]
     assert res.prompt_tokens > plain.prompt_tokens
     assert all(isinstance(s, float) for _, s in res.retrieved)
-    with_pending = student.answer([QUESTIONS[0]], kb_index=kb, k=2, statuses=("accepted", "pending"),
-                                  max_new_tokens=4)[0]
+    with_pending = student.answer([QUESTIONS[0]], kb_index=kb, k=2, statuses=("accepted", "pending"), max_new_tokens=4)[
+        0
+    ]
     assert {i for i, _ in with_pending.retrieved} == {"circle", "circle-draft"}
 
 
@@ -100,9 +111,17 @@ def test_retrieval_keeps_to_the_methods_entry_kinds_and_says_when_it_finds_nothi
     from kb.store import KBStore
 
     store = KBStore()
-    store.add(Entry(id="sk", task="gsm8k", status="accepted", learning_summary="Circles: radius first.",
-                    supplementary_knowledge="Area of a circle is pi r^2.",
-                    source=Source(kind="example_knowledge", dataset="gsm8k", example_id="1")), by="test")
+    store.add(
+        Entry(
+            id="sk",
+            task="gsm8k",
+            status="accepted",
+            learning_summary="Circles: radius first.",
+            supplementary_knowledge="Area of a circle is pi r^2.",
+            source=Source(kind="example_knowledge", dataset="gsm8k", example_id="1"),
+        ),
+        by="test",
+    )
     index = KBIndex(store)
     index.sync()
     nesycd = Student(tiny_model, method="nesycd")
@@ -111,15 +130,16 @@ def test_retrieval_keeps_to_the_methods_entry_kinds_and_says_when_it_finds_nothi
         res = nesycd.answer([QUESTIONS[0]], kb_index=index, max_new_tokens=2)[0]
     assert res.retrieved == [] and res.retrieval_empty and not res.used_knowledge
     assert "retrieval found nothing for 1 of 1" in caplog.text and "error_analysis" in caplog.text
-    anything = nesycd.answer([QUESTIONS[0]], kb_index=index, source_kinds=("example_knowledge",),
-                             max_new_tokens=2)[0]
+    anything = nesycd.answer([QUESTIONS[0]], kb_index=index, source_kinds=("example_knowledge",), max_new_tokens=2)[0]
     assert [i for i, _ in anything.retrieved] == ["sk"]
     for mode in ("bm25", "hybrid"):
-        lexical = nesycd.answer([QUESTIONS[0]], kb_index=index, source_kinds=("example_knowledge",),
-                                retriever=mode, max_new_tokens=2)[0]
+        lexical = nesycd.answer(
+            [QUESTIONS[0]], kb_index=index, source_kinds=("example_knowledge",), retriever=mode, max_new_tokens=2
+        )[0]
         assert [i for i, _ in lexical.retrieved] == ["sk"], mode
-    high = nesycd.answer([QUESTIONS[0]], kb_index=index, source_kinds=("example_knowledge",), min_score=0.99,
-                         max_new_tokens=2)[0]
+    high = nesycd.answer(
+        [QUESTIONS[0]], kb_index=index, source_kinds=("example_knowledge",), min_score=0.99, max_new_tokens=2
+    )[0]
     assert high.retrieval_empty
 
 
@@ -156,7 +176,7 @@ def nesy(*argv: str) -> tuple[int, str]:
 def test_cli_answer_json_and_bad_input(tiny_model):
     code, output = nesy("answer", QUESTIONS[2], "--base-model", tiny_model, "--json", "--max-new-tokens", "4")
     assert code == 0, output
-    payload = json.loads(output[output.index("{"):])
+    payload = json.loads(output[output.index("{") :])
     assert {"text", "extracted", "retrieved", "prompt_tokens", "latency_s", "used_knowledge"} <= payload.keys()
     code, output = nesy("answer", "q", "--base-model", tiny_model, "--thought", "tot")
     assert code == 2 and output.strip().splitlines()[-1].startswith("error: --thought must be one of")

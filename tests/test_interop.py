@@ -2,6 +2,7 @@
 character for character (checked against what a real training run wrote), the files load with
 `datasets.load_dataset("json")`, and import checks every line (shape, metadata, prompt, ids,
 verification) before writing anything."""
+
 from __future__ import annotations
 
 import json
@@ -27,9 +28,21 @@ def mixed_records(path: Path) -> Path:
     gold = data.load_rationales("gsm8k-gold-cot")[:3]
     pot = data.load_rationales("gsm8k-annot-pot")[:2]
     eot = data.load_rationales("gsm8k-annot-eot")[:2]
-    arc = [data.RationaleRecord(f"{ex.id}-cot", ex.id, ex.dataset, ex.task, ex.question, ex.answer, "cot",
-                                f"Think it through. Therefore, the answer is {ex.answer}.", ex.answer, ex.choices)
-           for ex in data.get_dataset("arc_easy").load("train")[:3]]
+    arc = [
+        data.RationaleRecord(
+            f"{ex.id}-cot",
+            ex.id,
+            ex.dataset,
+            ex.task,
+            ex.question,
+            ex.answer,
+            "cot",
+            f"Think it through. Therefore, the answer is {ex.answer}.",
+            ex.answer,
+            ex.choices,
+        )
+        for ex in data.get_dataset("arc_easy").load("train")[:3]
+    ]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(r.to_json() + "\n" for r in gold + arc + pot + eot), encoding="utf-8")
     return path
@@ -39,8 +52,17 @@ def mixed_records(path: Path) -> Path:
 def test_export_is_the_training_text_of_a_real_run(tiny_model, tmp_path, method):
     """Both formats against the prompt_samples.jsonl a training run of the method wrote."""
     records = mixed_records(tmp_path / "set" / "records.jsonl")
-    root = train(METHODS[method].config(data=str(records), base_model=tiny_model, output=f"t-{method}",
-                                        lora_r=2, lora_alpha=4, max_steps=1, batch_size=2))
+    root = train(
+        METHODS[method].config(
+            data=str(records),
+            base_model=tiny_model,
+            output=f"t-{method}",
+            lora_r=2,
+            lora_alpha=4,
+            max_steps=1,
+            batch_size=2,
+        )
+    )
     trained = read(root / "stages" / "main" / "prompt_samples.jsonl")
     loaded = data.load_rationales(str(records))
     messages = read_export(loaded, tmp_path / "m.jsonl", method, "messages")
@@ -51,7 +73,7 @@ def test_export_is_the_training_text_of_a_real_run(tiny_model, tmp_path, method)
     for row, m, p in zip(trained, messages, plain):
         user, assistant = m["messages"]
         assert (user["role"], assistant["role"]) == ("user", "assistant")
-        assert user["content"] == p["prompt"] == row["user"]          # the exact user text
+        assert user["content"] == p["prompt"] == row["user"]  # the exact user text
         assert assistant["content"] == p["completion"] == row["response"]
         # TRL renders a conversational row with the tokenizer's chat template: our chat prompt
         assert tok.apply_chat_template([user], tokenize=False, add_generation_prompt=True) == row["prompt"]
@@ -70,7 +92,10 @@ def test_full_gold_set_loads_with_datasets_and_imports_back(tmp_path, workspace)
     import datasets
 
     gold = data.load_rationales("gsm8k-gold-cot")
-    for fmt, columns in (("messages", ["messages", "metadata"]), ("prompt-completion", ["prompt", "completion", "metadata"])):
+    for fmt, columns in (
+        ("messages", ["messages", "metadata"]),
+        ("prompt-completion", ["prompt", "completion", "metadata"]),
+    ):
         path = tmp_path / f"{fmt}.jsonl"
         assert export_trl(gold, path, fmt=fmt) == 7473
         ds = datasets.load_dataset("json", data_files=str(path), split="train", cache_dir=str(tmp_path / "hf"))
@@ -88,7 +113,7 @@ def test_import_names_every_bad_line_and_field_and_writes_nothing(tmp_path, work
     rows = read(good)
     rows[1]["messages"][0]["content"] = rows[1]["messages"][0]["content"].replace("Question:", "Q:")
     del rows[2]["metadata"]["answer"]
-    rows[3]["messages"][1]["content"] = "So it is 5. Therefore, the answer is 5."        # the gold is not 5
+    rows[3]["messages"][1]["content"] = "So it is 5. Therefore, the answer is 5."  # the gold is not 5
     rows[4]["messages"][1]["role"] = "user"
     rows[5]["metadata"]["id"] = rows[0]["metadata"]["id"]
     lines = [json.dumps(r, ensure_ascii=False) for r in rows]
@@ -98,8 +123,14 @@ def test_import_names_every_bad_line_and_field_and_writes_nothing(tmp_path, work
     with pytest.raises(ImportRejected) as rejected:
         import_trl(bad, "imported")
     found = [(p.line, p.field) for p in rejected.value.problems]
-    assert found == [(2, "messages[0].content"), (3, "metadata.answer"), (4, "messages[1].content"),
-                     (5, "messages[1].role"), (6, "metadata.id"), (7, None)]
+    assert found == [
+        (2, "messages[0].content"),
+        (3, "metadata.answer"),
+        (4, "messages[1].content"),
+        (5, "messages[1].role"),
+        (6, "metadata.id"),
+        (7, None),
+    ]
     assert "is not std-cot's training prompt" in rejected.value.problems[0].message
     assert "does not verify: it gives '5'" in rejected.value.problems[2].message
     assert "repeats line 1" in rejected.value.problems[4].message
@@ -116,8 +147,10 @@ def test_data_cli_export_import_and_one_line_errors(tmp_path, workspace, capsys)
 
     runner = CliRunner()
     out = tmp_path / "pc.jsonl"
-    done = runner.invoke(app, ["data", "export-rationales", "gsm8k-annot-eot", str(out), "--format",
-                               "prompt-completion", "--method", "eotd"])
+    done = runner.invoke(
+        app,
+        ["data", "export-rationales", "gsm8k-annot-eot", str(out), "--format", "prompt-completion", "--method", "eotd"],
+    )
     assert done.exit_code == 0 and "exported 7156 eotd samples" in done.output
     first = read(out)[0]
     assert first["prompt"].endswith("System of linear equations: (Do not simplify)\n")  # ETD's EoT trigger
@@ -127,13 +160,16 @@ def test_data_cli_export_import_and_one_line_errors(tmp_path, workspace, capsys)
     assert done.exit_code == 0, done.output
     assert [r.id for r in data.load_rationales("eot5")] == [r["metadata"]["id"] for r in read(small)]
     for argv, message in [
-            (["export-rationales", "gsm8k-gold-cot", str(out), "--method", "nesycd"],
-             "error: --method 'nesycd' cannot be exported from a rationale set alone"),
-            (["export-rationales", "gsm8k-gold-cot", str(out), "--format", "alpaca"], "error: --format must be"),
-            (["export-rationales", "no-such-set", str(out)], "error: no rationale set 'no-such-set'"),
-            (["import-rationales", str(small), "--out", "eot5"], "error: rationale set 'eot5' already exists"),
-            (["import-rationales", str(small), "--out", "../x"], "error: --out takes a rationale set name"),
-            (["import-rationales", str(tmp_path / "none.jsonl"), "--out", "x"], "error: no such file")]:
+        (
+            ["export-rationales", "gsm8k-gold-cot", str(out), "--method", "nesycd"],
+            "error: --method 'nesycd' cannot be exported from a rationale set alone",
+        ),
+        (["export-rationales", "gsm8k-gold-cot", str(out), "--format", "alpaca"], "error: --format must be"),
+        (["export-rationales", "no-such-set", str(out)], "error: no rationale set 'no-such-set'"),
+        (["import-rationales", str(small), "--out", "eot5"], "error: rationale set 'eot5' already exists"),
+        (["import-rationales", str(small), "--out", "../x"], "error: --out takes a rationale set name"),
+        (["import-rationales", str(tmp_path / "none.jsonl"), "--out", "x"], "error: no such file"),
+    ]:
         with pytest.raises(SystemExit) as exit_:
             run(["data", *argv])
         err = capsys.readouterr().err.strip().splitlines()

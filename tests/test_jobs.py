@@ -1,5 +1,6 @@
 """Jobs run real `nesy` processes: the counting `nesy jobs selftest` uses the real Progress, so
 cancel, kill, queue and resume are exercised against what teacher/training commands do."""
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,7 @@ def wait_for(predicate, timeout=60.0, what="condition"):
 
 
 def wait_for_step(job_id, step=2):
-    return wait_for(lambda: (p := jobs.progress(job_id)) and p["step"] >= step and p,
-                    what=f"step {step} of {job_id}")
+    return wait_for(lambda: (p := jobs.progress(job_id)) and p["step"] >= step and p, what=f"step {step} of {job_id}")
 
 
 def test_job_runs_to_success_with_metrics_log_and_command():
@@ -122,8 +122,9 @@ def test_queue_runs_one_at_a_time_and_starts_the_next_when_a_slot_frees():
     assert jobs.get(third.id).status == "cancelled" and jobs.get(third.id).started is None
     jobs.cancel(first.id)
     # nobody calls refresh here: the first job's runner starts the next one when it ends
-    done = wait_for(lambda: (j := jobs.get(second.id, refresh_first=False)).status == "succeeded" and j,
-                    what="second job to run")
+    done = wait_for(
+        lambda: (j := jobs.get(second.id, refresh_first=False)).status == "succeeded" and j, what="second job to run"
+    )
     assert done.started >= jobs.get(first.id).finished - 0.5
     assert jobs.get(third.id).status == "cancelled"
 
@@ -151,32 +152,36 @@ def test_resume_continues_from_checkpoint_as_a_new_job(tmp_path):
 def test_resume_rule_per_command():
     assert jobs.resume_argv(["train", "--method", "nesycd"])[-1] == "--resume"
     assert jobs.resume_argv(["train", "--resume"]) == ["train", "--resume"]
-    assert jobs.resume_argv(["teach", "rationales", "--dataset", "gsm8k"]) == \
-        ["teach", "rationales", "--dataset", "gsm8k"]
+    assert jobs.resume_argv(["teach", "rationales", "--dataset", "gsm8k"]) == [
+        "teach",
+        "rationales",
+        "--dataset",
+        "gsm8k",
+    ]
 
 
 def test_state_is_reattached_by_other_processes_after_the_launcher_exits(workspace):
     env = {**os.environ, "NESY_HOME": str(workspace)}
     nesy = [sys.executable, "-m", "distill.cli"]
-    out = subprocess.run([*nesy, "jobs", "submit", "--", *selftest(400, 0.05)], env=env,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [*nesy, "jobs", "submit", "--", *selftest(400, 0.05)], env=env, capture_output=True, text=True, check=True
+    ).stdout
     job_id = out.split()[0]  # the launcher has exited; the job lives on
     wait_for_step(job_id)
     assert jobs.get(job_id).status == "running"  # a new process sees it running
     listing = subprocess.run([*nesy, "jobs", "list"], env=env, capture_output=True, text=True).stdout
     assert job_id in listing and "running" in listing
-    cancelled = subprocess.run([*nesy, "jobs", "cancel", job_id, "--wait"], env=env,
-                               capture_output=True, text=True)
+    cancelled = subprocess.run([*nesy, "jobs", "cancel", job_id, "--wait"], env=env, capture_output=True, text=True)
     assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
     assert jobs.get(job_id).exit_code == STOPPED_EXIT_CODE
 
 
 def test_cli_reports_bad_input_in_one_line():
     env = {**os.environ}
-    result = subprocess.run([sys.executable, "-m", "distill.cli", "jobs", "show", "nope"], env=env,
-                            capture_output=True, text=True)
-    assert result.returncode == 2 and result.stderr.strip() == \
-        "error: no job 'nope' (see `nesy jobs list`)"
+    result = subprocess.run(
+        [sys.executable, "-m", "distill.cli", "jobs", "show", "nope"], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 2 and result.stderr.strip() == "error: no job 'nope' (see `nesy jobs list`)"
 
 
 def test_a_command_that_cannot_start_fails_with_the_reason(tmp_path, monkeypatch):
@@ -192,14 +197,35 @@ def test_a_command_that_cannot_start_fails_with_the_reason(tmp_path, monkeypatch
 
 # ------------------------------------------------- outcomes: nothing produced, one failure line
 
+
 def test_a_teacher_job_that_kept_nothing_fails_with_the_reason_and_cannot_be_resumed():
     from openai_stub import Scripted, serve
 
     Scripted.answers, Scripted.calls = ["The answer is 999999."], []  # wrong for every question
     with serve(Scripted) as url:
-        job = jobs.submit(["teach", "rationales", "--dataset", "gsm8k", "--split", "train", "--limit", "2",
-                           "--teacher", url, "--model", "stub", "--api-key-env", "", "--out", "none-kept",
-                           "--concurrency", "1"], "teach-rationales")
+        job = jobs.submit(
+            [
+                "teach",
+                "rationales",
+                "--dataset",
+                "gsm8k",
+                "--split",
+                "train",
+                "--limit",
+                "2",
+                "--teacher",
+                url,
+                "--model",
+                "stub",
+                "--api-key-env",
+                "",
+                "--out",
+                "none-kept",
+                "--concurrency",
+                "1",
+            ],
+            "teach-rationales",
+        )
         done = jobs.wait(job.id, timeout=120)
     assert done.exit_code == 0, jobs.log_tail(job.id)  # the command itself ran to the end
     assert done.status == "failed", jobs.log_tail(job.id)
@@ -236,6 +262,7 @@ def test_a_resumed_jobs_curve_joins_the_earlier_steps(tmp_path):
 
 # ------------------------------------------------------------- Compare: a streaming answer job
 
+
 def answer_events(job_id):
     from distill.infer import EventWriter
     from distill.progress import read_jsonl
@@ -248,12 +275,37 @@ def test_answer_job_streams_tokens_and_cancel_stops_it_at_the_next_token(tiny_mo
     from kb.schema import Entry
     from kb.store import KBStore
 
-    KBStore().add(Entry(id="apples", task="gsm8k", status="accepted", learning_summary="Add what is bought.",
-                        supplementary_knowledge="Total = start + bought."), by="test")
-    job = jobs.submit(["answer", "Tom has 3 apples and buys 2 more. How many?", "--kb", "--events", "--compare",
-                       "--base-model", tiny_model, "--max-new-tokens", "2000", "--min-score", "-1"], "compare")
-    tokens = wait_for(lambda: [e for e in answer_events(job.id) if e["event"] == "token"], timeout=180,
-                      what="the first streamed token")
+    KBStore().add(
+        Entry(
+            id="apples",
+            task="gsm8k",
+            status="accepted",
+            learning_summary="Add what is bought.",
+            supplementary_knowledge="Total = start + bought.",
+        ),
+        by="test",
+    )
+    job = jobs.submit(
+        [
+            "answer",
+            "Tom has 3 apples and buys 2 more. How many?",
+            "--kb",
+            "--events",
+            "--compare",
+            "--base-model",
+            tiny_model,
+            "--max-new-tokens",
+            "2000",
+            "--min-score",
+            "-1",
+        ],
+        "compare",
+    )
+    tokens = wait_for(
+        lambda: [e for e in answer_events(job.id) if e["event"] == "token"],
+        timeout=180,
+        what="the first streamed token",
+    )
     events = answer_events(job.id)
     loaded = next(e for e in events if e["event"] == "loaded")
     first = tokens[0]["time"] - loaded["time"]
@@ -275,10 +327,29 @@ def test_answer_job_compares_both_sides_with_prompts_and_retrieved_scores(tiny_m
     from kb.schema import Entry
     from kb.store import KBStore
 
-    KBStore().add(Entry(id="apples", task="gsm8k", status="accepted", learning_summary="Add what is bought.",
-                        supplementary_knowledge="Total = start + bought."), by="test")
-    argv = ["answer", "Tom has 3 apples and buys 2 more. How many?", "--kb", "--events", "--compare",
-            "--base-model", tiny_model, "--max-new-tokens", "8", "--gold", "5"]
+    KBStore().add(
+        Entry(
+            id="apples",
+            task="gsm8k",
+            status="accepted",
+            learning_summary="Add what is bought.",
+            supplementary_knowledge="Total = start + bought.",
+        ),
+        by="test",
+    )
+    argv = [
+        "answer",
+        "Tom has 3 apples and buys 2 more. How many?",
+        "--kb",
+        "--events",
+        "--compare",
+        "--base-model",
+        tiny_model,
+        "--max-new-tokens",
+        "8",
+        "--gold",
+        "5",
+    ]
     done = jobs.wait(jobs.submit(argv, "compare").id, timeout=300)
     assert done.status == "succeeded", jobs.log_tail(done.id)
     starts = {e["side"]: e for e in answer_events(done.id) if e["event"] == "start"}

@@ -1,4 +1,5 @@
 """KB graph: structure, semantic edges, focus, size cap, offline HTML with all user text escaped."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,13 @@ EVIL = "<script>alert(1)</script>"
 
 
 def add(store: KBStore, entry_id: str, **fields) -> None:
-    base = dict(id=entry_id, task="gsm8k", learning_summary=f"summary {entry_id}",
-                supplementary_knowledge=f"knowledge {entry_id}", status="accepted")
+    base = dict(
+        id=entry_id,
+        task="gsm8k",
+        learning_summary=f"summary {entry_id}",
+        supplementary_knowledge=f"knowledge {entry_id}",
+        status="accepted",
+    )
     store.add(Entry(**{**base, **fields}), by="t")
 
 
@@ -32,8 +38,10 @@ def store() -> KBStore:
 def test_graph_has_entries_tasks_concepts_and_links(store):
     graph = build_graph(store)
     assert graph.nodes["entry:a"]["type"] == "entry" and graph.nodes["entry:c"]["status"] == "rejected"
-    assert {n for n, d in graph.nodes(data=True) if d["type"] == "concept"} == \
-        {"concept:area", "concept:circle"}  # concepts match case-insensitively
+    assert {n for n, d in graph.nodes(data=True) if d["type"] == "concept"} == {
+        "concept:area",
+        "concept:circle",
+    }  # concepts match case-insensitively
     assert graph.edges["entry:a", "entry:b"]["kind"] == "link"
     assert "entry:gone" not in graph  # a link to a missing entry adds no node
     assert graph.edges["entry:c", "task:bbh"]["kind"] == "task"
@@ -43,19 +51,28 @@ def test_graph_has_entries_tasks_concepts_and_links(store):
 
 def test_semantic_neighbour_edges_above_threshold(store, tmp_path):
     # a, b and c say nearly the same thing ("summary a" / "summary b"): their similarity is high
-    add(store, "speed", learning_summary="Average speed is total distance divided by total time.",
-        supplementary_knowledge="speed = distance / time")
-    add(store, "speed-2", learning_summary="Speed on average is the whole distance over the "
-                                           "whole time taken.",
-        supplementary_knowledge="average speed = distance / time")
+    add(
+        store,
+        "speed",
+        learning_summary="Average speed is total distance divided by total time.",
+        supplementary_knowledge="speed = distance / time",
+    )
+    add(
+        store,
+        "speed-2",
+        learning_summary="Speed on average is the whole distance over the whole time taken.",
+        supplementary_knowledge="average speed = distance / time",
+    )
     graph = build_graph(store, KBIndex(store), neighbour_threshold=0.8)
     similar = {tuple(sorted((a, b))) for a, b, d in graph.edges(data=True) if d["kind"] == "similar"}
     assert ("entry:speed", "entry:speed-2") in similar
     assert not any("entry:speed" in pair and "entry:speed-2" not in pair for pair in similar)
     link = graph.edges["entry:a", "entry:b"]
     assert link["kind"] == "link" and link["score"] >= 0.8  # a link is not demoted to "similar"
-    assert build_graph(store, KBIndex(store), neighbour_threshold=0.999).number_of_edges() == \
-        build_graph(store).number_of_edges()
+    assert (
+        build_graph(store, KBIndex(store), neighbour_threshold=0.999).number_of_edges()
+        == build_graph(store).number_of_edges()
+    )
 
 
 def test_focus_and_cap(store):
@@ -72,8 +89,14 @@ def test_focus_and_cap(store):
 
 
 def test_html_escapes_all_user_text_and_works_offline(store):
-    add(store, "x", title=EVIL, concepts=['<img src=x onerror="alert(2)">'],
-        learning_summary="a </script><b>bold</b> & more", task="<i>task</i>")
+    add(
+        store,
+        "x",
+        title=EVIL,
+        concepts=['<img src=x onerror="alert(2)">'],
+        learning_summary="a </script><b>bold</b> & more",
+        task="<i>task</i>",
+    )
     page = render_html(build_graph(store))
     assert EVIL not in page and "<img src=x" not in page and "<b>bold</b>" not in page
     assert "<i>task</i>" not in page and "</script><b>" not in page

@@ -1,5 +1,6 @@
 """KBIndex with the real embedded MiniLM: incremental sync embeds only what changed, persistence,
 search quality on a small real set, filters, similar / near-duplicates, exact -> IVF switch."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,40 +10,66 @@ from kb.schema import Entry
 from kb.store import EntryNotFound, KBStore
 
 TOPICS = {  # id -> (knowledge, a question it should answer, worded differently)
-    "speed": ("Average speed is the total distance travelled divided by the total time taken.",
-              "A car travels 150 km in 3 hours. How fast was it going?"),
-    "circle-area": ("The area of a circle equals pi times the radius squared.",
-                    "How much floor does a round rug with a radius of 2 m cover?"),
-    "percent": ("To take p percent of a quantity, multiply the quantity by p and divide by 100.",
-                "What is 15% of 80 dollars?"),
-    "fractions": ("To add fractions, rewrite them over a common denominator, then add numerators.",
-                  "What is 1/4 + 1/6?"),
-    "pythagoras": ("In a right triangle the square of the hypotenuse equals the sum of the "
-                   "squares of the other two sides.",
-                   "A 5 m ladder leans on a wall with its foot 3 m from the wall. How high does it reach?"),
-    "interest": ("Simple interest is principal times yearly rate times the number of years.",
-                 "A bank pays 5% a year on a $200 deposit. How much interest after 3 years?"),
-    "photosynthesis": ("Plants use sunlight, water and carbon dioxide to make glucose and oxygen "
-                       "in photosynthesis.",
-                       "Why do the leaves of a plant need light?"),
-    "boiling": ("At sea level pure water boils at 100 degrees Celsius.",
-                "At what temperature does water turn into steam?"),
-    "primes": ("A prime number has exactly two divisors: 1 and itself.",
-               "Is 91 a prime number?"),
-    "gravity": ("Near the Earth's surface a falling object accelerates at about 9.8 m/s^2.",
-                "A stone is dropped from a bridge. How fast is it falling after 2 seconds?"),
+    "speed": (
+        "Average speed is the total distance travelled divided by the total time taken.",
+        "A car travels 150 km in 3 hours. How fast was it going?",
+    ),
+    "circle-area": (
+        "The area of a circle equals pi times the radius squared.",
+        "How much floor does a round rug with a radius of 2 m cover?",
+    ),
+    "percent": (
+        "To take p percent of a quantity, multiply the quantity by p and divide by 100.",
+        "What is 15% of 80 dollars?",
+    ),
+    "fractions": (
+        "To add fractions, rewrite them over a common denominator, then add numerators.",
+        "What is 1/4 + 1/6?",
+    ),
+    "pythagoras": (
+        "In a right triangle the square of the hypotenuse equals the sum of the squares of the other two sides.",
+        "A 5 m ladder leans on a wall with its foot 3 m from the wall. How high does it reach?",
+    ),
+    "interest": (
+        "Simple interest is principal times yearly rate times the number of years.",
+        "A bank pays 5% a year on a $200 deposit. How much interest after 3 years?",
+    ),
+    "photosynthesis": (
+        "Plants use sunlight, water and carbon dioxide to make glucose and oxygen in photosynthesis.",
+        "Why do the leaves of a plant need light?",
+    ),
+    "boiling": (
+        "At sea level pure water boils at 100 degrees Celsius.",
+        "At what temperature does water turn into steam?",
+    ),
+    "primes": ("A prime number has exactly two divisors: 1 and itself.", "Is 91 a prime number?"),
+    "gravity": (
+        "Near the Earth's surface a falling object accelerates at about 9.8 m/s^2.",
+        "A stone is dropped from a bridge. How fast is it falling after 2 seconds?",
+    ),
 }
 
 
 def topic_entry(entry_id: str, status: str = "accepted", task: str = "science") -> Entry:
     text, _ = TOPICS[entry_id]
-    return Entry(id=entry_id, task=task, title=entry_id.replace("-", " "), learning_summary=text,
-                 supplementary_knowledge=text, status=status)
+    return Entry(
+        id=entry_id,
+        task=task,
+        title=entry_id.replace("-", " "),
+        learning_summary=text,
+        supplementary_knowledge=text,
+        status=status,
+    )
 
 
 def filler(i: int) -> Entry:
-    return Entry(id=f"f{i:02d}", task="filler", learning_summary=f"Fact number {i} about item {i}.",
-                 supplementary_knowledge=f"Item {i} is filed under shelf {i % 7}.", status="pending")
+    return Entry(
+        id=f"f{i:02d}",
+        task="filler",
+        learning_summary=f"Fact number {i} about item {i}.",
+        supplementary_knowledge=f"Item {i} is filed under shelf {i % 7}.",
+        status="pending",
+    )
 
 
 @pytest.fixture
@@ -135,8 +162,9 @@ def test_search_quality_on_a_small_real_set(store):
     for i in range(20):
         store.add(filler(i), by="t")
     index = KBIndex(store)
-    top1 = {entry_id: index.search(question, k=3, statuses=None)[0].entry.id
-            for entry_id, (_, question) in TOPICS.items()}
+    top1 = {
+        entry_id: index.search(question, k=3, statuses=None)[0].entry.id for entry_id, (_, question) in TOPICS.items()
+    }
     correct = sum(found == expected for expected, found in top1.items())
     assert correct >= 9, f"top-1 hits {correct}/10: {top1}"
     hits = index.search(TOPICS["speed"][1], k=3, statuses=None)
@@ -157,11 +185,17 @@ def test_search_filters_by_status_and_task(store):
 def test_similar_and_near_duplicates_find_the_paraphrase(store):
     for entry_id in ("speed", "boiling", "primes", "interest"):
         store.add(topic_entry(entry_id), by="t")
-    store.add(Entry(id="speed-2", task="science", title="speed",
-                    learning_summary="Speed on average is the whole distance covered divided by "
-                                     "the whole time it took.",
-                    supplementary_knowledge="Average speed = total distance / total time.",
-                    status="pending"), by="t")
+    store.add(
+        Entry(
+            id="speed-2",
+            task="science",
+            title="speed",
+            learning_summary="Speed on average is the whole distance covered divided by the whole time it took.",
+            supplementary_knowledge="Average speed = total distance / total time.",
+            status="pending",
+        ),
+        by="t",
+    )
     index = KBIndex(store)
     assert index.similar("speed", k=1)[0].entry.id == "speed-2"
     pairs = index.near_duplicates(threshold=0.8)
@@ -190,19 +224,21 @@ def test_large_index_switches_to_ivf_and_stays_correct(store):
 
 
 def test_indexed_text_mirrors_the_question():
-    entry = Entry.model_validate({**topic_entry("speed").model_dump(),
-                                  "source": {"question": "How fast?"}})
+    entry = Entry.model_validate({**topic_entry("speed").model_dump(), "source": {"question": "How fast?"}})
     text = indexed_text(entry)
     assert text.startswith("How fast?\nspeed\nLearning summary: Average speed")
 
 
 # ---------------------------------------------------------------- retrieval modes (issue 9)
 
-RARE = Entry(id="rare-note", task="science", title="photosynthesis",
-             learning_summary="Plants turn light, water and carbon dioxide into sugar and oxygen; "
-                              "see note xq9417.",
-             supplementary_knowledge="Chlorophyll absorbs red and blue light and reflects green light.",
-             status="accepted")
+RARE = Entry(
+    id="rare-note",
+    task="science",
+    title="photosynthesis",
+    learning_summary="Plants turn light, water and carbon dioxide into sugar and oxygen; see note xq9417.",
+    supplementary_knowledge="Chlorophyll absorbs red and blue light and reflects green light.",
+    status="accepted",
+)
 RARE_QUERY = "What does note xq9417 say?"
 
 
@@ -253,24 +289,33 @@ def test_hybrid_is_reciprocal_rank_fusion_of_dense_and_bm25(store):
 
 def _kind_entry(entry_id: str, kind: str | None, text: str) -> Entry:
     source = {"kind": kind, "dataset": "gsm8k"} if kind else None
-    return Entry.model_validate({"id": entry_id, "task": "gsm8k", "learning_summary": text,
-                                 "supplementary_knowledge": text, "status": "accepted",
-                                 "source": source})
+    return Entry.model_validate(
+        {
+            "id": entry_id,
+            "task": "gsm8k",
+            "learning_summary": text,
+            "supplementary_knowledge": text,
+            "status": "accepted",
+            "source": source,
+        }
+    )
 
 
 def test_search_is_limited_to_source_kinds_in_every_mode(store):
     store.add(_kind_entry("err", "error_analysis", "Average speed is distance divided by time."), by="t")
-    store.add(_kind_entry("ex", "example_knowledge",
-                          "Average speed is the total distance travelled divided by the total time."), by="t")
+    store.add(
+        _kind_entry(
+            "ex", "example_knowledge", "Average speed is the total distance travelled divided by the total time."
+        ),
+        by="t",
+    )
     store.add(_kind_entry("hand", None, "Speed: distance over time, on average."), by="t")
     index = KBIndex(store)
     question = "What is the average speed over a distance of 150 km in 3 hours?"
     for mode in ("dense", "bm25", "hybrid"):
         assert {h.entry.id for h in index.search(question, k=3, mode=mode)} == {"err", "ex", "hand"}
-        assert [h.entry.id for h in index.search(question, k=3, mode=mode,
-                                                 source_kinds=["error_analysis"])] == ["err"]
-        assert [h.entry.id for h in index.search(question, k=3, mode=mode,
-                                                 source_kinds="example_knowledge")] == ["ex"]
+        assert [h.entry.id for h in index.search(question, k=3, mode=mode, source_kinds=["error_analysis"])] == ["err"]
+        assert [h.entry.id for h in index.search(question, k=3, mode=mode, source_kinds="example_knowledge")] == ["ex"]
         both = index.search(question, k=3, mode=mode, source_kinds=("error_analysis", "example_knowledge"))
         assert {h.entry.id for h in both} == {"err", "ex"}
         assert index.search(question, k=3, mode=mode, source_kinds=["nope"]) == []
@@ -287,8 +332,7 @@ def test_min_score_returns_nothing_when_nothing_passes(store):
     assert [h.entry.id for h in index.search(question, k=3, mode="hybrid", min_score=middle)] == ["speed"]
     assert index.search(question, k=3, mode="hybrid", min_score=0.99) == []
     bm25 = index.search(RARE_QUERY, k=3, mode="bm25")
-    assert [h.entry.id for h in index.search(RARE_QUERY, k=3, mode="bm25",
-                                             min_score=bm25[0].score)] == ["rare-note"]
+    assert [h.entry.id for h in index.search(RARE_QUERY, k=3, mode="bm25", min_score=bm25[0].score)] == ["rare-note"]
     assert index.search(RARE_QUERY, k=3, mode="bm25", min_score=bm25[0].score + 1) == []
 
 
@@ -308,8 +352,16 @@ def test_bm25_follows_edits_deletes_and_status_changes(store):
     assert index._lexical.rebuilds == rebuilds
 
     store.delete("rare-note", None, by="t")
-    store.add(Entry(id="new", task="science", learning_summary="A heliotrope turns to the sun.",
-                    supplementary_knowledge="-", status="accepted"), by="t")
+    store.add(
+        Entry(
+            id="new",
+            task="science",
+            learning_summary="A heliotrope turns to the sun.",
+            supplementary_knowledge="-",
+            status="accepted",
+        ),
+        by="t",
+    )
     assert index.search(RARE_QUERY, k=3, mode="bm25", statuses=None) == []
     assert {h.entry.id for h in index.search("heliotrope", k=3, mode="hybrid")} >= {"boiling", "new"}
     assert [h.entry.id for h in index.search("heliotrope", k=1, mode="bm25")] in (["new"], ["boiling"])
@@ -348,6 +400,7 @@ def test_vectorised_bm25_gives_bm25s_own_scores():
 
 
 # ---------------------------------------------------------------- IVF build (issue 13)
+
 
 def test_ivf_build_puts_every_vector_in_its_nearest_list_and_keeps_recall():
     """build_faiss trains the lists with torch k-means and adds with precomputed lists: each vector

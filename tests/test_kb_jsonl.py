@@ -1,5 +1,6 @@
 """JSONL interchange: byte-identical round trip, and every bad file refused whole with a message
 that names the line and field, leaving the store unchanged."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,13 @@ from kb.store import KBStore
 
 
 def line(entry_id: str, **fields) -> str:
-    base = {"id": entry_id, "task": "gsm8k", "learning_summary": f"summary {entry_id}",
-            "supplementary_knowledge": f"knowledge {entry_id}", "status": "pending"}
+    base = {
+        "id": entry_id,
+        "task": "gsm8k",
+        "learning_summary": f"summary {entry_id}",
+        "supplementary_knowledge": f"knowledge {entry_id}",
+        "status": "pending",
+    }
     return json.dumps({**base, **fields}, ensure_ascii=False)
 
 
@@ -29,11 +35,20 @@ def store() -> KBStore:
 
 
 def seeded(store: KBStore) -> KBStore:
-    store.add(Entry.model_validate(json.loads(line("ünï-1", title="Ωmega ≥ 2 “quoted”",
-                                                   concepts=["área", "fraction"],
-                                                   source={"kind": "error_analysis",
-                                                           "question": "What's 1/2 + 1/3?\nTab\there"},
-                                                   links=["b"]))), by="ann")
+    store.add(
+        Entry.model_validate(
+            json.loads(
+                line(
+                    "ünï-1",
+                    title="Ωmega ≥ 2 “quoted”",
+                    concepts=["área", "fraction"],
+                    source={"kind": "error_analysis", "question": "What's 1/2 + 1/3?\nTab\there"},
+                    links=["b"],
+                )
+            )
+        ),
+        by="ann",
+    )
     store.add(Entry.model_validate(json.loads(line("b", status="accepted"))), by="bob")
     store.update("b", {"title": "edited"}, 1, by="cat")
     return store
@@ -64,8 +79,16 @@ def test_export_filters_by_status(store, tmp_path):
 def test_dumps_entry_is_canonical():
     entry = Entry.model_validate(json.loads(line("x", concepts=["z", "a"])))
     text = dumps_entry(entry)
-    assert list(json.loads(text)) == ["id", "task", "learning_summary", "supplementary_knowledge",
-                                      "status", "concepts", "links", "version"]
+    assert list(json.loads(text)) == [
+        "id",
+        "task",
+        "learning_summary",
+        "supplementary_knowledge",
+        "status",
+        "concepts",
+        "links",
+        "version",
+    ]
     assert dumps_entry(Entry.model_validate_json(text)) == text
 
 
@@ -79,63 +102,85 @@ def assert_rejected(store, source, expected: str, **kwargs):
 
 
 def test_bad_field_names_line_and_field_and_imports_nothing(store, tmp_path):
-    path = write(tmp_path, "\n".join([line("a"), line("b"), line("c", status="done"),
-                                      line("d", concepts="not a list")]) + "\n")
+    path = write(
+        tmp_path, "\n".join([line("a"), line("b"), line("c", status="done"), line("d", concepts="not a list")]) + "\n"
+    )
     report = assert_rejected(store, path, f"{path} line 3, field 'status'")
     assert [(p.line, p.field) for p in report.problems] == [(3, "status"), (4, "concepts")]
     assert store.query().total == 0  # lines 1-2 were fine but nothing is written
 
 
-@pytest.mark.parametrize("content, expected", [
-    (b"", "file is empty"),
-    (b"\n  \n", "file is empty"),
-    (line("a").encode() + b"\n" + line("b").encode()[:-5], "line 2: truncated"),
-    (line("a").encode() + b"\n[1, 2]\n", "line 2: expected a JSON object, got an array"),
-    (line("a").encode() + b"\n{not json}\n", "line 2: not valid JSON"),
-    (line("a").encode() + b"\n" + line("caf\xe9").encode("latin-1") + b"\n",
-     "line 2: not valid UTF-8 at byte offset"),
-    ((line("a") + "\n" + line("a", title="again") + "\n").encode(),
-     "line 2, field 'id': duplicate id 'a' (first on line 1)"),
-    (line("a", extra=1).encode() + b"\n", "line 1, field 'extra': is not a known field"),
-    (line("a", source={"kind": "x", "oops": 1}).encode() + b"\n", "field 'source.oops'"),
-])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"", "file is empty"),
+        (b"\n  \n", "file is empty"),
+        (line("a").encode() + b"\n" + line("b").encode()[:-5], "line 2: truncated"),
+        (line("a").encode() + b"\n[1, 2]\n", "line 2: expected a JSON object, got an array"),
+        (line("a").encode() + b"\n{not json}\n", "line 2: not valid JSON"),
+        (
+            line("a").encode() + b"\n" + line("caf\xe9").encode("latin-1") + b"\n",
+            "line 2: not valid UTF-8 at byte offset",
+        ),
+        (
+            (line("a") + "\n" + line("a", title="again") + "\n").encode(),
+            "line 2, field 'id': duplicate id 'a' (first on line 1)",
+        ),
+        (line("a", extra=1).encode() + b"\n", "line 1, field 'extra': is not a known field"),
+        (line("a", source={"kind": "x", "oops": 1}).encode() + b"\n", "field 'source.oops'"),
+    ],
+)
 def test_each_bad_file_gets_a_clear_message(store, tmp_path, content, expected):
     seeded(store)
     assert_rejected(store, write(tmp_path, content), expected)
 
 
-ENTRY = ('{"id": "a", "task": "t", "learning_summary": "s", "supplementary_knowledge": "k", '
-         '"status": "pending"')  # without its closing brace: add fields, then "}"
+ENTRY = (
+    '{"id": "a", "task": "t", "learning_summary": "s", "supplementary_knowledge": "k", '
+    '"status": "pending"'
+)  # without its closing brace: add fields, then "}"
 
 
-@pytest.mark.parametrize("content, expected", [
-    ("[" * 100_000 + "]" * 100_000 + "\n", "line 1: nested too deeply"),
-    (ENTRY + ', "title": ' + "[" * 100_000 + "]" * 100_000 + "}\n",
-     "line 1, field 'title': nested too deeply"),
-    (ENTRY + ', "version": 12345678901234567890123}\n',
-     "line 1, field 'version': must be at most 9007199254740991 (got 12345678901234567890123)"),
-    (ENTRY + ', "version": ' + "9" * 5000 + "}\n",
-     "line 1, field 'version': Input should be a valid integer (got a number with 5000 digits)"),
-    (ENTRY + ', "version": true}\n', "line 1, field 'version': Input should be a valid integer"),
-    (ENTRY + ', "title": "\\ud800"}\n', "line 1, field 'title': contains a lone surrogate U+D800"),
-    (ENTRY + ', "concepts": ["ok", "x\\udfff"]}\n', "line 1, field 'concepts.1': contains a lone "
-                                                     "surrogate U+DFFF at position 2"),
-    (ENTRY + ', "\\ud800": 1}\n', "line 1, field '\\ud800': field name contains a lone surrogate"),
-    (ENTRY + ', "status": "accepted"}\n', "line 1, field 'status': is given 2 times in one object"),
-    (ENTRY + ', "source": {"kind": "a", "kind": "b"}}\n', "line 1, field 'source.kind': is given 2"),
-    (line("a\nb\taccepted") + "\n", "line 1, field 'id': must be printable characters only, no "
-                                     "control characters or line breaks (U+000A at position 2)"),
-    (line("a\x00") + "\n", "line 1, field 'id': must be printable characters only"),
-    (line("x" * 2_000_000) + "\n", "line 1, field 'id': must be at most 256 characters (this one "
-                                   "has 2,000,000)"),
-    (line("a", links=["ok", "b\nc"]) + "\n", "line 1, field 'links.1': must be printable"),
-    (line("a", created_at="garbage") + "\n",
-     "line 1, field 'created_at': must be an ISO 8601 time with a time zone"),
-    (line("a", updated_at="2024-05-01T12:00:00") + "\n", "field 'updated_at': must be an ISO 8601"),
-    (line("a", updated_at="1700000000") + "\n", "field 'updated_at': must be an ISO 8601"),
-    (line("a", updated_at="2024-13-01T12:00:00Z") + "\n", "field 'updated_at': must be an ISO"),
-    (line("a") + "\n" + "[" * 100_000, "line 2: nested too deeply"),  # not called "truncated"
-])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ("[" * 100_000 + "]" * 100_000 + "\n", "line 1: nested too deeply"),
+        (ENTRY + ', "title": ' + "[" * 100_000 + "]" * 100_000 + "}\n", "line 1, field 'title': nested too deeply"),
+        (
+            ENTRY + ', "version": 12345678901234567890123}\n',
+            "line 1, field 'version': must be at most 9007199254740991 (got 12345678901234567890123)",
+        ),
+        (
+            ENTRY + ', "version": ' + "9" * 5000 + "}\n",
+            "line 1, field 'version': Input should be a valid integer (got a number with 5000 digits)",
+        ),
+        (ENTRY + ', "version": true}\n', "line 1, field 'version': Input should be a valid integer"),
+        (ENTRY + ', "title": "\\ud800"}\n', "line 1, field 'title': contains a lone surrogate U+D800"),
+        (
+            ENTRY + ', "concepts": ["ok", "x\\udfff"]}\n',
+            "line 1, field 'concepts.1': contains a lone surrogate U+DFFF at position 2",
+        ),
+        (ENTRY + ', "\\ud800": 1}\n', "line 1, field '\\ud800': field name contains a lone surrogate"),
+        (ENTRY + ', "status": "accepted"}\n', "line 1, field 'status': is given 2 times in one object"),
+        (ENTRY + ', "source": {"kind": "a", "kind": "b"}}\n', "line 1, field 'source.kind': is given 2"),
+        (
+            line("a\nb\taccepted") + "\n",
+            "line 1, field 'id': must be printable characters only, no "
+            "control characters or line breaks (U+000A at position 2)",
+        ),
+        (line("a\x00") + "\n", "line 1, field 'id': must be printable characters only"),
+        (line("x" * 2_000_000) + "\n", "line 1, field 'id': must be at most 256 characters (this one has 2,000,000)"),
+        (line("a", links=["ok", "b\nc"]) + "\n", "line 1, field 'links.1': must be printable"),
+        (
+            line("a", created_at="garbage") + "\n",
+            "line 1, field 'created_at': must be an ISO 8601 time with a time zone",
+        ),
+        (line("a", updated_at="2024-05-01T12:00:00") + "\n", "field 'updated_at': must be an ISO 8601"),
+        (line("a", updated_at="1700000000") + "\n", "field 'updated_at': must be an ISO 8601"),
+        (line("a", updated_at="2024-13-01T12:00:00Z") + "\n", "field 'updated_at': must be an ISO"),
+        (line("a") + "\n" + "[" * 100_000, "line 2: nested too deeply"),  # not called "truncated"
+    ],
+)
 def test_hostile_lines_are_refused_naming_line_and_field(store, tmp_path, content, expected):
     seeded(store)
     report = assert_rejected(store, write(tmp_path, content), expected)
@@ -153,12 +198,12 @@ def test_cr_only_line_endings_are_line_ends(store, tmp_path):
 
 
 def test_timestamps_are_stored_as_fixed_width_utc(store, tmp_path):
-    path = write(tmp_path, line("a", created_at="2024-05-01T12:00:00+02:00",
-                                updated_at="2024-05-01T12:00:00.5Z") + "\n")
+    path = write(
+        tmp_path, line("a", created_at="2024-05-01T12:00:00+02:00", updated_at="2024-05-01T12:00:00.5Z") + "\n"
+    )
     import_jsonl(store, path)
     entry = store.get("a")
-    assert (entry.created_at, entry.updated_at) == ("2024-05-01T10:00:00.000000Z",
-                                                    "2024-05-01T12:00:00.500000Z")
+    assert (entry.created_at, entry.updated_at) == ("2024-05-01T10:00:00.000000Z", "2024-05-01T12:00:00.500000Z")
 
 
 def test_links_to_missing_ids_are_imported_and_reported(store, tmp_path):
@@ -167,8 +212,9 @@ def test_links_to_missing_ids_are_imported_and_reported(store, tmp_path):
     report = import_jsonl(store, path)
     assert report.added == 2 and store.get("c").links == ["b", "d", "gone"]
     assert [(w.line, w.field) for w in report.warnings] == [(1, "links.2")]
-    assert report.first_warning() == (f"{path} line 1, field 'links.2': links to 'gone', which is "
-                                      "neither in this file nor in the knowledge base")
+    assert report.first_warning() == (
+        f"{path} line 1, field 'links.2': links to 'gone', which is neither in this file nor in the knowledge base"
+    )
 
 
 def test_utf8_error_gives_byte_offset(store, tmp_path):

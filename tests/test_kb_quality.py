@@ -2,6 +2,7 @@
 Qwen2.5-Coder-1.5B teacher distilled (tests/fixtures/starter_kb_v1.jsonl, 14 entries, shipped
 pre-accepted until the checks existed); flags stored, filtered, exported and shown; the shipped
 starter KB is pending and carries the flags the checks give it."""
+
 from __future__ import annotations
 
 import json
@@ -22,12 +23,16 @@ V1 = [entry_from_json(line) for line in (FIXTURES / "starter_kb_v1.jsonl").read_
 BY_ID = {e.id.removeprefix("gsm8k-gsm8k-train-").removesuffix("-error_analysis"): e for e in V1}
 
 
-def entry(summary: str, knowledge: str, question: str | None = None, entry_id: str = "x",
-          **fields) -> Entry:
-    return Entry(id=entry_id, task="gsm8k", status="pending", learning_summary=summary,
-                 supplementary_knowledge=knowledge,
-                 source=Source(kind="error_analysis", question=question) if question else None,
-                 **fields)
+def entry(summary: str, knowledge: str, question: str | None = None, entry_id: str = "x", **fields) -> Entry:
+    return Entry(
+        id=entry_id,
+        task="gsm8k",
+        status="pending",
+        learning_summary=summary,
+        supplementary_knowledge=knowledge,
+        source=Source(kind="error_analysis", question=question) if question else None,
+        **fields,
+    )
 
 
 def codes(flags) -> list[str]:
@@ -35,6 +40,7 @@ def codes(flags) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ the checks
+
 
 def test_restates_source_on_the_pie_shop_entry():
     """The issue's example: "The pie shop charges $3 per slice …" repeats its question."""
@@ -44,8 +50,11 @@ def test_restates_source_on_the_pie_shop_entry():
     assert flag.code == "restates_source"
     assert "numbers 10" in flag.detail and "copies “pie shop charges $3 per slice" in flag.detail
     # the same question with general knowledge: nothing restated
-    general = entry("Multiply the price of one part by the number of parts to get the total.",
-                    "Total earnings = price per item × number of items sold.", pie.source.question)
+    general = entry(
+        "Multiply the price of one part by the number of parts to get the total.",
+        "Total earnings = price per item × number of items sold.",
+        pie.source.question,
+    )
     assert quality.restates_source(general) is None
 
 
@@ -54,58 +63,89 @@ def test_restates_source_names_and_numbers_but_not_unit_constants():
     assert "names Tracy, Michelle, Katie" in tracy.detail and "numbers 20" in tracy.detail
     question = "Harold had 100 marbles. He kept 20 marbles and shared the rest among 5 friends."
     # 100 is every percentage's number and a one-digit 5 says nothing: neither counts
-    assert quality.restates_source(entry(
-        "Turn a part into a percent by multiplying by 100.", "Share evenly: divide by 5 people.",
-        question)) is None
-    assert "names Harold" in quality.restates_source(entry(
-        "Harold keeps some and shares the rest.", "Sharing evenly means dividing.", question)).detail
-    assert quality.restates_source(entry("Keep 20 aside first.", "Then divide the rest.",
-                                         question)).detail == "shares with its question: numbers 20"
+    assert (
+        quality.restates_source(
+            entry("Turn a part into a percent by multiplying by 100.", "Share evenly: divide by 5 people.", question)
+        )
+        is None
+    )
+    assert (
+        "names Harold"
+        in quality.restates_source(
+            entry("Harold keeps some and shares the rest.", "Sharing evenly means dividing.", question)
+        ).detail
+    )
+    assert (
+        quality.restates_source(entry("Keep 20 aside first.", "Then divide the rest.", question)).detail
+        == "shares with its question: numbers 20"
+    )
     # numbers written as words are numbers ("The cat spends twenty minutes" -> "20 minutes")
-    assert quality.restates_source(entry("It takes 20 minutes * 8 feet/minute.", "Distance = rate × time.",
-                                         "The cat spends twenty minutes resisting.")).detail == \
-        "shares with its question: numbers 20"
+    assert (
+        quality.restates_source(
+            entry(
+                "It takes 20 minutes * 8 feet/minute.",
+                "Distance = rate × time.",
+                "The cat spends twenty minutes resisting.",
+            )
+        ).detail
+        == "shares with its question: numbers 20"
+    )
     # an entry without a source question cannot restate one; list numbering is not a number
     assert quality.restates_source(entry("Keep 20 aside.", "Divide.")) is None
-    assert quality.restates_source(entry("\n".join(f"{n}. Do the next step." for n in range(1, 21)),
-                                         "Check each step.", question)) is None
+    assert (
+        quality.restates_source(
+            entry("\n".join(f"{n}. Do the next step." for n in range(1, 21)), "Check each step.", question)
+        )
+        is None
+    )
 
 
 def test_false_arithmetic_on_the_commodity_entry():
     """The issue's example: "$827 − $127 = $757" (the teacher wrote '-'; both minus signs work)."""
     flag = quality.false_arithmetic(BY_ID["02133"])
     assert flag.detail.startswith("$827 - $127 = $757 (is 700); $757 - $127 = $724 (is 630)")
-    assert quality.false_arithmetic(entry("Check: $827 − $127 = $757.", "Subtract.")).detail == \
-        "$827 − $127 = $757 (is 700)"
+    assert (
+        quality.false_arithmetic(entry("Check: $827 − $127 = $757.", "Subtract.")).detail
+        == "$827 − $127 = $757 (is 700)"
+    )
     assert quality.false_arithmetic(BY_ID["00776"]) is None  # 12/3 = 4 and 2 * 12 = 24 are right
 
 
-@pytest.mark.parametrize("text, wrong", [
-    ("1,200 × 3 = 3,600 and 3,600 ÷ 4 = 900", []),
-    ("10 / 3 = 3.33 (rounded)", []),               # correctly rounded to the digits written
-    ("2 + 3 * 4 = 14", []),                        # * before +
-    ("(50 / 200) × 100 = 25%, so 30% + 20% = 50%", []),
-    ("7 / 2 = 3 boxes", ["7 / 2 = 3 (is 3.5)"]),
-    ("2/3 = 0.66", ["2/3 = 0.66 (is 0.6667)"]),     # truncated is not rounded
-    ("The tax 5 + 3 = 9 dollars", ["5 + 3 = 9 (is 8)"]),
-    ("6 x 7 = 43", ["6 x 7 = 43 (is 42)"]),
-    ("5 / 0 = 1", ["5 / 0 = 1 (division by zero)"]),
-    ("x - 3 + 5 = 10", []),                        # the tail of an equation, not a claim
-    ("2 × 6 = 12 + 3", []),                        # more expression on the right
-    ("Speed = Distance ÷ Time", []),               # words, not numbers
-])
+@pytest.mark.parametrize(
+    "text, wrong",
+    [
+        ("1,200 × 3 = 3,600 and 3,600 ÷ 4 = 900", []),
+        ("10 / 3 = 3.33 (rounded)", []),  # correctly rounded to the digits written
+        ("2 + 3 * 4 = 14", []),  # * before +
+        ("(50 / 200) × 100 = 25%, so 30% + 20% = 50%", []),
+        ("7 / 2 = 3 boxes", ["7 / 2 = 3 (is 3.5)"]),
+        ("2/3 = 0.66", ["2/3 = 0.66 (is 0.6667)"]),  # truncated is not rounded
+        ("The tax 5 + 3 = 9 dollars", ["5 + 3 = 9 (is 8)"]),
+        ("6 x 7 = 43", ["6 x 7 = 43 (is 42)"]),
+        ("5 / 0 = 1", ["5 / 0 = 1 (division by zero)"]),
+        ("x - 3 + 5 = 10", []),  # the tail of an equation, not a claim
+        ("2 × 6 = 12 + 3", []),  # more expression on the right
+        ("Speed = Distance ÷ Time", []),  # words, not numbers
+    ],
+)
 def test_false_arithmetic_parses_simple_claims_exactly(text, wrong):
     flag = quality.false_arithmetic(entry(text, "Nothing else to check here."))
     assert (flag.detail.split("; ") if flag else []) == wrong
 
 
 def test_empty_or_overlong():
-    assert quality.empty_or_overlong(entry("Read the question twice.", "[Supplementary Knowledge]")
-                                     ).detail == "supplementary knowledge is empty ('[Supplementary Knowledge]')"
-    assert "learning summary is empty" in quality.empty_or_overlong(entry("1. N/A", "Percent means per hundred.")).detail
+    assert (
+        quality.empty_or_overlong(entry("Read the question twice.", "[Supplementary Knowledge]")).detail
+        == "supplementary knowledge is empty ('[Supplementary Knowledge]')"
+    )
+    assert (
+        "learning summary is empty" in quality.empty_or_overlong(entry("1. N/A", "Percent means per hundred.")).detail
+    )
     long = " ".join(["Check every step of the calculation again."] * 30)  # 210 words
-    assert quality.empty_or_overlong(entry("Read the question twice.", long)).detail == \
-        "supplementary knowledge has 210 words (over 200)"
+    assert (
+        quality.empty_or_overlong(entry("Read the question twice.", long)).detail
+        == "supplementary knowledge has 210 words (over 200)"
+    )
     assert quality.empty_or_overlong(BY_ID["00510"]) is None
 
 
@@ -114,19 +154,37 @@ def test_generic_flags_the_boilerplate_13_of_14():
     problem …": flagged. The 14th (02484) wrote its own analysis: not flagged."""
     found = quality.generic(V1)
     assert len(found) == 13 and BY_ID["02484"].id not in found
-    assert all(f.code == "generic" and f.detail.startswith("learning summary: ") and
-               "understand the question thoroughly" in f.detail for f in found.values())
+    assert all(
+        f.code == "generic"
+        and f.detail.startswith("learning summary: ")
+        and "understand the question thoroughly" in f.detail
+        for f in found.values()
+    )
     # against a KB of general, distinct knowledge, one such summary alone is not boilerplate
-    distinct = [entry(f"Topic {n}: {text}", "Some fact.", entry_id=f"d{n}") for n, text in enumerate([
-        "Convert percentages to fractions before multiplying.", "Speed times time gives distance.",
-        "Add the parts, then subtract what was removed.", "Round only at the very end."])]
+    distinct = [
+        entry(f"Topic {n}: {text}", "Some fact.", entry_id=f"d{n}")
+        for n, text in enumerate(
+            [
+                "Convert percentages to fractions before multiplying.",
+                "Speed times time gives distance.",
+                "Add the parts, then subtract what was removed.",
+                "Round only at the very end.",
+            ]
+        )
+    ]
     assert quality.generic([BY_ID["00115"]], distinct) == {}
 
 
 def test_recheck_replaces_only_the_checks_that_ran():
-    e = BY_ID["02133"].model_copy(update={"flags": [
-        Flag(code="generic", detail="old"), Flag(code="false_arithmetic", detail="stale"),
-        Flag(code="from_another_tool")]})
+    e = BY_ID["02133"].model_copy(
+        update={
+            "flags": [
+                Flag(code="generic", detail="old"),
+                Flag(code="false_arithmetic", detail="stale"),
+                Flag(code="from_another_tool"),
+            ]
+        }
+    )
     flags = quality.recheck(e, quality.check_entry(e))
     assert codes(flags) == ["restates_source", "generic", "false_arithmetic", "from_another_tool"]
     assert flags[1].detail == "old" and flags[2].detail.startswith("$827 - $127 = $757")
@@ -143,12 +201,12 @@ def test_the_teacher_demonstration_passes_the_checks():
 
 # ------------------------------------------------------------------- stored, filtered, exported
 
+
 def flagged_store() -> KBStore:
     kb = KBStore()
     for e in V1[:4]:
         kb.add(e.model_copy(update={"flags": quality.check_entry(e)}), by="teacher")
-    kb.add(entry("Convert the percent to a fraction first.", "Percent means per hundred.",
-                 entry_id="clean"), by="ann")
+    kb.add(entry("Convert the percent to a fraction first.", "Percent means per hundred.", entry_id="clean"), by="ann")
     return kb
 
 
@@ -171,14 +229,23 @@ def test_editing_the_text_rechecks_it():
     pie = kb.get(V1[1].id)
     kb.update(pie.id, {"title": "Pie shop"}, expected_version=1, by="ann")
     assert codes(kb.get(pie.id).flags) == ["restates_source"]
-    fixed = kb.update(pie.id, {"supplementary_knowledge": "Earnings = price per part × parts sold.",
-                               "learning_summary": "Count the parts before multiplying by the price."},
-                      expected_version=2, by="ann")
+    fixed = kb.update(
+        pie.id,
+        {
+            "supplementary_knowledge": "Earnings = price per part × parts sold.",
+            "learning_summary": "Count the parts before multiplying by the price.",
+        },
+        expected_version=2,
+        by="ann",
+    )
     assert fixed.flags == []
     assert kb.history(pie.id)[-1].changes["flags"][0][0]["code"] == "restates_source"
-    kept = kb.update(pie.id, {"learning_summary": "1. Understand the question.",
-                              "flags": [{"code": "generic", "detail": "by hand"}]},
-                     expected_version=3, by="ann")
+    kept = kb.update(
+        pie.id,
+        {"learning_summary": "1. Understand the question.", "flags": [{"code": "generic", "detail": "by hand"}]},
+        expected_version=3,
+        by="ann",
+    )
     assert codes(kept.flags) == ["generic"]
 
 
@@ -191,7 +258,7 @@ def test_flags_round_trip_through_jsonl(tmp_path, monkeypatch):
     assert json.loads(lines[V1[1].id])["flags"][0]["code"] == "restates_source"
     # keys in model order; an entry without flags has no flags key (older exports stay the same)
     keys = list(json.loads(lines[V1[1].id]))
-    assert keys[keys.index("links"):keys.index("links") + 3] == ["links", "flags", "version"]
+    assert keys[keys.index("links") : keys.index("links") + 3] == ["links", "flags", "version"]
     assert "flags" not in json.loads(lines["clean"])
     monkeypatch.setenv("NESY_HOME", str(tmp_path / "other"))
     other = KBStore()
@@ -202,16 +269,29 @@ def test_flags_round_trip_through_jsonl(tmp_path, monkeypatch):
     assert other.query(flag="restates_source").total == 4  # the imported flags are filterable
 
 
-@pytest.mark.parametrize("flags, message", [
-    ([{"code": "Generic!"}], "field 'flags.0.code': must be a short snake_case name"),
-    ([{"code": "generic"}, {"code": "generic", "detail": "again"}],
-     "field 'flags': flag code 'generic' is given 2 times"),
-    ([{"code": "generic", "why": "x"}], "field 'flags.0.why': is not a known field"),
-    (["generic"], "field 'flags.0'"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        ([{"code": "Generic!"}], "field 'flags.0.code': must be a short snake_case name"),
+        (
+            [{"code": "generic"}, {"code": "generic", "detail": "again"}],
+            "field 'flags': flag code 'generic' is given 2 times",
+        ),
+        ([{"code": "generic", "why": "x"}], "field 'flags.0.why': is not a known field"),
+        (["generic"], "field 'flags.0'"),
+    ],
+)
 def test_bad_flags_are_refused_naming_the_field(flags, message):
-    line = json.dumps({"id": "a", "task": "t", "learning_summary": "s", "supplementary_knowledge": "k",
-                       "status": "pending", "flags": flags})
+    line = json.dumps(
+        {
+            "id": "a",
+            "task": "t",
+            "learning_summary": "s",
+            "supplementary_knowledge": "k",
+            "status": "pending",
+            "flags": flags,
+        }
+    )
     with pytest.raises(EntryInvalid) as err:
         entry_from_json(line)
     assert message in str(err.value)
@@ -233,6 +313,7 @@ def test_check_store_writes_revisions_by_nesy_quality_and_is_idempotent():
 
 
 # ------------------------------------------------------------------------------- the KB page
+
 
 def run_app() -> AppTest:
     at = AppTest.from_file(MAIN, default_timeout=60)
@@ -260,6 +341,7 @@ def test_kb_page_filters_by_flag_and_shows_badges():
 
 
 # -------------------------------------------------------------------------- the starter KB
+
 
 def test_the_starter_kb_ships_pending_with_the_flags_the_checks_give():
     lines = STARTER_KB.read_text(encoding="utf-8").splitlines()

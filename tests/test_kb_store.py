@@ -1,5 +1,6 @@
 """KBStore against a real SQLite file: CRUD, revisions/restore, conflicts (also across processes),
 bulk status, queries, change feed, merge."""
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -14,8 +15,13 @@ from kb.store import ConflictError, DuplicateEntry, EntryNotFound, KBLocked, KBS
 
 
 def make(entry_id: str, **fields) -> Entry:
-    base = dict(id=entry_id, task="gsm8k", learning_summary=f"summary of {entry_id}",
-                supplementary_knowledge=f"knowledge of {entry_id}", status="pending")
+    base = dict(
+        id=entry_id,
+        task="gsm8k",
+        learning_summary=f"summary of {entry_id}",
+        supplementary_knowledge=f"knowledge of {entry_id}",
+        status="pending",
+    )
     return Entry(**{**base, **fields})
 
 
@@ -65,25 +71,30 @@ def test_entry_from_json_names_fields():
         entry_from_json('{"id": "x", "task": "t", "status": "accepted", "source": {"kind": 1, "x": 2}}')
     fields = {f for f, _ in err.value.problems}
     assert {"learning_summary", "supplementary_knowledge", "source.kind", "source.x"} <= fields
-    assert make("k").knowledge_text() == \
-        "Learning summary: summary of k\nSupplementary knowledge: knowledge of k"
+    assert make("k").knowledge_text() == "Learning summary: summary of k\nSupplementary knowledge: knowledge of k"
     with pytest.raises(EntryInvalid, match="expected a JSON object"):
         entry_from_json("[1, 2]")
     with pytest.raises(EntryInvalid, match="field 'id'"):
         validate_entry({**make("k").model_dump(), "id": " padded"})
 
 
-@pytest.mark.parametrize("changes, field, message", [
-    ({"id": "a\nb"}, "id", "must be printable characters only, no control characters or line "
-                           "breaks (U+000A at position 2)"),
-    ({"id": "a\x00"}, "id", "U+0000 at position 2"),
-    ({"id": "x" * 257}, "id", "must be at most 256 characters (this one has 257)"),
-    ({"links": ["ok", "a\tb"]}, "links.1", "must be printable characters only"),
-    ({"title": "\ud800"}, "title", "contains a lone surrogate U+D800 at position 1"),
-    ({"source": {"question": "x\udc00"}}, "source.question", "contains a lone surrogate"),
-    ({"created_at": "yesterday"}, "created_at", "must be an ISO 8601 time with a time zone"),
-    ({"version": 2 ** 53}, "version", "must be at most 9007199254740991"),
-])
+@pytest.mark.parametrize(
+    "changes, field, message",
+    [
+        (
+            {"id": "a\nb"},
+            "id",
+            "must be printable characters only, no control characters or line breaks (U+000A at position 2)",
+        ),
+        ({"id": "a\x00"}, "id", "U+0000 at position 2"),
+        ({"id": "x" * 257}, "id", "must be at most 256 characters (this one has 257)"),
+        ({"links": ["ok", "a\tb"]}, "links.1", "must be printable characters only"),
+        ({"title": "\ud800"}, "title", "contains a lone surrogate U+D800 at position 1"),
+        ({"source": {"question": "x\udc00"}}, "source.question", "contains a lone surrogate"),
+        ({"created_at": "yesterday"}, "created_at", "must be an ISO 8601 time with a time zone"),
+        ({"version": 2**53}, "version", "must be at most 9007199254740991"),
+    ],
+)
 def test_schema_refuses_unsafe_ids_text_times_and_versions(changes, field, message):
     with pytest.raises(EntryInvalid) as err:
         validate_entry({**make("k").model_dump(), **changes})
@@ -92,8 +103,9 @@ def test_schema_refuses_unsafe_ids_text_times_and_versions(changes, field, messa
 
 
 def test_schema_keeps_printable_unicode_ids_and_normalises_times():
-    entry = validate_entry({**make("écart-Ω 1/2 (v2)").model_dump(),
-                            "created_at": "2024-05-01 12:00:00.123456789-05:30"})
+    entry = validate_entry(
+        {**make("écart-Ω 1/2 (v2)").model_dump(), "created_at": "2024-05-01 12:00:00.123456789-05:30"}
+    )
     assert entry.id == "écart-Ω 1/2 (v2)" and entry.created_at == "2024-05-01T17:30:00.123456Z"
     assert validate_entry({**make("x" * 256).model_dump()}).id == "x" * 256
 
@@ -107,6 +119,7 @@ def hold_write_lock(path, seconds: float) -> threading.Thread:
         time.sleep(seconds)
         con.execute("ROLLBACK")
         con.close()
+
     thread = threading.Thread(target=release, daemon=True)
     thread.start()
     return thread
@@ -120,8 +133,10 @@ def test_a_locked_database_is_retried_then_refused_with_one_sentence(store):
     with pytest.raises(KBLocked) as err:
         patient.add(make("b"), by="bob")
     assert 1.5 <= time.monotonic() - started < 4  # waited lock_timeout, not SQLite's 30 s
-    assert str(err.value) == (f"the knowledge base {store.path} is locked by another process "
-                              "(waited 1.5 s); try again when that process has finished")
+    assert str(err.value) == (
+        f"the knowledge base {store.path} is locked by another process "
+        "(waited 1.5 s); try again when that process has finished"
+    )
     # readers do not wait for the writer, and opening an existing store writes nothing
     assert KBStore(store.path, lock_timeout=0).get("a").id == "a"
     assert patient.query().total == 1
@@ -165,8 +180,7 @@ def test_two_processes_racing_on_one_version_cannot_both_win(store):
     store.add(make("a"), by="ann")
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(4), ctx.Queue()
-    workers = [ctx.Process(target=_race, args=(store.path, barrier, results, f"p{i}"))
-               for i in range(4)]
+    workers = [ctx.Process(target=_race, args=(store.path, barrier, results, f"p{i}")) for i in range(4)]
     for w in workers:
         w.start()
     outcomes = dict(results.get(timeout=60) for _ in workers)
@@ -181,14 +195,20 @@ def test_two_processes_racing_on_one_version_cannot_both_win(store):
 
 def test_history_records_who_when_what_and_restore_brings_content_back(store):
     store.add(make("a", concepts=["area"]), by="ann")
-    store.update("a", {"learning_summary": "a better summary", "concepts": ["area", "circle"]},
-                 expected_version=1, by="bob")
+    store.update(
+        "a", {"learning_summary": "a better summary", "concepts": ["area", "circle"]}, expected_version=1, by="bob"
+    )
     store.set_status(["a"], "accepted", by="cat")
     revisions = store.history("a")
-    assert [(r.action, r.by, r.version) for r in revisions] == \
-        [("create", "ann", 1), ("update", "bob", 2), ("status", "cat", 3)]
-    assert revisions[1].changes == {"learning_summary": ["summary of a", "a better summary"],
-                                    "concepts": [["area"], ["area", "circle"]]}
+    assert [(r.action, r.by, r.version) for r in revisions] == [
+        ("create", "ann", 1),
+        ("update", "bob", 2),
+        ("status", "cat", 3),
+    ]
+    assert revisions[1].changes == {
+        "learning_summary": ["summary of a", "a better summary"],
+        "concepts": [["area"], ["area", "circle"]],
+    }
     assert revisions[2].snapshot["status"] == "accepted" and revisions[0].at <= revisions[2].at
 
     restored = store.restore("a", revisions[0].revision_id, expected_version=3, by="dan")
@@ -232,25 +252,37 @@ def test_bulk_status_with_stale_version_refuses_the_whole_batch(store):
     assert err.value.entry_id == "e2" and err.value.current.version == 2
     assert store.query(status="accepted").total == 0  # e0 / e1 untouched too
     assert [r.action for r in store.history("e0")] == ["create"]
-    assert store.set_status(["e0", "e1", "e2"], "accepted", by="cat",
-                            expected_versions={**shown, "e2": 2}) == 3
+    assert store.set_status(["e0", "e1", "e2"], "accepted", by="cat", expected_versions={**shown, "e2": 2}) == 3
     assert store.set_status(["e0"], "rejected", by="cat", expected_versions={}) == 1  # unchecked
 
 
 def test_query_filters_sort_paging_and_text(store):
-    store.add(make("c1", task="bbh", concepts=["Percentages"], status="accepted",
-                   learning_summary="Convert the percentage to a fraction first"), by="a")
-    store.add(make("c2", task="gsm8k", concepts=["area"], status="accepted",
-                   title="Circle area"), by="a")
-    store.add(make("c3", task="gsm8k", concepts=["percentages", "area"],
-                   source={"kind": "error_analysis", "question": "What is 20% of the garden?"}),
-              by="a")
+    store.add(
+        make(
+            "c1",
+            task="bbh",
+            concepts=["Percentages"],
+            status="accepted",
+            learning_summary="Convert the percentage to a fraction first",
+        ),
+        by="a",
+    )
+    store.add(make("c2", task="gsm8k", concepts=["area"], status="accepted", title="Circle area"), by="a")
+    store.add(
+        make(
+            "c3",
+            task="gsm8k",
+            concepts=["percentages", "area"],
+            source={"kind": "error_analysis", "question": "What is 20% of the garden?"},
+        ),
+        by="a",
+    )
     assert {e.id for e in store.query(status="accepted").entries} == {"c1", "c2"}
     assert {e.id for e in store.query(task="gsm8k").entries} == {"c2", "c3"}
     assert {e.id for e in store.query(concept="percentages").entries} == {"c1", "c3"}
     assert {e.id for e in store.query(text="fract").entries} == {"c1"}  # prefix match
     assert {e.id for e in store.query(text="percent").entries} == {"c1", "c3"}  # + concepts
-    assert {e.id for e in store.query(text="garden").entries} == {"c3"}   # source question
+    assert {e.id for e in store.query(text="garden").entries} == {"c3"}  # source question
     assert {e.id for e in store.query(source_kind="error_analysis").entries} == {"c3"}
     assert store.query(text="circle area", status="accepted").total == 1
     page = store.query(sort="id", descending=False, offset=1, limit=1)
@@ -328,8 +360,10 @@ def test_upsert_never_reverts_human_curation(store):
     store.set_status(["accepted"], "accepted", by="ann")
     store.delete("deleted", None, by="ann")
 
-    rerun = {i: store.upsert(make(i, learning_summary="generated v2"), by="teacher:m")
-             for i in ("edited", "accepted", "deleted", "untouched")}
+    rerun = {
+        i: store.upsert(make(i, learning_summary="generated v2"), by="teacher:m")
+        for i in ("edited", "accepted", "deleted", "untouched")
+    }
     assert store.get("edited").learning_summary == "fixed by a person"
     assert rerun["edited"] == store.get("edited")  # the stored entry comes back as it is
     accepted = store.get("accepted")
@@ -342,9 +376,16 @@ def test_upsert_never_reverts_human_curation(store):
 
 def test_query_stays_fast_at_scale(store):
     n = 20_000
-    entries = [make(f"e{i:05d}", task=f"task{i % 20}", status=("accepted", "pending")[i % 2],
-                    concepts=[f"c{i % 50}"], learning_summary=f"rule number {i} about topic{i % 97}")
-               for i in range(n)]
+    entries = [
+        make(
+            f"e{i:05d}",
+            task=f"task{i % 20}",
+            status=("accepted", "pending")[i % 2],
+            concepts=[f"c{i % 50}"],
+            learning_summary=f"rule number {i} about topic{i % 97}",
+        )
+        for i in range(n)
+    ]
     store.import_entries(entries, by="bench")
     start = time.perf_counter()
     for _ in range(10):

@@ -1,4 +1,5 @@
 """The embedded models resolve offline; assembly is checked; a failed conversion leaves nothing behind."""
+
 from __future__ import annotations
 
 import hashlib
@@ -74,8 +75,9 @@ def test_missing_part_package_names_the_package(monkeypatch):
 
 
 def test_nesy_models_list_reports_each_role():
-    out = subprocess.run([sys.executable, "-m", "distill.cli", "models", "list"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "distill.cli", "models", "list"], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert "embedder" in out.stdout and "ready" in out.stdout
     assert "teacher:qwen2.5-coder-1.5b" in out.stdout
@@ -92,7 +94,11 @@ def test_the_packaged_half_billion_student_converts_and_answers():
     assert config["model_type"] == "qwen2" and "quantization_config" not in config
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": "What is 12 times 7? Reply with the number."}],
-                                        add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 12 times 7? Reply with the number."}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     out = model.generate(**ids, max_new_tokens=8, do_sample=False)
-    assert "84" in tokenizer.decode(out[0][ids["input_ids"].shape[1]:])
+    assert "84" in tokenizer.decode(out[0][ids["input_ids"].shape[1] :])

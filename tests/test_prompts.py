@@ -1,4 +1,5 @@
 """Prompt formats: exact texts, SKIntern compression and schedule, chat-template rendering."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,8 +9,13 @@ from kb.schema import Entry
 
 
 def entry(i: int) -> Entry:
-    return Entry(id=f"e{i}", task="gsm8k", learning_summary=f"Summary number {i}.",
-                 supplementary_knowledge=f"Fact number {i}.", status="accepted")
+    return Entry(
+        id=f"e{i}",
+        task="gsm8k",
+        learning_summary=f"Summary number {i}.",
+        supplementary_knowledge=f"Fact number {i}.",
+        status="accepted",
+    )
 
 
 def test_cot_prompt_is_the_reference_text():
@@ -17,16 +23,27 @@ def test_cot_prompt_is_the_reference_text():
     # answer cue with its trailing space.
     assert prompts.cot_prompt("  How many? ", "Solve the problem.") == (
         'Solve the problem. Your response should conclude with the format "Therefore, the answer is".'
-        "\n\nQuestion: How many?\nAnswer: Let's think step by step. ")
-    assert prompts.cot_prompt("Q?").startswith('Your response should conclude with the format')
+        "\n\nQuestion: How many?\nAnswer: Let's think step by step. "
+    )
+    assert prompts.cot_prompt("Q?").startswith("Your response should conclude with the format")
 
 
 def test_knowledge_block_sits_between_task_line_and_question_one_item_per_line():
-    text = prompts.student_prompt("How many?", "Solve it.", [prompts.knowledge_text(entry(1)),
-                                                            prompts.knowledge_text(entry(2))])
-    assert text == (prompts.task_line("Solve it.") + "\n\n" + prompts.KNOWLEDGE_INSTRUCTION + "\n"
-                    + entry(1).knowledge_text() + "\n" + entry(2).knowledge_text() + "\n\n"
-                    + "Question: How many?\n" + prompts.ANSWER_CUE)
+    text = prompts.student_prompt(
+        "How many?", "Solve it.", [prompts.knowledge_text(entry(1)), prompts.knowledge_text(entry(2))]
+    )
+    assert text == (
+        prompts.task_line("Solve it.")
+        + "\n\n"
+        + prompts.KNOWLEDGE_INSTRUCTION
+        + "\n"
+        + entry(1).knowledge_text()
+        + "\n"
+        + entry(2).knowledge_text()
+        + "\n\n"
+        + "Question: How many?\n"
+        + prompts.ANSWER_CUE
+    )
     assert prompts.student_prompt("Q?", "T.", []) == prompts.cot_prompt("Q?", "T.")
 
 
@@ -38,8 +55,9 @@ def test_etd_prompt_uses_trigger():
 
 
 def test_compress_drops_stopwords_first_then_common_words_keeping_order():
-    idf = prompts.idf_table(["area of a circle", "area of a square", "area and perimeter of a rectangle",
-                             "radius squared"])
+    idf = prompts.idf_table(
+        ["area of a circle", "area of a square", "area and perimeter of a rectangle", "radius squared"]
+    )
     text = "The area of a circle is pi times the radius squared"
     # 11 words, keep 40% -> ceil(4.4) = 5: the six stopwords go first (the, of, a, is, the), then
     # "area", the most common content word (3 of 4 documents); order is kept.
@@ -75,23 +93,34 @@ def test_reference_schedule_is_six_minus_s_by_name():
 def test_skintern_order_is_knowledge_then_demonstrations_then_question():
     # The reference (SKIntern aligner, method "inter"): task line, knowledge, demos, question.
     full = prompts.student_prompt("Q?", "T.", ["Learning summary: add."], [("A?", "1+1=2. The answer is 2.")])
-    assert full.index(prompts.task_line("T.")) < full.index("Learning summary: add.") \
-        < full.index("Question: A?\nAnswer: 1+1=2.") < full.index("Question: Q?")
+    assert (
+        full.index(prompts.task_line("T."))
+        < full.index("Learning summary: add.")
+        < full.index("Question: A?\nAnswer: 1+1=2.")
+        < full.index("Question: Q?")
+    )
     assert prompts.student_prompt("Q?", "T.", [], []) == prompts.cot_prompt("Q?", "T.")
 
 
 def test_shrinking_prompts_drop_whole_demos_first_then_knowledge_items():
     versions = prompts.shrinking_prompts("Q?", "T.", ["K1", "K2"], [("D1?", "r1"), ("D2?", "r2")])
     assert versions[0] == prompts.student_prompt("Q?", "T.", ["K1", "K2"], [("D1?", "r1"), ("D2?", "r2")])
-    assert versions[1:] == [prompts.student_prompt("Q?", "T.", ["K1", "K2"], [("D1?", "r1")]),
-                            prompts.student_prompt("Q?", "T.", ["K1", "K2"]),
-                            prompts.student_prompt("Q?", "T.", ["K1"]), prompts.cot_prompt("Q?", "T.")]
+    assert versions[1:] == [
+        prompts.student_prompt("Q?", "T.", ["K1", "K2"], [("D1?", "r1")]),
+        prompts.student_prompt("Q?", "T.", ["K1", "K2"]),
+        prompts.student_prompt("Q?", "T.", ["K1"]),
+        prompts.cot_prompt("Q?", "T."),
+    ]
     assert all(v.startswith(prompts.task_line("T.")) and v.endswith(prompts.ANSWER_CUE) for v in versions)
 
 
 def test_select_demos_similar_and_random():
-    pool = [("How many apples does Tom have?", "r1"), ("What is the speed of the train?", "r2"),
-            ("Tom buys apples and pears.", "r3"), ("How many apples does Tom have?", "self")]
+    pool = [
+        ("How many apples does Tom have?", "r1"),
+        ("What is the speed of the train?", "r2"),
+        ("Tom buys apples and pears.", "r3"),
+        ("How many apples does Tom have?", "self"),
+    ]
     similar = prompts.select_demos("How many apples does Tom have?", pool, 2, "similar")
     assert [r for _, r in similar] == ["r3", "r2"]  # r3 shares "tom" and "apples"
     assert all(q != "How many apples does Tom have?" for q, _ in similar)  # never the question itself
@@ -108,8 +137,9 @@ def tokenizer():
 
 def test_render_with_chat_template_splits_exactly(tokenizer):
     prompt, response = prompts.render(tokenizer, "Question: Q?", "It is 4.")
-    full = tokenizer.apply_chat_template([{"role": "user", "content": "Question: Q?"},
-                                          {"role": "assistant", "content": "It is 4."}], tokenize=False)
+    full = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Question: Q?"}, {"role": "assistant", "content": "It is 4."}], tokenize=False
+    )
     assert prompt + response == full
     assert prompt.endswith("<|im_start|>assistant\n")
     assert response.startswith("It is 4.") and response.rstrip().endswith("<|im_end|>")
@@ -127,5 +157,7 @@ def test_render_without_chat_template_appends_eos(tokenizer):
 
 def test_plain_template_chosen_by_name_even_when_a_chat_template_exists(tokenizer):
     assert prompts.resolve_template(tokenizer, "auto") == "chat"
-    assert prompts.render(tokenizer, "Question: Q?", "It is 4.", "plain") == ("Question: Q?",
-                                                                              "It is 4." + tokenizer.eos_token)
+    assert prompts.render(tokenizer, "Question: Q?", "It is 4.", "plain") == (
+        "Question: Q?",
+        "It is 4." + tokenizer.eos_token,
+    )

@@ -4,6 +4,7 @@ Every hostile input must be either rejected by the static check or stopped by th
 within its time limit, and the host must be untouched (no file written, no secret read, the test
 process alive and its cwd unchanged).
 """
+
 from __future__ import annotations
 
 import os
@@ -18,24 +19,27 @@ from distill.answers import answers_match
 from distill.data import get_dataset
 from distill.sandbox import Rejected, check_pot, extract_code, parse_eot, run_pot, solve_eot
 
-GSM8K = {e.id: e for e in get_dataset("gsm8k").load("train") if e.id in {
-    "gsm8k-train-00000", "gsm8k-train-00001", "gsm8k-train-00002", "gsm8k-train-00003"}}
+GSM8K = {
+    e.id: e
+    for e in get_dataset("gsm8k").load("train")
+    if e.id in {"gsm8k-train-00000", "gsm8k-train-00001", "gsm8k-train-00002", "gsm8k-train-00003"}
+}
 
 POT = {
     "gsm8k-train-00000": "april = 48\nmay = april / 2\nans = april + may",
     "gsm8k-train-00001": "import math\ndef solution():\n    per_minute = 12 / 60\n    return per_minute * 50\n",
     "gsm8k-train-00002": "wallet = 100\nhas = wallet / 2\nparents = 15\ngrandparents = 2 * parents\n"
-                         "ans = wallet - has - parents - grandparents",
+    "ans = wallet - has - parents - grandparents",
     "gsm8k-train-00003": "from math import floor\npages = [12, 12 * 2]\nleft = 120 - sum(pages)\nans = floor(left / 2)",
 }
 EOT = {
     "gsm8k-train-00000": "% Natalia sold 48 clips in April\napril_clips = 48\n% half as many in May\n"
-                         "may_clips = april_clips / 2\ntotal_clips = april_clips + may_clips\nans = total_clips",
+    "may_clips = april_clips / 2\ntotal_clips = april_clips + may_clips\nans = total_clips",
     "gsm8k-train-00001": "hourly_rate = 12\nminutes = 50\nearned = hourly_rate / 60 * minutes\nans = earned",
     "gsm8k-train-00002": "% unknown: how much more Betty needs\nmore_needed = x\nwallet = 100\n"
-                         "parents = 15\n2 parents + wallet / 2 + parents + more_needed = wallet\nans = more_needed",
+    "parents = 15\n2 parents + wallet / 2 + parents + more_needed = wallet\nans = more_needed",
     "gsm8k-train-00003": "yesterday = 12\ntoday = 2yesterday\nremaining = 120 - (yesterday + today)\n"
-                         "tomorrow = remaining / 2\nans = tomorrow",
+    "tomorrow = remaining / 2\nans = tomorrow",
 }
 
 
@@ -57,8 +61,8 @@ def test_eot_grammar_details():
     assert solve_eot("a = 2^3\nb = 2**3\nans = a + b - (-1)").value == 17
     assert solve_eot("x + y = 10\nx - y = 2\nans = x").value == 6
     assert solve_eot("price = 1,200\nans = price * 3 / 4").value == 900
-    assert not solve_eot("x = 1\nx = 2\nans = x").ok            # contradiction
-    assert not solve_eot("ans = y").ok                           # underdetermined
+    assert not solve_eot("x = 1\nx = 2\nans = x").ok  # contradiction
+    assert not solve_eot("ans = y").ok  # underdetermined
     assert "no 'ans" in solve_eot("a = 1").error
     assert parse_eot("ans = 3x") == [[["var", "ans"], ["mul", ["num", "3"], ["var", "x"]]]]
     fenced = "```text\n% the cost\ncost = 4\nSo we get:\nans = cost * 2\n```"
@@ -120,8 +124,7 @@ HOSTILE_POT = [
     ("raise SystemExit", "raise SystemExit(0)"),
     # binding dunder / forbidden names: a non-dict __builtins__ makes CPython give later frames
     # the real builtins
-    ("from math import as __builtins__",
-     "from math import pi as __builtins__\ndef f():\n    return print\nans = f()"),
+    ("from math import as __builtins__", "from math import pi as __builtins__\ndef f():\n    return print\nans = f()"),
     ("from math import as __import__", "from math import pi as __import__\nans = 1"),
     ("from math import as open", "from math import floor as open\nans = 1"),
     ("import math as __builtins__", "import math as __builtins__\nans = 1"),
@@ -226,8 +229,12 @@ def test_division_by_zero_is_named_as_such():
 
 
 def test_binding_a_dunder_or_forbidden_name_is_refused_statically():
-    for code in ("from math import pi as __builtins__", "from math import floor as open",
-                 "ans = dict(__builtins__=1)", "f = lambda __x: 1"):
+    for code in (
+        "from math import pi as __builtins__",
+        "from math import floor as open",
+        "ans = dict(__builtins__=1)",
+        "f = lambda __x: 1",
+    ):
         with pytest.raises(Rejected, match="binding the name"):
             check_pot(code)
     check_pot("from math import pi as circle_ratio\nans = circle_ratio")  # a plain alias is fine
@@ -241,14 +248,21 @@ def test_a_string_answer_with_a_lone_surrogate_comes_back_encodable():
 def test_importing_and_using_the_sandbox_leaves_nothing_in_the_temp_dir(tmp_path):
     temp = tmp_path / "tmp"
     temp.mkdir()
-    script = ("import distill.sandbox as s\n"
-              "assert s.run_pot('ans = 6 * 7').value == 42\n"
-              "assert s.solve_eot('x = 2\\nans = 3x').value == 6\n"
-              "s._WORKER.stop()\n"
-              "assert s.run_pot('ans = 1').ok  # a restarted worker\n")
+    script = (
+        "import distill.sandbox as s\n"
+        "assert s.run_pot('ans = 6 * 7').value == 42\n"
+        "assert s.solve_eot('x = 2\\nans = 3x').value == 6\n"
+        "s._WORKER.stop()\n"
+        "assert s.run_pot('ans = 1').ok  # a restarted worker\n"
+    )
     for code in ("import distill.sandbox", script):
-        out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent,
-                             env={**os.environ, "TMPDIR": str(temp)}, capture_output=True, text=True,
-                             timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=Path(__file__).parent.parent,
+            env={**os.environ, "TMPDIR": str(temp)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert out.returncode == 0, out.stderr[-2000:]
         assert list(temp.iterdir()) == [], "the sandbox left files in the system temp dir"

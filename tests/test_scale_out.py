@@ -17,6 +17,7 @@ DDP's gradient averaging undoes). What remains is float summation order (one pac
 vs 2 rows of 1, plus the all-reduce): small in fp32, not in bf16 autocast, so NESY_DTYPE=fp32 pins it
 on machines that would pick bf16.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,24 @@ REPO = Path(__file__).resolve().parent.parent
 # The 135M student, std-cot, the shipped gold CoT rationales: 36 samples (more than one process's
 # mega-batch would hold if it were sized by the per-process batch), 3 steps at global batch 4.
 RECIPE = ["train", "std-cot", "--data", "gsm8k-gold-cot", "--limit", "36", "--max-steps", "3"]
-LAUNCH = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "0",
-          "-m", "distill.cli", *RECIPE, "--batch-size", "1", "--grad-accum", "2", "--output", "ddp"]
+LAUNCH = [
+    "accelerate",
+    "launch",
+    "--multi_gpu",
+    "--num_processes",
+    "2",
+    "--main_process_port",
+    "0",
+    "-m",
+    "distill.cli",
+    *RECIPE,
+    "--batch-size",
+    "1",
+    "--grad-accum",
+    "2",
+    "--output",
+    "ddp",
+]
 SINGLE = ["-m", "distill.cli", *RECIPE, "--batch-size", "2", "--grad-accum", "2", "--output", "single"]
 
 
@@ -56,12 +73,17 @@ def relative_difference(a: dict, b: dict, keys) -> float:
 @pytest.mark.slow
 def test_two_cpu_processes_train_the_adapter_one_process_trains(workspace):
     env = {**os.environ, "NESY_HOME": str(workspace), "NESY_DTYPE": "fp32", "OMP_NUM_THREADS": "1"}
-    seconds = {"single": run([sys.executable, *SINGLE], env),
-               "ddp": run([str(Path(sys.executable).parent / LAUNCH[0]), *LAUNCH[1:]], env)}
-    adapters = {name: load_file(workspace / "adapters" / name / "adapter_model.safetensors")
-                for name in ("single", "ddp")}
-    cards = {name: json.loads((workspace / "adapters" / name / "card.json").read_text())["stages"]["main"]
-             for name in ("single", "ddp")}
+    seconds = {
+        "single": run([sys.executable, *SINGLE], env),
+        "ddp": run([str(Path(sys.executable).parent / LAUNCH[0]), *LAUNCH[1:]], env),
+    }
+    adapters = {
+        name: load_file(workspace / "adapters" / name / "adapter_model.safetensors") for name in ("single", "ddp")
+    }
+    cards = {
+        name: json.loads((workspace / "adapters" / name / "card.json").read_text())["stages"]["main"]
+        for name in ("single", "ddp")
+    }
     assert (cards["ddp"]["processes"], cards["ddp"]["distributed_backend"]) == (2, "gloo")
     assert (cards["single"]["processes"], cards["single"]["distributed_backend"]) == (1, None)
     assert cards["ddp"]["global_batch"] == cards["single"]["global_batch"] == 4
@@ -73,9 +95,11 @@ def test_two_cpu_processes_train_the_adapter_one_process_trains(workspace):
     every = relative_difference(ddp, single, single)  # A's shared random init dominates this one
     update = relative_difference(ddp, single, learned)
     worst = max(relative_difference(ddp, single, [k]) for k in single)
-    print(f"\nrelative difference of the LoRA weights: {every:.1e} all, {update:.1e} the B matrices, "
-          f"{worst:.1e} the worst tensor; train loss {cards['single']['train_loss']} vs "
-          f"{cards['ddp']['train_loss']}; {seconds['single']:.0f} s one process, {seconds['ddp']:.0f} s two")
+    print(
+        f"\nrelative difference of the LoRA weights: {every:.1e} all, {update:.1e} the B matrices, "
+        f"{worst:.1e} the worst tensor; train loss {cards['single']['train_loss']} vs "
+        f"{cards['ddp']['train_loss']}; {seconds['single']:.0f} s one process, {seconds['ddp']:.0f} s two"
+    )
     # not 0: one packed row of 4 samples vs 2 rows of 2 plus an all-reduce add in another order, and
     # Adam divides by √v, which magnifies that where a gradient is near 0 (the worst tensor)
     assert every <= 1e-4 and update <= 1e-4 and worst <= 1e-3

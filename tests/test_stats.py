@@ -7,6 +7,7 @@ BMC Med Res Methodol 13:91 — their worked example has b = 1, c = 7 and exact c
 p = 0.070 (= 18/256); the others are 2 * sum_{i<=min(b,c)} C(n, i) / 2^n worked by hand and
 agree with scipy.stats.binomtest(b, b + c, 0.5).pvalue.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,22 +28,25 @@ from distill.stats import (
 )
 
 
-@pytest.mark.parametrize("k, n, low, high", [
-    (0, 10, 0.0, 0.27753279986288926),
-    (10, 10, 0.7224672001371107, 1.0),
-    (5, 10, 0.236593090512564, 0.7634069094874361),
-    (3, 100, 0.010254524024038925, 0.08451936429052762),
-    (1, 1, 0.20654931437723745, 1.0),
-    (0, 50, 0.0, 0.07134759913335872),   # the real run's base model: 0 of 50
-    (3, 50, 0.020614970348973957, 0.1621709168883817),
-])
+@pytest.mark.parametrize(
+    "k, n, low, high",
+    [
+        (0, 10, 0.0, 0.27753279986288926),
+        (10, 10, 0.7224672001371107, 1.0),
+        (5, 10, 0.236593090512564, 0.7634069094874361),
+        (3, 100, 0.010254524024038925, 0.08451936429052762),
+        (1, 1, 0.20654931437723745, 1.0),
+        (0, 50, 0.0, 0.07134759913335872),  # the real run's base model: 0 of 50
+        (3, 50, 0.020614970348973957, 0.1621709168883817),
+    ],
+)
 def test_wilson_known_values(k, n, low, high):
     got = wilson_interval(k, n)
     assert got == pytest.approx((low, high), abs=1e-12)
 
 
 def test_wilson_edges_and_levels():
-    assert wilson_interval(0, 0) == (0.0, 1.0)          # nothing measured, nothing known
+    assert wilson_interval(0, 0) == (0.0, 1.0)  # nothing measured, nothing known
     assert wilson_interval(0, 7)[0] == 0.0 and wilson_interval(7, 7)[1] == 1.0  # exact ends
     lo95, hi95 = wilson_interval(30, 60)
     lo99, hi99 = wilson_interval(30, 60, confidence=0.99)
@@ -57,15 +61,21 @@ def test_wilson_edges_and_levels():
         wilson_interval(1, 2, confidence=1.5)
 
 
-@pytest.mark.parametrize("b, c, p", [
-    (1, 7, 18 / 256),                     # Fagerland et al. 2013: exact conditional p = 0.070
-    (0, 5, 2 / 32),                       # 0.0625: five flips one way is NOT significant
-    (0, 6, 2 / 64),                       # 0.03125: six is
-    (3, 3, 1.0), (0, 0, 1.0), (0, 1, 1.0), (4, 5, 1.0),
-    (10, 25, 0.016673847800120715),
-    (2, 9, 2 * (1 + 11 + 55) / 2 ** 11),  # 0.0654296875
-    (121, 59, 4.4344492637551645e-06),
-])
+@pytest.mark.parametrize(
+    "b, c, p",
+    [
+        (1, 7, 18 / 256),  # Fagerland et al. 2013: exact conditional p = 0.070
+        (0, 5, 2 / 32),  # 0.0625: five flips one way is NOT significant
+        (0, 6, 2 / 64),  # 0.03125: six is
+        (3, 3, 1.0),
+        (0, 0, 1.0),
+        (0, 1, 1.0),
+        (4, 5, 1.0),
+        (10, 25, 0.016673847800120715),
+        (2, 9, 2 * (1 + 11 + 55) / 2**11),  # 0.0654296875
+        (121, 59, 4.4344492637551645e-06),
+    ],
+)
 def test_mcnemar_exact_known_values(b, c, p):
     assert mcnemar_exact_p(b, c) == pytest.approx(p, rel=1e-12)
     assert mcnemar_exact_p(c, b) == pytest.approx(p, rel=1e-12)  # two-sided: order does not matter
@@ -99,7 +109,7 @@ def test_wilson_matches_scipy_on_a_grid():
 
 def test_verdict_boundary():
     assert verdict(0.049) == SIGNIFICANT == "significant at 5 %"
-    assert verdict(0.05) == NOT_SIGNIFICANT == "not significant"   # p >= 0.05 is not significant
+    assert verdict(0.05) == NOT_SIGNIFICANT == "not significant"  # p >= 0.05 is not significant
     assert verdict(0.2) == NOT_SIGNIFICANT
     assert verdict(0.02, alpha=0.01) == NOT_SIGNIFICANT and verdict(0.005, alpha=0.01) == "significant at 1 %"
 
@@ -127,12 +137,12 @@ def test_paired_comparison_counts_and_verdict():
 def test_bootstrap_is_seeded_and_sane():
     outcomes = [True] * 30 + [False] * 70
     a = bootstrap_interval(outcomes, seed=1)
-    assert a == bootstrap_interval(outcomes, seed=1)           # same seed, same numbers
+    assert a == bootstrap_interval(outcomes, seed=1)  # same seed, same numbers
     assert len({bootstrap_interval(outcomes, resamples=200, seed=s) for s in range(6)}) > 1  # seed used
     assert a[0] < 0.3 < a[1]
     wl, wh = wilson_interval(30, 100)
-    assert abs(a[0] - wl) < 0.03 and abs(a[1] - wh) < 0.03    # close to Wilson at n = 100
-    assert bootstrap_interval([True] * 5) == (1.0, 1.0)         # no variation to resample
+    assert abs(a[0] - wl) < 0.03 and abs(a[1] - wh) < 0.03  # close to Wilson at n = 100
+    assert bootstrap_interval([True] * 5) == (1.0, 1.0)  # no variation to resample
     assert bootstrap_interval([False] * 5) == (0.0, 0.0)
     assert bootstrap_interval([]) == (0.0, 1.0)
     narrow = bootstrap_interval(outcomes, confidence=0.5, seed=1)

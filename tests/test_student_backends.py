@@ -6,6 +6,7 @@ The adapters here have large random LoRA weights (a trained tiny adapter's B is 
 a wrong export would go unnoticed): every test that compares backends first checks that the adapter
 changes the answer.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,13 +25,16 @@ from distill.gguf_export import GGUFExportError, TensorNames, rotary_rows
 from distill.infer import InferenceError, Student
 from distill.student_server import StudentBackendError, check_backend
 
-QUESTIONS = ["Tom has 3 apples and buys 4 more. How many apples does he have?",
-             "What is 7 times 6?",
-             "A train travels 60 miles in 2 hours. What is its speed in miles per hour?"]
+QUESTIONS = [
+    "Tom has 3 apples and buys 4 more. How many apples does he have?",
+    "What is 7 times 6?",
+    "A train travels 60 miles in 2 hours. What is its speed in miles per hour?",
+]
 
 
-def make_adapter(base: str, folder: Path, *, r: int = 4, scale_b: float = 0.5, template: str = "chat",
-                 seed: int = 0, **lora_kw) -> Path:
+def make_adapter(
+    base: str, folder: Path, *, r: int = 4, scale_b: float = 0.5, template: str = "chat", seed: int = 0, **lora_kw
+) -> Path:
     """A peft LoRA on every linear layer with seeded random A and B, and a card naming the base."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -44,9 +48,16 @@ def make_adapter(base: str, folder: Path, *, r: int = 4, scale_b: float = 0.5, t
             if "lora_" in name:
                 p.copy_(torch.randn(p.shape, generator=generator) * (scale_b if "lora_B" in name else 0.2))
     peft.save_pretrained(folder)
-    (folder / "card.json").write_text(json.dumps({
-        "method": "std-cot", "base_model": base, "template": template,
-        "inference": {"thought": "cot", "max_new_tokens": 24}}))
+    (folder / "card.json").write_text(
+        json.dumps(
+            {
+                "method": "std-cot",
+                "base_model": base,
+                "template": template,
+                "inference": {"thought": "cot", "max_new_tokens": 24},
+            }
+        )
+    )
     return folder
 
 
@@ -66,6 +77,7 @@ def nesy(*argv: str) -> tuple[int, str]:
 
 # --- GGUF export -----------------------------------------------------------------------------------
 
+
 def test_base_gguf_holds_the_packaged_students_weights_exactly(tmp_path):
     """The f32 base written from the converted HF folder == the shipped Q4_1 GGUF dequantised: the
     same tensors, names and rotary row order (transformers undid it on conversion; we redo it)."""
@@ -79,9 +91,14 @@ def test_base_gguf_holds_the_packaged_students_weights_exactly(tmp_path):
     names = TensorNames(config)
     source = {t.name: t for t in gguf.GGUFReader(student_gguf_path()).tensors}
     with safe_open(hf_dir / "model.safetensors", framework="numpy") as f:
-        for key in ("model.layers.0.self_attn.q_proj.weight", "model.layers.7.self_attn.k_proj.weight",
-                    "model.layers.0.self_attn.v_proj.weight", "model.layers.3.mlp.down_proj.weight",
-                    "model.norm.weight", "model.embed_tokens.weight"):
+        for key in (
+            "model.layers.0.self_attn.q_proj.weight",
+            "model.layers.7.self_attn.k_proj.weight",
+            "model.layers.0.self_attn.v_proj.weight",
+            "model.layers.3.mlp.down_proj.weight",
+            "model.norm.weight",
+            "model.embed_tokens.weight",
+        ):
             name, heads = names(key)
             ours = f.get_tensor(key)
             ours = rotary_rows(ours, heads) if heads else ours
@@ -93,8 +110,12 @@ def test_base_gguf_holds_the_packaged_students_weights_exactly(tmp_path):
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.close()
-    ours = {k: f.contents() for k, f in gguf.GGUFReader(tmp_path / "header.gguf").fields.items() if k.startswith("llama.")}
-    shipped = {k: f.contents() for k, f in gguf.GGUFReader(student_gguf_path()).fields.items() if k.startswith("llama.")}
+    ours = {
+        k: f.contents() for k, f in gguf.GGUFReader(tmp_path / "header.gguf").fields.items() if k.startswith("llama.")
+    }
+    shipped = {
+        k: f.contents() for k, f in gguf.GGUFReader(student_gguf_path()).fields.items() if k.startswith("llama.")
+    }
     assert ours == shipped
 
 
@@ -105,17 +126,28 @@ def test_lora_gguf_layout_is_llama_cpps(tiny_adapter, tiny_model, tmp_path):
     out = gguf_export.lora_to_gguf(tiny_adapter, tmp_path / "lora.gguf", tiny_model)
     reader = gguf.GGUFReader(out)
     fields = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
-    assert fields == {"general.architecture": "llama", "general.type": "adapter", "adapter.type": "lora",
-                      "adapter.lora.alpha": 8.0}
+    assert fields == {
+        "general.architecture": "llama",
+        "general.type": "adapter",
+        "adapter.type": "lora",
+        "adapter.lora.alpha": 8.0,
+    }
     tensors = {t.name: t for t in reader.tensors}
     peft = load_file(tiny_adapter / "adapter_model.safetensors")
     config = json.loads((Path(tiny_model) / "config.json").read_text())
     assert len(tensors) == len(peft) == 2 * 7 * config["num_hidden_layers"]
-    for layer, module, gguf_name, heads in [(0, "self_attn.q_proj", "attn_q", 4), (1, "self_attn.k_proj", "attn_k", 2),
-                                            (1, "self_attn.v_proj", "attn_v", None), (0, "mlp.down_proj", "ffn_down", None)]:
+    for layer, module, gguf_name, heads in [
+        (0, "self_attn.q_proj", "attn_q", 4),
+        (1, "self_attn.k_proj", "attn_k", 2),
+        (1, "self_attn.v_proj", "attn_v", None),
+        (0, "mlp.down_proj", "ffn_down", None),
+    ]:
         prefix = f"base_model.model.model.layers.{layer}.{module}"
         a, b = peft[f"{prefix}.lora_A.weight"].numpy(), peft[f"{prefix}.lora_B.weight"].numpy()
-        lora_a, lora_b = tensors[f"blk.{layer}.{gguf_name}.weight.lora_a"], tensors[f"blk.{layer}.{gguf_name}.weight.lora_b"]
+        lora_a, lora_b = (
+            tensors[f"blk.{layer}.{gguf_name}.weight.lora_a"],
+            tensors[f"blk.{layer}.{gguf_name}.weight.lora_b"],
+        )
         # ggml order (ne): A is [in, r], B is [r, out] — what llama.cpp checks against the base tensor
         assert list(lora_a.shape) == [a.shape[1], 4] and list(lora_b.shape) == [4, b.shape[0]]
         assert np.array_equal(np.asarray(lora_a.data), a)
@@ -141,13 +173,17 @@ def test_export_adapter_command(tiny_adapter, workspace):
     assert code == 0, output
     written = workspace / "adapters" / "tiny" / "adapter-f32.gguf"
     assert f"adapter: {written}" in output and written.stat().st_size > 0
-    for argv, message in [(["../tiny"], "error: ADAPTER takes a name"), (["tiny", "--format", "onnx"], "gguf"),
-                          (["nope"], "error: no adapter 'nope'")]:
+    for argv, message in [
+        (["../tiny"], "error: ADAPTER takes a name"),
+        (["tiny", "--format", "onnx"], "gguf"),
+        (["nope"], "error: no adapter 'nope'"),
+    ]:
         code, output = nesy("export-adapter", *argv)
         assert code == 2 and output.strip().splitlines()[-1].startswith("error:") and message in output, output
 
 
 # --- the llama.cpp backend (the real server) -------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def served(tiny_adapter, tmp_path_factory):
@@ -173,9 +209,10 @@ def test_llama_cpp_backend_answers_token_for_token_as_transformers(served, tiny_
     for user in (o.prompt for o in ours):
         ids = local.tokenizer(local.render(user), return_tensors="pt", add_special_tokens=False)
         with torch.no_grad():
-            row = local.model.generate(**ids, max_new_tokens=24, do_sample=False,
-                                       pad_token_id=local.tokenizer.pad_token_id)[0]
-        expected = row[ids["input_ids"].shape[1]:].tolist()
+            row = local.model.generate(
+                **ids, max_new_tokens=24, do_sample=False, pad_token_id=local.tokenizer.pad_token_id
+            )[0]
+        expected = row[ids["input_ids"].shape[1] :].tolist()
         got = served.backend.generate([user], [served.render(user)], 24)[0].tokens
         assert list(got) == expected
 
@@ -200,11 +237,17 @@ def test_llama_cpp_server_ends_with_the_process_that_started_it(tiny_model, tmp_
     from distill.teacher import _alive
 
     base = gguf_export.hf_to_gguf(tiny_model, tmp_path / "tiny.gguf", gguf_export.tokenizer_source(tiny_model))
-    script = ("import sys, time\nfrom distill.student_server import StudentServer\n"
-              f"s = StudentServer({str(base)!r}, n_parallel=1, n_ctx=256, threads=1).start()\n"
-              "print(s.proc.pid, flush=True)\ntime.sleep(600)\n")
-    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "NESY_HOME": str(tmp_path / "home")})
+    script = (
+        "import sys, time\nfrom distill.student_server import StudentServer\n"
+        f"s = StudentServer({str(base)!r}, n_parallel=1, n_ctx=256, threads=1).start()\n"
+        "print(s.proc.pid, flush=True)\ntime.sleep(600)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "NESY_HOME": str(tmp_path / "home")},
+    )
     server = int(parent.stdout.readline())
     assert _alive(server)
     os.kill(parent.pid, signal.SIGKILL)
@@ -226,6 +269,7 @@ def test_backend_option_is_checked():
 
 # --- an OpenAI-compatible server (vLLM --enable-lora) ----------------------------------------------
 
+
 def test_url_backend_asks_for_the_adapter_by_its_name(tiny_adapter):
     ServesAdapters.bodies = []
     with serve(ServesAdapters) as url:
@@ -236,7 +280,7 @@ def test_url_backend_asks_for_the_adapter_by_its_name(tiny_adapter):
     body = ServesAdapters.bodies[0]
     assert body["model"] == "tiny-lora" and body["temperature"] == 0.0 and body["max_tokens"] == 32
     assert body["messages"] == [{"role": "user", "content": result.prompt}]  # the server applies the template
-    assert code == 0 and json.loads(output[output.index("{"):])["extracted"] == "7"
+    assert code == 0 and json.loads(output[output.index("{") :])["extracted"] == "7"
 
 
 def test_url_backend_errors_are_one_line(tiny_adapter, tiny_model, tmp_path):
@@ -253,8 +297,9 @@ def read_report(workspace: Path, name: str) -> tuple[list[dict], dict, dict, dic
     """(samples rows, results.json, models.json, config.json, the first harness results file) of a report."""
     folder = workspace / "evals" / name
     rows = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
-    results, models, config = (json.loads((folder / f).read_text())
-                               for f in ("results.json", "models.json", "config.json"))
+    results, models, config = (
+        json.loads((folder / f).read_text()) for f in ("results.json", "models.json", "config.json")
+    )
     harness = json.loads(next((folder / "harness").glob("*/results_*.json")).read_text())
     return rows, results, models, config, harness
 
@@ -265,8 +310,7 @@ def test_eval_through_a_url_backend_scores_what_the_server_answered(tiny_adapter
     shutil.copytree(tiny_adapter, workspace / "adapters" / "tiny-lora")
     ServesAdapters.bodies = []
     with serve(ServesAdapters) as url:
-        code, output = nesy("eval", "--limit", "2", "--config", "sft=tiny-lora", "--backend", url,
-                            "--name", "served")
+        code, output = nesy("eval", "--limit", "2", "--config", "sft=tiny-lora", "--backend", url, "--name", "served")
     assert code == 0, output
     rows, results, models, config, harness = read_report(workspace, "served")
     assert len(rows) == 2 and len(ServesAdapters.bodies) == 2
@@ -281,7 +325,8 @@ def test_eval_through_a_url_backend_scores_what_the_server_answered(tiny_adapter
     code, output = nesy("eval", "--limit", "3", "--config", "sft=tiny-lora", "--name", "served")
     assert code == 2 and output.strip().splitlines()[-1] == (
         f"error: report 'served' was generated with --backend {url}: continue it with that backend, "
-        "or give this run another --name")
+        "or give this run another --name"
+    )
     assert len(read_report(workspace, "served")[0]) == 2
 
 
@@ -294,6 +339,7 @@ def test_eval_refuses_a_bad_backend_before_making_a_report(bad, workspace):
 
 
 # --- the real 135M student -------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_real_135m_student_with_a_lora_is_token_exact_on_the_f32_base(tmp_path):
@@ -334,7 +380,9 @@ def test_real_135m_eval_through_llama_cpp_gives_the_transformers_rows(workspace)
         assert code == 0, output
         reports[backend] = read_report(workspace, name)
     (ours, *_), (theirs, results, models, config, harness) = reports["transformers"], reports["llama.cpp"]
-    assert [r["backend"] for r in ours] == ["transformers"] * 3 and [r["backend"] for r in theirs] == ["llama.cpp:f32"] * 3
+    assert [r["backend"] for r in ours] == ["transformers"] * 3 and [r["backend"] for r in theirs] == [
+        "llama.cpp:f32"
+    ] * 3
     for key in ("example_id", "output", "extracted", "prompt_tokens"):
         assert [r[key] for r in theirs] == [r[key] for r in ours], key
     assert results["configs"]["sft"]["backend"] == models["sft"]["backend"] == "llama.cpp:f32"

@@ -1,6 +1,7 @@
 """Teacher jobs: demos verify, knowledge parsing on real teacher output, KB provenance, and a
 killed job that resumes without repeating a single teacher call (counted by a proxy in front of
 the real llama.cpp server)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -64,8 +65,14 @@ def test_the_teacher_sees_the_students_solution_as_written():
     """Numbers, commas and newlines of the wrong answer reach the teacher unchanged; only a
     degenerate tail is cut (it once turned 1,111 into 1,1 and 1000000 into 1000)."""
     response = "She has 1,111 apples.\nThen 1000000 / 3 = 0.333\nSo 111 left." + " the the" * 40
-    case = {"question": "Q?", "prompt": "Question: Q?", "response": response, "task": "gsm8k",
-            "dataset": "gsm8k", "example_id": "x"}
+    case = {
+        "question": "Q?",
+        "prompt": "Question: Q?",
+        "response": response,
+        "task": "gsm8k",
+        "dataset": "gsm8k",
+        "example_id": "x",
+    }
     user = error_messages(case)[-1]["content"]
     assert "She has 1,111 apples.\nThen 1000000 / 3 = 0.333\nSo 111 left." in user
 
@@ -84,12 +91,16 @@ def test_parse_knowledge_sections_and_concepts():
     assert parsed.learning_summary.startswith("When a problem gives a part")
     assert parsed.supplementary_knowledge.startswith("A fraction of a quantity")
     assert parsed.concepts == ["fractions of a quantity", "subtraction of parts", "unit checking"]
-    headings = "## 1. Learning summary\nRead the question twice and list every quantity given.\n" \
-               "## 2. Supplementary knowledge\nThe **distributive law** says a(b+c) = ab + ac always."
+    headings = (
+        "## 1. Learning summary\nRead the question twice and list every quantity given.\n"
+        "## 2. Supplementary knowledge\nThe **distributive law** says a(b+c) = ab + ac always."
+    )
     parsed = parse_knowledge(headings)
     assert parsed and parsed.concepts == ["distributive law"]
     assert parse_knowledge("Learning Summary: fine advice for all problems here.") is None  # missing part
-    assert parse_knowledge("Learning Summary: x x x x x x x x x x x x\nSupplementary Knowledge: y y y y y y y y") is None
+    assert (
+        parse_knowledge("Learning Summary: x x x x x x x x x x x x\nSupplementary Knowledge: y y y y y y y y") is None
+    )
     assert parse_knowledge("I cannot help with that.") is None
     # a real teacher's list: "Concepts: Division, fractions, and problem-solving"
     listed = WELL_FORMED.split("Concepts:")[0] + "Concepts: Division, fractions, and problem-solving"
@@ -126,6 +137,7 @@ def test_parser_rejects_real_malformed_output(n):
 
 class CountingProxy(QuietHandler):
     """Forwards chat completions to the real server and counts each distinct request body."""
+
     upstream = ""
     seen: dict = {}
     delay = 0.0
@@ -134,8 +146,9 @@ class CountingProxy(QuietHandler):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         digest = hashlib.sha256(body).hexdigest()
         CountingProxy.seen[digest] = CountingProxy.seen.get(digest, 0) + 1
-        request = urllib.request.Request(self.upstream + self.path.removeprefix("/v1"), data=body,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            self.upstream + self.path.removeprefix("/v1"), data=body, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=600) as response:
             reply(self, 200, response.read())
 
@@ -151,8 +164,19 @@ def proxied_teacher(tmp_path_factory):
 
 
 def _teach(url: str, model: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", "distill.cli", "teach", *args, "--teacher", url, "--model", model,
-            "--concurrency", "2"]
+    return [
+        sys.executable,
+        "-m",
+        "distill.cli",
+        "teach",
+        *args,
+        "--teacher",
+        url,
+        "--model",
+        model,
+        "--concurrency",
+        "2",
+    ]
 
 
 @pytest.mark.slow
@@ -163,8 +187,23 @@ def test_killed_job_resumes_without_repeated_calls(proxied_teacher, workspace, t
     job_dir = tmp_path / "job"
     job_dir.mkdir()
     env = {**os.environ, "NESY_HOME": str(workspace), "NESY_JOB_DIR": str(job_dir)}
-    argv = _teach(url, info.model, "rationales", "--dataset", "gsm8k", "--split", "test", "--limit", "6",
-                  "--thoughts", "cot", "--max-tokens", "24", "--out", f"resume-{how.name.lower()}")
+    argv = _teach(
+        url,
+        info.model,
+        "rationales",
+        "--dataset",
+        "gsm8k",
+        "--split",
+        "test",
+        "--limit",
+        "6",
+        "--thoughts",
+        "cot",
+        "--max-tokens",
+        "24",
+        "--out",
+        f"resume-{how.name.lower()}",
+    )
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
@@ -189,7 +228,10 @@ def test_killed_job_resumes_without_repeated_calls(proxied_teacher, workspace, t
     # them all; SIGTERM keeps those that finish within STOP_GRACE s and abandons slower ones, so
     # that the job ends within 5 s (on this CPU a call often takes longer than that).
     assert len(repeated) <= 2 and all(n == 2 for n in repeated.values())
-    raw = [json.loads(line) for line in (workspace / "datasets" / f"resume-{how.name.lower()}" / "raw.jsonl").read_text().splitlines()]
+    raw = [
+        json.loads(line)
+        for line in (workspace / "datasets" / f"resume-{how.name.lower()}" / "raw.jsonl").read_text().splitlines()
+    ]
     assert len(raw) == 6 and sum(r["cached"] for r in raw) >= sum(first_run.values()) - 2
     metrics = [json.loads(line) for line in (job_dir / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["step"] == metrics[-1]["total"] == 6 and metrics[-1]["tokens"] > 0
@@ -202,15 +244,32 @@ def test_knowledge_live_call_stores_only_well_formed(proxied_teacher, workspace,
     url, info = proxied_teacher
     examples = get_dataset("gsm8k").load("train", limit=2, seed=7)  # never test questions
     errors = tmp_path / "errors.jsonl"
-    errors.write_text("".join(json.dumps({
-        "example_id": e.id, "dataset": "gsm8k", "task": "gsm8k", "question": e.question,
-        "prompt": f"Question: {e.question}\nLet's think step by step.",
-        "response": "First 2 + 2 = 5. " * 40 + "Therefore, the answer is 5.", "answer": e.answer}) + "\n"
-        for e in examples))
-    result = CliRunner().invoke(app, ["teach", "knowledge", "--errors", str(errors), "--teacher", url,
-                                      "--model", info.model, "--max-tokens", "200"])
+    errors.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "example_id": e.id,
+                    "dataset": "gsm8k",
+                    "task": "gsm8k",
+                    "question": e.question,
+                    "prompt": f"Question: {e.question}\nLet's think step by step.",
+                    "response": "First 2 + 2 = 5. " * 40 + "Therefore, the answer is 5.",
+                    "answer": e.answer,
+                }
+            )
+            + "\n"
+            for e in examples
+        )
+    )
+    result = CliRunner().invoke(
+        app,
+        ["teach", "knowledge", "--errors", str(errors), "--teacher", url, "--model", info.model, "--max-tokens", "200"],
+    )
     assert result.exit_code == 0, result.output
-    raw = [json.loads(line) for line in (workspace / "teach" / "knowledge" / "errors" / "raw.jsonl").read_text().splitlines()]
+    raw = [
+        json.loads(line)
+        for line in (workspace / "teach" / "knowledge" / "errors" / "raw.jsonl").read_text().splitlines()
+    ]
     last = {row["entry_id"]: row for row in raw}  # each case's last sample (a malformed one is asked again)
     assert set(last) == {f"gsm8k-{e.id}-error_analysis" for e in examples}
     # the gold answer is never shown to the teacher; the student's words reach it as written, cut
@@ -227,13 +286,17 @@ def test_knowledge_live_call_stores_only_well_formed(proxied_teacher, workspace,
 
 # ------------------------------------------------------- knowledge prompt (NesyCD reference, issue 9)
 
+
 def test_error_prompt_has_the_reference_parts_and_never_the_gold_answer():
     """System turn, numbered requirements 1-6, the return format, ONE demonstration, then the
     student's question (its prompt without the "Answer: …" tail) and its wrong response."""
-    case = {"question": "Tina makes $18.00 an hour. How much does she make in 10 hours?",
-            "prompt": "Solve grade school math problems.\n\nQuestion: Tina makes $18.00 an hour. "
-                      "How much does she make in 10 hours?\nAnswer: Let's think step by step.",
-            "response": "She makes 18 + 10 = 28. Therefore, the answer is 28.", "answer": "180"}
+    case = {
+        "question": "Tina makes $18.00 an hour. How much does she make in 10 hours?",
+        "prompt": "Solve grade school math problems.\n\nQuestion: Tina makes $18.00 an hour. "
+        "How much does she make in 10 hours?\nAnswer: Let's think step by step.",
+        "response": "She makes 18 + 10 = 28. Therefore, the answer is 28.",
+        "answer": "180",
+    }
     system, user = error_messages(case)
     assert system == {"role": "system", "content": "You are a helpful assistant."}
     text = user["content"]
@@ -243,9 +306,11 @@ def test_error_prompt_has_the_reference_parts_and_never_the_gold_answer():
     assert text.count("### Example") == 1 and text.count("The student was given the following question:") == 2
     assert text.count("Learning Summary:") == 2  # the format line and the demonstration
     mine = text.split("### Your turn\n")[1]
-    assert mine == ("The student was given the following question:\nSolve grade school math problems."
-                    "\n\nQuestion: Tina makes $18.00 an hour. How much does she make in 10 hours?\n\n"
-                    "The student's wrong response is:\nShe makes 18 + 10 = 28. Therefore, the answer is 28.")
+    assert mine == (
+        "The student was given the following question:\nSolve grade school math problems."
+        "\n\nQuestion: Tina makes $18.00 an hour. How much does she make in 10 hours?\n\n"
+        "The student's wrong response is:\nShe makes 18 + 10 = 28. Therefore, the answer is 28."
+    )
     assert "180" not in text
 
 
@@ -261,10 +326,13 @@ def test_example_prompt_has_the_same_shape_with_the_gold_answer():
 class KnowledgeByCase(QuietHandler):
     """A real local server answering each error case by a word of its question (and recording
     the requests): one restating answer with a false sum, one malformed answer."""
+
     answers = {
-        "Tina": ("Learning Summary: Tina makes $18.00 an hour, so multiply the hourly wage by the hours.\n"
-                 "Supplementary Knowledge: Pay = rate × hours, for example 18 × 10 = 190.\n"
-                 "Concepts: hourly wage, multiplication"),
+        "Tina": (
+            "Learning Summary: Tina makes $18.00 an hour, so multiply the hourly wage by the hours.\n"
+            "Supplementary Knowledge: Pay = rate × hours, for example 18 × 10 = 190.\n"
+            "Concepts: hourly wage, multiplication"
+        ),
         "Weng": "Sorry, I cannot analyse this.",
     }
     bodies: list = []
@@ -279,17 +347,31 @@ class KnowledgeByCase(QuietHandler):
 def test_knowledge_samples_at_0_8_with_1024_tokens_and_stores_flagged_pending_entries(workspace, tmp_path):
     from kb.store import KBStore
 
-    cases = [("gsm8k-train-t", "Tina makes $18.00 an hour. How much does she make in 10 hours?"),
-             ("gsm8k-train-w", "Weng earns $12 an hour for babysitting. How much did she earn in 50 minutes?")]
+    cases = [
+        ("gsm8k-train-t", "Tina makes $18.00 an hour. How much does she make in 10 hours?"),
+        ("gsm8k-train-w", "Weng earns $12 an hour for babysitting. How much did she earn in 50 minutes?"),
+    ]
     errors = tmp_path / "errs.jsonl"
-    errors.write_text("".join(json.dumps({"example_id": i, "dataset": "gsm8k", "task": "gsm8k", "question": q,
-                                          "prompt": f"Question: {q}\nAnswer: Let's think step by step.",
-                                          "response": "The answer is 3.", "answer": "1"}) + "\n"
-                              for i, q in cases))
+    errors.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "example_id": i,
+                    "dataset": "gsm8k",
+                    "task": "gsm8k",
+                    "question": q,
+                    "prompt": f"Question: {q}\nAnswer: Let's think step by step.",
+                    "response": "The answer is 3.",
+                    "answer": "1",
+                }
+            )
+            + "\n"
+            for i, q in cases
+        )
+    )
     KnowledgeByCase.bodies = []
     with serve(KnowledgeByCase) as url:
-        out = CliRunner().invoke(app, ["teach", "knowledge", "--errors", str(errors), "--teacher", url,
-                                       "--model", "m"])
+        out = CliRunner().invoke(app, ["teach", "knowledge", "--errors", str(errors), "--teacher", url, "--model", "m"])
     assert out.exit_code == 0, out.output
     assert {(b["temperature"], b["max_tokens"]) for b in KnowledgeByCase.bodies} == {(0.8, 1024)}
     assert "1 entries (pending) from 2 cases; malformed 1 (not stored)" in out.output
@@ -298,7 +380,8 @@ def test_knowledge_samples_at_0_8_with_1024_tokens_and_stores_flagged_pending_en
     assert stored.id == "gsm8k-gsm8k-train-t-error_analysis" and stored.status == "pending"
     assert [(f.code, f.detail) for f in stored.flags] == [
         ("restates_source", "shares with its question: numbers 10, 18; names Tina"),
-        ("false_arithmetic", "18 × 10 = 190 (is 180)")]
+        ("false_arithmetic", "18 × 10 = 190 (is 180)"),
+    ]
     assert [r.by for r in KBStore().history(stored.id)] == ["teacher:m"]  # flagged before it was stored
 
 
@@ -317,10 +400,23 @@ def test_boilerplate_from_one_run_is_flagged_generic_and_a_rerun_writes_nothing(
 
     examples = get_dataset("gsm8k").load("train", limit=4, seed=5)
     errors = tmp_path / "errs.jsonl"
-    errors.write_text("".join(json.dumps({"example_id": e.id, "dataset": "gsm8k", "task": "gsm8k",
-                                          "question": e.question, "prompt": f"Question: {e.question}",
-                                          "response": "The answer is 3.", "answer": e.answer}) + "\n"
-                              for e in examples))
+    errors.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "example_id": e.id,
+                    "dataset": "gsm8k",
+                    "task": "gsm8k",
+                    "question": e.question,
+                    "prompt": f"Question: {e.question}",
+                    "response": "The answer is 3.",
+                    "answer": e.answer,
+                }
+            )
+            + "\n"
+            for e in examples
+        )
+    )
     argv = ["teach", "knowledge", "--errors", str(errors), "--model", "m"]
     with serve(CannedTeacher) as url:
         out = CliRunner().invoke(app, [*argv, "--teacher", url])
@@ -339,9 +435,20 @@ def test_knowledge_provenance_in_kb_and_curated_entries_kept(workspace, tmp_path
     with serve(CannedTeacher) as url:
         e = get_dataset("gsm8k").load("train", limit=1, seed=3)[0]
         errors = tmp_path / "errs.jsonl"
-        errors.write_text(json.dumps({"example_id": e.id, "dataset": "gsm8k", "task": "gsm8k",
-                                      "question": e.question, "prompt": f"Question: {e.question}",
-                                      "response": "The answer is 3.", "answer": e.answer}) + "\n")
+        errors.write_text(
+            json.dumps(
+                {
+                    "example_id": e.id,
+                    "dataset": "gsm8k",
+                    "task": "gsm8k",
+                    "question": e.question,
+                    "prompt": f"Question: {e.question}",
+                    "response": "The answer is 3.",
+                    "answer": e.answer,
+                }
+            )
+            + "\n"
+        )
         runner = CliRunner()
         out = runner.invoke(app, ["teach", "knowledge", "--errors", str(errors), "--teacher", url, "--model", "m"])
         assert out.exit_code == 0, out.output
@@ -355,8 +462,23 @@ def test_knowledge_provenance_in_kb_and_curated_entries_kept(workspace, tmp_path
         runner.invoke(app, ["teach", "knowledge", "--errors", str(errors), "--teacher", url, "--model", "m"])
         assert KBStore().get(entry.id).status == "accepted"
         # SKIntern: question + gold answer, auto-accepted
-        out = runner.invoke(app, ["teach", "knowledge", "--dataset", "gsm8k", "--limit", "2", "--with-answer",
-                                  "--auto-accept", "--teacher", url, "--model", "m"])
+        out = runner.invoke(
+            app,
+            [
+                "teach",
+                "knowledge",
+                "--dataset",
+                "gsm8k",
+                "--limit",
+                "2",
+                "--with-answer",
+                "--auto-accept",
+                "--teacher",
+                url,
+                "--model",
+                "m",
+            ],
+        )
         assert out.exit_code == 0, out.output
         skintern = KBStore().query(source_kind="example_knowledge").entries
         assert len(skintern) == 2 and all(x.status == "accepted" for x in skintern)
@@ -364,9 +486,11 @@ def test_knowledge_provenance_in_kb_and_curated_entries_kept(workspace, tmp_path
 
 # ------------------------------------------------ knowledge for a rationale set: --from-set (issue 9)
 
+
 class SecondSampleFixes(QuietHandler):
     """Well-formed knowledge, except for the question holding `shy`: malformed at its first
     sample (a request without a seed), well-formed at the next one."""
+
     shy = ""
     bodies: list = []
 
@@ -379,8 +503,23 @@ class SecondSampleFixes(QuietHandler):
 
 def gold_set(name: str, split: str = "train", limit: int = 3) -> list:
     """A real rationale set in the workspace: GSM8K's own CoT rationales (`--teacher gold`)."""
-    out = CliRunner().invoke(app, ["teach", "rationales", "--dataset", "gsm8k", "--split", split, "--limit",
-                                   str(limit), "--teacher", "gold", "--out", name])
+    out = CliRunner().invoke(
+        app,
+        [
+            "teach",
+            "rationales",
+            "--dataset",
+            "gsm8k",
+            "--split",
+            split,
+            "--limit",
+            str(limit),
+            "--teacher",
+            "gold",
+            "--out",
+            name,
+        ],
+    )
     assert out.exit_code == 0, out.output
     return load_rationales(name)
 
@@ -395,21 +534,57 @@ def test_from_set_makes_the_knowledge_that_train_skintern_finds(workspace, tiny_
     records = gold_set("r-cot")
     SecondSampleFixes.shy, SecondSampleFixes.bodies = records[1].question, []
     with serve(SecondSampleFixes) as url:
-        out = CliRunner().invoke(app, ["teach", "knowledge", "--from-set", "r-cot", "--out", "r-skintern-knowledge",
-                                       "--teacher", url, "--model", "m"])
+        out = CliRunner().invoke(
+            app,
+            [
+                "teach",
+                "knowledge",
+                "--from-set",
+                "r-cot",
+                "--out",
+                "r-skintern-knowledge",
+                "--teacher",
+                url,
+                "--model",
+                "m",
+            ],
+        )
     assert out.exit_code == 0, out.output
     assert "3 entries (pending) from 3 cases; malformed 0 (not stored); asked again 1;" in out.output
     asked = [b["messages"][-1]["content"].split("### Your turn\n")[1] for b in SecondSampleFixes.bodies]
-    assert [sum(a.startswith(f"Question: {r.question}\nAnswer: {r.answer}\n") for a in asked) for r in records] \
-        == [1, 2, 1]
+    assert [sum(a.startswith(f"Question: {r.question}\nAnswer: {r.answer}\n") for a in asked) for r in records] == [
+        1,
+        2,
+        1,
+    ]
     raw = (workspace / "teach" / "knowledge" / "r-skintern-knowledge" / "raw.jsonl").read_text().splitlines()
     assert [json.loads(line)["sample"] for line in raw] == [0, 0, 0, 1]
     entries = KBStore().query(source_kind="example_knowledge").entries
     assert sorted(e.source.example_id for e in entries) == sorted(r.example_id for r in records)
 
-    trained = CliRunner().invoke(app, ["train", "skintern", "--data", "r-cot", "--output", "r-skintern",
-                                       "--base-model", tiny_model, "--stages", "2", "--demos", "0",
-                                       "--max-steps", "1", "--lora-r", "4", "--lora-alpha", "8"])
+    trained = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "skintern",
+            "--data",
+            "r-cot",
+            "--output",
+            "r-skintern",
+            "--base-model",
+            tiny_model,
+            "--stages",
+            "2",
+            "--demos",
+            "0",
+            "--max-steps",
+            "1",
+            "--lora-r",
+            "4",
+            "--lora-alpha",
+            "8",
+        ],
+    )
     assert trained.exit_code == 0, trained.output
     stage0 = (workspace / "adapters" / "r-skintern" / "stages" / "stage0" / "prompt_samples.jsonl").read_text()
     first = json.loads(stage0.splitlines()[0])
@@ -419,8 +594,10 @@ def test_from_set_makes_the_knowledge_that_train_skintern_finds(workspace, tiny_
 def test_from_set_takes_a_shipped_set_by_name_and_its_first_questions(workspace):
     shipped = load_rationales("gsm8k-gold-cot")[:2]
     with serve(CannedTeacher) as url:
-        out = CliRunner().invoke(app, ["teach", "knowledge", "--from-set", "gsm8k-gold-cot", "--limit", "2",
-                                       "--teacher", url, "--model", "m"])
+        out = CliRunner().invoke(
+            app,
+            ["teach", "knowledge", "--from-set", "gsm8k-gold-cot", "--limit", "2", "--teacher", url, "--model", "m"],
+        )
     assert out.exit_code == 0, out.output
     from kb.store import KBStore
 
@@ -434,8 +611,19 @@ def test_knowledge_takes_one_source_and_never_a_test_question(workspace, tmp_pat
     gold_set("r-test", split="test", limit=2)
     test_errors = tmp_path / "test-errors.jsonl"
     [e] = get_dataset("gsm8k").load("test", limit=1)
-    test_errors.write_text(json.dumps({"example_id": e.id, "dataset": "gsm8k", "task": "gsm8k", "question": e.question,
-                                       "prompt": f"Question: {e.question}", "response": "3"}) + "\n")
+    test_errors.write_text(
+        json.dumps(
+            {
+                "example_id": e.id,
+                "dataset": "gsm8k",
+                "task": "gsm8k",
+                "question": e.question,
+                "prompt": f"Question: {e.question}",
+                "response": "3",
+            }
+        )
+        + "\n"
+    )
     sources = "give exactly one source: --errors FILE (NesyCD), --dataset NAME --with-answer or --from-set NAME"
     refused = {
         (): sources,
@@ -466,16 +654,32 @@ def test_teach_cli_rejects_bad_input(tmp_path):
     assert out.exit_code == 2 and "--errors" in out.output
     bad = tmp_path / "e.jsonl"
     bad.write_text('{"example_id": "1"}\n')
-    out = runner.invoke(app, ["teach", "knowledge", "--errors", str(bad), "--teacher", "http://127.0.0.1:9/v1",
-                              "--model", "m"])
+    out = runner.invoke(
+        app, ["teach", "knowledge", "--errors", str(bad), "--teacher", "http://127.0.0.1:9/v1", "--model", "m"]
+    )
     assert out.exit_code == 2 and "line 1: missing" in out.output
     out = runner.invoke(app, ["teach", "rationales", "--dataset", "nope"])
     assert out.exit_code == 2 and "unknown dataset" in out.output
 
 
 def test_unreachable_teacher_fails_with_one_line(tmp_path, workspace):
-    out = CliRunner().invoke(app, ["teach", "rationales", "--dataset", "gsm8k", "--limit", "2",
-                                   "--teacher", "http://127.0.0.1:9/v1", "--model", "m", "--max-retries", "0"])
+    out = CliRunner().invoke(
+        app,
+        [
+            "teach",
+            "rationales",
+            "--dataset",
+            "gsm8k",
+            "--limit",
+            "2",
+            "--teacher",
+            "http://127.0.0.1:9/v1",
+            "--model",
+            "m",
+            "--max-retries",
+            "0",
+        ],
+    )
     assert out.exit_code == 2 and "every teacher call failed" in out.output
     raw = (workspace / "datasets" / "gsm8k-train" / "raw.jsonl").read_text().splitlines()
     assert len(raw) == 2 and all("error" in json.loads(line) for line in raw)
@@ -485,9 +689,28 @@ def test_unreachable_teacher_fails_with_one_line(tmp_path, workspace):
 
 
 def test_gold_teacher_turns_dataset_rationales_into_verified_cot_records(workspace):
-    out = subprocess.run([sys.executable, "-m", "distill.cli", "teach", "rationales", "--dataset", "gsm8k",
-                          "--split", "train", "--limit", "20", "--teacher", "gold", "--out", "g"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distill.cli",
+            "teach",
+            "rationales",
+            "--dataset",
+            "gsm8k",
+            "--split",
+            "train",
+            "--limit",
+            "20",
+            "--teacher",
+            "gold",
+            "--out",
+            "g",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     records = load_rationales("g")
     assert len(records) == 20
@@ -498,18 +721,42 @@ def test_gold_teacher_turns_dataset_rationales_into_verified_cot_records(workspa
 
 
 def test_gold_teacher_refuses_a_dataset_without_rationales(workspace):
-    out = subprocess.run([sys.executable, "-m", "distill.cli", "teach", "rationales", "--dataset", "arc_easy",
-                          "--split", "train", "--limit", "5", "--teacher", "gold"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distill.cli",
+            "teach",
+            "rationales",
+            "--dataset",
+            "arc_easy",
+            "--split",
+            "train",
+            "--limit",
+            "5",
+            "--teacher",
+            "gold",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2 and "has no rationales" in out.stderr
 
 
 # ------------------------------------------------------------------ hardening (issue 8)
 
+
 def nesy(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """`nesy ...` in a real subprocess, as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "distill.cli", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "distill.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def files_under(path: Path) -> list[Path]:
@@ -520,9 +767,20 @@ def files_under(path: Path) -> list[Path]:
 def errors_file(tmp_path) -> Path:
     e = get_dataset("gsm8k").load("train", limit=1, seed=3)[0]
     path = tmp_path / "errs.jsonl"
-    path.write_text(json.dumps({"example_id": e.id, "dataset": "gsm8k", "task": "gsm8k",
-                                "question": e.question, "prompt": f"Question: {e.question}",
-                                "response": "The answer is 3.", "answer": e.answer}) + "\n")
+    path.write_text(
+        json.dumps(
+            {
+                "example_id": e.id,
+                "dataset": "gsm8k",
+                "task": "gsm8k",
+                "question": e.question,
+                "prompt": f"Question: {e.question}",
+                "response": "The answer is 3.",
+                "answer": e.answer,
+            }
+        )
+        + "\n"
+    )
     return path
 
 
@@ -531,10 +789,14 @@ def errors_file(tmp_path) -> Path:
 def test_out_takes_a_name_never_a_path(workspace, tmp_path, errors_file, command, value):
     target = tmp_path / "abs-out"
     out = str(target) if value == "ABS" else value
-    head = (["knowledge", "--errors", str(errors_file)] if command == "knowledge"
-            else ["rationales", "--dataset", "gsm8k", "--limit", "1"])
-    result = CliRunner().invoke(app, ["teach", *head, "--out", out, "--teacher", "http://127.0.0.1:9/v1",
-                                      "--model", "m", "--max-retries", "0"])
+    head = (
+        ["knowledge", "--errors", str(errors_file)]
+        if command == "knowledge"
+        else ["rationales", "--dataset", "gsm8k", "--limit", "1"]
+    )
+    result = CliRunner().invoke(
+        app, ["teach", *head, "--out", out, "--teacher", "http://127.0.0.1:9/v1", "--model", "m", "--max-retries", "0"]
+    )
     assert result.exit_code == 2, result.output
     assert result.output.startswith("error: --out") and result.output.count("\n") == 1, result.output
     assert not target.exists() and not (tmp_path / "outside").exists()
@@ -546,8 +808,19 @@ def test_out_refuses_a_symlinked_folder_that_leads_outside(workspace, tmp_path):
     elsewhere.mkdir()
     (workspace / "datasets").mkdir(parents=True)
     (workspace / "datasets" / "linked").symlink_to(elsewhere)
-    out = nesy("teach", "rationales", "--dataset", "gsm8k", "--limit", "2", "--teacher", "gold",
-               "--out", "linked", env={"NESY_HOME": str(workspace)})
+    out = nesy(
+        "teach",
+        "rationales",
+        "--dataset",
+        "gsm8k",
+        "--limit",
+        "2",
+        "--teacher",
+        "gold",
+        "--out",
+        "linked",
+        env={"NESY_HOME": str(workspace)},
+    )
     assert out.returncode == 2 and out.stderr.startswith("error: --out"), out.stderr
     assert list(elsewhere.iterdir()) == []
 
@@ -556,8 +829,7 @@ def test_knowledge_run_name_from_an_odd_error_file_name_is_a_plain_name(workspac
     odd = tmp_path / "my errors (1).jsonl"
     odd.write_text(errors_file.read_text())
     with serve(CannedTeacher) as url:
-        result = CliRunner().invoke(app, ["teach", "knowledge", "--errors", str(odd), "--teacher", url,
-                                          "--model", "m"])
+        result = CliRunner().invoke(app, ["teach", "knowledge", "--errors", str(odd), "--teacher", url, "--model", "m"])
     assert result.exit_code == 0, result.output
     run = workspace / "teach" / "knowledge" / "my-errors-1"
     assert (run / "raw.jsonl").is_file() and (run / ".nesy-owned").is_file()
@@ -572,6 +844,7 @@ def trickle():
 
 class RateLimited(QuietHandler):
     """Always 429 with `Retry-After: 30`: the client backs off for the longest it may."""
+
     hits: list = []
 
     def do_POST(self):  # noqa: N802
@@ -582,9 +855,24 @@ class RateLimited(QuietHandler):
 
 def test_timeout_is_the_total_deadline_through_the_cli(workspace, trickle):
     start = time.monotonic()
-    out = nesy("teach", "rationales", "--dataset", "gsm8k", "--limit", "1", "--teacher", trickle,
-               "--model", "m", "--timeout", "3", "--max-retries", "1", env={"NESY_HOME": str(workspace)},
-               timeout=90)
+    out = nesy(
+        "teach",
+        "rationales",
+        "--dataset",
+        "gsm8k",
+        "--limit",
+        "1",
+        "--teacher",
+        trickle,
+        "--model",
+        "m",
+        "--timeout",
+        "3",
+        "--max-retries",
+        "1",
+        env={"NESY_HOME": str(workspace)},
+        timeout=90,
+    )
     elapsed_after_first_call = time.monotonic() - Trickle.hits[0]
     assert out.returncode == 2 and "every teacher call failed" in out.stderr, out.stderr[-2000:]
     assert len(Trickle.hits) == 2 and elapsed_after_first_call < 12, time.monotonic() - start
@@ -599,10 +887,33 @@ def test_a_stop_signal_ends_a_stuck_job_within_5_seconds(workspace, tmp_path, tr
     with serve(RateLimited) as limited:
         RateLimited.hits = []
         url, handler_hits = (trickle, Trickle.hits) if stuck == "trickling-call" else (limited, RateLimited.hits)
-        argv = [sys.executable, "-m", "distill.cli", "teach", "rationales", "--dataset", "gsm8k",
-                "--limit", "3", "--concurrency", "2", "--teacher", url, "--model", "m", "--out", "stuck"]
-        proc = subprocess.Popen(argv, cwd=REPO, env={**os.environ, "NESY_HOME": str(workspace)},
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        argv = [
+            sys.executable,
+            "-m",
+            "distill.cli",
+            "teach",
+            "rationales",
+            "--dataset",
+            "gsm8k",
+            "--limit",
+            "3",
+            "--concurrency",
+            "2",
+            "--teacher",
+            url,
+            "--model",
+            "m",
+            "--out",
+            "stuck",
+        ]
+        proc = subprocess.Popen(
+            argv,
+            cwd=REPO,
+            env={**os.environ, "NESY_HOME": str(workspace)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             deadline = time.monotonic() + 90
             while not handler_hits and time.monotonic() < deadline and proc.poll() is None:
@@ -622,12 +933,30 @@ def test_a_stop_signal_ends_a_stuck_job_within_5_seconds(workspace, tmp_path, tr
 
 def test_answers_with_lone_surrogates_never_kill_a_job(workspace):
     [example] = get_dataset("gsm8k").load("train", limit=1)
-    Scripted.answers = [f"\ud800 so. Therefore, the answer is {example.answer}.",   # CoT: in the text
-                        "```python\nans = '\\ud800'\n```"]                          # PoT: the value
+    Scripted.answers = [
+        f"\ud800 so. Therefore, the answer is {example.answer}.",  # CoT: in the text
+        "```python\nans = '\\ud800'\n```",
+    ]  # PoT: the value
     Scripted.calls = []
     with serve(Scripted) as url:
-        argv = ["teach", "rationales", "--dataset", "gsm8k", "--limit", "1", "--thoughts", "cot,pot",
-                "--concurrency", "1", "--teacher", url, "--model", "m", "--out", "odd"]
+        argv = [
+            "teach",
+            "rationales",
+            "--dataset",
+            "gsm8k",
+            "--limit",
+            "1",
+            "--thoughts",
+            "cot,pot",
+            "--concurrency",
+            "1",
+            "--teacher",
+            url,
+            "--model",
+            "m",
+            "--out",
+            "odd",
+        ]
         first = nesy(*argv, env={"NESY_HOME": str(workspace)})
         again = nesy(*argv, env={"NESY_HOME": str(workspace)})  # every answer now from the cache
     for run in (first, again):
@@ -645,8 +974,22 @@ def test_an_answer_that_cannot_be_processed_is_a_failed_sample_and_the_job_goes_
     Scripted.answers = [f"Therefore, the answer is {'9' * 400}.", f"Therefore, the answer is {second.answer}."]
     Scripted.calls = []
     with serve(Scripted) as url:
-        argv = ["teach", "rationales", "--dataset", "gsm8k", "--limit", "2", "--concurrency", "1",
-                "--teacher", url, "--model", "m", "--out", "overflow"]
+        argv = [
+            "teach",
+            "rationales",
+            "--dataset",
+            "gsm8k",
+            "--limit",
+            "2",
+            "--concurrency",
+            "1",
+            "--teacher",
+            url,
+            "--model",
+            "m",
+            "--out",
+            "overflow",
+        ]
         runs = [nesy(*argv, env={"NESY_HOME": str(workspace)}) for _ in range(2)]
     for run in runs:  # the bad answer is cached: the re-run must survive it too
         assert run.returncode == 0, run.stderr[-2000:]
@@ -678,9 +1021,24 @@ KEY = "sk-test-0123456789-echoed-by-the-server"
 def test_a_key_echoed_by_the_server_is_never_stored_or_printed(workspace, mode):
     EchoKey.mode, EchoKey.seen = mode, []
     with serve(EchoKey) as url:
-        out = nesy("teach", "knowledge", "--dataset", "gsm8k", "--limit", "1", "--with-answer",
-                   "--teacher", url, "--model", "m", "--api-key-env", "MY_TEACHER_KEY", "--max-retries", "0",
-                   env={"NESY_HOME": str(workspace), "MY_TEACHER_KEY": KEY})
+        out = nesy(
+            "teach",
+            "knowledge",
+            "--dataset",
+            "gsm8k",
+            "--limit",
+            "1",
+            "--with-answer",
+            "--teacher",
+            url,
+            "--model",
+            "m",
+            "--api-key-env",
+            "MY_TEACHER_KEY",
+            "--max-retries",
+            "0",
+            env={"NESY_HOME": str(workspace), "MY_TEACHER_KEY": KEY},
+        )
         assert set(EchoKey.seen) == {f"Bearer {KEY}"}  # a malformed answer is asked again: 3 calls
         assert out.returncode == (2 if mode == "error" else 0), out.stderr[-2000:]
         assert KEY not in out.stdout + out.stderr
@@ -689,13 +1047,29 @@ def test_a_key_echoed_by_the_server_is_never_stored_or_printed(workspace, mode):
         raw = (workspace / "teach" / "knowledge" / "gsm8k-train" / "raw.jsonl").read_text()
         assert "[redacted]" in raw
         # '' = no key at all, even when OPENAI_API_KEY is set in the environment
-        nesy("teach", "knowledge", "--dataset", "gsm8k", "--limit", "1", "--with-answer", "--teacher", url,
-             "--model", "m2", "--api-key-env", "", "--max-retries", "0",
-             env={"NESY_HOME": str(workspace), "OPENAI_API_KEY": KEY})
+        nesy(
+            "teach",
+            "knowledge",
+            "--dataset",
+            "gsm8k",
+            "--limit",
+            "1",
+            "--with-answer",
+            "--teacher",
+            url,
+            "--model",
+            "m2",
+            "--api-key-env",
+            "",
+            "--max-retries",
+            "0",
+            env={"NESY_HOME": str(workspace), "OPENAI_API_KEY": KEY},
+        )
         assert EchoKey.seen[-1] == "Bearer no-key"
 
 
 # ------------------------------------------------------------------ the app's teacher page
+
 
 def teacher_page():
     from streamlit.testing.v1 import AppTest
@@ -746,8 +1120,20 @@ def test_annotation_rationales_from_the_cli_are_separate_verified_sets(workspace
     from distill.data import load_rationales
 
     runner = CliRunner()
-    args = ["teach", "rationales", "--dataset", "gsm8k", "--split", "train", "--limit", "6",
-            "--teacher", "annotations", "--out", "annot"]
+    args = [
+        "teach",
+        "rationales",
+        "--dataset",
+        "gsm8k",
+        "--split",
+        "train",
+        "--limit",
+        "6",
+        "--teacher",
+        "annotations",
+        "--out",
+        "annot",
+    ]
     result = runner.invoke(app, [*args, "--thoughts", "pot,eot"])
     assert result.exit_code == 0, result.output
     for thought in ("pot", "eot"):

@@ -1,5 +1,6 @@
 """Teacher client against a real llama.cpp server (SmolLM2 GGUF) and tiny hostile HTTP servers
 (flaky, trickling, echoing the key, answering null)."""
+
 from __future__ import annotations
 
 import json
@@ -76,6 +77,7 @@ def test_api_key_comes_from_env_and_is_never_written(server, workspace, monkeypa
 
 class FlakyHandler(QuietHandler):
     """Answers chat completions from a script: a status code per request, then 200s."""
+
     script: list = []
     hits: list = []
 
@@ -167,6 +169,7 @@ def test_local_teacher_is_shared_and_stopped(workspace):
 
 # ------------------------------------------------------------------ hostile servers (issue 8)
 
+
 @pytest.fixture
 def trickle():
     Trickle.hits, Trickle.interval = [], 1.0
@@ -177,8 +180,7 @@ def trickle():
 @pytest.mark.timeout(60)
 def test_timeout_is_the_total_deadline_of_one_request(trickle):
     """A server trickling a byte a second never trips httpx's per-read timeout; ours is total."""
-    client = TeacherClient(TeacherConfig(base_url=trickle, model="m", timeout=2, max_retries=1,
-                                         backoff_base=0.05))
+    client = TeacherClient(TeacherConfig(base_url=trickle, model="m", timeout=2, max_retries=1, backoff_base=0.05))
     start = time.monotonic()
     with pytest.raises(TeacherError, match="after 2 attempts"):
         client.complete(ask("q"))
@@ -212,8 +214,9 @@ def test_a_server_echoing_the_key_never_gets_it_stored(workspace, monkeypatch, m
     monkeypatch.setenv("MY_TEACHER_KEY", KEY)
     EchoKey.mode, EchoKey.seen = mode, []
     with serve(EchoKey) as url:
-        client = TeacherClient(TeacherConfig(base_url=url, model="m", api_key_env="MY_TEACHER_KEY",
-                                             max_retries=0), TeacherCache())
+        client = TeacherClient(
+            TeacherConfig(base_url=url, model="m", api_key_env="MY_TEACHER_KEY", max_retries=0), TeacherCache()
+        )
         if mode == "error":
             with pytest.raises(TeacherError) as caught:
                 client.complete(ask("q"))
@@ -234,15 +237,21 @@ def test_allowed_key_envs_are_only_what_the_operator_declared(monkeypatch):
     monkeypatch.delenv("NESY_TEACHER_KEY_ENVS", raising=False)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-x")  # set in the environment, but not declared
     assert allowed_key_envs() == [] and allowed_key_envs(base_url="https://api.openai.com/v1") == []
-    monkeypatch.setenv("NESY_TEACHER_KEY_ENVS",
-                       " OPENAI_API_KEY@api.openai.com, VLLM_KEY@gpu-box:8000 ,bad-name,,ANY_KEY")
+    monkeypatch.setenv(
+        "NESY_TEACHER_KEY_ENVS", " OPENAI_API_KEY@api.openai.com, VLLM_KEY@gpu-box:8000 ,bad-name,,ANY_KEY"
+    )
     assert allowed_key_envs() == ["OPENAI_API_KEY", "VLLM_KEY", "ANY_KEY"]
     assert allowed_key_envs(base_url="https://api.openai.com/v1") == ["OPENAI_API_KEY", "ANY_KEY"]
     assert allowed_key_envs(base_url="https://API.openai.com:443/v1") == ["OPENAI_API_KEY", "ANY_KEY"]
     assert allowed_key_envs(base_url="http://gpu-box:8000/v1") == ["VLLM_KEY", "ANY_KEY"]
     assert allowed_key_envs(base_url="http://gpu-box:9000/v1") == ["ANY_KEY"]
-    for evil in ("https://api.openai.com.evil.example/v1", "https://evil.example/api.openai.com/v1",
-                 "https://api.openai.com@evil.example/v1", "http://gpu-box:bad/v1", "not a url"):
+    for evil in (
+        "https://api.openai.com.evil.example/v1",
+        "https://evil.example/api.openai.com/v1",
+        "https://api.openai.com@evil.example/v1",
+        "http://gpu-box:bad/v1",
+        "not a url",
+    ):
         assert allowed_key_envs(base_url=evil) == ["ANY_KEY"], evil
     secrets = {"teacher_key_envs": ["S_KEY@api.openai.com", "S_ANY"]}
     assert allowed_key_envs(secrets, "https://api.openai.com/v1")[-2:] == ["S_KEY", "S_ANY"]

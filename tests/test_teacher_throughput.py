@@ -2,6 +2,7 @@
 llama.cpp's own timings recorded and summed, the draft model chosen and recorded with the shared
 server, and (slow) speculative decoding on a real llama.cpp server giving the greedy output of
 the server without it."""
+
 from __future__ import annotations
 
 import json
@@ -25,13 +26,21 @@ from distill.teacher import (
     prefix_order,
 )
 
-LLAMA_TIMINGS = {"prompt_n": 120, "cache_n": 600, "prompt_ms": 3000.0, "predicted_n": 80,
-                 "predicted_ms": 8000.0, "draft_n": 50, "draft_n_accepted": 40,
-                 "predicted_per_second": 10.0}
+LLAMA_TIMINGS = {
+    "prompt_n": 120,
+    "cache_n": 600,
+    "prompt_ms": 3000.0,
+    "predicted_n": 80,
+    "predicted_ms": 8000.0,
+    "draft_n": 50,
+    "draft_n_accepted": 40,
+    "predicted_per_second": 10.0,
+}
 
 
 class Timed(QuietHandler):
     """A chat completion with llama.cpp's `timings` block (or `timings` = what to send instead)."""
+
     calls: list = []
     timings: object = LLAMA_TIMINGS
 
@@ -68,9 +77,12 @@ def system_runs(calls: list[dict]) -> list[str]:
 def test_prefix_order_groups_by_shared_prefix_in_first_seen_order():
     a, b = [{"role": "system", "content": "A"}], [{"role": "system", "content": "B"}]
     requests = [
-        a + [{"role": "user", "content": "q1"}], b + [{"role": "user", "content": "q1"}],
-        a + [{"role": "user", "content": "q2"}], b + [{"role": "user", "content": "q2"}],
-        a + [{"role": "user", "content": "q2"}]]  # a second sample of (a, q2) stays next to it
+        a + [{"role": "user", "content": "q1"}],
+        b + [{"role": "user", "content": "q1"}],
+        a + [{"role": "user", "content": "q2"}],
+        b + [{"role": "user", "content": "q2"}],
+        a + [{"role": "user", "content": "q2"}],
+    ]  # a second sample of (a, q2) stays next to it
     assert prefix_order(requests) == [0, 2, 4, 1, 3]
     assert prefix_order([]) == []
 
@@ -105,16 +117,23 @@ def test_llama_cpp_timings_are_recorded_and_summed(timed):
     results = client.complete_many([[{"role": "user", "content": str(i)}] for i in range(2)])
     assert results[0].timings["prompt_n"] == 120 and results[0].timings["draft_n_accepted"] == 40
     u = client.usage
-    assert (u.timed, u.prompt_n, u.cache_n, u.predicted_n, u.draft_n, u.draft_n_accepted) == \
-        (2, 240, 1200, 160, 100, 80)
+    assert (u.timed, u.prompt_n, u.cache_n, u.predicted_n, u.draft_n, u.draft_n_accepted) == (
+        2,
+        240,
+        1200,
+        160,
+        100,
+        80,
+    )
     assert u.prompt_ms == 6000.0 and u.predicted_ms == 16000.0
     line = u.timings_line()
     assert "22.0 s = prompt 6.0 s (27 %" in line and "decode 16.0 s (160 tokens at 10.0 tok/s)" in line
     assert "1200 reused from the cache" in line and "draft accepted 80/100 (80 %)" in line
 
 
-@pytest.mark.parametrize("odd", [None, "fast", {"prompt_ms": "12", "predicted_ms": True},
-                                 {"prompt_n": -3, "predicted_ms": float("inf")}])
+@pytest.mark.parametrize(
+    "odd", [None, "fast", {"prompt_ms": "12", "predicted_ms": True}, {"prompt_n": -3, "predicted_ms": float("inf")}]
+)
 def test_a_server_without_usable_timings_records_none(timed, odd):
     Timed.timings = odd
     client = TeacherClient(TeacherConfig(base_url=timed, model="m"))
@@ -124,15 +143,29 @@ def test_a_server_without_usable_timings_records_none(timed, odd):
 
 
 def test_the_timings_split_is_printed_at_the_end_of_a_teach_job(timed, workspace):
-    result = CliRunner().invoke(app, ["teach", "rationales", "--dataset", "gsm8k", "--limit", "2",
-                                      "--thoughts", "cot,pot", "--teacher", timed, "--model", "m"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "teach",
+            "rationales",
+            "--dataset",
+            "gsm8k",
+            "--limit",
+            "2",
+            "--thoughts",
+            "cot,pot",
+            "--teacher",
+            timed,
+            "--model",
+            "m",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "teacher time over 4 calls: 44.0 s = prompt 12.0 s" in result.output
     assert "draft accepted 160/200 (80 %)" in result.output
 
 
-def test_the_draft_is_the_packaged_0_5b_for_the_1_5b_teacher_and_said_once_when_missing(
-        monkeypatch, capsys, tmp_path):
+def test_the_draft_is_the_packaged_0_5b_for_the_1_5b_teacher_and_said_once_when_missing(monkeypatch, capsys, tmp_path):
     teacher_file = tmp_path / f"{models.TEACHERS['qwen2.5-coder-1.5b'].name}.gguf"
     draft_file = tmp_path / "draft.gguf"
     monkeypatch.setattr(models, "teacher_gguf_path", lambda choice=None: draft_file)
@@ -153,21 +186,22 @@ def test_the_draft_is_the_packaged_0_5b_for_the_1_5b_teacher_and_said_once_when_
 
 def test_server_options_describe_and_refuse_nonsense():
     options = ServerOptions(n_parallel=2, threads=1, draft="/m/Qwen2.5-Coder-0.5B-Instruct.gguf")
-    assert options.describe() == ("2 slot(s), 1 thread(s), prompt cache on, "
-                                  "draft Qwen2.5-Coder-0.5B-Instruct (max 4)")
-    assert ServerOptions(cache_prompt=False, threads=1).describe().endswith(
-        "prompt cache off, no draft")
+    assert options.describe() == ("2 slot(s), 1 thread(s), prompt cache on, draft Qwen2.5-Coder-0.5B-Instruct (max 4)")
+    assert ServerOptions(cache_prompt=False, threads=1).describe().endswith("prompt cache off, no draft")
     with pytest.raises(teacher_mod.TeacherError):
         ServerOptions(n_parallel=0)
-    result = CliRunner().invoke(app, ["teach", "rationales", "--dataset", "gsm8k", "--limit", "1",
-                                      "--slots", "0"])
+    result = CliRunner().invoke(app, ["teach", "rationales", "--dataset", "gsm8k", "--limit", "1", "--slots", "0"])
     assert result.exit_code == 2 and "--slots" in result.output
 
 
 # ------------------------------------------------------------------ a real llama.cpp server
 
-TINY = [{"role": "user", "content": "Tom has 3 apples and buys 4 more. How many apples does he have? "
-                                    "Answer in one short sentence."}]
+TINY = [
+    {
+        "role": "user",
+        "content": "Tom has 3 apples and buys 4 more. How many apples does he have? Answer in one short sentence.",
+    }
+]
 
 
 @pytest.mark.slow
@@ -183,8 +217,10 @@ def test_speculative_decoding_gives_the_greedy_output_of_the_plain_server(target
     except models.ModelNotAvailable as e:
         pytest.skip(f"{target} is not installed here ({e}); make setup-teacher")
     answers = {}
-    for name, options in {"plain": ServerOptions(n_ctx=512, cache_prompt=False),
-                          "draft": ServerOptions(n_ctx=512, draft=draft)}.items():
+    for name, options in {
+        "plain": ServerOptions(n_ctx=512, cache_prompt=False),
+        "draft": ServerOptions(n_ctx=512, draft=draft),
+    }.items():
         with LocalTeacherServer(gguf, options=options) as info:
             client = TeacherClient(info.config(max_tokens=24, temperature=0.0))
             answers[name] = client.complete(TINY)
@@ -195,18 +231,20 @@ def test_speculative_decoding_gives_the_greedy_output_of_the_plain_server(target
     assert "draft_n" not in answers["plain"].timings or answers["plain"].timings["draft_n"] == 0
 
 
-@pytest.mark.parametrize("flags, expected", [
-    ([], dict(n_parallel=1, cache_prompt=True, draft=None)),
-    (["--slots", "2", "--no-prompt-cache", "--draft"],
-     dict(n_parallel=2, cache_prompt=False, draft="DRAFT")),
-])
-def test_teach_passes_the_server_options_to_the_local_teacher(timed, workspace, monkeypatch,
-                                                              tmp_path, flags, expected):
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ([], dict(n_parallel=1, cache_prompt=True, draft=None)),
+        (["--slots", "2", "--no-prompt-cache", "--draft"], dict(n_parallel=2, cache_prompt=False, draft="DRAFT")),
+    ],
+)
+def test_teach_passes_the_server_options_to_the_local_teacher(timed, workspace, monkeypatch, tmp_path, flags, expected):
     """The local teacher is started with the CLI's choices (the server itself is a stub here)."""
     teacher_file = tmp_path / f"{models.TEACHERS['qwen2.5-coder-1.5b'].name}.gguf"
     draft_file = tmp_path / "draft.gguf"
-    monkeypatch.setattr(models, "teacher_gguf_path",
-                        lambda choice=None: draft_file if choice == "qwen2.5-coder-0.5b" else teacher_file)
+    monkeypatch.setattr(
+        models, "teacher_gguf_path", lambda choice=None: draft_file if choice == "qwen2.5-coder-0.5b" else teacher_file
+    )
     started = []
 
     def fake_local_teacher(gguf, options):
@@ -214,8 +252,7 @@ def test_teach_passes_the_server_options_to_the_local_teacher(timed, workspace, 
         return teacher_mod.ServerInfo(timed, "m", 0, 0, str(gguf), {})
 
     monkeypatch.setattr("distill.teacher.local_teacher", fake_local_teacher)
-    result = CliRunner().invoke(app, ["teach", "rationales", "--dataset", "gsm8k", "--limit", "1",
-                                      *flags])
+    result = CliRunner().invoke(app, ["teach", "rationales", "--dataset", "gsm8k", "--limit", "1", *flags])
     assert result.exit_code == 0, result.output
     [options] = started
     expected["draft"] = str(draft_file) if expected["draft"] else None

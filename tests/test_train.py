@@ -3,6 +3,7 @@
 Tiny randomly initialised Llama + the real SmolLM2 tokenizer (tests/student_fixtures.py); the
 real 135M student runs only in the `slow` smoke tests at the end.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,9 @@ def tokenizer():
 
 
 def tiny_cfg(model: str, data: Path, method: str = "std-cot", **kw):
-    base = dict(data=str(data), base_model=model, lora_r=4, lora_alpha=8, max_steps=3, batch_size=4,
-                save_steps=50, output="t")
+    base = dict(
+        data=str(data), base_model=model, lora_r=4, lora_alpha=8, max_steps=3, batch_size=4, save_steps=50, output="t"
+    )
     base.update(kw)
     return METHODS[method].config(**base)
 
@@ -52,9 +54,9 @@ def adapter_weights(path: Path) -> dict[str, torch.Tensor]:
 
 # --- masking and padding ---------------------------------------------------------------------
 
+
 def test_loss_mask_covers_exactly_the_response_tokens(tokenizer):
-    sample = Sample(prompts.cot_prompt("Tom has 3 apples and buys 2. How many?"),
-                    "3 + 2 = 5. The answer is 5.")
+    sample = Sample(prompts.cot_prompt("Tom has 3 apples and buys 2. How many?"), "3 + 2 = 5. The answer is 5.")
     enc, fit = encode(tokenizer, sample, max_length=512)
     assert fit == "whole"
     prompt_text, response_text = prompts.render(tokenizer, sample.user, sample.response)
@@ -97,8 +99,7 @@ def test_a_too_long_prompt_loses_whole_demonstrations_never_its_head(tokenizer):
 
 def test_collator_pads_to_batch_longest_with_ignored_labels():
     collate = PadCollator(pad_id=2)
-    batch = collate([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]},
-                     {"input_ids": [8], "labels": [8]}])
+    batch = collate([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}])
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 2, 2]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
@@ -113,7 +114,7 @@ def test_length_grouping_wastes_far_less_padding_than_random_batches(tokenizer, 
     def padding(order):
         collate = PadCollator(2)
         for i in range(0, len(order), 8):
-            collate([feats[j] for j in order[i:i + 8]])
+            collate([feats[j] for j in order[i : i + 8]])
         return collate.padding_fraction
 
     grouped = list(iter(LengthGroupedSampler(lengths, group=8 * 16, seed=0)))
@@ -134,8 +135,10 @@ def test_sampler_order_depends_only_on_seed_and_epoch():
 
 # --- recipes on a tiny model ------------------------------------------------------------------
 
-def test_std_cot_writes_metrics_card_and_a_plain_peft_loadable_adapter(tiny_model, gsm8k_records, tmp_path,
-                                                                       monkeypatch):
+
+def test_std_cot_writes_metrics_card_and_a_plain_peft_loadable_adapter(
+    tiny_model, gsm8k_records, tmp_path, monkeypatch
+):
     from peft import AutoPeftModelForCausalLM, PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -189,10 +192,14 @@ def _add_knowledge(records_path: Path, kind: str, status: str = "accepted") -> l
 
     store, ids = KBStore(), []
     for r in load_records(str(records_path)):
-        e = Entry(id=f"gsm8k-{r.example_id}-{kind}", task="gsm8k", status=status,
-                  learning_summary="Read the quantities carefully, then combine them step by step in order.",
-                  supplementary_knowledge="Half of a number n is n / 2; a total is the sum of its parts.",
-                  source=Source(kind=kind, dataset="gsm8k", example_id=r.example_id, question=r.question))
+        e = Entry(
+            id=f"gsm8k-{r.example_id}-{kind}",
+            task="gsm8k",
+            status=status,
+            learning_summary="Read the quantities carefully, then combine them step by step in order.",
+            supplementary_knowledge="Half of a number n is n / 2; a total is the sum of its parts.",
+            source=Source(kind=kind, dataset="gsm8k", example_id=r.example_id, question=r.question),
+        )
         store.upsert(e, by="test")
         ids.append(e.id)
     return ids
@@ -205,8 +212,19 @@ def test_skintern_stages_shrink_prompts_and_continue_from_previous_adapter(tiny_
     # no warmup). A fresh stage starts at B = 0, so after its step |B| <= lr; a stage that continues
     # from the previous adapter starts at ±lr and reaches ±2·lr wherever both steps agree in sign.
     lr = 1e-2
-    root = train(tiny_cfg(tiny_model, data, method="skintern", stages=3, demos=2, learning_rate=lr,
-                          lr_scheduler="constant", warmup_ratio=0.0, max_steps=1))
+    root = train(
+        tiny_cfg(
+            tiny_model,
+            data,
+            method="skintern",
+            stages=3,
+            demos=2,
+            learning_rate=lr,
+            lr_scheduler="constant",
+            warmup_ratio=0.0,
+            max_steps=1,
+        )
+    )
     state = json.loads((root / "state.json").read_text())["stages"]
     assert list(state) == ["stage0", "stage1", "stage2"]
     tokens = [state[s]["prompt_tokens_mean"] for s in state]
@@ -215,11 +233,21 @@ def test_skintern_stages_shrink_prompts_and_continue_from_previous_adapter(tiny_
     tok = real_tokenizer()
     records = load_records(str(data))
     from distill.train import question_of, task_description_of
-    question_only = sum(len(tok(prompts.render(tok, prompts.cot_prompt(question_of(r), task_description_of(r)))[0],
-                                add_special_tokens=False)["input_ids"]) for r in records) / len(records)
+
+    question_only = sum(
+        len(
+            tok(
+                prompts.render(tok, prompts.cot_prompt(question_of(r), task_description_of(r)))[0],
+                add_special_tokens=False,
+            )["input_ids"]
+        )
+        for r in records
+    ) / len(records)
     assert tokens[2] == pytest.approx(question_only)  # last stage: the question only
-    largest = [max(v.abs().max().item() for k, v in adapter_weights(root / "stages" / s).items() if "lora_B" in k)
-               for s in state]
+    largest = [
+        max(v.abs().max().item() for k, v in adapter_weights(root / "stages" / s).items() if "lora_B" in k)
+        for s in state
+    ]
     assert largest[0] == pytest.approx(lr, rel=0.05)
     assert largest[1] > 1.5 * lr and largest[2] > 2.5 * lr  # each stage went on from the previous one
     for key, value in adapter_weights(root).items():
@@ -232,6 +260,7 @@ def test_skintern_refuses_examples_without_knowledge_and_names_them(tiny_model, 
     data = write_records(tmp_path / "sk" / "records.jsonl", n=4)
     ids = _add_knowledge(data, "example_knowledge")
     from kb.store import KBStore
+
     KBStore().delete(ids[1], expected_version=None, by="test")
     missing = load_records(str(data))[1].example_id
     with pytest.raises(TrainingDataError, match=f"1 of 4 have no example_knowledge entry.*{missing}"):
@@ -241,14 +270,17 @@ def test_skintern_refuses_examples_without_knowledge_and_names_them(tiny_model, 
 
 class FakeTeacher(QuietHandler):
     """An OpenAI-compatible chat-completions endpoint standing in for the teacher LLM."""
+
     calls: list = []
 
     def do_POST(self):  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         FakeTeacher.calls.append(body)
-        text = ("Learning Summary: Identify each quantity, write the operation it implies, and check "
-                "the units before answering.\nSupplementary Knowledge: Half of a quantity is the "
-                "quantity divided by two; totals add their parts.\nConcepts: halves, totals")
+        text = (
+            "Learning Summary: Identify each quantity, write the operation it implies, and check "
+            "the units before answering.\nSupplementary Knowledge: Half of a quantity is the "
+            "quantity divided by two; totals add their parts.\nConcepts: halves, totals"
+        )
         reply(self, 200, chat_completion(text, body["model"]))
 
 
@@ -263,14 +295,24 @@ def test_nesycd_full_pipeline_resumes_by_stage(tiny_model, tmp_path, fake_teache
     from kb.store import KBStore
 
     data = write_records(tmp_path / "ncd" / "records.jsonl", n=6)
-    cfg = tiny_cfg(tiny_model, data, method="nesycd", output="ncd", max_steps=1, max_new_tokens=8,
-                   teacher=fake_teacher, teacher_model="fake-teacher", auto_accept=True)
+    cfg = tiny_cfg(
+        tiny_model,
+        data,
+        method="nesycd",
+        output="ncd",
+        max_steps=1,
+        max_new_tokens=8,
+        teacher=fake_teacher,
+        teacher_model="fake-teacher",
+        auto_accept=True,
+    )
     root = train(cfg)
     errors = [json.loads(line) for line in (root / "errors.jsonl").read_text().splitlines()]
     # A random tiny student gets every question wrong; each error row has the documented fields.
     assert len(errors) == 6
-    assert all({"example_id", "dataset", "task", "question", "prompt", "response", "answer"} <= e.keys()
-               for e in errors)
+    assert all(
+        {"example_id", "dataset", "task", "question", "prompt", "response", "answer"} <= e.keys() for e in errors
+    )
     assert "Question:" in errors[0]["prompt"] and prompts.ANSWER_FORMAT in errors[0]["prompt"]
     assert len(FakeTeacher.calls) == 6
     assert {c["temperature"] for c in FakeTeacher.calls} == {0.8}  # the reference's sampling
@@ -287,14 +329,22 @@ def test_nesycd_full_pipeline_resumes_by_stage(tiny_model, tmp_path, fake_teache
     assert all(torch.equal(before[k], v) for k, v in adapter_weights(root).items())
 
 
-def test_nesycd_reuses_a_std_cot_adapter_as_its_sp_only_when_trained_the_same_way(tiny_model, tmp_path,
-                                                                                  fake_teacher):
+def test_nesycd_reuses_a_std_cot_adapter_as_its_sp_only_when_trained_the_same_way(tiny_model, tmp_path, fake_teacher):
     from distill.train import ConfigError
 
     data = write_records(tmp_path / "reuse" / "records.jsonl", n=4)
     sp = train(tiny_cfg(tiny_model, data, method="std-cot", output="baseline", max_steps=1))
-    cfg = tiny_cfg(tiny_model, data, method="nesycd", output="ncd-reuse", max_steps=1, max_new_tokens=8,
-                   teacher=fake_teacher, teacher_model="fake-teacher", sp_adapter="baseline")
+    cfg = tiny_cfg(
+        tiny_model,
+        data,
+        method="nesycd",
+        output="ncd-reuse",
+        max_steps=1,
+        max_new_tokens=8,
+        teacher=fake_teacher,
+        teacher_model="fake-teacher",
+        sp_adapter="baseline",
+    )
     root = train(cfg)
     state = json.loads((root / "state.json").read_text())["stages"]
     assert "sp" not in state and not (root / "stages" / "sp").exists()  # not trained again
@@ -302,17 +352,48 @@ def test_nesycd_reuses_a_std_cot_adapter_as_its_sp_only_when_trained_the_same_wa
     assert len(errors) == 4 and sp.name == "baseline"
     other = write_records(tmp_path / "other" / "records.jsonl", n=3)
     with pytest.raises(ConfigError, match="--sp-adapter baseline"):
-        train(tiny_cfg(tiny_model, other, method="nesycd", output="ncd-bad", max_steps=1,
-                       teacher=fake_teacher, teacher_model="fake-teacher", sp_adapter="baseline"))
+        train(
+            tiny_cfg(
+                tiny_model,
+                other,
+                method="nesycd",
+                output="ncd-bad",
+                max_steps=1,
+                teacher=fake_teacher,
+                teacher_model="fake-teacher",
+                sp_adapter="baseline",
+            )
+        )
 
 
 # --- resume after a kill, stop on SIGTERM --------------------------------------------------------
 
+
 def _train_cmd(model: str, data: Path, output: str, max_steps: int, save_steps: int, *extra) -> list[str]:
-    return [sys.executable, "-m", "distill.cli", "train", "std-cot", "--data", str(data),
-            "--output", output, "--base-model", model, "--lora-r", "4", "--lora-alpha", "8",
-            "--max-steps", str(max_steps), "--batch-size", "2",
-            "--save-steps", str(save_steps), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "distill.cli",
+        "train",
+        "std-cot",
+        "--data",
+        str(data),
+        "--output",
+        output,
+        "--base-model",
+        model,
+        "--lora-r",
+        "4",
+        "--lora-alpha",
+        "8",
+        "--max-steps",
+        str(max_steps),
+        "--batch-size",
+        "2",
+        "--save-steps",
+        str(save_steps),
+        *extra,
+    ]
 
 
 def _wait_for(predicate, proc, timeout=240):
@@ -328,20 +409,25 @@ def _wait_for(predicate, proc, timeout=240):
 
 def test_resume_after_kill_gives_the_same_adapter(tiny_model, gsm8k_records, workspace):
     env = dict(os.environ, NESY_HOME=str(workspace))
-    proc = subprocess.Popen(_train_cmd(tiny_model, gsm8k_records, "killed", 6, 2), cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _train_cmd(tiny_model, gsm8k_records, "killed", 6, 2),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     ckpt = workspace / "adapters" / "killed" / "stages" / "main" / "checkpoints" / "checkpoint-2"
     reached = _wait_for(lambda: (ckpt / "trainer_state.json").exists(), proc)
     proc.kill()  # SIGKILL: no chance to clean up
     proc.wait()
     assert reached, "training never wrote checkpoint-2"
     assert not (workspace / "adapters" / "killed" / "adapter_model.safetensors").exists()
-    resumed = train(tiny_cfg(tiny_model, gsm8k_records, output="killed", max_steps=6, save_steps=2,
-                             batch_size=2, resume=True))
+    resumed = train(
+        tiny_cfg(tiny_model, gsm8k_records, output="killed", max_steps=6, save_steps=2, batch_size=2, resume=True)
+    )
     card = json.loads((resumed / "card.json").read_text())
     assert card["stages"]["main"]["resumed_from"] in ("checkpoint-2", "checkpoint-4")
-    straight = train(tiny_cfg(tiny_model, gsm8k_records, output="straight", max_steps=6, save_steps=2,
-                              batch_size=2))
+    straight = train(tiny_cfg(tiny_model, gsm8k_records, output="straight", max_steps=6, save_steps=2, batch_size=2))
     a, b = adapter_weights(resumed), adapter_weights(straight)
     assert a.keys() == b.keys()
     for key in a:
@@ -350,8 +436,14 @@ def test_resume_after_kill_gives_the_same_adapter(tiny_model, gsm8k_records, wor
 
 def test_sigterm_stops_at_next_step_with_a_checkpoint(tiny_model, gsm8k_records, workspace, tmp_path):
     env = dict(os.environ, NESY_HOME=str(workspace), NESY_JOB_DIR=str(tmp_path))
-    proc = subprocess.Popen(_train_cmd(tiny_model, gsm8k_records, "stopped", 500, 1000), cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _train_cmd(tiny_model, gsm8k_records, "stopped", 500, 1000),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     metrics = tmp_path / "metrics.jsonl"
     assert _wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 2, proc)
     proc.send_signal(signal.SIGTERM)
@@ -367,6 +459,7 @@ def test_sigterm_stops_at_next_step_with_a_checkpoint(tiny_model, gsm8k_records,
 
 # --- the real 135M student: a handful of steps per method ---------------------------------------
 
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["std-cot", "etd", "skintern"])
 def test_real_student_smoke(method, tmp_path):
@@ -376,8 +469,16 @@ def test_real_student_smoke(method, tmp_path):
     if method == "skintern":
         _add_knowledge(data, "example_knowledge")
     extra = dict(stages=2, demos=1) if method == "skintern" else {}
-    cfg = METHODS[method].config(data=str(data), output=f"real-{method}", max_steps=2, batch_size=2,
-                                 max_length=160, lora_r=8, lora_alpha=16, **extra)
+    cfg = METHODS[method].config(
+        data=str(data),
+        output=f"real-{method}",
+        max_steps=2,
+        batch_size=2,
+        max_length=160,
+        lora_r=8,
+        lora_alpha=16,
+        **extra,
+    )
     root = train(cfg)
     card = json.loads((root / "card.json").read_text())
     assert card["base_model"] == student_path()
@@ -388,9 +489,17 @@ def test_real_student_smoke(method, tmp_path):
 @pytest.mark.slow
 def test_real_student_nesycd_smoke(tmp_path, fake_teacher):
     data = write_records(tmp_path / "real" / "records.jsonl", n=2)
-    cfg = METHODS["nesycd"].config(data=str(data), output="real-nesycd", max_steps=1, batch_size=2,
-                                   lora_r=8, lora_alpha=16, max_new_tokens=16,
-                                   teacher=fake_teacher, teacher_model="fake-teacher")
+    cfg = METHODS["nesycd"].config(
+        data=str(data),
+        output="real-nesycd",
+        max_steps=1,
+        batch_size=2,
+        lora_r=8,
+        lora_alpha=16,
+        max_new_tokens=16,
+        teacher=fake_teacher,
+        teacher_model="fake-teacher",
+    )
     root = train(cfg)
     state = json.loads((root / "state.json").read_text())["stages"]
     assert list(state) == ["sp", "knowledge", "se"]

@@ -2,6 +2,7 @@
 
 Tiny randomly initialised Llama + the real SmolLM2 tokenizer (tests/student_fixtures.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,7 @@ def tokenizer():
 
 @pytest.fixture
 def features(tokenizer):
-    questions = ["Tom has 3 apples and buys 2. How many?", "A train goes 60 km in 2 hours. Speed?",
-                 "Half of 18 is?"]
+    questions = ["Tom has 3 apples and buys 2. How many?", "A train goes 60 km in 2 hours. Speed?", "Half of 18 is?"]
     answers = ["3 + 2 = 5. The answer is 5.", "60 / 2 = 30 km per hour. The answer is 30.", "The answer is 9."]
     return [encode(tokenizer, Sample(prompts.cot_prompt(q), a), 512)[0] for q, a in zip(questions, answers)]
 
@@ -80,7 +80,8 @@ def losses(job_dir) -> list[float]:
 
 
 def test_training_packs_counts_every_token_and_autocasts_to_the_machine_dtype(
-        tiny_model, gsm8k_records, tmp_path, monkeypatch):
+    tiny_model, gsm8k_records, tmp_path, monkeypatch
+):
     runs = {}
     for dtype in ("fp32", "bf16"):
         monkeypatch.setenv("NESY_DTYPE", dtype)
@@ -88,9 +89,17 @@ def test_training_packs_counts_every_token_and_autocasts_to_the_machine_dtype(
         job = tmp_path / dtype
         job.mkdir()
         monkeypatch.setenv("NESY_JOB_DIR", str(job))
-        cfg = METHODS["std-cot"].config(data=str(gsm8k_records), base_model=tiny_model, lora_r=4, lora_alpha=8,
-                                        max_steps=3, batch_size=4, save_steps=50, output=f"speed-{dtype}",
-                                        learning_rate=1e-2)
+        cfg = METHODS["std-cot"].config(
+            data=str(gsm8k_records),
+            base_model=tiny_model,
+            lora_r=4,
+            lora_alpha=8,
+            max_steps=3,
+            batch_size=4,
+            save_steps=50,
+            output=f"speed-{dtype}",
+            learning_rate=1e-2,
+        )
         stage = json.loads((train(cfg) / "card.json").read_text())["stages"]["main"]
         runs[dtype] = (stage, losses(job))
     stage, fp32 = runs["fp32"]
@@ -100,8 +109,10 @@ def test_training_packs_counts_every_token_and_autocasts_to_the_machine_dtype(
     tok = real_tokenizer()
     from distill.methods.std_cot import samples
     from distill.train import load_records
-    total = sum(len(encode(tok, s, stage["max_length"])[0]["input_ids"])
-                for s in samples(load_records(str(gsm8k_records))))
+
+    total = sum(
+        len(encode(tok, s, stage["max_length"])[0]["input_ids"]) for s in samples(load_records(str(gsm8k_records)))
+    )
     assert stage["tokens"] == total
     stage, bf16 = runs["bf16"]
     assert stage["dtype"] == "bf16"

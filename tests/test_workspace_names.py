@@ -1,5 +1,6 @@
 """Names the user types never become paths: `nesy train --output` cannot touch anything outside
 $NESY_HOME, and the tool deletes only folders it created itself (issue: hardening, item 1)."""
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 def nesy(*args: str, home: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, NESY_HOME=str(home))
-    return subprocess.run([sys.executable, "-m", "distill.cli", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "distill.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def victim(root: Path) -> Path:
@@ -50,8 +52,7 @@ def test_train_refuses_to_replace_a_folder_it_did_not_create(tmp_path):
     assert (old / "thesis.txt").exists()
 
 
-@pytest.mark.parametrize("bad", ["/etc", "../x", "a/b", "..", ".hidden", "", "a\nb", "x" * 101,
-                                 "a\\b", "C:\\x", "é"])
+@pytest.mark.parametrize("bad", ["/etc", "../x", "a/b", "..", ".hidden", "", "a\nb", "x" * 101, "a\\b", "C:\\x", "é"])
 def test_names_are_plain(bad, workspace):
     with pytest.raises(InvalidName, match="--output"):
         named_path("adapters", bad, "--output")

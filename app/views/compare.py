@@ -9,6 +9,7 @@ Evaluation results. Retrieved entries open in an editor here; re-running shows w
 The student backend (in process, the embedded llama.cpp server, or an OpenAI-compatible URL) is the
 CLI's `--backend`, passed to both commands and checked by the CLI's own `check_backend`.
 """
+
 from __future__ import annotations
 
 import streamlit as st
@@ -46,27 +47,41 @@ def question_picker() -> dict:
         c = st.columns(2)
         answer_type = c[0].selectbox("Answer type", data.ANSWER_TYPES, key="cmp:type")
         gold = c[1].text_input("Gold answer (optional)", key="cmp:gold")
-        return {"question": question.strip(), "gold": gold.strip() or None,
-                "answer_type": answer_type, "task_description": ""}
+        return {
+            "question": question.strip(),
+            "gold": gold.strip() or None,
+            "answer_type": answer_type,
+            "task_description": "",
+        }
     c = st.columns(3)
     names = data.list_datasets()
-    dataset = c[0].selectbox("Dataset", names, index=names.index("gsm8k") if "gsm8k" in names else 0,
-                             key="cmp:dataset")
+    dataset = c[0].selectbox("Dataset", names, index=names.index("gsm8k") if "gsm8k" in names else 0, key="cmp:dataset")
     spec = data.get_dataset(dataset)
     split = c[1].selectbox("Split", spec.splits, key="cmp:split")
     examples = sample_examples(dataset, split)
     by_label = {f"{e.id}: {ui.short(e.question, 90)}": e for e in examples}
     example = by_label[c[2].selectbox("Example", list(by_label), key="cmp:example")]
     st.text(data.format_question(example))
-    return {"question": data.format_question(example), "gold": example.answer,
-            "answer_type": spec.answer_type_for(example.task),
-            "task_description": spec.task_description(example.task)}
+    return {
+        "question": data.format_question(example),
+        "gold": example.answer,
+        "answer_type": spec.answer_type_for(example.task),
+        "task_description": spec.task_description(example.task),
+    }
 
 
 def answer_argv(model: dict, q: dict, settings: dict, both: bool) -> list[str]:
     """`nesy answer QUESTION --kb --events [--compare]` with the page's settings."""
-    argv = ["answer", q["question"], "--kb", "--events", "--answer-type", q["answer_type"],
-            "--max-new-tokens", str(settings["max_new_tokens"])]
+    argv = [
+        "answer",
+        q["question"],
+        "--kb",
+        "--events",
+        "--answer-type",
+        q["answer_type"],
+        "--max-new-tokens",
+        str(settings["max_new_tokens"]),
+    ]
     argv += ["--compare"] if both else []
     argv += ["--adapter", model["adapter"]] if model["adapter"] else []
     argv += ["--base-model", model["base"]] if model["base"] else []
@@ -90,9 +105,17 @@ def backend_picker() -> tuple[str, str | None]:
     kind = c[0].selectbox("Student backend", BACKENDS, key="cmp:backend", help=BACKEND_HELP)
     if kind != SERVED:
         return kind, None
-    url = c[1].text_input("Server URL", key="cmp:backend-url", placeholder="http://gpu-box:8000/v1",
-                          help="The server's OpenAI base URL; it must serve the adapter under the adapter's "
-                               "name (vLLM: --enable-lora --lora-modules NAME=PATH).").strip()
+    url = (
+        c[1]
+        .text_input(
+            "Server URL",
+            key="cmp:backend-url",
+            placeholder="http://gpu-box:8000/v1",
+            help="The server's OpenAI base URL; it must serve the adapter under the adapter's "
+            "name (vLLM: --enable-lora --lora-modules NAME=PATH).",
+        )
+        .strip()
+    )
     try:
         return check_backend(url), None
     except StudentBackendError as e:
@@ -102,8 +125,7 @@ def backend_picker() -> tuple[str, str | None]:
 def start(model: dict, q: dict, settings: dict, both: bool = True) -> None:
     if not ui.require_curator("compare answers (it runs as a job)"):
         return
-    job = jobs.submit(answer_argv(model, q, settings, both), "compare",
-                      name=f"compare: {ui.short(q['question'], 40)}")
+    job = jobs.submit(answer_argv(model, q, settings, both), "compare", name=f"compare: {ui.short(q['question'], 40)}")
     runs = [job.id] if both else [*st.session_state.get("cmp:jobs", [])[:1], job.id]
     st.session_state["cmp:jobs"] = runs
     st.session_state["cmp:asked"] = q
@@ -189,8 +211,10 @@ def side_view(side: str, s: dict | None, q: dict, running: bool) -> None:
         st.caption(f"{done['prompt_tokens']} prompt tokens · {done['latency_s']:.1f} s · thought {s['thought']}")
     st.text("".join(s["pieces"]) if not done else done["text"])
     with st.expander("The exact prompt", expanded=False):
-        st.caption("The user text the method built (knowledge block included), then the prompt "
-                   "as the model saw it (template applied).")
+        st.caption(
+            "The user text the method built (knowledge block included), then the prompt "
+            "as the model saw it (template applied)."
+        )
         st.code(s["prompt"], language=None, wrap_lines=True)
         st.code(s["rendered"], language=None, wrap_lines=True)
     if side == "with":
@@ -208,7 +232,8 @@ def flip_note(sides: dict, q: dict) -> None:
         shared = " (shared by these entries)" if len(b["retrieved"]) > 1 else ""
         (st.success if after else st.error)(
             f"The knowledge flipped this answer {'wrong → right' if after else 'right → wrong'} "
-            f"(entries: {ui.md(ids)}){shared}. Counted in each entry's impact on the Knowledge base page.")
+            f"(entries: {ui.md(ids)}){shared}. Counted in each entry's impact on the Knowledge base page."
+        )
 
 
 def retrieved_entries(s: dict) -> None:
@@ -219,11 +244,15 @@ def retrieved_entries(s: dict) -> None:
         if not s.get("retrieval_ran", True):
             st.caption("No retrieval ran (adaptive retrieval found the student confident).")
         elif floor:
-            st.warning(f"No entry passed the minimum similarity {floor:g}: answered without knowledge. "
-                       "Lower it, or accept better-matching entries.")
+            st.warning(
+                f"No entry passed the minimum similarity {floor:g}: answered without knowledge. "
+                "Lower it, or accept better-matching entries."
+            )
         else:
-            st.warning("Nothing retrieved: no accepted entries of the kinds this student uses. Accept "
-                       "entries on the Knowledge base page, or include pending ones.")
+            st.warning(
+                "Nothing retrieved: no accepted entries of the kinds this student uses. Accept "
+                "entries on the Knowledge base page, or include pending ones."
+            )
         return
     entries = ui.store().get_many([e for e, _ in s["retrieved"]])
     for entry_id, score in s["retrieved"]:
@@ -231,40 +260,61 @@ def retrieved_entries(s: dict) -> None:
         summary = ui.short(entry.learning_summary, 200) if entry else "(deleted since)"
         c = st.columns([5, 1])
         c[0].text(f"{score:.3f}  {entry_id}  [{entry.status if entry else '-'}]\n{summary}")
-        c[1].button("Edit", key=f"cmp:edit-{entry_id}", on_click=st.session_state.__setitem__,
-                    args=("cmp:edit", entry_id))
+        c[1].button(
+            "Edit", key=f"cmp:edit-{entry_id}", on_click=st.session_state.__setitem__, args=("cmp:edit", entry_id)
+        )
 
 
 def entry_editor() -> None:
     if st.session_state.get("cmp:edit"):
         with st.container(border=True):
             ui.entry_editor(ui.store(), st.session_state["cmp:edit"], key="cmp-editor")
-            st.button("Close editor", key="cmp:close", on_click=st.session_state.pop,
-                      args=("cmp:edit", None))
+            st.button("Close editor", key="cmp:close", on_click=st.session_state.pop, args=("cmp:edit", None))
 
 
 def batch_job(model: dict, settings: dict, problem: str | None) -> None:
     with st.expander("Batch: a dataset sample as a background job (accuracy without/with the KB, flips)"):
         c = st.columns(4)
         names = data.list_datasets()
-        dataset = c[0].selectbox("Dataset", names, index=names.index("gsm8k") if "gsm8k" in names else 0,
-                                 key="cmp:b-dataset")
+        dataset = c[0].selectbox(
+            "Dataset", names, index=names.index("gsm8k") if "gsm8k" in names else 0, key="cmp:b-dataset"
+        )
         splits = list(data.get_dataset(dataset).splits)
-        split = c[1].selectbox("Split", splits, index=splits.index("test") if "test" in splits else 0,
-                               key="cmp:b-split")
+        split = c[1].selectbox(
+            "Split", splits, index=splits.index("test") if "test" in splits else 0, key="cmp:b-split"
+        )
         limit = c[2].number_input("Sample size", 1, 100_000, 50, key="cmp:b-limit")
-        name = c[3].text_input("Report name", key="cmp:b-name", placeholder=f"{dataset}-{split}-compare"
-                               ) or f"{dataset}-{split}-compare"
+        name = (
+            c[3].text_input("Report name", key="cmp:b-name", placeholder=f"{dataset}-{split}-compare")
+            or f"{dataset}-{split}-compare"
+        )
         spec = model["adapter"] or "base"
         thought = f",thought={settings['thought']}" if settings["thought"] else ""
-        extra = (f",k={settings['k']}" if settings["k"] else "") + thought + \
-            (f",min_score={settings['min_score']:g}" if settings["min_score"] else "") + \
-            (",pending" if "pending" in settings["statuses"] else "")
-        argv = ["eval", "--dataset", dataset, "--split", split, "--limit", str(limit),
-                "--name", name.strip(), "--config", f"without={spec}{thought}",
-                "--config", f"with={spec},kb{extra}",
-                *(["--base-model", model["base"]] if model["base"] else []), *backend_argv(model),
-                "--max-new-tokens", str(settings["max_new_tokens"])]
+        extra = (
+            (f",k={settings['k']}" if settings["k"] else "")
+            + thought
+            + (f",min_score={settings['min_score']:g}" if settings["min_score"] else "")
+            + (",pending" if "pending" in settings["statuses"] else "")
+        )
+        argv = [
+            "eval",
+            "--dataset",
+            dataset,
+            "--split",
+            split,
+            "--limit",
+            str(limit),
+            "--name",
+            name.strip(),
+            "--config",
+            f"without={spec}{thought}",
+            "--config",
+            f"with={spec},kb{extra}",
+            *(["--base-model", model["base"]] if model["base"] else []),
+            *backend_argv(model),
+            "--max-new-tokens",
+            str(settings["max_new_tokens"]),
+        ]
         ui.command_preview(argv)
         if st.button("Start batch comparison", key="cmp:b-start", disabled=not name.strip() or bool(problem)):
             ui.submit_job(argv, "eval", name=f"compare {name.strip()}")
@@ -272,23 +322,42 @@ def batch_job(model: dict, settings: dict, problem: str | None) -> None:
 
 st.title("Compare answers")
 c = st.columns([2, 2, 1, 1, 1, 1])
-adapter = c[0].selectbox("Student", ["(base model)", *adapters()], key="cmp:adapter",
-                         help="A trained adapter, or the base model alone.")
-base = c[1].text_input("Base model", key="cmp:base", placeholder="embedded SmolLM2-135M",
-                       help="A Hugging Face id like org/name (the app takes no paths).")
+adapter = c[0].selectbox(
+    "Student", ["(base model)", *adapters()], key="cmp:adapter", help="A trained adapter, or the base model alone."
+)
+base = c[1].text_input(
+    "Base model",
+    key="cmp:base",
+    placeholder="embedded SmolLM2-135M",
+    help="A Hugging Face id like org/name (the app takes no paths).",
+)
 k = c[2].number_input("k entries", 0, 10, 0, key="cmp:k", help="0 = the adapter's card (else 3)")
-thought = c[3].selectbox("Thought", [TRAINED, "cot", "pot", "eot", "vote"], key="cmp:thought",
-                         help="The type the adapter was trained on (from its card), or another one.")
+thought = c[3].selectbox(
+    "Thought",
+    [TRAINED, "cot", "pot", "eot", "vote"],
+    key="cmp:thought",
+    help="The type the adapter was trained on (from its card), or another one.",
+)
 max_new = c[4].number_input("Max new tokens", 16, 2048, 256, step=16, key="cmp:max-new")
-min_score = c[5].number_input("Minimum similarity", 0.0, 100.0, 0.0, step=0.05, key="cmp:min-score",
-                              help="Entries scoring below this are not retrieved (0 = the card's; cosine "
-                                   "similarity for dense retrieval).")
+min_score = c[5].number_input(
+    "Minimum similarity",
+    0.0,
+    100.0,
+    0.0,
+    step=0.05,
+    key="cmp:min-score",
+    help="Entries scoring below this are not retrieved (0 = the card's; cosine similarity for dense retrieval).",
+)
 backend, problem = backend_picker()
 pending = st.checkbox("Also retrieve pending entries", key="cmp:pending")
 model = {"base": base.strip() or None, "adapter": None if adapter == "(base model)" else adapter, "backend": backend}
-settings = {"k": int(k), "thought": None if thought == TRAINED else thought, "max_new_tokens": int(max_new),
-            "min_score": float(min_score) or None,
-            "statuses": ("accepted", "pending") if pending else ("accepted",)}
+settings = {
+    "k": int(k),
+    "thought": None if thought == TRAINED else thought,
+    "max_new_tokens": int(max_new),
+    "min_score": float(min_score) or None,
+    "statuses": ("accepted", "pending") if pending else ("accepted",),
+}
 if model["base"] and not HF_ID.fullmatch(model["base"]):
     problem = "The base model must be a Hugging Face id like org/name (the app takes no paths)."
 if problem:
@@ -297,12 +366,14 @@ if problem:
 q = question_picker()
 running = bool(st.session_state.get("cmp:jobs")) and jobs.get(st.session_state["cmp:jobs"][-1]).active
 b = st.columns([1, 1, 4])
-if b[0].button("Answer both ways", type="primary", disabled=not q["question"] or bool(problem) or running,
-               key="cmp:run"):
+if b[0].button(
+    "Answer both ways", type="primary", disabled=not q["question"] or bool(problem) or running, key="cmp:run"
+):
     start(model, q, settings)
     running = True
-if st.session_state.get("cmp:jobs") and b[1].button("Re-run with knowledge", key="cmp:rerun",
-                                                     disabled=running, help="After editing an entry"):
+if st.session_state.get("cmp:jobs") and b[1].button(
+    "Re-run with knowledge", key="cmp:rerun", disabled=running, help="After editing an entry"
+):
     start(model, st.session_state["cmp:asked"], settings, both=False)
     running = True
 if running:

@@ -5,6 +5,7 @@ counts and exact McNemar p-value (distill.evaluate / distill.stats compute them;
 shows them). Reports are found and read by name through distill.evaluate.report_file, so a link
 inside evals/ cannot steer the page outside $NESY_HOME.
 """
+
 from __future__ import annotations
 
 import altair as alt
@@ -43,65 +44,109 @@ def interval_text(ci) -> str:
 def config_table(results: dict) -> pd.DataFrame:
     rows = []
     for name, m in results["configs"].items():
-        rows.append({"configuration": name, "model": m["model"],
-                     "knowledge": f"top-{m['k']}" if m["with_kb"] else "none",
-                     "thought": m["thought"], "n": m["n"],
-                     "no knowledge retrieved": m.get("retrieval_empty", 0) if m["with_kb"] else None,
-                     "accuracy": m["accuracy"], "95% interval": interval_text(m.get("accuracy_ci")),
-                     "accuracy (flexible)": m["accuracy_flexible"],
-                     "95% interval (flexible)": interval_text(m.get("accuracy_flexible_ci")),
-                     "prompt tokens": round(m["prompt_tokens_mean"], 1),
-                     "GFLOPs / question": round(m["flops_per_question"] / 1e9, 3),
-                     "latency s": round(m["latency_s_mean"], 2)})
+        rows.append(
+            {
+                "configuration": name,
+                "model": m["model"],
+                "knowledge": f"top-{m['k']}" if m["with_kb"] else "none",
+                "thought": m["thought"],
+                "n": m["n"],
+                "no knowledge retrieved": m.get("retrieval_empty", 0) if m["with_kb"] else None,
+                "accuracy": m["accuracy"],
+                "95% interval": interval_text(m.get("accuracy_ci")),
+                "accuracy (flexible)": m["accuracy_flexible"],
+                "95% interval (flexible)": interval_text(m.get("accuracy_flexible_ci")),
+                "prompt tokens": round(m["prompt_tokens_mean"], 1),
+                "GFLOPs / question": round(m["flops_per_question"] / 1e9, 3),
+                "latency s": round(m["latency_s_mean"], 2),
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def accuracy_chart(results: dict) -> alt.LayerChart:
     """Bars of strict and flexible accuracy per configuration with their 95 % intervals as error bars."""
-    rows = [{"configuration": name, "measure": label, "accuracy": m[key],
-             "low": (m.get(f"{key}_ci") or [m[key]] * 2)[0], "high": (m.get(f"{key}_ci") or [m[key]] * 2)[1]}
-            for name, m in results["configs"].items()
-            for key, label in (("accuracy", "strict"), ("accuracy_flexible", "flexible"))]
+    rows = [
+        {
+            "configuration": name,
+            "measure": label,
+            "accuracy": m[key],
+            "low": (m.get(f"{key}_ci") or [m[key]] * 2)[0],
+            "high": (m.get(f"{key}_ci") or [m[key]] * 2)[1],
+        }
+        for name, m in results["configs"].items()
+        for key, label in (("accuracy", "strict"), ("accuracy_flexible", "flexible"))
+    ]
     data = pd.DataFrame(rows)
     x = alt.X("configuration:N", sort=list(results["configs"]), title=None)
-    bars = alt.Chart(data).mark_bar().encode(
-        x=x, xOffset=alt.XOffset("measure:N", sort=["strict", "flexible"]),
-        y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
-        color=alt.Color("measure:N", sort=["strict", "flexible"]),
-        tooltip=["configuration", "measure", alt.Tooltip("accuracy:Q", format=".1%"),
-                 alt.Tooltip("low:Q", format=".1%", title="95% low"),
-                 alt.Tooltip("high:Q", format=".1%", title="95% high")])
-    errors = alt.Chart(data).mark_rule(strokeWidth=2, color="black").encode(
-        x=x, xOffset=alt.XOffset("measure:N", sort=["strict", "flexible"]), y="low:Q", y2="high:Q")
+    bars = (
+        alt.Chart(data)
+        .mark_bar()
+        .encode(
+            x=x,
+            xOffset=alt.XOffset("measure:N", sort=["strict", "flexible"]),
+            y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
+            color=alt.Color("measure:N", sort=["strict", "flexible"]),
+            tooltip=[
+                "configuration",
+                "measure",
+                alt.Tooltip("accuracy:Q", format=".1%"),
+                alt.Tooltip("low:Q", format=".1%", title="95% low"),
+                alt.Tooltip("high:Q", format=".1%", title="95% high"),
+            ],
+        )
+    )
+    errors = (
+        alt.Chart(data)
+        .mark_rule(strokeWidth=2, color="black")
+        .encode(x=x, xOffset=alt.XOffset("measure:N", sort=["strict", "flexible"]), y="low:Q", y2="high:Q")
+    )
     return alt.layer(bars, errors).properties(height=280)
 
 
 def per_task(results: dict) -> pd.DataFrame | None:
-    table = pd.DataFrame({name: {t: with_interval(acc, m.get("per_task_ci", {}).get(t))
-                                 for t, acc in m["per_task"].items()}
-                          for name, m in results["configs"].items()})
+    table = pd.DataFrame(
+        {
+            name: {t: with_interval(acc, m.get("per_task_ci", {}).get(t)) for t, acc in m["per_task"].items()}
+            for name, m in results["configs"].items()
+        }
+    )
     return table.fillna("-") if len(table) > 1 else None
 
 
 def comparisons_table(results: dict) -> pd.DataFrame | None:
-    rows = [{"first": c["first"], "second": c["second"], "n": c["n"], "both right": c["both_right"],
-             "only first right (b)": c["first_only"], "only second right (c)": c["second_only"],
-             "both wrong": c["both_wrong"], "second − first": f"{100 * c['difference']:+.1f} pts",
-             "exact McNemar p": format_p(c["p_value"]), "verdict": c["verdict"]}
-            for c in results.get("comparisons") or []]
+    rows = [
+        {
+            "first": c["first"],
+            "second": c["second"],
+            "n": c["n"],
+            "both right": c["both_right"],
+            "only first right (b)": c["first_only"],
+            "only second right (c)": c["second_only"],
+            "both wrong": c["both_wrong"],
+            "second − first": f"{100 * c['difference']:+.1f} pts",
+            "exact McNemar p": format_p(c["p_value"]),
+            "verdict": c["verdict"],
+        }
+        for c in results.get("comparisons") or []
+    ]
     return pd.DataFrame(rows) if rows else None
 
 
 def flips(results: dict) -> None:
     for f in results.get("flips", []):
-        st.subheader(f"{ui.md(f['without'])} → {ui.md(f['with'])}: {len(f['fixed'])} fixed, "
-                     f"{len(f['broken'])} broken")
+        st.subheader(f"{ui.md(f['without'])} → {ui.md(f['with'])}: {len(f['fixed'])} fixed, {len(f['broken'])} broken")
         if "p_value" in f:
-            st.caption(f"On {f['n']} shared questions: exact McNemar p = {format_p(f['p_value'])}, "
-                       f"**{f['verdict']}**.")
-        rows = [{"flip": kind, **{k: row[k] for k in ("example_id", "before", "after", "gold")},
-                 "entries": ", ".join(row["entries"])}
-                for kind in ("fixed", "broken") for row in f[kind]]
+            st.caption(f"On {f['n']} shared questions: exact McNemar p = {format_p(f['p_value'])}, **{f['verdict']}**.")
+        rows = [
+            {
+                "flip": kind,
+                **{k: row[k] for k in ("example_id", "before", "after", "gold")},
+                "entries": ", ".join(row["entries"]),
+            }
+            for kind in ("fixed", "broken")
+            for row in f[kind]
+        ]
         if not rows:
             st.caption("No answer changed with the knowledge.")
             continue
@@ -129,10 +174,21 @@ def samples(name: str) -> None:
         config = c[0].selectbox("Configuration", configs, key="ev:s-config")
         only_wrong = c[1].checkbox("Only wrong answers", key="ev:s-wrong")
         shown = [r for r in rows if r["config"] == config and not (only_wrong and r["correct"])]
-        st.dataframe(pd.DataFrame([{"example": r["example_id"], "extracted": r["extracted"],
-                                    "gold": r["gold"], "correct": r["correct"],
-                                    "retrieved": ", ".join(e for e, _ in r.get("retrieved") or [])}
-                                   for r in shown]), hide_index=True)
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "example": r["example_id"],
+                        "extracted": r["extracted"],
+                        "gold": r["gold"],
+                        "correct": r["correct"],
+                        "retrieved": ", ".join(e for e, _ in r.get("retrieved") or []),
+                    }
+                    for r in shown
+                ]
+            ),
+            hide_index=True,
+        )
         if shown:
             pick = st.selectbox("Read one", [r["example_id"] for r in shown], key="ev:s-pick")
             row = next(r for r in shown if r["example_id"] == pick)
@@ -143,31 +199,44 @@ def samples(name: str) -> None:
 st.title("Evaluation results")
 all_reports = reports()
 if not all_reports:
-    st.info("No evaluation reports yet. Run a batch comparison on **Compare answers**, or "
-            "`nesy eval --config base --config base,kb` from a shell; reports appear here.")
+    st.info(
+        "No evaluation reports yet. Run a batch comparison on **Compare answers**, or "
+        "`nesy eval --config base --config base,kb` from a shell; reports appear here."
+    )
     st.stop()
 name = st.selectbox("Report", list(all_reports), key="ev:report")
 results = all_reports[name]
 method = (results.get("interval") or {}).get("method", "wilson")
-st.caption(ui.md(f"{results.get('dataset')} / {results.get('split')} · sample of "
-                 f"{results.get('limit') or 'all'} · {report_file(name, 'results.json').parent} · "
-                 f"intervals: 95 % {INTERVAL_LABELS.get(method, method)}"))
+st.caption(
+    ui.md(
+        f"{results.get('dataset')} / {results.get('split')} · sample of "
+        f"{results.get('limit') or 'all'} · {report_file(name, 'results.json').parent} · "
+        f"intervals: 95 % {INTERVAL_LABELS.get(method, method)}"
+    )
+)
 for line in empty_retrieval_warnings(results):
     st.warning(ui.md(line.removeprefix("warning: ")))
 table = config_table(results)
-st.dataframe(table, hide_index=True, column_config={
-    "accuracy": st.column_config.ProgressColumn(min_value=0, max_value=1, format="percent"),
-    "accuracy (flexible)": st.column_config.NumberColumn(format="percent")})
+st.dataframe(
+    table,
+    hide_index=True,
+    column_config={
+        "accuracy": st.column_config.ProgressColumn(min_value=0, max_value=1, format="percent"),
+        "accuracy (flexible)": st.column_config.NumberColumn(format="percent"),
+    },
+)
 st.altair_chart(accuracy_chart(results), width="stretch")
 if (tasks := per_task(results)) is not None:
     st.subheader("Accuracy per task")
     st.dataframe(tasks)
 if (pairs := comparisons_table(results)) is not None:
     st.subheader("Paired comparisons")
-    st.caption("Each pair of configurations on the questions both answered (strict accuracy). "
-               "b and c are the answers that flipped; the exact McNemar test asks whether b and c "
-               "differ more than chance would make them. p ≥ 0.05 is labelled *not significant*; "
-               f"the {len(pairs)} p-values are not corrected for multiple comparisons.")
+    st.caption(
+        "Each pair of configurations on the questions both answered (strict accuracy). "
+        "b and c are the answers that flipped; the exact McNemar test asks whether b and c "
+        "differ more than chance would make them. p ≥ 0.05 is labelled *not significant*; "
+        f"the {len(pairs)} p-values are not corrected for multiple comparisons."
+    )
     st.dataframe(pairs, hide_index=True)
 flips(results)
 samples(name)

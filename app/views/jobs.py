@@ -3,6 +3,7 @@
 Everything shown is read from the job registry and job folders (distill.jobs), so a reloaded tab or
 a restarted app re-attaches to running jobs; nothing lives in this process.
 """
+
 from __future__ import annotations
 
 import time
@@ -39,11 +40,22 @@ def job_table(all_jobs: list[jobs.Job]) -> None:
     for job in all_jobs:
         p = jobs.progress(job.id) or {}
         done = p.get("step", 0) / p["total"] if p.get("total") else None
-        rows.append({"id": job.id, "name": job.name, "status": job.status,
-                     "progress": done, "eta": seconds(p.get("eta")) if job.active else "",
-                     "started": when(job.started), "duration": seconds(job.duration())})
-    st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
-        "progress": st.column_config.ProgressColumn(min_value=0, max_value=1, format="percent")})
+        rows.append(
+            {
+                "id": job.id,
+                "name": job.name,
+                "status": job.status,
+                "progress": done,
+                "eta": seconds(p.get("eta")) if job.active else "",
+                "started": when(job.started),
+                "duration": seconds(job.duration()),
+            }
+        )
+    st.dataframe(
+        pd.DataFrame(rows),
+        hide_index=True,
+        column_config={"progress": st.column_config.ProgressColumn(min_value=0, max_value=1, format="percent")},
+    )
 
 
 def progress_bar(job: jobs.Job) -> None:
@@ -54,8 +66,7 @@ def progress_bar(job: jobs.Job) -> None:
     total = p.get("total") or 0
     fraction = min(1.0, p["step"] / total) if total else 0.0
     eta = f" · ETA {seconds(p['eta'])}" if job.active and p.get("eta") is not None else ""
-    st.progress(fraction, text=f"{p.get('stage') or ''} {p['step']}/{total}{eta} · "
-                               f"elapsed {seconds(p.get('elapsed'))}")
+    st.progress(fraction, text=f"{p.get('stage') or ''} {p['step']}/{total}{eta} · elapsed {seconds(p.get('elapsed'))}")
 
 
 def curves(job: jobs.Job) -> None:
@@ -64,8 +75,10 @@ def curves(job: jobs.Job) -> None:
         return
     df = pd.DataFrame(rows)
     if df["job"].nunique() > 1:
-        st.caption(f"Curves join the {df['job'].nunique()} runs of this job (it resumed "
-                   f"{ui.md(job.resumed_from)}), steps {int(df['step'].min())}–{int(df['step'].max())}.")
+        st.caption(
+            f"Curves join the {df['job'].nunique()} runs of this job (it resumed "
+            f"{ui.md(job.resumed_from)}), steps {int(df['step'].min())}–{int(df['step'].max())}."
+        )
     left, right = st.columns(2)
     if "loss" in df:
         left.caption("Loss")
@@ -81,8 +94,11 @@ def actions(job: jobs.Job) -> None:
         jobs.cancel(job.id)
         st.rerun(scope="app")
     why_not = jobs.why_not_resume(job)
-    if job.status in ("cancelled", "failed") and why_not is None and \
-            right.button("Resume", key=f"jobs:resume-{job.id}"):
+    if (
+        job.status in ("cancelled", "failed")
+        and why_not is None
+        and right.button("Resume", key=f"jobs:resume-{job.id}")
+    ):
         new = jobs.resume(job.id)
         st.session_state["selected_job"] = new.id
         st.rerun(scope="app")
@@ -94,7 +110,7 @@ def outputs(job: jobs.Job) -> None:
     if job.status != "succeeded":
         return
     for prefix, (page, label) in OUTPUT_PAGES.items():
-        if tuple(job.argv[:len(prefix)]) == prefix:
+        if tuple(job.argv[: len(prefix)]) == prefix:
             st.page_link(ui.PAGES[page], label=label, icon=":material/arrow_forward:")
 
 
@@ -139,12 +155,22 @@ def live_job_table() -> None:
 
 def selftest_launcher() -> None:
     with st.expander("Check the job runner"):
-        st.caption("A tiny counting job that reports progress and a loss curve and can be "
-                   "cancelled and resumed — a quick check that background jobs work here.")
+        st.caption(
+            "A tiny counting job that reports progress and a loss curve and can be "
+            "cancelled and resumed — a quick check that background jobs work here."
+        )
         steps = st.number_input("Steps", 1, 10_000, 60, key="jobs:selftest-steps")
         delay = st.number_input("Seconds per step", 0.0, 60.0, 0.5, key="jobs:selftest-delay")
-        argv = ["jobs", "selftest", "--steps", str(steps), "--seconds-per-step", str(delay),
-                "--checkpoint", str(ui.home() / "cache" / "selftest.txt")]
+        argv = [
+            "jobs",
+            "selftest",
+            "--steps",
+            str(steps),
+            "--seconds-per-step",
+            str(delay),
+            "--checkpoint",
+            str(ui.home() / "cache" / "selftest.txt"),
+        ]
         ui.command_preview(argv)
         if st.button("Start self-test job", key="jobs:selftest"):
             (ui.home() / "cache").mkdir(exist_ok=True)
@@ -154,9 +180,11 @@ def selftest_launcher() -> None:
 st.title("Jobs")
 all_jobs = jobs.list_jobs()
 if not all_jobs:
-    st.info("No jobs yet. Start teacher jobs on **Teacher jobs**, training on **Train student**, "
-            "or a batch comparison on **Compare answers**; each runs in the background and "
-            "appears here with its progress, log and the equivalent `nesy` command.")
+    st.info(
+        "No jobs yet. Start teacher jobs on **Teacher jobs**, training on **Train student**, "
+        "or a batch comparison on **Compare answers**; each runs in the background and "
+        "appears here with its progress, log and the equivalent `nesy` command."
+    )
 else:
     if any(j.active for j in all_jobs):
         live_job_table()
@@ -165,7 +193,7 @@ else:
     ids = [j.id for j in all_jobs]
     wanted = st.session_state.get("selected_job")
     if wanted in ids and wanted != st.session_state.get("jobs:applied"):  # a new request (a job just
-        st.session_state["jobs:pick"] = wanted                            # started), not the last pick
+        st.session_state["jobs:pick"] = wanted  # started), not the last pick
         st.session_state["jobs:applied"] = wanted
     labels = {j.id: f"{j.id} · {j.name} · {j.status}" for j in all_jobs}
     picked = st.selectbox("Job", ids, format_func=labels.get, key="jobs:pick")

@@ -1,5 +1,6 @@
 """Train student: the form is generated from the method's config (`distill/methods/`), the same
 fields `nesy train METHOD` has, and the command shown is exactly what the job runs."""
+
 from __future__ import annotations
 
 import streamlit as st
@@ -32,8 +33,11 @@ def load_into_form(name: str) -> None:
     state = {"t:method": method, "t:preset": cfg.preset}
     for spec in fields(METHODS[method].config):
         value = getattr(cfg, spec.name)
-        state[widget_key(method, cfg.preset, spec.name)] = list(value or ()) if spec.kind == "list" else (
-            value if value is not None or spec.kind in ("int", "float") else "")
+        state[widget_key(method, cfg.preset, spec.name)] = (
+            list(value or ())
+            if spec.kind == "list"
+            else (value if value is not None or spec.kind in ("int", "float") else "")
+        )
     for key, value in state.items():
         st.session_state[key] = st.session_state[KEEP + key] = value
     st.session_state["t:config-flash"] = ("success", f"Loaded config {name} ({method}).")
@@ -66,10 +70,13 @@ def saved_configs(method_name: str, cfg) -> None:
         else:
             st.caption("No saved configs yet.")
 
+
 st.title("Train a student")
 if not data.list_rationale_sets():
-    st.info("No rationale sets yet. Generate one on **Teacher jobs** (Rationales), or import a "
-            "records.jsonl from the CLI (`nesy train METHOD --data FILE` reads a file by path).")
+    st.info(
+        "No rationale sets yet. Generate one on **Teacher jobs** (Rationales), or import a "
+        "records.jsonl from the CLI (`nesy train METHOD --data FILE` reads a file by path)."
+    )
 
 remembered("t:method", "std-cot")
 c = st.columns([1, 2])
@@ -93,5 +100,4 @@ for problem in problems:
 if st.button("Start training", type="primary", disabled=bool(problems), key="t:start"):
     ui.submit_job(argv, "train", name=f"train {cfg.output}")
 saved_configs(method.name, cfg if argv else None)
-st.caption("A cancelled or failed training job resumes from its last checkpoint (Jobs → Resume "
-           "adds `--resume`).")
+st.caption("A cancelled or failed training job resumes from its last checkpoint (Jobs → Resume adds `--resume`).")

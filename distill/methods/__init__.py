@@ -9,6 +9,7 @@ Each module holds its config (a dataclass extending `distill.train.TrainOptions`
 help text), its prompt builder (used by training AND inference), its sample builder, its recipe
 (`run`: the stages) and what its adapter card records (`Config.inference()`).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -28,13 +29,16 @@ class Method:
     build_prompt: Callable[..., str]  # (question, *, task_description, knowledge, thought) -> user text
 
 
-METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("std-cot", std_cot.SUMMARY, std_cot.StdCoTConfig, std_cot.run, std_cot.build_prompt),
-    Method("nesycd", nesycd.SUMMARY, nesycd.NesyCDConfig, nesycd.run, nesycd.build_prompt),
-    Method("skintern", skintern.SUMMARY, skintern.SKInternConfig, skintern.run, skintern.build_prompt),
-    Method("etd", etd.SUMMARY, etd.ETDConfig, etd.run, etd.build_prompt),
-    Method("eotd", etd.EOTD_SUMMARY, etd.EoTDConfig, etd.run, etd.build_prompt),
-)}
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("std-cot", std_cot.SUMMARY, std_cot.StdCoTConfig, std_cot.run, std_cot.build_prompt),
+        Method("nesycd", nesycd.SUMMARY, nesycd.NesyCDConfig, nesycd.run, nesycd.build_prompt),
+        Method("skintern", skintern.SUMMARY, skintern.SKInternConfig, skintern.run, skintern.build_prompt),
+        Method("etd", etd.SUMMARY, etd.ETDConfig, etd.run, etd.build_prompt),
+        Method("eotd", etd.EOTD_SUMMARY, etd.EoTDConfig, etd.run, etd.build_prompt),
+    )
+}
 
 
 def get(name: str) -> Method:

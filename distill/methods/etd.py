@@ -5,6 +5,7 @@ each marked by its trigger after the question; EoTD is ETD with the EoT type onl
 the trigger selects the type (default: the type the adapter was trained on, from its card), or
 `vote` runs all three and takes the majority.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -55,18 +56,22 @@ class EoTDConfig(TrainOptions):
         return {**super().inference(), "thought": "eot", "thoughts": ["eot"]}
 
 
-def build_prompt(question: str, *, task_description: str = "", knowledge: Sequence = (),
-                 thought: str = "cot") -> str:
+def build_prompt(question: str, *, task_description: str = "", knowledge: Sequence = (), thought: str = "cot") -> str:
     """Training and inference text: `Question: {q}\\n{trigger}\\n` (knowledge block first if any)."""
     return prompts.etd_prompt(question, thought, [prompts.knowledge_text(k) for k in knowledge])
 
 
 def samples(records, thoughts: Sequence[str]) -> list[Sample]:
-    out = [Sample(build_prompt(question_of(r), thought=r.thought or "cot"), r.rationale, r.example_id)
-           for r in records if (r.thought or "cot") in thoughts]
+    out = [
+        Sample(build_prompt(question_of(r), thought=r.thought or "cot"), r.rationale, r.example_id)
+        for r in records
+        if (r.thought or "cot") in thoughts
+    ]
     if not out:
-        raise TrainingDataError(f"no records with a thought type in {', '.join(thoughts)}; make them with "
-                                f"`nesy teach rationales --thoughts {','.join(thoughts)}`")
+        raise TrainingDataError(
+            f"no records with a thought type in {', '.join(thoughts)}; make them with "
+            f"`nesy teach rationales --thoughts {','.join(thoughts)}`"
+        )
     return out
 
 

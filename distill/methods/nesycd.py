@@ -8,6 +8,7 @@ retrieves the top-k `error_analysis` entries for the question.
 
 The prompt is the reference code's (docs/METHODS.md): task line, knowledge block, question.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,10 @@ from distill.train import (
 )
 from kb.workspace import check_name
 
-SUMMARY = ("NesyCD: S_P on rationales → collect its errors → teacher knowledge into the KB → S_E "
-           "trained with that knowledge; answers with retrieval.")
+SUMMARY = (
+    "NesyCD: S_P on rationales → collect its errors → teacher knowledge into the KB → S_E "
+    "trained with that knowledge; answers with retrieval."
+)
 KIND = "error_analysis"  # the KB entries this method writes and retrieves
 STATUSES = ("accepted", "pending")
 RETRIEVERS = ("dense", "bm25", "hybrid")
@@ -49,32 +52,40 @@ RETRIEVERS = ("dense", "bm25", "hybrid")
 @dataclass
 class NesyCDConfig(TrainOptions):
     method: ClassVar[str] = "nesycd"
-    teacher: str = option("knowledge teacher: 'local' (the packaged llama.cpp teacher) or the base URL of "
-                          "an OpenAI-compatible server", "local")
-    teacher_model: str | None = option("teacher model: a GGUF path / packaged name for 'local', the "
-                                       "server's model name for a URL (required then)")
-    api_key_env: str = option("environment variable holding the teacher's API key (never stored)",
-                              "OPENAI_API_KEY")
+    teacher: str = option(
+        "knowledge teacher: 'local' (the packaged llama.cpp teacher) or the base URL of an OpenAI-compatible server",
+        "local",
+    )
+    teacher_model: str | None = option(
+        "teacher model: a GGUF path / packaged name for 'local', the server's model name for a URL (required then)"
+    )
+    api_key_env: str = option("environment variable holding the teacher's API key (never stored)", "OPENAI_API_KEY")
     teacher_temperature: float = option("teacher sampling temperature (the reference: 0.8)", 0.8)
     teacher_max_tokens: int = option("room for the teacher's analysis, in tokens", 1024)
     max_knowledge: int | None = option("analyse at most N errors (a seeded sample) to bound the teacher bill")
-    auto_accept: bool = option("accept generated knowledge at once (else it waits as pending for review)",
-                               False)
+    auto_accept: bool = option("accept generated knowledge at once (else it waits as pending for review)", False)
     knowledge_statuses: tuple[Literal["accepted", "pending"], ...] = option(
-        "statuses of the knowledge S_E trains with", STATUSES)
+        "statuses of the knowledge S_E trains with", STATUSES
+    )
     error_batch_size: int = option("questions per batch in S_P's error pass", 8)
-    sp_adapter: str | None = option("a finished std-cot adapter (name) trained on the same --data, base "
-                                    "model and options, used as S_P instead of training it again (S_P is "
-                                    "Std-CoT by definition)")
-    k: int = option("inference: knowledge entries retrieved into the prompt (the reference retrieves 3; "
-                    "its scripts insert 1)", 3)
+    sp_adapter: str | None = option(
+        "a finished std-cot adapter (name) trained on the same --data, base "
+        "model and options, used as S_P instead of training it again (S_P is "
+        "Std-CoT by definition)"
+    )
+    k: int = option(
+        "inference: knowledge entries retrieved into the prompt (the reference retrieves 3; its scripts insert 1)", 3
+    )
     retriever: Literal["dense", "bm25", "hybrid"] = option(
-        "inference: dense (MiniLM), bm25, or hybrid (reciprocal rank fusion)", "dense")
+        "inference: dense (MiniLM), bm25, or hybrid (reciprocal rank fusion)", "dense"
+    )
     min_score: float | None = option("inference: ignore retrieved entries scoring below this")
-    adaptive: bool = option("inference: skip retrieval when the student is confident (the reference's "
-                            "probe: 16 tokens sampled at T=0.6, mean top-1 − top-2 gap)", False)
-    adaptive_threshold: float = option("inference: the confidence gap above which retrieval is skipped",
-                                       0.68)
+    adaptive: bool = option(
+        "inference: skip retrieval when the student is confident (the reference's "
+        "probe: 16 tokens sampled at T=0.6, mean top-1 − top-2 gap)",
+        False,
+    )
+    adaptive_threshold: float = option("inference: the confidence gap above which retrieval is skipped", 0.68)
 
     def __post_init__(self):
         super().__post_init__()
@@ -89,13 +100,18 @@ class NesyCDConfig(TrainOptions):
             raise ConfigError("--teacher-max-tokens and --error-batch-size must be at least 1")
 
     def inference(self) -> dict:
-        return {**super().inference(), "thought": "cot", "k": self.k, "retriever": self.retriever,
-                "source_kinds": [KIND], "min_score": self.min_score,
-                "adaptive_threshold": self.adaptive_threshold if self.adaptive else None}
+        return {
+            **super().inference(),
+            "thought": "cot",
+            "k": self.k,
+            "retriever": self.retriever,
+            "source_kinds": [KIND],
+            "min_score": self.min_score,
+            "adaptive_threshold": self.adaptive_threshold if self.adaptive else None,
+        }
 
 
-def build_prompt(question: str, *, task_description: str = "", knowledge: Sequence = (),
-                 thought: str = "cot") -> str:
+def build_prompt(question: str, *, task_description: str = "", knowledge: Sequence = (), thought: str = "cot") -> str:
     """Training (S_E) and inference text: task line, the knowledge block if any, the question."""
     return prompts.student_prompt(question, task_description, [prompts.knowledge_text(k) for k in knowledge])
 
@@ -135,11 +151,17 @@ def reused_sp(cfg: NesyCDConfig) -> Path:
     path = adapter_dir(check_name(cfg.sp_adapter, "--sp-adapter"))
     card = json.loads((path / "card.json").read_text()) if (path / "card.json").exists() else {}
     trained = card.get("hyperparameters", {})
-    if card.get("method") != "std-cot" or card.get("data") != cfg.data or \
-            trained.get("base_model") != cfg.base_model or trained.get("limit") != cfg.limit:
-        raise ConfigError(f"--sp-adapter {cfg.sp_adapter}: not a std-cot adapter trained on --data "
-                          f"{cfg.data} with this base model and limit (its card: method "
-                          f"{card.get('method')}, data {card.get('data')})")
+    if (
+        card.get("method") != "std-cot"
+        or card.get("data") != cfg.data
+        or trained.get("base_model") != cfg.base_model
+        or trained.get("limit") != cfg.limit
+    ):
+        raise ConfigError(
+            f"--sp-adapter {cfg.sp_adapter}: not a std-cot adapter trained on --data "
+            f"{cfg.data} with this base model and limit (its card: method "
+            f"{card.get('method')}, data {card.get('data')})"
+        )
     return path
 
 
@@ -162,9 +184,13 @@ def collect_errors(cfg: NesyCDConfig, root: Path, sp_adapter: Path, records) -> 
         for description, group in by_task.items():
             for i in range(0, len(group), cfg.error_batch_size):
                 bar.check_stop()
-                batch = group[i:i + cfg.error_batch_size]
-                results = student.answer([question_of(r) for r in batch], task_description=description,
-                                         max_new_tokens=cfg.max_new_tokens, thought="cot")
+                batch = group[i : i + cfg.error_batch_size]
+                results = student.answer(
+                    [question_of(r) for r in batch],
+                    task_description=description,
+                    max_new_tokens=cfg.max_new_tokens,
+                    thought="cot",
+                )
                 _append_answers(answers_path, batch, results, check)
                 bar.update(len(batch))
     rows = read_jsonl(answers_path)
@@ -179,9 +205,21 @@ def _append_answers(path: Path, batch, results, check) -> None:
     with open(path, "a", encoding="utf-8") as f:
         for r, res in zip(batch, results):
             _, correct = check(res.text, r.example())
-            f.write(json.dumps({"example_id": r.example_id, "dataset": r.dataset, "task": r.task,
-                                "question": r.question, "prompt": res.prompt, "response": res.text,
-                                "answer": r.answer, "correct": bool(correct)}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "example_id": r.example_id,
+                        "dataset": r.dataset,
+                        "task": r.task,
+                        "question": r.question,
+                        "prompt": res.prompt,
+                        "response": res.text,
+                        "answer": r.answer,
+                        "correct": bool(correct),
+                    }
+                )
+                + "\n"
+            )
 
 
 def distil_knowledge(cfg: NesyCDConfig, errors: Path) -> dict:
@@ -197,9 +235,20 @@ def distil_knowledge(cfg: NesyCDConfig, errors: Path) -> dict:
         cases = random.Random(cfg.seed).sample(cases, cfg.max_knowledge)
     if not cases:
         return {"errors": 0, "created": 0}
-    client = teacher.make_client(cfg.teacher, cfg.teacher_model, cfg.api_key_env, concurrency=4,
-                                 temperature=cfg.teacher_temperature, max_tokens=cfg.teacher_max_tokens,
-                                 timeout=300.0)
+    client = teacher.make_client(
+        cfg.teacher,
+        cfg.teacher_model,
+        cfg.api_key_env,
+        concurrency=4,
+        temperature=cfg.teacher_temperature,
+        max_tokens=cfg.teacher_max_tokens,
+        timeout=300.0,
+    )
     summary = knowledge.distil_knowledge(client, cases, KIND, f"{cfg.output}-errors", auto_accept=cfg.auto_accept)
-    return {"errors": len(cases), "created": summary.created, "malformed": summary.malformed,
-            "failed_calls": summary.failed_calls, "auto_accepted": bool(cfg.auto_accept)}
+    return {
+        "errors": len(cases),
+        "created": summary.created,
+        "malformed": summary.malformed,
+        "failed_calls": summary.failed_calls,
+        "auto_accepted": bool(cfg.auto_accept),
+    }

@@ -11,6 +11,7 @@ plus the options that differ from the preset's defaults, the same ones `to_argv`
 `nesy train METHOD --config FILE.yaml` (or a saved name) reads it, options given on the command
 line win; the Train page saves and loads the same files.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,12 +29,12 @@ LIST_SEPARATOR = ","
 
 @dataclass(frozen=True)
 class OptionSpec:
-    name: str                 # the field name
-    flag: str                 # --field-name
-    kind: str                 # bool | int | float | str | choice | list
+    name: str  # the field name
+    flag: str  # --field-name
+    kind: str  # bool | int | float | str | choice | list
     help: str
-    default: Any              # the dataclass default (None: filled by the preset or unset)
-    optional: bool            # None is allowed
+    default: Any  # the dataclass default (None: filled by the preset or unset)
+    optional: bool  # None is allowed
     choices: tuple[str, ...] = ()
     required: bool = False
     widget: str | None = None  # app hint: rationale_set | name | hf_model
@@ -52,8 +53,17 @@ def _spec(f: dataclasses.Field, hint) -> OptionSpec:
         optional, hint = True, args[0]
     kind, choices = _kind(hint)
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-    return OptionSpec(f.name, "--" + f.name.replace("_", "-"), kind, f.metadata.get("help", ""), default,
-                      optional, choices, bool(f.metadata.get("required")), f.metadata.get("widget"))
+    return OptionSpec(
+        f.name,
+        "--" + f.name.replace("_", "-"),
+        kind,
+        f.metadata.get("help", ""),
+        default,
+        optional,
+        choices,
+        bool(f.metadata.get("required")),
+        f.metadata.get("widget"),
+    )
 
 
 def _kind(hint) -> tuple[str, tuple[str, ...]]:
@@ -110,10 +120,18 @@ def cli_command(method, run):
         given = {k: v for k, v in values.items() if v is not None and v is not False}
         run(from_options(method.config, {**(load_config(ref, method.name) if ref else {}), **given}))
 
-    params = [inspect.Parameter(s.name, inspect.Parameter.KEYWORD_ONLY, default=_typer_option(s),
-                                annotation=_annotation(s)) for s in specs]
-    params.append(inspect.Parameter(CONFIG_OPTION, inspect.Parameter.KEYWORD_ONLY, annotation=str | None,
-                                    default=typer.Option(None, "--config", metavar="FILE.yaml", help=CONFIG_HELP)))
+    params = [
+        inspect.Parameter(s.name, inspect.Parameter.KEYWORD_ONLY, default=_typer_option(s), annotation=_annotation(s))
+        for s in specs
+    ]
+    params.append(
+        inspect.Parameter(
+            CONFIG_OPTION,
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=str | None,
+            default=typer.Option(None, "--config", metavar="FILE.yaml", help=CONFIG_HELP),
+        )
+    )
     command.__signature__ = inspect.Signature(params)
     command.__annotations__ = {p.name: p.annotation for p in params}
     command.__doc__ = method.summary
@@ -154,16 +172,20 @@ def check_list(name: str, values, allowed) -> None:
 
     bad = [v for v in values if v not in allowed]
     if bad or not values:
-        raise ConfigError(f"--{name.replace('_', '-')} takes a comma list of {', '.join(allowed)}"
-                          + (f"; not {', '.join(bad)}" if bad else ""))
+        raise ConfigError(
+            f"--{name.replace('_', '-')} takes a comma list of {', '.join(allowed)}"
+            + (f"; not {', '.join(bad)}" if bad else "")
+        )
 
 
 # --- named configs (YAML) -------------------------------------------------------------------------
 
 CONFIG_OPTION = "config"
 CONFIG_AREA = "configs"
-CONFIG_HELP = ("a YAML config (a file, or a name saved by the Train page: $NESY_HOME/configs/<name>.yaml) "
-               "with `method:` and option values; options given here win")
+CONFIG_HELP = (
+    "a YAML config (a file, or a name saved by the Train page: $NESY_HOME/configs/<name>.yaml) "
+    "with `method:` and option values; options given here win"
+)
 
 
 def config_values(cfg) -> dict:
@@ -229,12 +251,17 @@ def read_config(ref: str, method_name: str | None = None) -> tuple[str, dict]:
     if method is None:
         raise ConfigError(f"--config {path}: no `method:`")
     if method_name and method != method_name:
-        raise ConfigError(f"--config {path} is a {method} config, not {method_name}: "
-                          f"use `nesy train {method} --config {path}`")
+        raise ConfigError(
+            f"--config {path} is a {method} config, not {method_name}: use `nesy train {method} --config {path}`"
+        )
     specs = {s.name: s for s in fields(get(method).config)}
     unknown = sorted(set(values) - set(specs))
     if unknown:
-        raise ConfigError(f"--config {path}: unknown option{'s' if len(unknown) > 1 else ''} "
-                          f"{', '.join(unknown)} for {method}")
-    return method, {k: LIST_SEPARATOR.join(map(str, v)) if specs[k].kind == "list" and isinstance(v, list)
-                    else v for k, v in values.items() if v is not None}
+        raise ConfigError(
+            f"--config {path}: unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} for {method}"
+        )
+    return method, {
+        k: LIST_SEPARATOR.join(map(str, v)) if specs[k].kind == "list" and isinstance(v, list) else v
+        for k, v in values.items()
+        if v is not None
+    }
