@@ -9,7 +9,7 @@ PORT    ?= 8501
 # Loopback only by default: the app can start jobs and delete data (README: exposing it safely)
 ADDRESS ?= 127.0.0.1
 
-.PHONY: app test test-fast setup setup-teacher browser models bench clean
+.PHONY: app test test-fast lint setup setup-teacher browser models bench clean
 
 $(VENV)/.installed: requirements.txt requirements-models.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -40,12 +40,17 @@ app: models
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
-## make test: set up what the tests need and run all of them (slow real-model ones included)
-test: setup browser
+## make lint: ruff's checks and its format check (config in pyproject.toml)
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+## make test: set up what the tests need, lint, and run all the tests (slow real-model ones included)
+test: setup browser lint
 	$(VENV)/bin/pytest
 
 ## make test-fast: skip the slow real-model and browser tests (for quick iteration)
-test-fast: setup
+test-fast: setup lint
 	$(VENV)/bin/pytest -m "not slow and not browser"
 
 ## make bench: exactly the commands of the README's benchmarks table, in its order
