@@ -78,14 +78,19 @@ def accuracy_chart(results: dict) -> alt.LayerChart:
         for key, label in (("accuracy", "strict"), ("accuracy_flexible", "flexible"))
     ]
     data = pd.DataFrame(rows)
-    x = alt.X("configuration:N", sort=list(results["configs"]), title=None)
+    x = alt.X("configuration:N", sort=list(results["configs"]), title=None, axis=alt.Axis(labelAngle=-30))
     bars = (
         alt.Chart(data)
         .mark_bar()
         .encode(
             x=x,
             xOffset=alt.XOffset("measure:N", sort=["strict", "flexible"]),
-            y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
+            y=alt.Y(
+                "accuracy:Q",
+                scale=alt.Scale(domain=[0, 1]),
+                axis=alt.Axis(format="%"),
+                title="accuracy (95 % interval)",
+            ),
             color=alt.Color("measure:N", sort=["strict", "flexible"]),
             tooltip=[
                 "configuration",
