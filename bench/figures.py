@@ -45,7 +45,8 @@ def kb_page(out: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         import_jsonl(KBStore(str(home / "kb.sqlite")), REPO / "data" / "starter_kb.jsonl", by="starter")
-        with _page(home, "/") as page:
+        with _page(home, "/", height=1500) as page:  # Streamlit scrolls inside the page: a tall window
+            page.get_by_role("button", name="Got it").click()  # the first-open welcome, once read
             rendered(page, "matching entries")
             page.wait_for_timeout(1500)
             page.screenshot(path=str(out))
@@ -54,8 +55,8 @@ def kb_page(out: Path) -> None:
 class _page:
     """A fresh app server on `home` and one Chromium page open at `path`."""
 
-    def __init__(self, home: Path, path: str):
-        self.home, self.path = home, path
+    def __init__(self, home: Path, path: str, height: int = 900):
+        self.home, self.path, self.height = home, path, height
 
     def __enter__(self):
         from playwright.sync_api import sync_playwright
@@ -64,7 +65,7 @@ class _page:
         self.server.wait_healthy()
         self.playwright = sync_playwright().start()
         self.browser = self.playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = self.browser.new_page(viewport={"width": 1400, "height": 900})
+        page = self.browser.new_page(viewport={"width": 1400, "height": self.height})
         page.goto(self.server.url + self.path)
         return page
 
