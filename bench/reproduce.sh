@@ -52,7 +52,11 @@ stage() {
 }
 
 # keep a report: tables, per-sample records, harness files (reports hold no weights)
-keep_report() { mkdir -p "$OUT/evals/$1"; cp -r "$NESY_HOME/evals/$1/." "$OUT/evals/$1/"; }
+keep_report() {  # every run writes a new timestamped set of harness files: keep the latest pair
+  rm -rf "${OUT:?}/evals/$1"; mkdir -p "$OUT/evals/$1"; cp -r "$NESY_HOME/evals/$1/." "$OUT/evals/$1/"
+  rm -f "$OUT/evals/$1/.nesy-owned"
+  for d in "$OUT/evals/$1"/harness/*/; do ls -t "$d" | tail -n +3 | sed "s|^|$d|" | xargs -r rm -f; done
+}
 
 data() {  # the same TRAIN questions in all three thought types, none from dev or test
   nesy data subset-rationales gsm8k-annot-eot --out r-eot --limit "$TRAIN" \
