@@ -3,8 +3,10 @@
 Colleagues share this machine's cores, so one timing of A then one of B says little: the load
 can change between them. Each script instead runs its sides in rounds, A B A B …, takes the ratio
 of each round, and prints the median with its min–max. The 1-minute load average is sampled
-through the run; the machine counts as *busy* when it is above half the cores, and then the line
-says so (absolute numbers are pessimistic; ratios from one round share the load).
+through the run and printed, and the CPU other processes used is measured; the machine counts as
+*busy* when they used more than a quarter of a core on average (the load average alone cannot
+tell: it counts the benchmark's own threads), and then the line says so (absolute numbers are
+pessimistic; ratios from one round share the load).
 
     from _measure import Load, interleave, ratio
     with Load() as load:
@@ -91,15 +93,24 @@ def column(runs: list[dict[str, float]], key: str) -> list[float]:
 
 @dataclass
 class Load:
-    """Samples os.getloadavg() every `every` seconds while in its `with` block."""
+    """While in its `with` block: the 1-minute load average, sampled every `every` seconds, and
+    the CPU that *other* processes used (all CPU time minus this process tree's: the benchmark's
+    own threads, its servers and its browsers are its work, not a disturbance).
+
+    The load average counts the benchmark itself (a 2-thread run on 2 cores shows ~2 by itself),
+    so the verdict comes from the other processes: busy when they used more than `busy_cores`
+    cores on average."""
 
     every: float = 2.0
+    busy_cores: float = 0.25
     cores: int = field(default_factory=lambda: os.cpu_count() or 1)
     samples: list[float] = field(default_factory=list)
+    other_cores: float = 0.0
 
     def __enter__(self) -> Load:
         self._stop = threading.Event()
         self.samples.append(os.getloadavg()[0])
+        self._start = (time.monotonic(), _busy_cpu_seconds(), _own_cpu_seconds())
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -112,17 +123,43 @@ class Load:
         self._stop.set()
         self._thread.join()
         self.samples.append(os.getloadavg()[0])
+        wall, busy, own = (
+            now - then for now, then in zip((time.monotonic(), _busy_cpu_seconds(), _own_cpu_seconds()), self._start)
+        )
+        self.other_cores = max(busy - own, 0.0) / wall if wall > 0 else 0.0
 
     @property
     def busy(self) -> bool:
-        return max(self.samples, default=0.0) > self.cores / 2
+        return self.other_cores > self.busy_cores
 
     def __str__(self) -> str:
         lo, hi = min(self.samples), max(self.samples)
         verdict = (
-            f"BUSY (above {self.cores / 2:g}): other work shared the cores, absolute numbers are "
-            f"pessimistic; the ratios compare sides measured under the same load"
+            f"BUSY: other processes used {self.other_cores:.2f} of {self.cores} cores on average; "
+            f"absolute numbers are pessimistic, the ratios compare sides measured under the same load"
             if self.busy
-            else f"idle (at most {self.cores / 2:g})"
+            else f"idle: other processes used {self.other_cores:.2f} of {self.cores} cores on average"
         )
-        return f"machine load (1-min average) {lo:.2f}–{hi:.2f} on {self.cores} cores: {verdict}"
+        return f"machine load (1-min average, this benchmark included) {lo:.2f}–{hi:.2f}; {verdict}"
+
+
+def _busy_cpu_seconds() -> float:
+    """CPU seconds all cores spent not idle since boot."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
+def _own_cpu_seconds() -> float:
+    """CPU seconds of this process, its finished children and its live descendants."""
+    import psutil
+
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:4])  # user, system, children_user, children_system
+    for child in me.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.Error:
+            continue  # ended between listing and reading
+    return total

@@ -11,8 +11,8 @@ decoding (the packaged Qwen2.5-Coder-0.5B drafting for the 1.5B teacher).
 Runs are interleaved (plain, ours[, ours+draft], plain, ours, …; bench/_measure.py); every run
 starts its server afresh, so no run inherits another's cache (the model load is not timed).
 Prints items/s per run, the median ratio ours/plain items/s with its min–max, llama.cpp's own
-prompt/decode split (`timings`), tokens/s, the draft's acceptance, the machine load (BUSY above
-half the cores), and whether the greedy outputs (text and extracted answer) are the plain
+prompt/decode split (`timings`), tokens/s, the draft's acceptance, the machine load (BUSY when
+other processes used over a quarter core), and whether the greedy outputs (text and extracted answer) are the plain
 server's. Target: ours >= 3x plain on this 2-core machine. --rounds defaults to 2: one run of
 the defaults is 24 calls of up to 320 tokens through the 1.5B teacher, minutes each.
 
