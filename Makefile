@@ -65,6 +65,7 @@ bench: setup
 	$(PY) bench/bench_train.py --trainer --steps 4 --samples 16
 	$(PY) bench/bench_generate.py --questions 8
 	$(PY) bench/bench_generate.py --questions 16 --batch 16 --max-new-tokens 200
+	$(PY) bench/bench_student_backends.py --students 135m,0.5b --questions 16 --batch-size 16 --max-new-tokens 200 --rounds 1
 	$(PY) bench/bench_prompt_tokens.py
 	$(PY) bench/bench_app.py
 
