@@ -14,6 +14,7 @@ kb OUT              the knowledge-base page with the shipped starter KB (data/st
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import sys
 import tempfile
@@ -52,27 +53,20 @@ def kb_page(out: Path) -> None:
             page.screenshot(path=str(out))
 
 
-class _page:
+@contextlib.contextmanager
+def _page(home: Path, path: str, height: int = 900):
     """A fresh app server on `home` and one Chromium page open at `path`."""
+    from playwright.sync_api import sync_playwright
 
-    def __init__(self, home: Path, path: str, height: int = 900):
-        self.home, self.path, self.height = home, path, height
-
-    def __enter__(self):
-        from playwright.sync_api import sync_playwright
-
-        self.server = Server(self.home).__enter__()
-        self.server.wait_healthy()
-        self.playwright = sync_playwright().start()
-        self.browser = self.playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = self.browser.new_page(viewport={"width": 1400, "height": self.height})
-        page.goto(self.server.url + self.path)
-        return page
-
-    def __exit__(self, *exc) -> None:
-        self.browser.close()
-        self.playwright.stop()
-        self.server.__exit__(*exc)
+    with Server(home) as server, sync_playwright() as playwright:
+        server.wait_healthy()
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": height})
+        page.goto(server.url + path)
+        try:
+            yield page
+        finally:
+            browser.close()
 
 
 def main() -> None:
