@@ -38,6 +38,7 @@ from distill.teacher import (
     TeacherConfig,
     TeacherError,
     TeacherStopped,
+    usage_summary,
 )
 from kb.errors import NesyError
 from kb.workspace import check_name, create_owned, named_path
@@ -242,11 +243,7 @@ def _import_rows(client: TeacherClient, inputs: dict, rows: list, summary: Impor
         else:
             _cache_answer(client, custom_id, inputs[custom_id], row["response"]["body"], summary)
     summary.unanswered = len(inputs.keys() - answered)
-    summary.usage = {
-        "requests": client.usage.requests,
-        "prompt_tokens": client.usage.prompt_tokens,
-        "completion_tokens": client.usage.completion_tokens,
-    }
+    summary.usage = usage_summary(client)
     return summary
 
 
