@@ -219,10 +219,9 @@ def run_eval(cfg: EvalConfig) -> dict:
     if not out.exists():
         create_owned(out)
     samples_path = out / "samples.jsonl"
-    previous = read_jsonl(samples_path)
+    previous = resume_jsonl(samples_path)  # a half-written last line goes before we append
     _same_backend(out, cfg, previous)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    resume_jsonl(samples_path)  # a half-written last line goes before we append
     done = {(r["config"], r["example_id"]) for r in previous}
     todo = {c.name: [e for e in examples if (c.name, e.id) not in done] for c in cfg.configs}
     total = len(examples) * len(cfg.configs)
