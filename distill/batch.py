@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distill.jsonlines import iter_jsonl, split_lines
+from distill.jsonlines import iter_jsonl, iter_lines
 from distill.progress import StopRequested, stop_requested
 from distill.teacher import (
     WAIT_SLICE,
@@ -287,12 +287,11 @@ def _download(client: TeacherClient, file_id: str | None, path: Path) -> list:
         partial.write_text(client.redact(response.content.decode("utf-8", "replace")), encoding="utf-8")
         partial.replace(path)  # a killed download never leaves a file that looks complete
     rows = []
-    for line in split_lines(path.read_text(encoding="utf-8")):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                rows.append({"error": f"a line of {path.name} that is not JSON"})
+    for _, line in iter_lines(path):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            rows.append({"error": f"a line of {path.name} that is not JSON"})
     return rows
 
 
