@@ -15,6 +15,7 @@ import resource
 import select
 import signal
 import sys
+import time
 
 
 def vm_bytes():
@@ -196,10 +197,8 @@ def serve_one(request):
         os.close(read_fd)
         child(request, write_fd)
     os.close(write_fd)
-    chunks, deadline_left = [], request["timeout"]
-    import time
-
-    end = time.monotonic() + deadline_left
+    chunks = []
+    end = time.monotonic() + request["timeout"]
     while True:
         left = end - time.monotonic()
         ready = select.select([read_fd], [], [], max(left, 0))[0] if left > 0 else []
