@@ -213,7 +213,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     start = time.time()
     if cfg.interval not in INTERVALS:
         raise ValueError(f"--interval must be one of {', '.join(INTERVALS)}, not {cfg.interval!r}")
-    check_backend(cfg.backend)  # likewise a bad --backend (StudentBackendError)
+    cfg.backend = check_backend(cfg.backend)  # likewise a bad --backend; `llama.cpp` is `llama.cpp:f32`
     spec = get_dataset(cfg.dataset)
     examples = spec.load(cfg.split, limit=cfg.limit, seed=cfg.seed, task=cfg.task)
     if not out.exists():

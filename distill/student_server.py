@@ -58,12 +58,13 @@ class Generated:
 
 
 def check_backend(spec: str) -> str:
-    """`spec` if it names a backend (StudentBackendError otherwise): typed on the command line."""
+    """The backend's canonical name (`llama.cpp` is `llama.cpp:f32`), StudentBackendError when
+    `spec` names none: typed on the command line."""
     kind, _, variant = spec.partition(":")
     if spec == "transformers" or spec.startswith(("http://", "https://")):
         return spec
     if kind == LLAMA_CPP and (not variant or variant in LLAMA_CPP_BASES):
-        return spec
+        return f"{LLAMA_CPP}:{variant or LLAMA_CPP_BASES[0]}"
     raise StudentBackendError(
         f"--backend must be transformers, llama.cpp[:{'|'.join(LLAMA_CPP_BASES)}] or an http(s):// URL, not {spec!r}"
     )
@@ -82,7 +83,7 @@ def connect(spec: str, *, base_model: str | None, adapter: str | None, tokenizer
         model = Path(adapter).name if adapter else (base_model or "base")
         return OpenAIStudent(spec, model)
     _, _, variant = spec.partition(":")
-    return LlamaCppStudent(base_model, adapter, tokenizer, base=variant or "f32")
+    return LlamaCppStudent(base_model, adapter, tokenizer, base=variant or LLAMA_CPP_BASES[0])
 
 
 # --- the embedded llama.cpp server -----------------------------------------------------------------

@@ -260,6 +260,8 @@ def test_llama_cpp_server_ends_with_the_process_that_started_it(tiny_model, tmp_
 
 def test_backend_option_is_checked():
     assert check_backend("llama.cpp:f16") == "llama.cpp:f16"
+    # one canonical name, so a report started with `llama.cpp` continues with `llama.cpp:f32`
+    assert check_backend("llama.cpp") == "llama.cpp:f32"
     for bad in ("llama", "llama.cpp:q4", "ftp://x", ""):
         with pytest.raises(StudentBackendError, match="--backend must be"):
             check_backend(bad)
