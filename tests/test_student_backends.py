@@ -388,4 +388,4 @@ def test_real_135m_eval_through_llama_cpp_gives_the_transformers_rows(workspace)
     for key in ("example_id", "output", "extracted", "prompt_tokens"):
         assert [r[key] for r in theirs] == [r[key] for r in ours], key
     assert results["configs"]["sft"]["backend"] == models["sft"]["backend"] == "llama.cpp:f32"
-    assert config["backend"] == "llama.cpp" and harness["config"]["nesy"]["backend"] == "llama.cpp:f32"
+    assert config["backend"] == harness["config"]["nesy"]["backend"] == "llama.cpp:f32"  # one canonical name
