@@ -16,7 +16,7 @@ import streamlit as st
 
 from kb.schema import STATUSES, EntryInvalid
 from kb.store import ConflictError, EntryNotFound, KBStore
-from kb.workspace import home
+from kb.workspace import home, subdir
 
 PAGES = {  # page id -> script, so pages can link to each other by name
     "kb": "views/kb.py",
@@ -104,12 +104,15 @@ OVERVIEW = (
 )
 
 
+WELCOMED = "welcomed"  # marker in $NESY_HOME/app/: "Got it" was clicked once in this workspace
+
+
 def welcome(page: str) -> None:
-    """The product's name and what it is for, on a session's first page until dismissed or until
-    the session moves to another page."""
+    """The product's name and what it is for, on a session's first page until the session moves
+    to another page, and in every new session until someone clicks "Got it" (kept in the workspace)."""
     st.sidebar.markdown(f"**{PRODUCT}** · neural-symbolic distillation")
     first = st.session_state.setdefault("welcome:page", page)
-    if st.session_state.get("welcomed") or first != page:
+    if st.session_state.get("welcomed") or first != page or (subdir("app") / WELCOMED).exists():
         st.session_state["welcomed"] = True
         return
     with st.container(border=True, key="welcome"):
@@ -119,7 +122,12 @@ def welcome(page: str) -> None:
             "Start on the Knowledge base page: review pending entries (Review), or load "
             "the starter knowledge base. Teacher jobs and training live under Distil."
         )
-        st.button("Got it", key="welcome:dismiss", on_click=st.session_state.__setitem__, args=("welcomed", True))
+        st.button("Got it", key="welcome:dismiss", on_click=dismiss_welcome)
+
+
+def dismiss_welcome() -> None:
+    st.session_state["welcomed"] = True
+    (subdir("app") / WELCOMED).touch()
 
 
 def sidebar_user() -> None:

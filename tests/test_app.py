@@ -349,6 +349,14 @@ def test_first_open_names_the_product_and_explains_it():
     at.button(key="welcome:dismiss").click().run()
     assert "Welcome to NeSy Studio" not in "\n".join(h.value for h in at.subheader)
     assert "NeSy Studio" in texts(at)  # the name stays in the sidebar
+    again = run()  # a new browser session in the same workspace: "Got it" was kept
+    assert "Welcome to NeSy Studio" not in "\n".join(h.value for h in again.subheader)
+
+
+def test_the_welcome_shows_in_each_new_session_until_dismissed():
+    seed(1)
+    run()
+    assert "Welcome to NeSy Studio" in "\n".join(h.value for h in run().subheader)
 
 
 def test_deleting_merging_and_starting_jobs_need_a_typed_curator_name():
