@@ -13,11 +13,12 @@ and round, on a free loopback port.
   KB page      per --sizes N entries (paged 50 at a time); ours = app/main.py, plain =
                bench/_plain_kb_app.py (the same st.pagination and st.dataframe over a plain
                sqlite3 query of the same KB: Streamlit's own floor)
-                 cold start   process start -> first page rendered                (target < 5 s)
-                 open         a full reload of the page, warm                      (target < 1.5 s)
-                 page flip    click "Page 2" -> rows 51-100 shown                  (target < 1.5 s)
+                 cold start   process start -> first page rendered  (no target: mostly Streamlit's own start)
+                 open         a browser opening the page, server warm: first render  (target < 3 s)
+                 page flip    click "Page 2" -> rows 51-100 shown                  (target < 1 s)
                ours only: the page reached from the sidebar, and a text search round trip
-  graph        per --graphs N nodes: first draw, and until vis-network's physics layout settles;
+  graph        per --graphs N nodes: first draw (the graph can be clicked and zoomed: target
+               < 3 s at 2,000 nodes), and until vis-network's physics layout settles;
                ours = the Graph page (caches warm), plain = the same kb.graph.render_html page
                opened straight in the browser (vis-network alone); ours only: redraw and zoom
                (interactive = tens of ms)
@@ -358,9 +359,9 @@ def main() -> None:
                 {"ours": lambda: kb_page(browser, home, n), "plain": lambda: kb_page(browser, home, n, PLAIN_APP)},
                 args.rounds,
             )
-            for key, target in (("cold start", "< 5 s"), ("open", "< 1.5 s"), ("page flip", "< 1.5 s")):
+            for key, target in (("cold start", ""), ("open", "< 3 s (first render)"), ("page flip", "< 1 s")):
                 show(f"  {key}", column(r["ours"], key), column(r["plain"], key), target)
-            show("  via sidebar", column(r["ours"], "via sidebar"), target="< 1.5 s")
+            show("  via sidebar", column(r["ours"], "via sidebar"), target="< 1 s")
             show("  text search", column(r["ours"], "text search"))
         for nodes in graphs:
             home = Path(tmp) / f"graph{nodes}"
@@ -371,8 +372,8 @@ def main() -> None:
                 {"ours": lambda: graph_page(browser, home), "plain": lambda: graph_plain(browser, html)}, args.rounds
             )
             print(f"graph, {r['ours'][0]['nodes']:.0f} nodes:")
-            for key in ("first draw", "layout settled"):
-                show(f"  {key}", column(r["ours"], key), column(r["plain"], key))
+            for key, target in (("first draw", "< 3 s: interactive"), ("layout settled", "")):
+                show(f"  {key}", column(r["ours"], key), column(r["plain"], key), target)
             show("  redraw", column(r["ours"], "redraw ms"), target="interactive", unit=" ms")
             show("  zoom", column(r["ours"], "zoom ms"), target="interactive", unit=" ms")
         browser.close()
