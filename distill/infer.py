@@ -20,6 +20,10 @@
   takes the majority (ties: CoT, then PoT, then EoT — the order of `TRIGGERS`).
 - `backend`: "transformers" (this process), "llama.cpp[:f32|f16|packaged]" or an OpenAI-compatible
   URL (distill/student_server.py): the same prompts, retrieval and extraction, generated elsewhere.
+
+`nesy answer --events` streams one comparison as JSON events (the Compare page's job);
+`nesy answer --session --events` loads the student once and answers the comparisons dropped into
+its job folder until idle (`Session`; the protocol is in distill/answer_session.py).
 """
 
 from __future__ import annotations
@@ -504,7 +508,7 @@ cli = typer.Typer(add_completion=False, rich_markup_mode=None)
 
 @cli.command()
 def answer_cmd(
-    question: str = typer.Argument(..., help="the question to answer (options included, if any)"),
+    question: str = typer.Argument(None, help="the question to answer (options included, if any)"),
     kb: bool = typer.Option(False, "--kb", help="retrieve knowledge from the KB"),
     k: int = typer.Option(None, "--k", help="KB entries to insert [default: the adapter's card, else 3]"),
     retriever: str = typer.Option(
@@ -541,29 +545,39 @@ def answer_cmd(
         help="with --compare: the right answer; a flip is credited to the retrieved entries in the KB's impact table",
     ),
     backend: str = typer.Option("transformers", "--backend", help=BACKEND_HELP),
+    session: bool = typer.Option(
+        False,
+        "--session",
+        help="with --events, as a job: load the student once, then answer the requests dropped into "
+        "$NESY_JOB_DIR/requests (see distill/answer_session.py) until idle",
+    ),
+    idle_timeout: float = typer.Option(
+        600.0, "--idle-timeout", help="with --session: end after this many seconds without a request"
+    ),
 ) -> None:
     """Answer a question with the student, with or without the KB."""
+    if session:
+        return run_session(base_model, adapter, backend, idle_timeout, events)
+    if question is None:
+        raise InferenceError("a question is required (or --session)")
     started = time.perf_counter()
     student = Student(base_model, adapter=adapter, backend=backend)
     index = _open_index() if kb else None
-    statuses = ("accepted", "pending") if include_pending else ("accepted",)
-    options = dict(
-        kb_index=index,
+    options = answer_options(
+        index,
         k=k,
-        statuses=statuses,
+        include_pending=include_pending,
         thought=thought,
         max_new_tokens=max_new_tokens,
-        adaptive_threshold=adaptive,
-        task_description=task,
+        adaptive=adaptive,
+        task=task,
         retriever=retriever,
         min_score=min_score,
     )
     if events:
-        sides = (["without"] if compare or not kb else []) + (["with"] if kb else [])
+        sides = compare_sides(kb, compare)
         emit = EventWriter()
-        if student.backend is None:  # the first generate call initialises kernels: part of loading
-            student.generate(["Hi"], max_new_tokens=1)
-        emit("loaded", seconds=round(time.perf_counter() - started, 3), sides=sides)
+        emit_loaded(student, started, emit, sides=sides)
         done = stream_events(student, question, sides, options, answer_type, emit)
         if gold is not None and index is not None:
             record_compare_impact(question, adapter, done, gold, answer_type)
@@ -583,6 +597,157 @@ def answer_cmd(
         typer.echo(f"[knowledge] {entry_id} (score {score:.3f})")
     typer.echo(result.text)
     typer.echo(f"answer: {result.extracted}  ({result.prompt_tokens} prompt tokens, {result.latency_s:.2f}s)")
+
+
+def answer_options(index, *, k, include_pending, thought, max_new_tokens, adaptive, task, retriever, min_score) -> dict:
+    """The keyword arguments of `Student.answer` / `stream_events` for the CLI's options."""
+    return dict(
+        kb_index=index,
+        k=k,
+        statuses=("accepted", "pending") if include_pending else ("accepted",),
+        thought=thought,
+        max_new_tokens=max_new_tokens,
+        adaptive_threshold=adaptive,
+        task_description=task,
+        retriever=retriever,
+        min_score=min_score,
+    )
+
+
+def compare_sides(kb: bool, compare: bool) -> list[str]:
+    """Which answers to give: without knowledge (compared, or no KB), with it (--kb)."""
+    return (["without"] if compare or not kb else []) + (["with"] if kb else [])
+
+
+def emit_loaded(student: Student, started: float, emit, **fields) -> None:
+    if student.backend is None:  # the first generate call initialises kernels: part of loading
+        student.generate(["Hi"], max_new_tokens=1)
+    emit("loaded", seconds=round(time.perf_counter() - started, 3), **fields)
+
+
+# --- session mode: one loaded student, many comparisons (distill/answer_session.py) --------------
+
+SESSION_POLL_S = 0.2  # how often an idle session looks for a request
+SLOT_CHECK_S = 2.0  # how often an idle session asks whether another job waits for its slot
+
+
+def run_session(base_model, adapter, backend, idle_timeout: float, events: bool) -> None:
+    """`nesy answer --session`: load the student once, answer requests until idle (exit 0) or
+    cancelled (SIGTERM: the current answer stops at the next token, exit 3)."""
+    import os
+
+    from distill import answer_session
+    from distill.progress import install_stop_handler
+
+    job_dir = os.environ.get("NESY_JOB_DIR")
+    if not events or not job_dir:
+        raise InferenceError("--session runs as a job with --events: it reads requests from $NESY_JOB_DIR/requests")
+    folder = Path(job_dir) / answer_session.REQUESTS
+    folder.mkdir(exist_ok=True)
+    started = time.perf_counter()
+    student = Student(base_model, adapter=adapter, backend=backend)
+    install_stop_handler()  # from here on a cancel stops at the next token; during loading it kills
+    emit = EventWriter()
+    emit_loaded(student, started, emit, session=True, idle_timeout=idle_timeout)
+    try:
+        Session(student, adapter, folder, emit).serve(idle_timeout)
+    finally:
+        student.close()
+
+
+class Session:
+    """Answers the requests of one session job's folder, in order, with one loaded student."""
+
+    def __init__(self, student: Student, adapter: str | None, folder: Path, emit):
+        self.student, self.adapter, self.folder, self.emit = student, adapter, folder, emit
+        self.index = None  # opened at the first request that retrieves
+        self.slot_checked = 0.0
+
+    def serve(self, idle_timeout: float) -> None:
+        from distill import answer_session
+
+        last = time.monotonic()
+        while True:
+            self.check_stop()
+            if requests := answer_session.pending(self.folder):
+                for path in requests:
+                    self.serve_one(path)
+                last = time.monotonic()
+                continue
+            if reason := self.reason_to_end(time.monotonic() - last, idle_timeout):
+                for path in answer_session.close(self.folder):  # handed over before it closed
+                    self.serve_one(path)
+                self.emit("ended", reason=reason)
+                return
+            time.sleep(SESSION_POLL_S)
+
+    def check_stop(self) -> None:
+        from distill.progress import STOPPED_EXIT_CODE, stop_requested
+
+        if stop_requested():
+            self.emit("stopped")
+            raise typer.Exit(STOPPED_EXIT_CODE)
+
+    def reason_to_end(self, idle: float, idle_timeout: float) -> str | None:
+        """Why an idle session should end now, or None. With one job slot (the default), a warm
+        student must not hold back a training someone started: a waiting job ends it."""
+        from distill import jobs
+
+        if idle >= idle_timeout:
+            return f"no request for {idle_timeout:g} s"
+        now = time.monotonic()
+        if now - self.slot_checked < SLOT_CHECK_S:
+            return None
+        self.slot_checked = now
+        if jobs.list_jobs("queued", limit=1):  # list_jobs first starts what has a free slot
+            return "another job is waiting for a job slot"
+        return None
+
+    def serve_one(self, path: Path) -> None:
+        """Answer one request file; a request that cannot be answered gets an `error` event and
+        the session goes on. Every event carries the request id; `served` ends each request."""
+        from distill import answer_session
+
+        request_id = path.stem
+
+        def emit(event: str, **fields) -> None:
+            self.emit(event, request=request_id, **fields)
+
+        try:
+            request = answer_session.parse_request(path.read_text(encoding="utf-8", errors="replace"))
+            self.answer(request, emit)
+        except NesyError as e:
+            log.warning("request %s: %s", request_id, e)
+            emit("error", message=str(e))
+        answer_session.mark_served(path)
+        emit("served")
+
+    def answer(self, request: dict, emit) -> None:
+        sides = compare_sides(request["kb"], request["compare"])
+        index = self.kb_index() if request["kb"] else None
+        options = answer_options(
+            index,
+            k=request["k"],
+            include_pending=request["include_pending"],
+            thought=request["thought"],
+            max_new_tokens=request["max_new_tokens"],
+            adaptive=request["adaptive"],
+            task=request["task"],
+            retriever=request["retriever"],
+            min_score=request["min_score"],
+        )
+        emit("request", sides=sides, question=request["question"])
+        done = stream_events(self.student, request["question"], sides, options, request["answer_type"], emit)
+        if request["gold"] is not None and index is not None:
+            record_compare_impact(request["question"], self.adapter, done, request["gold"], request["answer_type"])
+
+    def kb_index(self):
+        """The KB index, synced now: the KB may have been edited since the last comparison."""
+        if self.index is None:
+            self.index = _open_index()
+        else:
+            self.index.sync()
+        return self.index
 
 
 class EventWriter:

@@ -381,6 +381,11 @@ def test_compare_streams_tokens_in_the_background_and_cancels(server, home, page
     page.get_by_text(re.compile("Supplementary knowledge: Fact")).first.wait_for()  # the with-side prompt
     page.get_by_text("Retrieved knowledge").scroll_into_view_if_needed()
     page.screenshot(path=str(artifacts_dir / "screenshot-compare-result.png"))
+    # answered, the student stays loaded for the next comparison: its session job still runs
+    page.get_by_text(re.compile("The student stays loaded for the next comparison")).wait_for(timeout=TIMEOUT_MS)
+    warm = next(j for j in jobs.list_jobs() if j.kind == "compare")
+    assert warm.id != job.id and warm.active  # the cancelled session is not reused
+    jobs.wait(jobs.cancel(warm.id, grace=5).id, timeout=60)  # not left idling after the module
 
 
 # ------------------------------------------------ curation: selection, review, trash, first run

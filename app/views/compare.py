@@ -1,10 +1,13 @@
 """Compare answers: the student without and with retrieved knowledge, side by side.
 
-Nothing is generated in this page's process: "Answer both ways" starts a `nesy answer --events
---compare` job (distill/jobs.py), which writes its events — loaded, the exact prompt and the
-retrieved entries of each side, each streamed token, done — to the job folder; a fragment polls
-that file twice a second and draws the tokens as they come. Cancel stops the job (SIGTERM: the
-answer ends at the next token). A whole dataset sample runs as a `nesy eval` job whose report is on
+Nothing is generated in this page's process: "Answer both ways" hands the question to a warm
+student, a `nesy answer --session` job (distill/answer_session.py) that loaded the student once and
+answers comparisons until it has been idle a while; a different student (base model, adapter,
+backend) gets its own session. The job writes each request's events — the exact prompt and the
+retrieved entries of each side, each streamed token, done — tagged with the request id to the job
+folder; a fragment polls that file twice a second and draws this request's tokens as they come.
+Cancel stops the job (SIGTERM: the answer ends at the next token; the next comparison loads the
+student again). A whole dataset sample runs as a `nesy eval` job whose report is on
 Evaluation results. Retrieved entries open in an editor here; re-running shows what the edit changed.
 The student backend (in process, the embedded llama.cpp server, or an OpenAI-compatible URL) is the
 CLI's `--backend`, passed to both commands and checked by the CLI's own `check_backend`.
@@ -16,7 +19,7 @@ import streamlit as st
 
 import ui
 from config_form import HF_ID
-from distill import data, jobs
+from distill import answer_session, data, jobs
 from distill.answers import answers_match
 from distill.progress import read_jsonl
 from distill.student_server import BACKEND_HELP, LLAMA_CPP, LLAMA_CPP_BASES, StudentBackendError, check_backend
@@ -25,7 +28,7 @@ from kb.workspace import subdir
 TYPED = "Type a question"
 TRAINED = "as trained"
 SIDES = ("without", "with")
-EVENTS = "answer_events.jsonl"  # distill.infer.EventWriter.FILE (not imported: torch loads with it)
+EVENTS = answer_session.EVENTS  # distill.infer.EventWriter.FILE (infer not imported: torch loads with it)
 SERVED = "OpenAI-compatible URL"
 BACKENDS = ("transformers", *(f"{LLAMA_CPP}:{base}" for base in LLAMA_CPP_BASES), SERVED)
 
@@ -70,29 +73,21 @@ def question_picker() -> dict:
     }
 
 
-def answer_argv(model: dict, q: dict, settings: dict, both: bool) -> list[str]:
-    """`nesy answer QUESTION --kb --events [--compare]` with the page's settings."""
-    argv = [
-        "answer",
-        q["question"],
-        "--kb",
-        "--events",
-        "--answer-type",
-        q["answer_type"],
-        "--max-new-tokens",
-        str(settings["max_new_tokens"]),
-    ]
-    argv += ["--compare"] if both else []
-    argv += ["--adapter", model["adapter"]] if model["adapter"] else []
-    argv += ["--base-model", model["base"]] if model["base"] else []
-    argv += backend_argv(model)
-    argv += ["--k", str(settings["k"])] if settings["k"] else []
-    argv += ["--thought", settings["thought"]] if settings["thought"] else []
-    argv += ["--min-score", str(settings["min_score"])] if settings["min_score"] else []
-    argv += ["--include-pending"] if "pending" in settings["statuses"] else []
-    argv += ["--task", q["task_description"]] if q["task_description"] else []
-    argv += ["--gold", q["gold"]] if q["gold"] is not None and both else []
-    return argv
+def answer_request(q: dict, settings: dict, both: bool) -> dict:
+    """The comparison as a request to the session (distill.answer_session.FIELDS)."""
+    return {
+        "question": q["question"],
+        "gold": q["gold"] if both else None,
+        "answer_type": q["answer_type"],
+        "task": q["task_description"],
+        "kb": True,
+        "compare": both,
+        "k": settings["k"] or None,
+        "thought": settings["thought"],
+        "max_new_tokens": settings["max_new_tokens"],
+        "min_score": settings["min_score"],
+        "include_pending": "pending" in settings["statuses"],
+    }
 
 
 def backend_argv(model: dict) -> list[str]:
@@ -125,28 +120,58 @@ def backend_picker() -> tuple[str, str | None]:
 def start(model: dict, q: dict, settings: dict, both: bool = True) -> None:
     if not ui.require_curator("compare answers (it runs as a job)"):
         return
-    job = jobs.submit(answer_argv(model, q, settings, both), "compare", name=f"compare: {ui.short(q['question'], 40)}")
+    job, request = answer_session.ask_warm(model, answer_request(q, settings, both))
     runs = [job.id] if both else [*st.session_state.get("cmp:jobs", [])[:1], job.id]
-    st.session_state["cmp:jobs"] = runs
+    requests = [request] if both else [*st.session_state.get("cmp:requests", [None])[:1], request]
+    st.session_state["cmp:jobs"], st.session_state["cmp:requests"] = runs, requests
     st.session_state["cmp:asked"] = q
 
 
-def fold(job_ids: list[str]) -> dict:
-    """The events of the comparison's jobs as one state per side (a later job's side wins)."""
+def runs() -> list[tuple[str, str | None]]:
+    """(job id, request id) of each answer of the comparison; request None = the whole job's
+    events (a one-shot `nesy answer --events` job)."""
+    job_ids = st.session_state.get("cmp:jobs") or []
+    requests = st.session_state.get("cmp:requests") or []
+    return [(job_id, requests[i] if i < len(requests) else None) for i, job_id in enumerate(job_ids)]
+
+
+def fold(pairs: list[tuple[str, str | None]]) -> dict:
+    """The events of the comparison's requests as one state per side (a later answer's side wins),
+    plus, for the last one: the session's `loaded` event, and its `error` and `served` events."""
     sides: dict[str, dict] = {}
-    loaded = None
-    for job_id in job_ids:
+    loaded = error = served = None
+    for job_id, request in pairs:
+        loaded = error = served = None
         for ev in read_jsonl(jobs.home() / "jobs" / job_id / EVENTS):
             kind, side = ev["event"], ev.get("side")
             if kind == "loaded":
                 loaded = ev
+            elif request is not None and ev.get("request") != request:
+                continue  # another comparison served by the same session
             elif kind == "start":
                 sides[side] = {**ev, "pieces": [], "done": None}
             elif kind == "token" and side in sides:
                 sides[side]["pieces"].append(ev["text"])
             elif kind == "done" and side in sides:
                 sides[side]["done"] = ev
-    return {"sides": sides, "loaded": loaded}
+            elif kind == "error":
+                error = ev
+            elif kind == "served":
+                served = ev
+    return {"sides": sides, "loaded": loaded, "error": error, "served": served}
+
+
+def answering(job: jobs.Job, request: str | None, state: dict) -> bool:
+    """Is the last request still being answered (or waiting for its student)?"""
+    return job.active and (request is None or state["served"] is None)
+
+
+def still_answering() -> bool:
+    pairs = runs()
+    if not pairs:
+        return False
+    job_id, request = pairs[-1]
+    return answering(jobs.get(job_id), request, fold(pairs[-1:]))
 
 
 def verdict(extracted, q: dict) -> str:
@@ -163,39 +188,51 @@ def live_results() -> None:
 
 
 def show_results() -> bool:
-    """Draw the comparison; True when the job just ended (so the page should refresh once)."""
-    job_ids, q = st.session_state.get("cmp:jobs"), st.session_state.get("cmp:asked")
-    if not job_ids:
+    """Draw the comparison; True when its answer just ended (so the page should refresh once)."""
+    pairs, q = runs(), st.session_state.get("cmp:asked")
+    if not pairs:
         return False
-    job = jobs.get(job_ids[-1])
-    state = fold(job_ids)
+    job_id, request = pairs[-1]
+    job = jobs.get(job_id)
+    state = fold(pairs)
+    busy = answering(job, request, state)
     st.divider()
-    status_line(job, state)
+    status_line(job, state, busy)
     if q["gold"] is not None:
         st.text(f"Gold answer: {q['gold']}")
     left, right = st.columns(2)
     for col, side in zip((left, right), SIDES):
         with col:
-            side_view(side, state["sides"].get(side), q, job.active)
+            side_view(side, state["sides"].get(side), q, busy)
     flip_note(state["sides"], q)
-    ended = st.session_state.get("cmp:watching") == job.id and not job.active
-    st.session_state["cmp:watching"] = job.id if job.active else None
+    watched = f"{job_id}/{request}"
+    ended = st.session_state.get("cmp:watching") == watched and not busy
+    st.session_state["cmp:watching"] = watched if busy else None
     return ended
 
 
-def status_line(job: jobs.Job, state: dict) -> None:
+def status_line(job: jobs.Job, state: dict, busy: bool) -> None:
     c = st.columns([5, 1])
-    if job.status == "queued":
+    loaded = state["loaded"]
+    if state["error"]:
+        c[0].error(ui.md(f"The student could not answer this: {state['error']['message']}"))
+    elif busy and job.status == "queued":
         c[0].info("Waiting for a free job slot (another job is running; see **Jobs**).")
-    elif job.active and not state["loaded"]:
+    elif busy and not loaded:
         c[0].info("Loading the student in a background job…")
-    elif job.active:
-        c[0].caption(f"Answering… (student loaded in {state['loaded']['seconds']:.1f} s)")
-    elif job.status == "cancelled":
+    elif busy:
+        c[0].caption(f"Answering… the student is warm (loaded in {loaded['seconds']:.1f} s, once for all comparisons).")
+    elif job.active and loaded:
+        idle = loaded.get("idle_timeout") or answer_session.IDLE_TIMEOUT_S
+        span = f"{idle / 60:.0f} min" if idle >= 60 else f"{idle:.0f} s"
+        c[0].caption(f"The student stays loaded for the next comparison (until {span} pass without one).")
+    elif job.status == "cancelled" and state["served"] is None:
         c[0].warning("Cancelled: the answers stop where they were.")
     elif job.status == "failed":
         c[0].error(ui.md(f"The comparison failed: {job.reason}"))
-    if job.active and c[1].button("Cancel", key="cmp:cancel"):
+    elif state["served"] is None and not state["sides"]:
+        c[0].warning("The student session ended before answering this: answer again.")
+    if busy and c[1].button("Cancel", key="cmp:cancel"):
         jobs.cancel(job.id, grace=10)
         st.rerun(scope="app")
 
@@ -364,7 +401,7 @@ if problem:
     st.warning(problem)
 
 q = question_picker()
-running = bool(st.session_state.get("cmp:jobs")) and jobs.get(st.session_state["cmp:jobs"][-1]).active
+running = still_answering()
 b = st.columns([1, 1, 4])
 if b[0].button(
     "Answer both ways", type="primary", disabled=not q["question"] or bool(problem) or running, key="cmp:run"
