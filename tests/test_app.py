@@ -12,6 +12,7 @@ from streamlit.testing.v1 import AppTest
 from student_fixtures import tiny_model  # noqa: F401
 
 from distill import jobs
+from distill.progress import read_jsonl
 from kb.schema import Entry, Source
 from kb.store import KBStore
 
@@ -678,6 +679,14 @@ def test_compare_batch_command_and_evaluate_report_with_flips():
     assert kb.get("e001")
 
 
+def wait_served(job_id: str, timeout: float = 600) -> None:
+    """Until the compare session job has answered its request (it then stays warm, running)."""
+    deadline = time.monotonic() + timeout
+    while not any(e["event"] == "served" for e in read_jsonl(jobs.home() / "jobs" / job_id / "answer_events.jsonl")):
+        assert jobs.get(job_id).active and time.monotonic() < deadline, jobs.log_tail(job_id)
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
 def test_compare_answers_a_typed_question_both_ways_in_a_job():
     kb = seed(1, status="accepted")
@@ -690,9 +699,15 @@ def test_compare_answers_a_typed_question_both_ways_in_a_job():
     at.text_input(key="cmp:gold").set_value("5").run()
     at.button(key="cmp:run").click().run()
     [job] = jobs.list_jobs()
-    assert job.argv[:2] == ["answer", "Tom has 3 apples and buys 2 more. How many?"]
-    assert {"--kb", "--events", "--compare"} <= set(job.argv) and job.argv[-2:] == ["--gold", "5"]
-    assert jobs.wait(job.id, timeout=600).status == "succeeded", jobs.log_tail(job.id)
+    assert job.argv[:3] == ["answer", "--session", "--events"]  # the question goes in as a request
+    request = json.loads((job.dir / "requests" / "1.json").read_text())
+    assert (request["question"], request["gold"], request["kb"], request["compare"]) == (
+        "Tom has 3 apples and buys 2 more. How many?",
+        "5",
+        True,
+        True,
+    )
+    wait_served(job.id)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     headers = [h.value for h in at.subheader]
@@ -703,6 +718,7 @@ def test_compare_answers_a_typed_question_both_ways_in_a_job():
     at.text_input(key="cmp-editor:e000:1:title").set_value("Edited while comparing")
     submit_form(at)
     assert kb.get("e000").title == "Edited while comparing"
+    jobs.wait(jobs.cancel(job.id, grace=5).id, timeout=60)  # the warm session would idle 10 min
 
 
 def test_compare_runs_both_commands_through_the_chosen_student_backend(monkeypatch):
@@ -724,7 +740,8 @@ def test_compare_runs_both_commands_through_the_chosen_student_backend(monkeypat
         at.button(key="cmp:run").click().run()
         [job] = jobs.list_jobs()
         assert job.argv[job.argv.index("--backend") + 1] == url
-        assert jobs.wait(job.id, timeout=300).status == "succeeded", jobs.log_tail(job.id)
+        wait_served(job.id)
+        jobs.wait(jobs.cancel(job.id, grace=5).id, timeout=60)  # the warm session would idle 10 min
     at.run()
     assert "Answer: 7" in texts(at) and ServesAdapters.answer in texts(at)
     assert [b["model"] for b in ServesAdapters.bodies] == ["base", "base"]  # without and with knowledge
