@@ -22,6 +22,10 @@ and round, on a free loopback port.
                ours = the Graph page (caches warm), plain = the same kb.graph.render_html page
                opened straight in the browser (vis-network alone); ours only: redraw and zoom
                (interactive = tens of ms)
+  compare      the Compare page with the embedded student (a warm session job): after a first
+               comparison has loaded it, click "Answer both ways" -> the first streamed token on
+               screen (target < 2 s), beside the session's own request -> first token time from
+               its events (the page polls them twice a second)
   job polling  the data of one Jobs page refresh with --jobs jobs (list + progress of each), and
                of one running job's detail (status, metrics, log tail), against the page's 2 s
                refresh interval (no browser)
@@ -280,6 +284,101 @@ def layout_settled(frame, start: float) -> float:
         return float("inf")
 
 
+COMPARE_QUESTIONS = [
+    "Tom has 3 apples and buys 2 more. How many apples does he have?",
+    "A box holds 4 rows of 3 eggs. How many eggs are in the box?",
+    "Sara reads 12 pages a day. How many pages does she read in 5 days?",
+    "A pen costs 2 dollars. How much do 7 pens cost?",
+    "There are 30 students and 6 leave. How many students stay?",
+]
+
+
+def compare_page(browser, home: Path, rounds: int) -> dict[str, list[float]]:
+    """Seconds from the click to the first streamed tokens (3) on screen, per warm comparison, and
+    where they went (the request file's time and the session's events)."""
+    from distill import answer_session, jobs
+
+    os.environ["NESY_HOME"] = str(home)
+    seed_kb(home, 200)
+    out = {"on screen": [], "click -> written": [], "written -> start": [], "start -> first token": []}
+    with Server(home) as server, new_page(browser) as page:
+        server.wait_healthy()
+        page.goto(server.url + "/compare")
+        rendered(page, "Answer both ways")
+        page.get_by_label("Your name (needed to start jobs or delete)").fill("bench")
+        page.get_by_label("Your name (needed to start jobs or delete)").press("Enter")
+        for i, question in enumerate(COMPARE_QUESTIONS[: rounds + 1]):
+            box = page.locator(".st-key-cmp-question textarea")
+            box.fill(question)
+            box.press("Tab")
+            page.wait_for_timeout(500)  # the rerun that commits the question
+            served = len(session_events(home, jobs, answer_session, "served"))
+            start, clicked = time.perf_counter(), time.time()
+            page.get_by_role("button", name="Answer both ways").click()
+            first = first_tokens(home, jobs, answer_session, served)
+            on_screen = "(t) => document.querySelector('[data-testid=stMain]').innerText.includes(t)"
+            page.wait_for_function(on_screen, arg=first, timeout=600_000)
+            seconds = time.perf_counter() - start
+            until(lambda: len(session_events(home, jobs, answer_session, "served")) > served)
+            if i:  # the first comparison loads the student: not a warm measure
+                out["on screen"].append(seconds)
+                for key, value in session_times(home, jobs, answer_session, clicked).items():
+                    out[key].append(value)
+        for job in jobs.list_jobs():
+            if job.active:
+                jobs.cancel(job.id, grace=5)
+    return out
+
+
+def session_events(home: Path, jobs, answer_session, kind: str | None = None) -> list[dict]:
+    """The events of the (one) compare session job, or [] before it exists."""
+    from distill.progress import read_jsonl
+
+    job = next((j for j in jobs.list_jobs() if j.kind == answer_session.KIND), None)
+    events = read_jsonl(home / "jobs" / job.id / answer_session.EVENTS) if job else []
+    return [e for e in events if kind is None or e["event"] == kind]
+
+
+def first_tokens(home: Path, jobs, answer_session, served: int, n: int = 3) -> str:
+    """The text of the first n streamed tokens of the request after the `served` ones."""
+
+    def tokens() -> str | None:
+        events = session_events(home, jobs, answer_session)
+        requests = [e["request"] for e in events if e["event"] == "request"]
+        found = [
+            e["text"]
+            for e in events
+            if e["event"] == "token" and requests[served:] and e.get("request") == requests[served]
+        ]
+        return "".join(found[:n]).strip() if len(found) >= n else None
+
+    return until(tokens)
+
+
+def until(check, timeout: float = 600.0):
+    """Poll check() every 20 ms until it returns something truthy; TimeoutError after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{check.__qualname__} did not happen within {timeout:g} s")
+        time.sleep(0.02)
+    return result
+
+
+def session_times(home: Path, jobs, answer_session, clicked: float) -> dict[str, float]:
+    """The last request's path through the session, from its request file and its events."""
+    job = next(j for j in jobs.list_jobs() if j.kind == answer_session.KIND)
+    events = session_events(home, jobs, answer_session)
+    last = events[-1]["request"]
+    when = {e["event"]: e["time"] for e in reversed(events) if e.get("request") == last}  # first of each
+    written = next((home / "jobs" / job.id).glob(f"requests*/{last}.*")).stat().st_mtime
+    return {
+        "click -> written": written - clicked,
+        "written -> start": when["start"] - written,
+        "start -> first token": when["token"] - when["start"],
+    }
+
+
 def job_polling(home: Path, jobs_n: int, rounds: int) -> dict[str, list[float]]:
     """Milliseconds per refresh of the Jobs table and of a running job's detail, `rounds` times."""
     os.environ["NESY_HOME"] = str(home)
@@ -344,6 +443,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=200, help="jobs in the registry for the polling measure")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="--sizes 10000 --graphs 500")
+    parser.add_argument("--no-compare", dest="compare", action="store_false", help="skip the Compare measure")
     args = parser.parse_args()
     sizes = [10_000] if args.quick else [int(s) for s in args.sizes.split(",") if s]
     graphs = [500] if args.quick else [int(s) for s in args.graphs.split(",") if s]
@@ -376,6 +476,15 @@ def main() -> None:
                 show(f"  {key}", column(r["ours"], key), column(r["plain"], key), target)
             show("  redraw", column(r["ours"], "redraw ms"), target="interactive", unit=" ms")
             show("  zoom", column(r["ours"], "zoom ms"), target="interactive", unit=" ms")
+        if args.compare:
+            home = Path(tmp) / "compare"
+            home.mkdir()
+            r = compare_page(browser, home, args.rounds)
+            print("compare, warm student (the embedded 135M), click -> first token:")
+            show("  on screen", r["on screen"], target="< 2 s")
+            show("  of which: click -> the page wrote the request file", r["click -> written"])
+            show("  of which: request file written -> session's start event", r["written -> start"])
+            show("  of which: start -> first token event (prefill)", r["start -> first token"])
         browser.close()
         home = Path(tmp) / "jobs"
         home.mkdir()
