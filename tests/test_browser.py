@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from waiting import wait_until
 
 from distill import jobs
 from kb.jsonl import export_jsonl
@@ -321,15 +322,6 @@ def answer_events(job_id: str) -> list[dict]:
     from distill.progress import read_jsonl
 
     return read_jsonl(jobs.home() / "jobs" / job_id / "answer_events.jsonl")
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.slow

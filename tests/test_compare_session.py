@@ -6,10 +6,10 @@ requests go in through distill.answer_session, the way the page hands them over.
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 from student_fixtures import tiny_model  # noqa: F401
+from waiting import wait_until
 
 from distill import answer_session, jobs
 from distill.progress import STOPPED_EXIT_CODE, read_jsonl
@@ -31,15 +31,6 @@ def no_session_left():
 
 def events(job_id: str) -> list[dict]:
     return read_jsonl(jobs.home() / "jobs" / job_id / answer_session.EVENTS)
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def served(job_id: str, request_id: str) -> list[dict]:
@@ -72,7 +63,7 @@ def test_a_session_loads_the_student_once_and_serves_requests_until_idle():
     job, first = answer_session.ask_warm(
         STUDENT, {"question": QUESTION, "gold": "5", "max_new_tokens": 8}, idle_timeout=20
     )
-    one = wait_for(lambda: served(job.id, first), 600, "the first answer")
+    one = wait_until(lambda: served(job.id, first), 600, "the first answer")
     assert {e["side"] for e in one if e["event"] == "done"} == {"without", "with"}
     starts = {e["side"]: e for e in one if e["event"] == "start"}
     assert [e for e, _ in starts["with"]["retrieved"]] == ["apples"] and starts["without"]["retrieved"] == []
@@ -85,7 +76,7 @@ def test_a_session_loads_the_student_once_and_serves_requests_until_idle():
         STUDENT, {"question": "What is 2 + 2?", "kb": True, "compare": False, "max_new_tokens": 4}, idle_timeout=20
     )
     assert same.id == job.id and second != first
-    two = wait_for(lambda: served(job.id, second), 120, "the second answer")
+    two = wait_until(lambda: served(job.id, second), 120, "the second answer")
     assert [e["side"] for e in two if e["event"] == "done"] == ["with"]  # only the asked side
     assert [e for e in events(job.id) if e["event"] == "loaded"] == loaded_before  # loaded once
     assert len(loaded_before) == 1 and loaded_before[0].get("request") is None
@@ -98,11 +89,11 @@ def test_a_session_loads_the_student_once_and_serves_requests_until_idle():
     bad = answer_session.ask(job.id, {"question": QUESTION, "thought": "tot"})
     garbage = answer_session.ask(job.id, {"question": ""})
     after = answer_session.ask(job.id, {"question": QUESTION, "kb": False, "max_new_tokens": 2})
-    refused = wait_for(lambda: served(job.id, bad), 120, "the refused request")
+    refused = wait_until(lambda: served(job.id, bad), 120, "the refused request")
     assert [e["event"] for e in refused] == ["request", "error", "served"]  # refused before any answer
     assert "--thought must be one of" in next(e["message"] for e in refused if e["event"] == "error")
     assert "no question" in next(e["message"] for e in served(job.id, garbage) if e["event"] == "error")
-    three = wait_for(lambda: served(job.id, after), 120, "the answer after the refused ones")
+    three = wait_until(lambda: served(job.id, after), 120, "the answer after the refused ones")
     assert [e["side"] for e in three if e["event"] == "done"] == ["without"]
 
     # idle for 20 s: the job ends on its own, succeeded, and takes no more requests
@@ -122,9 +113,9 @@ def test_a_request_file_that_is_not_json_is_refused_and_the_next_is_answered(tin
     (folder / "1.json").write_text("{not json", encoding="utf-8")
     good = answer_session.ask(job.id, {"question": QUESTION, "kb": False, "max_new_tokens": 2})
     assert good == "2"
-    refused = wait_for(lambda: served(job.id, "1"), 300, "the refusal")
+    refused = wait_until(lambda: served(job.id, "1"), 300, "the refusal")
     assert next(e for e in refused if e["event"] == "error")["message"].startswith("the request is not JSON")
-    answered = wait_for(lambda: served(job.id, good), 60, "the next answer")
+    answered = wait_until(lambda: served(job.id, good), 60, "the next answer")
     assert [e["side"] for e in answered if e["event"] == "done"] == ["without"]
     assert jobs.wait(job.id, timeout=60).status == "succeeded", jobs.log_tail(job.id)
 
@@ -132,7 +123,7 @@ def test_a_request_file_that_is_not_json_is_refused_and_the_next_is_answered(tin
 def test_a_waiting_job_ends_an_idle_session_and_cancel_stops_an_answer(tiny_model):
     model = {"base": tiny_model, "adapter": None, "backend": "transformers"}
     job, rid = answer_session.ask_warm(model, {"question": QUESTION, "kb": False, "max_new_tokens": 2000})
-    wait_for(lambda: [e for e in events(job.id) if e["event"] == "token"], 300, "a streamed token")
+    wait_until(lambda: [e for e in events(job.id) if e["event"] == "token"], 300, "a streamed token")
     jobs.cancel(job.id, grace=20)
     stopped = jobs.wait(job.id, timeout=60)
     assert (stopped.status, stopped.exit_code) == ("cancelled", STOPPED_EXIT_CODE), jobs.log_tail(job.id)
@@ -143,7 +134,7 @@ def test_a_waiting_job_ends_an_idle_session_and_cancel_stops_an_answer(tiny_mode
     # a cancelled session takes no requests: the next comparison starts a new one
     warm, _ = answer_session.ask_warm(model, {"question": QUESTION, "kb": False, "max_new_tokens": 2})
     assert warm.id != job.id
-    wait_for(lambda: [e for e in events(warm.id) if e["event"] == "served"], 300, "the answer")
+    wait_until(lambda: [e for e in events(warm.id) if e["event"] == "served"], 300, "the answer")
     other = jobs.submit(["jobs", "selftest", "--steps", "1", "--seconds-per-step", "0"], "selftest")
     ended = jobs.wait(warm.id, timeout=60)  # the default idle timeout is 10 min: the waiting job ended it
     assert ended.status == "succeeded" and "waiting for a job slot" in events(warm.id)[-1]["reason"]
@@ -166,7 +157,7 @@ def test_the_compare_page_reuses_the_warm_student_and_shows_only_its_own_answer(
     assert at.button(key="cmp:run").disabled  # one comparison at a time
     assert "Loading the student in a background job…" in texts(at) or "Waiting for a free job slot" in texts(at)
     first = at.session_state["cmp:requests"][-1]
-    wait_for(lambda: served(job.id, first), 600, "the first comparison")
+    wait_until(lambda: served(job.id, first), 600, "the first comparison")
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert re.search(r"0\.\d{3}  apples", texts(at))  # the retrieved entry with its score
@@ -181,8 +172,8 @@ def test_the_compare_page_reuses_the_warm_student_and_shows_only_its_own_answer(
     assert "Loading the student" not in texts(at)
     # another browser tab asks the same warm student right after: its answer is not drawn here
     other_tab = answer_session.ask(job.id, {"question": "What is 7 times 6?", "max_new_tokens": 4})
-    wait_for(lambda: served(job.id, second), 120, "the second comparison")
-    wait_for(lambda: served(job.id, other_tab), 120, "the other tab's comparison")
+    wait_until(lambda: served(job.id, second), 120, "the second comparison")
+    wait_until(lambda: served(job.id, other_tab), 120, "the other tab's comparison")
     at.run()
     assert not any("7 times 6" in c.value for c in at.code)
     prompts = [c.value for c in at.code]

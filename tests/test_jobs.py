@@ -11,6 +11,7 @@ import time
 
 import pytest
 from student_fixtures import tiny_model  # noqa: F401
+from waiting import wait_until
 
 from distill import jobs
 from distill.progress import STOPPED_EXIT_CODE
@@ -20,18 +21,8 @@ def selftest(steps=400, per_step=0.05, *extra):
     return ["jobs", "selftest", "--steps", str(steps), "--seconds-per-step", str(per_step), *extra]
 
 
-def wait_for(predicate, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def wait_for_step(job_id, step=2):
-    return wait_for(lambda: (p := jobs.progress(job_id)) and p["step"] >= step and p, what=f"step {step} of {job_id}")
+    return wait_until(lambda: (p := jobs.progress(job_id)) and p["step"] >= step and p, what=f"step {step} of {job_id}")
 
 
 def test_job_runs_to_success_with_metrics_log_and_command():
@@ -61,7 +52,7 @@ def test_cancel_stops_cleanly_at_next_step():
 
 def test_cancel_escalates_to_sigkill_when_the_step_does_not_end():
     job = jobs.submit(selftest(3, 60), "selftest")  # one step sleeps 60 s: no step boundary soon
-    wait_for(lambda: jobs.get(job.id).pid, what="command pid")
+    wait_until(lambda: jobs.get(job.id).pid, what="command pid")
     time.sleep(1.0)  # let Progress install its stop handler
     started = time.monotonic()
     jobs.cancel(job.id, grace=1.0)
@@ -84,7 +75,7 @@ def test_vanished_runner_and_command_are_detected_by_refresh():
     running = jobs.get(job.id)
     os.kill(running.runner_pid, signal.SIGKILL)  # runner first, so nobody records an exit code
     os.kill(running.pid, signal.SIGKILL)
-    done = wait_for(lambda: (j := jobs.get(job.id)).status != "running" and j, what="refresh")
+    done = wait_until(lambda: (j := jobs.get(job.id)).status != "running" and j, what="refresh")
     assert done.status == "failed" and "disappeared" in done.reason
 
 
@@ -122,7 +113,7 @@ def test_queue_runs_one_at_a_time_and_starts_the_next_when_a_slot_frees():
     assert jobs.get(third.id).status == "cancelled" and jobs.get(third.id).started is None
     jobs.cancel(first.id)
     # nobody calls refresh here: the first job's runner starts the next one when it ends
-    done = wait_for(
+    done = wait_until(
         lambda: (j := jobs.get(second.id, refresh_first=False)).status == "succeeded" and j, what="second job to run"
     )
     assert done.started >= jobs.get(first.id).finished - 0.5
@@ -301,7 +292,7 @@ def test_answer_job_streams_tokens_and_cancel_stops_it_at_the_next_token(tiny_mo
         ],
         "compare",
     )
-    tokens = wait_for(
+    tokens = wait_until(
         lambda: [e for e in answer_events(job.id) if e["event"] == "token"],
         timeout=180,
         what="the first streamed token",
