@@ -23,6 +23,9 @@ import os
 import re
 import secrets
 from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from distill import jobs
 from kb.errors import NesyError
@@ -33,23 +36,32 @@ REQUESTS = "requests"
 CLOSED = "requests.closed"
 IDLE_TIMEOUT_S = 600.0
 REQUEST_NAME = re.compile(r"^(\d+)\.json$")
-ANSWER_TYPES = ("number", "option", "text")  # distill.data.ANSWER_TYPES (not imported: it is heavy)
-# A request's fields: (accepted types, default). Only settings that need no reload are here.
-FIELDS: dict[str, tuple[tuple[type, ...], object]] = {
-    "question": ((str,), None),
-    "gold": ((str, type(None)), None),
-    "answer_type": ((str,), "number"),
-    "task": ((str,), ""),
-    "kb": ((bool,), True),
-    "compare": ((bool,), True),
-    "k": ((int, type(None)), None),
-    "retriever": ((str, type(None)), None),
-    "min_score": ((int, float, type(None)), None),
-    "thought": ((str, type(None)), None),
-    "max_new_tokens": ((int, type(None)), None),
-    "include_pending": ((bool,), False),
-    "adaptive": ((int, float, type(None)), None),
-}
+
+
+class Request(BaseModel):
+    """One comparison request: only settings a loaded student can change without a reload."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    question: str = Field(min_length=1)
+    gold: str | None = None
+    answer_type: Literal["number", "option", "text"] = "number"  # distill.data.ANSWER_TYPES
+    task: str = ""
+    kb: bool = True
+    compare: bool = True
+    k: int | None = Field(None, ge=0)
+    retriever: str | None = None
+    min_score: float | None = None
+    thought: str | None = None
+    max_new_tokens: int | None = Field(None, ge=1)
+    include_pending: bool = False
+    adaptive: float | None = None
+
+    @field_validator("question")
+    @classmethod
+    def has_words(cls, question: str) -> str:
+        if not question.strip():
+            raise ValueError("the request has no question")
+        return question
 
 
 class SessionClosed(NesyError):
@@ -168,28 +180,16 @@ def close(folder: Path) -> list[Path]:
 
 
 def parse_request(text: str) -> dict:
-    """A request file's settings, defaults filled in; BadRequest says what is wrong."""
+    """A request file's settings, defaults filled in; BadRequest says what is wrong (one line)."""
     try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise BadRequest(f"the request is not JSON ({e.msg})") from None
-    if not isinstance(raw, dict):
-        raise BadRequest("the request must be a JSON object")
-    unknown = sorted(set(raw) - set(FIELDS))
-    if unknown:
-        raise BadRequest(f"unknown request fields: {', '.join(unknown)}")
-    request = {}
-    for name, (types, default) in FIELDS.items():
-        value = raw.get(name, default)
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            raise BadRequest(f"request field {name!r} has the wrong type ({type(value).__name__})")
-        request[name] = value
-    if not (request["question"] or "").strip():
-        raise BadRequest("the request has no question")
-    if request["answer_type"] not in ANSWER_TYPES:
-        raise BadRequest(f"answer_type must be one of {', '.join(ANSWER_TYPES)}, not {request['answer_type']!r}")
-    if request["k"] is not None and request["k"] < 0:
-        raise BadRequest(f"k must be 0 or more, not {request['k']}")
-    if request["max_new_tokens"] is not None and request["max_new_tokens"] < 1:
-        raise BadRequest(f"max_new_tokens must be at least 1, not {request['max_new_tokens']}")
-    return request
+        return Request.model_validate_json(text).model_dump()
+    except ValidationError as e:
+        error = e.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        if error["type"] == "json_invalid":
+            raise BadRequest(f"the request is not JSON ({error['ctx']['error']})") from None
+        if where == "question" and error["type"] in ("missing", "string_too_short", "value_error"):
+            raise BadRequest("the request has no question") from None
+        if error["type"] == "model_type":
+            raise BadRequest("the request must be a JSON object") from None
+        raise BadRequest(f"request field {where!r}: {error['msg']}" if where else error["msg"]) from None

@@ -183,3 +183,27 @@ def test_the_compare_page_reuses_the_warm_student_and_shows_only_its_own_answer(
     jobs.wait(job.id, timeout=60)
     at.run()
     assert "Cancelled" not in texts(at) and any("What is 10 + 10?" in p for p in [c.value for c in at.code])
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("nope", "the request is not JSON"),
+        ("[1]", "the request must be a JSON object"),
+        ('{"question": "  "}', "the request has no question"),
+        ('{"question": "q", "k": -1}', "request field 'k': Input should be greater than or equal to 0"),
+        ('{"question": "q", "kb": "yes"}', "request field 'kb': Input should be a valid boolean"),
+        ('{"question": "q", "temperature": 1}', "request field 'temperature': Extra inputs are not permitted"),
+        ('{"question": "q", "answer_type": "x"}', "request field 'answer_type': Input should be 'number', 'option'"),
+    ],
+)
+def test_a_bad_request_is_refused_with_one_line_naming_the_field(text, message):
+    with pytest.raises(answer_session.BadRequest) as refused:
+        answer_session.parse_request(text)
+    assert str(refused.value).startswith(message) and "\n" not in str(refused.value)
+
+
+def test_a_request_gets_the_defaults_of_what_it_leaves_out():
+    request = answer_session.parse_request('{"question": "Q?", "min_score": 1}')
+    assert request == {**answer_session.Request(question="Q?").model_dump(), "min_score": 1.0}
+    assert (request["kb"], request["compare"], request["answer_type"]) == (True, True, "number")
