@@ -715,8 +715,10 @@ class _Lexical:
         ]
 
 
-def build_faiss(vectors: np.ndarray, labels: np.ndarray, config: IndexConfig):
+def build_faiss(vectors: np.ndarray, labels: np.ndarray, config: IndexConfig, scale: int | None = None):
     """Exact inner-product index for small sets, IVF for large ones. Returns (index, kind).
+    `scale`: shape the IVF as for a KB of that many vectors (lists and nprobe; the benchmark's
+    real-vector run), capped at a quarter of the vectors.
 
     An IVF build is nearly all one operation: the inner products of many vectors with thousands
     of centroids (k-means on a sample, then every vector's list). faiss's own path for it ran at
@@ -729,7 +731,8 @@ def build_faiss(vectors: np.ndarray, labels: np.ndarray, config: IndexConfig):
         if n:
             index.add_with_ids(vectors, labels)
         return index, "flat"
-    nlist = ivf_lists(n, config.lists_per_sqrt_n)
+    nlist = ivf_lists(scale or n, config.lists_per_sqrt_n)
+    nlist = min(nlist, n // 4) if scale else nlist
     index = faiss.index_factory(dim, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
     # k-means on a sample: 64 points per list is plenty for stable centroids
     sample = np.random.default_rng(0).choice(n, size=min(n, 64 * nlist), replace=False)
@@ -739,7 +742,7 @@ def build_faiss(vectors: np.ndarray, labels: np.ndarray, config: IndexConfig):
     vectors, labels = np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(labels, dtype=np.int64)
     lists = nearest_centroid(vectors, centroids)
     index.add_core(n, faiss.swig_ptr(vectors), faiss.swig_ptr(labels), faiss.swig_ptr(lists))
-    index.nprobe = ivf_nprobe(nlist, config)
+    index.nprobe = ivf_nprobe(ivf_lists(scale, config.lists_per_sqrt_n) if scale else nlist, config)
     return index, "ivf"
 
 
