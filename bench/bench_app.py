@@ -18,7 +18,7 @@ and round, on a free loopback port.
                  page flip    click "Page 2" -> rows 51-100 shown                  (target < 1 s)
                ours only: the page reached from the sidebar, and a text search round trip
   graph        per --graphs N nodes: first draw (the graph can be clicked and zoomed: target
-               < 3 s at 2,000 nodes), and until vis-network's physics layout settles;
+               < 3 s at 2,000 nodes), and until the layout is final (physics off, kb.graph);
                ours = the Graph page (caches warm), plain = the same kb.graph.render_html page
                opened straight in the browser (vis-network alone); ours only: redraw and zoom
                (interactive = tens of ms)
@@ -270,15 +270,12 @@ def graph_plain(browser, html: str) -> dict[str, float]:
 
 
 def layout_settled(frame, start: float) -> float:
-    """Seconds since `start` until pyvis hides its loading bar (physics stabilised); inf after 300 s."""
+    """Seconds since `start` until physics has settled the layout and was switched off
+    (kb.graph's CLICK_SCRIPT sets window.nesySettled); inf after 300 s."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     try:
-        frame.wait_for_function(
-            "() => !document.getElementById('loadingBar') || "
-            "document.getElementById('loadingBar').style.display === 'none'",
-            timeout=300_000,
-        )
+        frame.wait_for_function("() => window.nesySettled === true", timeout=300_000)
         return time.perf_counter() - start
     except PlaywrightTimeout:
         return float("inf")

@@ -112,3 +112,15 @@ def test_focus_in_render(store):
     page = render_html(build_graph(store), focus="c")
     nodes = json.loads(re.search(r"nodes = new vis\.DataSet\((\[.*?\])\);", page).group(1))
     assert {n["id"] for n in nodes} == {"entry:c", "task:bbh"}
+
+
+@pytest.mark.parametrize("nodes, before_draw", [(100, 200), (2000, 15)])
+def test_a_big_graph_is_drawn_after_few_rounds_and_always_gets_the_same_200(nodes, before_draw):
+    """Interactive within seconds at 2,000 nodes: few stabilisation rounds before the first draw,
+    the rest live, counted (not timed), so every session ends in the same layout."""
+    import networkx as nx
+
+    page = render_html(nx.path_graph([f"c{i}" for i in range(nodes)]), max_nodes=nodes)
+    options = json.loads(re.search(r"var options = (\{.*?\});\n", page, re.S).group(1))
+    assert options["physics"]["stabilization"]["iterations"] == before_draw
+    assert f"var live = {200 - before_draw};" in page
