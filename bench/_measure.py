@@ -94,8 +94,9 @@ def column(runs: list[dict[str, float]], key: str) -> list[float]:
 @dataclass
 class Load:
     """While in its `with` block: the 1-minute load average, sampled every `every` seconds, and
-    the CPU that *other* processes used (all CPU time minus this process tree's: the benchmark's
-    own threads, its servers and its browsers are its work, not a disturbance).
+    the CPU that *other* processes used: every process outside this process tree, sampled with
+    the load (the benchmark's own threads, servers and browsers — renderers come and go — are its
+    work, not a disturbance; a foreign process that ends between samples loses that last bit).
 
     The load average counts the benchmark itself (a 2-thread run on 2 cores shows ~2 by itself),
     so the verdict comes from the other processes: busy when they used more than `busy_cores`
@@ -110,7 +111,9 @@ class Load:
     def __enter__(self) -> Load:
         self._stop = threading.Event()
         self.samples.append(os.getloadavg()[0])
-        self._start = (time.monotonic(), _busy_cpu_seconds(), _own_cpu_seconds())
+        self._started = time.monotonic()
+        self._first = _foreign_cpu_seconds()
+        self._last = dict(self._first)
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -118,15 +121,16 @@ class Load:
     def _run(self) -> None:
         while not self._stop.wait(self.every):
             self.samples.append(os.getloadavg()[0])
+            self._last.update(_foreign_cpu_seconds())
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
         self.samples.append(os.getloadavg()[0])
-        wall, busy, own = (
-            now - then for now, then in zip((time.monotonic(), _busy_cpu_seconds(), _own_cpu_seconds()), self._start)
-        )
-        self.other_cores = max(busy - own, 0.0) / wall if wall > 0 else 0.0
+        self._last.update(_foreign_cpu_seconds())
+        wall = time.monotonic() - self._started
+        other = sum(cpu - self._first.get(pid, 0.0) for pid, cpu in self._last.items())
+        self.other_cores = max(other, 0.0) / wall if wall > 0 else 0.0
 
     @property
     def busy(self) -> bool:
@@ -143,23 +147,18 @@ class Load:
         return f"machine load (1-min average, this benchmark included) {lo:.2f}–{hi:.2f}; {verdict}"
 
 
-def _busy_cpu_seconds() -> float:
-    """CPU seconds all cores spent not idle since boot."""
-    import psutil
-
-    t = psutil.cpu_times()
-    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
-
-
-def _own_cpu_seconds() -> float:
-    """CPU seconds of this process, its finished children and its live descendants."""
+def _foreign_cpu_seconds() -> dict[int, float]:
+    """CPU seconds (user + system) of every live process outside this process tree, by pid."""
     import psutil
 
     me = psutil.Process()
-    total = sum(me.cpu_times()[:4])  # user, system, children_user, children_system
-    for child in me.children(recursive=True):
+    mine = {me.pid} | {p.pid for p in me.children(recursive=True)}
+    seconds = {}
+    for proc in psutil.process_iter():
+        if proc.pid in mine:
+            continue
         try:
-            total += sum(child.cpu_times()[:2])
+            seconds[proc.pid] = sum(proc.cpu_times()[:2])
         except psutil.Error:
             continue  # ended between listing and reading
-    return total
+    return seconds
