@@ -136,7 +136,7 @@ def cap_graph(graph: nx.Graph, max_nodes: int) -> tuple[nx.Graph, str | None]:
 # 2,000 nodes live took ~95 s), and is switched off (CLICK_SCRIPT), so nodes stay where they are
 # (and where you drag them). Counting rounds, not seconds, keeps the layout the same every time.
 LAYOUT_ROUNDS = 200
-STABILISATION_WORK = 30_000  # node-rounds before the first draw: 200 rounds at 150 nodes, 15 at 2,000
+STABILISATION_WORK = 20_000  # node-rounds before the first draw: 200 rounds up to 100 nodes, 10 at 2,000
 
 
 def stabilisation_rounds(nodes: int) -> int:
