@@ -105,3 +105,20 @@ def tiny_model(tmp_path_factory) -> str:
 @pytest.fixture
 def gsm8k_records(tmp_path) -> Path:
     return write_records(tmp_path / "rationales" / "records.jsonl", n=12)
+
+
+def add_apples_entry() -> None:
+    """One accepted KB entry that the apples question ("Tom has 3 apples…") retrieves."""
+    from kb.schema import Entry
+    from kb.store import KBStore
+
+    KBStore().add(
+        Entry(
+            id="apples",
+            task="gsm8k",
+            status="accepted",
+            learning_summary="Add what is bought.",
+            supplementary_knowledge="Total = start + bought.",
+        ),
+        by="test",
+    )

@@ -8,12 +8,11 @@ from __future__ import annotations
 import re
 
 import pytest
-from student_fixtures import tiny_model  # noqa: F401
+from student_fixtures import add_apples_entry, tiny_model  # noqa: F401
 from waiting import wait_until
 
 from distill import answer_session, jobs
 from distill.progress import STOPPED_EXIT_CODE, read_jsonl
-from kb.schema import Entry
 from kb.store import KBStore
 
 STUDENT = {"base": None, "adapter": None, "backend": "transformers"}
@@ -44,22 +43,9 @@ def served(job_id: str, request_id: str) -> list[dict]:
     return []
 
 
-def add_entry() -> None:
-    KBStore().add(
-        Entry(
-            id="apples",
-            task="gsm8k",
-            status="accepted",
-            learning_summary="Add what is bought.",
-            supplementary_knowledge="Total = start + bought.",
-        ),
-        by="test",
-    )
-
-
 @pytest.mark.slow
 def test_a_session_loads_the_student_once_and_serves_requests_until_idle():
-    add_entry()
+    add_apples_entry()
     job, first = answer_session.ask_warm(
         STUDENT, {"question": QUESTION, "gold": "5", "max_new_tokens": 8}, idle_timeout=20
     )
@@ -145,7 +131,7 @@ def test_a_waiting_job_ends_an_idle_session_and_cancel_stops_an_answer(tiny_mode
 def test_the_compare_page_reuses_the_warm_student_and_shows_only_its_own_answer():
     from test_app import run, texts
 
-    add_entry()
+    add_apples_entry()
     at = run("compare")
     at.number_input(key="cmp:max-new").set_value(16)
     at.text_area(key="cmp:question").set_value(QUESTION)

@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from student_fixtures import tiny_model  # noqa: F401
+from student_fixtures import add_apples_entry, tiny_model  # noqa: F401
 from waiting import wait_until
 
 from distill import jobs
@@ -263,19 +263,7 @@ def answer_events(job_id):
 
 @pytest.mark.slow
 def test_answer_job_streams_tokens_and_cancel_stops_it_at_the_next_token(tiny_model):
-    from kb.schema import Entry
-    from kb.store import KBStore
-
-    KBStore().add(
-        Entry(
-            id="apples",
-            task="gsm8k",
-            status="accepted",
-            learning_summary="Add what is bought.",
-            supplementary_knowledge="Total = start + bought.",
-        ),
-        by="test",
-    )
+    add_apples_entry()
     job = jobs.submit(
         [
             "answer",
