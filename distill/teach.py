@@ -21,9 +21,12 @@ exit 2.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import re
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
@@ -162,10 +165,68 @@ def _check_batch(batch: str | None, teacher: str) -> None:
         _fail("--batch needs the base URL of a server with the OpenAI Batch API as --teacher")
 
 
-def _teacher_client(batch: str | None, *choice) -> TeacherClient:
-    """make_client(*choice), or with --batch a client that queues what the cache cannot answer."""
-    client = make_client(*choice)
-    return client if batch is None else BatchCollector(client.config, client.cache)
+@dataclass(frozen=True)
+class TeacherChoice:
+    """Which teacher answers and how it is called: the options every teacher job shares."""
+
+    teacher: str
+    model: str | None
+    api_key_env: str
+    concurrency: int
+    timeout: float
+    max_retries: int
+    slots: int
+    prompt_cache: bool
+    draft: bool
+    batch: str | None
+
+    def client(self, temperature: float, max_tokens: int) -> TeacherClient:
+        """make_client(...), or with --batch a client that queues what the cache cannot answer."""
+        server = LocalServerChoice(self.slots, self.prompt_cache, self.draft)
+        client = make_client(
+            self.teacher,
+            self.model,
+            self.api_key_env,
+            self.concurrency,
+            temperature,
+            max_tokens,
+            self.timeout,
+            self.max_retries,
+            server,
+        )
+        return client if self.batch is None else BatchCollector(client.config, client.cache)
+
+
+TEACHER_OPTIONS = {  # TeacherChoice's fields as `nesy teach` options, declared once
+    "teacher": (str, typer.Option("local", help=TEACHER_HELP)),
+    "model": (str, typer.Option(None, help=MODEL_HELP)),
+    "api_key_env": (str, typer.Option("OPENAI_API_KEY", help=KEY_ENV_HELP)),
+    "concurrency": (int, typer.Option(4, help=CONCURRENCY_HELP)),
+    "timeout": (float, typer.Option(600.0, help=TIMEOUT_HELP)),
+    "max_retries": (int, typer.Option(5, help="retries on 429/5xx/timeouts, with exponential backoff")),
+    "slots": (int, typer.Option(ServerOptions.n_parallel, help=SLOTS_HELP)),
+    "prompt_cache": (bool, typer.Option(True, "--prompt-cache/--no-prompt-cache", help=PROMPT_CACHE_HELP)),
+    "draft": (bool, typer.Option(False, "--draft/--no-draft", help=DRAFT_HELP)),
+    "batch": (str, typer.Option(None, "--batch", help=BATCH_HELP)),
+}
+
+
+def with_teacher_options(command):
+    """The command's own options followed by TEACHER_OPTIONS; it receives the latter as one
+    `choice: TeacherChoice` (typer reads the signature set here)."""
+    own = [p for p in inspect.signature(command).parameters.values() if p.name != "choice"]
+    shared = [
+        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=option, annotation=kind)
+        for name, (kind, option) in TEACHER_OPTIONS.items()
+    ]
+
+    @functools.wraps(command)
+    def run(**options):
+        choice = TeacherChoice(**{name: options.pop(name) for name in TEACHER_OPTIONS})
+        return command(choice=choice, **options)
+
+    run.__signature__ = inspect.signature(command).replace(parameters=own + shared)
+    return run
 
 
 def _submitted(client: TeacherClient, batch: str | None) -> bool:
@@ -194,6 +255,7 @@ def _thoughts(text: str) -> list[str]:
 
 
 @cli.command("rationales")
+@with_teacher_options
 def rationales_cmd(
     dataset: str = typer.Option(..., help="dataset name (nesy data list)"),
     split: str = typer.Option("train"),
@@ -206,22 +268,13 @@ def rationales_cmd(
     out: str = typer.Option(
         None, help="rationale set name, not a path: $NESY_HOME/datasets/<out> (default: <dataset>-<split>)"
     ),
-    teacher: str = typer.Option("local", help=TEACHER_HELP),
-    model: str = typer.Option(None, help=MODEL_HELP),
-    api_key_env: str = typer.Option("OPENAI_API_KEY", help=KEY_ENV_HELP),
-    concurrency: int = typer.Option(4, help=CONCURRENCY_HELP),
-    timeout: float = typer.Option(600.0, help=TIMEOUT_HELP),
-    max_retries: int = typer.Option(5, help="retries on 429/5xx/timeouts, with exponential backoff"),
-    slots: int = typer.Option(ServerOptions.n_parallel, help=SLOTS_HELP),
-    prompt_cache: bool = typer.Option(True, "--prompt-cache/--no-prompt-cache", help=PROMPT_CACHE_HELP),
-    draft: bool = typer.Option(False, "--draft/--no-draft", help=DRAFT_HELP),
-    batch: str = typer.Option(None, "--batch", help=BATCH_HELP),
+    choice: TeacherChoice = None,
 ) -> None:
     """Generate CoT/PoT/EoT rationales, verify each against the gold answer, keep the verified."""
     _check_out(out, "datasets")
-    _check_batch(batch, teacher)
+    _check_batch(choice.batch, choice.teacher)
     chosen = _thoughts(thoughts)
-    if n_samples < 1 or concurrency < 1:
+    if n_samples < 1 or choice.concurrency < 1:
         _fail("--n-samples and --concurrency must be at least 1")
     with _one_line_errors():
         spec = get_dataset(dataset)
@@ -232,29 +285,18 @@ def rationales_cmd(
         named_path("datasets", name, "--out")
     with _one_line_errors("--out: "):
         rationale_dir(name)
-    if teacher == GOLD_TEACHER:
+    if choice.teacher == GOLD_TEACHER:
         _gold(examples, chosen, name, f"{dataset} {split}")
-    elif teacher == ANNOTATIONS_TEACHER:
+    elif choice.teacher == ANNOTATIONS_TEACHER:
         _annotations(examples, chosen, name)
     else:
 
         def job():
-            client = _teacher_client(
-                batch,
-                teacher,
-                model,
-                api_key_env,
-                concurrency,
-                temperature,
-                max_tokens,
-                timeout,
-                max_retries,
-                LocalServerChoice(slots, prompt_cache, draft),
-            )
+            client = choice.client(temperature, max_tokens)
             return client, generate_rationales(client, examples, chosen, n_samples, name)
 
         client, summary = _until_stopped(job)
-        if _submitted(client, batch):
+        if _submitted(client, choice.batch):
             return
         typer.echo(
             f"kept {summary.kept} verified of {summary.calls} samples {summary.by_thought} -> "
@@ -288,6 +330,7 @@ def _annotations(examples, chosen: list[str], name: str) -> None:
 
 
 @cli.command("knowledge")
+@with_teacher_options
 def knowledge_cmd(
     errors: Path = typer.Option(None, help="student error JSONL (NesyCD error analysis)"),
     dataset: str = typer.Option(None, help="with --with-answer: training examples (SKIntern)"),
@@ -307,20 +350,11 @@ def knowledge_cmd(
     out: str = typer.Option(
         None, help="name (not a path) of the run folder for raw teacher I/O, $NESY_HOME/teach/knowledge/<out>"
     ),
-    teacher: str = typer.Option("local", help=TEACHER_HELP),
-    model: str = typer.Option(None, help=MODEL_HELP),
-    api_key_env: str = typer.Option("OPENAI_API_KEY", help=KEY_ENV_HELP),
-    concurrency: int = typer.Option(4, help=CONCURRENCY_HELP),
-    timeout: float = typer.Option(600.0, help=TIMEOUT_HELP),
-    max_retries: int = typer.Option(5, help="retries on 429/5xx/timeouts, with exponential backoff"),
-    slots: int = typer.Option(ServerOptions.n_parallel, help=SLOTS_HELP),
-    prompt_cache: bool = typer.Option(True, "--prompt-cache/--no-prompt-cache", help=PROMPT_CACHE_HELP),
-    draft: bool = typer.Option(False, "--draft/--no-draft", help=DRAFT_HELP),
-    batch: str = typer.Option(None, "--batch", help=BATCH_HELP),
+    choice: TeacherChoice = None,
 ) -> None:
     """Distil knowledge into pending KB entries (from student errors, or training questions + answers)."""
     _check_out(out, "teach/knowledge")
-    _check_batch(batch, teacher)
+    _check_batch(choice.batch, choice.teacher)
     _check_knowledge_source(errors, dataset, from_set, with_answer, split)
     if attempts < 1:
         _fail("--attempts must be at least 1")
@@ -331,22 +365,11 @@ def knowledge_cmd(
         knowledge_dir(name)
 
     def job():
-        client = _teacher_client(
-            batch,
-            teacher,
-            model,
-            api_key_env,
-            concurrency,
-            temperature,
-            max_tokens,
-            timeout,
-            max_retries,
-            LocalServerChoice(slots, prompt_cache, draft),
-        )
+        client = choice.client(temperature, max_tokens)
         return client, distil_knowledge(client, cases, kind, name, auto_accept, attempts)
 
     client, summary = _until_stopped(job)
-    if _submitted(client, batch):
+    if _submitted(client, choice.batch):
         return
     typer.echo(
         f"{summary.created} entries ({'accepted' if auto_accept else 'pending'}) from "
