@@ -303,19 +303,9 @@ def test_answer_job_streams_tokens_and_cancel_stops_it_at_the_next_token(tiny_mo
 
 @pytest.mark.slow
 def test_answer_job_compares_both_sides_with_prompts_and_retrieved_scores(tiny_model):
-    from kb.schema import Entry
     from kb.store import KBStore
 
-    KBStore().add(
-        Entry(
-            id="apples",
-            task="gsm8k",
-            status="accepted",
-            learning_summary="Add what is bought.",
-            supplementary_knowledge="Total = start + bought.",
-        ),
-        by="test",
-    )
+    add_apples_entry()
     argv = [
         "answer",
         "Tom has 3 apples and buys 2 more. How many?",
