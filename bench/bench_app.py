@@ -293,7 +293,7 @@ COMPARE_QUESTIONS = [
 def compare_page(browser, home: Path, rounds: int) -> dict[str, list[float]]:
     """Seconds from the click to the first streamed tokens (3) on screen, per warm comparison, and
     where they went (the request file's time and the session's events)."""
-    from distill import answer_session, jobs
+    from distill import jobs
 
     os.environ["NESY_HOME"] = str(home)
     seed_kb(home, 200)
@@ -309,17 +309,17 @@ def compare_page(browser, home: Path, rounds: int) -> dict[str, list[float]]:
             box.fill(question)
             box.press("Tab")
             page.wait_for_timeout(500)  # the rerun that commits the question
-            served = len(session_events(home, jobs, answer_session, "served"))
+            served = len(session_events(home, "served"))
             start, clicked = time.perf_counter(), time.time()
             page.get_by_role("button", name="Answer both ways").click()
-            first = first_tokens(home, jobs, answer_session, served)
+            first = first_tokens(home, served)
             on_screen = "(t) => document.querySelector('[data-testid=stMain]').innerText.includes(t)"
             page.wait_for_function(on_screen, arg=first, timeout=600_000)
             seconds = time.perf_counter() - start
-            until(lambda: len(session_events(home, jobs, answer_session, "served")) > served)
+            until(lambda: len(session_events(home, "served")) > served)
             if i:  # the first comparison loads the student: not a warm measure
                 out["on screen"].append(seconds)
-                for key, value in session_times(home, jobs, answer_session, clicked).items():
+                for key, value in session_times(home, clicked).items():
                     out[key].append(value)
         for job in jobs.list_jobs():
             if job.active:
@@ -327,8 +327,9 @@ def compare_page(browser, home: Path, rounds: int) -> dict[str, list[float]]:
     return out
 
 
-def session_events(home: Path, jobs, answer_session, kind: str | None = None) -> list[dict]:
+def session_events(home: Path, kind: str | None = None) -> list[dict]:
     """The events of the (one) compare session job, or [] before it exists."""
+    from distill import answer_session, jobs
     from distill.progress import read_jsonl
 
     job = next((j for j in jobs.list_jobs() if j.kind == answer_session.KIND), None)
@@ -336,11 +337,11 @@ def session_events(home: Path, jobs, answer_session, kind: str | None = None) ->
     return [e for e in events if kind is None or e["event"] == kind]
 
 
-def first_tokens(home: Path, jobs, answer_session, served: int, n: int = 3) -> str:
+def first_tokens(home: Path, served: int, n: int = 3) -> str:
     """The text of the first n streamed tokens of the request after the `served` ones."""
 
     def tokens() -> str | None:
-        events = session_events(home, jobs, answer_session)
+        events = session_events(home)
         requests = [e["request"] for e in events if e["event"] == "request"]
         found = [
             e["text"]
@@ -362,10 +363,12 @@ def until(check, timeout: float = 600.0):
     return result
 
 
-def session_times(home: Path, jobs, answer_session, clicked: float) -> dict[str, float]:
+def session_times(home: Path, clicked: float) -> dict[str, float]:
     """The last request's path through the session, from its request file and its events."""
+    from distill import answer_session, jobs
+
     job = next(j for j in jobs.list_jobs() if j.kind == answer_session.KIND)
-    events = session_events(home, jobs, answer_session)
+    events = session_events(home)
     last = events[-1]["request"]
     when = {e["event"]: e["time"] for e in reversed(events) if e.get("request") == last}  # first of each
     written = next((home / "jobs" / job.id).glob(f"requests*/{last}.*")).stat().st_mtime
