@@ -14,7 +14,7 @@
   chat-template adapters can be served this way. A key, if the server wants one, is read from
   $NESY_STUDENT_API_KEY.
 
-The llama.cpp server is started like the local teacher (distill/teacher.py: same spawn, health
+The llama.cpp server is started like the local teacher (distill/llama_server.py: same health
 wait and stop), one per loaded student, and stopped when the student is dropped or at exit.
 """
 
@@ -90,8 +90,8 @@ def connect(spec: str, *, base_model: str | None, adapter: str | None, tokenizer
 
 
 def default_threads() -> int:
-    """$NESY_STUDENT_THREADS, else the teacher's rule (half the cores: llama.cpp threads busy-wait)."""
-    from distill.teacher import default_threads as teacher_threads
+    """$NESY_STUDENT_THREADS, else the teacher's rule (every core, or $NESY_TEACHER_THREADS)."""
+    from distill.llama_server import default_threads as teacher_threads
 
     return int(os.environ.get("NESY_STUDENT_THREADS") or teacher_threads())
 
@@ -110,7 +110,7 @@ class StudentServer:
         cache_type: str = "f32",
         startup_timeout: float = 180.0,
     ):
-        from distill.teacher import free_port
+        from distill.llama_server import free_port
 
         self.gguf, self.lora = Path(gguf), Path(lora) if lora else None
         self.port = free_port()
@@ -123,7 +123,7 @@ class StudentServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> StudentServer:
-        from distill.teacher import TeacherError, _wait_healthy
+        from distill.llama_server import ServerError, wait_healthy
 
         log = open(subdir("student") / f"server-{self.port}.log", "ab")  # noqa: SIM115 - the child owns it
         command = [
@@ -149,20 +149,17 @@ class StudentServer:
         self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
         try:
-            _wait_healthy(self.proc, f"{self.url}/v1", self.startup_timeout)
-        except TeacherError as e:  # the teacher's wording; the log is the student's
+            wait_healthy(self.proc, f"{self.url}/v1", self.startup_timeout, Path(log.name))
+        except ServerError as e:
             self.stop()
-            raise StudentBackendError(
-                f"the llama.cpp student server did not start ({e}); log: "
-                f"{subdir('student') / f'server-{self.port}.log'}"
-            ) from None
+            raise StudentBackendError(f"the llama.cpp student server did not start: {e}") from None
         return self
 
     def stop(self) -> None:
-        from distill.teacher import _stop
+        from distill.llama_server import stop_process
 
         if self.proc is not None:
-            _stop(self.proc.pid)
+            stop_process(self.proc.pid)
             self.proc.wait()
             self.proc = None
 

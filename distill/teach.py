@@ -5,7 +5,7 @@ The work is done elsewhere; this module turns options into calls and results int
   `--teacher gold` and `--teacher annotations` make them without a teacher);
 - `nesy teach knowledge` -> distill/knowledge.py (NesyCD error analyses, SKIntern per-example
   knowledge, as pending KB entries);
-- `nesy teach server` -> distill/teacher.py (show or stop the shared local llama.cpp teacher);
+- `nesy teach server` -> distill/llama_server.py (show or stop the shared local llama.cpp teacher);
 - `--batch NAME` on rationales / knowledge, `nesy teach batch status|import NAME` ->
   distill/batch.py (the OpenAI Batch API: the requests not in the cache are submitted as one
   batch instead of being sent, its answers imported into the cache, the command run again).
@@ -46,16 +46,10 @@ from distill.knowledge import (
     refuse_test_questions,
     set_examples,
 )
+from distill.llama_server import ServerOptions, server_state, stop_local_teacher
 from distill.progress import STOPPED_EXIT_CODE, StopRequested, install_stop_handler
 from distill.rationales import GOLD_TEACHER, THOUGHTS, generate_rationales, gold_rationales
-from distill.teacher import (
-    LocalServerChoice,
-    ServerOptions,
-    TeacherClient,
-    make_client,
-    server_state,
-    stop_local_teacher,
-)
+from distill.teacher import LocalServerChoice, TeacherClient, make_client
 from kb.errors import NesyError
 from kb.workspace import check_name, named_path
 
@@ -113,7 +107,7 @@ TIMEOUT_HELP = "total seconds of one request attempt (connect + send + read), th
 CONCURRENCY_HELP = "requests in flight (the local teacher: at most one per slot, see --slots)"
 SLOTS_HELP = (
     "local teacher: requests decoded together, each slot with its own prompt cache "
-    "(on 2 shared cores two slots were no faster than one)"
+    "(on 2 CPU cores two slots were no faster than one: decoding is compute-bound there)"
 )
 PROMPT_CACHE_HELP = (
     "local teacher: reuse the computed prefix (instruction + demonstrations) of "

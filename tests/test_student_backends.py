@@ -234,7 +234,7 @@ def test_llama_cpp_server_ends_with_the_process_that_started_it(tiny_model, tmp_
     import sys
     import time
 
-    from distill.teacher import _alive
+    from distill.llama_server import alive
 
     base = gguf_export.hf_to_gguf(tiny_model, tmp_path / "tiny.gguf", gguf_export.tokenizer_source(tiny_model))
     script = (
@@ -249,13 +249,13 @@ def test_llama_cpp_server_ends_with_the_process_that_started_it(tiny_model, tmp_
         env={**os.environ, "NESY_HOME": str(tmp_path / "home")},
     )
     server = int(parent.stdout.readline())
-    assert _alive(server)
+    assert alive(server)
     os.kill(parent.pid, signal.SIGKILL)
     parent.wait()
     deadline = time.monotonic() + 20
-    while _alive(server) and time.monotonic() < deadline:
+    while alive(server) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not _alive(server)
+    assert not alive(server)
 
 
 def test_backend_option_is_checked():

@@ -23,9 +23,9 @@ from distill.answers import check
 from distill.cli import app
 from distill.data import get_dataset, load_rationales
 from distill.knowledge import error_messages, example_messages, parse_knowledge
+from distill.llama_server import LocalTeacherServer
 from distill.models import student_gguf_path
 from distill.rationales import GSM8K_DEMOS, rationale_messages, verify
-from distill.teacher import LocalTeacherServer
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -6,22 +6,14 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 from openai_stub import EchoKey, QuietHandler, Scripted, Trickle, chat_completion, reply, serve
 
+from distill.llama_server import LocalTeacherServer, ServerError, healthy, local_teacher, stop_local_teacher
 from distill.models import student_gguf_path
-from distill.teacher import (
-    LocalTeacherServer,
-    TeacherCache,
-    TeacherClient,
-    TeacherConfig,
-    TeacherError,
-    allowed_key_envs,
-    healthy,
-    local_teacher,
-    stop_local_teacher,
-)
+from distill.teacher import TeacherCache, TeacherClient, TeacherConfig, TeacherError, allowed_key_envs
 
 SMALL = dict(n_parallel=2, n_ctx=1024, threads=1)
 
@@ -40,7 +32,7 @@ def ask(text: str) -> list[dict]:
 
 
 def test_real_server_completion_usage_and_order(server):
-    client = TeacherClient(server.config(max_tokens=16, concurrency=2))
+    client = TeacherClient(TeacherConfig.for_server(server, max_tokens=16, concurrency=2))
     one = client.complete(ask("What is 2 + 3? Answer with a number."))
     assert one.text.strip() and one.usage["prompt_tokens"] > 5 and one.usage["completion_tokens"] > 0
     prompts = [ask(f"Repeat the word number {i}.") for i in range(3)]
@@ -52,7 +44,7 @@ def test_real_server_completion_usage_and_order(server):
 
 def test_cache_answers_repeats_without_calling(server, workspace):
     cache = TeacherCache()
-    client = TeacherClient(server.config(max_tokens=8), cache)
+    client = TeacherClient(TeacherConfig.for_server(server, max_tokens=8), cache)
     first = client.complete(ask("Name a colour."))
     again = client.complete(ask("Name a colour."))
     assert again.cached and again.text == first.text and client.usage.requests == 1
@@ -60,14 +52,14 @@ def test_cache_answers_repeats_without_calling(server, workspace):
     assert not other_sample.cached
     assert cache.stats() == {"entries": 2, "calls": 2, "repeated_calls": 0}
     # a new process-level client (a re-run) reads the same file
-    rerun = TeacherClient(server.config(max_tokens=8), TeacherCache())
+    rerun = TeacherClient(TeacherConfig.for_server(server, max_tokens=8), TeacherCache())
     assert rerun.complete(ask("Name a colour.")).cached and rerun.usage.requests == 0
     assert str(cache.path).startswith(str(workspace))
 
 
 def test_api_key_comes_from_env_and_is_never_written(server, workspace, monkeypatch):
     monkeypatch.setenv("MY_TEACHER_KEY", "sk-secret-should-not-persist-1234")
-    config = server.config(max_tokens=4)
+    config = TeacherConfig.for_server(server, max_tokens=4)
     config.api_key_env = "MY_TEACHER_KEY"
     TeacherClient(config, TeacherCache()).complete(ask("Hi"))
     for path in workspace.rglob("*"):
@@ -152,7 +144,7 @@ def test_local_teacher_is_shared_and_stopped(workspace):
         assert second.pid == first.pid and second.base_url == first.base_url
         state = json.loads((workspace / "teacher" / "server.json").read_text())
         assert state["pid"] == first.pid and state["options"]["cache_prompt"] is True
-        assert TeacherClient(second.config(max_tokens=4)).complete(ask("Hi")).text is not None
+        assert TeacherClient(TeacherConfig.for_server(second, max_tokens=4)).complete(ask("Hi")).text is not None
         # a job asking for other server options gets a server started with them
         other = local_teacher(student_gguf_path(), **SMALL, cache_prompt=False)
         assert other.pid != first.pid and other.options["cache_prompt"] is False
@@ -263,3 +255,12 @@ def test_allowed_key_envs_are_only_what_the_operator_declared(monkeypatch):
             raise FileNotFoundError("no secrets.toml")
 
     assert allowed_key_envs(NoSecretsFile()) == ["OPENAI_API_KEY", "VLLM_KEY", "ANY_KEY"]
+
+
+def test_a_server_that_cannot_start_names_its_log(workspace, tmp_path):
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"not a gguf")
+    with pytest.raises(ServerError, match=r"exited with -?\d+ \(log: .*server-\d+\.log\)") as caught:
+        LocalTeacherServer(broken, n_ctx=256, threads=1).start()
+    log = Path(str(caught.value).rsplit("log: ", 1)[1].rstrip(")"))
+    assert log.is_file() and "broken.gguf" in log.read_text(errors="replace")
