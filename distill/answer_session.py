@@ -23,11 +23,11 @@ import os
 import re
 import secrets
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from distill import jobs
+from distill.data import AnswerType
 from kb.errors import NesyError
 
 KIND = "compare"
@@ -44,7 +44,7 @@ class Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     question: str = Field(min_length=1)
     gold: str | None = None
-    answer_type: Literal["number", "option", "text"] = "number"  # distill.data.ANSWER_TYPES
+    answer_type: AnswerType = "number"
     task: str = ""
     kb: bool = True
     compare: bool = True

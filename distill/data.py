@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import MISSING, asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal, get_args
 
 import typer
 
@@ -51,7 +52,8 @@ SHIPPED_RATIONALES = DATA_DIR / "rationales"  # verified sets made without a tea
 STARTER_KB = DATA_DIR / "starter_kb.jsonl"
 TEST_FRACTION = 0.3
 DEFAULT_SEED = 0
-ANSWER_TYPES = ("number", "option", "text")
+AnswerType = Literal["number", "option", "text"]
+ANSWER_TYPES: tuple[str, ...] = get_args(AnswerType)
 
 
 class DatasetError(NesyError, ValueError):
