@@ -8,6 +8,7 @@ teacher assembly happen once per machine, not once per test.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,20 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if item.get_closest_marker("browser"):
             item.add_marker(pytest.mark.flaky(reruns=1, only_rerun=transient))
+
+
+_RETRIED: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    """Remember why a browser test was retried: a retry that passes leaves no trace otherwise."""
+    if report.outcome == "rerun":
+        text = report.longreprtext.splitlines()
+        error = next((line[1:].strip() for line in text if line.startswith("E ")), "?")
+        where = next((line.split(": ")[0] for line in reversed(text) if re.match(r"\S+\.py:\d+: ", line)), "?")
+        _RETRIED.append(f"{report.nodeid} ({report.when}, {where}): {error}")
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in _RETRIED:
+        terminalreporter.write_line(f"retried after a transient browser error: {line}")
