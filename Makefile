@@ -62,6 +62,7 @@ bench: setup
 	$(PY) bench/bench_import.py --n 100000
 	$(PY) bench/bench_verify.py --n 40
 	$(PY) bench/bench_teacher.py --n 8
+	$(PY) bench/bench_teacher_throughput.py --n 3 --rounds 2 --threads 2 --draft --also threads=1
 	$(PY) bench/bench_train.py --trainer --steps 4 --samples 16
 	$(PY) bench/bench_generate.py --questions 8
 	$(PY) bench/bench_generate.py --questions 16 --batch 16 --max-new-tokens 200

@@ -29,8 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import Load, Spread, interleave, per_second, ratio  # noqa: E402
 
 from distill.data import get_dataset  # noqa: E402
+from distill.llama_server import LocalTeacherServer  # noqa: E402
 from distill.models import student_gguf_path  # noqa: E402
-from distill.teacher import LocalTeacherServer, TeacherCache, TeacherClient, Usage  # noqa: E402
+from distill.teacher import TeacherCache, TeacherClient, TeacherConfig, Usage  # noqa: E402
 
 
 def prompts(questions, offset: int, n: int) -> list[list[dict]]:
@@ -52,7 +53,7 @@ def main():
     parser.add_argument("--n", type=int, default=8, help="questions per side and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=None, help="default: half the cores")
+    parser.add_argument("--threads", type=int, default=None, help="default: ServerOptions' (every core)")
     args = parser.parse_args()
     os.environ.setdefault("NESY_HOME", tempfile.mkdtemp(prefix="nesy-bench-"))
     gguf = args.gguf or str(student_gguf_path())
@@ -66,7 +67,8 @@ def main():
 
         def run(name: str, concurrency: int, requests, with_cache: bool = False) -> float:
             client = TeacherClient(
-                info.config(concurrency=concurrency, max_tokens=args.max_tokens), cache if with_cache else None
+                TeacherConfig.for_server(info, concurrency=concurrency, max_tokens=args.max_tokens),
+                cache if with_cache else None,
             )
             rate = per_second(len(requests), lambda: check(client.complete_many(requests)))
             for key, value in client.usage.__dict__.items():

