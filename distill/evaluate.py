@@ -353,8 +353,8 @@ def _generate_with(cfg: EvalConfig, spec, todo: dict, samples_path: Path, bar: P
             from distill.infer import _open_index
 
             index = _open_index()
-        examples = todo[run.name]
         settings = resolved(run, student, cfg)
+        examples = _votes_from_rows(run, cfg, spec, todo[run.name], samples_path, student, settings, bar)
         for i in range(0, len(examples), cfg.batch_size):
             bar.check_stop()
             batch = examples[i : i + cfg.batch_size]
@@ -365,6 +365,57 @@ def _generate_with(cfg: EvalConfig, spec, todo: dict, samples_path: Path, bar: P
             with open(samples_path, "a", encoding="utf-8") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
             bar.update(len(batch))
+
+
+def vote_siblings(run: RunConfig, configs: list[RunConfig]) -> dict[str, str]:
+    """thought -> the configuration answering with that one thought type under the same adapter
+    and retrieval as `run`, a vote ({} unless all three are evaluated)."""
+    same = ("adapter", "with_kb", "k", "include_pending", "adaptive_threshold", "retriever", "min_score")
+    found = {
+        c.thought: c.name
+        for c in configs
+        if c.thought in ("cot", "pot", "eot") and all(getattr(c, f) == getattr(run, f) for f in same)
+    }
+    return found if run.thought == "vote" and len(found) == 3 else {}
+
+
+def _votes_from_rows(run: RunConfig, cfg: EvalConfig, spec, examples, samples_path: Path, student, settings, bar):
+    """A vote's rows for the questions its three single-thought configurations already answered
+    in this report, counted from their outputs (the same greedy generations a vote would make
+    again, at a third of the cost); returns the questions still to generate."""
+    from distill.infer import AnswerResult, extract, voted
+
+    siblings = vote_siblings(run, cfg.configs)
+    if not siblings:
+        return examples
+    stored = {(r["config"], r["example_id"]): r for r in read_jsonl(samples_path)}
+    rows, rest = [], []
+    for ex in examples:
+        found = {t: stored.get((name, ex.id)) for t, name in siblings.items()}
+        if not all(found.values()):
+            rest.append(ex)
+            continue
+        answer_type = spec.answer_type_for(ex.task)
+        answers = {
+            t: AnswerResult(
+                text=r["output"],
+                # a CoT row stores the scored extraction: the vote counts the answering one
+                extracted=extract(r["output"], "cot", answer_type) if t == "cot" else r["extracted"],
+                retrieved=[tuple(hit) for hit in r["retrieved"]],
+                retrieval_empty=r["retrieval_empty"],
+                prompt_tokens=r["prompt_tokens"],
+                latency_s=r["latency_s"],
+                used_knowledge=r["used_knowledge"],
+                prompt=r["prompt"],
+                thought=t,
+            )
+            for t, r in found.items()
+        }
+        rows.append(_score(run, spec, ex, voted(answers), student, settings))
+    with open(samples_path, "a", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    bar.update(len(rows))
+    return rest
 
 
 def _answer(student, run: RunConfig, spec, batch, cfg: EvalConfig, index):

@@ -431,26 +431,27 @@ class Student:
             )
             for t in THOUGHTS
         }
-        out = []
-        for i in range(len(questions)):
-            votes = {t: per_type[t][i].extracted for t in THOUGHTS}
-            winner = majority(votes)
-            best = next((per_type[t][i] for t in THOUGHTS if votes[t] == winner), per_type["cot"][i])
-            out.append(
-                AnswerResult(
-                    text=best.text,
-                    extracted=winner,
-                    retrieved=best.retrieved,
-                    retrieval_empty=best.retrieval_empty,
-                    prompt_tokens=sum(per_type[t][i].prompt_tokens for t in THOUGHTS),
-                    latency_s=round(sum(per_type[t][i].latency_s for t in THOUGHTS), 4),
-                    used_knowledge=best.used_knowledge,
-                    prompt=best.prompt,
-                    thought="vote",
-                    votes=votes,
-                )
-            )
-        return out
+        return [voted({t: per_type[t][i] for t in THOUGHTS}) for i in range(len(questions))]
+
+
+def voted(answers: dict[str, AnswerResult]) -> AnswerResult:
+    """One question's vote over its CoT, PoT and EoT answers: the majority answer, shown with the
+    output of the first thought type that gave it; costs are the three answers' sum."""
+    votes = {t: answers[t].extracted for t in THOUGHTS}
+    winner = majority(votes)
+    best = next((answers[t] for t in THOUGHTS if votes[t] == winner), answers["cot"])
+    return AnswerResult(
+        text=best.text,
+        extracted=winner,
+        retrieved=best.retrieved,
+        retrieval_empty=best.retrieval_empty,
+        prompt_tokens=sum(answers[t].prompt_tokens for t in THOUGHTS),
+        latency_s=round(sum(answers[t].latency_s for t in THOUGHTS), 4),
+        used_knowledge=best.used_knowledge,
+        prompt=best.prompt,
+        thought="vote",
+        votes=votes,
+    )
 
 
 @dataclass(frozen=True)

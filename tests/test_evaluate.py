@@ -221,6 +221,44 @@ def test_run_eval_side_by_side_and_resumable(tiny_model, knowledge, workspace):
     assert again["configs"]["base"]["accuracy"] == results["configs"]["base"]["accuracy"]
 
 
+def test_a_vote_is_counted_from_its_three_thought_rows_instead_of_generated_again(tiny_model, workspace, monkeypatch):
+    from distill.infer import Student
+
+    def eval_of(name, *specs):
+        configs = [parse_config(s) for s in specs]
+        cfg = EvalConfig(configs=configs, dataset="gsm8k", split="test", limit=3, name=name, base_model=tiny_model)
+        cfg.max_new_tokens = 6
+        return run_eval(cfg)
+
+    def rows_of(name, config):
+        rows = map(json.loads, (workspace / "evals" / name / "samples.jsonl").open())
+        return [r for r in rows if r["config"] == config]
+
+    generated = eval_of("alone", "vote=base,thought=vote")  # no single-thought rows: generated
+    singles = ("cot=base,thought=cot", "pot=base,thought=pot", "eot=base,thought=eot")
+    eval_of("counted", *singles)
+    samples = workspace / "evals" / "counted" / "samples.jsonl"
+    single_rows = [json.loads(line) for line in samples.open()]
+    monkeypatch.setattr(Student, "_vote", lambda *a, **k: pytest.fail("the vote was generated again"))
+    counted = eval_of("counted", *singles, "vote=base,thought=vote")
+    same = ("example_id", "output", "extracted", "votes", "prompt_tokens", "correct", "prompt")
+    assert [{k: r[k] for k in same} for r in rows_of("counted", "vote")] == [
+        {k: r[k] for k in same} for r in rows_of("alone", "vote")
+    ]
+    assert counted["configs"]["vote"]["n"] == 3
+    assert counted["configs"]["vote"]["accuracy"] == generated["configs"]["vote"]["accuracy"]
+
+    # Known answers in the three rows: PoT and EoT agree on the gold, CoT says 5 -> the vote is right
+    for r in single_rows:
+        r["output"] = "The answer is 5." if r["config"] == "cot" else r["gold"]
+        r["extracted"] = "5" if r["config"] == "cot" else r["gold"]
+    samples.write_text("".join(json.dumps(r) + "\n" for r in single_rows))  # the vote rows are gone
+    eval_of("counted", *singles, "vote=base,thought=vote")
+    for r in rows_of("counted", "vote"):
+        assert r["votes"] == {"cot": "5", "pot": r["gold"], "eot": r["gold"]}
+        assert r["extracted"] == r["output"] == r["gold"] and r["correct"]
+
+
 def test_cli_eval(tiny_model):
     from distill.cli import app
 
