@@ -5,10 +5,14 @@
 #   bash bench/reproduce.sh            # runs every stage not yet done; safe to stop and re-run
 #   STAGES="data base" bash bench/reproduce.sh   # only these stages
 #
-# Resumable across sessions: the workspace lives outside the work tree ($NESY_HOME), finished
-# stages leave a marker there, training resumes from its checkpoints and evaluation skips
-# finished samples. Each finished stage's small outputs (reports, never weights) land in
-# docs/results/ with its wall-clock and CPU seconds (docs/results/stages.tsv): commit them.
+# Resumable across sessions and machines: the workspace lives outside the work tree ($NESY_HOME);
+# training resumes from its checkpoints and evaluation skips finished samples. Each finished
+# stage's small outputs (reports, never weights) land in docs/results/ with its wall-clock and CPU
+# seconds (docs/results/stages.tsv): commit them. A stage stages.tsv records is done, on any
+# machine. On a fresh workspace the script rebuilds what later stages need: the training sets, the
+# reports (copied back from docs/results/evals, so their finished samples are skipped), and an
+# adapter a later stage evaluates, trained again with the same command and seed (its cost is a
+# `rebuild <stage>` row in stages.tsv; the earlier stage's rows keep the first training's outputs).
 #
 # Settings are fixed a priori from the reference code (LoRA r=16/alpha=32 on all linear layers,
 # lr 2e-4 cosine, 1 epoch, greedy decoding) and never chosen on test questions; the `dev` stage
@@ -27,9 +31,11 @@ export NESY_HOME=${NESY_HOME:-$PWD/../nesy-repro} HF_HUB_OFFLINE=1 TOKENIZERS_PA
 # for a machine shared with other work; measured here: 3.4 tokens/s on 1 of 2 cores)
 export NESY_TEACHER_THREADS=${NESY_TEACHER_THREADS:-$(nproc)}
 OUT=docs/results
-ALL_STAGES="data base std-cot eotd nesycd arc pot nesycd-curated dev etd skintern"
+# the stages that evaluate an earlier stage's adapter again (arc, dev, nesycd-curated) come last:
+# on a fresh machine they retrain it
+ALL_STAGES="data base std-cot eotd nesycd pot etd skintern arc dev nesycd-curated"
 STAGES=${STAGES:-$ALL_STAGES}
-mkdir -p "$NESY_HOME/done" "$OUT/evals"
+mkdir -p "$NESY_HOME" "$OUT/evals"
 [ -f "$OUT/stages.tsv" ] || printf 'stage\twall_s\tcpu_s\tfinished\n' > "$OUT/stages.tsv"
 
 PY=${PY:-$PWD/.venv/bin/python}
@@ -42,16 +48,22 @@ cpu_ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$$/stat"; }  # this she
 # The shared local teacher is detached (it outlives the job that started it), so its CPU is no
 # waited-for child's: "pid ticks" from its own /proc entry ("0 0" when none runs).
 teacher_cpu() {
-  local pid; pid=$(grep -o '"pid": [0-9]*' "$NESY_HOME/teacher/server.json" 2>/dev/null | grep -o '[0-9]*$')
+  local pid; pid=$(grep -o '"pid": [0-9]*' "$NESY_HOME/teacher/server.json" 2>/dev/null | grep -o '[0-9]*$' || true)
   if [ -n "$pid" ] && [ -r "/proc/$pid/stat" ]; then echo "$pid $(awk '{print $14 + $15}' "/proc/$pid/stat")"
   else echo "0 0"; fi
 }
+
+recorded() { cut -f1 "$OUT/stages.tsv" | grep -qxF "$1"; }  # finished here or on another machine
 
 # stage NAME CMD...: run once; record its wall-clock and CPU seconds (the teacher server's included)
 stage() {
   local name=$1; shift
   [[ " $STAGES " == *" $name "* ]] || return 0
-  [ -e "$NESY_HOME/done/$name" ] && { echo "== $name: done"; return 0; }
+  recorded "$name" && { echo "== $name: done"; return 0; }
+  timed "$name" "$@"
+}
+timed() {
+  local name=$1; shift
   echo "== $name: $(date -u +%FT%TZ)"
   local t0 c0 tp0 tt0 tp1 tt1
   t0=$(date +%s) c0=$(cpu_ticks)
@@ -61,7 +73,18 @@ stage() {
   local teacher=$((tp1 == tp0 ? tt1 - tt0 : tt1))  # a server started during the stage: all of its time
   printf '%s\t%s\t%s\t%s\n' "$name" $(($(date +%s) - t0)) $((($(cpu_ticks) - c0 + teacher) / $(getconf CLK_TCK))) \
       "$(date -u +%FT%TZ)" >> "$OUT/stages.tsv"
-  touch "$NESY_HOME/done/$name"
+}
+
+# need ADAPTER TRAIN_FN: an adapter an earlier stage trained, on another machine if it is missing here
+need() {
+  [ -e "$NESY_HOME/adapters/$1/card.json" ] || timed "rebuild $1" "$2"
+}
+# a report an earlier session grew: back into the workspace so its finished samples are skipped
+restore_report() {
+  if [ ! -e "$NESY_HOME/evals/$1" ] && [ -e "$OUT/evals/$1/samples.jsonl" ]; then
+    mkdir -p "$NESY_HOME/evals"; cp -r "$OUT/evals/$1" "$NESY_HOME/evals/$1"
+    echo "created by nesy; this folder may be replaced by a fresh run" > "$NESY_HOME/evals/$1/.nesy-owned"
+  fi
 }
 
 # keep a report: tables, per-sample records, harness files (reports hold no weights)
@@ -81,32 +104,39 @@ data() {  # the same TRAIN questions in all three thought types, none from dev o
 # samples are already there and are skipped) plus its own, so every table compares all methods on
 # the same questions with paired statistics.
 ROWS=()
-gsm8k() { nesy eval --dataset gsm8k --split test --limit "$TEST" "${EVAL_OPTS[@]}" --name gsm8k "${ROWS[@]}"
+gsm8k() { restore_report gsm8k
+          nesy eval --dataset gsm8k --split test --limit "$TEST" "${EVAL_OPTS[@]}" --name gsm8k "${ROWS[@]}"
           keep_report gsm8k; }
 # ARC-Challenge (NesyCD's out-of-domain set; no math-only thought types): a report that grows the same way
 ARC_ROWS=(--config base --config std-cot=r-std-cot --config nesycd-se-kb=r-nesycd,kb)
-arc_eval() { nesy eval --dataset arc_challenge --split test --limit "$TEST" "${EVAL_OPTS[@]}" --name arc-ood \
+arc_eval() { need r-std-cot std_cot_train; need r-nesycd nesycd_train; restore_report arc-ood
+             nesy eval --dataset arc_challenge --split test --limit "$TEST" "${EVAL_OPTS[@]}" --name arc-ood \
                  "${ARC_ROWS[@]}"; keep_report arc-ood; }
 
 # NesyCD's S_P *is* Std-CoT (question -> teacher CoT): the std-cot adapter serves as both rows
-std_cot() { nesy train std-cot --data r-cot --output r-std-cot "${TRAIN_OPTS[@]}"; gsm8k; }
-nesycd() {  # S_P is the std-cot adapter (same data and options), not trained twice
+std_cot_train() { nesy train std-cot --data r-cot --output r-std-cot "${TRAIN_OPTS[@]}"; }
+std_cot() { std_cot_train; gsm8k; }
+nesycd_train() {  # S_P is the std-cot adapter (same data and options), not trained twice
+  need r-std-cot std_cot_train
   nesy train nesycd --data r-cot --output r-nesycd --sp-adapter r-std-cot --teacher local \
       --max-knowledge "$MAX_KNOWLEDGE" --auto-accept "${TRAIN_OPTS[@]}"
-  nesy kb export "$OUT/nesycd-knowledge.jsonl"
-  gsm8k
 }
+nesycd() { nesycd_train; nesy kb export "$OUT/nesycd-knowledge.jsonl"; gsm8k; }
 eotd() { nesy train eotd --data r-eot --output r-eotd "${TRAIN_OPTS[@]}"; gsm8k; }
 pot() { nesy train etd --thoughts pot --data r-pot --output r-pot "${TRAIN_OPTS[@]}"; gsm8k; }
 etd() { nesy train etd --thoughts cot,pot,eot --data r-cot+r-pot+r-eot --output r-etd "${TRAIN_OPTS[@]}"
         gsm8k; }
 nesycd_curated() {  # the same S_E with the knowledge the quality checks flagged rejected
+  need r-nesycd nesycd_train
+  if recorded "rebuild r-nesycd"; then  # the nesycd rows above are the first training's: the pair to compare
+    ROWS+=(--config nesycd-se-rebuilt=r-nesycd --config nesycd-se-kb-rebuilt=r-nesycd,kb); gsm8k
+  fi
   nesy kb check
   ids=$(nesy kb list --flag any --status accepted --limit 100000 --json | "$PY" -c \
         'import json,sys; print(" ".join(json.loads(l)["id"] for l in sys.stdin if l.strip()))')
   [ -z "$ids" ] || nesy kb set-status rejected $ids
   nesy kb export "$OUT/nesycd-knowledge-curated.jsonl"
-  gsm8k
+  ROWS+=(--config nesycd-se-kb-curated=r-nesycd,kb); gsm8k
 }
 # SKIntern: teacher knowledge for every training question (question + gold answer), then staged
 # training. 2 demonstrations decaying over 3 stages (2, 1, 0) instead of the reference's 6 over 7:
@@ -115,22 +145,25 @@ nesycd_curated() {  # the same S_E with the knowledge the quality checks flagged
 skintern() {
   nesy teach knowledge --from-set r-cot --out r-skintern-knowledge
   nesy train skintern --data r-cot --output r-skintern --demos 2 --stages 3 "${TRAIN_OPTS[@]}"
-  gsm8k; arc_eval
+  gsm8k
 }
 dev() {  # the fixed settings checked on the held-out dev split, never on test questions
+  need r-std-cot std_cot_train; restore_report gsm8k-dev
   nesy eval --dataset gsm8k --split dev --limit "$DEV" "${EVAL_OPTS[@]}" --name gsm8k-dev \
       --config base --config std-cot=r-std-cot; keep_report gsm8k-dev; }
 
 stage data data
+[ -e "$NESY_HOME/datasets/r-cot/records.jsonl" ] || data  # a fresh workspace: the same sets again (seconds)
 ROWS+=(--config base --config base-pot=base,thought=pot);          stage base gsm8k
 ROWS+=(--config std-cot=r-std-cot);                                stage std-cot std_cot
 ROWS+=(--config eotd=r-eotd);                                      stage eotd eotd
 ROWS+=(--config nesycd-se=r-nesycd --config nesycd-se-kb=r-nesycd,kb); stage nesycd nesycd
-stage arc arc_eval  # before nesycd-curated: the KB as NesyCD distilled it, as in the GSM8K row
 ROWS+=(--config pot=r-pot);                                        stage pot pot
-ROWS+=(--config nesycd-se-kb-curated=r-nesycd,kb);                 stage nesycd-curated nesycd_curated
-stage dev dev
 ROWS+=(--config etd-cot=r-etd,thought=cot --config etd-pot=r-etd,thought=pot
        --config etd-eot=r-etd,thought=eot --config etd-vote=r-etd,thought=vote); stage etd etd
-ROWS+=(--config skintern=r-skintern); ARC_ROWS+=(--config skintern=r-skintern); stage skintern skintern
+ROWS+=(--config skintern=r-skintern);                              stage skintern skintern
+recorded skintern && ARC_ROWS+=(--config skintern=r-skintern)
+stage arc arc_eval  # before nesycd-curated: the KB as NesyCD distilled it, as in the GSM8K row
+stage dev dev
+stage nesycd-curated nesycd_curated
 echo "== all requested stages done; see $OUT/stages.tsv and $OUT/evals/"
