@@ -12,7 +12,8 @@
 # machine. On a fresh workspace the script rebuilds what later stages need: the training sets, the
 # reports (copied back from docs/results/evals, so their finished samples are skipped), and an
 # adapter a later stage evaluates, trained again with the same command and seed (its cost is a
-# `rebuild <stage>` row in stages.tsv; the earlier stage's rows keep the first training's outputs).
+# `rebuild <stage>` row in stages.tsv; the earlier stage's rows keep the first training's outputs),
+# and the teacher's answers (docs/results/teacher-cache.jsonl, written whenever the script ends).
 #
 # Settings are fixed a priori from the reference code (LoRA r=16/alpha=32 on all linear layers,
 # lr 2e-4 cosine, 1 epoch, greedy decoding) and never chosen on test questions; the `dev` stage
@@ -87,6 +88,13 @@ restore_report() {
   fi
 }
 
+# Every teacher answer the run has used, carried between machines: a fresh workspace imports them,
+# so a teacher job stopped on one machine continues on the next without repeating a call
+TEACHER_CACHE=$OUT/teacher-cache.jsonl
+keep_teacher_answers() {
+  [ ! -e "$NESY_HOME/cache/teacher.sqlite" ] || nesy teach cache export "$TEACHER_CACHE"
+}
+
 # keep a report: tables, per-sample records, harness files (reports hold no weights)
 keep_report() {  # every run writes a new timestamped set of harness files: keep the latest pair
   rm -rf "${OUT:?}/evals/$1"; mkdir -p "$OUT/evals/$1"; cp -r "$NESY_HOME/evals/$1/." "$OUT/evals/$1/"
@@ -152,6 +160,8 @@ dev() {  # the fixed settings checked on the held-out dev split, never on test q
   nesy eval --dataset gsm8k --split dev --limit "$DEV" "${EVAL_OPTS[@]}" --name gsm8k-dev \
       --config base --config std-cot=r-std-cot; keep_report gsm8k-dev; }
 
+[ ! -e "$TEACHER_CACHE" ] || nesy teach cache import "$TEACHER_CACHE"
+trap keep_teacher_answers EXIT
 stage data data
 [ -e "$NESY_HOME/datasets/r-cot/records.jsonl" ] || data  # a fresh workspace: the same sets again (seconds)
 ROWS+=(--config base --config base-pot=base,thought=pot);          stage base gsm8k

@@ -49,7 +49,7 @@ from distill.knowledge import (
 from distill.llama_server import ServerOptions, server_state, stop_local_teacher
 from distill.progress import STOPPED_EXIT_CODE, StopRequested, install_stop_handler
 from distill.rationales import GOLD_TEACHER, THOUGHTS, generate_rationales, gold_rationales
-from distill.teacher import LocalServerChoice, TeacherClient, make_client
+from distill.teacher import LocalServerChoice, TeacherCache, TeacherClient, make_client
 from kb.errors import NesyError
 from kb.workspace import check_name, named_path
 
@@ -418,6 +418,34 @@ def server_cmd(stop: bool = typer.Option(False, "--stop", help="stop the shared 
         return
     state = server_state()
     typer.echo(json.dumps(state) if state else "no local teacher recorded")
+
+
+cache_cli = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    help="The teacher cache ($NESY_HOME/cache/teacher.sqlite) as a JSONL file: carry finished teacher answers to "
+    "another machine or workspace, so a job continued there repeats no call.",
+)
+cli.add_typer(cache_cli, name="cache")
+
+
+@cache_cli.command("export")
+def cache_export_cmd(file: Path = typer.Argument(..., help="the JSONL file to write (replaced)")) -> None:
+    """Write every cached teacher answer to FILE."""
+    n = TeacherCache().export(file)
+    typer.echo(f"exported {n} teacher answers -> {file}")
+
+
+@cache_cli.command("import")
+def cache_import_cmd(file: Path = typer.Argument(..., help="a file written by `nesy teach cache export`")) -> None:
+    """Add the answers of FILE to the teacher cache (those already there are kept). A bad line
+    stops the import with its line and field named; nothing is added then."""
+    if not file.is_file():
+        _fail(f"no such file: {file}")
+    with _one_line_errors():
+        added, already = TeacherCache().import_file(file)
+    typer.echo(f"imported {added} teacher answers from {file} ({already} already cached)")
 
 
 batch_cli = typer.Typer(

@@ -22,7 +22,9 @@
   answers finished items from the cache and makes no repeated teacher call. Only usable answers
   are cached (an empty answer is asked again next time). Every real call is also logged (key,
   time) so a test or a user can prove it. Lone surrogates (not encodable as UTF-8) in anything
-  written are replaced by U+FFFD, so one odd answer cannot make a write fail.
+  written are replaced by U+FFFD, so one odd answer cannot make a write fail. `export` /
+  `import_file` (`nesy teach cache export|import FILE`) carry the answers to another machine or
+  workspace as JSONL, so a long teacher job continues there without repeating a call.
 - Throughput: llama.cpp returns its own `timings` with every answer (prompt tokens computed and
   reused from the cache, prompt and decode milliseconds, draft tokens proposed and accepted);
   `Usage` sums them and `Usage.timings_line()` says where the time went. `prefix_order(requests)`
@@ -58,7 +60,9 @@ from urllib.parse import urlsplit
 import httpcore2
 import httpx2
 import openai
+from pydantic import BaseModel, ConfigDict, Field
 
+from distill.jsonlines import iter_jsonl
 from distill.llama_server import ServerError, ServerInfo, ServerOptions, default_draft, local_teacher
 from distill.progress import Progress, stop_requested, stop_requested_at
 from kb.errors import NesyError
@@ -319,6 +323,23 @@ def _env_proxy(url: str) -> str | None:
 # ---------------------------------------------------------------- cache
 
 
+class CacheFileError(NesyError, ValueError):
+    """A line of an exported teacher-cache file that cannot be imported."""
+
+
+class CachedAnswer(BaseModel):
+    """One line of an exported teacher cache: a row of the completions table."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    key: str = Field(pattern=r"^[0-9a-f]{64}$")  # TeacherCache.key: sha256 of what was asked
+    request: str  # the chat-completions body as JSON text
+    text: str = Field(min_length=1)  # only usable answers are cached
+    usage: str  # JSON text
+    finish_reason: str | None
+    model: str | None
+    created: float
+
+
 class TeacherCache:
     """request key -> completion, plus a log of every real call; safe across threads and processes."""
 
@@ -370,6 +391,43 @@ class TeacherCache:
 
     def log_call(self, key: str) -> None:
         self._db().execute("INSERT INTO calls (key, at) VALUES (?, ?)", (key, time.time()))
+
+    def export(self, path: Path) -> int:
+        """Every cached answer as one JSONL line (written to a temp file, then renamed): a file
+        another machine's `import_file` takes, so a teacher job continues there without repeating
+        a call. Returns the number of answers."""
+        columns = list(CachedAnswer.model_fields)
+        rows = self._db().execute(f"SELECT {', '.join(columns)} FROM completions ORDER BY created, key").fetchall()
+        lines = (json.dumps(dict(zip(columns, row)), ensure_ascii=False) + "\n" for row in rows)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(lines), encoding="utf-8")
+        tmp.replace(path)
+        return len(rows)
+
+    def import_file(self, path: Path) -> tuple[int, int]:
+        """Add the answers of an exported file: (added, already cached). Every line is checked
+        before anything is written; the first bad one is a CacheFileError naming its line and
+        field, and the cache is left as it was. Keys are content hashes, so merging is safe."""
+        from pydantic import ValidationError
+
+        answers = []
+        for number, value in iter_jsonl(path):
+            try:
+                answers.append(CachedAnswer.model_validate(value))
+            except ValidationError as e:
+                first = e.errors()[0]
+                where = ".".join(map(str, first["loc"])) or "line"
+                raise CacheFileError(f"{path}: line {number}: {where}: {first['msg']}") from None
+        db = self._db()
+        before = db.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
+        with db:  # one transaction: all or nothing
+            db.execute("BEGIN")
+            db.executemany(
+                f"INSERT OR IGNORE INTO completions VALUES ({', '.join('?' * len(CachedAnswer.model_fields))})",
+                [tuple(a.model_dump().values()) for a in answers],
+            )
+        added = db.execute("SELECT COUNT(*) FROM completions").fetchone()[0] - before
+        return added, len(answers) - added
 
     def stats(self) -> dict:
         db = self._db()

@@ -1142,3 +1142,52 @@ def test_annotation_rationales_from_the_cli_are_separate_verified_sets(workspace
         assert {r.teacher_model for r in records} == {"gsm8k-annotations"}
     refused = runner.invoke(app, [*args, "--thoughts", "cot"])
     assert refused.exit_code == 2 and "--teacher gold" in refused.output
+
+
+def test_teacher_answers_move_to_a_fresh_workspace_and_the_job_repeats_no_call(
+    workspace, tmp_path, errors_file, monkeypatch
+):
+    from kb.store import KBStore
+
+    carried = tmp_path / "teacher-cache.jsonl"
+    knowledge = ["teach", "knowledge", "--errors", str(errors_file), "--model", "m"]
+    Scripted.answers, Scripted.calls = [WELL_FORMED], []
+    with serve(Scripted) as url:
+        assert CliRunner().invoke(app, [*knowledge, "--teacher", url]).exit_code == 0
+        out = CliRunner().invoke(app, ["teach", "cache", "export", str(carried)])
+        assert out.exit_code == 0 and "exported 1 teacher answers" in out.output, out.output
+        monkeypatch.setenv("NESY_HOME", str(tmp_path / "another-machine"))
+        out = CliRunner().invoke(app, ["teach", "cache", "import", str(carried)])
+        assert "imported 1 teacher answers" in out.output and "(0 already cached)" in out.output, out.output
+        again = CliRunner().invoke(app, [*knowledge, "--teacher", url])
+        assert again.exit_code == 0, again.output
+    assert len(Scripted.calls) == 1  # the second workspace's job was answered from the file
+    [entry] = KBStore().query().entries
+    assert entry.learning_summary.startswith("When a problem gives a part and a fraction")
+    out = CliRunner().invoke(app, ["teach", "cache", "import", str(carried)])
+    assert "imported 0 teacher answers" in out.output and "(1 already cached)" in out.output
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (lambda row: row.pop("text"), "line 2: text: Field required"),
+        (lambda row: row.update(key="not-a-hash"), "line 2: key: String should match pattern"),
+        (lambda row: row.update(created="yesterday"), "line 2: created: Input should be a valid number"),
+        (lambda row: row.update(extra=1), "line 2: extra: Extra inputs are not permitted"),
+    ],
+)
+def test_a_bad_teacher_cache_file_names_its_line_and_field_and_imports_nothing(workspace, tmp_path, change, named):
+    from distill.teacher import TeacherCache
+
+    good = {"request": "{}", "text": "an answer", "usage": "{}", "finish_reason": "stop", "model": "m", "created": 1.5}
+    rows = [{**good, "key": "a" * 64}, {**good, "key": "b" * 64}]
+    change(rows[1])
+    path = tmp_path / "cache.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = CliRunner().invoke(app, ["teach", "cache", "import", str(path)])
+    assert out.exit_code == 2 and out.output.startswith(f"error: {path}: {named}"), out.output
+    assert len(out.output.strip().splitlines()) == 1
+    assert TeacherCache().stats()["entries"] == 0  # the good first line was not imported either
+    missing = CliRunner().invoke(app, ["teach", "cache", "import", str(tmp_path / "nope.jsonl")])
+    assert missing.exit_code == 2 and "no such file" in missing.output
