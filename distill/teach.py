@@ -420,20 +420,27 @@ def server_cmd(stop: bool = typer.Option(False, "--stop", help="stop the shared 
     typer.echo(json.dumps(state) if state else "no local teacher recorded")
 
 
-cache_cli = typer.Typer(
-    no_args_is_help=True,
-    add_completion=False,
-    rich_markup_mode=None,
-    help="The teacher cache ($NESY_HOME/cache/teacher.sqlite) as a JSONL file: carry finished teacher answers to "
+def _command_group(name: str, help: str) -> typer.Typer:
+    """A `nesy teach NAME …` group of subcommands."""
+    group = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None, help=help)
+    cli.add_typer(group, name=name)
+    return group
+
+
+cache_cli = _command_group(
+    "cache",
+    "The teacher cache ($NESY_HOME/cache/teacher.sqlite) as a JSONL file: carry finished teacher answers to "
     "another machine or workspace, so a job continued there repeats no call.",
 )
-cli.add_typer(cache_cli, name="cache")
 
 
 @cache_cli.command("export")
 def cache_export_cmd(file: Path = typer.Argument(..., help="the JSONL file to write (replaced)")) -> None:
     """Write every cached teacher answer to FILE."""
-    n = TeacherCache().export(file)
+    try:
+        n = TeacherCache().export(file)
+    except OSError as e:
+        _fail(f"cannot write {file}: {e.strerror}")
     typer.echo(f"exported {n} teacher answers -> {file}")
 
 
@@ -444,18 +451,18 @@ def cache_import_cmd(file: Path = typer.Argument(..., help="a file written by `n
     if not file.is_file():
         _fail(f"no such file: {file}")
     with _one_line_errors():
-        added, already = TeacherCache().import_file(file)
+        try:
+            added, already = TeacherCache().import_file(file)
+        except (OSError, UnicodeDecodeError) as e:
+            _fail(f"{file} cannot be read as UTF-8 JSONL ({e})")
     typer.echo(f"imported {added} teacher answers from {file} ({already} already cached)")
 
 
-batch_cli = typer.Typer(
-    no_args_is_help=True,
-    add_completion=False,
-    rich_markup_mode=None,
-    help="Teacher batches submitted with --batch NAME (OpenAI Batch API): their status, and their answers "
+batch_cli = _command_group(
+    "batch",
+    "Teacher batches submitted with --batch NAME (OpenAI Batch API): their status, and their answers "
     "imported into the teacher cache.",
 )
-cli.add_typer(batch_cli, name="batch")
 
 
 @batch_cli.command("status")

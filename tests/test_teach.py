@@ -1191,3 +1191,8 @@ def test_a_bad_teacher_cache_file_names_its_line_and_field_and_imports_nothing(w
     assert TeacherCache().stats()["entries"] == 0  # the good first line was not imported either
     missing = CliRunner().invoke(app, ["teach", "cache", "import", str(tmp_path / "nope.jsonl")])
     assert missing.exit_code == 2 and "no such file" in missing.output
+    (tmp_path / "binary.jsonl").write_bytes(b"\xf0\x28\x8c\x28\n")
+    binary = CliRunner().invoke(app, ["teach", "cache", "import", str(tmp_path / "binary.jsonl")])
+    assert binary.exit_code == 2 and "cannot be read as UTF-8 JSONL" in binary.output
+    nowhere = CliRunner().invoke(app, ["teach", "cache", "export", str(tmp_path / "no-dir" / "c.jsonl")])
+    assert nowhere.exit_code == 2 and nowhere.output.startswith("error: cannot write")  # not a traceback (1)
