@@ -45,8 +45,8 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-## make test: set up what the tests need, lint, and run all the tests (slow real-model ones included)
-test: setup browser lint
+## make test: set up what the tests need (the 1.5B teacher too), lint, and run all the tests (slow real-model ones included)
+test: setup setup-teacher browser lint
 	$(VENV)/bin/pytest
 
 ## make test-fast: skip the slow real-model and browser tests (for quick iteration)
