@@ -199,6 +199,19 @@ def click(page, name: str) -> None:
     settle(page)
 
 
+def scroll_to(locator) -> None:
+    """Scroll an element into view (for a screenshot). Streamlit may redraw it between Playwright
+    finding it and scrolling ("not attached to the DOM"): the locator finds it again."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    for attempt in range(3):
+        try:
+            return locator.scroll_into_view_if_needed(timeout=TIMEOUT_MS)
+        except PlaywrightError as e:
+            if "not attached" not in str(e) or attempt == 2:
+                raise
+
+
 def shot(page, artifacts_dir: Path, name: str) -> None:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
@@ -361,7 +374,7 @@ def test_compare_streams_tokens_in_the_background_and_cancels(server, home, page
     widget(page, "cmp:cancel").get_by_role("button").click()
     page.get_by_text("Cancelled: the answers stop where they were.").wait_for(timeout=TIMEOUT_MS)
     assert jobs.get(job.id).status == "cancelled"
-    page.get_by_text("Cancelled: the answers stop where they were.").scroll_into_view_if_needed()
+    scroll_to(page.get_by_text("Cancelled: the answers stop where they were."))
     page.screenshot(path=str(artifacts_dir / "screenshot-compare-cancelled.png"))
     fill(page, "cmp:max-new", "16")
     settle(page)
@@ -371,7 +384,7 @@ def test_compare_streams_tokens_in_the_background_and_cancels(server, home, page
     page.get_by_text(re.compile(r"0\.\d{3}\s+b0\d\d")).first.wait_for()  # entries with their scores
     page.get_by_text("The exact prompt").nth(1).click()
     page.get_by_text(re.compile("Supplementary knowledge: Fact")).first.wait_for()  # the with-side prompt
-    page.get_by_text("Retrieved knowledge").scroll_into_view_if_needed()
+    scroll_to(page.get_by_text("Retrieved knowledge"))
     page.screenshot(path=str(artifacts_dir / "screenshot-compare-result.png"))
     # answered, the student stays loaded for the next comparison: its session job still runs
     page.get_by_text(re.compile("The student stays loaded for the next comparison")).wait_for(timeout=TIMEOUT_MS)
@@ -393,7 +406,7 @@ def tick_row(page, row: int) -> None:
     for _ in range(3):
         grid = page.locator('[data-testid="stDataFrame"]').first
         try:
-            grid.scroll_into_view_if_needed()
+            scroll_to(grid)
             box = grid.bounding_box()
         except PlaywrightError:  # the grid was replaced by a rerun between finding and scrolling
             settle(page)
@@ -498,7 +511,7 @@ def test_review_card_with_keyboard_shortcuts(server, home, page, artifacts_dir):
     card.get_by_text("Sam has 3 boxes of 4 pens. How many pens?").wait_for()
     card.get_by_text("Sam has 7 pens.").wait_for()
     card.get_by_text("Fact 40: multiply before adding.").wait_for()
-    card.scroll_into_view_if_needed()
+    scroll_to(card)
     page.wait_for_timeout(300)
     page.screenshot(path=str(artifacts_dir / "screenshot-kb-review.png"))
     page.keyboard.press("a")
@@ -583,7 +596,7 @@ def test_kb_page_is_readable_at_820_px(server, home, browser, artifacts_dir):
             "e => [...e.querySelectorAll('*'), e].some(n => n.scrollWidth > n.clientWidth + 1)"
         ), name
     shot(page, artifacts_dir, "kb-820px")
-    grid.scroll_into_view_if_needed()
+    scroll_to(grid)
     page.screenshot(path=str(artifacts_dir / "screenshot-kb-820px-table.png"))
     context.close()
 
@@ -747,7 +760,7 @@ def test_impact_columns_and_graph_rings(server, home, page, artifacts_dir):
     panel = page.locator('[data-testid="stExpander"]', has_text="Harmful entries first")
     panel.locator('[data-testid="stDataFrame"]').wait_for()
     assert widget(page, "kb:impact-pick").get_by_role("combobox").input_value() == "b002"  # most harmful first
-    panel.scroll_into_view_if_needed()
+    scroll_to(panel)
     page.screenshot(path=str(artifacts_dir / "screenshot-kb-impact.png"))
     open_page(page, server["url"] + "/graph")
     frame = graph_frame(page)
