@@ -80,6 +80,11 @@ timed() {
 need() {
   [ -e "$NESY_HOME/adapters/$1/card.json" ] || timed "rebuild $1" "$2"
 }
+# finished REPORT CONFIG: the workspace's report holds all TEST samples of CONFIG (its adapter is not needed)
+finished() {
+  local samples=$NESY_HOME/evals/$1/samples.jsonl
+  [ -e "$samples" ] && [ "$(grep -c "^{\"config\": \"$2\"," "$samples")" -ge "$TEST" ]
+}
 # a report an earlier session grew: back into the workspace so its finished samples are skipped
 restore_report() {
   if [ ! -e "$NESY_HOME/evals/$1" ] && [ -e "$OUT/evals/$1/samples.jsonl" ]; then
@@ -94,6 +99,15 @@ TEACHER_CACHE=$OUT/teacher-cache.jsonl
 keep_teacher_answers() {
   [ ! -e "$NESY_HOME/cache/teacher.sqlite" ] || nesy teach cache export "$TEACHER_CACHE"
 }
+# ... and the samples of a stopped evaluation, so the next machine skips them too
+keep_unfinished_reports() {
+  local name
+  for name in gsm8k arc-ood gsm8k-dev; do
+    local here=$NESY_HOME/evals/$name/samples.jsonl kept=$OUT/evals/$name/samples.jsonl
+    [ ! -e "$here" ] || [ "$(wc -l < "$here")" -le "$(cat "$kept" 2>/dev/null | wc -l)" ] || keep_report "$name"
+  done
+}
+on_exit() { keep_teacher_answers; keep_unfinished_reports; }
 
 # keep a report: tables, per-sample records, harness files (reports hold no weights)
 keep_report() {  # every run writes a new timestamped set of harness files: keep the latest pair
@@ -116,10 +130,19 @@ gsm8k() { restore_report gsm8k
           nesy eval --dataset gsm8k --split test --limit "$TEST" "${EVAL_OPTS[@]}" --name gsm8k "${ROWS[@]}"
           keep_report gsm8k; }
 # ARC-Challenge (NesyCD's out-of-domain set; no math-only thought types): a report that grows the same way
-ARC_ROWS=(--config base --config std-cot=r-std-cot --config nesycd-se-kb=r-nesycd,kb)
-arc_eval() { need r-std-cot std_cot_train; need r-nesycd nesycd_train; restore_report arc-ood
-             nesy eval --dataset arc_challenge --split test --limit "$TEST" "${EVAL_OPTS[@]}" --name arc-ood \
-                 "${ARC_ROWS[@]}"; keep_report arc-ood; }
+arc() { nesy eval --dataset arc_challenge --split test --limit "$TEST" "${EVAL_OPTS[@]}" --name arc-ood "$@"
+        keep_report arc-ood; }
+arc_eval() {  # the rows whose adapters are cheap to rebuild first: NesyCD's rebuild is the long one
+  restore_report arc-ood
+  local rows=(--config base --config std-cot=r-std-cot)
+  finished arc-ood std-cot || need r-std-cot std_cot_train
+  if recorded skintern; then
+    rows+=(--config skintern=r-skintern); finished arc-ood skintern || need r-skintern skintern_train
+  fi
+  arc "${rows[@]}"
+  finished arc-ood nesycd-se-kb || need r-nesycd nesycd_train
+  arc "${rows[@]:0:4}" --config nesycd-se-kb=r-nesycd,kb "${rows[@]:4}"  # the table's order: NesyCD before SKIntern
+}
 
 # NesyCD's S_P *is* Std-CoT (question -> teacher CoT): the std-cot adapter serves as both rows
 std_cot_train() { nesy train std-cot --data r-cot --output r-std-cot "${TRAIN_OPTS[@]}"; }
@@ -150,18 +173,18 @@ nesycd_curated() {  # the same S_E with the knowledge the quality checks flagged
 # training. 2 demonstrations decaying over 3 stages (2, 1, 0) instead of the reference's 6 over 7:
 # with 6, stage 0's prompts are ~14x the question-only prompt (bench/bench_prompt_tokens.py: 1,441
 # vs 102 tokens), more CPU than this machine has; the knowledge, the method's point, is kept whole.
-skintern() {
+skintern_train() {
   nesy teach knowledge --from-set r-cot --out r-skintern-knowledge
   nesy train skintern --data r-cot --output r-skintern --demos 2 --stages 3 "${TRAIN_OPTS[@]}"
-  gsm8k
 }
+skintern() { skintern_train; gsm8k; }
 dev() {  # the fixed settings checked on the held-out dev split, never on test questions
   need r-std-cot std_cot_train; restore_report gsm8k-dev
   nesy eval --dataset gsm8k --split dev --limit "$DEV" "${EVAL_OPTS[@]}" --name gsm8k-dev \
       --config base --config std-cot=r-std-cot; keep_report gsm8k-dev; }
 
 [ ! -e "$TEACHER_CACHE" ] || nesy teach cache import "$TEACHER_CACHE"
-trap keep_teacher_answers EXIT
+trap on_exit EXIT
 stage data data
 [ -e "$NESY_HOME/datasets/r-cot/records.jsonl" ] || data  # a fresh workspace: the same sets again (seconds)
 ROWS+=(--config base --config base-pot=base,thought=pot);          stage base gsm8k
@@ -172,7 +195,6 @@ ROWS+=(--config pot=r-pot);                                        stage pot pot
 ROWS+=(--config etd-cot=r-etd,thought=cot --config etd-pot=r-etd,thought=pot
        --config etd-eot=r-etd,thought=eot --config etd-vote=r-etd,thought=vote); stage etd etd
 ROWS+=(--config skintern=r-skintern);                              stage skintern skintern
-recorded skintern && ARC_ROWS+=(--config skintern=r-skintern)
 stage arc arc_eval  # before nesycd-curated: the KB as NesyCD distilled it, as in the GSM8K row
 stage dev dev
 stage nesycd-curated nesycd_curated
