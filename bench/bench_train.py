@@ -4,9 +4,10 @@ Measured in interleaved rounds (bench/_measure.py: median ratio with its min–m
 - default: one model + LoRA + AdamW; each round runs one epoch of optimiser steps per variant,
   back to back: `naive` (padded to max_length, random order: the common baseline), `padded`
   (length-grouped dynamic padding, what distill/train.py did before packing), `packed` (what it
-  does now: each batch one row, position ids restarting per sample, use_cache off), and with
-  `--variants` also `packed-bf16` (bf16 autocast), `packed-1thread`, `packed-compile`
-  (torch.compile of the model);
+  did next: each batch one row, position ids restarting per sample, use_cache off), `response`
+  (what it does now: packed, and logits only where a response token is predicted, ResponseLogits),
+  and with `--variants` also `packed-bf16`, `response-bf16` (bf16 autocast), `packed-1thread`,
+  `packed-compile` (torch.compile of the model);
 - `--trainer`: end-to-end runs, `distill.methods.train()` (ours, as shipped: packing, the dtype
   of distill.hardware) vs a plain transformers Trainer + peft with `padding="max_length"` and the
   default collator, alternately, `--rounds` times;
@@ -24,6 +25,7 @@ percentage understates the work done).
 
     .venv/bin/python bench/bench_train.py --trainer --steps 4 --samples 16      # the README's
     .venv/bin/python bench/bench_train.py --variants packed,packed-bf16,packed-1thread
+    .venv/bin/python bench/bench_train.py --variants naive,packed,response --model qwen2.5-coder-0.5b
     .venv/bin/python bench/bench_train.py --dtypes --steps 8 --samples 32
 """
 
@@ -158,7 +160,7 @@ def step_variants(args, data: Path) -> tuple[dict, dict]:
 
     from distill.infer import load_base
     from distill.methods.std_cot import samples as cot_samples
-    from distill.train import LengthGroupedSampler, PackCollator, PadCollator, encode, load_records
+    from distill.train import LengthGroupedSampler, PackCollator, PadCollator, ResponseLogits, encode, load_records
 
     set_seed(0)
     model, tok = load_base(args.model)
@@ -184,6 +186,10 @@ def step_variants(args, data: Path) -> tuple[dict, dict]:
         "padded": [pad([feats[j] for j in grouped[i : i + args.batch]]) for i in range(0, len(feats), args.batch)],
         "packed": [
             PackCollator()([feats[j] for j in grouped[i : i + args.batch]]) for i in range(0, len(feats), args.batch)
+        ],
+        "response": [
+            ResponseLogits(PackCollator())([feats[j] for j in grouped[i : i + args.batch]])
+            for i in range(0, len(feats), args.batch)
         ],
     }
     compiled = {}
@@ -218,6 +224,8 @@ def step_variants(args, data: Path) -> tuple[dict, dict]:
         "padded": epoch("padded"),
         "packed": epoch("packed"),
         "packed-bf16": epoch("packed", autocast=True),
+        "response": epoch("response"),
+        "response-bf16": epoch("response", autocast=True),
         "packed-1thread": epoch("packed", threads=1),
         "packed-compile": epoch("packed", compile=True),
     }
@@ -256,8 +264,9 @@ def main() -> None:
     p.add_argument("--dtypes", action="store_true", help="ours end to end in fp32 and bf16: speed and loss curves")
     p.add_argument(
         "--variants",
-        default="naive,padded,packed",
-        help="step variants (naive first): naive, padded, packed, packed-bf16, packed-1thread, packed-compile",
+        default="naive,padded,packed,response",
+        help="step variants (naive first): naive, padded, packed, response, packed-bf16, response-bf16, "
+        "packed-1thread, packed-compile",
     )
     args = p.parse_args()
     os.environ["NESY_HOME"] = tempfile.mkdtemp(prefix="nesy-bench-")
@@ -313,8 +322,10 @@ def main() -> None:
                     f"{n:15s}: {Spread(rounds[n], ' tok/s')}"
                     + (f"  vs naive {ratio(rounds[n], rounds['naive'])}" if n != "naive" and "naive" in rounds else "")
                 )
+            if "packed" in rounds and "response" in rounds:
+                print(f"response-only logits vs every position's: {ratio(rounds['response'], rounds['packed'])}")
             for n in names:
-                if n.startswith("packed"):
+                if n.startswith(("packed", "response")):
                     dtype = "bf16" if "bf16" in n else "fp32"
                     report_flops(n, rounds[n], rounds[f"peak-{dtype}"], params, dtype)
     print(load)

@@ -175,7 +175,8 @@ nesycd_curated() {  # the same S_E with the knowledge the quality checks flagged
 # vs 102 tokens), more CPU than this machine has; the knowledge, the method's point, is kept whole.
 skintern_train() {
   nesy teach knowledge --from-set r-cot --out r-skintern-knowledge
-  nesy train skintern --data r-cot --output r-skintern --demos 2 --stages 3 "${TRAIN_OPTS[@]}"
+  # a checkpoint every 10 steps: a stage is only ~50 steps, each ~3x a question-only step
+  nesy train skintern --data r-cot --output r-skintern --demos 2 --stages 3 "${TRAIN_OPTS[@]}" --save-steps 10
 }
 skintern() { skintern_train; gsm8k; }
 dev() {  # the fixed settings checked on the held-out dev split, never on test questions

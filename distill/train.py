@@ -6,6 +6,8 @@ batching (`PadCollator`, `LengthGroupedSampler`), one LoRA stage (`fit_lora`), s
 and the adapter card, and the `nesy train METHOD` command generated from the method's config.
 
 - loss on the response only: prompt and padding labels are -100;
+- logits only where a response token is predicted (`ResponseLogits`): the prompt's positions,
+  whose labels are -100, never reach the ~152k-word vocabulary matmul;
 - no compute spent on padding: each batch is packed into one row (position ids restart per
   sample, so samples never attend to each other); a model whose attention ignores position ids
   gets length-grouped batches with dynamic padding instead (`packing_is_exact`);
@@ -315,6 +317,47 @@ def packing_is_exact(model, features: list[dict], tolerance: float = 1e-3) -> bo
     return bool(torch.allclose(packed, torch.cat(alone), atol=tolerance, rtol=tolerance))
 
 
+class ResponseLogits:
+    """Wraps a collator so the model projects onto the vocabulary only where a response token is
+    predicted. With a ~152k-word vocabulary the logits of the prompt positions, all discarded by
+    their -100 labels, are the largest tensors of a step (a micro-batch of 4 SKIntern stage-0
+    samples, ~4,800 tokens: 2.9 GB in fp32, several copies through the loss: killed out of memory
+    at 24 GB) and the vocabulary matmul a fifth or more of its FLOPs. transformers' boolean
+    `logits_to_keep` keeps the predicting positions; `shift_labels` are their targets, so the loss
+    and its normalisation (the Trainer counts `shift_labels`) are the full batch's."""
+
+    def __init__(self, collate):
+        self.collate = collate
+
+    @property
+    def padding_fraction(self) -> float:
+        return self.collate.padding_fraction
+
+    def __call__(self, features: list[dict]) -> dict:
+        batch = self.collate(features)
+        targets = torch.nn.functional.pad(batch["labels"][..., 1:], (0, 1), value=-100)
+        keep = targets.ne(-100)
+        return {**batch, "logits_to_keep": keep, "shift_labels": targets[keep]}
+
+
+@torch.no_grad()
+def response_logits_exact(model, collate, features: list[dict], tolerance: float = 1e-4) -> bool:
+    """True when the model, given ResponseLogits' batch, computes the full batch's loss: it slices
+    its hidden states with a boolean `logits_to_keep` (transformers 5's causal LMs). Models that
+    do not train with every position's logits instead."""
+    pair = features[:2]
+    was_training = model.training
+    model.eval()
+    try:
+        full = model(**collate(pair)).loss
+        kept = model(**ResponseLogits(collate)(pair)).loss
+    except (TypeError, ValueError, IndexError, RuntimeError):
+        return False
+    finally:
+        model.train(was_training)
+    return bool(torch.isclose(full, kept, atol=tolerance, rtol=tolerance))
+
+
 class LengthGroupedSampler(Sampler):
     """Shuffled mega-batches of `group` samples, each sorted by length (longest first).
 
@@ -506,6 +549,9 @@ def fit_lora(
     model = _lora(model, cfg, init_adapter)
     packed = packing_is_exact(model, encoded)
     collator = PackCollator() if packed else PadCollator(tokenizer.pad_token_id)
+    response_only = response_logits_exact(model, collator, encoded)
+    if response_only:
+        collator = ResponseLogits(collator)
     callback = ProgressCallback(stage)
     trainer = _Trainer(
         model=model,
@@ -537,6 +583,7 @@ def fit_lora(
         "tokens_per_s": round(trainer.state.num_input_tokens_seen / runtime, 2),
         "padding_fraction": round(collator.padding_fraction, 4),
         "packed": packed,
+        "response_logits_only": response_only,
         "processes": trainer.args.world_size,
         "distributed_backend": distributed().backend,
         "global_batch": cfg.batch_size * cfg.grad_accum * trainer.args.world_size,

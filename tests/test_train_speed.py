@@ -13,7 +13,15 @@ from student_fixtures import gsm8k_records, real_tokenizer, tiny_model, write_re
 
 from distill import hardware, prompts
 from distill.methods import METHODS, train
-from distill.train import PackCollator, PadCollator, Sample, encode, packing_is_exact
+from distill.train import (
+    PackCollator,
+    PadCollator,
+    ResponseLogits,
+    Sample,
+    encode,
+    packing_is_exact,
+    response_logits_exact,
+)
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +83,36 @@ def test_packing_check_refuses_a_model_that_ignores_position_ids(model, features
     assert not packing_is_exact(IgnoresPositions(model), features)
 
 
+@pytest.mark.parametrize("collate", ["packed", "padded"])
+def test_logits_only_at_response_positions_give_the_full_loss_and_gradients(model, features, tokenizer, collate):
+    collate = PackCollator() if collate == "packed" else PadCollator(tokenizer.pad_token_id)
+    full, kept = collate(features), ResponseLogits(collate)(features)
+    targets = sum(sum(label != -100 for label in f["labels"]) for f in features)
+    out = model(**kept)
+    assert out.logits.shape[0] == targets < sum(len(f["input_ids"]) for f in features)
+    out.loss.backward()
+    kept_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model(**full).loss.backward()
+    assert out.loss.item() == pytest.approx(model(**full).loss.item(), abs=1e-5)
+    for p, g in zip(model.parameters(), kept_grads):
+        assert torch.allclose(p.grad, g, atol=1e-6)
+    assert response_logits_exact(model, collate, features)
+
+
+def test_response_logits_check_refuses_a_model_that_ignores_logits_to_keep(model, features):
+    class AllLogits(torch.nn.Module):  # an older model: projects every position whatever it is asked
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, logits_to_keep=None, **kwargs):
+            return self.inner(**kwargs)  # the targets of the kept positions meet every position's logits
+
+    assert response_logits_exact(model, PackCollator(), features)
+    assert not response_logits_exact(AllLogits(model), PackCollator(), features)
+
+
 def losses(job_dir) -> list[float]:
     return [json.loads(line)["loss"] for line in (job_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -104,6 +142,7 @@ def test_training_packs_counts_every_token_and_autocasts_to_the_machine_dtype(
         runs[dtype] = (stage, losses(job))
     stage, fp32 = runs["fp32"]
     assert stage["packed"] and stage["padding_fraction"] == 0 and stage["dtype"] == "fp32"
+    assert stage["response_logits_only"]
     # 12 samples, 3 steps of 4 = one epoch: every token of every sample counted once (the pad id
     # is the end-of-turn token, so counting "non-padding" ids would miss real tokens)
     tok = real_tokenizer()
