@@ -175,8 +175,11 @@ nesycd_curated() {  # the same S_E with the knowledge the quality checks flagged
 # vs 102 tokens), more CPU than this machine has; the knowledge, the method's point, is kept whole.
 skintern_train() {
   nesy teach knowledge --from-set r-cot --out r-skintern-knowledge
-  # a checkpoint every 10 steps: a stage is only ~50 steps, each ~3x a question-only step
-  nesy train skintern --data r-cot --output r-skintern --demos 2 --stages 3 "${TRAIN_OPTS[@]}" --save-steps 10
+  # batch 2 x 4, the same global batch of 8 (the same samples per step, the same gradient): stage 0's
+  # long prompts at 4 a micro-batch reached 17-23 GB and were killed out of memory on a 24 GB machine;
+  # a checkpoint every 10 steps, since a stage is only ~50 steps, each ~3x a question-only step
+  nesy train skintern --data r-cot --output r-skintern --demos 2 --stages 3 "${TRAIN_OPTS[@]}" \
+      --batch-size 2 --grad-accum 4 --save-steps 10
 }
 skintern() { skintern_train; gsm8k; }
 dev() {  # the fixed settings checked on the held-out dev split, never on test questions

@@ -321,8 +321,8 @@ class ResponseLogits:
     """Wraps a collator so the model projects onto the vocabulary only where a response token is
     predicted. With a ~152k-word vocabulary the logits of the prompt positions, all discarded by
     their -100 labels, are the largest tensors of a step (a micro-batch of 4 SKIntern stage-0
-    samples, ~4,800 tokens: 2.9 GB in fp32, several copies through the loss: killed out of memory
-    at 24 GB) and the vocabulary matmul a fifth or more of its FLOPs. transformers' boolean
+    samples, ~4,800 tokens: 2.9 GB in fp32, several copies through the loss) and the vocabulary
+    matmul a fifth or more of its FLOPs. transformers' boolean
     `logits_to_keep` keeps the predicting positions; `shift_labels` are their targets, so the loss
     and its normalisation (the Trainer counts `shift_labels`) are the full batch's."""
 
