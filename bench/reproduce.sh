@@ -45,6 +45,11 @@ TRAIN_OPTS=(--base-model "$STUDENT" --epochs 1 --lora-r 16 --lora-alpha 32 --lea
             --batch-size 4 --grad-accum 2 --max-new-tokens "$NEW_TOKENS" --resume)
 EVAL_OPTS=(--base-model "$STUDENT" --max-new-tokens "$NEW_TOKENS" --batch-size 16)
 
+# Every report is generated in fp32, the dtype of the first machines (no AMX), so rows from different
+# machines differ only by their adapters; training uses each machine's fastest dtype (bf16 autocast
+# on AMX, fp32 master weights: distill/hardware.py)
+evaluate() { NESY_DTYPE=fp32 nesy eval "$@"; }
+
 cpu_ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$$/stat"; }  # this shell + waited-for children
 # The shared local teacher is detached (it outlives the job that started it), so its CPU is no
 # waited-for child's: "pid ticks" from its own /proc entry ("0 0" when none runs).
@@ -127,10 +132,10 @@ data() {  # the same TRAIN questions in all three thought types, none from dev o
 # the same questions with paired statistics.
 ROWS=()
 gsm8k() { restore_report gsm8k
-          nesy eval --dataset gsm8k --split test --limit "$TEST" "${EVAL_OPTS[@]}" --name gsm8k "${ROWS[@]}"
+          evaluate --dataset gsm8k --split test --limit "$TEST" "${EVAL_OPTS[@]}" --name gsm8k "${ROWS[@]}"
           keep_report gsm8k; }
 # ARC-Challenge (NesyCD's out-of-domain set; no math-only thought types): a report that grows the same way
-arc() { nesy eval --dataset arc_challenge --split test --limit "$TEST" "${EVAL_OPTS[@]}" --name arc-ood "$@"
+arc() { evaluate --dataset arc_challenge --split test --limit "$TEST" "${EVAL_OPTS[@]}" --name arc-ood "$@"
         keep_report arc-ood; }
 arc_eval() {  # the rows whose adapters are cheap to rebuild first: NesyCD's rebuild is the long one
   restore_report arc-ood
@@ -184,7 +189,7 @@ skintern_train() {
 skintern() { skintern_train; gsm8k; }
 dev() {  # the fixed settings checked on the held-out dev split, never on test questions
   need r-std-cot std_cot_train; restore_report gsm8k-dev
-  nesy eval --dataset gsm8k --split dev --limit "$DEV" "${EVAL_OPTS[@]}" --name gsm8k-dev \
+  evaluate --dataset gsm8k --split dev --limit "$DEV" "${EVAL_OPTS[@]}" --name gsm8k-dev \
       --config base --config std-cot=r-std-cot; keep_report gsm8k-dev; }
 
 [ ! -e "$TEACHER_CACHE" ] || nesy teach cache import "$TEACHER_CACHE"
