@@ -12,7 +12,11 @@ Measured in interleaved rounds (bench/_measure.py: median ratio with its min–m
   of distill.hardware) vs a plain transformers Trainer + peft with `padding="max_length"` and the
   default collator, alternately, `--rounds` times;
 - `--dtypes`: ours end to end with NESY_DTYPE=fp32 and =bf16 alternately: tokens/s and the loss
-  curves side by side (bf16 must learn the same within noise).
+  curves side by side (bf16 must learn the same within noise);
+- `--memory`: ours end to end without and with `--gradient-checkpointing`, each in a fresh process
+  (peak RSS is per process), alternately: peak resident memory and tokens/s, both as ratios. Use
+  long samples (`--max-length 2048 --long`: several questions per sample, like SKIntern's first
+  stage with its demonstrations) to see what activations cost.
 
 Same model (the embedded SmolLM2-135M by default), same GSM8K samples (question -> reference
 rationale, chat template, loss on the response), same LoRA (r=32, all linear), same batch size
@@ -27,6 +31,7 @@ percentage understates the work done).
     .venv/bin/python bench/bench_train.py --variants packed,packed-bf16,packed-1thread
     .venv/bin/python bench/bench_train.py --variants naive,packed,response --model qwen2.5-coder-0.5b
     .venv/bin/python bench/bench_train.py --dtypes --steps 8 --samples 32
+    .venv/bin/python bench/bench_train.py --memory --long --max-length 2048 --steps 2 --samples 8
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ import contextlib
 import gzip
 import json
 import os
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -60,11 +67,19 @@ def matmul_peak(dtype=torch.float32, n: int = 2048, repeats: int = 4) -> float:
     return 2 * n**3 * repeats / (time.perf_counter() - start)
 
 
-def write_records(path: Path, n: int) -> Path:
+def write_records(path: Path, n: int, per_sample: int = 1) -> Path:
+    """n GSM8K records; per_sample > 1 joins that many questions (and rationales) into one long sample."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with gzip.open(REPO / "data" / "gsm8k" / "train.jsonl.gz", "rt") as f, open(path, "w") as out:
-        for _, line in zip(range(n), f):
-            row = json.loads(line)
+        lines = [json.loads(line) for _, line in zip(range(n * per_sample), f)]
+        for i in range(n):
+            group = lines[i * per_sample : (i + 1) * per_sample]
+            row = {
+                "id": group[-1]["id"],
+                "question": "\n\n".join(r["question"] for r in group),
+                "answer": group[-1]["answer"],
+                "rationale": "\n\n".join(r["rationale"] for r in group),
+            }
             out.write(
                 json.dumps(
                     {
@@ -84,7 +99,7 @@ def write_records(path: Path, n: int) -> Path:
     return path
 
 
-def ours(args, data: Path, tag: str = "bench") -> dict:
+def ours(args, data: Path, tag: str = "bench", checkpointing: bool = False) -> dict:
     from distill import hardware
     from distill.methods import METHODS, train
 
@@ -98,6 +113,7 @@ def ours(args, data: Path, tag: str = "bench") -> dict:
             batch_size=args.batch,
             max_length=args.max_length,
             save_steps=10_000,
+            gradient_checkpointing=checkpointing,
         )
     )
     m = json.loads((root / "card.json").read_text())["stages"]["main"]
@@ -262,6 +278,9 @@ def main() -> None:
     p.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M")
     p.add_argument("--trainer", action="store_true", help="end-to-end Trainer runs instead of optimiser steps")
     p.add_argument("--dtypes", action="store_true", help="ours end to end in fp32 and bf16: speed and loss curves")
+    p.add_argument("--memory", action="store_true", help="ours without / with gradient checkpointing: peak RSS")
+    p.add_argument("--long", action="store_true", help="samples of 6 questions each (SKIntern-like prompt lengths)")
+    p.add_argument("--one-run", choices=["plain", "checkpointing"], help=argparse.SUPPRESS)  # --memory's child
     p.add_argument(
         "--variants",
         default="naive,padded,packed,response",
@@ -274,7 +293,11 @@ def main() -> None:
     from distill.models import student_path
 
     args.model = student_path(args.model)
-    data = write_records(Path(os.environ["NESY_HOME"]) / "records.jsonl", args.samples)
+    data = write_records(Path(os.environ["NESY_HOME"]) / "records.jsonl", args.samples, 6 if args.long else 1)
+    if args.one_run:
+        r = ours(args, data, checkpointing=args.one_run == "checkpointing")
+        print(json.dumps(r | {"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+        return
     params = params_of(args.model)
     print(
         f"model {Path(args.model).name} ({params / 1e6:.0f}M params), {args.steps} steps x batch {args.batch}, "
@@ -283,6 +306,8 @@ def main() -> None:
     with Load() as load:
         if args.dtypes:
             dtype_run(args, data, params)
+        elif args.memory:
+            memory_run(args)
         elif args.trainer:
             peaks = []
 
@@ -367,6 +392,31 @@ def dtype_run(args, data: Path, params: int) -> None:
         report_flops(f"ours {dtype}", rounds[dtype], peaks[dtype], params, dtype)
     for step, (a, b) in enumerate(zip(curves["fp32"][0], curves["bf16"][0]), start=1):
         print(f"  step {step}: loss fp32 {a:.4f}  bf16 {b:.4f}  ({100 * (b - a) / a:+.2f}%)")
+
+
+def memory_run(args) -> None:
+    """Without and with gradient checkpointing, each in a fresh process, alternately."""
+    runs = {"plain": [], "checkpointing": []}
+
+    def run(mode):
+        def go():
+            cmd = [sys.executable, __file__, "--one-run", mode, "--model", args.model]
+            cmd += [f"--steps={args.steps}", f"--batch={args.batch}", f"--samples={args.samples}"]
+            cmd += [f"--max-length={args.max_length}"] + (["--long"] if args.long else [])
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+            runs[mode].append(json.loads(out))
+            return runs[mode][-1]["tokens"] / runs[mode][-1]["seconds"]
+
+        return go
+
+    rounds = interleave({"plain": run("plain"), "checkpointing": run("checkpointing")}, args.rounds)
+    rss = {mode: [r["peak_rss"] / 2**30 for r in rs] for mode, rs in runs.items()}
+    tokens = runs["plain"][0]["tokens"] / args.steps
+    print(f"{args.steps} steps of ~{tokens:.0f} tokens, dtype {runs['plain'][0]['dtype']}; peak RSS per process")
+    for mode in runs:
+        print(f"{mode:13s}: {Spread(rss[mode], ' GB')}, {Spread(rounds[mode], ' tok/s')}")
+    print(f"memory checkpointing/plain: {ratio(rss['checkpointing'], rss['plain'])}")
+    print(f"speed  checkpointing/plain: {ratio(rounds['checkpointing'], rounds['plain'])}")
 
 
 if __name__ == "__main__":

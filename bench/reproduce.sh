@@ -88,7 +88,9 @@ need() {
 # finished REPORT CONFIG: the workspace's report holds all TEST samples of CONFIG (its adapter is not needed)
 finished() {
   local samples=$NESY_HOME/evals/$1/samples.jsonl
-  [ -e "$samples" ] && [ "$(grep -c "^{\"config\": \"$2\"," "$samples")" -ge "$TEST" ]
+  [ -e "$samples" ] && "$PY" -c 'import json, sys
+n = sum(json.loads(line).get("config") == sys.argv[2] for line in open(sys.argv[1]) if line.strip())
+sys.exit(n < int(sys.argv[3]))' "$samples" "$2" "$TEST"
 }
 # a report an earlier session grew: back into the workspace so its finished samples are skipped
 restore_report() {

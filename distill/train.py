@@ -124,6 +124,11 @@ class TrainOptions:
         "new tokens when this adapter answers (evaluation default, NesyCD's error pass) [preset: cpu 256, paper 1024]"
     )
     seed: int = option("seed for LoRA init, data order, sampling", 42)
+    gradient_checkpointing: bool = option(
+        "recompute each layer's activations in the backward pass instead of keeping them: far less "
+        "memory for long prompts (SKIntern's first stages) at about a third more compute",
+        False,
+    )
     save_steps: int = option("checkpoint every N optimiser steps", 50)
     save_total_limit: int = option("checkpoints kept per stage", 2)
     limit: int | None = option("use only the first N records (quick runs)")
@@ -491,6 +496,9 @@ def _training_args(cfg: TrainOptions, out: Path, packed: bool) -> TrainingArgume
         dataloader_pin_memory=torch.cuda.is_available(),
         # autocast to bf16 where the matmul is faster in it (distill/hardware.py), fp32 weights kept
         bf16=compute_dtype() == "bf16",
+        activation_checkpointing=cfg.gradient_checkpointing,
+        # non-reentrant: LoRA leaves the embeddings frozen, which the reentrant variant cannot train through
+        activation_checkpointing_kwargs={"use_reentrant": False},
         use_cpu=on_cpu(),
     )  # bf16 on a CPU asks for it; several CPU processes need it to use gloo
 
@@ -584,6 +592,7 @@ def fit_lora(
         "padding_fraction": round(collator.padding_fraction, 4),
         "packed": packed,
         "response_logits_only": response_only,
+        "gradient_checkpointing": cfg.gradient_checkpointing,
         "processes": trainer.args.world_size,
         "distributed_backend": distributed().backend,
         "global_batch": cfg.batch_size * cfg.grad_accum * trainer.args.world_size,

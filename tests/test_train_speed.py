@@ -157,3 +157,43 @@ def test_training_packs_counts_every_token_and_autocasts_to_the_machine_dtype(
     assert stage["dtype"] == "bf16"
     assert bf16 != fp32  # bf16 autocast really ran …
     assert bf16 == pytest.approx(fp32, rel=0.02)  # … and the loss curve is the same within noise
+
+
+def test_gradient_checkpointing_recomputes_layers_and_learns_the_same(tiny_model, gsm8k_records, tmp_path, monkeypatch):
+    """The memory lever for long prompts: each layer runs again in the backward pass (its activations
+    were not kept), and the loss curve is the one training without it gives."""
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    calls = {"n": 0}  # the MLP inside each decoder layer (the layer's own forward is the checkpoint wrapper)
+    forward = LlamaMLP.forward
+
+    def counted(self, *args, **kwargs):
+        calls["n"] += 1
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(LlamaMLP, "forward", counted)
+    monkeypatch.setenv("NESY_DTYPE", "fp32")
+    runs = {}
+    for checkpointing in (False, True):
+        job = tmp_path / str(checkpointing)
+        job.mkdir()
+        monkeypatch.setenv("NESY_JOB_DIR", str(job))
+        cfg = METHODS["std-cot"].config(
+            data=str(gsm8k_records),
+            base_model=tiny_model,
+            lora_r=4,
+            lora_alpha=8,
+            max_steps=2,
+            batch_size=4,
+            output=f"ckpt-{checkpointing}",
+            learning_rate=1e-2,
+            gradient_checkpointing=checkpointing,
+        )
+        calls["n"] = 0
+        stage = json.loads((train(cfg) / "card.json").read_text())["stages"]["main"]
+        runs[checkpointing] = (calls["n"], losses(job), stage["gradient_checkpointing"])
+    (plain_calls, plain, plain_flag), (ckpt_calls, ckpt, ckpt_flag) = runs[False], runs[True]
+    assert (plain_flag, ckpt_flag) == (False, True)
+    layers_per_step = 2  # the tiny model's depth; 2 steps each way, and the exactness checks run once
+    assert ckpt_calls - plain_calls == 2 * layers_per_step
+    assert ckpt == pytest.approx(plain, abs=1e-5)

@@ -78,7 +78,9 @@ def accuracy_chart(results: dict) -> alt.LayerChart:
         for key, label in (("accuracy", "strict"), ("accuracy_flexible", "flexible"))
     ]
     data = pd.DataFrame(rows)
-    x = alt.X("configuration:N", sort=list(results["configs"]), title=None, axis=alt.Axis(labelAngle=-30))
+    # labelOverlap=False: vega would otherwise drop every other name once there are a dozen
+    axis = alt.Axis(labelAngle=-35, labelOverlap=False)
+    x = alt.X("configuration:N", sort=list(results["configs"]), title=None, axis=axis)
     bars = (
         alt.Chart(data)
         .mark_bar()
