@@ -103,6 +103,16 @@ class ServerOptions:
             )
         },
     )
+    lookup_ngram: int = field(
+        default=0,
+        metadata={
+            "help": (
+                "prompt-lookup speculative decoding, no draft model: where the last N tokens already "
+                "occur in the context (the question, the demonstrations, the answer so far), the tokens "
+                "that followed them there are proposed, at most draft_max; 0: off"
+            )
+        },
+    )
     # Few and confident drafts: on a CPU checking k drafted tokens costs about k/5 of a decode step
     # (prompt speed / decode speed: 66 vs 13 tok/s on 2 cores), so long drafts cost more than they save.
     draft_max: int = field(default=4, metadata={"help": "most tokens the draft proposes per step"})
@@ -113,12 +123,14 @@ class ServerOptions:
 
     def __post_init__(self):
         self.threads = self.threads or default_threads()
-        if self.n_parallel < 1 or self.n_ctx < 64 or self.threads < 1:
-            raise ServerError("server options: n_parallel and threads must be >= 1, n_ctx >= 64")
+        if self.n_parallel < 1 or self.n_ctx < 64 or self.threads < 1 or self.lookup_ngram < 0:
+            raise ServerError("server options: n_parallel and threads must be >= 1, n_ctx >= 64, lookup_ngram >= 0")
 
     def describe(self) -> str:
         """One line for a job's log: what the server does to be fast, and what it does not."""
         draft = f"draft {Path(self.draft).stem} (max {self.draft_max})" if self.draft else "no draft"
+        if self.lookup_ngram:
+            draft += f", {self.lookup_ngram}-gram lookup (max {self.draft_max})"
         cache = "prompt cache on" if self.cache_prompt else "prompt cache off"
         return f"{self.n_parallel} slot(s), {self.threads} thread(s), {cache}, {draft}"
 
@@ -366,14 +378,19 @@ def serve(gguf: str, port: int, options: ServerOptions) -> None:
     params.cache_prompt = options.cache_prompt
     if not options.cache_prompt:
         params.cache_ram_mib = 0  # nor the host-memory copy of finished prompts
+    spec, kind = params.speculative, xllamacpp.common_speculative_type
+    types = []
+    if options.lookup_ngram:
+        types.append(kind.COMMON_SPECULATIVE_TYPE_NGRAM_SIMPLE)
+        spec.ngram_simple.size_n, spec.ngram_simple.size_m = options.lookup_ngram, options.draft_max
     if options.draft:
-        spec = params.speculative
-        spec.types = [xllamacpp.common_speculative_type.COMMON_SPECULATIVE_TYPE_DRAFT_SIMPLE]
+        types.append(kind.COMMON_SPECULATIVE_TYPE_DRAFT_SIMPLE)
         spec.draft.mparams.path = options.draft
         spec.draft.n_max, spec.draft.n_min = options.draft_max, options.draft_min
         spec.draft.p_min = options.draft_p_min
         for cpu in (spec.draft.cpuparams, spec.draft.cpuparams_batch):
             cpu.n_threads = options.threads
+    spec.types = types or [kind.COMMON_SPECULATIVE_TYPE_NONE]
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())

@@ -181,6 +181,9 @@ def test_server_options_describe_and_refuse_nonsense():
     options = ServerOptions(n_parallel=2, threads=1, draft="/m/Qwen2.5-Coder-0.5B-Instruct.gguf")
     assert options.describe() == ("2 slot(s), 1 thread(s), prompt cache on, draft Qwen2.5-Coder-0.5B-Instruct (max 4)")
     assert ServerOptions(cache_prompt=False, threads=1).describe().endswith("prompt cache off, no draft")
+    assert ServerOptions(threads=1, lookup_ngram=3).describe().endswith("no draft, 3-gram lookup (max 4)")
+    with pytest.raises(ServerError):
+        ServerOptions(lookup_ngram=-1)
     with pytest.raises(ServerError):
         ServerOptions(n_parallel=0)
     result = CliRunner().invoke(app, ["teach", "rationales", "--dataset", "gsm8k", "--limit", "1", "--slots", "0"])
@@ -201,9 +204,10 @@ TINY = [
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("target", ["qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"])
 def test_speculative_decoding_gives_the_greedy_output_of_the_plain_server(target):
-    """The packaged 0.5B drafts (for the 0.5B itself where the 1.5B teacher is not installed):
-    the greedy answer is the no-draft answer, and llama.cpp's timings (draft counts too) are
-    recorded. Mutant: the draft options not passed to the server -> no draft_n."""
+    """The packaged 0.5B drafts (for the 0.5B itself where the 1.5B teacher is not installed), or
+    the context itself does (prompt lookup): the greedy answer is the no-draft answer, and
+    llama.cpp's timings (draft counts too) are recorded. Mutant: the draft options not passed to
+    the server -> no draft_n."""
     try:
         gguf = models.teacher_gguf_path(target)
         draft = str(models.teacher_gguf_path("qwen2.5-coder-0.5b"))
@@ -213,6 +217,7 @@ def test_speculative_decoding_gives_the_greedy_output_of_the_plain_server(target
     for name, options in {
         "plain": ServerOptions(n_ctx=512, cache_prompt=False),
         "draft": ServerOptions(n_ctx=512, draft=draft),
+        "lookup": ServerOptions(n_ctx=512, lookup_ngram=2),
     }.items():
         with LocalTeacherServer(gguf, options=options) as info:
             client = TeacherClient(TeacherConfig.for_server(info, max_tokens=24, temperature=0.0))
@@ -221,6 +226,8 @@ def test_speculative_decoding_gives_the_greedy_output_of_the_plain_server(target
             assert client.usage.prompt_ms > 0 and client.usage.timings_line()
     assert answers["draft"].text == answers["plain"].text and "7" in answers["plain"].text
     assert answers["draft"].timings["draft_n"] > 0, answers["draft"].timings
+    # prompt lookup: "Tom has" is in the question, so what followed it there is proposed
+    assert answers["lookup"].text == answers["plain"].text and answers["lookup"].timings["draft_n"] > 0
     assert "draft_n" not in answers["plain"].timings or answers["plain"].timings["draft_n"] == 0
 
 
