@@ -113,6 +113,16 @@ def test_response_logits_check_refuses_a_model_that_ignores_logits_to_keep(model
     assert not response_logits_exact(AllLogits(model), PackCollator(), features)
 
 
+def tiny_run(monkeypatch, tiny_model, records, job, **options) -> dict:
+    """Std-CoT on the tiny model, its progress in `job`; the main stage's metrics from the card."""
+    job.mkdir()
+    monkeypatch.setenv("NESY_JOB_DIR", str(job))
+    cfg = METHODS["std-cot"].config(
+        data=str(records), base_model=tiny_model, lora_r=4, lora_alpha=8, batch_size=4, learning_rate=1e-2, **options
+    )
+    return json.loads((train(cfg) / "card.json").read_text())["stages"]["main"]
+
+
 def losses(job_dir) -> list[float]:
     return [json.loads(line)["loss"] for line in (job_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -125,20 +135,7 @@ def test_training_packs_counts_every_token_and_autocasts_to_the_machine_dtype(
         monkeypatch.setenv("NESY_DTYPE", dtype)
         hardware.compute_dtype.cache_clear()
         job = tmp_path / dtype
-        job.mkdir()
-        monkeypatch.setenv("NESY_JOB_DIR", str(job))
-        cfg = METHODS["std-cot"].config(
-            data=str(gsm8k_records),
-            base_model=tiny_model,
-            lora_r=4,
-            lora_alpha=8,
-            max_steps=3,
-            batch_size=4,
-            save_steps=50,
-            output=f"speed-{dtype}",
-            learning_rate=1e-2,
-        )
-        stage = json.loads((train(cfg) / "card.json").read_text())["stages"]["main"]
+        stage = tiny_run(monkeypatch, tiny_model, gsm8k_records, job, max_steps=3, output=f"speed-{dtype}")
         runs[dtype] = (stage, losses(job))
     stage, fp32 = runs["fp32"]
     assert stage["packed"] and stage["padding_fraction"] == 0 and stage["dtype"] == "fp32"
@@ -176,21 +173,16 @@ def test_gradient_checkpointing_recomputes_layers_and_learns_the_same(tiny_model
     runs = {}
     for checkpointing in (False, True):
         job = tmp_path / str(checkpointing)
-        job.mkdir()
-        monkeypatch.setenv("NESY_JOB_DIR", str(job))
-        cfg = METHODS["std-cot"].config(
-            data=str(gsm8k_records),
-            base_model=tiny_model,
-            lora_r=4,
-            lora_alpha=8,
+        calls["n"] = 0
+        stage = tiny_run(
+            monkeypatch,
+            tiny_model,
+            gsm8k_records,
+            job,
             max_steps=2,
-            batch_size=4,
             output=f"ckpt-{checkpointing}",
-            learning_rate=1e-2,
             gradient_checkpointing=checkpointing,
         )
-        calls["n"] = 0
-        stage = json.loads((train(cfg) / "card.json").read_text())["stages"]["main"]
         runs[checkpointing] = (calls["n"], losses(job), stage["gradient_checkpointing"])
     (plain_calls, plain, plain_flag), (ckpt_calls, ckpt, ckpt_flag) = runs[False], runs[True]
     assert (plain_flag, ckpt_flag) == (False, True)
