@@ -88,9 +88,9 @@ need() {
 # finished REPORT CONFIG: the workspace's report holds all TEST samples of CONFIG (its adapter is not needed)
 finished() {
   local samples=$NESY_HOME/evals/$1/samples.jsonl
-  [ -e "$samples" ] && "$PY" -c 'import json, sys
-n = sum(json.loads(line).get("config") == sys.argv[2] for line in open(sys.argv[1]) if line.strip())
-sys.exit(n < int(sys.argv[3]))' "$samples" "$2" "$TEST"
+  [ -e "$samples" ] && "$PY" -c 'import sys; from distill.jsonlines import read_jsonl
+sys.exit(sum(r["config"] == sys.argv[2] for r in read_jsonl(sys.argv[1], skip_bad=True)) < int(sys.argv[3]))' \
+      "$samples" "$2" "$TEST"
 }
 # a report an earlier session grew: back into the workspace so its finished samples are skipped
 restore_report() {
