@@ -583,13 +583,21 @@ def comparisons(names: list[str], by_config: dict[str, dict[str, dict]]) -> list
     ]
 
 
+def plain_partner(runs: list[RunConfig], i: int) -> RunConfig | None:
+    """The configuration runs[i] (with kb) is compared against: the same model and thought without kb,
+    the nearest one before it in column order, else the first after it. Nearest, because an adapter
+    retrained under the same name is evaluated again as a new pair of columns."""
+    def same(r: RunConfig) -> bool:
+        return not r.with_kb and r.adapter == runs[i].adapter and r.thought == runs[i].thought
+
+    return next((r for r in reversed(runs[:i]) if same(r)), None) or next((r for r in runs[i + 1 :] if same(r)), None)
+
+
 def flips(runs: list[RunConfig], by_config: dict[str, dict[str, dict]]) -> list[dict]:
     """For each kb configuration vs the same model/thought without kb: which answers flipped, and why."""
     out = []
-    for with_kb in (r for r in runs if r.with_kb):
-        plain = next(
-            (r for r in runs if not r.with_kb and r.adapter == with_kb.adapter and r.thought == with_kb.thought), None
-        )
+    for i, with_kb in enumerate(runs):
+        plain = plain_partner(runs, i) if with_kb.with_kb else None
         if plain is None:
             continue
         a, b = by_config.get(plain.name, {}), by_config.get(with_kb.name, {})

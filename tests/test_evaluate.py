@@ -104,6 +104,21 @@ def test_summary_numbers_and_flips_by_hand():
     assert "plain → kb: 1 fixed, 1 broken (exact McNemar p = 1.000, not significant)" in text
 
 
+def test_a_retrained_adapter_is_compared_with_its_own_plain_column():
+    # the same adapter name evaluated twice (trained again), plus a kb column listed before its plain one
+    names = ["se", "se-kb", "se-again", "se-kb-again", "se-kb-curated"]
+    runs = [RunConfig(n, adapter="m", with_kb="kb" in n) for n in names]
+    runs += [RunConfig("other-kb", adapter="o", with_kb=True), RunConfig("other", adapter="o")]
+    rows = [row(r.name, "a", True, 10) for r in runs]
+    pairs = [(f["without"], f["with"]) for f in summarise(rows, EvalConfig(configs=runs))["flips"]]
+    assert pairs == [
+        ("se", "se-kb"),
+        ("se-again", "se-kb-again"),
+        ("se-again", "se-kb-curated"),
+        ("other", "other-kb"),
+    ]
+
+
 def outcomes(config, pattern):
     """Rows of one configuration from a string like 'RRW' (R = right), one example per letter."""
     return [row(config, f"q{i:02d}", ch == "R", 10) for i, ch in enumerate(pattern)]
