@@ -587,6 +587,7 @@ def plain_partner(runs: list[RunConfig], i: int) -> RunConfig | None:
     """The configuration runs[i] (with kb) is compared against: the same model and thought without kb,
     the nearest one before it in column order, else the first after it. Nearest, because an adapter
     retrained under the same name is evaluated again as a new pair of columns."""
+
     def same(r: RunConfig) -> bool:
         return not r.with_kb and r.adapter == runs[i].adapter and r.thought == runs[i].thought
 

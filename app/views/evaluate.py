@@ -78,8 +78,9 @@ def accuracy_chart(results: dict) -> alt.LayerChart:
         for key, label in (("accuracy", "strict"), ("accuracy_flexible", "flexible"))
     ]
     data = pd.DataFrame(rows)
-    # labelOverlap=False: vega would otherwise drop every other name once there are a dozen
-    axis = alt.Axis(labelAngle=-35, labelOverlap=False)
+    # labelOverlap=False: vega would otherwise drop every other name once there are a dozen;
+    # labelLimit=0: whole names, since a rerun is told apart by its suffix (nesycd-se-kb-curated)
+    axis = alt.Axis(labelAngle=-35, labelOverlap=False, labelLimit=0)
     x = alt.X("configuration:N", sort=list(results["configs"]), title=None, axis=axis)
     bars = (
         alt.Chart(data)
