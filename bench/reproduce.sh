@@ -32,7 +32,7 @@ export NESY_HOME=${NESY_HOME:-$PWD/../nesy-repro} HF_HUB_OFFLINE=1 TOKENIZERS_PA
 # for a machine shared with other work; measured here: 3.4 tokens/s on 1 of 2 cores)
 export NESY_TEACHER_THREADS=${NESY_TEACHER_THREADS:-$(nproc)}
 OUT=docs/results
-# the stages that evaluate an earlier stage's adapter again (arc, dev, nesycd-curated) come last:
+# the stages that evaluate an earlier stage's adapter again (arc, dev, nesycd-curated, transfer) come last:
 # on a fresh machine they retrain it
 ALL_STAGES="data base std-cot eotd nesycd pot etd skintern arc dev nesycd-curated transfer"
 STAGES=${STAGES:-$ALL_STAGES}
@@ -164,8 +164,9 @@ eotd() { nesy train eotd --data r-eot --output r-eotd "${TRAIN_OPTS[@]}"; gsm8k;
 pot() { nesy train etd --thoughts pot --data r-pot --output r-pot "${TRAIN_OPTS[@]}"; gsm8k; }
 etd() { nesy train etd --thoughts cot,pot,eot --data r-cot+r-pot+r-eot --output r-etd "${TRAIN_OPTS[@]}"
         gsm8k; }
-curate_kb() {  # reject the accepted entries the quality checks flag (again: a no-op)
+curate_kb() {  # reject the accepted entries the quality checks flag; run again, it changes nothing
   nesy kb check
+  local ids
   ids=$(nesy kb list --flag any --status accepted --limit 100000 --json | "$PY" -c \
         'import json,sys; print(" ".join(json.loads(l)["id"] for l in sys.stdin if l.strip()))')
   [ -z "$ids" ] || nesy kb set-status rejected $ids
